@@ -1,0 +1,31 @@
+//! Multitune engine: load a Llama-family model on candle, attach LoRA adapters,
+//! fine-tune them on task data, evaluate, and export them in PEFT layout.
+//!
+//! The crate never knows about HTTP or the browser: training reports progress through
+//! [`train::TrainEvent`] callbacks that the CLI (and later the server) turn into
+//! progress bars or streamed events.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fetch;
+pub mod generate;
+pub mod loader;
+pub mod lora;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod peft;
+pub mod rng;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use loader::{load_model, LoadedModel, ModelSource};
+pub use lora::{LoraAdapter, LoraConfig, Target};
+pub use model::Llama;
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,232 @@
+//! Differentiable building blocks of the decoder: RMSNorm, softmax, rotary embeddings,
+//! attention masks and the completion-only cross-entropy.
+//!
+//! candle's fused CPU kernels for these (`candle_nn::ops::rms_norm`, `rope`, …) have no
+//! backward pass, so training uses these compositions of basic tensor ops, each of which
+//! candle differentiates.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::RopeLayout;
+use crate::Result;
+
+/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// Softmax over the last dimension. The max is detached: softmax is invariant to the
+/// shift, so it needs no gradient and the backward pass skips the max reduction.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// Log-softmax over the last dimension (max detached, see [`softmax_last_dim`]).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Cos/sin tables for rotary embeddings at the given positions.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    /// `(B, 1, T, head_dim/2)`
+    pub cos: Tensor,
+    /// `(B, 1, T, head_dim/2)`
+    pub sin: Tensor,
+}
+
+impl RopeTables {
+    /// Tables for `positions` (`B` rows of `T` positions) and inverse frequencies.
+    pub fn new(positions: &[Vec<u32>], inv_freq: &[f32], device: &Device) -> Result<Self> {
+        let b = positions.len();
+        let t = positions.first().map_or(0, |p| p.len());
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in positions {
+            for &p in row {
+                for &f in inv_freq {
+                    // f64 for the angle: positions times frequencies lose precision in f32
+                    // at long contexts, and the tables are small.
+                    let a = p as f64 * f as f64;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (b, 1, t, half), device)?,
+            sin: Tensor::from_vec(sin, (b, 1, t, half), device)?,
+        })
+    }
+
+    /// Rotates `x` of shape `(B, H, T, head_dim)` pairing dimensions as `layout` says.
+    pub fn apply(&self, x: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        let half = d / 2;
+        let dtype = x.dtype();
+        let cos = self.cos.to_dtype(dtype)?;
+        let sin = self.sin.to_dtype(dtype)?;
+        match layout {
+            RopeLayout::HalfRotation => {
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, half)?;
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+                Ok(Tensor::cat(&[y1, y2], D::Minus1)?)
+            }
+            RopeLayout::Interleaved => {
+                let x = x.reshape((b, h, t, half, 2))?;
+                let x1 = x.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                let x2 = x.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+                Ok(Tensor::stack(&[y1, y2], D::Minus1)?.reshape((b, h, t, d))?)
+            }
+        }
+    }
+}
+
+/// Additive attention mask `(B, 1, T, past + T)`: query `i` (at absolute index
+/// `past + i`) may see key `j` when `j <= past + i`, the key is not padding, and (with a
+/// sliding window) `past + i - j < window`. A query always sees itself, so padded query
+/// rows stay finite.
+pub fn attention_mask(
+    key_mask: &[Vec<u8>],
+    t: usize,
+    past: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = key_mask.len();
+    let tk = past + t;
+    let mut m = vec![0f32; b * t * tk];
+    for (bi, keys) in key_mask.iter().enumerate() {
+        for i in 0..t {
+            let q = past + i;
+            let row = &mut m[(bi * t + i) * tk..(bi * t + i + 1) * tk];
+            for (j, v) in row.iter_mut().enumerate() {
+                let visible = j == q
+                    || (j < q && keys[j] != 0 && window.is_none_or(|w| q - j < w));
+                if !visible {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, t, tk), device)?)
+}
+
+/// Positions of each token given its row's padding mask: counts only real tokens, so a
+/// left-padded row starts at 0 on its first real token.
+pub fn positions_from_mask(mask: &[Vec<u8>], past: &[usize]) -> Vec<Vec<u32>> {
+    mask.iter()
+        .zip(past)
+        .map(|(row, &start)| {
+            let mut p = start as u32;
+            row.iter()
+                .map(|&m| {
+                    let here = p;
+                    if m != 0 {
+                        p += 1;
+                    }
+                    here
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Mean negative log-likelihood of `targets` under `logits` `(N, V)`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(picked.neg()?.mean_all()?)
+}
+
+/// Per-row negative log-likelihood of `targets` under `logits` `(N, V)`.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < tol, "max diff {d}");
+    }
+
+    #[test]
+    fn rms_norm_matches_candle_kernel() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 8), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1., 8, &Device::Cpu).unwrap();
+        close(&rms_norm(&x, &w, 1e-5).unwrap(), &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn softmaxes_match_candle_kernel() {
+        let x = Tensor::randn(0f32, 3., (4, 17), &Device::Cpu).unwrap();
+        close(&softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap(), 1e-6);
+        close(&log_softmax_last_dim(&x).unwrap(), &candle_nn::ops::log_softmax(&x, 1).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn rope_layouts_match_candle_kernels() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
+        let inv: Vec<f32> = (0..4).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 8.0)).collect();
+        let pos: Vec<Vec<u32>> = vec![(0..5).collect(), (0..5).collect()];
+        let tab = RopeTables::new(&pos, &inv, &dev).unwrap();
+        let cos = tab.cos.get(0).unwrap().squeeze(0).unwrap().contiguous().unwrap();
+        let sin = tab.sin.get(0).unwrap().squeeze(0).unwrap().contiguous().unwrap();
+        close(
+            &tab.apply(&x, RopeLayout::HalfRotation).unwrap(),
+            &candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap(),
+            1e-5,
+        );
+        close(
+            &tab.apply(&x, RopeLayout::Interleaved).unwrap(),
+            &candle_nn::rotary_emb::rope_i(&x, &cos, &sin).unwrap(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn mask_is_causal_and_hides_padding() {
+        let m = attention_mask(&[vec![0, 1, 1]], 3, 0, None, &Device::Cpu).unwrap();
+        let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m, vec![vec![0., inf, inf], vec![inf, 0., inf], vec![inf, 0., 0.]]);
+        let w = attention_mask(&[vec![1, 1, 1, 1]], 1, 3, Some(2), &Device::Cpu).unwrap();
+        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(w, vec![inf, inf, 0., 0.]);
+    }
+
+    #[test]
+    fn positions_skip_left_padding() {
+        assert_eq!(positions_from_mask(&[vec![0, 0, 1, 1], vec![1, 1, 1, 1]], &[0, 0]), vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]);
+        assert_eq!(positions_from_mask(&[vec![1]], &[5]), vec![vec![5]]);
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_computation() {
+        // logits [ln1, ln2, ln1] -> p = [.25, .5, .25]; target 1 -> -ln .5
+        let l = Tensor::new(&[[0f32, 2f32.ln(), 0.]], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+        let ce = cross_entropy(&l, &t).unwrap().to_scalar::<f32>().unwrap();
+        assert!((ce - 2f32.ln()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,358 @@
+//! Supervised fine-tuning of a LoRA adapter: loss on completion tokens only, padded
+//! batches, AdamW, warm-up + cosine schedule, gradient clipping and accumulation,
+//! seeded data order, atomic checkpoints that resume bit-for-bit on CPU.
+//!
+//! Progress goes out as [`TrainEvent`]s through a callback; the trainer knows nothing
+//! of terminals or HTTP.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::data::{self, Example};
+use crate::lora::{LoraAdapter, LoraConfig};
+use crate::model::{Forward, Llama};
+use crate::ops;
+use crate::optim::{self, AdamW, AdamWConfig};
+use crate::rng::{self, streams};
+use crate::{Error, Result};
+
+/// Every knob of a training run; stored as JSON beside its outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The adapter's shape.
+    pub lora: LoraConfig,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Fraction of steps spent warming up.
+    pub warmup_ratio: f64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Passes over the data (used when `max_steps` is unset).
+    pub epochs: f64,
+    /// Optimizer steps; overrides `epochs`.
+    pub max_steps: Option<usize>,
+    /// Longest example in tokens (longer ones are truncated from the prompt's start).
+    pub max_seq_len: usize,
+    /// Seed of initialisation, data order and dropout.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lora: LoraConfig::default(),
+            learning_rate: 2e-4,
+            warmup_ratio: 0.05,
+            adamw: AdamWConfig::default(),
+            max_grad_norm: 1.0,
+            batch_size: 8,
+            grad_accum: 1,
+            epochs: 1.0,
+            max_steps: None,
+            max_seq_len: 256,
+            seed: 42,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges, naming the parameter that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        self.lora.validate()?;
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(self.learning_rate > 0.0 && self.learning_rate < 1.0) {
+            return bad(format!("learning rate {} must be in (0, 1)", self.learning_rate));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(format!("warmup ratio {} must be in [0, 1)", self.warmup_ratio));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch size and gradient accumulation must be at least 1".into());
+        }
+        if self.max_steps.is_none() && !(self.epochs > 0.0) {
+            return bad(format!("epochs {} must be positive", self.epochs));
+        }
+        if self.max_steps == Some(0) {
+            return bad("max steps must be at least 1".into());
+        }
+        if self.max_seq_len < 8 {
+            return bad(format!("max sequence length {} is too short (at least 8)", self.max_seq_len));
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps for `n` examples.
+    pub fn total_steps(&self, n: usize) -> usize {
+        self.max_steps
+            .unwrap_or_else(|| ((self.epochs * n as f64) / (self.batch_size * self.grad_accum) as f64).ceil() as usize)
+            .max(1)
+    }
+
+    /// Warm-up steps out of `total`.
+    pub fn warmup_steps(&self, total: usize) -> usize {
+        (self.warmup_ratio * total as f64).ceil() as usize
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// 1-based step just finished.
+    pub step: usize,
+    /// Steps in the run.
+    pub total_steps: usize,
+    /// Mean completion-token loss of the step.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real (non-padding) tokens processed in the step.
+    pub tokens: usize,
+    /// Throughput of this step, real tokens per second.
+    pub tokens_per_s: f64,
+    /// Seconds since the run (or its resumption) started.
+    pub elapsed_s: f64,
+}
+
+/// Progress of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    /// The run starts (or resumes at `start_step`).
+    Started {
+        /// Steps in the run.
+        total_steps: usize,
+        /// First step to run (0 unless resumed).
+        start_step: usize,
+        /// Trainable parameters.
+        trainable_params: usize,
+        /// Training examples.
+        examples: usize,
+    },
+    /// A step finished.
+    Step(StepStats),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Steps done at the checkpoint.
+        step: usize,
+        /// Where.
+        path: PathBuf,
+    },
+}
+
+/// The outcome of a finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Steps taken in all.
+    pub steps: usize,
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Real tokens trained on.
+    pub tokens: usize,
+    /// Tokens that carried loss.
+    pub loss_tokens: usize,
+    /// Wall time of this invocation.
+    pub wall_s: f64,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+}
+
+/// Where a run keeps its checkpoint, and whether to continue from it.
+#[derive(Debug, Clone)]
+pub struct CheckpointPlan {
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// Continue from it if it exists.
+    pub resume: bool,
+}
+
+const CKPT_LORA: &str = "lora.";
+const CKPT_OPTIM: &str = "optim.";
+
+/// Which examples form micro-batch `micro` (global index) of a run: consecutive slices
+/// of a fresh seeded permutation per epoch.
+pub fn batch_indices(n: usize, batch: usize, micro: usize, seed: u64, cache: &mut HashMap<usize, Vec<usize>>) -> Vec<usize> {
+    (0..batch)
+        .map(|i| {
+            let g = micro * batch + i;
+            let epoch = g / n;
+            let perm = cache.entry(epoch).or_insert_with(|| rng::permutation(&mut rng::stream(seed, streams::DATA_ORDER, epoch as u64), n));
+            perm[g % n]
+        })
+        .collect()
+}
+
+/// Mean completion-token loss of a batch and the number of tokens it averages.
+pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<Tensor> {
+    let hidden = model.hidden_states(&batch.input_ids, &batch.mask, fwd, None)?;
+    let (b, t, h) = hidden.dims3()?;
+    // Logits only where the loss is taken: the LM head is the largest matmul of a
+    // small model, and most positions of an SFT batch are prompt.
+    let picked = hidden.reshape((b * t, h))?.index_select(&batch.loss_index, 0)?;
+    let logits = model.logits(&picked)?;
+    ops::cross_entropy(&logits, &batch.targets)
+}
+
+/// Trains `adapter` on `examples`. With a checkpoint plan, writes checkpoints
+/// atomically and (if `resume`) continues exactly where the saved one stopped.
+pub fn train(
+    model: &Llama,
+    adapter: &mut LoraAdapter,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    ckpt: Option<&CheckpointPlan>,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    if examples.is_empty() {
+        return Err(Error::Invalid("no training examples".into()));
+    }
+    if adapter.config != cfg.lora {
+        return Err(Error::Invalid("adapter and training config disagree on the LoRA settings".into()));
+    }
+    let device = model.device().clone();
+    let vars: Vec<Var> = adapter.vars();
+    let mut opt = AdamW::new(&vars, cfg.adamw)?;
+    let total = cfg.total_steps(examples.len());
+    let warmup = cfg.warmup_steps(total);
+    let mut start = 0;
+    let mut losses = Vec::new();
+    let (mut tokens, mut loss_tokens) = (0usize, 0usize);
+    if let Some(plan) = ckpt.filter(|p| p.resume && p.path.exists()) {
+        let (tensors, meta) = checkpoint::read_safetensors(&plan.path, &device)?;
+        let saved: TrainConfig = serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or("null"))
+            .map_err(|e| Error::Adapter(format!("{}: no usable train_config: {e}", plan.path.display())))?;
+        if &saved != cfg {
+            return Err(Error::Invalid(format!(
+                "{} was written with different training settings; resume with the same ones or start afresh",
+                plan.path.display()
+            )));
+        }
+        let named: Vec<(String, Tensor)> = adapter.named_tensors();
+        for ((name, _), var) in named.iter().zip(&vars) {
+            let t = tensors
+                .get(&format!("{CKPT_LORA}{name}"))
+                .ok_or_else(|| Error::Adapter(format!("checkpoint lacks `{name}`")))?;
+            var.set(t)?;
+        }
+        start = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        opt.load_state(|n| tensors.get(&format!("{CKPT_OPTIM}{n}")).cloned(), start)?;
+        losses = meta.get("losses").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        tokens = meta.get("tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
+        loss_tokens = meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
+    }
+    let trainable_params = adapter.num_parameters();
+    on_event(&TrainEvent::Started { total_steps: total, start_step: start, trainable_params, examples: examples.len() });
+    let began = Instant::now();
+    let mut perms = HashMap::new();
+    let save = |step: usize, losses: &[f64], tokens: usize, loss_tokens: usize, opt: &AdamW, adapter: &LoraAdapter| -> Result<Option<PathBuf>> {
+        let Some(plan) = ckpt else { return Ok(None) };
+        let mut all: Vec<(String, Tensor)> =
+            adapter.named_tensors().into_iter().map(|(n, t)| (format!("{CKPT_LORA}{n}"), t)).collect();
+        all.extend(opt.state().into_iter().map(|(n, t)| (format!("{CKPT_OPTIM}{n}"), t)));
+        let meta = HashMap::from([
+            ("step".to_string(), step.to_string()),
+            ("train_config".to_string(), serde_json::to_string(cfg)?),
+            ("losses".to_string(), serde_json::to_string(losses)?),
+            ("tokens".to_string(), tokens.to_string()),
+            ("loss_tokens".to_string(), loss_tokens.to_string()),
+        ]);
+        checkpoint::write_safetensors(&plan.path, &all, Some(meta))?;
+        Ok(Some(plan.path.clone()))
+    };
+    for step in start..total {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        let t0 = Instant::now();
+        // Build the step's micro-batches first: the loss of each is weighted by its
+        // share of the step's loss tokens, so accumulation equals one big batch.
+        let batches: Vec<data::Batch> = (0..cfg.grad_accum)
+            .map(|k| {
+                let idx = batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
+                let ex: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
+                data::make_batch(&ex, 0, &device)
+            })
+            .collect::<Result<_>>()?;
+        let step_loss_tokens: usize = batches.iter().map(|b| b.loss_tokens).sum();
+        let step_tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut step_loss = 0f64;
+        for (k, batch) in batches.iter().enumerate() {
+            if batch.loss_tokens == 0 {
+                continue;
+            }
+            let fwd = Forward::train(adapter, cfg.seed, (step * cfg.grad_accum + k) as u64);
+            let loss = batch_loss(model, batch, &fwd)?;
+            let weight = batch.loss_tokens as f64 / step_loss_tokens.max(1) as f64;
+            let weighted = (loss * weight)?;
+            step_loss += weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let g = weighted.backward()?;
+            for (slot, var) in grads.iter_mut().zip(&vars) {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + gv)?,
+                        None => gv.clone(),
+                    });
+                }
+            }
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+        let lr = optim::lr_at(step, total, warmup, cfg.learning_rate);
+        opt.step(&vars, &grads, lr)?;
+        losses.push(step_loss);
+        tokens += step_tokens;
+        loss_tokens += step_loss_tokens;
+        let secs = t0.elapsed().as_secs_f64();
+        on_event(&TrainEvent::Step(StepStats {
+            step: step + 1,
+            total_steps: total,
+            loss: step_loss,
+            lr,
+            grad_norm,
+            tokens: step_tokens,
+            tokens_per_s: step_tokens as f64 / secs.max(1e-9),
+            elapsed_s: began.elapsed().as_secs_f64(),
+        }));
+        let done = step + 1;
+        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || done == total {
+            if let Some(path) = save(done, &losses, tokens, loss_tokens, &opt, adapter)? {
+                on_event(&TrainEvent::Checkpoint { step: done, path });
+            }
+        }
+    }
+    Ok(TrainSummary { steps: total, losses, tokens, loss_tokens, wall_s: began.elapsed().as_secs_f64(), trainable_params })
+}
+
+/// Tokenises records for training, reporting how many were truncated.
+pub fn encode_all(tok: &crate::TextTokenizer, records: &[data::Record], system: Option<&str>, max_len: usize) -> Result<Vec<Example>> {
+    records.iter().map(|r| data::encode(tok, r, system, max_len)).collect()
+}
+
+/// The default checkpoint location inside an output folder.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.safetensors")
+}
