@@ -133,7 +133,11 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
-/// Random weights for `cfg` (normal, std 0.02; norms at 1), seeded.
+/// Random weights for `cfg` (normal, std 0.02; embeddings 0.15; norms at 1), seeded.
+///
+/// The embeddings are wider than the usual 0.02 because the tiny model ties its LM head
+/// to them: with 0.02 the largest reachable logit is about 2.6, so a frozen tiny base
+/// could never become confident whatever its adapters learn.
 pub fn random_model(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Llama> {
     let mut r = rng::stream(seed, streams::TINY_WEIGHTS, 0);
     let names = weight_shapes(&cfg);
@@ -142,6 +146,8 @@ pub fn random_model(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Llam
         let n: usize = shape.iter().product();
         let t = if name.ends_with("norm.weight") {
             Tensor::ones(shape.as_slice(), DType::F32, device)?
+        } else if name == "model.embed_tokens.weight" {
+            Tensor::from_vec(rng::normal(&mut r, n, 0.15), shape.as_slice(), device)?
         } else {
             Tensor::from_vec(rng::normal(&mut r, n, 0.02), shape.as_slice(), device)?
         };

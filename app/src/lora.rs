@@ -294,6 +294,25 @@ impl LoraAdapter {
         Ok(Self { config, layers })
     }
 
+    /// A copy with every factor converted to `dtype` (new, independent variables).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|(t, p)| {
+                        Ok((*t, LoraPair {
+                            a: Var::from_tensor(&p.a.as_tensor().to_dtype(dtype)?)?,
+                            b: Var::from_tensor(&p.b.as_tensor().to_dtype(dtype)?)?,
+                        }))
+                    })
+                    .collect::<Result<BTreeMap<_, _>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config: self.config.clone(), layers })
+    }
+
     /// A deep copy whose variables are independent of this one's.
     pub fn deep_clone(&self) -> Result<Self> {
         let layers = self

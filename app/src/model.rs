@@ -64,8 +64,7 @@ impl<'a> Forward<'a> {
     }
 
     fn project(&self, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
-        // x is (N, in); matmul against the transposed weight view (no copy).
-        let mut y = x.matmul(&lin.weight.t()?)?;
+        let mut y = ops::frozen_matmul(x, &lin.weight)?;
         if let Some(b) = &lin.bias {
             y = y.broadcast_add(b)?;
         }
@@ -195,6 +194,13 @@ impl Llama {
         out
     }
 
+    /// A copy with every weight converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut weights: std::collections::HashMap<String, Tensor> =
+            self.named_weights().into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+        Self::from_weights(self.cfg.clone(), |n| Ok(weights.remove(n)))
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
@@ -302,7 +308,7 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let n: usize = dims[..dims.len() - 1].iter().product();
         let flat = hidden.reshape((n, self.cfg.hidden_size))?;
-        let l = flat.matmul(&self.lm_head_weight().t()?)?;
+        let l = ops::frozen_matmul(&flat, self.lm_head_weight())?;
         let mut out = dims.clone();
         *out.last_mut().expect("hidden states have a last dimension") = self.cfg.vocab_size;
         Ok(l.reshape(out)?)

@@ -13,10 +13,18 @@ use crate::Result;
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
+    let x = x.to_dtype(accumulation_dtype(dtype))?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
     Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// f32 for half-precision inputs, the input's own type otherwise.
+pub fn accumulation_dtype(d: DType) -> DType {
+    match d {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
 }
 
 /// Softmax over the last dimension. The max is detached: softmax is invariant to the
@@ -149,14 +157,14 @@ pub fn positions_from_mask(mask: &[Vec<u8>], past: &[usize]) -> Vec<Vec<u32>> {
 
 /// Mean negative log-likelihood of `targets` under `logits` `(N, V)`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
     Ok(picked.neg()?.mean_all()?)
 }
 
 /// Per-row negative log-likelihood of `targets` under `logits` `(N, V)`.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+    let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;
     Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
 
@@ -167,6 +175,24 @@ mod tests {
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < tol, "max diff {d}");
+    }
+
+    #[test]
+    fn frozen_matmul_gives_input_gradient_only() {
+        let x = candle_core::Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[[1f32, 0., -1.], [2., 1., 0.]], &Device::Cpu).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
+        // Non-contiguous input takes the strided path.
+        let wide = candle_core::Var::new(&[[1f32, 2., 3., 9.], [4., 5., 6., 9.]], &Device::Cpu).unwrap();
+        let narrow = wide.as_tensor().narrow(1, 0, 3).unwrap();
+        assert!(!narrow.is_contiguous());
+        let y2 = frozen_matmul(&narrow, &w).unwrap();
+        assert_eq!(y2.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        // d sum(x Wᵀ) / dx = 1ᵀ W = column sums of W for every row.
+        assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), vec![vec![3., 1., -1.], vec![3., 1., -1.]]);
+        assert!(g.get(&w).is_none());
     }
 
     #[test]
@@ -228,5 +254,84 @@ mod tests {
         let t = Tensor::new(&[1u32], &Device::Cpu).unwrap();
         let ce = cross_entropy(&l, &t).unwrap().to_scalar::<f32>().unwrap();
         assert!((ce - 2f32.ln()).abs() < 1e-6);
+    }
+}
+
+/// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`.
+///
+/// candle's matmul backward always computes the gradient of both operands; for a frozen
+/// base weight that is a wasted matmul per layer (a third of a training step) and a
+/// weight-sized buffer kept until the step ends. As a custom op holding `W` inside, only
+/// `∂x = ∂y · W` is computed.
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || !x.track_op() {
+        return Ok(x.matmul(&weight.t()?)?);
+    }
+    Ok(x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { weight: weight.clone() })))?)
+}
+
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+fn storage_to_tensor<T: candle_core::WithDType>(v: &[T], l: &candle_core::Layout) -> candle_core::Result<Tensor> {
+    let data: Vec<T> = match l.contiguous_offsets() {
+        Some((a, b)) => v[a..b].to_vec(),
+        None => {
+            // Walk the strided view in row-major order.
+            let dims = l.dims();
+            let stride = l.stride();
+            let n: usize = dims.iter().product();
+            let mut idx = vec![0usize; dims.len()];
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let off: usize = l.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+                out.push(v[off]);
+                for d in (0..dims.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < dims[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+            out
+        }
+    };
+    Tensor::from_vec(data, l.shape(), &Device::Cpu)
+}
+
+fn tensor_to_storage(t: &Tensor) -> candle_core::Result<candle_core::CpuStorage> {
+    use candle_core::CpuStorage as S;
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => S::F32(flat.to_vec1()?),
+        DType::F64 => S::F64(flat.to_vec1()?),
+        DType::BF16 => S::BF16(flat.to_vec1()?),
+        DType::F16 => S::F16(flat.to_vec1()?),
+        d => candle_core::bail!("frozen matmul: unsupported dtype {d:?}"),
+    })
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let x = match s {
+            S::F32(v) => storage_to_tensor(v, l)?,
+            S::F64(v) => storage_to_tensor(v, l)?,
+            S::BF16(v) => storage_to_tensor(v, l)?,
+            S::F16(v) => storage_to_tensor(v, l)?,
+            _ => candle_core::bail!("frozen matmul: unsupported dtype"),
+        };
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok((tensor_to_storage(&y)?, y.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.weight)?))
     }
 }

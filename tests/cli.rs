@@ -1,0 +1,79 @@
+use std::process::{Command, Output};
+
+use crate::util::{bin, sentiment_task, write_jsonl};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("MULTITUNE_DEVICE", "cpu").output().expect("multitune runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn train_generate_eval_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("task.jsonl");
+    write_jsonl(&data, &sentiment_task(16, 3));
+    let out = dir.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let r = run(&["train", "--model", "tiny", "--data", d, "--out", o, "--steps", "6", "--batch-size", "4", "--checkpoint-every", "3", "--eval-data", d]);
+    assert!(r.status.success(), "{}", text(&r));
+    let t = text(&r);
+    assert!(t.contains("done: 6 steps") && t.contains("held-out: 16 examples"), "{t}");
+    for f in ["adapter_model.safetensors", "adapter_config.json", "checkpoint.safetensors", "train_config.json", "train_log.jsonl", "summary.json", "eval.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let steps = log.lines().filter(|l| l.contains("\"event\":\"step\"")).count();
+    assert_eq!(steps, 6);
+    assert_eq!(log.lines().filter(|l| l.contains("\"event\":\"checkpoint\"")).count(), 2);
+
+    // Training again into the same folder without --resume is refused, not clobbered.
+    let again = run(&["train", "--model", "tiny", "--data", d, "--out", o, "--steps", "6"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("--resume"), "{}", text(&again));
+
+    let g = run(&["generate", "--model", "tiny", "--adapter", o, "--prompt", "hello", "--max-new-tokens", "5"]);
+    assert!(g.status.success(), "{}", text(&g));
+
+    let e = run(&["eval", "--model", "tiny", "--adapter", o, "--data", d]);
+    assert!(e.status.success(), "{}", text(&e));
+    assert!(text(&e).contains("exact match") && text(&e).contains("task"), "{}", text(&e));
+    let ej = run(&["eval", "--model", "tiny", "--data", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ej.stdout).unwrap();
+    assert_eq!(v["examples"], 16);
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"a\",\"answer\":\"b\"}\n").unwrap();
+    let o = dir.path().join("run");
+    let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap()]);
+    assert!(!r.status.success());
+    assert!(text(&r).contains("line 2: missing field `completion`"), "{}", text(&r));
+    assert!(!o.join("checkpoint.safetensors").exists());
+
+    let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--lr=-1"]);
+    assert!(text(&r).contains("learning rate"), "{}", text(&r));
+    let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--targets", "q,lm_head"]);
+    assert!(text(&r).contains("`lm_head`"), "{}", text(&r));
+    let r = run(&["generate", "--model", "no-such-model", "--prompt", "x"]);
+    assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
+    let r = run(&["generate", "--model", "tiny", "--adapter", dir.path().to_str().unwrap(), "--prompt", "x"]);
+    assert!(!r.status.success() && text(&r).contains("adapter_config.json"), "{}", text(&r));
+}
+
+#[test]
+fn bench_prints_figures_for_the_tiny_model() {
+    let r = run(&["bench", "--models", "tiny", "--steps", "2"]);
+    assert!(r.status.success(), "{}", text(&r));
+    let t = text(&r);
+    assert!(t.contains("train tok/s") && t.contains("peak MiB"), "{t}");
+    let line = t.lines().find(|l| l.starts_with("tiny")).expect("a tiny row");
+    let figures: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    assert!(figures.iter().all(|f| *f > 0.0), "{line}");
+}

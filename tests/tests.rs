@@ -1,0 +1,22 @@
+//! End-to-end tests of the engine and the `multitune` CLI, in one test binary.
+//! Tests that need the default model expect it in `models/` (`make model`) or in
+//! `$MULTITUNE_MODELS`; they fail, not skip, when it is missing.
+
+// Shared helpers: locating the model and the binary, building small tasks.
+mod util;
+
+// LoRA against its definition: zero B, merge/unmerge, finite-difference gradients.
+mod lora_math;
+
+// The default model against candle-transformers' implementation, its chat answer, and
+// the Hugging Face folder loader.
+mod reference;
+
+// Training: overfitting, exact resume, accumulation, a real fine-tune of the default model.
+mod training;
+
+// PEFT export: names, shapes, config keys, exact round trip, rope-layout permutation.
+mod peft_export;
+
+// The command line, as a user runs it.
+mod cli;

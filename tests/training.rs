@@ -1,0 +1,156 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use multitune::data::Record;
+use multitune::eval::evaluate;
+use multitune::loader::tiny_model;
+use multitune::lora::{LoraAdapter, LoraConfig};
+use multitune::train::{self, encode_all, CheckpointPlan, TrainConfig, TrainEvent};
+use multitune::Error;
+
+use crate::util::{default_model, sentiment_task};
+
+fn memorise_task() -> Vec<Record> {
+    ["apple", "river", "orange", "cloud", "violet", "stone", "ember", "maple"]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Record { prompt: format!("code {i}"), completion: w.to_string() })
+        .collect()
+}
+
+fn tiny_cfg(steps: usize) -> TrainConfig {
+    TrainConfig {
+        lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
+        learning_rate: 1e-2,
+        batch_size: 4,
+        max_steps: Some(steps),
+        checkpoint_every: 0,
+        max_seq_len: 64,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tiny_model_overfits_a_small_dataset() {
+    let (model, tok) = tiny_model(0, &Device::Cpu).unwrap();
+    let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    let cfg = tiny_cfg(150);
+    let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let mut steps = 0;
+    let s = train::train(&model, &mut ad, &ex, &cfg, None, None, &mut |e| {
+        if matches!(e, TrainEvent::Step(_)) {
+            steps += 1
+        }
+    })
+    .unwrap();
+    assert_eq!(steps, 150);
+    let first = s.losses[0];
+    let last = s.losses[s.losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(first > 4.0, "a random byte-level model starts above ln(259) = 5.6, got {first}");
+    assert!(last < 0.25 * first, "loss fell only from {first} to {last}");
+}
+
+#[test]
+fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
+    let (model, tok) = tiny_model(1, &Device::Cpu).unwrap();
+    let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    let cfg = TrainConfig { checkpoint_every: 5, grad_accum: 2, lora: LoraConfig { dropout: 0.1, ..Default::default() }, ..tiny_cfg(12) };
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut straight = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let full = train::train(&model, &mut straight, &ex, &cfg, None, None, &mut |_| {}).unwrap();
+
+    // Interrupted after the step-5 checkpoint (cancel is seen before step 6 runs).
+    let plan = CheckpointPlan { path: dir.path().join("ckpt.safetensors"), resume: true };
+    let cancel = AtomicBool::new(false);
+    let mut first = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let err = train::train(&model, &mut first, &ex, &cfg, Some(&plan), Some(&cancel), &mut |e| {
+        if let TrainEvent::Checkpoint { step: 5, .. } = e {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Cancelled));
+
+    // A new process would start from a fresh adapter and the checkpoint.
+    let mut resumed = LoraAdapter::new(&model.cfg, cfg.lora.clone(), 999, &Device::Cpu).unwrap();
+    let mut start = None;
+    let rest = train::train(&model, &mut resumed, &ex, &cfg, Some(&plan), None, &mut |e| {
+        if let TrainEvent::Started { start_step, .. } = e {
+            start = Some(*start_step)
+        }
+    })
+    .unwrap();
+    assert_eq!(start, Some(5));
+    assert_eq!(rest.losses, full.losses, "loss history continues exactly");
+    for (a, b) in straight.vars().iter().zip(resumed.vars()) {
+        let a: Vec<f32> = a.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "adapters differ");
+    }
+    // No temporary files are left beside the checkpoint.
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["ckpt.safetensors".to_string()]);
+
+    // Resuming with other settings is refused.
+    let other = TrainConfig { learning_rate: 5e-3, ..cfg.clone() };
+    let mut ad = LoraAdapter::new(&model.cfg, other.lora.clone(), other.seed, &Device::Cpu).unwrap();
+    let err = train::train(&model, &mut ad, &ex, &other, Some(&plan), None, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("different training settings"), "{err}");
+}
+
+#[test]
+fn gradient_accumulation_equals_one_large_batch() {
+    let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
+    let recs: Vec<Record> = memorise_task().into_iter().map(|mut r| {
+        r.completion = r.completion.repeat(1 + r.prompt.len() % 3);
+        r
+    }).collect();
+    let ex = encode_all(&tok, &recs, None, 64).unwrap();
+    let big = TrainConfig { batch_size: 8, grad_accum: 1, ..tiny_cfg(3) };
+    let small = TrainConfig { batch_size: 4, grad_accum: 2, ..tiny_cfg(3) };
+    let run = |cfg: &TrainConfig| {
+        let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+        let s = train::train(&model, &mut ad, &ex, cfg, None, None, &mut |_| {}).unwrap();
+        (s, ad)
+    };
+    let (sb, ab) = run(&big);
+    let (ss, asm) = run(&small);
+    for (x, y) in sb.losses.iter().zip(&ss.losses) {
+        assert!((x - y).abs() < 1e-5, "step losses {x} vs {y}");
+    }
+    for (a, b) in ab.vars().iter().zip(asm.vars()) {
+        let d = multitune::model::max_abs_diff(a.as_tensor(), b.as_tensor()).unwrap();
+        assert!(d < 1e-4, "adapters differ by {d}");
+    }
+}
+
+/// A real fine-tune of the default model: 24 steps on a one-word sentiment task lift
+/// held-out exact match well above the base model's. About two minutes here.
+#[test]
+fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
+    let m = default_model();
+    let train_recs = sentiment_task(96, 1);
+    let held_out = sentiment_task(32, 2);
+    let cfg = TrainConfig {
+        lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
+        learning_rate: 1e-3,
+        batch_size: 8,
+        max_steps: Some(24),
+        checkpoint_every: 0,
+        max_seq_len: 128,
+        ..Default::default()
+    };
+    let base = evaluate(&m.model, &m.tokenizer, None, &held_out, None, 128, 16, &mut |_, _| {}).unwrap();
+    let ex = encode_all(&m.tokenizer, &train_recs, None, 128).unwrap();
+    let mut ad = LoraAdapter::new(&m.model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let s = train::train(&m.model, &mut ad, &ex, &cfg, None, None, &mut |_| {}).unwrap();
+    let tuned = evaluate(&m.model, &m.tokenizer, Some(&ad), &held_out, None, 128, 16, &mut |_, _| {}).unwrap();
+    eprintln!(
+        "base: exact match {:.3}, loss {:.3}; tuned: exact match {:.3}, loss {:.3}; train loss {:.3} -> {:.3} in {:.0}s",
+        base.exact_match, base.loss, tuned.exact_match, tuned.loss, s.losses[0], s.losses[s.losses.len() - 1], s.wall_s
+    );
+    assert!(tuned.exact_match >= 0.85, "tuned exact match {}", tuned.exact_match);
+    assert!(tuned.exact_match >= base.exact_match + 0.3, "base {} vs tuned {}", base.exact_match, tuned.exact_match);
+    assert!(tuned.loss < base.loss * 0.5);
+}
