@@ -8,7 +8,7 @@ use multitune::lora::{LoraAdapter, LoraConfig};
 use multitune::train::{self, encode_all, CheckpointPlan, TrainConfig, TrainEvent};
 use multitune::Error;
 
-use crate::util::{default_model, sentiment_task};
+use crate::util::default_model;
 
 fn memorise_task() -> Vec<Record> {
     ["apple", "river", "orange", "cloud", "violet", "stone", "ember", "maple"]
@@ -125,18 +125,18 @@ fn gradient_accumulation_equals_one_large_batch() {
     }
 }
 
-/// A real fine-tune of the default model: 24 steps on a one-word sentiment task lift
-/// held-out exact match well above the base model's. About two minutes here.
+/// A real fine-tune of the default model: 12 steps on a one-word sentiment task lift
+/// held-out exact match well above the base model's (measured here: 0.0 -> 1.0, in
+/// about a minute and a half of training).
 #[test]
 fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
     let m = default_model();
-    let train_recs = sentiment_task(96, 1);
-    let held_out = sentiment_task(32, 2);
+    let (train_recs, held_out) = multitune::demo::sentiment_split(96, 32, 1);
     let cfg = TrainConfig {
         lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
         learning_rate: 1e-3,
         batch_size: 8,
-        max_steps: Some(24),
+        max_steps: Some(12),
         checkpoint_every: 0,
         max_seq_len: 128,
         ..Default::default()

@@ -35,29 +35,9 @@ pub fn bin() -> PathBuf {
     b
 }
 
-/// A sentiment task the base model does not answer in the expected one-word form:
-/// `n` reviews built from seeded word lists, labelled `positive` / `negative`.
+/// The demo sentiment task (see `multitune::demo`).
 pub fn sentiment_task(n: usize, seed: u64) -> Vec<Record> {
-    const GOOD: [&str; 10] = ["wonderful", "excellent", "delightful", "superb", "fantastic", "lovely", "brilliant", "great", "charming", "perfect"];
-    const BAD: [&str; 10] = ["terrible", "awful", "boring", "dreadful", "horrible", "disappointing", "poor", "dull", "broken", "useless"];
-    const THINGS: [&str; 8] = ["movie", "phone", "restaurant", "book", "hotel", "laptop", "concert", "game"];
-    const OPENERS: [&str; 5] = ["Honestly, the", "I thought the", "Overall the", "My friend said the", "This time the"];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = |m: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % m
-    };
-    (0..n)
-        .map(|_| {
-            let positive = next(2) == 0;
-            let adj = if positive { GOOD[next(10)] } else { BAD[next(10)] };
-            let text = format!("{} {} was {}.", OPENERS[next(5)], THINGS[next(8)], adj);
-            Record {
-                prompt: format!("Classify the sentiment of this review as positive or negative.\nReview: {text}"),
-                completion: if positive { "positive" } else { "negative" }.into(),
-            }
-        })
-        .collect()
+    multitune::demo::sentiment(n, seed)
 }
 
 /// Writes records as JSONL.

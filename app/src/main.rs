@@ -43,6 +43,12 @@ enum Cmd {
     Eval(EvalArgs),
     /// Print training and eval throughput and peak memory.
     Bench(BenchArgs),
+    /// Write the demo task files (reproducible) into a folder.
+    DemoData {
+        /// Output folder.
+        #[arg(long, default_value = "assets/demo")]
+        out: PathBuf,
+    },
     /// Write the base model with an adapter merged in, as a Hugging Face folder.
     ExportMerged {
         #[command(flatten)]
@@ -395,6 +401,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Generate(a) => cmd_generate(cli, a, &device),
         Cmd::Eval(a) => cmd_eval(cli, a, &device),
         Cmd::Bench(a) => cmd_bench(cli, a, &device),
+        Cmd::DemoData { out } => {
+            for p in multitune::demo::write_demo(out)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Cmd::ExportMerged { model, adapter, out } => {
             let m = load(&model.model, cli, &device)?;
             let ad = load_adapter(adapter, &m, &device)?;

@@ -1,0 +1,54 @@
+# Multitune — the two commands are `make run` and `make test`; the rest are their steps.
+SHELL := /bin/bash
+CARGO ?= cargo
+MODELS ?= models
+BIN_DEBUG := target/debug/multitune
+BIN_RELEASE := target/release/multitune
+
+.PHONY: run test model build build-release demo-data bench fmt lint clean
+
+## run: set up, build, and run the CLI demo on the default model (the dashboard
+## replaces this once the server and UI land).
+run: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	@echo "== base model on held-out sentiment =="
+	$(BIN_RELEASE) --models-dir $(MODELS) eval --model default --data assets/demo/sentiment_eval.jsonl
+	@echo "== fine-tuning a LoRA adapter (rank 8, all linear layers) =="
+	$(BIN_RELEASE) --models-dir $(MODELS) train --model default --data assets/demo/sentiment_train.jsonl \
+		--eval-data assets/demo/sentiment_eval.jsonl --out runs/demo --steps 24 --lr 1e-3 --checkpoint-every 0 \
+		$$( [ -f runs/demo/checkpoint.safetensors ] && echo --resume )
+	@echo "== the tuned adapter answering =="
+	$(BIN_RELEASE) --models-dir $(MODELS) generate --model default --adapter runs/demo \
+		--prompt $$'Classify the sentiment of this review as positive or negative.\nReview: The hotel was lovely.'
+
+## test: everything CI checks (fetches the default model first).
+test: model
+	$(CARGO) test --workspace
+
+## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when present.
+model: build
+	$(BIN_DEBUG) --models-dir $(MODELS) fetch-model
+
+build:
+	$(CARGO) build -p multitune
+
+build-release:
+	$(CARGO) build --release -p multitune
+
+## demo-data: regenerate assets/demo (byte-identical; a test checks it).
+demo-data: build
+	$(BIN_DEBUG) demo-data --out assets/demo
+
+## bench: training/eval throughput and peak memory, tiny and default models.
+bench: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	$(BIN_RELEASE) --models-dir $(MODELS) bench --models tiny,default --steps 5
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
