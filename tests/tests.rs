@@ -12,6 +12,10 @@ mod lora_math;
 // the Hugging Face folder loader.
 mod reference;
 
+// Hugging Face folders of other architectures against candle-transformers: Llama 3
+// rope scaling, Qwen2 biases; sharded checkpoints.
+mod hf_models;
+
 // Training: overfitting, exact resume, accumulation, a real fine-tune of the default model.
 mod training;
 
