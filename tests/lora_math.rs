@@ -82,7 +82,7 @@ fn gradients_of_a_and_b_match_finite_differences() {
     let ad32 = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 5, &Device::Cpu).unwrap();
     randomize_b(&ad32, 6);
     let ad = ad32.to_dtype(DType::F64).unwrap();
-    let ex = [Example { ids: vec![3, 77, 120, 9, 200, 45, 12, 5, 9], prompt_len: 4 }, Example { ids: vec![100, 101, 102, 50, 60, 70], prompt_len: 3 }];
+    let ex = [Example { ids: vec![3, 77, 120, 9, 200, 45, 12, 5, 9], prompt_len: 4, ..Default::default() }, Example { ids: vec![100, 101, 102, 50, 60, 70], prompt_len: 3, ..Default::default() }];
     let refs: Vec<&Example> = ex.iter().collect();
     let batch = make_batch(&refs, 0, &Device::Cpu).unwrap();
     let loss = |ad: &LoraAdapter| -> f64 {

@@ -16,6 +16,9 @@ mod reference;
 // rope scaling, Qwen2 biases; sharded checkpoints.
 mod hf_models;
 
+// Datasets: the malformed corpus in tests/fixtures, limits.
+mod datasets;
+
 // Training: overfitting, exact resume, accumulation, a real fine-tune of the default model.
 mod training;
 

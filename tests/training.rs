@@ -2,7 +2,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
 use multitune::data::Record;
-use multitune::eval::evaluate;
+use multitune::dataset::TaskKind;
+use multitune::eval::{evaluate_task, EvalOptions};
 use multitune::loader::tiny_model;
 use multitune::lora::{LoraAdapter, LoraConfig};
 use multitune::train::{self, encode_all, CheckpointPlan, TrainConfig, TrainEvent};
@@ -14,7 +15,7 @@ fn memorise_task() -> Vec<Record> {
     ["apple", "river", "orange", "cloud", "violet", "stone", "ember", "maple"]
         .iter()
         .enumerate()
-        .map(|(i, w)| Record { prompt: format!("code {i}"), completion: w.to_string() })
+        .map(|(i, w)| Record::new(format!("code {i}"), w.to_string()))
         .collect()
 }
 
@@ -141,16 +142,20 @@ fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
         max_seq_len: 128,
         ..Default::default()
     };
-    let base = evaluate(&m.model, &m.tokenizer, None, &held_out, None, 128, 16, &mut |_, _| {}).unwrap();
+    // Scored as generation: does the model answer with exactly the label?
+    let eo = EvalOptions { max_seq_len: 128, bootstrap: 200, ..Default::default() };
+    let evaluate = |ad: Option<&LoraAdapter>| evaluate_task(&m.model, &m.tokenizer, ad, "sentiment", TaskKind::Generation, &[], &held_out, &eo, &mut |_, _| {}).unwrap();
+    let base = evaluate(None);
     let ex = encode_all(&m.tokenizer, &train_recs, None, 128).unwrap();
     let mut ad = LoraAdapter::new(&m.model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
     let s = train::train(&m.model, &mut ad, &ex, &cfg, None, None, &mut |_| {}).unwrap();
-    let tuned = evaluate(&m.model, &m.tokenizer, Some(&ad), &held_out, None, 128, 16, &mut |_, _| {}).unwrap();
+    let tuned = evaluate(Some(&ad));
+    let (b, t) = (base.metric("exact_match").unwrap(), tuned.metric("exact_match").unwrap());
     eprintln!(
-        "base: exact match {:.3}, loss {:.3}; tuned: exact match {:.3}, loss {:.3}; train loss {:.3} -> {:.3} in {:.0}s",
-        base.exact_match, base.loss, tuned.exact_match, tuned.loss, s.losses[0], s.losses[s.losses.len() - 1], s.wall_s
+        "base: exact match {:.3}, loss {:.3}; tuned: exact match {:.3} [{:.3}, {:.3}], loss {:.3}; train loss {:.3} -> {:.3} in {:.0}s",
+        b.value, base.loss.value, t.value, t.lo, t.hi, tuned.loss.value, s.losses[0], s.losses[s.losses.len() - 1], s.wall_s
     );
-    assert!(tuned.exact_match >= 0.85, "tuned exact match {}", tuned.exact_match);
-    assert!(tuned.exact_match >= base.exact_match + 0.3, "base {} vs tuned {}", base.exact_match, tuned.exact_match);
-    assert!(tuned.loss < base.loss * 0.5);
+    assert!(t.value >= 0.75, "tuned exact match {}", t.value);
+    assert!(t.lo > b.hi, "base {b:?} vs tuned {t:?}: the intervals must not overlap");
+    assert!(tuned.loss.value < base.loss.value * 0.5);
 }

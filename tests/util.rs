@@ -37,7 +37,7 @@ pub fn bin() -> PathBuf {
 
 /// The demo sentiment task (see `multitune::demo`).
 pub fn sentiment_task(n: usize, seed: u64) -> Vec<Record> {
-    multitune::demo::sentiment(n, seed)
+    multitune::demo::sentiment_split(n, 0, seed).0
 }
 
 /// Writes records as JSONL.

@@ -79,7 +79,7 @@ pub fn bench_model(model: &Llama, name: &str, shape: BenchShape) -> Result<Bench
     let mut r = rng::stream(0, 99, 0);
     let vocab = model.cfg.vocab_size as u32;
     let examples: Vec<Example> = (0..shape.batch)
-        .map(|_| Example { ids: (0..=shape.seq).map(|_| rand::Rng::random_range(&mut r, 0..vocab)).collect(), prompt_len: 1 })
+        .map(|_| Example { ids: (0..=shape.seq).map(|_| rand::Rng::random_range(&mut r, 0..vocab)).collect(), prompt_len: 1, extra_loss: vec![] })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = data::make_batch(&refs, 0, dev)?;

@@ -11,13 +11,25 @@ use serde::{Deserialize, Serialize};
 use crate::tokenizer::{ChatMessage, TextTokenizer};
 use crate::{Error, Result};
 
-/// One row of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One example of a task, whatever format it came in: the final user prompt and the
+/// answer to learn, after any earlier conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Record {
-    /// What the model is given.
+    /// What the model is given (the last user message).
     pub prompt: String,
-    /// What it should answer.
+    /// What it should answer (the last assistant message, or the label).
     pub completion: String,
+    /// Earlier messages of a conversation (a leading system message, then user and
+    /// assistant turns); assistant turns here are trained on too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ChatMessage>,
+}
+
+impl Record {
+    /// A single-turn record.
+    pub fn new(prompt: impl Into<String>, completion: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), completion: completion.into(), history: vec![] }
+    }
 }
 
 /// Reads JSONL `{"prompt", "completion"}` rows; an error names the line and the field.
@@ -39,7 +51,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
                 None => Err(bad(format!("missing field `{name}`"))),
             }
         };
-        out.push(Record { prompt: field("prompt")?, completion: field("completion")? });
+        out.push(Record::new(field("prompt")?, field("completion")?));
     }
     if out.is_empty() {
         return Err(Error::Data { path: path.into(), line: 0, reason: "no examples".into() });
@@ -47,13 +59,16 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// A tokenised example: loss is taken on `ids[prompt_len..]`.
-#[derive(Debug, Clone, PartialEq)]
+/// A tokenised example: loss is taken on `ids[prompt_len..]` and on `extra_loss` spans
+/// (earlier assistant turns of a conversation).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Example {
     /// Prompt then completion tokens.
     pub ids: Vec<u32>,
-    /// How many leading tokens are prompt.
+    /// How many leading tokens are prompt (before the final completion).
     pub prompt_len: usize,
+    /// Token ranges `[start, end)` inside the prompt that also carry loss.
+    pub extra_loss: Vec<(usize, usize)>,
 }
 
 impl Example {
@@ -63,17 +78,59 @@ impl Example {
     }
 }
 
+fn messages(system: Option<&str>, rec: &Record, with_answer: bool) -> Vec<ChatMessage> {
+    let mut msgs = Vec::with_capacity(rec.history.len() + 3);
+    if let Some(s) = system {
+        if rec.history.first().is_none_or(|m| m.role != "system") {
+            msgs.push(ChatMessage::new("system", s));
+        }
+    }
+    msgs.extend(rec.history.iter().cloned());
+    msgs.push(ChatMessage::new("user", rec.prompt.clone()));
+    if with_answer {
+        msgs.push(ChatMessage::new("assistant", rec.completion.clone()));
+    }
+    msgs
+}
+
 /// The prompt as the model sees it: chat-templated with a generation prompt, or plain.
 pub fn render_prompt(tok: &TextTokenizer, system: Option<&str>, prompt: &str) -> Result<String> {
+    render_record_prompt(tok, system, &Record::new(prompt, ""))
+}
+
+/// A record's prompt (history included) as the model sees it.
+pub fn render_record_prompt(tok: &TextTokenizer, system: Option<&str>, rec: &Record) -> Result<String> {
     if !tok.is_chat() {
-        return Ok(prompt.to_string());
+        let mut parts: Vec<&str> = system.into_iter().collect();
+        parts.extend(rec.history.iter().map(|m| m.content.as_str()));
+        parts.push(&rec.prompt);
+        return Ok(parts.join("\n"));
     }
-    let mut msgs = Vec::new();
-    if let Some(s) = system {
-        msgs.push(ChatMessage::new("system", s));
+    tok.render_chat(&messages(system, rec, false), true)
+}
+
+/// Text segments of a rendered conversation, each marked whether it carries loss
+/// (assistant turns, with their end-of-turn marker).
+fn chat_segments(tok: &TextTokenizer, system: Option<&str>, rec: &Record) -> Result<Vec<(String, bool)>> {
+    let msgs = messages(system, rec, true);
+    let full = tok.render_chat(&msgs, false)?;
+    let mut segs = Vec::new();
+    let mut pos = 0usize;
+    for (i, m) in msgs.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let before = tok.render_chat(&msgs[..i], true)?;
+        let through = tok.render_chat(&msgs[..=i], false)?;
+        let through = through.trim_end_matches('\n');
+        if !full.starts_with(&before) || !full.starts_with(through) || before.len() < pos || through.len() < before.len() {
+            return Err(Error::Template("the chat template does not render earlier turns as a prefix of the conversation".into()));
+        }
+        segs.push((full[pos..before.len()].to_string(), false));
+        segs.push((full[before.len()..through.len()].to_string(), true));
+        pos = through.len();
     }
-    msgs.push(ChatMessage::new("user", prompt));
-    tok.render_chat(&msgs, true)
+    Ok(segs)
 }
 
 /// Tokenises `rec`: prompt tokens, then the completion followed by the end-of-turn
@@ -81,32 +138,30 @@ pub fn render_prompt(tok: &TextTokenizer, system: Option<&str>, prompt: &str) ->
 /// Longer than `max_len`: the prompt loses tokens from its start; the completion is cut
 /// at its end only if it alone does not fit.
 pub fn encode(tok: &TextTokenizer, rec: &Record, system: Option<&str>, max_len: usize) -> Result<Example> {
-    let prompt = render_prompt(tok, system, &rec.prompt)?;
-    let completion_text = if tok.is_chat() {
-        let mut msgs = Vec::new();
-        if let Some(s) = system {
-            msgs.push(ChatMessage::new("system", s));
+    let (mut p, mut c, mut extra) = if tok.is_chat() {
+        let segs = chat_segments(tok, system, rec)?;
+        let n = segs.len();
+        let mut ids = Vec::new();
+        let mut extra = Vec::new();
+        for (text, loss) in &segs[..n - 1] {
+            let t = tok.encode(text)?;
+            if *loss {
+                extra.push((ids.len(), ids.len() + t.len()));
+            }
+            ids.extend(t);
         }
-        msgs.push(ChatMessage::new("user", rec.prompt.clone()));
-        msgs.push(ChatMessage::new("assistant", rec.completion.clone()));
-        let full = tok.render_chat(&msgs, false)?;
-        match full.strip_prefix(&prompt) {
-            Some(rest) => rest.trim_end_matches('\n').to_string(),
-            None => return Err(Error::Template("the chat template does not render the prompt as a prefix of the conversation".into())),
-        }
+        (ids, tok.encode(&segs[n - 1].0)?, extra)
     } else {
-        rec.completion.clone()
-    };
-    let mut p = tok.encode(&prompt)?;
-    if let Some(bos) = tok.bos_id {
-        if !tok.is_chat() && p.first() != Some(&bos) {
-            p.insert(0, bos);
+        let mut p = tok.encode(&render_record_prompt(tok, system, rec)?)?;
+        if let Some(bos) = tok.bos_id {
+            if p.first() != Some(&bos) {
+                p.insert(0, bos);
+            }
         }
-    }
-    let mut c = tok.encode(&completion_text)?;
-    if !tok.is_chat() {
+        let mut c = tok.encode(&rec.completion)?;
         c.extend(tok.eos_ids.first());
-    }
+        (p, c, vec![])
+    };
     let max_len = max_len.max(2);
     if c.len() > max_len - 1 {
         c.truncate(max_len - 1);
@@ -114,13 +169,14 @@ pub fn encode(tok: &TextTokenizer, rec: &Record, system: Option<&str>, max_len: 
     if p.len() + c.len() > max_len {
         let cut = p.len() + c.len() - max_len;
         p.drain(..cut);
+        extra = extra.into_iter().filter(|&(_, e)| e > cut).map(|(s, e)| (s.saturating_sub(cut), e - cut)).collect();
     }
     if p.is_empty() {
         return Err(Error::Invalid("example has no prompt tokens left after truncation".into()));
     }
     let prompt_len = p.len();
     p.extend(c);
-    Ok(Example { ids: p, prompt_len })
+    Ok(Example { ids: p, prompt_len, extra_loss: extra })
 }
 
 /// A padded batch for next-token training: inputs are `ids[..n-1]`, and the loss is
@@ -139,6 +195,8 @@ pub struct Batch {
     pub tokens: usize,
     /// Tokens that carry loss.
     pub loss_tokens: usize,
+    /// Loss tokens of each example, in order (the loss positions are grouped by example).
+    pub per_example: Vec<usize>,
 }
 
 /// Builds a [`Batch`] from examples, right-padding with `pad`.
@@ -150,7 +208,9 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
     let mut loss_index = Vec::new();
     let mut targets = Vec::new();
     let mut tokens = 0;
+    let mut per_example = Vec::with_capacity(b);
     for (bi, e) in examples.iter().enumerate() {
+        let before = targets.len();
         let n = e.ids.len() - 1;
         ids.extend_from_slice(&e.ids[..n]);
         ids.extend(std::iter::repeat_n(pad, t - n));
@@ -158,10 +218,16 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
         m.resize(t, 0);
         mask.push(m);
         tokens += n;
-        for pos in e.prompt_len.saturating_sub(1)..n {
-            loss_index.push((bi * t + pos) as u32);
-            targets.push(e.ids[pos + 1]);
+        // Position `pos` predicts token `pos + 1`: a span [s, e) of loss tokens is
+        // predicted from positions s-1 .. e-1.
+        let spans = e.extra_loss.iter().copied().chain(std::iter::once((e.prompt_len, e.ids.len())));
+        for (start, end) in spans {
+            for pos in start.max(1) - 1..end - 1 {
+                loss_index.push((bi * t + pos) as u32);
+                targets.push(e.ids[pos + 1]);
+            }
         }
+        per_example.push(targets.len() - before);
     }
     let loss_tokens = targets.len();
     Ok(Batch {
@@ -171,6 +237,7 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
         targets: Tensor::from_vec(targets, loss_tokens, device)?,
         tokens,
         loss_tokens,
+        per_example,
     })
 }
 
@@ -181,7 +248,7 @@ mod tests {
     #[test]
     fn chat_example_masks_the_prompt() {
         let tok = TextTokenizer::byte_level().unwrap();
-        let e = encode(&tok, &Record { prompt: "2+2".into(), completion: "4".into() }, None, 512).unwrap();
+        let e = encode(&tok, &Record::new("2+2", "4"), None, 512).unwrap();
         let prompt = tok.decode(&e.ids[..e.prompt_len], false).unwrap();
         let completion = tok.decode(&e.ids[e.prompt_len..], false).unwrap();
         assert!(prompt.ends_with("<|im_start|>user\n2+2<|im_end|>\n<|im_start|>assistant\n"), "{prompt:?}");
@@ -191,15 +258,15 @@ mod tests {
     #[test]
     fn truncation_keeps_the_completion() {
         let tok = TextTokenizer::byte_level().unwrap();
-        let e = encode(&tok, &Record { prompt: "x".repeat(100), completion: "yes".into() }, None, 20).unwrap();
+        let e = encode(&tok, &Record::new("x".repeat(100), "yes"), None, 20).unwrap();
         assert_eq!(e.ids.len(), 20);
         assert_eq!(tok.decode(&e.ids[e.prompt_len..], false).unwrap(), "yes<|im_end|>");
     }
 
     #[test]
     fn batch_targets_are_the_completion_shifted() {
-        let a = Example { ids: vec![10, 11, 12, 13], prompt_len: 2 };
-        let b = Example { ids: vec![20, 21, 22], prompt_len: 2 };
+        let a = Example { ids: vec![10, 11, 12, 13], prompt_len: 2, ..Default::default() };
+        let b = Example { ids: vec![20, 21, 22], prompt_len: 2, ..Default::default() };
         let batch = make_batch(&[&a, &b], 0, &Device::Cpu).unwrap();
         assert_eq!(batch.input_ids.to_vec2::<u32>().unwrap(), vec![vec![10, 11, 12], vec![20, 21, 0]]);
         assert_eq!(batch.mask, vec![vec![1, 1, 1], vec![1, 1, 0]]);
@@ -207,6 +274,23 @@ mod tests {
         assert_eq!(batch.loss_index.to_vec1::<u32>().unwrap(), vec![1, 2, 4]);
         assert_eq!(batch.targets.to_vec1::<u32>().unwrap(), vec![12, 13, 22]);
         assert_eq!((batch.tokens, batch.loss_tokens), (5, 3));
+    }
+
+    #[test]
+    fn multi_turn_trains_on_every_assistant_turn() {
+        let tok = TextTokenizer::byte_level().unwrap();
+        let rec = Record {
+            prompt: "and 3+3?".into(),
+            completion: "6".into(),
+            history: vec![ChatMessage::new("user", "2+2?"), ChatMessage::new("assistant", "4")],
+        };
+        let e = encode(&tok, &rec, None, 512).unwrap();
+        assert_eq!(e.extra_loss.len(), 1);
+        let (s, t) = e.extra_loss[0];
+        assert_eq!(tok.decode(&e.ids[s..t], false).unwrap(), "4<|im_end|>");
+        assert_eq!(tok.decode(&e.ids[e.prompt_len..], false).unwrap(), "6<|im_end|>");
+        let batch = make_batch(&[&e], 0, &Device::Cpu).unwrap();
+        assert_eq!(batch.loss_tokens, (t - s) + (e.ids.len() - e.prompt_len));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A dataset file was rejected; every problem found is listed.
+    #[error("{0}")]
+    Dataset(crate::dataset::Rejection),
     /// An adapter or checkpoint does not match the model or is malformed.
     #[error("adapter: {0}")]
     Adapter(String),

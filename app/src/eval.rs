@@ -1,17 +1,29 @@
-//! Evaluation of a model (with or without an adapter) on held-out records: completion
-//! loss and perplexity, and greedy generation scored by normalised exact match.
-//! (Classification by label ranking, token F1, ROUGE-L and intervals: the datasets issue.)
+//! Scoring a model (with or without an adapter) on a task's held-out examples, with the
+//! metric that fits the task:
+//!
+//! - classification: every label is scored by the model's log-likelihood of the label
+//!   completion (optionally per token) and the best one is the prediction — no parsing
+//!   of free text; accuracy, macro-F1 and the confusion matrix;
+//! - generation: greedy decoding; exact match (normalised), token F1, ROUGE-L;
+//! - every task: completion loss and perplexity.
+//!
+//! Every metric carries a seeded 95% bootstrap interval.
 
-use candle_core::DType;
+use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Example, Record};
+use crate::dataset::TaskKind;
 use crate::generate::{generate_batch, GenerateConfig};
 use crate::lora::LoraAdapter;
-use crate::model::{Forward, Llama};
+use crate::metrics::bootstrap::mean_of;
+use crate::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, Metric, RougeL, TokenF1};
+use crate::model::{last_position, Forward, KvCache, Llama};
 use crate::ops;
 use crate::tokenizer::TextTokenizer;
 use crate::Result;
+
+pub use crate::metrics::normalize_answer;
 
 /// One scored example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,98 +32,231 @@ pub struct Prediction {
     pub prompt: String,
     /// The reference completion.
     pub reference: String,
-    /// What the model generated.
+    /// The predicted label or generated text.
     pub output: String,
-    /// Whether they match after normalisation.
+    /// Whether it matches (exact, after normalisation for generation).
     pub correct: bool,
+    /// Per-label log-likelihood scores (classification).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_scores: Vec<f64>,
 }
 
-/// Scores on one dataset.
+/// How to evaluate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
+#[serde(default)]
+pub struct EvalOptions {
+    /// Task instruction / system prompt.
+    pub system: Option<String>,
+    /// Longest example, in tokens.
+    pub max_seq_len: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Rank labels by mean (not total) log-likelihood per token.
+    pub length_normalise: bool,
+    /// Bootstrap resamples (0: no intervals).
+    pub bootstrap: usize,
+    /// Bootstrap seed.
+    pub seed: u64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { system: None, max_seq_len: 256, batch_size: 16, length_normalise: false, bootstrap: 1000, seed: 0 }
+    }
+}
+
+/// Scores on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEval {
+    /// Task name.
+    pub task: String,
+    /// Its kind.
+    pub kind: TaskKind,
     /// Examples scored.
     pub examples: usize,
-    /// Mean negative log-likelihood per completion token.
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Fraction of normalised exact matches of greedy outputs.
-    pub exact_match: f64,
+    /// Mean NLL per completion token, with interval.
+    pub loss: Estimate,
+    /// `exp(loss)`, with interval.
+    pub perplexity: Estimate,
+    /// The task's metrics by name (`accuracy`, `macro_f1` or `exact_match`, `token_f1`,
+    /// `rouge_l`), with intervals.
+    pub metrics: Vec<(String, Estimate)>,
+    /// Confusion matrix (classification).
+    pub confusion: Option<Confusion>,
     /// Every prediction.
     pub predictions: Vec<Prediction>,
 }
 
-/// Lower-case, drop punctuation, collapse whitespace.
-pub fn normalize_answer(s: &str) -> String {
-    let kept: String = s.chars().map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_ascii_lowercase() } else { ' ' }).collect();
-    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+impl TaskEval {
+    /// The main metric: accuracy for classification, exact match for generation.
+    pub fn headline(&self) -> (&str, Estimate) {
+        let (n, e) = &self.metrics[0];
+        (n.as_str(), *e)
+    }
+
+    /// A metric by name.
+    pub fn metric(&self, name: &str) -> Option<Estimate> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, e)| *e)
+    }
 }
 
-/// Mean completion-token NLL over `examples` and the token count, in batches.
-pub fn completion_loss(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize) -> Result<(f64, usize)> {
+/// Per-example completion NLL sums and token counts, in batches.
+pub fn completion_nll(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize) -> Result<Vec<(f64, usize)>> {
     let fwd = Forward::eval(adapter);
-    let (mut sum, mut n) = (0f64, 0usize);
+    let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = data::make_batch(&refs, 0, model.device())?;
         if batch.loss_tokens == 0 {
+            out.extend(batch.per_example.iter().map(|_| (0.0, 0)));
             continue;
         }
         let hidden = model.hidden_states(&batch.input_ids, &batch.mask, &fwd, None)?;
         let (b, t, h) = hidden.dims3()?;
         let picked = hidden.reshape((b * t, h))?.index_select(&batch.loss_index, 0)?;
-        let nll = ops::token_nll(&model.logits(&picked)?, &batch.targets)?;
-        sum += nll.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        n += batch.loss_tokens;
+        let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
+        let mut at = 0;
+        for &k in &batch.per_example {
+            out.push((nll[at..at + k].iter().sum(), k));
+            at += k;
+        }
     }
-    Ok((if n == 0 { 0.0 } else { sum / n as f64 }, n))
+    Ok(out)
 }
 
-/// Evaluates on `records`: loss/perplexity, and greedy answers scored by exact match.
-pub fn evaluate(
+/// Mean completion-token NLL over `examples` and the token count.
+pub fn completion_loss(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize) -> Result<(f64, usize)> {
+    let per = completion_nll(model, adapter, examples, batch_size)?;
+    let (s, n) = per.iter().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
+    Ok((if n == 0 { 0.0 } else { s / n as f64 }, n))
+}
+
+/// Log-likelihood of each label's completion tokens after each prompt: `out[i][l]` is
+/// `(sum of log-probabilities, token count)`. The prompt runs once per batch; every
+/// label continues from a copy of its KV cache.
+pub fn label_log_likelihoods(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    prompts: &[Vec<u32>],
+    labels: &[Vec<u32>],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Vec<Vec<(f64, usize)>>> {
+    let fwd = Forward::eval(adapter);
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let b = chunk.len();
+        let (ids, mask) = model.pad_batch(chunk, pad, true)?;
+        let mut cache = KvCache::new(model, b);
+        let h = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
+        let first = ops::log_softmax_last_dim(&model.logits(&last_position(&h)?)?.to_dtype(DType::F32)?)?; // (B, V)
+        let mut rows = vec![Vec::with_capacity(labels.len()); b];
+        for label in labels {
+            let t0 = Tensor::from_vec(vec![label[0]; b], (b, 1), model.device())?;
+            let mut total = first.gather(&t0, 1)?.squeeze(1)?.to_dtype(DType::F64)?;
+            if label.len() > 1 {
+                let mut c = cache.clone();
+                let k = label.len() - 1;
+                let input: Vec<u32> = (0..b).flat_map(|_| label[..k].iter().copied()).collect();
+                let input = Tensor::from_vec(input, (b, k), model.device())?;
+                let h2 = model.hidden_states(&input, &vec![vec![1u8; k]; b], &fwd, Some(&mut c))?;
+                let lp = ops::log_softmax_last_dim(&model.logits(&h2)?.to_dtype(DType::F32)?)?; // (B, k, V)
+                let next: Vec<u32> = (0..b).flat_map(|_| label[1..].iter().copied()).collect();
+                let next = Tensor::from_vec(next, (b, k, 1), model.device())?;
+                let rest = lp.gather(&next, D::Minus1)?.squeeze(D::Minus1)?.sum(1)?.to_dtype(DType::F64)?;
+                total = (total + rest)?;
+            }
+            let v: Vec<f64> = total.to_vec1()?;
+            for (row, s) in rows.iter_mut().zip(v) {
+                row.push((s, label.len()));
+            }
+        }
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Evaluates one task on `records`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_task(
     model: &Llama,
     tok: &TextTokenizer,
     adapter: Option<&LoraAdapter>,
+    task: &str,
+    kind: TaskKind,
+    labels: &[String],
     records: &[Record],
-    system: Option<&str>,
-    max_seq_len: usize,
-    batch_size: usize,
+    opts: &EvalOptions,
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<EvalReport> {
-    let examples: Vec<Example> = records.iter().map(|r| data::encode(tok, r, system, max_seq_len)).collect::<Result<_>>()?;
-    let (loss, _) = completion_loss(model, adapter, &examples, batch_size)?;
-    let mut predictions = Vec::with_capacity(records.len());
-    let max_new = examples.iter().map(Example::completion_len).max().unwrap_or(1) + 8;
-    let cfg = GenerateConfig { max_new_tokens: max_new, ..Default::default() };
-    for (ci, chunk) in records.chunks(batch_size.max(1)).enumerate() {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                let e = &examples[ci * batch_size.max(1) + i];
-                e.ids[..e.prompt_len].to_vec()
-            })
-            .collect();
-        let outs = generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
-        for (r, o) in chunk.iter().zip(outs) {
-            let output = tok.decode(&o, true)?;
-            let correct = normalize_answer(&output) == normalize_answer(&r.completion);
-            predictions.push(Prediction { prompt: r.prompt.clone(), reference: r.completion.clone(), output, correct });
+) -> Result<TaskEval> {
+    let system = opts.system.as_deref();
+    let examples: Vec<Example> = records.iter().map(|r| data::encode(tok, r, system, opts.max_seq_len)).collect::<Result<_>>()?;
+    let nll = completion_nll(model, adapter, &examples, opts.batch_size)?;
+    let loss_of = |idx: &[usize]| {
+        let (s, n) = idx.iter().fold((0.0, 0usize), |(s, n), &i| (s + nll[i].0, n + nll[i].1));
+        if n == 0 { 0.0 } else { s / n as f64 }
+    };
+    let n = records.len();
+    let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, loss_of);
+    let perplexity = Estimate { value: loss.value.exp(), lo: loss.lo.exp(), hi: loss.hi.exp() };
+    let bs = opts.batch_size.max(1);
+    let mut predictions = Vec::with_capacity(n);
+    let mut metrics = Vec::new();
+    let mut confusion = None;
+    match kind {
+        TaskKind::Classification => {
+            // A label's tokens are what training teaches after the prompt: the label and
+            // the end-of-turn marker.
+            let label_ids: Vec<Vec<u32>> = labels
+                .iter()
+                .map(|l| {
+                    let e = data::encode(tok, &Record::new("x", l.clone()), system, opts.max_seq_len)?;
+                    Ok(e.ids[e.prompt_len..].to_vec())
+                })
+                .collect::<Result<_>>()?;
+            for (ci, chunk) in examples.chunks(bs).enumerate() {
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+                let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;
+                for (i, row) in scores.into_iter().enumerate() {
+                    let r = &records[ci * bs + i];
+                    let s: Vec<f64> = row.iter().map(|&(s, k)| if opts.length_normalise { s / k as f64 } else { s }).collect();
+                    let best = s.iter().enumerate().fold(0, |b, (j, v)| if *v > s[b] { j } else { b });
+                    let output = labels[best].clone();
+                    predictions.push(Prediction { prompt: r.prompt.clone(), reference: r.completion.clone(), correct: output == r.completion, output, label_scores: s });
+                }
+                on_progress(predictions.len(), n);
+            }
+            let hits: Vec<f64> = predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect();
+            metrics.push(("accuracy".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&hits))));
+            let f1 = |idx: &[usize]| {
+                let mut c = Confusion::new(labels);
+                idx.iter().for_each(|&i| c.update(&predictions[i].output, &predictions[i].reference));
+                c.compute()
+            };
+            metrics.push(("macro_f1".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, f1)));
+            let mut c = Confusion::new(labels);
+            predictions.iter().for_each(|p| c.update(&p.output, &p.reference));
+            confusion = Some(c);
         }
-        on_progress(predictions.len(), records.len());
+        TaskKind::Generation => {
+            let max_new = examples.iter().map(Example::completion_len).max().unwrap_or(1) + 16;
+            let cfg = GenerateConfig { max_new_tokens: max_new, ..Default::default() };
+            for (ci, chunk) in examples.chunks(bs).enumerate() {
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+                let outs = generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
+                for (i, o) in outs.into_iter().enumerate() {
+                    let r = &records[ci * bs + i];
+                    let output = tok.decode(&o, true)?;
+                    let correct = ExactMatch::score(&output, &r.completion) == 1.0;
+                    predictions.push(Prediction { prompt: r.prompt.clone(), reference: r.completion.clone(), output, correct, label_scores: vec![] });
+                }
+                on_progress(predictions.len(), n);
+            }
+            let per = |f: fn(&str, &str) -> f64| predictions.iter().map(|p| f(&p.output, &p.reference)).collect::<Vec<f64>>();
+            for (name, scores) in [("exact_match", per(ExactMatch::score)), ("token_f1", per(TokenF1::score)), ("rouge_l", per(RougeL::score))] {
+                metrics.push((name.to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&scores))));
+            }
+        }
     }
-    let exact_match = predictions.iter().filter(|p| p.correct).count() as f64 / predictions.len().max(1) as f64;
-    Ok(EvalReport { examples: records.len(), loss, perplexity: loss.exp(), exact_match, predictions })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalisation_ignores_case_punctuation_and_spacing() {
-        assert_eq!(normalize_answer("  The  Answer: 42!\n"), "the answer 42");
-        assert_eq!(normalize_answer("Positive."), normalize_answer("positive"));
-        assert_ne!(normalize_answer("positive"), normalize_answer("negative"));
-    }
+    Ok(TaskEval { task: task.into(), kind, examples: n, loss, perplexity, metrics, confusion, predictions })
 }

@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use multitune::bench::{self, BenchShape};
-use multitune::data;
-use multitune::eval;
+use multitune::data::Record;
+use multitune::dataset::{self, Format, Limits, LoadOptions, OverlongPolicy, Split, TaskKind};
+use multitune::eval::{self, EvalOptions, TaskEval};
+use multitune::metrics::Estimate;
 use multitune::fetch;
 use multitune::generate::{self, GenerateConfig};
 use multitune::loader::{self, LoadedModel, ModelSource};
@@ -41,6 +43,9 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Score the model (and an adapter) on a held-out JSONL file.
     Eval(EvalArgs),
+    /// Inspect datasets.
+    #[command(subcommand)]
+    Data(DataCmd),
     /// Print training and eval throughput and peak memory.
     Bench(BenchArgs),
     /// Write the demo task files (reproducible) into a folder.
@@ -70,15 +75,53 @@ struct ModelArg {
 }
 
 #[derive(Args)]
+struct DataArgs {
+    /// Force the format: prompt-completion, alpaca, chat, sharegpt, text-label.
+    #[arg(long)]
+    format: Option<String>,
+    /// Force the task kind: classification or generation.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Longest example in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// What to do with longer examples: truncate (the prompt's start) or drop.
+    #[arg(long, default_value = "truncate")]
+    overlong: String,
+}
+
+impl DataArgs {
+    fn options(&self) -> anyhow::Result<LoadOptions> {
+        let format = self.format.as_deref().map(|f| Format::parse(f).with_context(|| format!("unknown format `{f}`"))).transpose()?;
+        let kind = self.kind.as_deref().map(|k| TaskKind::parse(k).with_context(|| format!("unknown task kind `{k}` (classification, generation)"))).transpose()?;
+        let overlong = match self.overlong.as_str() {
+            "truncate" => OverlongPolicy::Truncate,
+            "drop" => OverlongPolicy::Drop,
+            o => bail!("unknown --overlong `{o}` (truncate, drop)"),
+        };
+        Ok(LoadOptions { format, kind, limits: Limits { max_tokens: self.max_tokens, overlong, ..Limits::default() } })
+    }
+}
+
+fn task_name(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+}
+
+#[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// Training data (JSONL, {"prompt","completion"} per line).
+    /// Training data: JSONL or CSV in any supported format.
     #[arg(long)]
     data: PathBuf,
-    /// Held-out data scored after training.
+    #[command(flatten)]
+    data_opts: DataArgs,
+    /// Held-out data scored after training (default: the split below).
     #[arg(long)]
     eval_data: Option<PathBuf>,
+    /// Hold out this fraction of --data for evaluation when no --eval-data is given (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    eval_split: f64,
     /// Output folder: adapter (PEFT layout), checkpoint, config and log.
     #[arg(long)]
     out: PathBuf,
@@ -115,9 +158,6 @@ struct TrainArgs {
     /// LoRA targets: `all` or a list such as q,k,v,o.
     #[arg(long)]
     targets: Option<String>,
-    /// Longest example, in tokens.
-    #[arg(long)]
-    max_seq_len: Option<usize>,
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -163,24 +203,52 @@ struct EvalArgs {
     /// An adapter folder (PEFT layout).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Held-out data (JSONL, {"prompt","completion"} per line).
-    #[arg(long)]
-    data: PathBuf,
+    /// Held-out data, one file per task (JSONL or CSV in any supported format).
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    #[command(flatten)]
+    data_opts: DataArgs,
     /// System prompt for chat models.
     #[arg(long)]
     system: Option<String>,
     /// Batch size.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Longest example, in tokens.
-    #[arg(long, default_value_t = 256)]
-    max_seq_len: usize,
+    /// Rank labels by mean log-likelihood per token instead of the total.
+    #[arg(long)]
+    length_normalise: bool,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
     /// Print every prediction.
     #[arg(long)]
     show: bool,
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Validate a dataset and print its summary (exit code 1 on errors).
+    Check(DataCheckArgs),
+}
+
+#[derive(Args)]
+struct DataCheckArgs {
+    /// The file (JSONL or CSV).
+    file: PathBuf,
+    #[command(flatten)]
+    data_opts: DataArgs,
+    /// Model whose tokenizer measures lengths.
+    #[command(flatten)]
+    model: ModelArg,
+    /// Skip token lengths (no model needed).
+    #[arg(long)]
+    no_tokens: bool,
+    /// System prompt counted in token lengths.
+    #[arg(long)]
+    system: Option<String>,
 }
 
 #[derive(Args)]
@@ -256,7 +324,7 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     if let Some(v) = a.batch_size { cfg.batch_size = v }
     if let Some(v) = a.grad_accum { cfg.grad_accum = v }
     if let Some(v) = a.lr { cfg.learning_rate = v }
-    if let Some(v) = a.max_seq_len { cfg.max_seq_len = v }
+    cfg.max_seq_len = a.data_opts.max_tokens;
     if let Some(v) = a.seed { cfg.seed = v }
     if let Some(v) = a.checkpoint_every { cfg.checkpoint_every = v }
     let mut lora_cfg = cfg.lora.clone();
@@ -267,9 +335,31 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     cfg.lora = lora_cfg;
     cfg.validate()?;
 
+    let opts = a.data_opts.options()?;
+    let ds = dataset::load(&a.data, &opts)?;
+    for w in &ds.warnings {
+        eprintln!("warning: {}: {w}", a.data.display());
+    }
+    let (train_recs, held_out): (Vec<Record>, Option<(Vec<Record>, TaskKind, Vec<String>)>) = match (&a.eval_data, a.eval_split) {
+        (Some(p), _) => {
+            let e = dataset::load(p, &LoadOptions { kind: Some(ds.kind), ..opts.clone() })?;
+            if let Some(w) = dataset::overlap_warning(&ds.records, &e.records) {
+                eprintln!("warning: {w}");
+            }
+            (ds.records.clone(), Some((e.records, ds.kind, ds.labels.clone())))
+        }
+        (None, f) if f > 0.0 => {
+            let (ti, ei) = dataset::split_indices(ds.records.len(), Split::Fraction(f), cfg.seed)?;
+            let pick = |ix: &[usize]| ix.iter().map(|&i| ds.records[i].clone()).collect::<Vec<_>>();
+            (pick(&ti), Some((pick(&ei), ds.kind, ds.labels.clone())))
+        }
+        _ => (ds.records.clone(), None),
+    };
     let m = load(&a.model.model, cli, device)?;
-    let records = data::read_jsonl(&a.data)?;
-    let examples = train::encode_all(&m.tokenizer, &records, a.system.as_deref(), cfg.max_seq_len)?;
+    let (examples, report) = dataset::tokenize(&m.tokenizer, &train_recs, a.system.as_deref(), &opts.limits)?;
+    if report.truncated + report.dropped > 0 {
+        eprintln!("{} examples over {} tokens: {} truncated, {} dropped", report.truncated + report.dropped, opts.limits.max_tokens, report.truncated, report.dropped);
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ckpt = CheckpointPlan { path: train::checkpoint_path(&a.out), resume: a.resume };
     if !a.resume && ckpt.path.exists() {
@@ -314,10 +404,11 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
         summary.wall_s,
         a.out.display()
     );
-    if let Some(eval_path) = &a.eval_data {
-        let recs = data::read_jsonl(eval_path)?;
-        let r = eval::evaluate(&m.model, &m.tokenizer, Some(&adapter), &recs, a.system.as_deref(), cfg.max_seq_len, 16, &mut |_, _| {})?;
-        println!("held-out: {} examples, loss {:.4}, perplexity {:.2}, exact match {:.1}%", r.examples, r.loss, r.perplexity, 100.0 * r.exact_match);
+    if let Some((recs, kind, labels)) = held_out {
+        let eo = EvalOptions { system: a.system.clone(), max_seq_len: cfg.max_seq_len, ..Default::default() };
+        let r = eval::evaluate_task(&m.model, &m.tokenizer, Some(&adapter), &task_name(&a.data), kind, &labels, &recs, &eo, &mut |_, _| {})?;
+        println!("held-out: {} examples", r.examples);
+        print_table(&[r.clone()]);
         multitune::checkpoint::write_atomic(&a.out.join("eval.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
     }
     Ok(())
@@ -337,28 +428,99 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs, device: &Device) -> anyhow::Result<
     Ok(())
 }
 
+fn fmt_est(e: &Estimate, pct: bool) -> String {
+    if pct {
+        format!("{:.1} [{:.1}, {:.1}]", 100.0 * e.value, 100.0 * e.lo, 100.0 * e.hi)
+    } else {
+        format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi)
+    }
+}
+
+fn print_table(rows: &[TaskEval]) {
+    println!("{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}", "task", "kind", "n", "metrics (% with 95% CI)", "", "loss [95% CI]");
+    for r in rows {
+        let kind = match r.kind { TaskKind::Classification => "classification", TaskKind::Generation => "generation" };
+        let ms: Vec<String> = r.metrics.iter().map(|(n, e)| format!("{n} {}", fmt_est(e, true))).collect();
+        println!("{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}", r.task, kind, r.examples, ms.first().cloned().unwrap_or_default(), ms[1..].join("  "), fmt_est(&r.loss, false));
+    }
+}
+
 fn cmd_eval(cli: &Cli, a: &EvalArgs, device: &Device) -> anyhow::Result<()> {
+    let opts = a.data_opts.options()?;
+    let sets: Vec<(PathBuf, dataset::Dataset)> = a.data.iter().map(|p| Ok((p.clone(), dataset::load(p, &opts)?))).collect::<anyhow::Result<_>>()?;
     let m = load(&a.model.model, cli, device)?;
     let adapter = a.adapter.as_deref().map(|d| load_adapter(d, &m, device)).transpose()?;
-    let recs = data::read_jsonl(&a.data)?;
-    let pb = bar(recs.len() as u64, "{spinner} scoring {bar:30} {pos}/{len}  ETA {eta}");
-    let r = eval::evaluate(&m.model, &m.tokenizer, adapter.as_ref(), &recs, a.system.as_deref(), a.max_seq_len, a.batch_size, &mut |done, _| {
-        pb.set_position(done as u64)
-    })?;
+    let eo = EvalOptions { system: a.system.clone(), max_seq_len: opts.limits.max_tokens, batch_size: a.batch_size, length_normalise: a.length_normalise, bootstrap: a.bootstrap, seed: 0 };
+    let total: usize = sets.iter().map(|(_, d)| d.records.len()).sum();
+    let pb = bar(total as u64, "{spinner} scoring {bar:30} {pos}/{len}  ETA {eta}");
+    let mut results = Vec::new();
+    let mut done = 0;
+    for (p, d) in &sets {
+        let r = eval::evaluate_task(&m.model, &m.tokenizer, adapter.as_ref(), &task_name(p), d.kind, &d.labels, &d.records, &eo, &mut |k, _| pb.set_position((done + k) as u64))?;
+        done += d.records.len();
+        results.push(r);
+    }
     pb.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
     if a.show {
-        for p in &r.predictions {
-            println!("{} {:?} -> {:?} (want {:?})", if p.correct { "✓" } else { "✗" }, p.prompt, p.output, p.reference);
+        for r in &results {
+            for p in &r.predictions {
+                println!("{} [{}] {:?} -> {:?} (want {:?})", if p.correct { "✓" } else { "✗" }, r.task, p.prompt, p.output, p.reference);
+            }
         }
     }
-    let name = a.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    println!("{:<20} {:>8} {:>10} {:>11} {:>12}", "task", "examples", "loss", "perplexity", "exact match");
-    println!("{:<20} {:>8} {:>10.4} {:>11.2} {:>11.1}%", name, r.examples, r.loss, r.perplexity, 100.0 * r.exact_match);
+    print_table(&results);
+    for r in &results {
+        if let Some(c) = &r.confusion {
+            println!("\n{}: confusion (rows: reference, columns: predicted)", r.task);
+            println!("{:>16} {}", "", c.labels.iter().map(|l| format!("{l:>12}")).collect::<String>());
+            for (l, row) in c.labels.iter().zip(&c.counts) {
+                println!("{l:>16} {}", row.iter().map(|n| format!("{n:>12}")).collect::<String>());
+            }
+        }
+    }
     Ok(())
+}
+
+fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Result<bool> {
+    let opts = a.data_opts.options()?;
+    let ds = match dataset::load(&a.file, &opts) {
+        Ok(d) => d,
+        Err(multitune::Error::Dataset(rej)) => {
+            println!("{rej}");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let kind = match ds.kind { TaskKind::Classification => "classification", TaskKind::Generation => "generation" };
+    println!("{}: {} examples, format {}, kind {kind}", a.file.display(), ds.records.len(), ds.format.name());
+    if ds.kind == TaskKind::Classification {
+        println!("labels ({}):", ds.labels.len());
+        for (l, n) in ds.label_counts() {
+            println!("  {l:<24} {n:>6}  {:>5.1}%", 100.0 * n as f64 / ds.records.len() as f64);
+        }
+    }
+    if !a.no_tokens {
+        let m = load(&a.model.model, cli, device)?;
+        let (_, rep) = dataset::tokenize(&m.tokenizer, &ds.records, a.system.as_deref(), &opts.limits)?;
+        println!(
+            "tokens per example ({}): p50 {}  p90 {}  p99 {}  max {}",
+            m.base_name, rep.percentile(0.5), rep.percentile(0.9), rep.percentile(0.99), rep.percentile(1.0)
+        );
+        if rep.truncated + rep.dropped > 0 {
+            println!("over {} tokens: {} would be truncated, {} dropped", opts.limits.max_tokens, rep.truncated, rep.dropped);
+        }
+    }
+    for w in &ds.warnings {
+        println!("warning: {w}");
+    }
+    if ds.warnings.is_empty() {
+        println!("no warnings");
+    }
+    Ok(true)
 }
 
 fn cmd_bench(cli: &Cli, a: &BenchArgs, device: &Device) -> anyhow::Result<()> {
@@ -401,6 +563,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Generate(a) => cmd_generate(cli, a, &device),
         Cmd::Eval(a) => cmd_eval(cli, a, &device),
         Cmd::Bench(a) => cmd_bench(cli, a, &device),
+        Cmd::Data(DataCmd::Check(a)) => {
+            if !cmd_data_check(cli, a, &device)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::DemoData { out } => {
             for p in multitune::demo::write_demo(out)? {
                 println!("{}", p.display());

@@ -25,7 +25,7 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first
 const END_OF_TURN: [&str; 6] = ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<|end|>", "<|end_of_text|>"];
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,

@@ -1,0 +1,56 @@
+use std::path::Path;
+
+use multitune::dataset::{self, LoadOptions};
+use multitune::Error;
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every malformed file is rejected with an issue on the right line carrying the right
+/// reason, and its repaired twin is accepted.
+#[test]
+fn malformed_corpus_is_rejected_line_by_line_and_twins_accepted() {
+    let manifest = std::fs::read_to_string(fixtures().join("malformed/MANIFEST.tsv")).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut n = 0;
+    for row in manifest.lines().skip(1) {
+        let cols: Vec<&str> = row.split('\t').collect();
+        let (file, line, phrase) = (cols[0], cols[1].parse::<usize>().unwrap(), cols[2]);
+        kinds.insert(file.rsplit_once('_').unwrap().0.to_string());
+        match dataset::load(&fixtures().join("malformed").join(file), &LoadOptions::default()) {
+            Err(Error::Dataset(rej)) => {
+                assert!(
+                    rej.issues.iter().any(|i| i.line == line && i.to_string().contains(phrase)),
+                    "{file}: expected line {line} with {phrase:?}, got:\n{rej}"
+                );
+                assert!(rej.to_string().contains(&format!("line {line}")));
+            }
+            Err(other) => panic!("{file}: wrong error kind: {other}"),
+            Ok(_) => panic!("{file}: accepted"),
+        }
+        let twin = dataset::load(&fixtures().join("valid").join(file), &LoadOptions::default());
+        assert!(twin.is_ok(), "{file} twin rejected: {}", twin.unwrap_err());
+        n += 1;
+    }
+    assert!(n >= 100, "only {n} malformed files");
+    assert!(kinds.len() >= 12, "only {} kinds: {kinds:?}", kinds.len());
+}
+
+#[test]
+fn limits_are_enforced_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.jsonl");
+    let line = format!("{{\"prompt\":\"{}\",\"completion\":\"b\"}}\n", "x".repeat(300));
+    std::fs::write(&p, line.repeat(20)).unwrap();
+    let mut opts = LoadOptions::default();
+    opts.limits.max_bytes = 1000;
+    assert!(dataset::load(&p, &opts).unwrap_err().to_string().contains("the limit is 1000"));
+    let mut opts = LoadOptions::default();
+    opts.limits.max_field_chars = 100;
+    let e = dataset::load(&p, &opts).unwrap_err().to_string();
+    assert!(e.contains("line 1: field `prompt`: has 300 characters; the limit is 100"), "{e}");
+    let mut opts = LoadOptions::default();
+    opts.limits.max_rows = 10;
+    assert!(dataset::load(&p, &opts).unwrap_err().to_string().contains("line 11: the file has 20 rows; the limit is 10"));
+}
