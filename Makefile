@@ -11,15 +11,15 @@ BIN_RELEASE := target/release/multitune
 ## replaces this once the server and UI land).
 run: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
-	@echo "== base model on held-out sentiment =="
-	$(BIN_RELEASE) --models-dir $(MODELS) eval --model default --data assets/demo/sentiment_eval.jsonl
-	@echo "== fine-tuning a LoRA adapter (rank 8, all linear layers) =="
-	$(BIN_RELEASE) --models-dir $(MODELS) train --model default --data assets/demo/sentiment_train.jsonl \
-		--eval-data assets/demo/sentiment_eval.jsonl --out runs/demo --steps 24 --lr 1e-3 --checkpoint-every 0 \
+	@echo "== the base model on the four demo tasks (held-out) =="
+	$(BIN_RELEASE) --models-dir $(MODELS) eval --model default --data assets/demo/eval/*.jsonl
+	@echo "== fine-tuning a LoRA adapter (rank 8, all linear layers) on the sentiment task =="
+	$(BIN_RELEASE) --models-dir $(MODELS) train --model default --data assets/demo/sentiment.jsonl \
+		--eval-data assets/demo/eval/sentiment.jsonl --out runs/demo --steps 30 --lr 1e-3 --checkpoint-every 10 \
 		$$( [ -f runs/demo/checkpoint.safetensors ] && echo --resume )
 	@echo "== the tuned adapter answering =="
 	$(BIN_RELEASE) --models-dir $(MODELS) generate --model default --adapter runs/demo \
-		--prompt $$'Classify the sentiment of this review as positive or negative.\nReview: The hotel was lovely.'
+		--prompt $$'Classify the sentiment of this review as positive or negative.\nReview: The hotel was not lovely.'
 
 ## test: everything CI checks (fetches the default model first).
 test: model

@@ -39,11 +39,13 @@ fn train_generate_eval_on_the_tiny_model() {
 
     let e = run(&["eval", "--model", "tiny", "--adapter", o, "--data", d]);
     assert!(e.status.success(), "{}", text(&e));
-    assert!(text(&e).contains("exact match") && text(&e).contains("task"), "{}", text(&e));
-    let ej = run(&["eval", "--model", "tiny", "--data", d, "--json"]);
+    assert!(text(&e).contains("accuracy") && text(&e).contains("classification") && text(&e).contains("confusion"), "{}", text(&e));
+    let ej = run(&["eval", "--model", "tiny", "--data", d, "--json", "--bootstrap", "50"]);
     let v: serde_json::Value = serde_json::from_slice(&ej.stdout).unwrap();
-    assert_eq!(v["examples"], 16);
-    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+    assert_eq!(v[0]["examples"], 16);
+    assert_eq!(v[0]["kind"], "classification");
+    assert!(v[0]["perplexity"]["value"].as_f64().unwrap() > 1.0);
+    assert_eq!(v[0]["metrics"][0][0], "accuracy");
 }
 
 #[test]
@@ -54,7 +56,7 @@ fn bad_input_gets_a_clear_error() {
     let o = dir.path().join("run");
     let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap()]);
     assert!(!r.status.success());
-    assert!(text(&r).contains("line 2: missing field `completion`"), "{}", text(&r));
+    assert!(text(&r).contains("line 2: field `completion`: is missing"), "{}", text(&r));
     assert!(!o.join("checkpoint.safetensors").exists());
 
     let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--lr=-1"]);
@@ -65,6 +67,20 @@ fn bad_input_gets_a_clear_error() {
     assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
     let r = run(&["generate", "--model", "tiny", "--adapter", dir.path().to_str().unwrap(), "--prompt", "x"]);
     assert!(!r.status.success() && text(&r).contains("adapter_config.json"), "{}", text(&r));
+}
+
+#[test]
+fn data_check_prints_a_summary_or_the_errors() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/topic.jsonl");
+    let r = run(&["data", "check", demo, "--model", "tiny"]);
+    assert!(r.status.success(), "{}", text(&r));
+    let t = text(&r);
+    assert!(t.contains("300 examples, format prompt/completion, kind classification"), "{t}");
+    assert!(t.contains("labels (4):") && t.contains("technology") && t.contains("tokens per example") && t.contains("p90"), "{t}");
+    let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/malformed/ragged_csv_00.csv");
+    let r = run(&["data", "check", bad, "--no-tokens"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r).contains("line 2, column 3: row has 3 fields; the header has 2"), "{}", text(&r));
 }
 
 #[test]

@@ -159,3 +159,45 @@ fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
     assert!(t.lo > b.hi, "base {b:?} vs tuned {t:?}: the intervals must not overlap");
     assert!(tuned.loss.value < base.loss.value * 0.5);
 }
+
+/// Label ranking on a briefly trained tiny model: every per-label score equals the
+/// log-likelihood computed by hand from a plain full forward pass (no cache sharing),
+/// and the reported accuracy is the share of examples whose best-scored label is right.
+#[test]
+fn label_ranking_accuracy_matches_hand_computation() {
+    use multitune::model::Forward;
+    let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
+    let (train_recs, held_out) = multitune::demo::sentiment_split(64, 24, 3);
+    let cfg = TrainConfig { max_steps: Some(40), max_seq_len: 160, learning_rate: 5e-3, ..tiny_cfg(40) };
+    let ex = encode_all(&tok, &train_recs, None, 160).unwrap();
+    let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    train::train(&model, &mut ad, &ex, &cfg, None, None, &mut |_| {}).unwrap();
+    let labels = vec!["negative".to_string(), "positive".to_string()];
+    let eo = EvalOptions { max_seq_len: 160, batch_size: 5, bootstrap: 100, ..Default::default() };
+    let r = evaluate_task(&model, &tok, Some(&ad), "sentiment", TaskKind::Classification, &labels, &held_out, &eo, &mut |_, _| {}).unwrap();
+    let mut correct = 0;
+    for (p, rec) in r.predictions.iter().zip(&held_out) {
+        let mut by_hand = Vec::new();
+        for l in &labels {
+            let e = multitune::data::encode(&tok, &Record::new(rec.prompt.clone(), l.clone()), None, 160).unwrap();
+            let (t, m) = model.pad_batch(&[e.ids.clone()], 0, false).unwrap();
+            let logits = model.forward(&t, &m, &Forward::eval(Some(&ad))).unwrap().squeeze(0).unwrap();
+            let logp = multitune::ops::log_softmax_last_dim(&logits).unwrap();
+            let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+            let s: f64 = (e.prompt_len..e.ids.len()).map(|i| rows[i - 1][e.ids[i] as usize] as f64).sum();
+            by_hand.push(s);
+        }
+        for (a, b) in p.label_scores.iter().zip(&by_hand) {
+            assert!((a - b).abs() < 1e-3, "cached score {a} vs full forward {b}");
+        }
+        let best = if by_hand[1] > by_hand[0] { 1 } else { 0 };
+        assert_eq!(p.output, labels[best]);
+        correct += usize::from(labels[best] == rec.completion);
+    }
+    let acc = r.metric("accuracy").unwrap();
+    assert_eq!(acc.value, correct as f64 / held_out.len() as f64);
+    assert!(acc.lo <= acc.value && acc.value <= acc.hi);
+    let c = r.confusion.as_ref().unwrap();
+    assert_eq!(c.counts.iter().flatten().sum::<usize>(), held_out.len());
+    assert_eq!(c.counts[0][0] + c.counts[1][1], correct);
+}
