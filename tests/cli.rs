@@ -17,11 +17,35 @@ fn train_generate_eval_on_the_tiny_model() {
     write_jsonl(&data, &sentiment_task(16, 3));
     let out = dir.path().join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let r = run(&["train", "--model", "tiny", "--data", d, "--out", o, "--steps", "6", "--batch-size", "4", "--checkpoint-every", "3", "--eval-data", d]);
+    let r = run(&[
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "3",
+        "--eval-data",
+        d,
+    ]);
     assert!(r.status.success(), "{}", text(&r));
     let t = text(&r);
     assert!(t.contains("done: 6 steps") && t.contains("held-out: 16 examples"), "{t}");
-    for f in ["adapter_model.safetensors", "adapter_config.json", "checkpoint.safetensors", "train_config.json", "train_log.jsonl", "summary.json", "eval.json"] {
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "checkpoint.safetensors",
+        "train_config.json",
+        "train_log.jsonl",
+        "summary.json",
+        "eval.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
@@ -39,7 +63,11 @@ fn train_generate_eval_on_the_tiny_model() {
 
     let e = run(&["eval", "--model", "tiny", "--adapter", o, "--data", d]);
     assert!(e.status.success(), "{}", text(&e));
-    assert!(text(&e).contains("accuracy") && text(&e).contains("classification") && text(&e).contains("confusion"), "{}", text(&e));
+    assert!(
+        text(&e).contains("accuracy") && text(&e).contains("classification") && text(&e).contains("confusion"),
+        "{}",
+        text(&e)
+    );
     let ej = run(&["eval", "--model", "tiny", "--data", d, "--json", "--bootstrap", "50"]);
     let v: serde_json::Value = serde_json::from_slice(&ej.stdout).unwrap();
     assert_eq!(v[0]["examples"], 16);
@@ -59,9 +87,20 @@ fn bad_input_gets_a_clear_error() {
     assert!(text(&r).contains("line 2: field `completion`: is missing"), "{}", text(&r));
     assert!(!o.join("checkpoint.safetensors").exists());
 
-    let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--lr=-1"]);
+    let r =
+        run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--lr=-1"]);
     assert!(text(&r).contains("learning rate"), "{}", text(&r));
-    let r = run(&["train", "--model", "tiny", "--data", data.to_str().unwrap(), "--out", o.to_str().unwrap(), "--targets", "q,lm_head"]);
+    let r = run(&[
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        o.to_str().unwrap(),
+        "--targets",
+        "q,lm_head",
+    ]);
     assert!(text(&r).contains("`lm_head`"), "{}", text(&r));
     let r = run(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
@@ -76,7 +115,10 @@ fn data_check_prints_a_summary_or_the_errors() {
     assert!(r.status.success(), "{}", text(&r));
     let t = text(&r);
     assert!(t.contains("300 examples, format prompt/completion, kind classification"), "{t}");
-    assert!(t.contains("labels (4):") && t.contains("technology") && t.contains("tokens per example") && t.contains("p90"), "{t}");
+    assert!(
+        t.contains("labels (4):") && t.contains("technology") && t.contains("tokens per example") && t.contains("p90"),
+        "{t}"
+    );
     let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/malformed/ragged_csv_00.csv");
     let r = run(&["data", "check", bad, "--no-tokens"]);
     assert_eq!(r.status.code(), Some(1));

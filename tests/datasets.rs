@@ -52,5 +52,8 @@ fn limits_are_enforced_and_named() {
     assert!(e.contains("line 1: field `prompt`: has 300 characters; the limit is 100"), "{e}");
     let mut opts = LoadOptions::default();
     opts.limits.max_rows = 10;
-    assert!(dataset::load(&p, &opts).unwrap_err().to_string().contains("line 11: the file has 20 rows; the limit is 10"));
+    assert!(dataset::load(&p, &opts)
+        .unwrap_err()
+        .to_string()
+        .contains("line 11: the file has 20 rows; the limit is 10"));
 }

@@ -61,7 +61,10 @@ fn llama3_rope_scaling_matches_candle_transformers() {
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     let theirs_cfg: llama::LlamaConfig = serde_json::from_str(&text).unwrap();
     let theirs_cfg = theirs_cfg.into_config(false);
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
+    }
+    .unwrap();
     let theirs = llama::Llama::load(vb, &theirs_cfg).unwrap();
     let mut cache = llama::Cache::new(false, DType::F32, &theirs_cfg, &Device::Cpu).unwrap();
     let input = Tensor::new(ids().as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
@@ -71,7 +74,10 @@ fn llama3_rope_scaling_matches_candle_transformers() {
     // The scaling matters: without it the logits differ.
     let mut plain = ours.clone();
     plain.cfg.rope_scaling = None;
-    let unscaled = Llama::from_weights(plain.cfg.clone(), |n| Ok(ours.named_weights().into_iter().find(|(k, _)| k == n).map(|(_, t)| t))).unwrap();
+    let unscaled = Llama::from_weights(plain.cfg.clone(), |n| {
+        Ok(ours.named_weights().into_iter().find(|(k, _)| k == n).map(|(_, t)| t))
+    })
+    .unwrap();
     assert!(max_abs_diff(&ours_last(&unscaled, &ids()), &want).unwrap() > 1e-3);
 }
 
@@ -100,7 +106,10 @@ fn qwen2_biases_match_candle_transformers() {
         use_sliding_window: false,
         hidden_act: candle_nn::Activation::Silu,
     };
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
+    }
+    .unwrap();
     let mut theirs = qwen2::ModelForCausalLM::new(&theirs_cfg, vb).unwrap();
     let input = Tensor::new(ids().as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let want = theirs.forward(&input, 0).unwrap().squeeze(0).unwrap().squeeze(0).unwrap();
@@ -112,7 +121,8 @@ fn qwen2_biases_match_candle_transformers() {
 #[test]
 fn sharded_safetensors_load() {
     let (dir, single) = round_trip(tiny("llama"));
-    let (tensors, _) = multitune::checkpoint::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let (tensors, _) =
+        multitune::checkpoint::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let names: Vec<String> = tensors.keys().cloned().collect();
     let (first, second) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
@@ -124,7 +134,11 @@ fn sharded_safetensors_load() {
         }
     }
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
     let (sharded, _) = load_hf_dir(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(max_abs_diff(&ours_last(&sharded, &ids()), &ours_last(&single, &ids())).unwrap(), 0.0);
 }

@@ -38,12 +38,16 @@ fn zero_b_gives_the_base_output_exactly() {
 #[test]
 fn merged_forward_equals_unmerged_and_unmerge_restores_the_weights() {
     let (model, _) = tiny_model(0, &Device::Cpu).unwrap();
-    let ad = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 2, &Device::Cpu).unwrap();
+    let ad = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 2, &Device::Cpu)
+        .unwrap();
     randomize_b(&ad, 3);
     let (t, m) = ids();
     let unmerged = model.forward(&t, &m, &Forward::eval(Some(&ad))).unwrap();
     let base = model.forward(&t, &m, &Forward::eval(None)).unwrap();
-    assert!(max_abs_diff(&unmerged, &base).unwrap() > 1e-3, "the adapter must change the output for this test to mean anything");
+    assert!(
+        max_abs_diff(&unmerged, &base).unwrap() > 1e-3,
+        "the adapter must change the output for this test to mean anything"
+    );
     let merged_model = model.with_adapter_merged(&ad, 1.0).unwrap();
     let merged = merged_model.forward(&t, &m, &Forward::eval(None)).unwrap();
     let d = max_abs_diff(&merged, &unmerged).unwrap();
@@ -79,10 +83,14 @@ fn gradients_of_a_and_b_match_finite_differences() {
     // f64 throughout so central differences are accurate to ~1e-9.
     let (model32, _) = tiny_model(4, &Device::Cpu).unwrap();
     let model = model32.to_dtype(DType::F64).unwrap();
-    let ad32 = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 5, &Device::Cpu).unwrap();
+    let ad32 = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 5, &Device::Cpu)
+        .unwrap();
     randomize_b(&ad32, 6);
     let ad = ad32.to_dtype(DType::F64).unwrap();
-    let ex = [Example { ids: vec![3, 77, 120, 9, 200, 45, 12, 5, 9], prompt_len: 4, ..Default::default() }, Example { ids: vec![100, 101, 102, 50, 60, 70], prompt_len: 3, ..Default::default() }];
+    let ex = [
+        Example { ids: vec![3, 77, 120, 9, 200, 45, 12, 5, 9], prompt_len: 4, ..Default::default() },
+        Example { ids: vec![100, 101, 102, 50, 60, 70], prompt_len: 3, ..Default::default() },
+    ];
     let refs: Vec<&Example> = ex.iter().collect();
     let batch = make_batch(&refs, 0, &Device::Cpu).unwrap();
     let loss = |ad: &LoraAdapter| -> f64 {

@@ -23,10 +23,30 @@ fn randomize(ad: &LoraAdapter, seed: u64) {
 
 /// The keys PEFT 0.13+ writes into adapter_config.json for a LoRA adapter.
 const PEFT_KEYS: [&str; 24] = [
-    "alpha_pattern", "auto_mapping", "base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode",
-    "init_lora_weights", "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha",
-    "lora_dropout", "megatron_config", "megatron_core", "modules_to_save", "peft_type", "r", "rank_pattern",
-    "revision", "target_modules", "task_type", "use_dora", "use_rslora",
+    "alpha_pattern",
+    "auto_mapping",
+    "base_model_name_or_path",
+    "bias",
+    "fan_in_fan_out",
+    "inference_mode",
+    "init_lora_weights",
+    "layer_replication",
+    "layers_pattern",
+    "layers_to_transform",
+    "loftq_config",
+    "lora_alpha",
+    "lora_dropout",
+    "megatron_config",
+    "megatron_core",
+    "modules_to_save",
+    "peft_type",
+    "r",
+    "rank_pattern",
+    "revision",
+    "target_modules",
+    "task_type",
+    "use_dora",
+    "use_rslora",
 ];
 
 #[test]
@@ -58,7 +78,8 @@ fn export_has_peft_names_shapes_and_config() {
             assert_eq!(a.dtype(), candle_core::DType::F32);
         }
     }
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
     let keys: BTreeSet<&str> = cfg.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, PEFT_KEYS.into_iter().collect());
     assert_eq!(cfg["peft_type"], "LORA");
@@ -66,8 +87,12 @@ fn export_has_peft_names_shapes_and_config() {
     assert_eq!(cfg["r"], 8);
     assert_eq!(cfg["lora_alpha"], 16.0);
     assert_eq!(cfg["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
-    let targets: BTreeSet<&str> = cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(targets, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].into_iter().collect());
+    let targets: BTreeSet<&str> =
+        cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(
+        targets,
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].into_iter().collect()
+    );
 
     // Round trip: the loaded adapter is bit-identical and gives identical outputs.
     let back = load_adapter(dir.path(), &m.model.cfg, &Device::Cpu).unwrap();
@@ -109,9 +134,19 @@ fn adapters_of_interleaved_models_export_in_hugging_face_row_order() {
     let twin = interleaved_twin(&hf);
     let ids = Tensor::new(&[[5u32, 80, 13, 200, 7, 9]], &Device::Cpu).unwrap();
     let mask = vec![vec![1u8; 6]];
-    let base_d = max_abs_diff(&hf.forward(&ids, &mask, &Forward::eval(None)).unwrap(), &twin.forward(&ids, &mask, &Forward::eval(None)).unwrap()).unwrap();
+    let base_d = max_abs_diff(
+        &hf.forward(&ids, &mask, &Forward::eval(None)).unwrap(),
+        &twin.forward(&ids, &mask, &Forward::eval(None)).unwrap(),
+    )
+    .unwrap();
     assert!(base_d < 1e-5, "twin differs by {base_d}");
-    let ad = LoraAdapter::new(&twin.cfg, LoraConfig { targets: vec![Target::Q, Target::K, Target::V], ..Default::default() }, 3, &Device::Cpu).unwrap();
+    let ad = LoraAdapter::new(
+        &twin.cfg,
+        LoraConfig { targets: vec![Target::Q, Target::K, Target::V], ..Default::default() },
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     randomize(&ad, 4);
     let dir = tempfile::tempdir().unwrap();
     save_adapter(dir.path(), &ad, &twin.cfg, "tiny").unwrap();

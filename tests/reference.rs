@@ -90,9 +90,12 @@ fn interleaved_rope_layout_gives_the_same_logits() {
 fn default_model_answers_the_france_question() {
     let m = default_model();
     let prompt = render_prompt(&m.tokenizer, None, "What is the capital of France?").unwrap();
-    assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"));
+    assert!(prompt.starts_with(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    ));
     let cfg = GenerateConfig { max_new_tokens: 24, ..Default::default() };
-    let out = generate_text(&m.model, &m.tokenizer, None, None, "What is the capital of France?", &cfg, &mut |_| {}).unwrap();
+    let out =
+        generate_text(&m.model, &m.tokenizer, None, None, "What is the capital of France?", &cfg, &mut |_| {}).unwrap();
     assert_eq!(out, "The capital of France is Paris.");
 }
 

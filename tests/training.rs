@@ -55,7 +55,12 @@ fn tiny_model_overfits_a_small_dataset() {
 fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
     let (model, tok) = tiny_model(1, &Device::Cpu).unwrap();
     let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
-    let cfg = TrainConfig { checkpoint_every: 5, grad_accum: 2, lora: LoraConfig { dropout: 0.1, ..Default::default() }, ..tiny_cfg(12) };
+    let cfg = TrainConfig {
+        checkpoint_every: 5,
+        grad_accum: 2,
+        lora: LoraConfig { dropout: 0.1, ..Default::default() },
+        ..tiny_cfg(12)
+    };
     let dir = tempfile::tempdir().unwrap();
 
     let mut straight = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
@@ -90,7 +95,8 @@ fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "adapters differ");
     }
     // No temporary files are left beside the checkpoint.
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["ckpt.safetensors".to_string()]);
 
     // Resuming with other settings is refused.
@@ -103,10 +109,13 @@ fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
 #[test]
 fn gradient_accumulation_equals_one_large_batch() {
     let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
-    let recs: Vec<Record> = memorise_task().into_iter().map(|mut r| {
-        r.completion = r.completion.repeat(1 + r.prompt.len() % 3);
-        r
-    }).collect();
+    let recs: Vec<Record> = memorise_task()
+        .into_iter()
+        .map(|mut r| {
+            r.completion = r.completion.repeat(1 + r.prompt.len() % 3);
+            r
+        })
+        .collect();
     let ex = encode_all(&tok, &recs, None, 64).unwrap();
     let big = TrainConfig { batch_size: 8, grad_accum: 1, ..tiny_cfg(3) };
     let small = TrainConfig { batch_size: 4, grad_accum: 2, ..tiny_cfg(3) };
@@ -144,7 +153,20 @@ fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
     };
     // Scored as generation: does the model answer with exactly the label?
     let eo = EvalOptions { max_seq_len: 128, bootstrap: 200, ..Default::default() };
-    let evaluate = |ad: Option<&LoraAdapter>| evaluate_task(&m.model, &m.tokenizer, ad, "sentiment", TaskKind::Generation, &[], &held_out, &eo, &mut |_, _| {}).unwrap();
+    let evaluate = |ad: Option<&LoraAdapter>| {
+        evaluate_task(
+            &m.model,
+            &m.tokenizer,
+            ad,
+            "sentiment",
+            TaskKind::Generation,
+            &[],
+            &held_out,
+            &eo,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
     let base = evaluate(None);
     let ex = encode_all(&m.tokenizer, &train_recs, None, 128).unwrap();
     let mut ad = LoraAdapter::new(&m.model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
@@ -174,7 +196,18 @@ fn label_ranking_accuracy_matches_hand_computation() {
     train::train(&model, &mut ad, &ex, &cfg, None, None, &mut |_| {}).unwrap();
     let labels = vec!["negative".to_string(), "positive".to_string()];
     let eo = EvalOptions { max_seq_len: 160, batch_size: 5, bootstrap: 100, ..Default::default() };
-    let r = evaluate_task(&model, &tok, Some(&ad), "sentiment", TaskKind::Classification, &labels, &held_out, &eo, &mut |_, _| {}).unwrap();
+    let r = evaluate_task(
+        &model,
+        &tok,
+        Some(&ad),
+        "sentiment",
+        TaskKind::Classification,
+        &labels,
+        &held_out,
+        &eo,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let mut correct = 0;
     for (p, rec) in r.predictions.iter().zip(&held_out) {
         let mut by_hand = Vec::new();

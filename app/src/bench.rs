@@ -79,7 +79,11 @@ pub fn bench_model(model: &Llama, name: &str, shape: BenchShape) -> Result<Bench
     let mut r = rng::stream(0, 99, 0);
     let vocab = model.cfg.vocab_size as u32;
     let examples: Vec<Example> = (0..shape.batch)
-        .map(|_| Example { ids: (0..=shape.seq).map(|_| rand::Rng::random_range(&mut r, 0..vocab)).collect(), prompt_len: 1, extra_loss: vec![] })
+        .map(|_| Example {
+            ids: (0..=shape.seq).map(|_| rand::Rng::random_range(&mut r, 0..vocab)).collect(),
+            prompt_len: 1,
+            extra_loss: vec![],
+        })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = data::make_batch(&refs, 0, dev)?;
@@ -90,7 +94,10 @@ pub fn bench_model(model: &Llama, name: &str, shape: BenchShape) -> Result<Bench
         let fwd = Forward::train(&adapter, 0, i as u64);
         let loss = batch_loss(model, &batch, &fwd)?;
         let g = loss.backward()?;
-        let mut grads: Vec<_> = vars.iter().map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+        let mut grads: Vec<_> = vars
+            .iter()
+            .map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
         optim::clip_grad_norm(&mut grads, 1.0)?;
         opt.step(&vars, &grads, 1e-4)?;
         if i >= shape.warmup {

@@ -83,9 +83,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Checks that the numbers fit together, naming the first field that does not.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| {
-            Err(Error::UnsupportedConfig { field: field.into(), reason })
-        };
+        let bad = |field: &str, reason: String| Err(Error::UnsupportedConfig { field: field.into(), reason });
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -128,9 +126,8 @@ impl ModelConfig {
     /// Inverse frequencies of the rotary embedding, scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let half = self.head_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64))
-            .collect();
+        let base: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64)).collect();
         let scaled: Vec<f64> = match self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
@@ -146,8 +143,7 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / s.factor
                         } else {
-                            let smooth = (old / wavelen - s.low_freq_factor)
-                                / (s.high_freq_factor - s.low_freq_factor);
+                            let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                             (1.0 - smooth) * f / s.factor + smooth * f
                         }
                     })
@@ -208,10 +204,8 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T> {
 impl HfConfig {
     /// Parses `config.json` text.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::UnsupportedConfig {
-            field: "config.json".into(),
-            reason: e.to_string(),
-        })
+        serde_json::from_str(text)
+            .map_err(|e| Error::UnsupportedConfig { field: "config.json".into(), reason: e.to_string() })
     }
 
     /// Token ids listed in a field that may be a number, a list or null.
@@ -245,12 +239,18 @@ impl HfConfig {
             }
         }
         if self.mlp_bias == Some(true) {
-            return Err(Error::UnsupportedConfig { field: "mlp_bias".into(), reason: "MLP biases are not supported".into() });
+            return Err(Error::UnsupportedConfig {
+                field: "mlp_bias".into(),
+                reason: "MLP biases are not supported".into(),
+            });
         }
         let hidden_size = required(self.hidden_size, "hidden_size")?;
         let num_attention_heads = required(self.num_attention_heads, "num_attention_heads")?;
         if num_attention_heads == 0 {
-            return Err(Error::UnsupportedConfig { field: "num_attention_heads".into(), reason: "must be positive".into() });
+            return Err(Error::UnsupportedConfig {
+                field: "num_attention_heads".into(),
+                reason: "must be positive".into(),
+            });
         }
         let rope_scaling = match self.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
@@ -291,11 +291,7 @@ fn parse_rope_scaling(v: &serde_json::Value) -> Result<RopeScaling> {
             reason: "missing or not a number".into(),
         })
     };
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(|x| x.as_str())
-        .unwrap_or("default");
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
     match kind {
         "llama3" => Ok(RopeScaling::Llama3(Llama3RopeScaling {
             factor: field("factor")?,
@@ -357,8 +353,14 @@ mod tests {
         let cases = [
             (r#"{"model_type":"gpt2"}"#, "model_type"),
             (r#"{"model_type":"llama","hidden_act":"gelu"}"#, "hidden_act"),
-            (r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"rope_scaling":{"rope_type":"yarn","factor":2}}"#, "rope_scaling.rope_type"),
-            (r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"vocab_size":10,"intermediate_size":8,"num_hidden_layers":1,"num_key_value_heads":3}"#, "num_key_value_heads"),
+            (
+                r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"rope_scaling":{"rope_type":"yarn","factor":2}}"#,
+                "rope_scaling.rope_type",
+            ),
+            (
+                r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"vocab_size":10,"intermediate_size":8,"num_hidden_layers":1,"num_key_value_heads":3}"#,
+                "num_key_value_heads",
+            ),
             (r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4}"#, "vocab_size"),
         ];
         for (json, field) in cases {

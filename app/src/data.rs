@@ -123,8 +123,14 @@ fn chat_segments(tok: &TextTokenizer, system: Option<&str>, rec: &Record) -> Res
         let before = tok.render_chat(&msgs[..i], true)?;
         let through = tok.render_chat(&msgs[..=i], false)?;
         let through = through.trim_end_matches('\n');
-        if !full.starts_with(&before) || !full.starts_with(through) || before.len() < pos || through.len() < before.len() {
-            return Err(Error::Template("the chat template does not render earlier turns as a prefix of the conversation".into()));
+        if !full.starts_with(&before)
+            || !full.starts_with(through)
+            || before.len() < pos
+            || through.len() < before.len()
+        {
+            return Err(Error::Template(
+                "the chat template does not render earlier turns as a prefix of the conversation".into(),
+            ));
         }
         segs.push((full[pos..before.len()].to_string(), false));
         segs.push((full[before.len()..through.len()].to_string(), true));

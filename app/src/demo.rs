@@ -25,10 +25,38 @@ fn pick<'a>(r: &mut ChaCha8Rng, xs: &[&'a str]) -> &'a str {
     xs[r.random_range(0..xs.len())]
 }
 
-const GOOD: [&str; 12] = ["wonderful", "excellent", "delightful", "superb", "fantastic", "lovely", "brilliant", "great", "charming", "perfect", "pleasant", "impressive"];
-const BAD: [&str; 12] = ["terrible", "awful", "boring", "dreadful", "horrible", "disappointing", "poor", "dull", "broken", "useless", "mediocre", "annoying"];
-const THINGS: [&str; 10] = ["movie", "phone", "restaurant", "book", "hotel", "laptop", "concert", "game", "service", "museum"];
-const OPENERS: [&str; 6] = ["Honestly, the", "I thought the", "Overall the", "My friend said the", "This time the", "To be fair, the"];
+const GOOD: [&str; 12] = [
+    "wonderful",
+    "excellent",
+    "delightful",
+    "superb",
+    "fantastic",
+    "lovely",
+    "brilliant",
+    "great",
+    "charming",
+    "perfect",
+    "pleasant",
+    "impressive",
+];
+const BAD: [&str; 12] = [
+    "terrible",
+    "awful",
+    "boring",
+    "dreadful",
+    "horrible",
+    "disappointing",
+    "poor",
+    "dull",
+    "broken",
+    "useless",
+    "mediocre",
+    "annoying",
+];
+const THINGS: [&str; 10] =
+    ["movie", "phone", "restaurant", "book", "hotel", "laptop", "concert", "game", "service", "museum"];
+const OPENERS: [&str; 6] =
+    ["Honestly, the", "I thought the", "Overall the", "My friend said the", "This time the", "To be fair, the"];
 
 /// One sentiment example; a quarter are negated ("was not great" is negative).
 pub fn sentiment_example(r: &mut ChaCha8Rng) -> Record {
@@ -37,7 +65,8 @@ pub fn sentiment_example(r: &mut ChaCha8Rng) -> Record {
     let adj = if positive_word { pick(r, &GOOD) } else { pick(r, &BAD) };
     let opener = pick(r, &OPENERS);
     let thing = pick(r, &THINGS);
-    let text = if negated { format!("{opener} {thing} was not {adj}.") } else { format!("{opener} {thing} was {adj}.") };
+    let text =
+        if negated { format!("{opener} {thing} was not {adj}.") } else { format!("{opener} {thing} was {adj}.") };
     let positive = positive_word != negated;
     Record::new(
         format!("Classify the sentiment of this review as positive or negative.\nReview: {text}"),
@@ -48,15 +77,59 @@ pub fn sentiment_example(r: &mut ChaCha8Rng) -> Record {
 /// One topic example: a headline about sports, politics, technology or food.
 pub fn topic_example(r: &mut ChaCha8Rng) -> Record {
     const TOPICS: [(&str, [&str; 6], [&str; 5]); 4] = [
-        ("sports", ["striker", "coach", "goalkeeper", "tennis champion", "marathon runner", "rookie"], ["wins the final", "signs a new contract", "breaks the league record", "is injured before the derby", "retires after the season"]),
-        ("politics", ["senator", "prime minister", "city council", "opposition leader", "minister", "parliament"], ["proposes a new tax bill", "faces a vote of confidence", "announces an election date", "rejects the budget", "wins the referendum"]),
-        ("technology", ["startup", "chip maker", "app developer", "software giant", "robotics lab", "phone maker"], ["releases a faster processor", "patches a security flaw", "launches an AI assistant", "opens its source code", "recalls a faulty battery"]),
-        ("food", ["bakery", "chef", "food truck", "vineyard", "noodle bar", "cheese maker"], ["wins a Michelin star", "launches a vegan menu", "revives a family recipe", "opens a second kitchen", "sells out of sourdough"]),
+        (
+            "sports",
+            ["striker", "coach", "goalkeeper", "tennis champion", "marathon runner", "rookie"],
+            [
+                "wins the final",
+                "signs a new contract",
+                "breaks the league record",
+                "is injured before the derby",
+                "retires after the season",
+            ],
+        ),
+        (
+            "politics",
+            ["senator", "prime minister", "city council", "opposition leader", "minister", "parliament"],
+            [
+                "proposes a new tax bill",
+                "faces a vote of confidence",
+                "announces an election date",
+                "rejects the budget",
+                "wins the referendum",
+            ],
+        ),
+        (
+            "technology",
+            ["startup", "chip maker", "app developer", "software giant", "robotics lab", "phone maker"],
+            [
+                "releases a faster processor",
+                "patches a security flaw",
+                "launches an AI assistant",
+                "opens its source code",
+                "recalls a faulty battery",
+            ],
+        ),
+        (
+            "food",
+            ["bakery", "chef", "food truck", "vineyard", "noodle bar", "cheese maker"],
+            [
+                "wins a Michelin star",
+                "launches a vegan menu",
+                "revives a family recipe",
+                "opens a second kitchen",
+                "sells out of sourdough",
+            ],
+        ),
     ];
     let (label, subjects, events) = TOPICS[r.random_range(0..4)];
     let place = pick(r, &["Local", "National", "Veteran", "Young", "Famous", "Small-town"]);
     Record::new(
-        format!("What is the topic of this headline? Answer sports, politics, technology or food.\nHeadline: {place} {} {}", pick(r, &subjects), pick(r, &events)),
+        format!(
+            "What is the topic of this headline? Answer sports, politics, technology or food.\nHeadline: {place} {} {}",
+            pick(r, &subjects),
+            pick(r, &events)
+        ),
         label,
     )
 }
@@ -77,7 +150,20 @@ pub fn arithmetic_example(r: &mut ChaCha8Rng) -> Record {
 
 /// One date-normalisation example: a date in one of several styles to ISO 8601.
 pub fn date_example(r: &mut ChaCha8Rng) -> Record {
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let y = r.random_range(1950..2031);
     let m = r.random_range(1..=12usize);
     let d = r.random_range(1..=28usize);
@@ -143,7 +229,9 @@ pub fn write_demo(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for task in TASKS {
         let (train, eval) = task_split(task, TRAIN, EVAL, 1).expect("known task");
-        for (p, recs) in [(dir.join(format!("{task}.jsonl")), train), (dir.join("eval").join(format!("{task}.jsonl")), eval)] {
+        for (p, recs) in
+            [(dir.join(format!("{task}.jsonl")), train), (dir.join("eval").join(format!("{task}.jsonl")), eval)]
+        {
             checkpoint::write_atomic(&p, to_jsonl(&recs)?.as_bytes())?;
             out.push(p);
         }
@@ -175,7 +263,11 @@ mod tests {
             let q = a.prompt.rsplit(": ").next().unwrap();
             let parts: Vec<&str> = q.split(' ').collect();
             let (x, y): (i64, i64) = (parts[0].parse().unwrap(), parts[2].parse().unwrap());
-            let want = match parts[1] { "+" => x + y, "-" => x - y, _ => x * y };
+            let want = match parts[1] {
+                "+" => x + y,
+                "-" => x - y,
+                _ => x * y,
+            };
             assert_eq!(a.completion, want.to_string());
             let d = date_example(&mut r);
             assert_eq!(d.completion.len(), 10);
@@ -184,7 +276,8 @@ mod tests {
         }
         let s = Record::new("Classify the sentiment of this review as positive or negative.\nReview: x", "negative");
         let mut r = rng::stream(4, 0, 0);
-        let negated: Vec<Record> = (0..200).map(|_| sentiment_example(&mut r)).filter(|e| e.prompt.contains(" not ")).collect();
+        let negated: Vec<Record> =
+            (0..200).map(|_| sentiment_example(&mut r)).filter(|e| e.prompt.contains(" not ")).collect();
         assert!(!negated.is_empty());
         for e in negated {
             let adj = e.prompt.trim_end_matches('.').rsplit(' ').next().unwrap();
@@ -203,7 +296,12 @@ mod tests {
             let committed = std::fs::read(dir.join(rel)).expect("assets/demo is committed: run `make demo-data`");
             assert_eq!(std::fs::read(&p).unwrap(), committed, "{rel:?} differs from the generator's output");
         }
-        for (task, kind) in [("sentiment", TaskKind::Classification), ("topic", TaskKind::Classification), ("arithmetic", TaskKind::Generation), ("dates", TaskKind::Generation)] {
+        for (task, kind) in [
+            ("sentiment", TaskKind::Classification),
+            ("topic", TaskKind::Classification),
+            ("arithmetic", TaskKind::Generation),
+            ("dates", TaskKind::Generation),
+        ] {
             let d = dataset::load(&dir.join(format!("{task}.jsonl")), &LoadOptions::default()).unwrap();
             assert_eq!(d.kind, kind, "{task}");
             assert!(d.warnings.is_empty(), "{task}: {:?}", d.warnings);

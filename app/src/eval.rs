@@ -101,7 +101,12 @@ impl TaskEval {
 }
 
 /// Per-example completion NLL sums and token counts, in batches.
-pub fn completion_nll(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize) -> Result<Vec<(f64, usize)>> {
+pub fn completion_nll(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<(f64, usize)>> {
     let fwd = Forward::eval(adapter);
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
@@ -125,7 +130,12 @@ pub fn completion_nll(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[
 }
 
 /// Mean completion-token NLL over `examples` and the token count.
-pub fn completion_loss(model: &Llama, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize) -> Result<(f64, usize)> {
+pub fn completion_loss(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<(f64, usize)> {
     let per = completion_nll(model, adapter, examples, batch_size)?;
     let (s, n) = per.iter().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
     Ok((if n == 0 { 0.0 } else { s / n as f64 }, n))
@@ -190,11 +200,16 @@ pub fn evaluate_task(
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<TaskEval> {
     let system = opts.system.as_deref();
-    let examples: Vec<Example> = records.iter().map(|r| data::encode(tok, r, system, opts.max_seq_len)).collect::<Result<_>>()?;
+    let examples: Vec<Example> =
+        records.iter().map(|r| data::encode(tok, r, system, opts.max_seq_len)).collect::<Result<_>>()?;
     let nll = completion_nll(model, adapter, &examples, opts.batch_size)?;
     let loss_of = |idx: &[usize]| {
         let (s, n) = idx.iter().fold((0.0, 0usize), |(s, n), &i| (s + nll[i].0, n + nll[i].1));
-        if n == 0 { 0.0 } else { s / n as f64 }
+        if n == 0 {
+            0.0
+        } else {
+            s / n as f64
+        }
     };
     let n = records.len();
     let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, loss_of);
@@ -219,10 +234,17 @@ pub fn evaluate_task(
                 let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;
                 for (i, row) in scores.into_iter().enumerate() {
                     let r = &records[ci * bs + i];
-                    let s: Vec<f64> = row.iter().map(|&(s, k)| if opts.length_normalise { s / k as f64 } else { s }).collect();
+                    let s: Vec<f64> =
+                        row.iter().map(|&(s, k)| if opts.length_normalise { s / k as f64 } else { s }).collect();
                     let best = s.iter().enumerate().fold(0, |b, (j, v)| if *v > s[b] { j } else { b });
                     let output = labels[best].clone();
-                    predictions.push(Prediction { prompt: r.prompt.clone(), reference: r.completion.clone(), correct: output == r.completion, output, label_scores: s });
+                    predictions.push(Prediction {
+                        prompt: r.prompt.clone(),
+                        reference: r.completion.clone(),
+                        correct: output == r.completion,
+                        output,
+                        label_scores: s,
+                    });
                 }
                 on_progress(predictions.len(), n);
             }
@@ -248,12 +270,23 @@ pub fn evaluate_task(
                     let r = &records[ci * bs + i];
                     let output = tok.decode(&o, true)?;
                     let correct = ExactMatch::score(&output, &r.completion) == 1.0;
-                    predictions.push(Prediction { prompt: r.prompt.clone(), reference: r.completion.clone(), output, correct, label_scores: vec![] });
+                    predictions.push(Prediction {
+                        prompt: r.prompt.clone(),
+                        reference: r.completion.clone(),
+                        output,
+                        correct,
+                        label_scores: vec![],
+                    });
                 }
                 on_progress(predictions.len(), n);
             }
-            let per = |f: fn(&str, &str) -> f64| predictions.iter().map(|p| f(&p.output, &p.reference)).collect::<Vec<f64>>();
-            for (name, scores) in [("exact_match", per(ExactMatch::score)), ("token_f1", per(TokenF1::score)), ("rouge_l", per(RougeL::score))] {
+            let per =
+                |f: fn(&str, &str) -> f64| predictions.iter().map(|p| f(&p.output, &p.reference)).collect::<Vec<f64>>();
+            for (name, scores) in [
+                ("exact_match", per(ExactMatch::score)),
+                ("token_f1", per(TokenF1::score)),
+                ("rouge_l", per(RougeL::score)),
+            ] {
                 metrics.push((name.to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&scores))));
             }
         }

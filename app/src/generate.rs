@@ -189,7 +189,8 @@ mod tests {
         assert_eq!(got[0], ids[prompt.len()..]);
         // A left-padded batch gives each row what it gets alone.
         let short: Vec<u32> = vec![42, 7];
-        let both = generate_batch(&model, None, &[prompt.clone(), short.clone()], &[], 0, &cfg, &mut |_, _| {}).unwrap();
+        let both =
+            generate_batch(&model, None, &[prompt.clone(), short.clone()], &[], 0, &cfg, &mut |_, _| {}).unwrap();
         let alone = generate_batch(&model, None, &[short], &[], 0, &cfg, &mut |_, _| {}).unwrap();
         assert_eq!(both[0], got[0]);
         assert_eq!(both[1], alone[0]);

@@ -44,7 +44,8 @@ impl ModelSource {
             // A Hugging Face cache repo folder: use its newest snapshot.
             let snaps = p.join("snapshots");
             if !p.join("config.json").exists() && snaps.is_dir() {
-                let mut entries: Vec<_> = std::fs::read_dir(&snaps).map_err(|e| Error::file(&snaps, e))?.flatten().collect();
+                let mut entries: Vec<_> =
+                    std::fs::read_dir(&snaps).map_err(|e| Error::file(&snaps, e))?.flatten().collect();
                 entries.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
                 if let Some(last) = entries.last() {
                     return Ok(Self::HfDir(last.path()));
@@ -79,7 +80,12 @@ pub struct LoadedModel {
 
 /// Loads the model `source` names; the default model is looked up (and fetched if
 /// missing and `fetch_missing`) in `models_dir`.
-pub fn load_model(source: &ModelSource, models_dir: &Path, device: &Device, fetch_missing: bool) -> Result<LoadedModel> {
+pub fn load_model(
+    source: &ModelSource,
+    models_dir: &Path,
+    device: &Device,
+    fetch_missing: bool,
+) -> Result<LoadedModel> {
     match source {
         ModelSource::Tiny => {
             let (model, tokenizer) = tiny_model(0, device)?;
@@ -171,7 +177,9 @@ pub fn weight_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         for t in crate::lora::Target::ALL {
             let (fin, fout) = t.shape(cfg);
             out.push((format!("{p}.{}.weight", t.block_path()), vec![fout, fin]));
-            if cfg.attention_bias && matches!(t, crate::lora::Target::Q | crate::lora::Target::K | crate::lora::Target::V) {
+            if cfg.attention_bias
+                && matches!(t, crate::lora::Target::Q | crate::lora::Target::K | crate::lora::Target::V)
+            {
                 out.push((format!("{p}.{}.bias", t.block_path()), vec![fout]));
             }
         }
@@ -271,10 +279,16 @@ pub fn load_gguf(path: &Path, layout: RopeLayout, device: &Device) -> Result<(Ll
         head_dim: get_u("attention.key_length").unwrap_or(hidden / heads.max(1)),
         rms_norm_eps: get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_theta: get_f("rope.freq_base").unwrap_or(10_000.0),
-        rope_scaling: match (md.get(&format!("{prefix}.rope.scaling.type")).and_then(|v| v.to_string().ok()), get_f("rope.scaling.factor")) {
+        rope_scaling: match (
+            md.get(&format!("{prefix}.rope.scaling.type")).and_then(|v| v.to_string().ok()),
+            get_f("rope.scaling.factor"),
+        ) {
             (Some(t), Some(factor)) if t == "linear" => Some(RopeScaling::Linear { factor }),
             (Some(t), _) if t != "none" => {
-                return Err(Error::UnsupportedConfig { field: format!("{prefix}.rope.scaling.type"), reason: format!("`{t}`") })
+                return Err(Error::UnsupportedConfig {
+                    field: format!("{prefix}.rope.scaling.type"),
+                    reason: format!("`{t}`"),
+                })
             }
             _ => None,
         },
@@ -338,7 +352,8 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, TextTokenizer)
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
     let hf = HfConfig::from_json(&text)?;
-    let (bos, eos, pad) = (HfConfig::ids(&hf.bos_token_id), HfConfig::ids(&hf.eos_token_id), HfConfig::ids(&hf.pad_token_id));
+    let (bos, eos, pad) =
+        (HfConfig::ids(&hf.bos_token_id), HfConfig::ids(&hf.eos_token_id), HfConfig::ids(&hf.pad_token_id));
     let cfg = hf.into_model_config()?;
     let files = safetensors_files(dir)?;
     // SAFETY: the files are opened read-only; like every mmap-based loader we assume no
@@ -387,8 +402,12 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &TextTokenizer, dir: &Path) -> Resu
     for (name, t) in model.named_weights() {
         // Saved checkpoints are always in Hugging Face row order.
         let t = match cfg.rope_layout {
-            RopeLayout::Interleaved if name.ends_with("q_proj.weight") => permute_qk_rows(&t, cfg.num_attention_heads, true)?,
-            RopeLayout::Interleaved if name.ends_with("k_proj.weight") => permute_qk_rows(&t, cfg.num_key_value_heads, true)?,
+            RopeLayout::Interleaved if name.ends_with("q_proj.weight") => {
+                permute_qk_rows(&t, cfg.num_attention_heads, true)?
+            }
+            RopeLayout::Interleaved if name.ends_with("k_proj.weight") => {
+                permute_qk_rows(&t, cfg.num_key_value_heads, true)?
+            }
             _ => t,
         };
         weights.push((name, t.to_dtype(DType::F32)?.contiguous()?));
@@ -421,7 +440,9 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &TextTokenizer, dir: &Path) -> Resu
                 "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor,
                 "original_max_position_embeddings": s.original_max_position_embeddings});
         }
-        Some(RopeScaling::Linear { factor }) => hf["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor}),
+        Some(RopeScaling::Linear { factor }) => {
+            hf["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor})
+        }
         None => {}
     }
     if let Some(w) = cfg.sliding_window {

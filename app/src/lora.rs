@@ -205,7 +205,11 @@ impl LoraAdapter {
             for &t in &config.targets {
                 let (fan_in, fan_out) = t.shape(model);
                 let bound = 1.0 / (fan_in as f32).sqrt();
-                let a = Tensor::from_vec(rng::uniform(&mut rng, config.rank * fan_in, bound), (config.rank, fan_in), device)?;
+                let a = Tensor::from_vec(
+                    rng::uniform(&mut rng, config.rank * fan_in, bound),
+                    (config.rank, fan_in),
+                    device,
+                )?;
                 let b = Tensor::zeros((fan_out, config.rank), DType::F32, device)?;
                 m.insert(t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
             }
@@ -302,10 +306,13 @@ impl LoraAdapter {
             .map(|m| {
                 m.iter()
                     .map(|(t, p)| {
-                        Ok((*t, LoraPair {
-                            a: Var::from_tensor(&p.a.as_tensor().to_dtype(dtype)?)?,
-                            b: Var::from_tensor(&p.b.as_tensor().to_dtype(dtype)?)?,
-                        }))
+                        Ok((
+                            *t,
+                            LoraPair {
+                                a: Var::from_tensor(&p.a.as_tensor().to_dtype(dtype)?)?,
+                                b: Var::from_tensor(&p.b.as_tensor().to_dtype(dtype)?)?,
+                            },
+                        ))
                     })
                     .collect::<Result<BTreeMap<_, _>>>()
             })
@@ -321,10 +328,13 @@ impl LoraAdapter {
             .map(|m| {
                 m.iter()
                     .map(|(t, p)| {
-                        Ok((*t, LoraPair {
-                            a: Var::from_tensor(&p.a.as_tensor().copy()?)?,
-                            b: Var::from_tensor(&p.b.as_tensor().copy()?)?,
-                        }))
+                        Ok((
+                            *t,
+                            LoraPair {
+                                a: Var::from_tensor(&p.a.as_tensor().copy()?)?,
+                                b: Var::from_tensor(&p.b.as_tensor().copy()?)?,
+                            },
+                        ))
                     })
                     .collect::<Result<BTreeMap<_, _>>>()
             })
@@ -367,8 +377,12 @@ mod tests {
         let mut missing = named.clone();
         missing.remove("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
         let err = LoraAdapter::from_named_tensors(&cfg, ad.config.clone(), missing, &Device::Cpu).unwrap_err();
-        assert!(err.to_string().contains("missing tensor `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`"));
-        let err = LoraAdapter::from_named_tensors(&cfg, LoraConfig { rank: 8, ..Default::default() }, named, &Device::Cpu).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("missing tensor `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`"));
+        let err =
+            LoraAdapter::from_named_tensors(&cfg, LoraConfig { rank: 8, ..Default::default() }, named, &Device::Cpu)
+                .unwrap_err();
         assert!(err.to_string().contains("has shape [4,"), "{err}");
     }
 

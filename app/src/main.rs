@@ -12,11 +12,11 @@ use multitune::bench::{self, BenchShape};
 use multitune::data::Record;
 use multitune::dataset::{self, Format, Limits, LoadOptions, OverlongPolicy, Split, TaskKind};
 use multitune::eval::{self, EvalOptions, TaskEval};
-use multitune::metrics::Estimate;
 use multitune::fetch;
 use multitune::generate::{self, GenerateConfig};
 use multitune::loader::{self, LoadedModel, ModelSource};
 use multitune::lora;
+use multitune::metrics::Estimate;
 use multitune::peft;
 use multitune::train::{self, CheckpointPlan, TrainConfig, TrainEvent};
 
@@ -92,8 +92,18 @@ struct DataArgs {
 
 impl DataArgs {
     fn options(&self) -> anyhow::Result<LoadOptions> {
-        let format = self.format.as_deref().map(|f| Format::parse(f).with_context(|| format!("unknown format `{f}`"))).transpose()?;
-        let kind = self.kind.as_deref().map(|k| TaskKind::parse(k).with_context(|| format!("unknown task kind `{k}` (classification, generation)"))).transpose()?;
+        let format = self
+            .format
+            .as_deref()
+            .map(|f| Format::parse(f).with_context(|| format!("unknown format `{f}`")))
+            .transpose()?;
+        let kind = self
+            .kind
+            .as_deref()
+            .map(|k| {
+                TaskKind::parse(k).with_context(|| format!("unknown task kind `{k}` (classification, generation)"))
+            })
+            .transpose()?;
         let overlong = match self.overlong.as_str() {
             "truncate" => OverlongPolicy::Truncate,
             "drop" => OverlongPolicy::Drop,
@@ -299,7 +309,8 @@ fn load(spec: &str, cli: &Cli, device: &Device) -> anyhow::Result<LoadedModel> {
         eprintln!("the default model is not in {}; fetching it", cli.models_dir.display());
         fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
     }
-    let m = loader::load_model(&source, &cli.models_dir, device, false).with_context(|| format!("loading model `{spec}`"))?;
+    let m = loader::load_model(&source, &cli.models_dir, device, false)
+        .with_context(|| format!("loading model `{spec}`"))?;
     Ok(m)
 }
 
@@ -315,23 +326,48 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     let mut cfg: TrainConfig = match &a.config {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("parsing {}", p.display()))?,
+        Some(p) => {
+            serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("parsing {}", p.display()))?
+        }
         None => TrainConfig::default(),
     };
-    if let Some(v) = a.steps { cfg.max_steps = Some(v) }
-    if let Some(v) = a.epochs { cfg.epochs = v; cfg.max_steps = a.steps }
-    if let Some(v) = a.batch_size { cfg.batch_size = v }
-    if let Some(v) = a.grad_accum { cfg.grad_accum = v }
-    if let Some(v) = a.lr { cfg.learning_rate = v }
+    if let Some(v) = a.steps {
+        cfg.max_steps = Some(v)
+    }
+    if let Some(v) = a.epochs {
+        cfg.epochs = v;
+        cfg.max_steps = a.steps
+    }
+    if let Some(v) = a.batch_size {
+        cfg.batch_size = v
+    }
+    if let Some(v) = a.grad_accum {
+        cfg.grad_accum = v
+    }
+    if let Some(v) = a.lr {
+        cfg.learning_rate = v
+    }
     cfg.max_seq_len = a.data_opts.max_tokens;
-    if let Some(v) = a.seed { cfg.seed = v }
-    if let Some(v) = a.checkpoint_every { cfg.checkpoint_every = v }
+    if let Some(v) = a.seed {
+        cfg.seed = v
+    }
+    if let Some(v) = a.checkpoint_every {
+        cfg.checkpoint_every = v
+    }
     let mut lora_cfg = cfg.lora.clone();
-    if let Some(v) = a.rank { lora_cfg.rank = v }
-    if let Some(v) = a.alpha { lora_cfg.alpha = v }
-    if let Some(v) = a.dropout { lora_cfg.dropout = v }
-    if let Some(t) = &a.targets { lora_cfg.targets = lora::parse_targets(t)? }
+    if let Some(v) = a.rank {
+        lora_cfg.rank = v
+    }
+    if let Some(v) = a.alpha {
+        lora_cfg.alpha = v
+    }
+    if let Some(v) = a.dropout {
+        lora_cfg.dropout = v
+    }
+    if let Some(t) = &a.targets {
+        lora_cfg.targets = lora::parse_targets(t)?
+    }
     cfg.lora = lora_cfg;
     cfg.validate()?;
 
@@ -340,25 +376,32 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     for w in &ds.warnings {
         eprintln!("warning: {}: {w}", a.data.display());
     }
-    let (train_recs, held_out): (Vec<Record>, Option<(Vec<Record>, TaskKind, Vec<String>)>) = match (&a.eval_data, a.eval_split) {
-        (Some(p), _) => {
-            let e = dataset::load(p, &LoadOptions { kind: Some(ds.kind), ..opts.clone() })?;
-            if let Some(w) = dataset::overlap_warning(&ds.records, &e.records) {
-                eprintln!("warning: {w}");
+    let (train_recs, held_out): (Vec<Record>, Option<(Vec<Record>, TaskKind, Vec<String>)>) =
+        match (&a.eval_data, a.eval_split) {
+            (Some(p), _) => {
+                let e = dataset::load(p, &LoadOptions { kind: Some(ds.kind), ..opts.clone() })?;
+                if let Some(w) = dataset::overlap_warning(&ds.records, &e.records) {
+                    eprintln!("warning: {w}");
+                }
+                (ds.records.clone(), Some((e.records, ds.kind, ds.labels.clone())))
             }
-            (ds.records.clone(), Some((e.records, ds.kind, ds.labels.clone())))
-        }
-        (None, f) if f > 0.0 => {
-            let (ti, ei) = dataset::split_indices(ds.records.len(), Split::Fraction(f), cfg.seed)?;
-            let pick = |ix: &[usize]| ix.iter().map(|&i| ds.records[i].clone()).collect::<Vec<_>>();
-            (pick(&ti), Some((pick(&ei), ds.kind, ds.labels.clone())))
-        }
-        _ => (ds.records.clone(), None),
-    };
+            (None, f) if f > 0.0 => {
+                let (ti, ei) = dataset::split_indices(ds.records.len(), Split::Fraction(f), cfg.seed)?;
+                let pick = |ix: &[usize]| ix.iter().map(|&i| ds.records[i].clone()).collect::<Vec<_>>();
+                (pick(&ti), Some((pick(&ei), ds.kind, ds.labels.clone())))
+            }
+            _ => (ds.records.clone(), None),
+        };
     let m = load(&a.model.model, cli, device)?;
     let (examples, report) = dataset::tokenize(&m.tokenizer, &train_recs, a.system.as_deref(), &opts.limits)?;
     if report.truncated + report.dropped > 0 {
-        eprintln!("{} examples over {} tokens: {} truncated, {} dropped", report.truncated + report.dropped, opts.limits.max_tokens, report.truncated, report.dropped);
+        eprintln!(
+            "{} examples over {} tokens: {} truncated, {} dropped",
+            report.truncated + report.dropped,
+            opts.limits.max_tokens,
+            report.truncated,
+            report.dropped
+        );
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ckpt = CheckpointPlan { path: train::checkpoint_path(&a.out), resume: a.resume };
@@ -367,7 +410,10 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     }
     let mut adapter = multitune::LoraAdapter::new(&m.model.cfg, cfg.lora.clone(), cfg.seed, device)?;
     let run_info = serde_json::json!({ "model": a.model.model, "base_model": m.base_name, "data": a.data, "system": a.system, "train": cfg });
-    multitune::checkpoint::write_atomic(&a.out.join("train_config.json"), serde_json::to_string_pretty(&run_info)?.as_bytes())?;
+    multitune::checkpoint::write_atomic(
+        &a.out.join("train_config.json"),
+        serde_json::to_string_pretty(&run_info)?.as_bytes(),
+    )?;
     let log_path = a.out.join("train_log.jsonl");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let pb = bar(0, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}");
@@ -394,7 +440,10 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     })?;
     pb.finish();
     peft::save_adapter(&a.out, &adapter, &m.model.cfg, &m.base_name)?;
-    multitune::checkpoint::write_atomic(&a.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    multitune::checkpoint::write_atomic(
+        &a.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
     println!(
@@ -406,7 +455,17 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     );
     if let Some((recs, kind, labels)) = held_out {
         let eo = EvalOptions { system: a.system.clone(), max_seq_len: cfg.max_seq_len, ..Default::default() };
-        let r = eval::evaluate_task(&m.model, &m.tokenizer, Some(&adapter), &task_name(&a.data), kind, &labels, &recs, &eo, &mut |_, _| {})?;
+        let r = eval::evaluate_task(
+            &m.model,
+            &m.tokenizer,
+            Some(&adapter),
+            &task_name(&a.data),
+            kind,
+            &labels,
+            &recs,
+            &eo,
+            &mut |_, _| {},
+        )?;
         println!("held-out: {} examples", r.examples);
         print_table(&[r.clone()]);
         multitune::checkpoint::write_atomic(&a.out.join("eval.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
@@ -417,13 +476,22 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
 fn cmd_generate(cli: &Cli, a: &GenerateArgs, device: &Device) -> anyhow::Result<()> {
     let m = load(&a.model.model, cli, device)?;
     let adapter = a.adapter.as_deref().map(|d| load_adapter(d, &m, device)).transpose()?;
-    let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    let cfg =
+        GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     use std::io::Write;
     let mut out = std::io::stdout();
-    generate::generate_text(&m.model, &m.tokenizer, adapter.as_ref(), a.system.as_deref(), &a.prompt, &cfg, &mut |s| {
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.flush();
-    })?;
+    generate::generate_text(
+        &m.model,
+        &m.tokenizer,
+        adapter.as_ref(),
+        a.system.as_deref(),
+        &a.prompt,
+        &cfg,
+        &mut |s| {
+            let _ = out.write_all(s.as_bytes());
+            let _ = out.flush();
+        },
+    )?;
     println!();
     Ok(())
 }
@@ -437,26 +505,58 @@ fn fmt_est(e: &Estimate, pct: bool) -> String {
 }
 
 fn print_table(rows: &[TaskEval]) {
-    println!("{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}", "task", "kind", "n", "metrics (% with 95% CI)", "", "loss [95% CI]");
+    println!(
+        "{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}",
+        "task", "kind", "n", "metrics (% with 95% CI)", "", "loss [95% CI]"
+    );
     for r in rows {
-        let kind = match r.kind { TaskKind::Classification => "classification", TaskKind::Generation => "generation" };
+        let kind = match r.kind {
+            TaskKind::Classification => "classification",
+            TaskKind::Generation => "generation",
+        };
         let ms: Vec<String> = r.metrics.iter().map(|(n, e)| format!("{n} {}", fmt_est(e, true))).collect();
-        println!("{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}", r.task, kind, r.examples, ms.first().cloned().unwrap_or_default(), ms[1..].join("  "), fmt_est(&r.loss, false));
+        println!(
+            "{:<16} {:<14} {:>5}  {:<34} {:<34} {:<24}",
+            r.task,
+            kind,
+            r.examples,
+            ms.first().cloned().unwrap_or_default(),
+            ms[1..].join("  "),
+            fmt_est(&r.loss, false)
+        );
     }
 }
 
 fn cmd_eval(cli: &Cli, a: &EvalArgs, device: &Device) -> anyhow::Result<()> {
     let opts = a.data_opts.options()?;
-    let sets: Vec<(PathBuf, dataset::Dataset)> = a.data.iter().map(|p| Ok((p.clone(), dataset::load(p, &opts)?))).collect::<anyhow::Result<_>>()?;
+    let sets: Vec<(PathBuf, dataset::Dataset)> =
+        a.data.iter().map(|p| Ok((p.clone(), dataset::load(p, &opts)?))).collect::<anyhow::Result<_>>()?;
     let m = load(&a.model.model, cli, device)?;
     let adapter = a.adapter.as_deref().map(|d| load_adapter(d, &m, device)).transpose()?;
-    let eo = EvalOptions { system: a.system.clone(), max_seq_len: opts.limits.max_tokens, batch_size: a.batch_size, length_normalise: a.length_normalise, bootstrap: a.bootstrap, seed: 0 };
+    let eo = EvalOptions {
+        system: a.system.clone(),
+        max_seq_len: opts.limits.max_tokens,
+        batch_size: a.batch_size,
+        length_normalise: a.length_normalise,
+        bootstrap: a.bootstrap,
+        seed: 0,
+    };
     let total: usize = sets.iter().map(|(_, d)| d.records.len()).sum();
     let pb = bar(total as u64, "{spinner} scoring {bar:30} {pos}/{len}  ETA {eta}");
     let mut results = Vec::new();
     let mut done = 0;
     for (p, d) in &sets {
-        let r = eval::evaluate_task(&m.model, &m.tokenizer, adapter.as_ref(), &task_name(p), d.kind, &d.labels, &d.records, &eo, &mut |k, _| pb.set_position((done + k) as u64))?;
+        let r = eval::evaluate_task(
+            &m.model,
+            &m.tokenizer,
+            adapter.as_ref(),
+            &task_name(p),
+            d.kind,
+            &d.labels,
+            &d.records,
+            &eo,
+            &mut |k, _| pb.set_position((done + k) as u64),
+        )?;
         done += d.records.len();
         results.push(r);
     }
@@ -468,7 +568,14 @@ fn cmd_eval(cli: &Cli, a: &EvalArgs, device: &Device) -> anyhow::Result<()> {
     if a.show {
         for r in &results {
             for p in &r.predictions {
-                println!("{} [{}] {:?} -> {:?} (want {:?})", if p.correct { "✓" } else { "✗" }, r.task, p.prompt, p.output, p.reference);
+                println!(
+                    "{} [{}] {:?} -> {:?} (want {:?})",
+                    if p.correct { "✓" } else { "✗" },
+                    r.task,
+                    p.prompt,
+                    p.output,
+                    p.reference
+                );
             }
         }
     }
@@ -495,7 +602,10 @@ fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Resu
         }
         Err(e) => return Err(e.into()),
     };
-    let kind = match ds.kind { TaskKind::Classification => "classification", TaskKind::Generation => "generation" };
+    let kind = match ds.kind {
+        TaskKind::Classification => "classification",
+        TaskKind::Generation => "generation",
+    };
     println!("{}: {} examples, format {}, kind {kind}", a.file.display(), ds.records.len(), ds.format.name());
     if ds.kind == TaskKind::Classification {
         println!("labels ({}):", ds.labels.len());
@@ -508,10 +618,17 @@ fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Resu
         let (_, rep) = dataset::tokenize(&m.tokenizer, &ds.records, a.system.as_deref(), &opts.limits)?;
         println!(
             "tokens per example ({}): p50 {}  p90 {}  p99 {}  max {}",
-            m.base_name, rep.percentile(0.5), rep.percentile(0.9), rep.percentile(0.99), rep.percentile(1.0)
+            m.base_name,
+            rep.percentile(0.5),
+            rep.percentile(0.9),
+            rep.percentile(0.99),
+            rep.percentile(1.0)
         );
         if rep.truncated + rep.dropped > 0 {
-            println!("over {} tokens: {} would be truncated, {} dropped", opts.limits.max_tokens, rep.truncated, rep.dropped);
+            println!(
+                "over {} tokens: {} would be truncated, {} dropped",
+                opts.limits.max_tokens, rep.truncated, rep.dropped
+            );
         }
     }
     for w in &ds.warnings {
@@ -526,14 +643,31 @@ fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Resu
 fn cmd_bench(cli: &Cli, a: &BenchArgs, device: &Device) -> anyhow::Result<()> {
     let shape = BenchShape { batch: a.batch, seq: a.seq, warmup: 2, steps: a.steps };
     let mut all = Vec::new();
-    println!("threads: {}  device: {:?}  shape: batch {} x {} tokens, {} timed steps (median)", candle_core::utils::get_num_threads(), device, a.batch, a.seq, a.steps);
-    println!("{:<10} {:>12} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}", "model", "params", "lora", "train tok/s", "train ms", "eval tok/s", "eval ms", "peak MiB");
+    println!(
+        "threads: {}  device: {:?}  shape: batch {} x {} tokens, {} timed steps (median)",
+        candle_core::utils::get_num_threads(),
+        device,
+        a.batch,
+        a.seq,
+        a.steps
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}",
+        "model", "params", "lora", "train tok/s", "train ms", "eval tok/s", "eval ms", "peak MiB"
+    );
     for name in a.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let m = load(name, cli, device)?;
         let f = bench::bench_model(&m.model, name, shape)?;
         println!(
             "{:<10} {:>12} {:>10} {:>14.0} {:>12.1} {:>14.0} {:>12.1} {:>10.0}",
-            f.model, f.params, f.trainable, f.train_tokens_per_s, f.train_step_ms, f.eval_tokens_per_s, f.eval_step_ms, f.peak_rss_mib.unwrap_or(f64::NAN)
+            f.model,
+            f.params,
+            f.trainable,
+            f.train_tokens_per_s,
+            f.train_step_ms,
+            f.eval_tokens_per_s,
+            f.eval_step_ms,
+            f.peak_rss_mib.unwrap_or(f64::NAN)
         );
         all.push(f);
     }

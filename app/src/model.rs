@@ -102,7 +102,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` rows of `model`.
     pub fn new(model: &Llama, batch: usize) -> Self {
-        Self { layers: vec![None; model.cfg.num_hidden_layers], key_mask: vec![vec![]; batch], next_pos: vec![0; batch] }
+        Self {
+            layers: vec![None; model.cfg.num_hidden_layers],
+            key_mask: vec![vec![]; batch],
+            next_pos: vec![0; batch],
+        }
     }
 
     /// Positions cached so far.
@@ -140,7 +144,10 @@ impl Llama {
         let mut need = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = get(name)?.ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))?;
             if t.dims() != shape {
-                return Err(Error::Weights(format!("tensor `{name}` has shape {:?}, the config needs {shape:?}", t.dims())));
+                return Err(Error::Weights(format!(
+                    "tensor `{name}` has shape {:?}, the config needs {shape:?}",
+                    t.dims()
+                )));
             }
             Ok(t)
         };
@@ -159,7 +166,15 @@ impl Llama {
                 };
                 Ok(Linear { weight, bias })
             };
-            let linears = [lin(Target::Q)?, lin(Target::K)?, lin(Target::V)?, lin(Target::O)?, lin(Target::Gate)?, lin(Target::Up)?, lin(Target::Down)?];
+            let linears = [
+                lin(Target::Q)?,
+                lin(Target::K)?,
+                lin(Target::V)?,
+                lin(Target::O)?,
+                lin(Target::Gate)?,
+                lin(Target::Up)?,
+                lin(Target::Down)?,
+            ];
             blocks.push(Block {
                 input_layernorm: need(&format!("{p}.input_layernorm.weight"), &[h])?,
                 post_attention_layernorm: need(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
@@ -214,7 +229,13 @@ impl Llama {
     /// Final hidden states `(B, T, hidden)` for `ids` `(B, T)` whose rows are masked by
     /// `mask` (1 = token, 0 = padding; padding may sit on either side). With a cache, the
     /// new tokens follow what it holds and it is extended.
-    pub fn hidden_states(&self, ids: &Tensor, mask: &[Vec<u8>], fwd: &Forward, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        mask: &[Vec<u8>],
+        fwd: &Forward,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if mask.len() != b || mask.iter().any(|m| m.len() != t) {
             return Err(Error::Invalid(format!("mask does not match input ids of shape ({b}, {t})")));

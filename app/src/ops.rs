@@ -124,8 +124,7 @@ pub fn attention_mask(
             let q = past + i;
             let row = &mut m[(bi * t + i) * tk..(bi * t + i + 1) * tk];
             for (j, v) in row.iter_mut().enumerate() {
-                let visible = j == q
-                    || (j < q && keys[j] != 0 && window.is_none_or(|w| q - j < w));
+                let visible = j == q || (j < q && keys[j] != 0 && window.is_none_or(|w| q - j < w));
                 if !visible {
                     *v = f32::NEG_INFINITY;
                 }
@@ -243,7 +242,10 @@ mod tests {
 
     #[test]
     fn positions_skip_left_padding() {
-        assert_eq!(positions_from_mask(&[vec![0, 0, 1, 1], vec![1, 1, 1, 1]], &[0, 0]), vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]);
+        assert_eq!(
+            positions_from_mask(&[vec![0, 0, 1, 1], vec![1, 1, 1, 1]], &[0, 0]),
+            vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]
+        );
         assert_eq!(positions_from_mask(&[vec![1]], &[5]), vec![vec![5]]);
     }
 
@@ -318,7 +320,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
         let x = match s {
             S::F32(v) => storage_to_tensor(v, l)?,

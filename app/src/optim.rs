@@ -88,9 +88,14 @@ impl AdamW {
     pub fn load_state(&mut self, get: impl Fn(&str) -> Option<Tensor>, t: usize) -> Result<()> {
         for i in 0..self.m.len() {
             for (name, slot) in [(format!("m.{i}"), &mut self.m[i]), (format!("v.{i}"), &mut self.v[i])] {
-                let x = get(&name).ok_or_else(|| Error::Adapter(format!("checkpoint lacks optimizer state `{name}`")))?;
+                let x =
+                    get(&name).ok_or_else(|| Error::Adapter(format!("checkpoint lacks optimizer state `{name}`")))?;
                 if x.dims() != slot.dims() {
-                    return Err(Error::Adapter(format!("optimizer state `{name}` has shape {:?}, expected {:?}", x.dims(), slot.dims())));
+                    return Err(Error::Adapter(format!(
+                        "optimizer state `{name}` has shape {:?}, expected {:?}",
+                        x.dims(),
+                        slot.dims()
+                    )));
                 }
                 *slot = x;
             }

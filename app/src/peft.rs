@@ -85,7 +85,8 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter, model: &ModelConfig, base
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Adapter(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Adapter(format!("{}: {e}", path.display())))?;
     let bad = |key: &str, why: &str| Error::Adapter(format!("{}: `{key}` {why}", path.display()));
     if v.get("peft_type").and_then(|x| x.as_str()) != Some("LORA") {
         return Err(bad("peft_type", "must be \"LORA\""));
@@ -113,7 +114,9 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let targets = match v.get("target_modules") {
         Some(serde_json::Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().ok_or_else(|| bad("target_modules", "must list strings")).and_then(|s| s.parse::<Target>()))
+            .map(|x| {
+                x.as_str().ok_or_else(|| bad("target_modules", "must list strings")).and_then(|s| s.parse::<Target>())
+            })
             .collect::<Result<Vec<_>>>()?,
         Some(serde_json::Value::String(s)) if s == "all-linear" => Target::ALL.to_vec(),
         _ => return Err(bad("target_modules", "must be a list of module names")),

@@ -174,7 +174,13 @@ impl TextTokenizer {
         Self::assemble(tok, None, vec![2], Some(0), Some(CHATML_TEMPLATE.into()))
     }
 
-    fn assemble(inner: Tokenizer, bos_id: Option<u32>, mut eos_ids: Vec<u32>, pad_id: Option<u32>, chat_template: Option<String>) -> Result<Self> {
+    fn assemble(
+        inner: Tokenizer,
+        bos_id: Option<u32>,
+        mut eos_ids: Vec<u32>,
+        pad_id: Option<u32>,
+        chat_template: Option<String>,
+    ) -> Result<Self> {
         for t in END_OF_TURN {
             if let Some(id) = inner.token_to_id(t) {
                 eos_ids.push(id);
@@ -246,20 +252,26 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
     let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
         Ok(PreTokenizerWrapper::Split(
-            Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?,
+            Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(tok_err)?,
         ))
     };
     Ok(match pre {
-        "smollm" | "starcoder" | "refact" => {
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]))
-        }
+        "smollm" | "starcoder" | "refact" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            byte_level(true),
+        ])),
         "default" | "gpt-2" | "gpt2" => byte_level(true),
         "llama3" | "llama-bpe" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
-            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")?,
+            split(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            )?,
             byte_level(false),
         ])),
         "qwen2" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
-            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")?,
+            split(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            )?,
             byte_level(false),
         ])),
         other => {

@@ -188,12 +188,20 @@ const CKPT_OPTIM: &str = "optim.";
 
 /// Which examples form micro-batch `micro` (global index) of a run: consecutive slices
 /// of a fresh seeded permutation per epoch.
-pub fn batch_indices(n: usize, batch: usize, micro: usize, seed: u64, cache: &mut HashMap<usize, Vec<usize>>) -> Vec<usize> {
+pub fn batch_indices(
+    n: usize,
+    batch: usize,
+    micro: usize,
+    seed: u64,
+    cache: &mut HashMap<usize, Vec<usize>>,
+) -> Vec<usize> {
     (0..batch)
         .map(|i| {
             let g = micro * batch + i;
             let epoch = g / n;
-            let perm = cache.entry(epoch).or_insert_with(|| rng::permutation(&mut rng::stream(seed, streams::DATA_ORDER, epoch as u64), n));
+            let perm = cache
+                .entry(epoch)
+                .or_insert_with(|| rng::permutation(&mut rng::stream(seed, streams::DATA_ORDER, epoch as u64), n));
             perm[g % n]
         })
         .collect()
@@ -238,8 +246,9 @@ pub fn train(
     let (mut tokens, mut loss_tokens) = (0usize, 0usize);
     if let Some(plan) = ckpt.filter(|p| p.resume && p.path.exists()) {
         let (tensors, meta) = checkpoint::read_safetensors(&plan.path, &device)?;
-        let saved: TrainConfig = serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or("null"))
-            .map_err(|e| Error::Adapter(format!("{}: no usable train_config: {e}", plan.path.display())))?;
+        let saved: TrainConfig =
+            serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or("null"))
+                .map_err(|e| Error::Adapter(format!("{}: no usable train_config: {e}", plan.path.display())))?;
         if &saved != cfg {
             return Err(Error::Invalid(format!(
                 "{} was written with different training settings; resume with the same ones or start afresh",
@@ -260,10 +269,21 @@ pub fn train(
         loss_tokens = meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
     }
     let trainable_params = adapter.num_parameters();
-    on_event(&TrainEvent::Started { total_steps: total, start_step: start, trainable_params, examples: examples.len() });
+    on_event(&TrainEvent::Started {
+        total_steps: total,
+        start_step: start,
+        trainable_params,
+        examples: examples.len(),
+    });
     let began = Instant::now();
     let mut perms = HashMap::new();
-    let save = |step: usize, losses: &[f64], tokens: usize, loss_tokens: usize, opt: &AdamW, adapter: &LoraAdapter| -> Result<Option<PathBuf>> {
+    let save = |step: usize,
+                losses: &[f64],
+                tokens: usize,
+                loss_tokens: usize,
+                opt: &AdamW,
+                adapter: &LoraAdapter|
+     -> Result<Option<PathBuf>> {
         let Some(plan) = ckpt else { return Ok(None) };
         let mut all: Vec<(String, Tensor)> =
             adapter.named_tensors().into_iter().map(|(n, t)| (format!("{CKPT_LORA}{n}"), t)).collect();
@@ -287,7 +307,8 @@ pub fn train(
         // share of the step's loss tokens, so accumulation equals one big batch.
         let batches: Vec<data::Batch> = (0..cfg.grad_accum)
             .map(|k| {
-                let idx = batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
+                let idx =
+                    batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
                 let ex: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
                 data::make_batch(&ex, 0, &device)
             })
@@ -344,11 +365,23 @@ pub fn train(
             }
         }
     }
-    Ok(TrainSummary { steps: total, losses, tokens, loss_tokens, wall_s: began.elapsed().as_secs_f64(), trainable_params })
+    Ok(TrainSummary {
+        steps: total,
+        losses,
+        tokens,
+        loss_tokens,
+        wall_s: began.elapsed().as_secs_f64(),
+        trainable_params,
+    })
 }
 
 /// Tokenises records for training, reporting how many were truncated.
-pub fn encode_all(tok: &crate::TextTokenizer, records: &[data::Record], system: Option<&str>, max_len: usize) -> Result<Vec<Example>> {
+pub fn encode_all(
+    tok: &crate::TextTokenizer,
+    records: &[data::Record],
+    system: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<Example>> {
     records.iter().map(|r| data::encode(tok, r, system, max_len)).collect()
 }
 

@@ -26,7 +26,8 @@ pub enum Format {
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 5] = [Format::PromptCompletion, Format::Alpaca, Format::Chat, Format::ShareGpt, Format::Classification];
+    pub const ALL: [Format; 5] =
+        [Format::PromptCompletion, Format::Alpaca, Format::Chat, Format::ShareGpt, Format::Classification];
 
     /// A short name for messages and flags.
     pub fn name(self) -> &'static str {
@@ -149,32 +150,58 @@ pub fn extract(format: Format, row: &dyn Fields, line: usize) -> Result<Record, 
             Ok(Record::new(prompt, need("output")?))
         }
         Format::Chat | Format::ShareGpt => {
-            let (key, role_key, text_key) = if format == Format::Chat { ("messages", "role", "content") } else { ("conversations", "from", "value") };
+            let (key, role_key, text_key) = if format == Format::Chat {
+                ("messages", "role", "content")
+            } else {
+                ("conversations", "from", "value")
+            };
             let list = match row.json(key) {
                 Some(Value::Array(a)) => a,
-                Some(other) => return Err(Issue::field(line, key, format!("must be a list, found {}", json_kind(other)))),
+                Some(other) => {
+                    return Err(Issue::field(line, key, format!("must be a list, found {}", json_kind(other))))
+                }
                 None => return Err(Issue::field(line, key, "is missing".into())),
             };
             let mut msgs = Vec::with_capacity(list.len());
             for (i, m) in list.iter().enumerate() {
                 let field = format!("{key}[{i}]");
-                let obj = m.as_object().ok_or_else(|| Issue::field(line, &field, format!("must be an object, found {}", json_kind(m))))?;
+                let obj = m
+                    .as_object()
+                    .ok_or_else(|| Issue::field(line, &field, format!("must be an object, found {}", json_kind(m))))?;
                 let role = match obj.get(role_key) {
                     Some(Value::String(r)) => r.as_str(),
-                    _ => return Err(Issue::field(line, &format!("{field}.{role_key}"), "is missing or not a string".into())),
+                    _ => {
+                        return Err(Issue::field(
+                            line,
+                            &format!("{field}.{role_key}"),
+                            "is missing or not a string".into(),
+                        ))
+                    }
                 };
                 let role = match (format, role) {
                     (_, "system") => "system",
                     (Format::Chat, "user") | (Format::ShareGpt, "human" | "user") => "user",
                     (Format::Chat, "assistant") | (Format::ShareGpt, "gpt" | "assistant") => "assistant",
                     (_, other) => {
-                        return Err(Issue::field(line, &format!("{field}.{role_key}"), format!("unknown role `{other}`")));
+                        return Err(Issue::field(
+                            line,
+                            &format!("{field}.{role_key}"),
+                            format!("unknown role `{other}`"),
+                        ));
                     }
                 };
                 let content = match obj.get(text_key) {
                     Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
-                    Some(Value::String(_)) => return Err(Issue::field(line, &format!("{field}.{text_key}"), "is empty".into())),
-                    Some(other) => return Err(Issue::field(line, &format!("{field}.{text_key}"), format!("must be a string, found {}", json_kind(other)))),
+                    Some(Value::String(_)) => {
+                        return Err(Issue::field(line, &format!("{field}.{text_key}"), "is empty".into()))
+                    }
+                    Some(other) => {
+                        return Err(Issue::field(
+                            line,
+                            &format!("{field}.{text_key}"),
+                            format!("must be a string, found {}", json_kind(other)),
+                        ))
+                    }
                     None => return Err(Issue::field(line, &format!("{field}.{text_key}"), "is missing".into())),
                 };
                 msgs.push(ChatMessage::new(role, content));
@@ -184,7 +211,11 @@ pub fn extract(format: Format, row: &dyn Fields, line: usize) -> Result<Record, 
             }
             let n = msgs.len();
             if n < 2 || msgs[n - 1].role != "assistant" || msgs[n - 2].role != "user" {
-                return Err(Issue::field(line, key, "must end with a user message followed by an assistant reply".into()));
+                return Err(Issue::field(
+                    line,
+                    key,
+                    "must end with a user message followed by an assistant reply".into(),
+                ));
             }
             let completion = msgs.pop().expect("checked length").content;
             let prompt = msgs.pop().expect("checked length").content;

@@ -131,7 +131,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bytes: 64 << 20, max_rows: 200_000, max_field_chars: 20_000, max_labels: 50, max_tokens: 512, overlong: OverlongPolicy::Truncate }
+        Self {
+            max_bytes: 64 << 20,
+            max_rows: 200_000,
+            max_field_chars: 20_000,
+            max_labels: 50,
+            max_tokens: 512,
+            overlong: OverlongPolicy::Truncate,
+        }
     }
 }
 
@@ -217,7 +224,12 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
 
 /// Judges the bytes of a dataset. `csv` says whether the file is CSV (`None`: guess
 /// from the first character).
-pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) -> std::result::Result<Dataset, Rejection> {
+pub fn parse(
+    name: &str,
+    bytes: &[u8],
+    csv: Option<bool>,
+    opts: &LoadOptions,
+) -> std::result::Result<Dataset, Rejection> {
     let mut c = Collector { issues: vec![], total: 0 };
     let reject = |c: Collector| Rejection { file: name.into(), issues: c.issues, total: c.total };
     if bytes.len() as u64 > opts.limits.max_bytes {
@@ -277,7 +289,11 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
         }
         for row in body {
             if row.fields.len() != header.len() {
-                c.push(Issue::at(row.line, row.fields.len().min(header.len()) + 1, format!("row has {} fields; the header has {}", row.fields.len(), header.len())));
+                c.push(Issue::at(
+                    row.line,
+                    row.fields.len().min(header.len()) + 1,
+                    format!("row has {} fields; the header has {}", row.fields.len(), header.len()),
+                ));
                 continue;
             }
             match formats::extract(fmt, &formats::CsvFields { header: &header, values: &row.fields }, row.line) {
@@ -311,7 +327,10 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
             let detected = Format::detect(|k| obj.contains_key(k));
             let fmt = match (format, detected) {
                 (Some(f), Some(d)) if f != d && opts.format.is_none() => {
-                    c.push(Issue::line(n, format!("is {} but earlier lines are {} (mixed formats)", d.name(), f.name())));
+                    c.push(Issue::line(
+                        n,
+                        format!("is {} but earlier lines are {} (mixed formats)", d.name(), f.name()),
+                    ));
                     continue;
                 }
                 // Lines that look like no format are read as the file's format, so the
@@ -338,7 +357,10 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
     }
     let limits = &opts.limits;
     if records.len() > limits.max_rows {
-        c.push(Issue::line(lines[limits.max_rows], format!("the file has {} rows; the limit is {}", records.len(), limits.max_rows)));
+        c.push(Issue::line(
+            lines[limits.max_rows],
+            format!("the file has {} rows; the limit is {}", records.len(), limits.max_rows),
+        ));
     }
     for (r, &line) in records.iter().zip(&lines) {
         let mut fields = vec![("prompt", &r.prompt), ("completion", &r.completion)];
@@ -346,7 +368,11 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
         for (field, v) in fields {
             let n = v.chars().count();
             if n > limits.max_field_chars {
-                c.push(Issue::field(line, field, format!("has {n} characters; the limit is {}", limits.max_field_chars)));
+                c.push(Issue::field(
+                    line,
+                    field,
+                    format!("has {n} characters; the limit is {}", limits.max_field_chars),
+                ));
             }
         }
     }
@@ -371,7 +397,11 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
         let mut by_line: Vec<(&str, usize)> = first_line.iter().map(|(k, v)| (*k, *v)).collect();
         by_line.sort_by_key(|x| x.1);
         if by_line.len() > limits.max_labels {
-            c.push(Issue::field(by_line[limits.max_labels].1, "label", format!("{} distinct labels; the limit is {}", by_line.len(), limits.max_labels)));
+            c.push(Issue::field(
+                by_line[limits.max_labels].1,
+                "label",
+                format!("{} distinct labels; the limit is {}", by_line.len(), limits.max_labels),
+            ));
         } else if by_line.len() < 2 {
             c.push(Issue::field(0, "label", "a classification task needs at least two labels".into()));
         }
@@ -398,7 +428,13 @@ pub fn parse(name: &str, bytes: &[u8], csv: Option<bool>, opts: &LoadOptions) ->
     }
     if !dups.is_empty() {
         let shown: Vec<&str> = dups.iter().take(5).map(String::as_str).collect();
-        warnings.push(format!("{} duplicate example{} ({}{})", dups.len(), if dups.len() == 1 { "" } else { "s" }, shown.join(", "), if dups.len() > 5 { ", …" } else { "" }));
+        warnings.push(format!(
+            "{} duplicate example{} ({}{})",
+            dups.len(),
+            if dups.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if dups.len() > 5 { ", …" } else { "" }
+        ));
     }
     if kind == TaskKind::Classification {
         let counts: Vec<usize> = {
@@ -524,13 +560,17 @@ mod tests {
 
     #[test]
     fn kinds_are_inferred_and_labels_checked() {
-        let text: String = (0..12).map(|i| format!("{{\"prompt\":\"p{i}\",\"completion\":\"{}\"}}\n", ["yes", "no"][i % 2])).collect();
+        let text: String =
+            (0..12).map(|i| format!("{{\"prompt\":\"p{i}\",\"completion\":\"{}\"}}\n", ["yes", "no"][i % 2])).collect();
         let d = ok(&text);
         assert_eq!(d.kind, TaskKind::Classification);
         assert_eq!(d.labels, vec!["no", "yes"]);
-        let gen: String = (0..12).map(|i| format!("{{\"prompt\":\"p{i}\",\"completion\":\"answer number {i}\"}}\n")).collect();
+        let gen: String =
+            (0..12).map(|i| format!("{{\"prompt\":\"p{i}\",\"completion\":\"answer number {i}\"}}\n")).collect();
         assert_eq!(ok(&gen).kind, TaskKind::Generation);
-        let once = err("{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"x\"}\n{\"text\":\"c\",\"label\":\"y\"}\n");
+        let once = err(
+            "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"x\"}\n{\"text\":\"c\",\"label\":\"y\"}\n",
+        );
         assert!(once.to_string().contains("line 3: field `label`: label `y` is seen only once"), "{once}");
     }
 
@@ -539,7 +579,11 @@ mod tests {
         let mut text: String = (0..10).map(|i| format!("{{\"text\":\"t{i}\",\"label\":\"a\"}}\n")).collect();
         text.push_str("{\"text\":\"u\",\"label\":\"b\"}\n{\"text\":\"u\",\"label\":\"b\"}\n");
         let d = ok(&text);
-        assert!(d.warnings.iter().any(|w| w.contains("1 duplicate example (line 12 repeats line 11)")), "{:?}", d.warnings);
+        assert!(
+            d.warnings.iter().any(|w| w.contains("1 duplicate example (line 12 repeats line 11)")),
+            "{:?}",
+            d.warnings
+        );
         assert!(d.warnings.iter().any(|w| w.contains("class imbalance")), "{:?}", d.warnings);
     }
 
@@ -580,7 +624,12 @@ impl TokenReport {
 }
 
 /// Tokenises records for training under `limits.max_tokens` and its policy.
-pub fn tokenize(tok: &crate::TextTokenizer, records: &[Record], system: Option<&str>, limits: &Limits) -> Result<(Vec<crate::data::Example>, TokenReport)> {
+pub fn tokenize(
+    tok: &crate::TextTokenizer,
+    records: &[Record],
+    system: Option<&str>,
+    limits: &Limits,
+) -> Result<(Vec<crate::data::Example>, TokenReport)> {
     let mut report = TokenReport::default();
     let mut out = Vec::with_capacity(records.len());
     for r in records {

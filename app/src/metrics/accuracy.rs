@@ -17,7 +17,11 @@ impl Metric for Accuracy {
         }
     }
     fn compute(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.correct as f64 / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.total as f64
+        }
     }
     fn clear(&mut self) {
         *self = Self::default();

@@ -42,7 +42,13 @@ pub fn bootstrap_interval(n: usize, reps: usize, seed: u64, metric: impl Fn(&[us
 
 /// Mean of per-example scores over `idx`.
 pub fn mean_of(scores: &[f64]) -> impl Fn(&[usize]) -> f64 + '_ {
-    move |idx: &[usize]| if idx.is_empty() { 0.0 } else { idx.iter().map(|&i| scores[i]).sum::<f64>() / idx.len() as f64 }
+    move |idx: &[usize]| {
+        if idx.is_empty() {
+            0.0
+        } else {
+            idx.iter().map(|&i| scores[i]).sum::<f64>() / idx.len() as f64
+        }
+    }
 }
 
 #[cfg(test)]

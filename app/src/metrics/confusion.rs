@@ -43,7 +43,11 @@ impl Confusion {
                 sum += 2.0 * p * r / (p + r);
             }
         }
-        if k == 0 { 0.0 } else { sum / k as f64 }
+        if k == 0 {
+            0.0
+        } else {
+            sum / k as f64
+        }
     }
 }
 

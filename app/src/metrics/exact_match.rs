@@ -4,7 +4,10 @@ use super::Metric;
 
 /// Lower-case, punctuation to spaces, whitespace collapsed.
 pub fn normalize_answer(s: &str) -> String {
-    let kept: String = s.chars().map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_lowercase().next().unwrap_or(c) } else { ' ' }).collect();
+    let kept: String = s
+        .chars()
+        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_lowercase().next().unwrap_or(c) } else { ' ' })
+        .collect();
     kept.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -28,7 +31,11 @@ impl Metric for ExactMatch {
         self.hits += Self::score(prediction, reference) as usize;
     }
     fn compute(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.hits as f64 / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.total as f64
+        }
     }
     fn clear(&mut self) {
         *self = Self::default();

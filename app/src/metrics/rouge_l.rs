@@ -44,7 +44,11 @@ impl Metric for RougeL {
         self.total += 1;
     }
     fn compute(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.sum / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum / self.total as f64
+        }
     }
     fn clear(&mut self) {
         *self = Self::default();
@@ -59,7 +63,9 @@ mod tests {
     fn matches_hand_computation() {
         // ref "the cat was found under the bed", pred "the cat was under the bed":
         // LCS = the cat was under the bed = 6; P = 6/6, R = 6/7, F = 12/13.
-        assert!((RougeL::score("the cat was under the bed", "the cat was found under the bed") - 12.0 / 13.0).abs() < 1e-12);
+        assert!(
+            (RougeL::score("the cat was under the bed", "the cat was found under the bed") - 12.0 / 13.0).abs() < 1e-12
+        );
         // Order matters, unlike token F1: "b a" vs "a b" has LCS 1 -> P = R = 1/2.
         assert!((RougeL::score("b a", "a b") - 0.5).abs() < 1e-12);
         assert_eq!(RougeL::score("", ""), 1.0);

@@ -48,7 +48,11 @@ impl Metric for TokenF1 {
         self.total += 1;
     }
     fn compute(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.sum / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum / self.total as f64
+        }
     }
     fn clear(&mut self) {
         *self = Self::default();
