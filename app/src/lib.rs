@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod generate;
 pub mod loader;
 pub mod lora;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -88,6 +88,18 @@ struct DataArgs {
     /// What to do with longer examples: truncate (the prompt's start) or drop.
     #[arg(long, default_value = "truncate")]
     overlong: String,
+    /// Largest file accepted, bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_bytes: u64,
+    /// Most rows accepted.
+    #[arg(long, default_value_t = Limits::default().max_rows)]
+    max_rows: usize,
+    /// Longest field accepted, characters.
+    #[arg(long, default_value_t = Limits::default().max_field_chars)]
+    max_field_chars: usize,
+    /// Most labels of a classification task.
+    #[arg(long, default_value_t = Limits::default().max_labels)]
+    max_labels: usize,
 }
 
 impl DataArgs {
@@ -109,7 +121,15 @@ impl DataArgs {
             "drop" => OverlongPolicy::Drop,
             o => bail!("unknown --overlong `{o}` (truncate, drop)"),
         };
-        Ok(LoadOptions { format, kind, limits: Limits { max_tokens: self.max_tokens, overlong, ..Limits::default() } })
+        let limits = Limits {
+            max_tokens: self.max_tokens,
+            overlong,
+            max_bytes: self.max_bytes,
+            max_rows: self.max_rows,
+            max_field_chars: self.max_field_chars,
+            max_labels: self.max_labels,
+        };
+        Ok(LoadOptions { format, kind, limits })
     }
 }
 
@@ -129,9 +149,9 @@ struct TrainArgs {
     /// Held-out data scored after training (default: the split below).
     #[arg(long)]
     eval_data: Option<PathBuf>,
-    /// Hold out this fraction of --data for evaluation when no --eval-data is given (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    eval_split: f64,
+    /// Without --eval-data, hold out part of --data: a fraction (0.1) or a count (50).
+    #[arg(long)]
+    eval_split: Option<String>,
     /// Output folder: adapter (PEFT layout), checkpoint, config and log.
     #[arg(long)]
     out: PathBuf,
@@ -377,7 +397,7 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
         eprintln!("warning: {}: {w}", a.data.display());
     }
     let (train_recs, held_out): (Vec<Record>, Option<(Vec<Record>, TaskKind, Vec<String>)>) =
-        match (&a.eval_data, a.eval_split) {
+        match (&a.eval_data, &a.eval_split) {
             (Some(p), _) => {
                 let e = dataset::load(p, &LoadOptions { kind: Some(ds.kind), ..opts.clone() })?;
                 if let Some(w) = dataset::overlap_warning(&ds.records, &e.records) {
@@ -385,8 +405,13 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
                 }
                 (ds.records.clone(), Some((e.records, ds.kind, ds.labels.clone())))
             }
-            (None, f) if f > 0.0 => {
-                let (ti, ei) = dataset::split_indices(ds.records.len(), Split::Fraction(f), cfg.seed)?;
+            (None, Some(f)) => {
+                let split = match (f.parse::<usize>(), f.parse::<f64>()) {
+                    (Ok(n), _) => Split::Count(n),
+                    (_, Ok(x)) => Split::Fraction(x),
+                    _ => bail!("--eval-split `{f}` is neither a fraction nor a count"),
+                };
+                let (ti, ei) = dataset::split_indices(ds.records.len(), split, cfg.seed)?;
                 let pick = |ix: &[usize]| ix.iter().map(|&i| ds.records[i].clone()).collect::<Vec<_>>();
                 (pick(&ti), Some((pick(&ei), ds.kind, ds.labels.clone())))
             }
