@@ -22,6 +22,10 @@ mod datasets;
 // Training: overfitting, exact resume, accumulation, a real fine-tune of the default model.
 mod training;
 
+// Strategies: every strategy end to end on the tiny model, budgets, report sections,
+// forgetting.
+mod strategies;
+
 // PEFT export: names, shapes, config keys, exact round trip, rope-layout permutation.
 mod peft_export;
 

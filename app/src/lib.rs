@@ -25,6 +25,7 @@ pub mod ops;
 pub mod optim;
 pub mod peft;
 pub mod rng;
+pub mod strategy;
 pub mod tokenizer;
 pub mod train;
 

@@ -43,6 +43,8 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Score the model (and an adapter) on a held-out JSONL file.
     Eval(EvalArgs),
+    /// Train every strategy on several tasks under one token budget and compare them.
+    Compare(CompareArgs),
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCmd),
@@ -256,6 +258,61 @@ struct EvalArgs {
     /// Print every prediction.
     #[arg(long)]
     show: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// One training file per task.
+    #[arg(long, num_args = 1.., required = true)]
+    tasks: Vec<PathBuf>,
+    /// Held-out files are `<DIR>/<task>.jsonl`; default: an `eval/` folder beside each
+    /// task file if it has one, else --eval-split of the task.
+    #[arg(long)]
+    eval_dir: Option<PathBuf>,
+    /// Held-out share of each task without an eval file.
+    #[arg(long, default_value_t = 0.2)]
+    eval_split: f64,
+    /// Use at most this many held-out examples per task.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// `all` or a list of combined, sequential, sequential-merge, separate.
+    #[arg(long, default_value = "all")]
+    strategies: String,
+    /// Training tokens every strategy gets.
+    #[arg(long)]
+    budget_tokens: usize,
+    /// Combined mixing: proportional, uniform or temperature:T.
+    #[arg(long, default_value = "proportional")]
+    mixing: String,
+    /// Tag prompts with their task in the combined run.
+    #[arg(long)]
+    task_tag: bool,
+    /// Sequential replay share of earlier tasks.
+    #[arg(long, default_value_t = 0.0)]
+    replay: f64,
+    /// Output folder: report.json, report.md, adapters/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Longest example, in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
 }
 
 #[derive(Subcommand)]
@@ -617,6 +674,107 @@ fn cmd_eval(cli: &Cli, a: &EvalArgs, device: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()> {
+    use multitune::strategy::{self, CompareConfig, CompareEvent, Mixing, SequentialVariant, StrategySpec, TaskData};
+    let mixing = Mixing::parse(&a.mixing)
+        .with_context(|| format!("unknown mixing `{}` (proportional, uniform, temperature:T)", a.mixing))?;
+    let mut specs = Vec::new();
+    for s in a.strategies.split(',').map(str::trim) {
+        match s {
+            "all" => specs.extend(StrategySpec::all().into_iter().map(|sp| match sp {
+                StrategySpec::Combined { .. } => StrategySpec::Combined { mixing, task_tag: a.task_tag },
+                StrategySpec::Sequential { variant, order, .. } => {
+                    StrategySpec::Sequential { variant, order, replay: a.replay }
+                }
+                other => other,
+            })),
+            "combined" => specs.push(StrategySpec::Combined { mixing, task_tag: a.task_tag }),
+            "sequential" => specs.push(StrategySpec::Sequential {
+                variant: SequentialVariant::Continue,
+                order: vec![],
+                replay: a.replay,
+            }),
+            "sequential-merge" => specs.push(StrategySpec::Sequential {
+                variant: SequentialVariant::MergeThenNew,
+                order: vec![],
+                replay: a.replay,
+            }),
+            "separate" => specs.push(StrategySpec::all().pop().expect("separate is listed")),
+            other => bail!("unknown strategy `{other}` (all, combined, sequential, sequential-merge, separate)"),
+        }
+    }
+    let opts =
+        LoadOptions { limits: Limits { max_tokens: a.max_tokens, ..Limits::default() }, ..LoadOptions::default() };
+    let mut tasks = Vec::new();
+    for p in &a.tasks {
+        let d = dataset::load(p, &opts)?;
+        let name = task_name(p);
+        let beside = p.parent().unwrap_or(Path::new(".")).join("eval").join(p.file_name().unwrap_or_default());
+        let eval_file =
+            a.eval_dir.as_ref().map(|d| d.join(format!("{name}.jsonl"))).or_else(|| beside.exists().then_some(beside));
+        let (train, mut eval) = match eval_file {
+            Some(f) => {
+                (d.records.clone(), dataset::load(&f, &LoadOptions { kind: Some(d.kind), ..opts.clone() })?.records)
+            }
+            None => {
+                let (ti, ei) = dataset::split_indices(d.records.len(), Split::Fraction(a.eval_split), a.seed)?;
+                (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
+            }
+        };
+        if let Some(n) = a.eval_limit {
+            eval.truncate(n);
+        }
+        tasks.push(TaskData { name, kind: d.kind, labels: d.labels, train, eval });
+    }
+    let m = load(&a.model.model, cli, device)?;
+    let train = TrainConfig {
+        lora: multitune::LoraConfig { rank: a.rank, alpha: 2.0 * a.rank as f64, ..Default::default() },
+        learning_rate: a.lr,
+        batch_size: a.batch_size,
+        max_seq_len: a.max_tokens,
+        seed: a.seed,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    let cfg = CompareConfig {
+        strategies: specs,
+        budget_tokens: a.budget_tokens,
+        train,
+        eval: EvalOptions { max_seq_len: a.max_tokens, bootstrap: a.bootstrap, seed: a.seed, ..Default::default() },
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let bars = indicatif::MultiProgress::new();
+    let mut current: Option<ProgressBar> = None;
+    let report = strategy::compare(&m.model, &m.tokenizer, &m.base_name, &tasks, &cfg, &a.out, &mut |ev| match ev {
+        CompareEvent::RunStarted { run, index, of } => {
+            let pb = bars.add(bar(0, "{prefix:36} {bar:24} {pos}/{len} steps  {msg}  ETA {eta}"));
+            pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
+            current = Some(pb);
+        }
+        CompareEvent::Train { stage, event: TrainEvent::Step(s), .. } => {
+            if let Some(pb) = &current {
+                pb.set_length(s.total_steps as u64);
+                pb.set_position(s.step as u64);
+                pb.set_message(format!("{stage}: loss {:.3}  {:.0} tok/s", s.loss, s.tokens_per_s));
+            }
+        }
+        CompareEvent::Evaluated { stage, task, value, .. } => {
+            if let Some(pb) = &current {
+                pb.set_message(format!("scored {task} after {stage}: {:.1}%", 100.0 * value));
+            }
+        }
+        CompareEvent::RunFinished { wall_s, .. } => {
+            if let Some(pb) = current.take() {
+                pb.finish_with_message(format!("done in {wall_s:.0}s"));
+            }
+        }
+        _ => {}
+    })?;
+    println!("{}", report.markdown());
+    println!("report: {}", a.out.join("report.md").display());
+    Ok(())
+}
+
 fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Result<bool> {
     let opts = a.data_opts.options()?;
     let ds = match dataset::load(&a.file, &opts) {
@@ -722,6 +880,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Generate(a) => cmd_generate(cli, a, &device),
         Cmd::Eval(a) => cmd_eval(cli, a, &device),
         Cmd::Bench(a) => cmd_bench(cli, a, &device),
+        Cmd::Compare(a) => cmd_compare(cli, a, &device),
         Cmd::Data(DataCmd::Check(a)) => {
             if !cmd_data_check(cli, a, &device)? {
                 std::process::exit(1);

@@ -61,7 +61,9 @@ impl MergeMethod {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         match *self {
-            MergeMethod::TaskArithmetic { lambda } | MergeMethod::Ties { lambda, .. } | MergeMethod::Dare { lambda, .. }
+            MergeMethod::TaskArithmetic { lambda }
+            | MergeMethod::Ties { lambda, .. }
+            | MergeMethod::Dare { lambda, .. }
                 if !(lambda.is_finite() && lambda > 0.0) =>
             {
                 bad(format!("merge λ {lambda} must be positive"))
@@ -69,7 +71,9 @@ impl MergeMethod {
             MergeMethod::Ties { density, .. } if !(density > 0.0 && density <= 1.0) => {
                 bad(format!("TIES density {density} must be in (0, 1]"))
             }
-            MergeMethod::Dare { drop, .. } if !(0.0..1.0).contains(&drop) => bad(format!("DARE drop rate {drop} must be in [0, 1)")),
+            MergeMethod::Dare { drop, .. } if !(0.0..1.0).contains(&drop) => {
+                bad(format!("DARE drop rate {drop} must be in [0, 1)"))
+            }
             _ => Ok(()),
         }
     }
@@ -121,7 +125,8 @@ pub fn concat_weighted(adapters: &[&LoraAdapter], weights: &[f64]) -> Result<Lor
 /// TIES on one set of task deltas (all the same shape).
 pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
     let shape = deltas[0].shape().clone();
-    let vals: Vec<Vec<f32>> = deltas.iter().map(|d| d.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+    let vals: Vec<Vec<f32>> =
+        deltas.iter().map(|d| d.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
     let n = vals[0].len();
     // 1. Trim: keep each task's top-k entries by magnitude.
     let k = ((density * n as f64).round() as usize).clamp(1, n);
@@ -138,10 +143,12 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
             let mut room = k - above;
             v.iter()
                 .map(|&x| {
-                    if x.abs() > threshold || (x.abs() == threshold && room > 0 && {
-                        room -= 1;
-                        true
-                    }) {
+                    if x.abs() > threshold
+                        || (x.abs() == threshold && room > 0 && {
+                            room -= 1;
+                            true
+                        })
+                    {
                         kept += 1;
                         x
                     } else {
@@ -200,7 +207,11 @@ pub fn dense(adapter: &LoraAdapter) -> Result<DenseDeltas> {
 /// Merges task adapters with `method`. Linear, task arithmetic and concatenation are
 /// exact adapters; TIES and DARE produce dense deltas, returned as an adapter of rank
 /// `rank` fitted by subspace iteration (see [`low_rank`]) along with the dense deltas.
-pub fn merge(adapters: &[&LoraAdapter], method: MergeMethod, rank: usize) -> Result<(LoraAdapter, Option<DenseDeltas>)> {
+pub fn merge(
+    adapters: &[&LoraAdapter],
+    method: MergeMethod,
+    rank: usize,
+) -> Result<(LoraAdapter, Option<DenseDeltas>)> {
     method.validate()?;
     let t = adapters.len() as f64;
     match method {
@@ -217,7 +228,9 @@ pub fn merge(adapters: &[&LoraAdapter], method: MergeMethod, rank: usize) -> Res
                     let ds: Vec<Tensor> = dense_all.iter().map(|d| d.layers[li][&tg].clone()).collect();
                     let merged = match method {
                         MergeMethod::Ties { density, lambda } => ties(&ds, density, lambda)?,
-                        MergeMethod::Dare { drop, lambda, seed } => dare(&ds, drop, lambda, seed, (li * 16 + ti) as u64)?,
+                        MergeMethod::Dare { drop, lambda, seed } => {
+                            dare(&ds, drop, lambda, seed, (li * 16 + ti) as u64)?
+                        }
                         _ => unreachable!("handled above"),
                     };
                     m.insert(tg, merged);
@@ -252,7 +265,13 @@ fn orthonormalise(m: &mut [f64], rows: usize, cols: usize) {
 
 /// Rank-`rank` factors of dense deltas by subspace iteration: `Q` spans the top
 /// left-singular subspace of `ΔW`, then `B = Q`, `A = Qᵀ ΔW` (scale 1).
-pub fn low_rank(deltas: &DenseDeltas, targets: &[Target], rank: usize, layers: usize, seed: u64) -> Result<LoraAdapter> {
+pub fn low_rank(
+    deltas: &DenseDeltas,
+    targets: &[Target],
+    rank: usize,
+    layers: usize,
+    seed: u64,
+) -> Result<LoraAdapter> {
     let config = LoraConfig { rank, alpha: rank as f64, dropout: 0.0, targets: targets.to_vec(), use_rslora: false };
     let mut out = Vec::with_capacity(layers);
     let dev = Device::Cpu;
@@ -276,11 +295,15 @@ pub fn low_rank(deltas: &DenseDeltas, targets: &[Target], rank: usize, layers: u
             let a = qt.t()?.matmul(&d64)?;
             // Pad to the requested rank with zeros so every layer has the same shape.
             let (b, a) = if r < rank {
-                (Tensor::cat(&[qt, Tensor::zeros((rows, rank - r), DType::F64, &dev)?], 1)?, Tensor::cat(&[a, Tensor::zeros((rank - r, cols), DType::F64, &dev)?], 0)?)
+                (
+                    Tensor::cat(&[qt, Tensor::zeros((rows, rank - r), DType::F64, &dev)?], 1)?,
+                    Tensor::cat(&[a, Tensor::zeros((rank - r, cols), DType::F64, &dev)?], 0)?,
+                )
             } else {
                 (qt, a)
             };
-            let to = |x: Tensor| -> Result<Var> { Ok(Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(d.device())?)?) };
+            let to =
+                |x: Tensor| -> Result<Var> { Ok(Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(d.device())?)?) };
             pairs.insert(t, LoraPair { a: to(a)?, b: to(b)? });
         }
         out.push(pairs);
@@ -332,11 +355,20 @@ mod tests {
 
     fn random_adapter(seed: u64, rank: usize) -> LoraAdapter {
         let cfg = tiny_config();
-        let ad = LoraAdapter::new(&cfg, LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }, seed, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(
+            &cfg,
+            LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() },
+            seed,
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut r = rng::stream(seed, 9, 0);
         for m in &ad.layers {
             for p in m.values() {
-                p.b.set(&Tensor::from_vec(rng::normal(&mut r, p.b.elem_count(), 0.1), p.b.shape(), &Device::Cpu).unwrap()).unwrap();
+                p.b.set(
+                    &Tensor::from_vec(rng::normal(&mut r, p.b.elem_count(), 0.1), p.b.shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
             }
         }
         ad

@@ -50,6 +50,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// Stop once this many real (non-padding) tokens have been trained on; overrides
+    /// `max_steps` and `epochs`. The schedule is sized from the mean example length.
+    pub token_budget: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +70,7 @@ impl Default for TrainConfig {
             max_seq_len: 256,
             seed: 42,
             checkpoint_every: 50,
+            token_budget: None,
         }
     }
 }
@@ -97,8 +101,12 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Optimizer steps for `n` examples.
-    pub fn total_steps(&self, n: usize) -> usize {
+    /// Optimizer steps for `n` examples (of `mean_tokens` input tokens on average).
+    pub fn total_steps(&self, n: usize, mean_tokens: f64) -> usize {
+        if let Some(budget) = self.token_budget {
+            let per_step = mean_tokens.max(1.0) * (self.batch_size * self.grad_accum) as f64;
+            return ((budget as f64 / per_step).ceil() as usize).max(1);
+        }
         self.max_steps
             .unwrap_or_else(|| ((self.epochs * n as f64) / (self.batch_size * self.grad_accum) as f64).ceil() as usize)
             .max(1)
@@ -172,6 +180,8 @@ pub struct TrainSummary {
     pub wall_s: f64,
     /// Trainable parameters.
     pub trainable_params: usize,
+    /// Tokens trained on from each example (by index), over all passes.
+    pub tokens_per_example: Vec<usize>,
 }
 
 /// Where a run keeps its checkpoint, and whether to continue from it.
@@ -239,7 +249,8 @@ pub fn train(
     let device = model.device().clone();
     let vars: Vec<Var> = adapter.vars();
     let mut opt = AdamW::new(&vars, cfg.adamw)?;
-    let total = cfg.total_steps(examples.len());
+    let mean_tokens = examples.iter().map(|e| e.ids.len() - 1).sum::<usize>() as f64 / examples.len() as f64;
+    let total = cfg.total_steps(examples.len(), mean_tokens);
     let warmup = cfg.warmup_steps(total);
     let mut start = 0;
     let mut losses = Vec::new();
@@ -277,6 +288,7 @@ pub fn train(
     });
     let began = Instant::now();
     let mut perms = HashMap::new();
+    let mut per_example = vec![0usize; examples.len()];
     let save = |step: usize,
                 losses: &[f64],
                 tokens: usize,
@@ -298,20 +310,66 @@ pub fn train(
         checkpoint::write_safetensors(&plan.path, &all, Some(meta))?;
         Ok(Some(plan.path.clone()))
     };
-    for step in start..total {
+    let mut step = start;
+    // With a token budget the loop runs until the budget is met (the schedule's length
+    // is an estimate, so it may run a step or two past it, at the final learning rate).
+    while step < total || cfg.token_budget.is_some_and(|b| tokens < b && step < 2 * total) {
+        if cfg.token_budget.is_some_and(|b| tokens >= b) {
+            break;
+        }
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
         }
         let t0 = Instant::now();
         // Build the step's micro-batches first: the loss of each is weighted by its
         // share of the step's loss tokens, so accumulation equals one big batch.
-        let batches: Vec<data::Batch> = (0..cfg.grad_accum)
-            .map(|k| {
-                let idx =
-                    batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
-                let ex: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
-                data::make_batch(&ex, 0, &device)
-            })
+        // With a token budget, the step that reaches it takes only what fits: whole
+        // examples, then the next one cut from its prompt's start to fill the remainder
+        // exactly (if at least its completion fits), so runs end on the budget.
+        let mut room = cfg.token_budget.map(|b| b.saturating_sub(tokens));
+        let mut owned: Vec<Vec<Example>> = Vec::with_capacity(cfg.grad_accum);
+        let mut used: Vec<(usize, usize)> = Vec::new();
+        for k in 0..cfg.grad_accum {
+            let idx = batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
+            let mut part = Vec::with_capacity(idx.len());
+            for i in idx {
+                let e = &examples[i];
+                let n = e.ids.len() - 1;
+                match room.as_mut() {
+                    None => part.push(e.clone()),
+                    Some(r) if n <= *r => {
+                        *r -= n;
+                        part.push(e.clone());
+                    }
+                    Some(r) => {
+                        let cut = n - *r;
+                        if *r > 0 && cut < e.prompt_len && e.extra_loss.is_empty() {
+                            part.push(Example {
+                                ids: e.ids[cut..].to_vec(),
+                                prompt_len: e.prompt_len - cut,
+                                extra_loss: vec![],
+                            });
+                            used.push((i, *r));
+                            *r = 0;
+                        }
+                        continue;
+                    }
+                }
+                used.push((i, n));
+            }
+            if !part.is_empty() {
+                owned.push(part);
+            }
+        }
+        if owned.is_empty() {
+            break;
+        }
+        for (i, n) in used {
+            per_example[i] += n;
+        }
+        let batches: Vec<data::Batch> = owned
+            .iter()
+            .map(|part| data::make_batch(&part.iter().collect::<Vec<_>>(), 0, &device))
             .collect::<Result<_>>()?;
         let step_loss_tokens: usize = batches.iter().map(|b| b.loss_tokens).sum();
         let step_tokens: usize = batches.iter().map(|b| b.tokens).sum();
@@ -342,7 +400,7 @@ pub fn train(
             .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()?;
         let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-        let lr = optim::lr_at(step, total, warmup, cfg.learning_rate);
+        let lr = optim::lr_at(step.min(total - 1), total, warmup, cfg.learning_rate);
         opt.step(&vars, &grads, lr)?;
         losses.push(step_loss);
         tokens += step_tokens;
@@ -350,7 +408,7 @@ pub fn train(
         let secs = t0.elapsed().as_secs_f64();
         on_event(&TrainEvent::Step(StepStats {
             step: step + 1,
-            total_steps: total,
+            total_steps: total.max(step + 1),
             loss: step_loss,
             lr,
             grad_norm,
@@ -359,19 +417,22 @@ pub fn train(
             elapsed_s: began.elapsed().as_secs_f64(),
         }));
         let done = step + 1;
-        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || done == total {
+        let last = if let Some(b) = cfg.token_budget { tokens >= b } else { done == total };
+        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
             if let Some(path) = save(done, &losses, tokens, loss_tokens, &opt, adapter)? {
                 on_event(&TrainEvent::Checkpoint { step: done, path });
             }
         }
+        step += 1;
     }
     Ok(TrainSummary {
-        steps: total,
+        steps: step,
         losses,
         tokens,
         loss_tokens,
         wall_s: began.elapsed().as_secs_f64(),
         trainable_params,
+        tokens_per_example: per_example,
     })
 }
 

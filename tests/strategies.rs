@@ -1,0 +1,140 @@
+use candle_core::Device;
+use multitune::data::Record;
+use multitune::dataset::{self, LoadOptions, TaskKind};
+use multitune::eval::EvalOptions;
+use multitune::loader::tiny_model;
+use multitune::lora::LoraConfig;
+use multitune::strategy::{compare, CompareConfig, SequentialVariant, StrategySpec, TaskData};
+use multitune::train::TrainConfig;
+
+fn demo_tasks(eval_n: usize) -> Vec<TaskData> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    multitune::demo::TASKS
+        .iter()
+        .map(|t| {
+            let d = dataset::load(&dir.join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap();
+            let mut e =
+                dataset::load(&dir.join("eval").join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap().records;
+            e.truncate(eval_n);
+            TaskData { name: t.to_string(), kind: d.kind, labels: d.labels, train: d.records, eval: e }
+        })
+        .collect()
+}
+
+fn quick_train(lr: f64) -> TrainConfig {
+    TrainConfig {
+        lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
+        learning_rate: lr,
+        batch_size: 4,
+        max_seq_len: 192,
+        checkpoint_every: 0,
+        ..Default::default()
+    }
+}
+
+/// Every strategy and variant on the tiny model and the demo suite: the report has
+/// every section, every run trained on the budget (within 1%), adapters are exported.
+#[test]
+fn every_strategy_runs_end_to_end_under_one_budget() {
+    let (model, tok) = tiny_model(0, &Device::Cpu).unwrap();
+    let tasks = demo_tasks(8);
+    let mut specs = StrategySpec::all();
+    specs.push(StrategySpec::Combined { mixing: multitune::strategy::Mixing::Temperature { t: 2.0 }, task_tag: true });
+    specs.push(StrategySpec::Sequential {
+        variant: SequentialVariant::Continue,
+        order: vec![3, 2, 1, 0],
+        replay: 0.25,
+    });
+    let budget = 8_000;
+    let cfg = CompareConfig {
+        strategies: specs,
+        budget_tokens: budget,
+        train: quick_train(5e-3),
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 50, ..Default::default() },
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut events = 0;
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| events += 1).unwrap();
+    assert!(events > 50);
+    let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
+    for want in [
+        "base model",
+        "combined (proportional)",
+        "sequential (continue)",
+        "sequential (merge-then-new)",
+        "separate (routed)",
+        "separate + merge (linear)",
+        "separate + merge (task_arithmetic)",
+        "separate + merge (ties)",
+        "separate + merge (dare)",
+        "separate + merge (concat)",
+        "combined (T=2, tagged)",
+        "sequential (continue, replay 0.25)",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for r in report.runs.iter().filter(|r| r.strategy != "base") {
+        let err = (r.tokens as f64 - budget as f64).abs() / budget as f64;
+        assert!(err <= 0.01, "{}: trained {} tokens for a budget of {budget}", r.name, r.tokens);
+        assert_eq!(r.task_tokens.iter().sum::<usize>(), r.tokens, "{}", r.name);
+        assert_eq!(r.scores.len(), 4);
+        assert!(r.trainable_params > 0 && r.adapter_bytes > 0);
+        for d in &r.adapter_dirs {
+            assert!(std::path::Path::new(d).join("adapter_config.json").exists(), "{d}");
+        }
+        if r.strategy == "sequential" {
+            let f = r.forgetting.as_ref().expect("sequential runs have a forgetting matrix");
+            assert_eq!((f.matrix.len(), f.matrix[0].len()), (4, 4));
+        }
+    }
+    let combined = report.runs.iter().find(|r| r.name == "combined (proportional)").unwrap();
+    assert!(combined.task_tokens.iter().all(|&t| t > 0), "every task is in the mixture: {:?}", combined.task_tokens);
+    let sim = report.similarity.as_ref().expect("separate adapters give a similarity matrix");
+    assert_eq!(sim.cosine.len(), 4);
+    assert!(sim.cosine[0][1].abs() <= 1.0 && sim.sign_conflict[0][1] >= 0.0);
+    assert!(!report.recommendation.best.is_empty() && report.recommendation.text.contains("best overall"));
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for section in ["## Recommendation", "## Per-task scores", "## Cost", "## Forgetting", "## Task similarity"] {
+        assert!(md.contains(section), "report.md lacks {section}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), report.runs.len());
+}
+
+/// Two tasks that give opposite answers to the same prompts (a: always "yes", b: always
+/// "no"): training b with the same adapter overwrites a, and the forgetting matrix
+/// shows it.
+#[test]
+fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
+    let (model, tok) = tiny_model(1, &Device::Cpu).unwrap();
+    let prompts: Vec<String> = (0..8).map(|i| format!("item {i}")).collect();
+    let make = |flip: bool| -> Vec<Record> {
+        (0..4)
+            .flat_map(|_| prompts.iter().map(move |p| Record::new(p.clone(), if flip { "no" } else { "yes" })))
+            .collect()
+    };
+    let labels = vec!["no".to_string(), "yes".to_string()];
+    let task = |name: &str, flip: bool| TaskData {
+        name: name.into(),
+        kind: TaskKind::Classification,
+        labels: labels.clone(),
+        train: make(flip),
+        eval: make(flip)[..8].to_vec(),
+    };
+    let tasks = vec![task("a", false), task("b", true)];
+    let cfg = CompareConfig {
+        strategies: vec![StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 }],
+        budget_tokens: 2 * 10_000,
+        train: quick_train(1e-2),
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+    };
+    let out = tempfile::tempdir().unwrap();
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
+    let f = report.runs[1].forgetting.as_ref().unwrap();
+    let (a_after_a, a_after_b) = (f.matrix[0][0], f.matrix[1][0]);
+    assert!(a_after_a >= 0.9, "task a learned: {:?}", f.matrix);
+    assert!(f.matrix[1][1] >= 0.9, "task b learned: {:?}", f.matrix);
+    assert!(a_after_b <= 0.25, "task a forgotten after b: {:?}", f.matrix);
+    assert!(f.backward_transfer < -0.6 && f.average_forgetting > 0.6, "{f:?}");
+}
