@@ -1,9 +1,7 @@
-//! Minimal task data: JSONL `{"prompt", "completion"}` rows, rendered with the model's
-//! chat template (or plain for base models), tokenised into examples whose loss covers
-//! the completion tokens only. (Every other format and full validation: the datasets
-//! issue.)
+//! Examples as the model sees them: records rendered with the model's chat template (or
+//! plain for base models), tokenised so the loss covers the completion (every assistant
+//! turn) only, and padded into batches. Reading and validating files: [`crate::dataset`].
 
-use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -30,33 +28,6 @@ impl Record {
     pub fn new(prompt: impl Into<String>, completion: impl Into<String>) -> Self {
         Self { prompt: prompt.into(), completion: completion.into(), history: vec![] }
     }
-}
-
-/// Reads JSONL `{"prompt", "completion"}` rows; an error names the line and the field.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |reason: String| Error::Data { path: path.into(), line: i + 1, reason };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let field = |name: &str| -> Result<String> {
-            match v.get(name) {
-                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
-                Some(serde_json::Value::String(_)) => Err(bad(format!("field `{name}` is empty"))),
-                Some(_) => Err(bad(format!("field `{name}` must be a string"))),
-                None => Err(bad(format!("missing field `{name}`"))),
-            }
-        };
-        out.push(Record::new(field("prompt")?, field("completion")?));
-    }
-    if out.is_empty() {
-        return Err(Error::Data { path: path.into(), line: 0, reason: "no examples".into() });
-    }
-    Ok(out)
 }
 
 /// A tokenised example: loss is taken on `ids[prompt_len..]` and on `extra_loss` spans
@@ -299,16 +270,4 @@ mod tests {
         assert_eq!(batch.loss_tokens, (t - s) + (e.ids.len() - e.prompt_len));
     }
 
-    #[test]
-    fn bad_lines_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d.jsonl");
-        std::fs::write(&p, "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"a\"}\n").unwrap();
-        let e = read_jsonl(&p).unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("missing field `completion`"), "{e}");
-        std::fs::write(&p, "{\"prompt\":\"a\",\"completion\":3}\n").unwrap();
-        assert!(read_jsonl(&p).unwrap_err().to_string().contains("`completion` must be a string"));
-        std::fs::write(&p, "not json\n").unwrap();
-        assert!(read_jsonl(&p).unwrap_err().to_string().contains("line 1: invalid JSON"));
-    }
 }

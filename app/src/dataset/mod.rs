@@ -532,12 +532,15 @@ mod tests {
             "instruction,input,output\n\"Add 2 and 3\",,5\n",
             "\u{feff}text,label\nAdd 2 and 3,5",
         ];
+        // One row each, so read as generation (a one-row classification task is invalid).
+        let opts = LoadOptions { kind: Some(TaskKind::Generation), ..Default::default() };
         for t in texts {
-            let d = ok(t);
+            let d = parse("t", t.as_bytes(), None, &opts).unwrap_or_else(|e| panic!("{t}: {e}"));
             assert_eq!(d.records, vec![want.clone()], "{t}");
         }
-        let alpaca = ok(r#"{"instruction":"Add","input":"2 and 3","output":"5"}"#);
-        assert_eq!(alpaca.records[0], ok(r#"{"prompt":"Add\n\n2 and 3","completion":"5"}"#).records[0]);
+        let alpaca = parse("t", br#"{"instruction":"Add","input":"2 and 3","output":"5"}"#, None, &opts).unwrap();
+        let pc = parse("t", br#"{"prompt":"Add\n\n2 and 3","completion":"5"}"#, None, &opts).unwrap();
+        assert_eq!(alpaca.records[0], pc.records[0]);
     }
 
     #[test]
