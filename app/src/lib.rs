@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod charts;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

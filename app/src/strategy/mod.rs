@@ -520,5 +520,6 @@ pub fn compare(
     };
     let report = Report::new(tasks, cfg, runs, similarity);
     report.write(out)?;
+    crate::charts::write_charts(&report, &out.join("charts"))?;
     Ok(report)
 }
