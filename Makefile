@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run test model build build-release demo-data bench fmt lint clean
+.PHONY: run test model build build-release demo-data demo bench fmt lint clean
 
 ## run: set up, build, and run the CLI demo on the default model (the dashboard
 ## replaces this once the server and UI land).
@@ -38,6 +38,13 @@ build-release:
 ## demo-data: regenerate assets/demo (byte-identical; a test checks it).
 demo-data: build
 	$(BIN_DEBUG) demo-data --out assets/demo
+
+## demo: every strategy on the default model and the demo suite (budget sized for this
+## 2-core machine; roughly 20 minutes, most of it evaluation), into runs/demo-compare.
+demo: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
+		--budget-tokens 12000 --eval-limit 25 --lr 1e-3 --out runs/demo-compare
 
 ## bench: training/eval throughput and peak memory, tiny and default models.
 bench: build-release
