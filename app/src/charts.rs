@@ -32,7 +32,10 @@ fn err(e: impl std::fmt::Display) -> Error {
 type Drawn = std::result::Result<(), String>;
 
 /// Draws one chart into SVG text and PNG bytes.
-fn render(draw: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Drawn, draw_png: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> Drawn) -> Result<(String, Vec<u8>)> {
+fn render(
+    draw: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Drawn,
+    draw_png: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> Drawn,
+) -> Result<(String, Vec<u8>)> {
     register_font();
     let mut svg = String::new();
     {
@@ -84,7 +87,8 @@ fn color(i: usize) -> RGBColor {
 /// Loss per step of every run.
 pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, Vec<f64>)]) -> Drawn {
     let max_x = runs.iter().map(|r| r.1.len()).max().unwrap_or(1).max(2) as f64;
-    let max_y = runs.iter().flat_map(|r| r.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
+    let max_y =
+        runs.iter().flat_map(|r| r.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
     let mut chart = ChartBuilder::on(area)
         .caption("Training loss", (FONT, 24))
         .margin(12)
@@ -96,16 +100,29 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(S
     for (i, (name, losses)) in runs.iter().enumerate() {
         let c = color(i);
         chart
-            .draw_series(LineSeries::new(losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)),
+                c.stroke_width(2),
+            ))
             .map_err(|e| e.to_string())?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
     }
-    chart.configure_series_labels().label_font((FONT, 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| e.to_string())
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Grouped bars: for each task, one bar per run with its 95% interval.
-pub fn metric_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tasks: &[String], runs: &[(String, Vec<Estimate>)]) -> Drawn {
+pub fn metric_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    tasks: &[String],
+    runs: &[(String, Vec<Estimate>)],
+) -> Drawn {
     let n = tasks.len().max(1) as f64;
     let k = runs.len().max(1) as f64;
     let labels = tasks.to_vec();
@@ -122,7 +139,11 @@ pub fn metric_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tasks: &[S
         .x_labels(tasks.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("%")
         .label_style((FONT, 14))
@@ -135,14 +156,25 @@ pub fn metric_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tasks: &[S
             let x0 = ti as f64 + 0.1 + ri as f64 * width;
             Rectangle::new([(x0, 0.0), (x0 + width * 0.9, 100.0 * e.value)], c.filled())
         });
-        chart.draw_series(bars).map_err(|e| e.to_string())?.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        chart
+            .draw_series(bars)
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         let whiskers = scores.iter().enumerate().map(|(ti, e)| {
             let xm = ti as f64 + 0.1 + ri as f64 * width + width * 0.45;
             PathElement::new(vec![(xm, 100.0 * e.lo), (xm, 100.0 * e.hi)], BLACK.stroke_width(1))
         });
         chart.draw_series(whiskers).map_err(|e| e.to_string())?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).label_font((FONT, 12)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| e.to_string())
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Heatmap of a forgetting matrix (rows: after stage, columns: task).
@@ -163,12 +195,20 @@ pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tit
         .y_labels(rows * 2 + 1)
         .x_label_formatter(&|x| {
             let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 { tasks.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                tasks.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_label_formatter(&|y| {
             let i = (y - 0.5).round();
             // Stage 1 at the top.
-            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < rows { format!("after {}", stages[rows - 1 - i as usize]) } else { String::new() }
+            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < rows {
+                format!("after {}", stages[rows - 1 - i as usize])
+            } else {
+                String::new()
+            }
         })
         .x_desc("task scored")
         .label_style((FONT, 14))
@@ -178,10 +218,19 @@ pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tit
         for (c, &v) in row.iter().enumerate() {
             let y = (rows - 1 - r) as f64;
             let shade = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
-            chart.draw_series(std::iter::once(Rectangle::new([(c as f64, y), (c as f64 + 1.0, y + 1.0)], RGBColor(shade, shade / 2 + 127, 255).filled()))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(c as f64, y), (c as f64 + 1.0, y + 1.0)],
+                    RGBColor(shade, shade / 2 + 127, 255).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
             let text_color = if v > 0.6 { WHITE } else { BLACK };
             chart
-                .draw_series(std::iter::once(Text::new(format!("{:.1}", 100.0 * v), (c as f64 + 0.42, y + 0.55), (FONT, 18).into_font().color(&text_color))))
+                .draw_series(std::iter::once(Text::new(
+                    format!("{:.1}", 100.0 * v),
+                    (c as f64 + 0.42, y + 0.55),
+                    (FONT, 18).into_font().color(&text_color),
+                )))
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -206,7 +255,11 @@ pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(Str
         .y_labels(n * 2 + 1)
         .y_label_formatter(&|y| {
             let i = (y - 0.5).round();
-            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 { names.get(n - 1 - i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(n - 1 - i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .x_desc("seconds")
         .label_style((FONT, 13))
@@ -235,9 +288,11 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         out.push(p);
         Ok(())
     };
-    let losses: Vec<(String, Vec<f64>)> = trained.iter().filter(|r| !r.losses.is_empty()).map(|r| (r.name.clone(), r.losses.clone())).collect();
+    let losses: Vec<(String, Vec<f64>)> =
+        trained.iter().filter(|r| !r.losses.is_empty()).map(|r| (r.name.clone(), r.losses.clone())).collect();
     save("loss", both!(|a| loss_curves(a, &losses))?)?;
-    let scores: Vec<(String, Vec<Estimate>)> = report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
+    let scores: Vec<(String, Vec<Estimate>)> =
+        report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
     save("scores", both!(|a| metric_bars(a, &tasks, &scores))?)?;
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;

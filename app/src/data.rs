@@ -2,7 +2,6 @@
 //! plain for base models), tokenised so the loss covers the completion (every assistant
 //! turn) only, and padded into batches. Reading and validating files: [`crate::dataset`].
 
-
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -269,5 +268,4 @@ mod tests {
         let batch = make_batch(&[&e], 0, &Device::Cpu).unwrap();
         assert_eq!(batch.loss_tokens, (t - s) + (e.ids.len() - e.prompt_len));
     }
-
 }

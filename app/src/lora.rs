@@ -298,21 +298,16 @@ impl LoraAdapter {
         Ok(Self { config, layers })
     }
 
-    /// A copy with every factor converted to `dtype` (new, independent variables).
-    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+    /// A copy whose every factor is `f` of this one's, as new, independent variables.
+    fn map_factors(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
         let layers = self
             .layers
             .iter()
             .map(|m| {
                 m.iter()
                     .map(|(t, p)| {
-                        Ok((
-                            *t,
-                            LoraPair {
-                                a: Var::from_tensor(&p.a.as_tensor().to_dtype(dtype)?)?,
-                                b: Var::from_tensor(&p.b.as_tensor().to_dtype(dtype)?)?,
-                            },
-                        ))
+                        let (a, b) = (f(p.a.as_tensor())?, f(p.b.as_tensor())?);
+                        Ok((*t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? }))
                     })
                     .collect::<Result<BTreeMap<_, _>>>()
             })
@@ -320,26 +315,14 @@ impl LoraAdapter {
         Ok(Self { config: self.config.clone(), layers })
     }
 
+    /// A copy with every factor converted to `dtype` (new, independent variables).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.map_factors(|t| t.to_dtype(dtype))
+    }
+
     /// A deep copy whose variables are independent of this one's.
     pub fn deep_clone(&self) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|(t, p)| {
-                        Ok((
-                            *t,
-                            LoraPair {
-                                a: Var::from_tensor(&p.a.as_tensor().copy()?)?,
-                                b: Var::from_tensor(&p.b.as_tensor().copy()?)?,
-                            },
-                        ))
-                    })
-                    .collect::<Result<BTreeMap<_, _>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: self.config.clone(), layers })
+        self.map_factors(Tensor::copy)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Exact match after normalisation (case, whitespace, punctuation).
 
-use super::Metric;
+use super::MeanScore;
 
 /// Lower-case, punctuation to spaces, whitespace collapsed.
 pub fn normalize_answer(s: &str) -> String {
@@ -11,34 +11,19 @@ pub fn normalize_answer(s: &str) -> String {
     kept.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Share of predictions equal to their reference after [`normalize_answer`].
-#[derive(Debug, Clone, Default)]
-pub struct ExactMatch {
-    hits: usize,
-    total: usize,
-}
+/// Exact match after [`normalize_answer`]; [`ExactMatch::metric`] is the share of pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExactMatch;
 
 impl ExactMatch {
     /// 1 or 0 for one pair.
     pub fn score(prediction: &str, reference: &str) -> f64 {
         f64::from(u8::from(normalize_answer(prediction) == normalize_answer(reference)))
     }
-}
 
-impl Metric for ExactMatch {
-    fn update(&mut self, prediction: &str, reference: &str) {
-        self.total += 1;
-        self.hits += Self::score(prediction, reference) as usize;
-    }
-    fn compute(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.hits as f64 / self.total as f64
-        }
-    }
-    fn clear(&mut self) {
-        *self = Self::default();
+    /// The share of matching pairs, as a [`super::Metric`].
+    pub fn metric() -> MeanScore {
+        MeanScore::new(Self::score)
     }
 }
 
@@ -49,7 +34,8 @@ mod tests {
     #[test]
     fn ignores_case_punctuation_and_spacing() {
         assert_eq!(normalize_answer("  The  Answer: 42!\n"), "the answer 42");
-        let mut m = ExactMatch::default();
+        use crate::metrics::Metric;
+        let mut m = ExactMatch::metric();
         m.update("Positive.", "positive");
         m.update("2021-03-05", "2021 03 05");
         m.update("negative", "positive");

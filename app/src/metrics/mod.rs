@@ -1,5 +1,5 @@
-//! Task metrics, one per file, each with `update` / `compute` / `clear`, and seeded
-//! bootstrap intervals for all of them.
+//! Task metrics, one per file, each with `update` / `compute` / `clear` (per-pair scores
+//! through [`MeanScore`]), and seeded bootstrap intervals for all of them.
 
 pub mod accuracy;
 pub mod bootstrap;
@@ -23,6 +23,52 @@ pub trait Metric {
     fn compute(&self) -> f64;
     /// Forgets everything added.
     fn clear(&mut self);
+}
+
+/// The mean of a per-pair score over everything added.
+#[derive(Debug, Clone)]
+pub struct MeanScore {
+    score: fn(&str, &str) -> f64,
+    sum: f64,
+    total: usize,
+}
+
+impl MeanScore {
+    /// Averages `score(prediction, reference)`.
+    pub fn new(score: fn(&str, &str) -> f64) -> Self {
+        Self { score, sum: 0.0, total: 0 }
+    }
+}
+
+impl Metric for MeanScore {
+    fn update(&mut self, prediction: &str, reference: &str) {
+        self.sum += (self.score)(prediction, reference);
+        self.total += 1;
+    }
+    fn compute(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum / self.total as f64
+        }
+    }
+    fn clear(&mut self) {
+        self.sum = 0.0;
+        self.total = 0;
+    }
+}
+
+/// F1 of `matched` items out of `predicted` and `reference` counts; two empty sides
+/// agree perfectly, one empty side not at all.
+pub fn f1(matched: usize, predicted: usize, reference: usize) -> f64 {
+    if predicted == 0 || reference == 0 {
+        return f64::from(u8::from(predicted == 0 && reference == 0));
+    }
+    if matched == 0 {
+        return 0.0;
+    }
+    let (p, r) = (matched as f64 / predicted as f64, matched as f64 / reference as f64);
+    2.0 * p * r / (p + r)
 }
 
 /// Lower-cased word tokens after answer normalisation (for F1 and ROUGE-L).

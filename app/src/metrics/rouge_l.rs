@@ -1,13 +1,10 @@
 //! ROUGE-L: F-measure of the longest common subsequence of word tokens.
 
-use super::{words, Metric};
+use super::{f1, words, MeanScore};
 
-/// Mean ROUGE-L F1 over pairs.
-#[derive(Debug, Clone, Default)]
-pub struct RougeL {
-    sum: f64,
-    total: usize,
-}
+/// ROUGE-L F1; [`RougeL::metric`] averages it over pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RougeL;
 
 fn lcs(a: &[String], b: &[String]) -> usize {
     let mut prev = vec![0usize; b.len() + 1];
@@ -24,34 +21,13 @@ fn lcs(a: &[String], b: &[String]) -> usize {
 impl RougeL {
     /// ROUGE-L F1 of one pair.
     pub fn score(prediction: &str, reference: &str) -> f64 {
-        let p = words(prediction);
-        let r = words(reference);
-        if p.is_empty() || r.is_empty() {
-            return f64::from(u8::from(p.is_empty() && r.is_empty()));
-        }
-        let l = lcs(&p, &r) as f64;
-        if l == 0.0 {
-            return 0.0;
-        }
-        let (precision, recall) = (l / p.len() as f64, l / r.len() as f64);
-        2.0 * precision * recall / (precision + recall)
+        let (p, r) = (words(prediction), words(reference));
+        f1(lcs(&p, &r), p.len(), r.len())
     }
-}
 
-impl Metric for RougeL {
-    fn update(&mut self, prediction: &str, reference: &str) {
-        self.sum += Self::score(prediction, reference);
-        self.total += 1;
-    }
-    fn compute(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.sum / self.total as f64
-        }
-    }
-    fn clear(&mut self) {
-        *self = Self::default();
+    /// The mean over pairs, as a [`super::Metric`].
+    pub fn metric() -> MeanScore {
+        MeanScore::new(Self::score)
     }
 }
 
