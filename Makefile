@@ -40,11 +40,11 @@ demo-data: build
 	$(BIN_DEBUG) demo-data --out assets/demo
 
 ## demo: every strategy on the default model and the demo suite (budget sized for this
-## 2-core machine; roughly 20 minutes, most of it evaluation), into runs/demo-compare.
+## 2-core machine; roughly 25 minutes, half of it evaluation), into runs/demo-compare.
 demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
-		--budget-tokens 12000 --eval-limit 25 --lr 1e-3 --out runs/demo-compare
+		--budget-tokens 16000 --eval-limit 20 --lr 1e-3 --out runs/demo-compare
 
 ## bench: training/eval throughput and peak memory, tiny and default models.
 bench: build-release

@@ -96,7 +96,14 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(S
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..max_x, 0.0..max_y)
         .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("step").y_desc("loss").label_style((FONT, 14)).draw().map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step (stages of sequential and separate runs follow each other)")
+        .y_desc("loss")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
     for (i, (name, losses)) in runs.iter().enumerate() {
         let c = color(i);
         chart
@@ -146,6 +153,7 @@ pub fn metric_bars<DB: DrawingBackend>(
             }
         })
         .y_desc("%")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
