@@ -138,7 +138,8 @@ pub fn metric_bars<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(0.0..n, 0.0..100.0)
+        // Headroom above 100% keeps the legend clear of the bars.
+        .build_cartesian_2d(0.0..n, 0.0..165.0)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -153,7 +154,7 @@ pub fn metric_bars<DB: DrawingBackend>(
             }
         })
         .y_desc("%")
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;

@@ -45,6 +45,15 @@ enum Cmd {
     Eval(EvalArgs),
     /// Train every strategy on several tasks under one token budget and compare them.
     Compare(CompareArgs),
+    /// Redraw the charts of a comparison from its report.json.
+    Charts {
+        /// The report.json written by `compare`.
+        #[arg(long)]
+        report: PathBuf,
+        /// Output folder for the SVG and PNG files.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCmd),
@@ -881,6 +890,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Eval(a) => cmd_eval(cli, a, &device),
         Cmd::Bench(a) => cmd_bench(cli, a, &device),
         Cmd::Compare(a) => cmd_compare(cli, a, &device),
+        Cmd::Charts { report, out } => {
+            let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+            let r: multitune::strategy::Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+            for p in multitune::charts::write_charts(&r, out)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Cmd::Data(DataCmd::Check(a)) => {
             if !cmd_data_check(cli, a, &device)? {
                 std::process::exit(1);
