@@ -135,3 +135,54 @@ fn bench_prints_figures_for_the_tiny_model() {
     let figures: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     assert!(figures.iter().all(|f| *f > 0.0), "{line}");
 }
+
+#[test]
+fn compare_writes_a_report_and_charts_redraw_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+    let (t1, t2) = (format!("{tasks}/sentiment.jsonl"), format!("{tasks}/topic.jsonl"));
+    let out = dir.path().join("cmp");
+    let o = out.to_str().unwrap();
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        &t1,
+        &t2,
+        "--strategies",
+        "combined,sequential",
+        "--budget-tokens",
+        "3000",
+        "--eval-limit",
+        "4",
+        "--bootstrap",
+        "20",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("## Recommendation") && text(&r).contains("sequential (continue)"), "{}", text(&r));
+    assert!(out.join("report.json").exists() && out.join("charts/scores.png").exists());
+    let redraw = dir.path().join("again");
+    let r = run(&["charts", "--report", out.join("report.json").to_str().unwrap(), "--out", redraw.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(
+        std::fs::read(redraw.join("scores.svg")).unwrap(),
+        std::fs::read(out.join("charts/scores.svg")).unwrap()
+    );
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        &t1,
+        "--strategies",
+        "bogus",
+        "--budget-tokens",
+        "10",
+        "--out",
+        o,
+    ]);
+    assert!(!r.status.success() && text(&r).contains("unknown strategy `bogus`"), "{}", text(&r));
+}

@@ -892,7 +892,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Compare(a) => cmd_compare(cli, a, &device),
         Cmd::Charts { report, out } => {
             let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
-            let r: multitune::strategy::Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+            let r: multitune::strategy::Report =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
             for p in multitune::charts::write_charts(&r, out)? {
                 println!("{}", p.display());
             }
