@@ -84,6 +84,17 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+/// The name of the category whose cell is centred at `v` (cells are `[i, i+1)`), empty
+/// elsewhere; `top_down` counts from the top of a vertical axis.
+fn category(v: f64, names: &[String], top_down: bool) -> String {
+    let i = (v - 0.5).round();
+    if (v - 0.5 - i).abs() > 1e-6 || i < 0.0 || i as usize >= names.len() {
+        return String::new();
+    }
+    let i = i as usize;
+    names[if top_down { names.len() - 1 - i } else { i }].clone()
+}
+
 /// Loss per step of every run.
 pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, Vec<f64>)]) -> Drawn {
     let max_x = runs.iter().map(|r| r.1.len()).max().unwrap_or(1).max(2) as f64;
@@ -145,14 +156,7 @@ pub fn metric_bars<DB: DrawingBackend>(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(tasks.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category(*x, &labels, false))
         .y_desc("%")
         .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
         .label_style((FONT, 14))
@@ -189,7 +193,8 @@ pub fn metric_bars<DB: DrawingBackend>(
 /// Heatmap of a forgetting matrix (rows: after stage, columns: task).
 pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, f: &Forgetting) -> Drawn {
     let (rows, cols) = (f.stages.len(), f.tasks.len());
-    let (stages, tasks) = (f.stages.clone(), f.tasks.clone());
+    let (stages, tasks): (Vec<String>, Vec<String>) =
+        (f.stages.iter().map(|s| format!("after {s}")).collect(), f.tasks.clone());
     let mut chart = ChartBuilder::on(area)
         .caption(format!("Forgetting: {title}"), (FONT, 22))
         .margin(12)
@@ -202,23 +207,8 @@ pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tit
         .disable_mesh()
         .x_labels(cols * 2 + 1)
         .y_labels(rows * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                tasks.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_label_formatter(&|y| {
-            let i = (y - 0.5).round();
-            // Stage 1 at the top.
-            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < rows {
-                format!("after {}", stages[rows - 1 - i as usize])
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category(*x, &tasks, false))
+        .y_label_formatter(&|y| category(*y, &stages, true))
         .x_desc("task scored")
         .label_style((FONT, 14))
         .draw()
@@ -262,14 +252,7 @@ pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(Str
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n * 2 + 1)
-        .y_label_formatter(&|y| {
-            let i = (y - 0.5).round();
-            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(n - 1 - i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| category(*y, &names, true))
         .x_desc("seconds")
         .label_style((FONT, 13))
         .draw()
