@@ -434,7 +434,10 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     if let Some(v) = a.lr {
         cfg.learning_rate = v
     }
-    cfg.max_seq_len = a.data_opts.max_tokens;
+    // A --config file's max_seq_len stands unless --max-tokens is given explicitly.
+    if a.config.is_none() || a.data_opts.max_tokens != Limits::default().max_tokens {
+        cfg.max_seq_len = a.data_opts.max_tokens;
+    }
     if let Some(v) = a.seed {
         cfg.seed = v
     }
@@ -457,7 +460,9 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     cfg.lora = lora_cfg;
     cfg.validate()?;
 
-    let opts = a.data_opts.options()?;
+    let mut opts = a.data_opts.options()?;
+    // Examples are tokenised to the same length the trainer uses.
+    opts.limits.max_tokens = cfg.max_seq_len;
     let ds = dataset::load(&a.data, &opts)?;
     for w in &ds.warnings {
         eprintln!("warning: {}: {w}", a.data.display());
