@@ -186,6 +186,27 @@ pub fn label_log_likelihoods(
     Ok(out)
 }
 
+/// Accuracy and macro-F1 (with bootstrap intervals) and the confusion matrix of
+/// classification predictions.
+pub fn classification_metrics(
+    predictions: &[Prediction],
+    labels: &[String],
+    opts: &EvalOptions,
+) -> (Vec<(String, Estimate)>, Confusion) {
+    let n = predictions.len();
+    let hits: Vec<f64> = predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect();
+    let mut metrics = vec![("accuracy".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&hits)))];
+    let f1 = |idx: &[usize]| {
+        let mut c = Confusion::new(labels);
+        idx.iter().for_each(|&i| c.update(&predictions[i].output, &predictions[i].reference));
+        c.compute()
+    };
+    metrics.push(("macro_f1".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, f1)));
+    let mut c = Confusion::new(labels);
+    predictions.iter().for_each(|p| c.update(&p.output, &p.reference));
+    (metrics, c)
+}
+
 /// Evaluates one task on `records`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_task(
@@ -248,16 +269,8 @@ pub fn evaluate_task(
                 }
                 on_progress(predictions.len(), n);
             }
-            let hits: Vec<f64> = predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect();
-            metrics.push(("accuracy".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&hits))));
-            let f1 = |idx: &[usize]| {
-                let mut c = Confusion::new(labels);
-                idx.iter().for_each(|&i| c.update(&predictions[i].output, &predictions[i].reference));
-                c.compute()
-            };
-            metrics.push(("macro_f1".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, f1)));
-            let mut c = Confusion::new(labels);
-            predictions.iter().for_each(|p| c.update(&p.output, &p.reference));
+            let (m, c) = classification_metrics(&predictions, labels, opts);
+            metrics = m;
             confusion = Some(c);
         }
         TaskKind::Generation => {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod heads;
 pub mod loader;
 pub mod lora;
 pub mod merge;

@@ -286,7 +286,7 @@ struct CompareArgs {
     /// Use at most this many held-out examples per task.
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// `all` or a list of combined, sequential, sequential-merge, separate.
+    /// `all` or a list of combined, sequential, sequential-merge, separate, multi-head.
     #[arg(long, default_value = "all")]
     strategies: String,
     /// Training tokens every strategy gets.
@@ -700,6 +700,7 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
                 StrategySpec::Sequential { variant, order, .. } => {
                     StrategySpec::Sequential { variant, order, replay: a.replay }
                 }
+                StrategySpec::MultiHead { .. } => StrategySpec::MultiHead { mixing, head_rank: a.rank },
                 other => other,
             })),
             "combined" => specs.push(StrategySpec::Combined { mixing, task_tag: a.task_tag }),
@@ -713,8 +714,13 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
                 order: vec![],
                 replay: a.replay,
             }),
-            "separate" => specs.push(StrategySpec::all().pop().expect("separate is listed")),
-            other => bail!("unknown strategy `{other}` (all, combined, sequential, sequential-merge, separate)"),
+            "separate" => specs.extend(
+                StrategySpec::all().into_iter().filter(|s| matches!(s, StrategySpec::Separate { .. })),
+            ),
+            "multi-head" => specs.push(StrategySpec::MultiHead { mixing, head_rank: a.rank }),
+            other => {
+                bail!("unknown strategy `{other}` (all, combined, sequential, sequential-merge, separate, multi-head)")
+            }
         }
     }
     let opts =

@@ -228,6 +228,37 @@ pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<T
     ops::cross_entropy(&logits, &batch.targets)
 }
 
+/// What a training run optimises: its variables, how they are named in a checkpoint, and
+/// the loss of a batch. A plain LoRA adapter is one; the multi-head strategy's shared
+/// adapter plus task heads is another.
+pub trait Objective {
+    /// Every trainable variable, in a fixed order.
+    fn vars(&self) -> Vec<Var>;
+    /// The variables' tensors by checkpoint name, in the order of [`Objective::vars`].
+    fn named_tensors(&self) -> Vec<(String, Tensor)>;
+    /// How many loss terms a batch holds (its weight when micro-batches accumulate).
+    fn loss_items(&self, batch: &data::Batch, _examples: &[usize]) -> usize {
+        batch.loss_tokens
+    }
+    /// The mean loss of `batch`, built from the examples at indices `examples` (dropout
+    /// seeded by `seed` and `micro`, the global micro-batch index).
+    fn loss(&self, model: &Llama, batch: &data::Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor>;
+}
+
+impl Objective for LoraAdapter {
+    fn vars(&self) -> Vec<Var> {
+        LoraAdapter::vars(self)
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        LoraAdapter::named_tensors(self)
+    }
+
+    fn loss(&self, model: &Llama, batch: &data::Batch, _examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
+        batch_loss(model, batch, &Forward::train(self, seed, micro))
+    }
+}
+
 /// Trains `adapter` on `examples`. With a checkpoint plan, writes checkpoints
 /// atomically and (if `resume`) continues exactly where the saved one stopped.
 pub fn train(
@@ -239,12 +270,25 @@ pub fn train(
     cancel: Option<&AtomicBool>,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
+    if adapter.config != cfg.lora {
+        return Err(Error::Invalid("adapter and training config disagree on the LoRA settings".into()));
+    }
+    train_objective(model, adapter, examples, cfg, ckpt, cancel, on_event)
+}
+
+/// Trains any [`Objective`] on `examples`: the loop behind [`train`].
+pub fn train_objective(
+    model: &Llama,
+    adapter: &dyn Objective,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    ckpt: Option<&CheckpointPlan>,
+    cancel: Option<&AtomicBool>,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
     cfg.validate()?;
     if examples.is_empty() {
         return Err(Error::Invalid("no training examples".into()));
-    }
-    if adapter.config != cfg.lora {
-        return Err(Error::Invalid("adapter and training config disagree on the LoRA settings".into()));
     }
     let device = model.device().clone();
     let vars: Vec<Var> = adapter.vars();
@@ -279,7 +323,7 @@ pub fn train(
         tokens = meta.get("tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
         loss_tokens = meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
     }
-    let trainable_params = adapter.num_parameters();
+    let trainable_params: usize = vars.iter().map(|v| v.elem_count()).sum();
     on_event(&TrainEvent::Started {
         total_steps: total,
         start_step: start,
@@ -294,7 +338,7 @@ pub fn train(
                 tokens: usize,
                 loss_tokens: usize,
                 opt: &AdamW,
-                adapter: &LoraAdapter|
+                adapter: &dyn Objective|
      -> Result<Option<PathBuf>> {
         let Some(plan) = ckpt else { return Ok(None) };
         let mut all: Vec<(String, Tensor)> =
@@ -327,11 +371,12 @@ pub fn train(
         // examples, then the next one cut from its prompt's start to fill the remainder
         // exactly (if at least its completion fits), so runs end on the budget.
         let mut room = cfg.token_budget.map(|b| b.saturating_sub(tokens));
-        let mut owned: Vec<Vec<Example>> = Vec::with_capacity(cfg.grad_accum);
+        let mut owned: Vec<(Vec<Example>, Vec<usize>, usize)> = Vec::with_capacity(cfg.grad_accum);
         let mut used: Vec<(usize, usize)> = Vec::new();
         for k in 0..cfg.grad_accum {
             let idx = batch_indices(examples.len(), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, &mut perms);
             let mut part = Vec::with_capacity(idx.len());
+            let from = used.len();
             for i in idx {
                 let e = &examples[i];
                 let n = e.ids.len() - 1;
@@ -358,7 +403,7 @@ pub fn train(
                 used.push((i, n));
             }
             if !part.is_empty() {
-                owned.push(part);
+                owned.push((part, used[from..].iter().map(|u| u.0).collect(), k));
             }
         }
         if owned.is_empty() {
@@ -367,21 +412,25 @@ pub fn train(
         for (i, n) in used {
             per_example[i] += n;
         }
-        let batches: Vec<data::Batch> = owned
+        let batches: Vec<(data::Batch, &[usize], usize, usize)> = owned
             .iter()
-            .map(|part| data::make_batch(&part.iter().collect::<Vec<_>>(), 0, &device))
+            .map(|(part, idx, k)| {
+                let b = data::make_batch(&part.iter().collect::<Vec<_>>(), 0, &device)?;
+                let items = adapter.loss_items(&b, idx);
+                Ok((b, idx.as_slice(), *k, items))
+            })
             .collect::<Result<_>>()?;
-        let step_loss_tokens: usize = batches.iter().map(|b| b.loss_tokens).sum();
-        let step_tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        let step_loss_tokens: usize = batches.iter().map(|b| b.0.loss_tokens).sum();
+        let step_items: usize = batches.iter().map(|b| b.3).sum();
+        let step_tokens: usize = batches.iter().map(|b| b.0.tokens).sum();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut step_loss = 0f64;
-        for (k, batch) in batches.iter().enumerate() {
-            if batch.loss_tokens == 0 {
+        for (batch, idx, k, items) in &batches {
+            if *items == 0 {
                 continue;
             }
-            let fwd = Forward::train(adapter, cfg.seed, (step * cfg.grad_accum + k) as u64);
-            let loss = batch_loss(model, batch, &fwd)?;
-            let weight = batch.loss_tokens as f64 / step_loss_tokens.max(1) as f64;
+            let loss = adapter.loss(model, batch, idx, cfg.seed, (step * cfg.grad_accum + k) as u64)?;
+            let weight = *items as f64 / step_items.max(1) as f64;
             let weighted = (loss * weight)?;
             step_loss += weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             let g = weighted.backward()?;

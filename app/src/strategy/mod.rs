@@ -21,6 +21,7 @@ use crate::eval::{self, EvalOptions, TaskEval};
 use crate::lora::LoraAdapter;
 use crate::merge::{self, MergeMethod};
 use crate::model::Llama;
+use crate::heads::{self, MultiHead};
 use crate::tokenizer::TextTokenizer;
 use crate::train::{self, TrainConfig, TrainEvent};
 use crate::{peft, Error, Result};
@@ -77,6 +78,13 @@ pub enum StrategySpec {
         /// Rank of TIES/DARE refits.
         merge_rank: usize,
     },
+    /// One shared adapter on the mixture plus a head per task (classifier or LM-head delta).
+    MultiHead {
+        /// Task sampling.
+        mixing: Mixing,
+        /// Rank of the LM-head deltas of generation tasks.
+        head_rank: usize,
+    },
 }
 
 impl StrategySpec {
@@ -103,6 +111,7 @@ impl StrategySpec {
                 }
             }
             StrategySpec::Separate { .. } => "separate (routed)".into(),
+            StrategySpec::MultiHead { .. } => "multi-head".into(),
         }
     }
 
@@ -122,6 +131,7 @@ impl StrategySpec {
                 ],
                 merge_rank: 16,
             },
+            StrategySpec::MultiHead { mixing: Mixing::Proportional, head_rank: 8 },
         ]
     }
 }
@@ -205,6 +215,29 @@ impl Ctx<'_> {
         recs.iter()
             .map(|r| crate::data::encode(self.tok, r, self.cfg.eval.system.as_deref(), self.cfg.train.max_seq_len))
             .collect()
+    }
+
+    /// A seeded mixture of every task's training examples, comfortably longer than the
+    /// budget (the trainer stops on it), with each draw's `(task, index)`.
+    fn mixture(&self, mixing: Mixing, tag: bool) -> Result<(Vec<(usize, usize)>, Vec<Example>)> {
+        let per_task: Vec<Vec<Example>> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let recs: Vec<Record> =
+                    if tag { t.train.iter().map(|r| tagged(&t.name, r)).collect() } else { t.train.clone() };
+                self.encode(&recs)
+            })
+            .collect::<Result<_>>()?;
+        let sizes: Vec<usize> = per_task.iter().map(Vec::len).collect();
+        let probs = mixing.probabilities(&sizes);
+        let mean: f64 = per_task.iter().flatten().map(|e| (e.ids.len() - 1) as f64).sum::<f64>()
+            / sizes.iter().sum::<usize>().max(1) as f64;
+        let tc = &self.cfg.train;
+        let n = ((self.cfg.budget_tokens as f64 / mean.max(1.0)) * 1.2) as usize + tc.batch_size * tc.grad_accum;
+        let draws = mixing::draw(&sizes, &probs, n, tc.seed);
+        let mix = draws.iter().map(|&(t, i)| per_task[t][i].clone()).collect();
+        Ok((draws, mix))
     }
 
     fn train(
@@ -314,26 +347,7 @@ pub fn compare(
         let t0 = Instant::now();
         match spec {
             StrategySpec::Combined { mixing, task_tag } => {
-                let per_task: Vec<Vec<Example>> = tasks
-                    .iter()
-                    .map(|t| {
-                        let recs: Vec<Record> = if *task_tag {
-                            t.train.iter().map(|r| tagged(&t.name, r)).collect()
-                        } else {
-                            t.train.clone()
-                        };
-                        ctx.encode(&recs)
-                    })
-                    .collect::<Result<_>>()?;
-                let sizes: Vec<usize> = per_task.iter().map(Vec::len).collect();
-                let probs = mixing.probabilities(&sizes);
-                // Draw a mixture comfortably longer than the budget; the trainer stops on it.
-                let mean: f64 = per_task.iter().flatten().map(|e| (e.ids.len() - 1) as f64).sum::<f64>()
-                    / sizes.iter().sum::<usize>().max(1) as f64;
-                let n = ((cfg.budget_tokens as f64 / mean.max(1.0)) * 1.2) as usize
-                    + cfg.train.batch_size * cfg.train.grad_accum;
-                let draws = mixing::draw(&sizes, &probs, n, cfg.train.seed);
-                let mix: Vec<Example> = draws.iter().map(|&(t, i)| per_task[t][i].clone()).collect();
+                let (draws, mix) = ctx.mixture(*mixing, *task_tag)?;
                 let tc = TrainConfig { token_budget: Some(cfg.budget_tokens), ..cfg.train.clone() };
                 let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
                 let s = ctx.train(&name, "all", model, &mut adapter, &mix, &tc)?;
@@ -508,6 +522,64 @@ pub fn compare(
                     r.adapter_dirs.push(dir.display().to_string());
                     runs.push(r);
                 }
+            }
+            StrategySpec::MultiHead { mixing, head_rank } => {
+                let (draws, mix) = ctx.mixture(*mixing, false)?;
+                let system = cfg.eval.system.as_deref();
+                let label_tokens: Vec<Vec<u32>> = tasks
+                    .iter()
+                    .map(|t| match t.kind {
+                        TaskKind::Classification => heads::label_first_tokens(tok, &t.labels, system),
+                        TaskKind::Generation => Ok(vec![]),
+                    })
+                    .collect::<Result<_>>()?;
+                let specs: Vec<(String, TaskKind, Vec<String>)> =
+                    tasks.iter().map(|t| (t.name.clone(), t.kind, t.labels.clone())).collect();
+                let adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+                let mut mh = MultiHead::new(model, adapter, &specs, &label_tokens, *head_rank, cfg.train.seed)?;
+                let labels: Vec<Vec<String>> = tasks
+                    .iter()
+                    .map(|t| if t.kind == TaskKind::Classification { t.labels.clone() } else { vec![] })
+                    .collect();
+                let train_recs: Vec<Vec<Record>> = tasks.iter().map(|t| t.train.clone()).collect();
+                mh.routes = heads::routes(&draws, &mix, &labels, &train_recs)?;
+                let tc = TrainConfig { token_budget: Some(cfg.budget_tokens), ..cfg.train.clone() };
+                let (r, on) = (name.clone(), &mut *ctx.on_event);
+                let s = train::train_objective(model, &mh, &mix, &tc, None, None, &mut |e| {
+                    on(&CompareEvent::Train { run: r.clone(), stage: "all".into(), event: e.clone() })
+                })?;
+                let mut task_tokens = vec![0usize; tasks.len()];
+                for (&(t, _), n) in draws.iter().zip(&s.tokens_per_example) {
+                    task_tokens[t] += n;
+                }
+                let wall = t0.elapsed().as_secs_f64();
+                let mut scores = Vec::new();
+                for (ti, t) in tasks.iter().enumerate() {
+                    let e = heads::evaluate_task(&mh, model, tok, ti, &t.name, t.kind, &t.eval, &cfg.eval)?;
+                    (ctx.on_event)(&CompareEvent::Evaluated {
+                        run: name.clone(),
+                        stage: "final".into(),
+                        task: t.name.clone(),
+                        value: e.headline().1.value,
+                    });
+                    scores.push(e);
+                }
+                let (dir, bytes) = ctx.export(&slug(&name), &mh.adapter)?;
+                mh.save_heads(&dir, model, base_name)?;
+                let head_bytes = std::fs::metadata(dir.join(heads::HEADS_FILE)).map(|m| m.len()).unwrap_or(0);
+                let mut r = RunResult::new(
+                    &name,
+                    "multi_head",
+                    &scores,
+                    s.tokens,
+                    task_tokens,
+                    wall,
+                    mh.num_parameters(),
+                    bytes + head_bytes,
+                );
+                r.losses = s.losses;
+                r.adapter_dirs.push(dir.display().to_string());
+                runs.push(r);
             }
         }
         let last = runs.last().expect("a run was added");
