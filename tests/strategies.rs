@@ -51,6 +51,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         budget_tokens: budget,
         train: quick_train(5e-3),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 50, ..Default::default() },
+        seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
@@ -80,6 +81,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         assert_eq!(r.task_tokens.iter().sum::<usize>(), r.tokens, "{}", r.name);
         assert_eq!(r.scores.len(), 4);
         assert!(r.trainable_params > 0 && r.adapter_bytes > 0);
+        assert!(r.peak_rss_mib.is_some_and(|m| m > 10.0), "{}: per-run peak memory {:?}", r.name, r.peak_rss_mib);
         for d in &r.adapter_dirs {
             assert!(std::path::Path::new(d).join("adapter_config.json").exists(), "{d}");
         }
@@ -88,6 +90,8 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
             assert_eq!((f.matrix.len(), f.matrix[0].len()), (4, 4));
         }
     }
+    let mtn = report.runs.iter().find(|r| r.name == "sequential (merge-then-new)").unwrap();
+    assert_eq!(mtn.exported_params, 4 * mtn.trainable_params, "the export concatenates four stage adapters");
     let mh = report.runs.iter().find(|r| r.name == "multi-head").unwrap();
     let mh_dir = std::path::Path::new(&mh.adapter_dirs[0]);
     assert!(mh_dir.join("heads.safetensors").exists() && mh_dir.join("heads.json").exists());
@@ -136,6 +140,7 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
         budget_tokens: 2 * 10_000,
         train: quick_train(1e-2),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
     let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
@@ -177,6 +182,7 @@ fn multi_head_classifier_learns_a_separable_task() {
         budget_tokens: 30_000,
         train: TrainConfig { batch_size: 8, ..quick_train(2e-3) },
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
     let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
@@ -201,4 +207,42 @@ fn multi_head_classifier_learns_a_separable_task() {
     )
     .unwrap();
     assert_eq!(e.headline().1.value, 1.0);
+}
+
+/// Repeating over seeds: every row averages the seeds, keeps each seed's value, and the
+/// report shows the spread.
+#[test]
+fn repetition_over_seeds_reports_mean_and_spread() {
+    let (model, tok) = tiny_model(3, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    let cfg = CompareConfig {
+        strategies: vec![StrategySpec::Combined { mixing: multitune::strategy::Mixing::Uniform, task_tag: false }],
+        budget_tokens: 3_000,
+        train: quick_train(5e-3),
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![1, 2, 3],
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut started = Vec::new();
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |e| {
+        if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
+            started.push((run.clone(), *index, *of));
+        }
+    })
+    .unwrap();
+    assert_eq!(started.len(), 3);
+    assert_eq!(started[2], ("combined (uniform) [seed 3]".to_string(), 2, 3));
+    assert_eq!(report.runs.len(), 2, "base + one averaged row");
+    let r = &report.runs[1];
+    assert_eq!(r.name, "combined (uniform)");
+    assert_eq!(r.seeds, vec![1, 2, 3]);
+    for sc in &r.scores {
+        assert_eq!(sc.seed_values.len(), 3);
+        let mean = sc.seed_values.iter().sum::<f64>() / 3.0;
+        assert!((sc.value.value - mean).abs() < 1e-12);
+    }
+    assert!(r.seed_spread().is_some());
+    assert!(out.path().join("seeds/seed-2/adapters").exists() && out.path().join("adapters").exists());
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("Mean over 3 training seeds (1, 2, 3)"), "{md}");
 }

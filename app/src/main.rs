@@ -319,6 +319,10 @@ struct CompareArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Repeat every strategy over these training seeds (comma-separated) and report the
+    /// mean ± spread; default: just --seed.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -761,6 +765,7 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
         budget_tokens: a.budget_tokens,
         train,
         eval: EvalOptions { max_seq_len: a.max_tokens, bootstrap: a.bootstrap, seed: a.seed, ..Default::default() },
+        seeds: a.seeds.clone(),
     };
     std::fs::create_dir_all(&a.out)?;
     let bars = indicatif::MultiProgress::new();

@@ -147,6 +147,10 @@ pub struct CompareConfig {
     pub train: TrainConfig,
     /// Evaluation settings.
     pub eval: EvalOptions,
+    /// Training seeds to repeat every strategy over (empty: just `train.seed`); scores
+    /// are then reported as the mean over seeds with its spread.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
 }
 
 /// Progress of a comparison.
@@ -195,10 +199,6 @@ fn tagged(task: &str, r: &Record) -> Record {
     Record { prompt: format!("[{task}] {}", r.prompt), ..r.clone() }
 }
 
-/// Resets the kernel's peak-RSS counter so each run reports its own peak (Linux).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 struct Ctx<'a> {
     model: &'a Llama,
@@ -207,6 +207,8 @@ struct Ctx<'a> {
     cfg: &'a CompareConfig,
     out: &'a Path,
     base_name: &'a str,
+    /// Appended to run names (the seed, when there are several).
+    suffix: String,
     on_event: &'a mut dyn FnMut(&CompareEvent),
 }
 
@@ -325,9 +327,12 @@ pub fn compare(
         return Err(Error::Invalid("the token budget must be positive".into()));
     }
     cfg.train.validate()?;
-    let mut ctx = Ctx { model, tok, tasks, cfg, out, base_name, on_event };
+    let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
     let started = Instant::now();
-    let base_scores = ctx.eval_all("base", "base", model, None, false)?;
+    let base_scores = {
+        let mut ctx = Ctx { model, tok, tasks, cfg, out, base_name, suffix: String::new(), on_event: &mut *on_event };
+        ctx.eval_all("base", "base", model, None, false)?
+    };
     let mut runs = vec![RunResult::new(
         "base model",
         "base",
@@ -338,12 +343,47 @@ pub fn compare(
         0,
         0,
     )];
+    let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
-    let n_strategies = cfg.strategies.len();
+    for (k, &seed) in seeds.iter().enumerate() {
+        let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
+        let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
+        let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
+        let mut ctx = Ctx { model, tok, tasks, cfg: &scfg, out: &sout, base_name, suffix, on_event: &mut *on_event };
+        let n = cfg.strategies.len();
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k * n, n * seeds.len())?;
+        if k == 0 {
+            separate_adapters = adapters;
+        }
+        per_seed.push(seed_runs.into_iter().map(|mut r| {
+            if let Some(base) = r.name.strip_suffix(&ctx.suffix) {
+                r.name = base.to_string();
+            }
+            r
+        }).collect::<Vec<_>>());
+    }
+    runs.extend(report::aggregate(per_seed, &seeds));
+    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
+        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
+    } else {
+        None
+    };
+    let report = Report::new(tasks, cfg, runs, similarity);
+    report.write(out)?;
+    crate::charts::write_charts(&report, &out.join("charts"))?;
+    Ok(report)
+}
+
+/// Runs every strategy once (one seed); events number runs from `first` of `of`.
+fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+    let (model, tok, tasks, cfg, base_name) = (ctx.model, ctx.tok, ctx.tasks, ctx.cfg, ctx.base_name);
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     for (si, spec) in cfg.strategies.iter().enumerate() {
-        let name = spec.name();
-        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: si, of: n_strategies });
-        reset_peak_rss();
+        let name = format!("{}{}", spec.name(), ctx.suffix);
+        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
+        let rss = crate::bench::RssSampler::start();
+        let before = runs.len();
         let t0 = Instant::now();
         match spec {
             StrategySpec::Combined { mixing, task_tag } => {
@@ -444,6 +484,8 @@ pub fn compare(
                     bytes,
                 );
                 r.losses = losses;
+                // One adapter trains at a time; the export concatenates every stage's.
+                r.trainable_params = stage_adapters.first().map_or(r.trainable_params, LoraAdapter::num_parameters);
                 r.forgetting = Some(report::Forgetting::new(
                     order.iter().map(|&i| tasks[i].name.clone()).collect(),
                     tasks.iter().map(|t| t.name.clone()).collect(),
@@ -503,7 +545,7 @@ pub fn compare(
                 runs.push(r);
                 let refs: Vec<&LoraAdapter> = separate_adapters.iter().collect();
                 for m in merges {
-                    let mname = format!("separate + merge ({})", m.name());
+                    let mname = format!("separate + merge ({}){}", m.name(), ctx.suffix);
                     let tm = Instant::now();
                     let (merged, _) = merge::merge(&refs, *m, *merge_rank)?;
                     let merge_s = tm.elapsed().as_secs_f64();
@@ -516,9 +558,10 @@ pub fn compare(
                         tokens,
                         task_tokens.clone(),
                         train_s + merge_s,
-                        merged.num_parameters(),
+                        params,
                         bytes,
                     );
+                    r.exported_params = merged.num_parameters();
                     r.adapter_dirs.push(dir.display().to_string());
                     runs.push(r);
                 }
@@ -582,16 +625,12 @@ pub fn compare(
                 runs.push(r);
             }
         }
+        let peak = rss.stop();
+        for r in &mut runs[before..] {
+            r.peak_rss_mib = peak;
+        }
         let last = runs.last().expect("a run was added");
         (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s: last.wall_s });
     }
-    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
-        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
-    } else {
-        None
-    };
-    let report = Report::new(tasks, cfg, runs, similarity);
-    report.write(out)?;
-    crate::charts::write_charts(&report, &out.join("charts"))?;
-    Ok(report)
+    Ok((runs, separate_adapters))
 }

@@ -27,6 +27,80 @@ pub struct TaskScore {
     pub metrics: Vec<(String, Estimate)>,
     /// Completion loss.
     pub loss: Estimate,
+    /// The headline value of each seed, when the run was repeated over several.
+    #[serde(default)]
+    pub seed_values: Vec<f64>,
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// Sample standard deviation (n − 1).
+pub fn std_dev(xs: &[f64]) -> f64 {
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(xs);
+    (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
+fn mean_estimate(es: &[Estimate]) -> Estimate {
+    Estimate {
+        value: mean(&es.iter().map(|e| e.value).collect::<Vec<_>>()),
+        lo: mean(&es.iter().map(|e| e.lo).collect::<Vec<_>>()),
+        hi: mean(&es.iter().map(|e| e.hi).collect::<Vec<_>>()),
+    }
+}
+
+/// Folds the runs of several seeds (`per_seed[k][j]` is run `j` of seed `k`; every seed
+/// ran the same strategies) into one row per run: every estimate is the mean over seeds,
+/// each task keeps its per-seed headline values, cost is the mean (peak memory the
+/// largest), and forgetting matrices are averaged. One seed passes through unchanged.
+pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult> {
+    let mut it = per_seed.into_iter();
+    let Some(first) = it.next() else { return vec![] };
+    let rest: Vec<Vec<RunResult>> = it.collect();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(j, mut r)| {
+            let all: Vec<&RunResult> = std::iter::once(&r).chain(rest.iter().map(|s| &s[j])).collect();
+            let all: Vec<RunResult> = all.into_iter().cloned().collect();
+            r.seeds = seeds.to_vec();
+            if all.len() < 2 {
+                return r;
+            }
+            for (i, sc) in r.scores.iter_mut().enumerate() {
+                let of = |f: &dyn Fn(&TaskScore) -> Estimate| all.iter().map(|x| f(&x.scores[i])).collect::<Vec<_>>();
+                sc.seed_values = all.iter().map(|x| x.scores[i].value.value).collect();
+                sc.value = mean_estimate(&of(&|s| s.value));
+                sc.loss = mean_estimate(&of(&|s| s.loss));
+                for (m, (name, est)) in sc.metrics.iter_mut().enumerate() {
+                    let es: Vec<Estimate> =
+                        all.iter().filter_map(|x| x.scores[i].metrics.get(m).filter(|p| p.0 == *name).map(|p| p.1)).collect();
+                    *est = mean_estimate(&es);
+                }
+            }
+            r.wall_s = mean(&all.iter().map(|x| x.wall_s).collect::<Vec<_>>());
+            r.peak_rss_mib = all.iter().filter_map(|x| x.peak_rss_mib).reduce(f64::max);
+            if let Some(f) = &r.forgetting {
+                let order: Vec<usize> =
+                    f.stages.iter().map(|st| f.tasks.iter().position(|t| t == st).unwrap_or(0)).collect();
+                let matrix: Vec<Vec<f64>> = (0..f.matrix.len())
+                    .map(|a| {
+                        (0..f.matrix[a].len())
+                            .map(|b| {
+                                mean(&all.iter().filter_map(|x| x.forgetting.as_ref().map(|g| g.matrix[a][b])).collect::<Vec<_>>())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                r.forgetting = Some(Forgetting::new(f.stages.clone(), f.tasks.clone(), matrix, &order));
+            }
+            r
+        })
+        .collect()
 }
 
 /// Sequential runs: the headline metric of every task after every stage.
@@ -75,8 +149,15 @@ pub struct RunResult {
     pub task_tokens: Vec<usize>,
     /// Training wall time, seconds.
     pub wall_s: f64,
-    /// Trainable parameters.
+    /// Parameters trained at any one time.
     pub trainable_params: usize,
+    /// Parameters of what is exported (larger than `trainable_params` where adapters are
+    /// concatenated, as merge-then-new's final adapter is).
+    #[serde(default)]
+    pub exported_params: usize,
+    /// Training seeds this row averages (one unless repeated).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Exported adapter bytes.
     pub adapter_bytes: u64,
     /// Peak resident memory during the run, MiB.
@@ -106,7 +187,14 @@ impl RunResult {
             .iter()
             .map(|e| {
                 let (m, v) = e.headline();
-                TaskScore { task: e.task.clone(), metric: m.into(), value: v, metrics: e.metrics.clone(), loss: e.loss }
+                TaskScore {
+                    task: e.task.clone(),
+                    metric: m.into(),
+                    value: v,
+                    metrics: e.metrics.clone(),
+                    loss: e.loss,
+                    seed_values: vec![],
+                }
             })
             .collect();
         Self {
@@ -117,12 +205,26 @@ impl RunResult {
             task_tokens,
             wall_s,
             trainable_params,
+            exported_params: trainable_params,
+            seeds: vec![],
             adapter_bytes,
-            peak_rss_mib: crate::bench::peak_rss_mib(),
+            peak_rss_mib: None,
             losses: vec![],
             forgetting: None,
             adapter_dirs: vec![],
         }
+    }
+
+    /// Standard deviation over seeds of the macro average (None with one seed).
+    pub fn seed_spread(&self) -> Option<f64> {
+        let k = self.scores.first().map_or(0, |s| s.seed_values.len());
+        if k < 2 {
+            return None;
+        }
+        let macros: Vec<f64> = (0..k)
+            .map(|j| self.scores.iter().map(|s| s.seed_values[j]).sum::<f64>() / self.scores.len() as f64)
+            .collect();
+        Some(std_dev(&macros))
     }
 
     /// Macro average of the headline metric, with the mean of the task intervals.
@@ -257,7 +359,10 @@ impl Report {
             _ => 0.0,
         };
         let within_noise = match (best, second) {
-            (Some(b), Some(s)) => s.macro_average().hi >= b.macro_average().value,
+            (Some(b), Some(s)) => {
+                s.macro_average().hi >= b.macro_average().value
+                    || b.seed_spread().zip(s.seed_spread()).is_some_and(|(x, y)| margin <= x.max(y))
+            }
             _ => false,
         };
         let per_task: Vec<(String, String, f64)> = tasks
@@ -289,7 +394,7 @@ impl Report {
                     pct(margin),
                     s.name,
                     if within_noise {
-                        " — within noise: the runner-up's 95% interval reaches the best score, so treat them as tied"
+                        " — within noise (the runner-up's 95% interval reaches the best score, or the gap is no larger than the spread over seeds), so treat them as tied"
                     } else {
                         ""
                     }
@@ -341,22 +446,37 @@ impl Report {
         for r in &self.runs {
             let _ = write!(s, "| {} |", r.name);
             for sc in &r.scores {
-                let _ = write!(s, " {} [{}, {}] |", pct(sc.value.value), pct(sc.value.lo), pct(sc.value.hi));
+                let spread = if sc.seed_values.len() > 1 {
+                    format!(" ± {}", pct(std_dev(&sc.seed_values)))
+                } else {
+                    String::new()
+                };
+                let _ = write!(s, " {}{spread} [{}, {}] |", pct(sc.value.value), pct(sc.value.lo), pct(sc.value.hi));
             }
             let m = r.macro_average();
-            let _ = writeln!(s, " {} [{}, {}] |", pct(m.value), pct(m.lo), pct(m.hi));
+            let spread = r.seed_spread().map(|x| format!(" ± {}", pct(x))).unwrap_or_default();
+            let _ = writeln!(s, " {}{spread} [{}, {}] |", pct(m.value), pct(m.lo), pct(m.hi));
         }
-        s.push_str("\n## Cost\n\n| run | tokens | tokens per task | wall s | trainable params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|\n");
+        if self.config.seeds.len() > 1 {
+            let _ = writeln!(
+                s,
+                "\nMean over {} training seeds ({}); ± is the standard deviation over seeds, the interval the mean of the per-seed 95% bootstrap intervals.",
+                self.config.seeds.len(),
+                self.config.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            );
+        }
+        s.push_str("\n## Cost\n\n| run | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
         for r in self.runs.iter().filter(|r| r.strategy != "base") {
             let per: Vec<String> = r.task_tokens.iter().map(|t| t.to_string()).collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {} |",
                 r.name,
                 r.tokens,
                 per.join(" / "),
                 r.wall_s,
                 r.trainable_params,
+                r.exported_params,
                 r.adapter_bytes as f64 / (1 << 20) as f64,
                 r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
             );
@@ -409,6 +529,39 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(values: &[f64]) -> RunResult {
+        let mut r = RunResult::new("r", "combined", &[], 100, vec![], 1.0, 10, 10);
+        r.scores = values
+            .iter()
+            .map(|&v| TaskScore {
+                task: "t".into(),
+                metric: "accuracy".into(),
+                value: Estimate { value: v, lo: v - 0.1, hi: v + 0.1 },
+                metrics: vec![("accuracy".into(), Estimate { value: v, lo: v - 0.1, hi: v + 0.1 })],
+                loss: Estimate { value: 1.0, lo: 1.0, hi: 1.0 },
+                seed_values: vec![],
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn seeds_average_by_hand() {
+        // Two tasks, two seeds: task 0 scores 0.5 then 0.7, task 1 scores 0.9 then 0.9.
+        // Means 0.6 and 0.9; per-seed macro 0.7 and 0.8, whose sample std is 0.0707.
+        let agg = aggregate(vec![vec![run(&[0.5, 0.9])], vec![run(&[0.7, 0.9])]], &[1, 2]);
+        let r = &agg[0];
+        assert!((r.scores[0].value.value - 0.6).abs() < 1e-12);
+        assert!((r.scores[0].value.lo - 0.5).abs() < 1e-12);
+        assert!((r.scores[0].metrics[0].1.value - 0.6).abs() < 1e-12);
+        assert_eq!(r.scores[0].seed_values, vec![0.5, 0.7]);
+        assert!((r.seed_spread().unwrap() - 0.070_710_678).abs() < 1e-6);
+        // One seed passes through.
+        let one = aggregate(vec![vec![run(&[0.5])]], &[7]);
+        assert_eq!(one[0].seeds, vec![7]);
+        assert!(one[0].scores[0].seed_values.is_empty() && one[0].seed_spread().is_none());
+    }
 
     #[test]
     fn forgetting_and_backward_transfer_by_hand() {
