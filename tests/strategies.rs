@@ -55,7 +55,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| events += 1).unwrap();
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| events += 1).unwrap();
     assert!(events > 50);
     let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
     for want in [
@@ -143,7 +143,7 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
         seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| {}).unwrap();
     let f = report.runs[1].forgetting.as_ref().unwrap();
     let (a_after_a, a_after_b) = (f.matrix[0][0], f.matrix[1][0]);
     assert!(a_after_a >= 0.9, "task a learned: {:?}", f.matrix);
@@ -185,7 +185,7 @@ fn multi_head_classifier_learns_a_separable_task() {
         seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| {}).unwrap();
     let base = report.runs[0].scores[0].value.value;
     let tuned = &report.runs[1];
     assert_eq!(tuned.name, "multi-head");
@@ -224,7 +224,7 @@ fn repetition_over_seeds_reports_mean_and_spread() {
     };
     let out = tempfile::tempdir().unwrap();
     let mut started = Vec::new();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), &mut |e| {
+    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |e| {
         if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
             started.push((run.clone(), *index, *of));
         }
@@ -245,4 +245,66 @@ fn repetition_over_seeds_reports_mean_and_spread() {
     assert!(out.path().join("seeds/seed-2/adapters").exists() && out.path().join("adapters").exists());
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("Mean over 3 training seeds (1, 2, 3)"), "{md}");
+}
+
+/// Cancelled in the middle of the second strategy's training, then started again with the
+/// same state folder, a comparison skips the finished run, resumes training from its
+/// checkpoint, and ends with exactly the scores of an uninterrupted comparison.
+#[test]
+fn cancelled_comparison_resumes_to_the_same_result() {
+    use multitune::strategy::{CompareEvent, Control};
+    use multitune::train::TrainEvent;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (model, tok) = tiny_model(4, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(4).into_iter().take(2).collect();
+    let cfg = CompareConfig {
+        strategies: vec![
+            StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
+            StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
+        ],
+        budget_tokens: 4_000,
+        train: TrainConfig { checkpoint_every: 2, ..quick_train(5e-3) },
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![],
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let want = compare(&model, &tok, "tiny", &tasks, &cfg, whole.path(), Default::default(), &mut |_| {}).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let cancel = AtomicBool::new(false);
+    let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
+    let mut steps_in_second = 0;
+    let err = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), control, &mut |e| {
+        if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
+            if run.starts_with("sequential") {
+                steps_in_second += 1;
+                if steps_in_second == 5 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, multitune::Error::Cancelled), "{err}");
+    assert!(!out.path().join("report.json").exists(), "no report from a cancelled comparison");
+    cancel.store(false, Ordering::Relaxed);
+    let mut starts = Vec::new();
+    let got = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), control, &mut |e| {
+        if let CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } = e {
+            starts.push(*start_step);
+        }
+    })
+    .unwrap();
+    // The combined run is not trained again; both sequential stages continue from their
+    // last checkpoints (the first from its final step, the second from step 2 of 3+).
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts.iter().all(|&s| s > 0), "training resumed from checkpoints: {starts:?}");
+    for (a, b) in want.runs.iter().zip(&got.runs) {
+        assert_eq!(a.name, b.name);
+        assert_eq!((a.tokens, &a.task_tokens, &a.losses), (b.tokens, &b.task_tokens, &b.losses), "{}", a.name);
+        let (sa, sb): (Vec<f64>, Vec<f64>) =
+            (a.scores.iter().map(|s| s.value.value).collect(), b.scores.iter().map(|s| s.value.value).collect());
+        assert_eq!(sa, sb, "{}", a.name);
+    }
 }

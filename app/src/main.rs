@@ -770,7 +770,8 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
     std::fs::create_dir_all(&a.out)?;
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<ProgressBar> = None;
-    let report = strategy::compare(&m.model, &m.tokenizer, &m.base_name, &tasks, &cfg, &a.out, &mut |ev| match ev {
+    let control = strategy::Control::default();
+    let report = strategy::compare(&m.model, &m.tokenizer, &m.base_name, &tasks, &cfg, &a.out, control, &mut |ev| match ev {
         CompareEvent::RunStarted { run, index, of } => {
             let pb = bars.add(bar(0, "{prefix:36} {bar:24} {pos}/{len} steps  {msg}  ETA {eta}"));
             pb.set_prefix(format!("[{}/{of}] {run}", index + 1));

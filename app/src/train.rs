@@ -299,6 +299,7 @@ pub fn train_objective(
     let mut start = 0;
     let mut losses = Vec::new();
     let (mut tokens, mut loss_tokens) = (0usize, 0usize);
+    let mut resumed_per_example: Option<Vec<usize>> = None;
     if let Some(plan) = ckpt.filter(|p| p.resume && p.path.exists()) {
         let (tensors, meta) = checkpoint::read_safetensors(&plan.path, &device)?;
         let saved: TrainConfig =
@@ -322,6 +323,7 @@ pub fn train_objective(
         losses = meta.get("losses").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
         tokens = meta.get("tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
         loss_tokens = meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0);
+        resumed_per_example = meta.get("per_example").and_then(|s| serde_json::from_str(s).ok());
     }
     let trainable_params: usize = vars.iter().map(|v| v.elem_count()).sum();
     on_event(&TrainEvent::Started {
@@ -332,11 +334,13 @@ pub fn train_objective(
     });
     let began = Instant::now();
     let mut perms = HashMap::new();
-    let mut per_example = vec![0usize; examples.len()];
+    let mut per_example =
+        resumed_per_example.filter(|v| v.len() == examples.len()).unwrap_or_else(|| vec![0usize; examples.len()]);
     let save = |step: usize,
                 losses: &[f64],
                 tokens: usize,
                 loss_tokens: usize,
+                per_example: &[usize],
                 opt: &AdamW,
                 adapter: &dyn Objective|
      -> Result<Option<PathBuf>> {
@@ -350,6 +354,7 @@ pub fn train_objective(
             ("losses".to_string(), serde_json::to_string(losses)?),
             ("tokens".to_string(), tokens.to_string()),
             ("loss_tokens".to_string(), loss_tokens.to_string()),
+            ("per_example".to_string(), serde_json::to_string(per_example)?),
         ]);
         checkpoint::write_safetensors(&plan.path, &all, Some(meta))?;
         Ok(Some(plan.path.clone()))
@@ -468,7 +473,7 @@ pub fn train_objective(
         let done = step + 1;
         let last = if let Some(b) = cfg.token_budget { tokens >= b } else { done == total };
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
-            if let Some(path) = save(done, &losses, tokens, loss_tokens, &opt, adapter)? {
+            if let Some(path) = save(done, &losses, tokens, loss_tokens, &per_example, &opt, adapter)? {
                 on_event(&TrainEvent::Checkpoint { step: done, path });
             }
         }

@@ -8,6 +8,7 @@ pub mod mixing;
 pub mod report;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,18 @@ pub enum CompareEvent {
     },
 }
 
+/// How a comparison can be stopped and picked up again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Control<'a> {
+    /// Set to stop: training stops within a step, evaluation within a task, and
+    /// `compare` returns [`Error::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+    /// A folder for training checkpoints and records of finished runs. Started again with
+    /// the same folder (and configuration), `compare` skips the runs that finished and
+    /// continues training from the last checkpoint.
+    pub state_dir: Option<&'a Path>,
+}
+
 fn tagged(task: &str, r: &Record) -> Record {
     Record { prompt: format!("[{task}] {}", r.prompt), ..r.clone() }
 }
@@ -209,6 +222,9 @@ struct Ctx<'a> {
     base_name: &'a str,
     /// Appended to run names (the seed, when there are several).
     suffix: String,
+    control: Control<'a>,
+    /// `s{seed index}-r{strategy index}`: names this run's checkpoints.
+    key: String,
     on_event: &'a mut dyn FnMut(&CompareEvent),
 }
 
@@ -242,18 +258,35 @@ impl Ctx<'_> {
         Ok((draws, mix))
     }
 
+    fn check_cancel(&self) -> Result<()> {
+        if self.control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint of one training stage of the current run.
+    fn checkpoint(&self, stage: &str) -> Option<train::CheckpointPlan> {
+        self.control.state_dir.map(|d| train::CheckpointPlan {
+            path: d.join(format!("ckpt-{}-{}.safetensors", self.key, slug(stage))),
+            resume: true,
+        })
+    }
+
     fn train(
         &mut self,
         run: &str,
         stage: &str,
         model: &Llama,
-        adapter: &mut LoraAdapter,
+        objective: &mut dyn train::Objective,
         ex: &[Example],
         tc: &TrainConfig,
     ) -> Result<train::TrainSummary> {
         let (r, s) = (run.to_string(), stage.to_string());
+        let plan = self.checkpoint(stage);
+        let cancel = self.control.cancel;
         let on = &mut *self.on_event;
-        train::train(model, adapter, ex, tc, None, None, &mut |e| {
+        train::train_objective(model, objective, ex, tc, plan.as_ref(), cancel, &mut |e| {
             on(&CompareEvent::Train { run: r.clone(), stage: s.clone(), event: e.clone() })
         })
     }
@@ -268,6 +301,7 @@ impl Ctx<'_> {
     ) -> Result<Vec<TaskEval>> {
         let mut out = Vec::new();
         for t in self.tasks {
+            self.check_cancel()?;
             let recs: Vec<Record> =
                 if tag { t.eval.iter().map(|r| tagged(&t.name, r)).collect() } else { t.eval.clone() };
             let e = eval::evaluate_task(
@@ -318,6 +352,7 @@ pub fn compare(
     tasks: &[TaskData],
     cfg: &CompareConfig,
     out: &Path,
+    control: Control,
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<Report> {
     if tasks.is_empty() {
@@ -329,29 +364,63 @@ pub fn compare(
     cfg.train.validate()?;
     let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
     let started = Instant::now();
-    let base_scores = {
-        let mut ctx = Ctx { model, tok, tasks, cfg, out, base_name, suffix: String::new(), on_event: &mut *on_event };
-        ctx.eval_all("base", "base", model, None, false)?
+    if let Some(d) = control.state_dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let base_record = control.state_dir.map(|d| d.join("done-base.json"));
+    let base = match base_record.as_deref().and_then(read_record) {
+        Some(mut r) => r.remove(0),
+        None => {
+            let mut ctx = Ctx {
+                model,
+                tok,
+                tasks,
+                cfg,
+                out,
+                base_name,
+                suffix: String::new(),
+                control,
+                key: "base".into(),
+                on_event: &mut *on_event,
+            };
+            let scores = ctx.eval_all("base", "base", model, None, false)?;
+            let r = RunResult::new(
+                "base model",
+                "base",
+                &scores,
+                0,
+                vec![0; tasks.len()],
+                started.elapsed().as_secs_f64(),
+                0,
+                0,
+            );
+            if let Some(p) = &base_record {
+                write_record(p, std::slice::from_ref(&r))?;
+            }
+            r
+        }
     };
-    let mut runs = vec![RunResult::new(
-        "base model",
-        "base",
-        &base_scores,
-        0,
-        vec![0; tasks.len()],
-        started.elapsed().as_secs_f64(),
-        0,
-        0,
-    )];
+    let mut runs = vec![base];
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     for (k, &seed) in seeds.iter().enumerate() {
         let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
         let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
         let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
-        let mut ctx = Ctx { model, tok, tasks, cfg: &scfg, out: &sout, base_name, suffix, on_event: &mut *on_event };
+        let mut ctx = Ctx {
+            model,
+            tok,
+            tasks,
+            cfg: &scfg,
+            out: &sout,
+            base_name,
+            suffix,
+            control,
+            key: String::new(),
+            on_event: &mut *on_event,
+        };
         let n = cfg.strategies.len();
-        let (seed_runs, adapters) = run_strategies(&mut ctx, k * n, n * seeds.len())?;
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len())?;
         if k == 0 {
             separate_adapters = adapters;
         }
@@ -374,14 +443,40 @@ pub fn compare(
     Ok(report)
 }
 
-/// Runs every strategy once (one seed); events number runs from `first` of `of`.
-fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+fn read_record(path: &Path) -> Option<Vec<RunResult>> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn write_record(path: &Path, runs: &[RunResult]) -> Result<()> {
+    crate::checkpoint::write_atomic(path, serde_json::to_string(runs)?.as_bytes())
+}
+
+/// Runs every strategy once for seed number `k`; events number runs out of `of`.
+fn run_strategies(ctx: &mut Ctx, k: usize, of: usize) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
     let (model, tok, tasks, cfg, base_name) = (ctx.model, ctx.tok, ctx.tasks, ctx.cfg, ctx.base_name);
+    let first = k * cfg.strategies.len();
     let mut runs: Vec<RunResult> = Vec::new();
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     for (si, spec) in cfg.strategies.iter().enumerate() {
         let name = format!("{}{}", spec.name(), ctx.suffix);
+        ctx.key = format!("s{k}-r{si}");
         (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
+        let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
+        if let Some(done) = record.as_deref().and_then(read_record) {
+            // Finished before an interruption: take its results, and reload the per-task
+            // adapters that the similarity matrix needs.
+            if matches!(spec, StrategySpec::Separate { .. }) {
+                separate_adapters = done[0]
+                    .adapter_dirs
+                    .iter()
+                    .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
+                    .collect::<Result<_>>()?;
+            }
+            let wall_s = done[0].wall_s;
+            runs.extend(done);
+            (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
+            continue;
+        }
         let rss = crate::bench::RssSampler::start();
         let before = runs.len();
         let t0 = Instant::now();
@@ -514,6 +609,7 @@ fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResu
                     tokens += s.tokens;
                     task_tokens[ti] = s.tokens;
                     losses.extend(s.losses);
+                    ctx.check_cancel()?;
                     let e = eval::evaluate_task(
                         model,
                         tok,
@@ -587,10 +683,7 @@ fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResu
                 let train_recs: Vec<Vec<Record>> = tasks.iter().map(|t| t.train.clone()).collect();
                 mh.routes = heads::routes(&draws, &mix, &labels, &train_recs)?;
                 let tc = TrainConfig { token_budget: Some(cfg.budget_tokens), ..cfg.train.clone() };
-                let (r, on) = (name.clone(), &mut *ctx.on_event);
-                let s = train::train_objective(model, &mh, &mix, &tc, None, None, &mut |e| {
-                    on(&CompareEvent::Train { run: r.clone(), stage: "all".into(), event: e.clone() })
-                })?;
+                let s = ctx.train(&name, "all", model, &mut mh, &mix, &tc)?;
                 let mut task_tokens = vec![0usize; tasks.len()];
                 for (&(t, _), n) in draws.iter().zip(&s.tokens_per_example) {
                     task_tokens[t] += n;
@@ -598,6 +691,7 @@ fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResu
                 let wall = t0.elapsed().as_secs_f64();
                 let mut scores = Vec::new();
                 for (ti, t) in tasks.iter().enumerate() {
+                    ctx.check_cancel()?;
                     let e = heads::evaluate_task(&mh, model, tok, ti, &t.name, t.kind, &t.eval, &cfg.eval)?;
                     (ctx.on_event)(&CompareEvent::Evaluated {
                         run: name.clone(),
@@ -629,8 +723,11 @@ fn run_strategies(ctx: &mut Ctx, first: usize, of: usize) -> Result<(Vec<RunResu
         for r in &mut runs[before..] {
             r.peak_rss_mib = peak;
         }
-        let last = runs.last().expect("a run was added");
-        (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s: last.wall_s });
+        if let Some(p) = &record {
+            write_record(p, &runs[before..])?;
+        }
+        let wall_s = runs[before].wall_s;
+        (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
     }
     Ok((runs, separate_adapters))
 }
