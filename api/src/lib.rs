@@ -1,2 +1,609 @@
-//! Multitune shared API types (filled in by the server issue).
+//! Request, response and event types of the Multitune HTTP API, shared by the server and
+//! the browser dashboard. Plain serde types with no engine dependencies, so they compile
+//! to WebAssembly.
 #![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// Every error response: `{ "error": { "code", "message", "details" } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ApiError,
+}
+
+/// What went wrong, for people (`message`, `details`) and programs (`code`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Machine-readable kind: `bad_request`, `not_found`, `invalid_dataset`, …
+    pub code: String,
+    /// One sentence.
+    pub message: String,
+    /// Itemised problems (e.g. one per bad line of a dataset).
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        for d in &self.details {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `GET /api/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// Experiments waiting or running.
+    pub queue: usize,
+}
+
+/// `GET /api/version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    /// `multitune`.
+    pub name: String,
+    /// Crate version.
+    pub version: String,
+    /// Database schema version.
+    pub schema: u32,
+    /// Training device (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Whether requests need a bearer token.
+    pub auth: bool,
+}
+
+/// An uploaded, validated task dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Id (used in every URL).
+    pub id: String,
+    /// Task name (from the file name unless given).
+    pub name: String,
+    /// The uploaded file's name.
+    pub filename: String,
+    /// Detected format (`prompt_completion`, `alpaca`, `chat`, `share_gpt`, `classification`).
+    pub format: String,
+    /// `classification` or `generation`.
+    pub kind: String,
+    /// Examples.
+    pub rows: usize,
+    /// File size.
+    pub bytes: u64,
+    /// Label set (classification).
+    pub labels: Vec<String>,
+    /// Warnings that did not block the upload.
+    pub warnings: Vec<String>,
+    /// Upload time, RFC 3339.
+    pub created_at: String,
+}
+
+/// `GET /api/datasets/{id}`: the dataset with a preview and its statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetDetail {
+    /// Summary.
+    pub dataset: Dataset,
+    /// The first rows.
+    pub preview: Vec<PreviewRow>,
+    /// Examples per label (classification).
+    pub label_counts: Vec<(String, usize)>,
+    /// Mean / max prompt length in characters.
+    pub prompt_chars: (f64, usize),
+    /// Mean / max completion length in characters.
+    pub completion_chars: (f64, usize),
+}
+
+/// One example as shown in a preview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewRow {
+    /// Source line.
+    pub line: usize,
+    /// Prompt (earlier turns of a conversation are not shown).
+    pub prompt: String,
+    /// Expected completion.
+    pub completion: String,
+}
+
+/// A base model the server can train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Id to use in an experiment (`default`, `tiny`, or a generated id).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `default`, `tiny`, `gguf` or `hf`.
+    pub kind: String,
+    /// Where it is on disk (none for the built-in tiny model).
+    pub path: Option<String>,
+    /// Whether it can be loaded now (the default model may still need fetching).
+    pub available: bool,
+    /// How it was found: `built-in`, `models folder`, `registered`.
+    pub source: String,
+}
+
+/// `POST /api/models`: register a GGUF file or a Hugging Face folder on the server's disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterModel {
+    /// Absolute path of a `.gguf` file or a folder with `config.json`.
+    pub path: String,
+    /// Display name (default: the file or folder name).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One task of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// Training dataset.
+    pub dataset: String,
+    /// Held-out dataset; without one, `eval_split` of the training set is held out.
+    #[serde(default)]
+    pub eval_dataset: Option<String>,
+}
+
+/// Task sampling of mixture-trained strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MixingChoice {
+    /// Tasks in proportion to their size.
+    #[default]
+    Proportional,
+    /// Every task equally.
+    Uniform,
+    /// T5-style temperature sampling.
+    Temperature {
+        /// Temperature (1 = proportional, large = uniform).
+        t: f64,
+    },
+}
+
+/// A strategy and its options, as a client asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case")]
+pub enum StrategyChoice {
+    /// One adapter on a mixture of all tasks.
+    Combined {
+        /// Task sampling.
+        #[serde(default)]
+        mixing: MixingChoice,
+        /// Prefix prompts with `[task]`.
+        #[serde(default)]
+        task_tag: bool,
+    },
+    /// Task after task.
+    Sequential {
+        /// `continue` or `merge_then_new`.
+        #[serde(default = "default_variant")]
+        variant: String,
+        /// Task order by position (empty: as listed).
+        #[serde(default)]
+        order: Vec<usize>,
+        /// Share of earlier tasks replayed in each stage.
+        #[serde(default)]
+        replay: f64,
+    },
+    /// One adapter per task, scored routed and merged.
+    Separate {
+        /// Merge methods: `linear`, `task_arithmetic`, `ties`, `dare`, `concat` (default: all).
+        #[serde(default = "default_merges")]
+        merges: Vec<String>,
+    },
+    /// A shared adapter and a head per task.
+    MultiHead {
+        /// Rank of generation tasks' LM-head deltas.
+        #[serde(default = "default_head_rank")]
+        head_rank: usize,
+    },
+}
+
+fn default_variant() -> String {
+    "continue".into()
+}
+
+fn default_merges() -> Vec<String> {
+    ["linear", "task_arithmetic", "ties", "dare", "concat"].map(String::from).to_vec()
+}
+
+fn default_head_rank() -> usize {
+    8
+}
+
+impl StrategyChoice {
+    /// Every strategy with its defaults (what `all` means on the command line).
+    pub fn all() -> Vec<StrategyChoice> {
+        vec![
+            StrategyChoice::Combined { mixing: MixingChoice::Proportional, task_tag: false },
+            StrategyChoice::Sequential { variant: "continue".into(), order: vec![], replay: 0.0 },
+            StrategyChoice::Sequential { variant: "merge_then_new".into(), order: vec![], replay: 0.0 },
+            StrategyChoice::Separate { merges: default_merges() },
+            StrategyChoice::MultiHead { head_rank: 8 },
+        ]
+    }
+
+    /// One line on what the strategy answers.
+    pub fn explanation(&self) -> &'static str {
+        match self {
+            StrategyChoice::Combined { .. } => "One adapter trained on a mixture of every task: does sharing help?",
+            StrategyChoice::Sequential { .. } => {
+                "Tasks one after another: how much does each new task make the model forget?"
+            }
+            StrategyChoice::Separate { .. } => {
+                "One adapter per task, used alone (the specialist bound) and merged into one: can we merge instead?"
+            }
+            StrategyChoice::MultiHead { .. } => {
+                "A shared adapter plus a small head per task: a classifier for labels, an LM-head delta for text"
+            }
+        }
+    }
+}
+
+/// Training and evaluation settings of an experiment (defaults as the CLI's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hyper {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// LoRA rank (alpha is twice the rank).
+    pub rank: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Longest example, tokens.
+    pub max_tokens: usize,
+    /// Training seed.
+    pub seed: u64,
+    /// Repeat over these seeds (empty: just `seed`).
+    pub seeds: Vec<u64>,
+    /// Held-out share of tasks without an eval dataset.
+    pub eval_split: f64,
+    /// Use at most this many held-out examples per task.
+    pub eval_limit: Option<usize>,
+    /// Bootstrap resamples for the intervals.
+    pub bootstrap: usize,
+    /// Steps between checkpoints (resume points).
+    pub checkpoint_every: usize,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Self {
+            learning_rate: 2e-4,
+            rank: 8,
+            batch_size: 8,
+            max_tokens: 256,
+            seed: 42,
+            seeds: vec![],
+            eval_split: 0.2,
+            eval_limit: None,
+            bootstrap: 1000,
+            checkpoint_every: 10,
+        }
+    }
+}
+
+/// `POST /api/experiments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentCreate {
+    /// Display name.
+    pub name: String,
+    /// Model id (see `GET /api/models`).
+    pub model: String,
+    /// Tasks, one dataset each.
+    pub tasks: Vec<TaskRef>,
+    /// Strategies to compare.
+    pub strategies: Vec<StrategyChoice>,
+    /// Training tokens every strategy gets.
+    pub budget_tokens: usize,
+    /// Hyper-parameters.
+    #[serde(default)]
+    pub hyper: Hyper,
+}
+
+/// Where an experiment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the worker.
+    Queued,
+    /// Training or evaluating.
+    Running,
+    /// Finished with a report.
+    Done,
+    /// Stopped by a user.
+    Cancelled,
+    /// Stopped by an error.
+    Failed,
+    /// The server stopped while it ran; it can be resumed.
+    Interrupted,
+}
+
+impl Status {
+    /// The snake_case name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Cancelled => "cancelled",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Status::Queued, Status::Running, Status::Done, Status::Cancelled, Status::Failed, Status::Interrupted]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+
+    /// Whether nothing more will happen without a user's action.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+/// An experiment and its runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Status.
+    pub status: Status,
+    /// Error of a failed experiment.
+    pub error: Option<String>,
+    /// What was asked for.
+    pub spec: ExperimentCreate,
+    /// Created, RFC 3339.
+    pub created_at: String,
+    /// Started, RFC 3339.
+    pub started_at: Option<String>,
+    /// Finished, RFC 3339.
+    pub finished_at: Option<String>,
+    /// Position in the queue (0: next), when queued.
+    pub queue_position: Option<usize>,
+    /// Runs started so far (one per strategy, variant and seed; merges are runs too).
+    pub runs: Vec<Run>,
+    /// Whether `report.json` exists.
+    pub has_report: bool,
+}
+
+/// One run of an experiment, with its latest progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Id.
+    pub id: i64,
+    /// Its experiment.
+    pub experiment_id: String,
+    /// Name as in the report.
+    pub name: String,
+    /// Order of start.
+    pub index: usize,
+    /// `running`, `done`, `cancelled`, `failed`, `interrupted`.
+    pub status: Status,
+    /// Stage being trained (a task name, or `all`).
+    pub stage: Option<String>,
+    /// Steps done in the current stage.
+    pub step: usize,
+    /// Steps of the current stage.
+    pub total_steps: usize,
+    /// Latest loss.
+    pub loss: Option<f64>,
+    /// Latest training throughput.
+    pub tokens_per_s: Option<f64>,
+    /// Seconds since the stage started.
+    pub elapsed_s: f64,
+    /// Estimated seconds left in the current stage.
+    pub eta_s: Option<f64>,
+    /// Whether an adapter can be downloaded.
+    pub has_adapter: bool,
+    /// Whether it has task heads (multi-head).
+    pub has_heads: bool,
+}
+
+/// One point of a run's training curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Step counted over the whole run (stages follow each other).
+    pub step: usize,
+    /// Loss (mean over the bucket when downsampled).
+    pub loss: f64,
+    /// Learning rate.
+    pub lr: f64,
+    /// Tokens per second.
+    pub tokens_per_s: f64,
+}
+
+/// `GET /api/runs/{id}/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsHistory {
+    /// Run id.
+    pub run: i64,
+    /// Steps recorded in all.
+    pub steps: usize,
+    /// Points (at most the requested number).
+    pub points: Vec<MetricPoint>,
+}
+
+/// What happened, as sent over SSE (`event:` is the kind, `id:` the sequence number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// The experiment changed status.
+    Status {
+        /// New status.
+        status: Status,
+        /// Why (errors).
+        message: Option<String>,
+    },
+    /// A run started.
+    RunStarted {
+        /// Run name.
+        run: String,
+        /// Position.
+        index: usize,
+        /// Runs planned.
+        of: usize,
+    },
+    /// Training of a stage started (or resumed at `start_step`).
+    TrainStarted {
+        /// Run name.
+        run: String,
+        /// Stage.
+        stage: String,
+        /// Steps of the stage.
+        total_steps: usize,
+        /// First step (0 unless resumed).
+        start_step: usize,
+    },
+    /// A training step finished.
+    Step {
+        /// Run name.
+        run: String,
+        /// Stage.
+        stage: String,
+        /// Step within the stage (1-based).
+        step: usize,
+        /// Steps of the stage.
+        total_steps: usize,
+        /// Loss.
+        loss: f64,
+        /// Learning rate.
+        lr: f64,
+        /// Tokens this step.
+        tokens: usize,
+        /// Throughput.
+        tokens_per_s: f64,
+        /// Seconds since the stage started.
+        elapsed_s: f64,
+    },
+    /// A task was scored.
+    Evaluated {
+        /// Run name.
+        run: String,
+        /// After which stage.
+        stage: String,
+        /// Task.
+        task: String,
+        /// Headline metric.
+        value: f64,
+    },
+    /// A run finished.
+    RunFinished {
+        /// Run name.
+        run: String,
+        /// Wall seconds.
+        wall_s: f64,
+    },
+}
+
+impl Event {
+    /// The SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Status { .. } => "status",
+            Event::RunStarted { .. } => "run_started",
+            Event::TrainStarted { .. } => "train_started",
+            Event::Step { .. } => "step",
+            Event::Evaluated { .. } => "evaluated",
+            Event::RunFinished { .. } => "run_finished",
+        }
+    }
+
+    /// The run it concerns.
+    pub fn run(&self) -> Option<&str> {
+        match self {
+            Event::Status { .. } => None,
+            Event::RunStarted { run, .. }
+            | Event::TrainStarted { run, .. }
+            | Event::Step { run, .. }
+            | Event::Evaluated { run, .. }
+            | Event::RunFinished { run, .. } => Some(run),
+        }
+    }
+}
+
+/// An event with its sequence number (the SSE `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Monotonic id, usable as `Last-Event-ID`.
+    pub id: i64,
+    /// The experiment.
+    pub experiment_id: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// `POST /api/playground`: generate with a run's adapter (or the base model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaygroundRequest {
+    /// Experiment whose model to use.
+    pub experiment: String,
+    /// Run whose adapter to apply; none for the base model.
+    #[serde(default)]
+    pub run: Option<i64>,
+    /// Task (selects a multi-head run's head; otherwise informational).
+    #[serde(default)]
+    pub task: Option<String>,
+    /// The user message.
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// 0 for greedy.
+    #[serde(default)]
+    pub temperature: f64,
+}
+
+fn default_max_new() -> usize {
+    64
+}
+
+/// A piece of playground output (SSE `token` events), then `done` with the whole text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaygroundChunk {
+    /// New text.
+    pub text: String,
+    /// Whether this is the end.
+    pub done: bool,
+    /// Label probabilities of a multi-head classifier, highest first.
+    #[serde(default)]
+    pub labels: Vec<(String, f64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experiment_request_fills_defaults() {
+        let e: ExperimentCreate = serde_json::from_str(
+            r#"{"name":"x","model":"tiny","tasks":[{"dataset":"ab"}],
+                "strategies":[{"strategy":"separate"},{"strategy":"sequential","replay":0.1}],
+                "budget_tokens":1000}"#,
+        )
+        .unwrap();
+        assert_eq!(e.hyper, Hyper::default());
+        assert_eq!(e.strategies[0], StrategyChoice::Separate { merges: default_merges() });
+        assert_eq!(
+            e.strategies[1],
+            StrategyChoice::Sequential { variant: "continue".into(), order: vec![], replay: 0.1 }
+        );
+    }
+
+    #[test]
+    fn events_carry_their_kind() {
+        let e = Event::RunFinished { run: "a".into(), wall_s: 1.0 };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["kind"], e.kind());
+        assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
+        assert_eq!(Status::parse("interrupted"), Some(Status::Interrupted));
+        assert!(Status::Done.is_final() && !Status::Queued.is_final());
+    }
+}

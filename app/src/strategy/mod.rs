@@ -334,7 +334,9 @@ impl Ctx<'_> {
     }
 }
 
-fn slug(name: &str) -> String {
+/// A run or task name as a folder name: ASCII letters, digits and dots, other runs of
+/// characters as one `-`.
+pub fn slug(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
         .collect::<String>()

@@ -1,0 +1,88 @@
+//! SQLite: WAL, a busy timeout and foreign keys on every connection; the schema comes from
+//! `migrations/NNNN_*.sql`, applied in order at start-up and tracked in `user_version`.
+//! A database written by a newer Multitune is refused rather than misread.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// The migrations, in order; `user_version` counts those applied.
+pub const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+
+/// The schema version this build writes.
+pub fn schema_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Opens (creating) the database at `path` with our settings and migrates it.
+pub fn open(path: &Path) -> anyhow::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Applies the migrations the database lacks, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let have: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let know = schema_version();
+    if have > know {
+        anyhow::bail!(
+            "the database has schema version {have}, newer than this Multitune understands ({know}); \
+             use the Multitune that wrote it, or another data folder"
+        );
+    }
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| anyhow::anyhow!("migration {name}: {e}"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+        tracing::info!("applied migration {name}");
+    }
+    Ok(())
+}
+
+/// A connection shared by request handlers (queries are short).
+pub struct Db(Mutex<Connection>);
+
+impl Db {
+    /// Wraps a connection.
+    pub fn new(conn: Connection) -> Self {
+        Self(Mutex::new(conn))
+    }
+
+    /// Runs `f` with the connection.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+}
+
+/// `now` as RFC 3339 (UTC, seconds).
+pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.sqlite");
+        let c = open(&p).unwrap();
+        let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, schema_version());
+        drop(c);
+        open(&p).unwrap(); // applying again is a no-op
+        let c = Connection::open(&p).unwrap();
+        c.pragma_update(None, "user_version", schema_version() + 1).unwrap();
+        drop(c);
+        let err = open(&p).unwrap_err().to_string();
+        assert!(err.contains("newer than this Multitune"), "{err}");
+    }
+}

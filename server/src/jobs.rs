@@ -1,0 +1,360 @@
+//! The training queue: one worker thread per device (here: one) takes the oldest queued
+//! experiment, runs the engine's `compare` on it, records every event in SQLite and
+//! publishes it, and leaves the report and adapters in the experiment's folder. The
+//! worker never waits on a client: events go to the database and a broadcast channel that
+//! drops what slow receivers miss (they catch up from the database).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use multitune::dataset::{self, LoadOptions, Split, TaskKind};
+use multitune::eval::EvalOptions;
+use multitune::lora::LoraConfig;
+use multitune::merge::MergeMethod;
+use multitune::strategy::{self, CompareConfig, CompareEvent, Control, Mixing, SequentialVariant, StrategySpec, TaskData};
+use multitune::train::{TrainConfig, TrainEvent};
+use multitune_api::{Event, ExperimentCreate, MixingChoice, Status, StrategyChoice};
+use rusqlite::{params, OptionalExtension};
+
+use crate::db::{Db, NOW};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The engine's strategies for a request (validated).
+pub fn strategy_specs(choices: &[StrategyChoice], n_tasks: usize, rank: usize) -> ApiResult<Vec<StrategySpec>> {
+    let mixing = |m: &MixingChoice| match *m {
+        MixingChoice::Proportional => Mixing::Proportional,
+        MixingChoice::Uniform => Mixing::Uniform,
+        MixingChoice::Temperature { t } => Mixing::Temperature { t },
+    };
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for (i, c) in choices.iter().enumerate() {
+        match c {
+            StrategyChoice::Combined { mixing: m, task_tag } => {
+                if let MixingChoice::Temperature { t } = m {
+                    if !(t.is_finite() && *t > 0.0) {
+                        errors.push(format!("strategies[{i}]: the mixing temperature must be positive, not {t}"));
+                    }
+                }
+                out.push(StrategySpec::Combined { mixing: mixing(m), task_tag: *task_tag });
+            }
+            StrategyChoice::Sequential { variant, order, replay } => {
+                let variant = match variant.as_str() {
+                    "continue" => SequentialVariant::Continue,
+                    "merge_then_new" => SequentialVariant::MergeThenNew,
+                    other => {
+                        errors.push(format!(
+                            "strategies[{i}]: variant `{other}` is not `continue` or `merge_then_new`"
+                        ));
+                        continue;
+                    }
+                };
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                if !order.is_empty() && sorted != (0..n_tasks).collect::<Vec<_>>() {
+                    errors.push(format!("strategies[{i}]: order {order:?} is not an ordering of the {n_tasks} tasks"));
+                }
+                if !(0.0..=1.0).contains(replay) {
+                    errors.push(format!("strategies[{i}]: replay must be between 0 and 1, not {replay}"));
+                }
+                out.push(StrategySpec::Sequential { variant, order: order.clone(), replay: *replay });
+            }
+            StrategyChoice::Separate { merges } => {
+                let mut ms = Vec::new();
+                for m in merges {
+                    ms.push(match m.as_str() {
+                        "linear" => MergeMethod::Linear,
+                        "task_arithmetic" => MergeMethod::TaskArithmetic { lambda: 0.5 },
+                        "ties" => MergeMethod::Ties { density: 0.2, lambda: 1.0 },
+                        "dare" => MergeMethod::Dare { drop: 0.5, lambda: 0.5, seed: 0 },
+                        "concat" => MergeMethod::Concat,
+                        other => {
+                            errors.push(format!(
+                                "strategies[{i}]: merge `{other}` is not linear, task_arithmetic, ties, dare or concat"
+                            ));
+                            continue;
+                        }
+                    });
+                }
+                out.push(StrategySpec::Separate { merges: ms, merge_rank: 2 * rank });
+            }
+            StrategyChoice::MultiHead { head_rank } => {
+                if *head_rank == 0 || *head_rank > 256 {
+                    errors.push(format!("strategies[{i}]: head_rank must be 1 to 256, not {head_rank}"));
+                }
+                out.push(StrategySpec::MultiHead { mixing: Mixing::Proportional, head_rank: *head_rank });
+            }
+        }
+    }
+    if choices.is_empty() {
+        errors.push("strategies: pick at least one".into());
+    }
+    let mut names: Vec<String> = out.iter().map(StrategySpec::name).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        errors.push("strategies: the same strategy is listed twice".into());
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::invalid("the experiment's strategies are not valid", errors))
+    }
+}
+
+/// The engine configuration of an experiment.
+pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
+    let h = &spec.hyper;
+    let train = TrainConfig {
+        lora: LoraConfig { rank: h.rank, alpha: 2.0 * h.rank as f64, ..Default::default() },
+        learning_rate: h.learning_rate,
+        batch_size: h.batch_size,
+        max_seq_len: h.max_tokens,
+        seed: h.seed,
+        checkpoint_every: h.checkpoint_every,
+        ..Default::default()
+    };
+    train.validate().map_err(|e| ApiError::invalid("the hyper-parameters are not valid", vec![e.to_string()]))?;
+    Ok(CompareConfig {
+        strategies: strategy_specs(&spec.strategies, spec.tasks.len(), h.rank)?,
+        budget_tokens: spec.budget_tokens,
+        train,
+        eval: EvalOptions { max_seq_len: h.max_tokens, bootstrap: h.bootstrap, seed: h.seed, ..Default::default() },
+        seeds: h.seeds.clone(),
+    })
+}
+
+/// Loads an experiment's tasks from its datasets.
+fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskData>> {
+    let opts = LoadOptions {
+        limits: dataset::Limits {
+            max_tokens: spec.hyper.max_tokens,
+            max_bytes: state.cfg.max_upload_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let file_of = |id: &str| -> anyhow::Result<(String, std::path::PathBuf)> {
+        let (name, file): (String, String) = db
+            .with(|c| c.query_row("SELECT name, file FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(|_| anyhow::anyhow!("dataset {id} no longer exists"))?;
+        Ok((name, state.data.dataset(id).join(file)))
+    };
+    let mut tasks = Vec::new();
+    for t in &spec.tasks {
+        let (name, path) = file_of(&t.dataset)?;
+        let d = dataset::load(&path, &opts)?;
+        let (train, mut eval) = match &t.eval_dataset {
+            Some(e) => {
+                let (_, p) = file_of(e)?;
+                (d.records.clone(), dataset::load(&p, &LoadOptions { kind: Some(d.kind), ..opts.clone() })?.records)
+            }
+            None => {
+                let (ti, ei) = dataset::split_indices(d.records.len(), Split::Fraction(spec.hyper.eval_split), spec.hyper.seed)?;
+                (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
+            }
+        };
+        if let Some(n) = spec.hyper.eval_limit {
+            eval.truncate(n);
+        }
+        let labels = if d.kind == TaskKind::Classification { d.labels } else { vec![] };
+        tasks.push(TaskData { name, kind: d.kind, labels, train, eval });
+    }
+    Ok(tasks)
+}
+
+fn event_of(e: &CompareEvent) -> Option<Event> {
+    Some(match e {
+        CompareEvent::RunStarted { run, index, of } => Event::RunStarted { run: run.clone(), index: *index, of: *of },
+        CompareEvent::Train { run, stage, event } => match event {
+            TrainEvent::Started { total_steps, start_step, .. } => Event::TrainStarted {
+                run: run.clone(),
+                stage: stage.clone(),
+                total_steps: *total_steps,
+                start_step: *start_step,
+            },
+            TrainEvent::Step(s) => Event::Step {
+                run: run.clone(),
+                stage: stage.clone(),
+                step: s.step,
+                total_steps: s.total_steps,
+                loss: s.loss,
+                lr: s.lr,
+                tokens: s.tokens,
+                tokens_per_s: s.tokens_per_s,
+                elapsed_s: s.elapsed_s,
+            },
+            TrainEvent::Checkpoint { .. } => return None,
+        },
+        CompareEvent::Evaluated { run, stage, task, value } => {
+            Event::Evaluated { run: run.clone(), stage: stage.clone(), task: task.clone(), value: *value }
+        }
+        CompareEvent::RunFinished { run, wall_s } => Event::RunFinished { run: run.clone(), wall_s: *wall_s },
+    })
+}
+
+/// Keeps the runs table in step with an event.
+fn track_run(db: &Db, experiment: &str, e: &Event) -> rusqlite::Result<()> {
+    db.with(|c| {
+        match e {
+            Event::RunStarted { run, index, .. } => {
+                c.execute(
+                    "INSERT INTO runs (experiment_id, idx, name, status) VALUES (?1, ?2, ?3, 'running')
+                     ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'running'",
+                    params![experiment, *index as i64, run],
+                )?;
+            }
+            Event::TrainStarted { run, stage, total_steps, start_step } => {
+                c.execute(
+                    "UPDATE runs SET stage = ?3, step = ?4, total_steps = ?5, elapsed_s = 0 WHERE experiment_id = ?1 AND name = ?2",
+                    params![experiment, run, stage, *start_step as i64, *total_steps as i64],
+                )?;
+            }
+            Event::Step { run, stage, step, total_steps, loss, tokens_per_s, elapsed_s, .. } => {
+                c.execute(
+                    "UPDATE runs SET stage = ?3, step = ?4, total_steps = ?5, loss = ?6, tokens_per_s = ?7, elapsed_s = ?8
+                     WHERE experiment_id = ?1 AND name = ?2",
+                    params![experiment, run, stage, *step as i64, *total_steps as i64, loss, tokens_per_s, elapsed_s],
+                )?;
+            }
+            Event::RunFinished { run, .. } => {
+                c.execute(
+                    "UPDATE runs SET status = 'done' WHERE experiment_id = ?1 AND name = ?2",
+                    params![experiment, run],
+                )?;
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+}
+
+/// Sets an experiment's status (and its running runs'), and publishes the change.
+pub fn set_status(state: &AppState, db: &Db, id: &str, status: Status, message: Option<String>) -> rusqlite::Result<()> {
+    db.with(|c| {
+        let finished = if status.is_final() { NOW } else { "NULL" };
+        let started = if status == Status::Running { NOW } else { "started_at" };
+        c.execute(
+            &format!("UPDATE experiments SET status = ?2, error = ?3, started_at = {started}, finished_at = {finished} WHERE id = ?1"),
+            params![id, status.as_str(), message],
+        )?;
+        if status.is_final() {
+            c.execute(
+                "UPDATE runs SET status = ?2 WHERE experiment_id = ?1 AND status = 'running'",
+                params![id, status.as_str()],
+            )?;
+        }
+        Ok(())
+    })?;
+    state.publish(db, id, Event::Status { status, message })?;
+    Ok(())
+}
+
+/// Starts the worker thread. `wake` receives a message whenever something is queued.
+pub fn spawn_worker(state: AppState, wake: std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+    let db = Db::new(crate::db::open(&state.data.database())?);
+    std::thread::Builder::new().name("multitune-worker".into()).spawn(move || loop {
+        let next: Option<String> = db
+            .with(|c| {
+                c.query_row("SELECT id FROM experiments WHERE status = 'queued' ORDER BY seq LIMIT 1", [], |r| r.get(0))
+                    .optional()
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!("queue: {e}");
+                None
+            });
+        match next {
+            Some(id) => run_experiment(&state, &db, &id),
+            None => {
+                let _ = wake.recv_timeout(Duration::from_secs(2));
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn run_experiment(state: &AppState, db: &Db, id: &str) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    state.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.into(), cancel.clone());
+    if let Err(e) = set_status(state, db, id, Status::Running, None) {
+        tracing::error!("experiment {id}: {e}");
+    }
+    let result = execute(state, db, id, &cancel);
+    state.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    let (status, message) = match result {
+        Ok(()) => (Status::Done, None),
+        Err(e) if e.downcast_ref::<multitune::Error>().is_some_and(|e| matches!(e, multitune::Error::Cancelled)) => {
+            (Status::Cancelled, None)
+        }
+        Err(e) => {
+            tracing::warn!("experiment {id} failed: {e:#}");
+            (Status::Failed, Some(format!("{e:#}")))
+        }
+    };
+    if let Err(e) = set_status(state, db, id, status, message) {
+        tracing::error!("experiment {id}: {e}");
+    }
+}
+
+fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let spec_json: String = db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
+    let spec: ExperimentCreate = serde_json::from_str(&spec_json)?;
+    let cfg = compare_config(&spec).map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.join("; ")))?;
+    let tasks = load_tasks(state, db, &spec)?;
+    let model = state.model(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let dir = state.data.experiment(id);
+    let (out, state_dir) = (dir.join("out"), dir.join("state"));
+    std::fs::create_dir_all(&out)?;
+    let control = Control { cancel: Some(cancel), state_dir: Some(&state_dir) };
+    let mut db_error = None;
+    let report = strategy::compare(&model.model, &model.tokenizer, &model.base_name, &tasks, &cfg, &out, control, &mut |e| {
+        if let Some(ev) = event_of(e) {
+            if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
+                db_error.get_or_insert(err);
+            }
+        }
+    })?;
+    if let Some(e) = db_error {
+        tracing::error!("experiment {id}: recording events: {e}");
+    }
+    // Every row of the report is a run (merges included), with its adapter folders.
+    db.with(|c| {
+        for (i, r) in report.runs.iter().enumerate().filter(|(_, r)| r.strategy != "base") {
+            let dirs: Vec<String> = r
+                .adapter_dirs
+                .iter()
+                .filter_map(|d| Path::new(d).strip_prefix(&dir).ok().map(|p| p.to_string_lossy().into_owned()))
+                .collect();
+            let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::heads::HEADS_JSON).exists());
+            c.execute(
+                "INSERT INTO runs (experiment_id, idx, name, status, adapter_dirs, has_heads) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
+                 ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'done', adapter_dirs = ?4, has_heads = ?5",
+                params![id, 1000 + i as i64, r.name, serde_json::to_string(&dirs).unwrap_or_default(), heads],
+            )?;
+        }
+        Ok(())
+    })?;
+    std::fs::remove_dir_all(&state_dir).ok();
+    Ok(())
+}
+
+/// Marks experiments left running by a crash as interrupted (at start-up).
+pub fn mark_interrupted(state: &AppState) -> rusqlite::Result<usize> {
+    let ids: Vec<String> = state.db.with(|c| {
+        let mut st = c.prepare("SELECT id FROM experiments WHERE status = 'running'")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>();
+        rows
+    })?;
+    for id in &ids {
+        set_status(
+            state,
+            &state.db,
+            id,
+            Status::Interrupted,
+            Some("the server stopped while this experiment ran; resume it to continue from its last checkpoint".into()),
+        )?;
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,63 @@
+//! `multitune-server`: the HTTP API and dashboard.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use multitune_server::Config;
+
+#[derive(Parser)]
+#[command(name = "multitune-server", version, about = "Multitune's web service: API, training queue and dashboard")]
+struct Args {
+    /// Address to listen on (beyond loopback needs --token).
+    #[arg(long, env = "MULTITUNE_BIND", default_value = "127.0.0.1:3000")]
+    bind: SocketAddr,
+    /// Data folder (database, datasets, experiments).
+    #[arg(long, env = "MULTITUNE_DATA", default_value = "data")]
+    data_dir: PathBuf,
+    /// Models folder (the default model is fetched into it).
+    #[arg(long, env = "MULTITUNE_MODELS", default_value = "models")]
+    models_dir: PathBuf,
+    /// Access token clients must send as `Authorization: Bearer <token>`.
+    #[arg(long, env = "MULTITUNE_TOKEN")]
+    token: Option<String>,
+    /// Largest dataset upload, MiB.
+    #[arg(long, env = "MULTITUNE_MAX_UPLOAD_MIB", default_value_t = 64)]
+    max_upload_mib: u64,
+    /// The built dashboard.
+    #[arg(long, env = "MULTITUNE_DIST", default_value = "dist")]
+    dist: PathBuf,
+    /// Training device: auto, cpu or cuda.
+    #[arg(long, env = "MULTITUNE_DEVICE", default_value = "auto")]
+    device: String,
+    /// Seconds before an ordinary request times out.
+    #[arg(long, env = "MULTITUNE_REQUEST_TIMEOUT_S", default_value_t = 30)]
+    request_timeout_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "multitune_server=info,tower_http=warn".into()),
+        )
+        .init();
+    let a = Args::parse();
+    let cfg = Config {
+        bind: a.bind,
+        data_dir: a.data_dir,
+        models_dir: a.models_dir,
+        token: a.token.filter(|t| !t.is_empty()),
+        max_upload_bytes: a.max_upload_mib << 20,
+        dist_dir: Some(a.dist),
+        device: a.device,
+        request_timeout_s: a.request_timeout_s,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    multitune_server::serve(cfg, |addr| println!("Multitune is at http://{addr}"), shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+}

@@ -1,0 +1,258 @@
+//! Datasets: upload (multipart, streamed to disk under a size limit, validated whole by
+//! the engine), list, show with a preview, delete.
+
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use multitune::dataset::{self, LoadOptions};
+use multitune_api::{Dataset, DatasetDetail, PreviewRow};
+use rusqlite::{params, OptionalExtension, Row};
+use tokio::io::AsyncWriteExt;
+
+use crate::db::NOW;
+use crate::error::{ApiError, ApiResult};
+use crate::files::{self, check_id};
+use crate::state::AppState;
+
+const COLUMNS: &str = "id, name, filename, format, kind, rows, bytes, labels, warnings, created_at";
+
+fn row(r: &Row) -> rusqlite::Result<Dataset> {
+    let json = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let s: String = r.get(i)?;
+        Ok(serde_json::from_str(&s).unwrap_or_default())
+    };
+    Ok(Dataset {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        filename: r.get(2)?,
+        format: r.get(3)?,
+        kind: r.get(4)?,
+        rows: r.get::<_, i64>(5)? as usize,
+        bytes: r.get::<_, i64>(6)? as u64,
+        labels: json(7)?,
+        warnings: json(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
+/// `GET /api/datasets`.
+pub async fn datasets_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Dataset>>> {
+    let list = s.db.with(|c| {
+        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM datasets ORDER BY created_at DESC, rowid DESC"))?;
+        let rows = st.query_map([], row)?.collect();
+        rows
+    })?;
+    Ok(Json(list))
+}
+
+fn find(s: &AppState, id: &str) -> ApiResult<(Dataset, String)> {
+    check_id("dataset", id)?;
+    s.db.with(|c| {
+        c.query_row(&format!("SELECT {COLUMNS}, file FROM datasets WHERE id = ?1"), [id], |r| Ok((row(r)?, r.get(10)?)))
+            .optional()
+    })?
+    .ok_or_else(|| ApiError::not_found("dataset", id))
+}
+
+/// `GET /api/datasets/{id}`.
+pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DatasetDetail>> {
+    let (d, file) = find(&s, &id)?;
+    let path = s.data.dataset(&id).join(file);
+    let limits = dataset::Limits { max_bytes: s.cfg.max_upload_bytes, ..Default::default() };
+    let parsed = tokio::task::spawn_blocking(move || dataset::load(&path, &LoadOptions { limits, ..Default::default() }))
+        .await??;
+    let stats = |f: &dyn Fn(&multitune::data::Record) -> usize| {
+        let v: Vec<usize> = parsed.records.iter().map(f).collect();
+        (v.iter().sum::<usize>() as f64 / v.len().max(1) as f64, v.iter().copied().max().unwrap_or(0))
+    };
+    Ok(Json(DatasetDetail {
+        preview: parsed
+            .records
+            .iter()
+            .zip(&parsed.lines)
+            .take(20)
+            .map(|(r, &line)| PreviewRow { line, prompt: r.prompt.clone(), completion: r.completion.clone() })
+            .collect(),
+        label_counts: if d.kind == "classification" { parsed.label_counts().into_iter().collect() } else { vec![] },
+        prompt_chars: stats(&|r| r.prompt.chars().count()),
+        completion_chars: stats(&|r| r.completion.chars().count()),
+        dataset: d,
+    }))
+}
+
+/// `DELETE /api/datasets/{id}`: refused while an experiment uses it.
+pub async fn datasets_delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    find(&s, &id)?;
+    let used: i64 =
+        s.db.with(|c| c.query_row("SELECT COUNT(*) FROM experiment_datasets WHERE dataset_id = ?1", [&id], |r| r.get(0)))?;
+    if used > 0 {
+        return Err(ApiError::conflict(format!(
+            "dataset `{id}` is used by {used} experiment(s); delete those first"
+        )));
+    }
+    s.db.with(|c| c.execute("DELETE FROM datasets WHERE id = ?1", [&id]))?;
+    let _ = tokio::fs::remove_dir_all(s.data.dataset(&id)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/datasets` (multipart: `file`, optional `name`): streamed to a temporary
+/// file under the size limit, validated whole, then moved into place. A rejected file
+/// leaves nothing behind; the answer lists its problems by line.
+pub async fn datasets_create(
+    State(s): State<AppState>,
+    mut multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<Dataset>)> {
+    let limit = s.cfg.max_upload_bytes;
+    let mut name: Option<String> = None;
+    let mut upload: Option<(String, std::path::PathBuf, u64)> = None;
+    let tmp_dir = s.data.tmp();
+    let cleanup = |u: &Option<(String, std::path::PathBuf, u64)>| {
+        if let Some((_, p, _)) = u {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                cleanup(&upload);
+                return Err(multipart_error(e, limit));
+            }
+        };
+        match field.name() {
+            Some("name") => {
+                let v = field.text().await.map_err(|e| multipart_error(e, limit))?;
+                name = Some(v);
+            }
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("dataset.jsonl").to_string();
+                let ext = match filename.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+                    Some("csv") => "csv",
+                    Some("json") => "json",
+                    _ => "jsonl",
+                };
+                let path = tmp_dir.join(format!("{}.{ext}", files::new_id()));
+                let mut f = tokio::fs::File::create(&path).await?;
+                let mut field = field;
+                let mut bytes = 0u64;
+                upload = Some((filename.clone(), path.clone(), 0));
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => {
+                            bytes += chunk.len() as u64;
+                            if bytes > limit {
+                                drop(f);
+                                cleanup(&upload);
+                                return Err(too_large(limit));
+                            }
+                            f.write_all(&chunk).await?;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            drop(f);
+                            cleanup(&upload);
+                            return Err(multipart_error(e, limit));
+                        }
+                    }
+                }
+                f.sync_all().await?;
+                upload = Some((filename, path, bytes));
+            }
+            _ => {}
+        }
+    }
+    let Some((filename, tmp, bytes)) = upload else {
+        return Err(ApiError::bad_request("the upload has no `file` part"));
+    };
+    let task = match name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => {
+            let clean = files::task_name(n);
+            if clean != n {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ApiError::bad_request(format!(
+                    "task name `{}` may only hold letters, digits, `-` and `_` (at most 64)",
+                    files::truncate(n, 80)
+                )));
+            }
+            clean
+        }
+        None => files::task_name(&filename),
+    };
+    let limits = dataset::Limits { max_bytes: limit, ..Default::default() };
+    let check = tmp.clone();
+    let parsed = tokio::task::spawn_blocking(move || dataset::load(&check, &LoadOptions { limits, ..Default::default() }))
+        .await?;
+    let parsed = match parsed {
+        Ok(d) => d,
+        Err(multitune::Error::Dataset(rej)) => {
+            let _ = std::fs::remove_file(&tmp);
+            let mut details: Vec<String> = rej.issues.iter().map(|i| i.to_string()).collect();
+            if rej.total > rej.issues.len() {
+                details.push(format!("… and {} more", rej.total - rej.issues.len()));
+            }
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_dataset",
+                format!("{}: rejected, {} problem{}", filename, rej.total, if rej.total == 1 { "" } else { "s" }),
+            );
+            e.details = details;
+            return Err(e);
+        }
+        Err(other) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(other.into());
+        }
+    };
+    let id = files::new_id();
+    let dir = s.data.dataset(&id);
+    let file = tmp.file_name().and_then(|n| n.to_str()).map(|n| format!("data.{}", n.rsplit('.').next().unwrap_or("jsonl"))).unwrap_or_else(|| "data.jsonl".into());
+    std::fs::create_dir_all(&dir)?;
+    std::fs::rename(&tmp, dir.join(&file))?;
+    let d = Dataset {
+        id: id.clone(),
+        name: task,
+        filename: files::truncate(&filename, 200),
+        format: parsed.format.name().into(),
+        kind: format!("{:?}", parsed.kind).to_lowercase(),
+        rows: parsed.records.len(),
+        bytes,
+        labels: parsed.labels.clone(),
+        warnings: parsed.warnings.clone(),
+        created_at: String::new(),
+    };
+    let created_at: String = s.db.with(|c| {
+        c.execute(
+            &format!(
+                "INSERT INTO datasets (id, name, filename, file, format, kind, rows, bytes, labels, warnings, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {NOW})"
+            ),
+            params![
+                d.id,
+                d.name,
+                d.filename,
+                file,
+                d.format,
+                d.kind,
+                d.rows as i64,
+                d.bytes as i64,
+                serde_json::to_string(&d.labels).unwrap_or_default(),
+                serde_json::to_string(&d.warnings).unwrap_or_default()
+            ],
+        )?;
+        c.query_row("SELECT created_at FROM datasets WHERE id = ?1", [&d.id], |r| r.get(0))
+    })?;
+    Ok((StatusCode::CREATED, Json(Dataset { created_at, ..d })))
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::too_large(format!("the upload is larger than the limit of {limit} bytes"))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(limit)
+    } else {
+        ApiError::bad_request(format!("malformed upload: {}", e.body_text()))
+    }
+}

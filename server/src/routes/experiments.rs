@@ -1,0 +1,416 @@
+//! Experiments: create (validated against the datasets, model and engine settings),
+//! list, show with runs, cancel, resume, delete; the report, its charts, the live event
+//! stream and the whole experiment as a zip.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use multitune_api::{Event, Experiment, ExperimentCreate, Run, Status};
+use rusqlite::{params, OptionalExtension};
+use serde::Deserialize;
+
+use crate::db::NOW;
+use crate::error::{ApiError, ApiResult};
+use crate::files::{self, check_id};
+use crate::jobs;
+use crate::state::AppState;
+
+pub(crate) fn runs_of(s: &AppState, id: &str) -> ApiResult<Vec<Run>> {
+    Ok(s.db.with(|c| {
+        let mut st = c.prepare(&format!("SELECT {} FROM runs WHERE experiment_id = ?1 ORDER BY idx, id", super::runs::COLUMNS))?;
+        let rows = st.query_map([id], super::runs::row)?.collect();
+        rows
+    })?)
+}
+
+fn load(s: &AppState, id: &str) -> ApiResult<Experiment> {
+    check_id("experiment", id)?;
+    let row = s.db.with(|c| {
+        c.query_row(
+            "SELECT id, name, status, error, spec, created_at, started_at, finished_at, seq FROM experiments WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            },
+        )
+        .optional()
+    })?;
+    let Some((id, name, status, error, spec, created_at, started_at, finished_at, seq)) = row else {
+        return Err(ApiError::not_found("experiment", id));
+    };
+    let status = Status::parse(&status).unwrap_or(Status::Failed);
+    let queue_position = if status == Status::Queued {
+        let ahead: i64 = s.db.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM experiments WHERE status IN ('queued', 'running') AND seq < ?1", [seq], |r| r.get(0))
+        })?;
+        Some(ahead as usize)
+    } else {
+        None
+    };
+    Ok(Experiment {
+        runs: runs_of(s, &id)?,
+        has_report: s.data.experiment(&id).join("out/report.json").exists(),
+        spec: serde_json::from_str(&spec)?,
+        id,
+        name,
+        status,
+        error,
+        created_at,
+        started_at,
+        finished_at,
+        queue_position,
+    })
+}
+
+/// `GET /api/experiments`.
+pub async fn experiments_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Experiment>>> {
+    let ids: Vec<String> = s.db.with(|c| {
+        let mut st = c.prepare("SELECT id FROM experiments ORDER BY seq DESC")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect();
+        rows
+    })?;
+    Ok(Json(ids.iter().map(|id| load(&s, id)).collect::<ApiResult<_>>()?))
+}
+
+/// `GET /api/experiments/{id}`.
+pub async fn experiments_show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Experiment>> {
+    Ok(Json(load(&s, &id)?))
+}
+
+/// `POST /api/experiments`: validates everything it can before queueing.
+pub async fn experiments_create(
+    State(s): State<AppState>,
+    Json(spec): Json<ExperimentCreate>,
+) -> ApiResult<(StatusCode, Json<Experiment>)> {
+    let mut errors = Vec::new();
+    if spec.name.trim().is_empty() || spec.name.chars().count() > 100 {
+        errors.push("name: give a name of 1 to 100 characters".to_string());
+    }
+    if spec.tasks.is_empty() || spec.tasks.len() > 16 {
+        errors.push(format!("tasks: give 1 to 16 tasks, not {}", spec.tasks.len()));
+    }
+    if spec.budget_tokens == 0 || spec.budget_tokens > 1_000_000_000 {
+        errors.push(format!("budget_tokens: must be 1 to 10^9, not {}", spec.budget_tokens));
+    }
+    let h = &spec.hyper;
+    if !(h.learning_rate.is_finite() && h.learning_rate > 0.0 && h.learning_rate <= 1.0) {
+        errors.push(format!("hyper.learning_rate: must be in (0, 1], not {}", h.learning_rate));
+    }
+    if h.rank == 0 || h.rank > 256 {
+        errors.push(format!("hyper.rank: must be 1 to 256, not {}", h.rank));
+    }
+    if h.batch_size == 0 || h.batch_size > 256 {
+        errors.push(format!("hyper.batch_size: must be 1 to 256, not {}", h.batch_size));
+    }
+    if h.max_tokens < 16 || h.max_tokens > 8192 {
+        errors.push(format!("hyper.max_tokens: must be 16 to 8192, not {}", h.max_tokens));
+    }
+    if !(h.eval_split > 0.0 && h.eval_split <= 0.9) {
+        errors.push(format!("hyper.eval_split: must be in (0, 0.9], not {}", h.eval_split));
+    }
+    if h.bootstrap > 100_000 {
+        errors.push(format!("hyper.bootstrap: at most 100000, not {}", h.bootstrap));
+    }
+    if h.seeds.len() > 10 {
+        errors.push(format!("hyper.seeds: at most 10 seeds, not {}", h.seeds.len()));
+    }
+    if h.eval_limit == Some(0) {
+        errors.push("hyper.eval_limit: must be positive".into());
+    }
+    // Datasets must exist, and tasks need distinct names.
+    let mut names = Vec::new();
+    let mut used = Vec::new();
+    for (i, t) in spec.tasks.iter().enumerate() {
+        for (field, id) in [("dataset", Some(&t.dataset)), ("eval_dataset", t.eval_dataset.as_ref())] {
+            let Some(id) = id else { continue };
+            if check_id("dataset", id).is_err() {
+                errors.push(format!("tasks[{i}].{field}: `{}` is not a dataset id", files::truncate(id, 40)));
+                continue;
+            }
+            let found: Option<(String, String)> = s.db.with(|c| {
+                c.query_row("SELECT name, kind FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+            })?;
+            match found {
+                None => errors.push(format!("tasks[{i}].{field}: no dataset with id `{id}`")),
+                Some((name, _)) => {
+                    used.push(id.clone());
+                    if field == "dataset" {
+                        if names.contains(&name) {
+                            errors.push(format!("tasks[{i}]: a second task named `{name}`; upload it under another name"));
+                        }
+                        names.push(name);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = s.model_source(&spec.model) {
+        errors.push(format!("model: {}", e.message));
+    }
+    if let Err(e) = jobs::compare_config(&spec) {
+        errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the experiment is not valid", errors));
+    }
+    let id = files::new_id();
+    let spec_json = serde_json::to_string(&spec)?;
+    s.db.with(|c| {
+        let tx = c.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO experiments (id, name, spec, status, created_at) VALUES (?1, ?2, ?3, 'queued', {NOW})"),
+            params![id, spec.name.trim(), spec_json],
+        )?;
+        for d in &used {
+            tx.execute(
+                "INSERT OR IGNORE INTO experiment_datasets (experiment_id, dataset_id) VALUES (?1, ?2)",
+                params![id, d],
+            )?;
+        }
+        tx.commit()
+    })?;
+    s.publish(&s.db, &id, Event::Status { status: Status::Queued, message: None })?;
+    let _ = s.wake.try_send(());
+    Ok((StatusCode::CREATED, Json(load(&s, &id)?)))
+}
+
+/// `POST /api/experiments/{id}/cancel`: a queued experiment is cancelled at once, a
+/// running one stops within a training step.
+pub async fn experiments_cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Experiment>)> {
+    let e = load(&s, &id)?;
+    match e.status {
+        Status::Queued => jobs::set_status(&s, &s.db, &id, Status::Cancelled, None)?,
+        Status::Running => {
+            if let Some(flag) = s.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        other => return Err(ApiError::conflict(format!("the experiment is {}; nothing to cancel", other.as_str()))),
+    }
+    Ok((StatusCode::ACCEPTED, Json(load(&s, &id)?)))
+}
+
+/// `POST /api/experiments/{id}/resume`: queues an interrupted, cancelled or failed
+/// experiment again; it continues from its last checkpoint.
+pub async fn experiments_resume(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Experiment>)> {
+    let e = load(&s, &id)?;
+    if !matches!(e.status, Status::Interrupted | Status::Cancelled | Status::Failed) {
+        return Err(ApiError::conflict(format!("the experiment is {}; only interrupted, cancelled or failed ones resume", e.status.as_str())));
+    }
+    jobs::set_status(&s, &s.db, &id, Status::Queued, None)?;
+    let _ = s.wake.try_send(());
+    Ok((StatusCode::ACCEPTED, Json(load(&s, &id)?)))
+}
+
+/// `DELETE /api/experiments/{id}`: refused while it runs.
+pub async fn experiments_delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let e = load(&s, &id)?;
+    if e.status == Status::Running {
+        return Err(ApiError::conflict("the experiment is running; cancel it first"));
+    }
+    s.db.with(|c| c.execute("DELETE FROM experiments WHERE id = ?1", [&id]))?;
+    let _ = tokio::fs::remove_dir_all(s.data.experiment(&id)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn out_file(s: &AppState, id: &str, rel: &str) -> ApiResult<std::path::PathBuf> {
+    load(s, id)?;
+    let p = s.data.experiment(id).join("out").join(rel);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "the experiment has no report yet"))
+    }
+}
+
+/// `GET /api/experiments/{id}/report`: `report.json`.
+pub async fn experiments_report(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let p = out_file(&s, &id, "report.json")?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], tokio::fs::read(p).await?).into_response())
+}
+
+/// `GET /api/experiments/{id}/report.md`.
+pub async fn experiments_report_md(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let p = out_file(&s, &id, "report.md")?;
+    Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], tokio::fs::read(p).await?).into_response())
+}
+
+fn chart_names(s: &AppState, id: &str) -> ApiResult<Vec<String>> {
+    let dir = out_file(s, id, "charts")?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|n| n.ends_with(".svg") || n.ends_with(".png"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `GET /api/experiments/{id}/charts`: chart file names.
+pub async fn experiments_charts(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<String>>> {
+    Ok(Json(chart_names(&s, &id)?))
+}
+
+/// `GET /api/experiments/{id}/charts/{file}`: one chart; only names the listing has.
+pub async fn experiments_chart(
+    State(s): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let names = chart_names(&s, &id)?;
+    let Some(name) = names.into_iter().find(|n| *n == file) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no chart `{}`", files::truncate(&file, 60))));
+    };
+    let ty = if name.ends_with(".svg") { "image/svg+xml" } else { "image/png" };
+    let bytes = tokio::fs::read(s.data.experiment(&id).join("out/charts").join(&name)).await?;
+    Ok(([(header::CONTENT_TYPE, ty)], bytes).into_response())
+}
+
+/// Streams a file as a download.
+pub(crate) async fn send_file(path: &std::path::Path, ty: &str, filename: &str) -> ApiResult<Response> {
+    let f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    Ok((
+        [
+            (header::CONTENT_TYPE, ty.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /api/experiments/{id}/download`: report, charts and every adapter as one zip.
+pub async fn experiments_download(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    out_file(&s, &id, "report.json")?;
+    let dir = s.data.experiment(&id);
+    let zip = dir.join("experiment.zip");
+    if !zip.exists() {
+        let (out, dest) = (dir.join("out"), zip.clone());
+        let name = format!("multitune-{id}");
+        tokio::task::spawn_blocking(move || files::zip_folders(&dest, &[(out, name)])).await??;
+    }
+    send_file(&zip, "application/zip", &format!("multitune-{id}.zip")).await
+}
+
+/// Where a client resumes an event stream: `Last-Event-ID`, or `?after=`.
+#[derive(Debug, Deserialize)]
+pub struct After {
+    after: Option<i64>,
+}
+
+pub(crate) fn last_event_id(headers: &HeaderMap, q: &After) -> ApiResult<i64> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id")),
+        None => Ok(q.after.unwrap_or(0)),
+    }
+}
+
+/// `GET /api/experiments/{id}/events`: server-sent events (see [`follow`]).
+pub async fn experiments_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<After>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    load(&s, &id)?;
+    let after = last_event_id(&headers, &q)?;
+    Ok(follow(s, id, None, after))
+}
+
+fn backlog(s: &AppState, id: &str, after: i64) -> rusqlite::Result<Vec<(i64, Event)>> {
+    s.db.with(|c| {
+        let mut st = c.prepare("SELECT id, data FROM events WHERE experiment_id = ?1 AND id > ?2 ORDER BY id LIMIT 5000")?;
+        let rows = st
+            .query_map(params![id, after], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(|r| r.ok().and_then(|(i, d)| serde_json::from_str(&d).ok().map(|e| (i, e))))
+            .collect();
+        Ok(rows)
+    })
+}
+
+/// An experiment's events after `after` (optionally one run's): first what the database
+/// holds, then live ones; no gap and no repeat, because the live subscription starts
+/// before the database is read and ids only grow. The stream ends after the experiment
+/// reaches a final status.
+pub(crate) fn follow(
+    s: AppState,
+    id: String,
+    run: Option<String>,
+    after: i64,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let mut last = after;
+        let wanted = |e: &Event| run.is_none() || matches!(e, Event::Status { .. }) || e.run() == run.as_deref();
+        let sse = |i: i64, e: &Event| {
+            SseEvent::default().id(i.to_string()).event(e.kind()).data(serde_json::to_string(e).unwrap_or_default())
+        };
+        let mut sub = s.events.subscribe();
+        loop {
+            let final_before: bool = s
+                .db
+                .with(|c| c.query_row("SELECT status FROM experiments WHERE id = ?1", [&id], |r| r.get::<_, String>(0)))
+                .ok()
+                .and_then(|st| Status::parse(&st))
+                .is_none_or(Status::is_final);
+            loop {
+                let Ok(batch) = backlog(&s, &id, last) else { return };
+                if batch.is_empty() {
+                    break;
+                }
+                for (i, e) in batch {
+                    last = i;
+                    if wanted(&e) && tx.send(sse(i, &e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if final_before {
+                return;
+            }
+            loop {
+                match sub.recv().await {
+                    Ok(env) if env.experiment_id == id && env.id > last => {
+                        last = env.id;
+                        if wanted(&env.event) && tx.send(sse(env.id, &env.event)).await.is_err() {
+                            return;
+                        }
+                        if let Event::Status { status, .. } = env.event {
+                            if status.is_final() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    // Missed some: read them from the database.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,139 @@
+//! The playground: prompt the base model or any finished run's adapter for a task;
+//! tokens stream back as server-sent events.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures_util::Stream;
+use multitune::generate::{generate_text, GenerateConfig};
+use multitune::heads::{HeadKind, MultiHead};
+use multitune_api::{ExperimentCreate, PlaygroundChunk, PlaygroundRequest};
+
+use crate::error::{ApiError, ApiResult};
+use crate::files::check_id;
+use crate::state::AppState;
+
+fn chunk(c: &PlaygroundChunk) -> SseEvent {
+    SseEvent::default().event(if c.done { "done" } else { "token" }).data(serde_json::to_string(c).unwrap_or_default())
+}
+
+/// `POST /api/playground`.
+pub async fn playground_create(
+    State(s): State<AppState>,
+    Json(req): Json<PlaygroundRequest>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    check_id("experiment", &req.experiment)?;
+    let mut errors = Vec::new();
+    if req.prompt.trim().is_empty() || req.prompt.chars().count() > 20_000 {
+        errors.push("prompt: give 1 to 20000 characters".to_string());
+    }
+    if req.max_new_tokens == 0 || req.max_new_tokens > 1024 {
+        errors.push(format!("max_new_tokens: must be 1 to 1024, not {}", req.max_new_tokens));
+    }
+    if !(0.0..=2.0).contains(&req.temperature) {
+        errors.push(format!("temperature: must be 0 to 2, not {}", req.temperature));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the playground request is not valid", errors));
+    }
+    let spec: Option<String> = s.db.with(|c| {
+        use rusqlite::OptionalExtension;
+        c.query_row("SELECT spec FROM experiments WHERE id = ?1", [&req.experiment], |r| r.get(0)).optional()
+    })?;
+    let spec: ExperimentCreate =
+        serde_json::from_str(&spec.ok_or_else(|| ApiError::not_found("experiment", &req.experiment))?)?;
+    // Which adapter folder serves this request.
+    let adapter_dir = match req.run {
+        None => None,
+        Some(run_id) => {
+            let (run, dirs) = super::runs::find(&s, &run_id.to_string())?;
+            if run.experiment_id != req.experiment {
+                return Err(ApiError::bad_request(format!("run {run_id} is not part of experiment {}", req.experiment)));
+            }
+            let base = s.data.experiment(&run.experiment_id);
+            let pick = match dirs.len() {
+                0 => return Err(ApiError::conflict("this run has no adapter yet")),
+                1 => dirs[0].clone(),
+                _ => {
+                    let task = req.task.as_deref().ok_or_else(|| {
+                        ApiError::bad_request("a routed run has one adapter per task: say which `task`")
+                    })?;
+                    let want = format!("separate-{}", multitune::strategy::slug(task));
+                    dirs.iter()
+                        .find(|d| d.ends_with(&want))
+                        .cloned()
+                        .ok_or_else(|| ApiError::bad_request(format!("this run has no adapter for task `{task}`")))?
+                }
+            };
+            Some((base.join(pick), run.has_heads))
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    let state = s.clone();
+    // Fail fast on loading problems, before the stream starts.
+    let model = tokio::task::spawn_blocking(move || state.model(&spec.model)).await??;
+    let (adapter, heads) = match &adapter_dir {
+        None => (None, None),
+        Some((dir, has_heads)) => {
+            let a = multitune::peft::load_adapter(dir, &model.model.cfg, model.model.device())?;
+            let h = if *has_heads { Some(MultiHead::load_heads(dir, &model.model)?) } else { None };
+            (Some(a), h)
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let send = |c: PlaygroundChunk| tx.blocking_send(chunk(&c)).is_ok();
+        let fail = |e: &dyn std::fmt::Display| {
+            let _ = send(PlaygroundChunk { text: format!("[error: {e}]"), done: true, labels: vec![] });
+        };
+        let mut gen_model = model.model.clone();
+        if let (Some(heads), Some(adapter), Some(task)) = (heads, adapter.clone(), req.task.as_deref()) {
+            if let Some(t) = heads.iter().position(|h| h.task == task) {
+                let mh = MultiHead { adapter, heads, routes: vec![] };
+                match &mh.heads[t].kind {
+                    HeadKind::Classifier { labels } => {
+                        let text = match multitune::data::render_prompt(&model.tokenizer, None, &req.prompt)
+                            .and_then(|p| model.tokenizer.encode(&p))
+                            .and_then(|ids| mh.classify(&model.model, t, &[ids], model.tokenizer.pad_id))
+                            .and_then(|lp| Ok(lp.to_vec2::<f32>()?))
+                        {
+                            Ok(v) => v,
+                            Err(e) => return fail(&e),
+                        };
+                        let mut probs: Vec<(String, f64)> =
+                            labels.iter().cloned().zip(text[0].iter().map(|&l| f64::from(l).exp())).collect();
+                        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        let best = probs[0].0.clone();
+                        send(PlaygroundChunk { text: best, done: true, labels: probs });
+                        return;
+                    }
+                    HeadKind::LmHeadDelta { .. } => match mh.model_for(&model.model, t) {
+                        Ok(m) => gen_model = m,
+                        Err(e) => return fail(&e),
+                    },
+                }
+            }
+        }
+        let cfg = GenerateConfig {
+            max_new_tokens: req.max_new_tokens,
+            temperature: req.temperature,
+            top_p: 0.95,
+            seed: 0,
+        };
+        let mut open = true;
+        let r = generate_text(&gen_model, &model.tokenizer, adapter.as_ref(), None, &req.prompt, &cfg, &mut |piece| {
+            if open {
+                open = send(PlaygroundChunk { text: piece.into(), done: false, labels: vec![] });
+            }
+        });
+        match r {
+            Ok(text) => {
+                send(PlaygroundChunk { text, done: true, labels: vec![] });
+            }
+            Err(e) => fail(&e),
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,154 @@
+//! What every handler shares: configuration, the database, the data folder, the event
+//! channel, the job queue and the loaded models.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+use multitune::loader::{self, LoadedModel, ModelSource};
+use multitune_api::{Envelope, Event};
+use rusqlite::{params, OptionalExtension};
+use tokio::sync::broadcast;
+
+use crate::db::{Db, NOW};
+use crate::error::{ApiError, ApiResult};
+use crate::files::DataDir;
+
+/// Server settings (flags or `MULTITUNE_*` variables).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// Where models are found (the default model is fetched into it).
+    pub models_dir: PathBuf,
+    /// Bearer token; required when `bind` is not a loopback address.
+    pub token: Option<String>,
+    /// Largest dataset upload, bytes.
+    pub max_upload_bytes: u64,
+    /// Built dashboard (`dist/`), served at `/`.
+    pub dist_dir: Option<PathBuf>,
+    /// Training device: `cpu`, `cuda` or `auto`.
+    pub device: String,
+    /// Seconds before an ordinary request times out.
+    pub request_timeout_s: u64,
+}
+
+impl Config {
+    /// Settings for a server on `data_dir` with defaults elsewhere.
+    pub fn new(data_dir: PathBuf, models_dir: PathBuf) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir,
+            models_dir,
+            token: None,
+            max_upload_bytes: 64 << 20,
+            dist_dir: None,
+            device: "auto".into(),
+            request_timeout_s: 30,
+        }
+    }
+
+    /// Refuses settings that would be unsafe.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.bind.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+            anyhow::bail!(
+                "binding to {} exposes the server beyond this machine: set an access token (--token or MULTITUNE_TOKEN)",
+                self.bind
+            );
+        }
+        Ok(())
+    }
+
+    /// The training device.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        Ok(match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::new_cuda(0)?,
+            _ => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+        })
+    }
+}
+
+/// Shared state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The shared parts.
+pub struct Inner {
+    /// Settings.
+    pub cfg: Config,
+    /// Data folder layout.
+    pub data: DataDir,
+    /// Database for handlers.
+    pub db: Db,
+    /// Live events (persisted first; a lagging receiver re-reads the database).
+    pub events: broadcast::Sender<Envelope>,
+    /// Wakes the worker.
+    pub wake: std::sync::mpsc::SyncSender<()>,
+    /// Cancel flags of running experiments.
+    pub cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Loaded models by model id.
+    pub models: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// Training device.
+    pub device: Device,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Inner {
+    /// Records `event` for `experiment` and publishes it.
+    pub fn publish(&self, db: &Db, experiment: &str, event: Event) -> rusqlite::Result<i64> {
+        let data = serde_json::to_string(&event).expect("events serialise");
+        let id = db.with(|c| {
+            c.execute(
+                &format!("INSERT INTO events (experiment_id, run, kind, data, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"),
+                params![experiment, event.run(), event.kind(), data],
+            )?;
+            Ok(c.last_insert_rowid())
+        })?;
+        let _ = self.events.send(Envelope { id, experiment_id: experiment.into(), event });
+        Ok(id)
+    }
+
+    /// Where model `id` comes from: `default`, `tiny`, or a registered or discovered one.
+    pub fn model_source(&self, id: &str) -> ApiResult<ModelSource> {
+        match id {
+            "default" => return Ok(ModelSource::Default),
+            "tiny" => return Ok(ModelSource::Tiny),
+            _ => {}
+        }
+        if let Some(m) = crate::routes::models::discovered(&self.cfg.models_dir).into_iter().find(|m| m.id == id) {
+            return ModelSource::parse(m.path.as_deref().unwrap_or_default()).map_err(ApiError::from);
+        }
+        let path: Option<String> =
+            self.db.with(|c| c.query_row("SELECT path FROM models WHERE id = ?1", [id], |r| r.get(0)).optional())?;
+        match path {
+            Some(p) => ModelSource::parse(&p).map_err(|e| ApiError::bad_request(format!("model `{id}`: {e}"))),
+            None => Err(ApiError::bad_request(format!("no model with id `{id}`; see GET /api/models"))),
+        }
+    }
+
+    /// Model `id`, loaded once and kept.
+    pub fn model(&self, id: &str) -> ApiResult<Arc<LoadedModel>> {
+        if let Some(m) = self.models.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(m.clone());
+        }
+        let source = self.model_source(id)?;
+        let m = Arc::new(
+            loader::load_model(&source, &self.cfg.models_dir, &self.device, true)
+                .map_err(|e| ApiError::bad_request(format!("model `{id}` could not be loaded: {e}")))?,
+        );
+        self.models.lock().unwrap_or_else(|p| p.into_inner()).insert(id.into(), m.clone());
+        Ok(m)
+    }
+}
