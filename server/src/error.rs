@@ -1,6 +1,8 @@
 //! One error type for every handler: client mistakes become 4xx with a message that
 //! names what is wrong; anything else is logged and answered with an opaque 500.
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::FromRequest;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -97,5 +99,28 @@ impl From<multitune::Error> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         Self::internal(format!("task: {e}"))
+    }
+}
+
+/// `Json` whose rejections (malformed JSON, missing fields, wrong content type) answer in
+/// our error shape.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::new(r.status(), "bad_json", r.body_text())
+    }
+}
+
+/// `Query` whose rejections answer in our error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(r.status(), "bad_query", r.body_text())
     }
 }

@@ -116,9 +116,16 @@ pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
         checkpoint_every: h.checkpoint_every,
         ..Default::default()
     };
-    train.validate().map_err(|e| ApiError::invalid("the hyper-parameters are not valid", vec![e.to_string()]))?;
+    let strategies = strategy_specs(&spec.strategies, spec.tasks.len(), h.rank);
+    if let Err(e) = train.validate() {
+        let mut details = vec![format!("hyper: {e}")];
+        if let Err(s) = &strategies {
+            details.extend(s.details.iter().cloned());
+        }
+        return Err(ApiError::invalid("the experiment's settings are not valid", details));
+    }
     Ok(CompareConfig {
-        strategies: strategy_specs(&spec.strategies, spec.tasks.len(), h.rank)?,
+        strategies: strategies?,
         budget_tokens: spec.budget_tokens,
         train,
         eval: EvalOptions { max_seq_len: h.max_tokens, bootstrap: h.bootstrap, seed: h.seed, ..Default::default() },

@@ -100,8 +100,10 @@ pub async fn datasets_delete(State(s): State<AppState>, Path(id): Path<String>) 
 /// leaves nothing behind; the answer lists its problems by line.
 pub async fn datasets_create(
     State(s): State<AppState>,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
+    let mut multipart =
+        multipart.map_err(|r| ApiError::new(r.status(), "bad_request", format!("expected a multipart upload: {}", r.body_text())))?;
     let limit = s.cfg.max_upload_bytes;
     let mut name: Option<String> = None;
     let mut upload: Option<(String, std::path::PathBuf, u64)> = None;

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::Deserialize;
 
 use crate::db::NOW;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::files::{self, check_id};
 use crate::jobs;
 use crate::state::AppState;
@@ -96,7 +96,7 @@ pub async fn experiments_show(State(s): State<AppState>, Path(id): Path<String>)
 /// `POST /api/experiments`: validates everything it can before queueing.
 pub async fn experiments_create(
     State(s): State<AppState>,
-    Json(spec): Json<ExperimentCreate>,
+    ApiJson(spec): ApiJson<ExperimentCreate>,
 ) -> ApiResult<(StatusCode, Json<Experiment>)> {
     let mut errors = Vec::new();
     if spec.name.trim().is_empty() || spec.name.chars().count() > 100 {
@@ -331,7 +331,7 @@ pub(crate) fn last_event_id(headers: &HeaderMap, q: &After) -> ApiResult<i64> {
 pub async fn experiments_events(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<After>,
+    ApiQuery(q): ApiQuery<After>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     load(&s, &id)?;

@@ -12,7 +12,7 @@ use multitune_api::{Model, RegisterModel};
 use rusqlite::params;
 
 use crate::db::NOW;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::files;
 use crate::state::AppState;
 
@@ -99,7 +99,7 @@ pub async fn models_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Model
 /// Its configuration is read now, so a bad path is refused at once.
 pub async fn models_create(
     State(s): State<AppState>,
-    Json(req): Json<RegisterModel>,
+    ApiJson(req): ApiJson<RegisterModel>,
 ) -> ApiResult<(StatusCode, Json<Model>)> {
     let path = req.path.trim().to_string();
     if path.is_empty() || !Path::new(&path).is_absolute() || path.contains('\0') {

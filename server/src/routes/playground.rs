@@ -5,13 +5,12 @@ use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::Json;
 use futures_util::Stream;
 use multitune::generate::{generate_text, GenerateConfig};
 use multitune::heads::{HeadKind, MultiHead};
 use multitune_api::{ExperimentCreate, PlaygroundChunk, PlaygroundRequest};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::files::check_id;
 use crate::state::AppState;
 
@@ -22,7 +21,7 @@ fn chunk(c: &PlaygroundChunk) -> SseEvent {
 /// `POST /api/playground`.
 pub async fn playground_create(
     State(s): State<AppState>,
-    Json(req): Json<PlaygroundRequest>,
+    ApiJson(req): ApiJson<PlaygroundRequest>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     check_id("experiment", &req.experiment)?;
     let mut errors = Vec::new();

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::Response;
@@ -16,7 +16,7 @@ use rusqlite::{OptionalExtension, Row};
 use serde::Deserialize;
 
 use super::experiments::{follow, last_event_id, send_file, After};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::files;
 use crate::state::AppState;
 
@@ -83,7 +83,7 @@ pub struct Points {
 pub async fn runs_metrics(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<Points>,
+    ApiQuery(q): ApiQuery<Points>,
 ) -> ApiResult<Json<MetricsHistory>> {
     let (run, _) = find(&s, &id)?;
     let max = q.points.unwrap_or(500).clamp(1, 10_000);
@@ -137,7 +137,7 @@ pub fn downsample(pts: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
 pub async fn runs_events(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<After>,
+    ApiQuery(q): ApiQuery<After>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let (run, _) = find(&s, &id)?;
