@@ -30,7 +30,7 @@ model: build
 	$(BIN_DEBUG) --models-dir $(MODELS) fetch-model
 
 build:
-	$(CARGO) build -p multitune
+	$(CARGO) build -p multitune -p multitune-server
 
 build-release:
 	$(CARGO) build --release -p multitune

@@ -1,4 +1,5 @@
-//! End-to-end tests of the engine and the `multitune` CLI, in one test binary.
+//! End-to-end tests of the engine, the `multitune` CLI and the `multitune-server`
+//! service, in one test binary.
 //! Tests that need the default model expect it in `models/` (`make model`) or in
 //! `$MULTITUNE_MODELS`; they fail, not skip, when it is missing.
 
@@ -31,3 +32,7 @@ mod peft_export;
 
 // The command line, as a user runs it.
 mod cli;
+
+// The HTTP service as a process: the whole journey, SSE reconnects, kill -9 and resume,
+// path traversal, malformed and oversize uploads.
+mod server;

@@ -1,0 +1,421 @@
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use multitune_api::{Dataset, Envelope, Event, Experiment, Status, StrategyChoice};
+use serde_json::json;
+
+/// A `multitune-server` process on a free port with its own data folder.
+struct Server {
+    child: Child,
+    base: String,
+    addr: std::net::SocketAddr,
+    data: PathBuf,
+}
+
+fn server_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let b = exe.parent().and_then(|p| p.parent()).expect("target/<profile>").join("multitune-server");
+    assert!(b.exists(), "{} is missing: build it with `cargo build -p multitune-server`", b.display());
+    b
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(server_bin())
+            .args(["--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
+            .arg(data)
+            .arg("--models-dir")
+            .arg(super::util::models_dir())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep draining stdout so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let base = line.trim().strip_prefix("Multitune is at ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+        let addr = base.trim_start_matches("http://").parse().unwrap();
+        Self { child, base, addr, data: data.to_path_buf() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with a raw request target (no client-side normalisation): the status.
+    fn raw(&self, method: &str, target: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, text)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo_file(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo").join(name)).unwrap()
+}
+
+async fn upload(c: &reqwest::Client, s: &Server, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+    let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string());
+    c.post(s.url("/api/datasets")).multipart(reqwest::multipart::Form::new().part("file", part)).send().await.unwrap()
+}
+
+async fn experiment_of(c: &reqwest::Client, s: &Server, id: &str) -> Experiment {
+    c.get(s.url(&format!("/api/experiments/{id}"))).send().await.unwrap().json().await.unwrap()
+}
+
+async fn wait_for(c: &reqwest::Client, s: &Server, id: &str, what: impl Fn(&Experiment) -> bool) -> Experiment {
+    let t0 = Instant::now();
+    loop {
+        let e = experiment_of(c, s, id).await;
+        if what(&e) {
+            return e;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "timed out: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads server-sent events until the stream ends or `stop_after` arrive.
+async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> Vec<Envelope> {
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(v.trim().to_string());
+                }
+            }
+            if let (Some(id), Some(d)) = (id, data) {
+                out.push(Envelope { id, experiment_id: String::new(), event: serde_json::from_str(&d).unwrap() });
+                if stop_after.is_some_and(|n| out.len() >= n) {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The whole journey over real HTTP: upload the demo tasks, run every strategy on the
+/// tiny model, follow the events (dropping the connection half-way and resuming with
+/// `Last-Event-ID`: no gap, no repeat), fetch the report, download an adapter and load
+/// it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_train_follow_and_download_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for t in multitune::demo::TASKS {
+        let r = upload(&c, &s, &format!("{t}.jsonl"), demo_file(&format!("{t}.jsonl"))).await;
+        assert_eq!(r.status(), 201);
+        let d: Dataset = r.json().await.unwrap();
+        assert_eq!(d.name, *t);
+        ids.push(d.id);
+    }
+    let spec = json!({
+        "name": "e2e", "model": "tiny",
+        "tasks": ids.iter().map(|i| json!({"dataset": i})).collect::<Vec<_>>(),
+        "strategies": StrategyChoice::all(),
+        "budget_tokens": 2400,
+        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20}
+    });
+    let r = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e: Experiment = r.json().await.unwrap();
+    // Follow, drop after 40 events, reconnect from the last id.
+    let first = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), Some(40)).await;
+    assert_eq!(first.len(), 40);
+    let last = first.last().unwrap().id;
+    let rest = read_events(
+        c.get(s.url(&format!("/api/experiments/{}/events", e.id)))
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .await
+            .unwrap(),
+        None,
+    )
+    .await;
+    let followed: Vec<i64> = first.iter().chain(&rest).map(|x| x.id).collect();
+    assert!(followed.windows(2).all(|w| w[0] < w[1]), "ids only grow, no repeat");
+    let done = match &rest.last().unwrap().event {
+        Event::Status { status, .. } => *status,
+        other => panic!("the stream ends with the final status, not {other:?}"),
+    };
+    assert_eq!(done, Status::Done, "{:?}", experiment_of(&c, &s, &e.id).await.error);
+    let all = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
+    assert_eq!(followed, all.iter().map(|x| x.id).collect::<Vec<_>>(), "reconnecting lost nothing");
+    assert!(all.iter().any(|x| matches!(x.event, Event::Step { .. })));
+    // The report.
+    let report: serde_json::Value =
+        c.get(s.url(&format!("/api/experiments/{}/report", e.id))).send().await.unwrap().json().await.unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1 + 3 + 1 + 5 + 1, "base, combined, 2 sequential, routed, 5 merges, multi-head");
+    for r in runs.iter().skip(1) {
+        let tokens = r["tokens"].as_f64().unwrap();
+        assert!((tokens - 2400.0).abs() <= 24.0, "{}: {tokens}", r["name"]);
+    }
+    // Download the combined run's adapter and load it back.
+    let e = experiment_of(&c, &s, &e.id).await;
+    let run = e.runs.iter().find(|r| r.name == "combined (proportional)").unwrap();
+    let resp = c.get(s.url(&format!("/api/runs/{}/adapter", run.id))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-disposition"].to_str().unwrap().contains("attachment"));
+    let bytes = resp.bytes().await.unwrap();
+    let unpacked = dir.path().join("unpacked");
+    zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap().extract(&unpacked).unwrap();
+    let folder = std::fs::read_dir(&unpacked).unwrap().next().unwrap().unwrap().path();
+    let (model, _) = multitune::loader::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+    let downloaded = multitune::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
+    let original = multitune::peft::load_adapter(
+        &s.data.join("experiments").join(&e.id).join("out/adapters").join(folder.file_name().unwrap()),
+        &model.cfg,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for ((na, a), (nb, b)) in downloaded.named_tensors().iter().zip(original.named_tensors()) {
+        assert_eq!(na, &nb);
+        assert_eq!(multitune::model::max_abs_diff(a, &b).unwrap(), 0.0, "{na}");
+    }
+    assert!(downloaded.num_parameters() > 0);
+}
+
+/// `kill -9` during training: on restart the experiment is interrupted, resumes from its
+/// checkpoint and finishes; the database is intact and no temporary file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_resumes_the_interrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = reqwest::Client::new();
+    let mut s = Server::start(&data, &[]);
+    let d: Dataset = upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap();
+    let spec = json!({
+        "name": "crash", "model": "tiny", "tasks": [{"dataset": d.id}],
+        "strategies": [{"strategy": "combined"}, {"strategy": "sequential"}],
+        "budget_tokens": 30000,
+        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20, "checkpoint_every": 3}
+    });
+    let e: Experiment = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap();
+    wait_for(&c, &s, &e.id, |x| x.runs.first().is_some_and(|r| r.step >= 7)).await;
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    let s = Server::start(&data, &[]);
+    let after = experiment_of(&c, &s, &e.id).await;
+    assert_eq!(after.status, Status::Interrupted);
+    assert!(after.runs.iter().all(|r| r.status != Status::Running));
+    let r = c.post(s.url(&format!("/api/experiments/{}/resume", e.id))).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let done = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let events = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
+    let starts: Vec<usize> = events
+        .iter()
+        .filter_map(|x| match &x.event {
+            Event::TrainStarted { start_step, .. } => Some(*start_step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts[0], 0);
+    assert!(starts[1] >= 6, "the resumed training continued from a checkpoint: {starts:?}");
+    let report: serde_json::Value =
+        c.get(s.url(&format!("/api/experiments/{}/report", e.id))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["runs"][1]["tokens"], 30000);
+    drop(s);
+    let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
+    let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains(".tmp-") && !name.ends_with(".tmp"), "temporary file left: {}", p.display());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+    assert!(!data.join("experiments").join(&e.id).join("state").exists(), "checkpoints are removed when done");
+}
+
+const PAYLOADS: &[&str] = &[
+    "..",
+    "../",
+    "../..",
+    "../../etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "%2e%2e",
+    "%2e%2e%2f",
+    "%252e%252e%252f",
+    "..%252f..%252fsecret.txt",
+    "%252e%252e%252fsecret.txt",
+    "..\\..\\secret.txt",
+    "..%5c..%5csecret.txt",
+    "%2e%2e%5c",
+    "/etc/passwd",
+    "%2fetc%2fpasswd",
+    "etc/passwd%00",
+    "%00",
+    "0123456789abcdef%00",
+    "0123456789abcdef%00.json",
+    "%23",
+    "0123456789abcdef%23x",
+    ";",
+    "%3b",
+    "0123456789abcdef;rm",
+    "0123456789abcdef%3brm",
+    "..;/",
+    "..%3b/secret.txt",
+    "....//....//secret.txt",
+    "..././secret.txt",
+    ".%2e/secret.txt",
+    "%2e./secret.txt",
+    "~",
+    "~root",
+    "C:%5cWindows",
+    "file:%2f%2f%2fetc%2fpasswd",
+    "0123456789abcdef/../../secret.txt",
+    "0123456789abcdef%2f..%2f..%2fsecret.txt",
+    "%c0%ae%c0%ae%c0%af",
+    "..%c0%afsecret.txt",
+    "%e0%80%ae%e0%80%ae/",
+    "%uff0e%uff0e%u2215",
+    ".git%2fconfig",
+    "multitune.sqlite",
+    "../multitune.sqlite",
+    "..%2fmultitune.sqlite",
+    "%2e%2e%2fmultitune.sqlite",
+    "datasets",
+    "*",
+    "%3f",
+    "0123456789ABCDEF",
+    "01234567-89abcdef",
+    "'%20OR%20'1'='1",
+    "1%20OR%201=1",
+    "-1",
+    "0",
+    "99999999999999999999",
+    "%2e",
+];
+
+/// Path-traversal payloads against every route that takes an id: always 400 or 404,
+/// and nothing from outside the data folder is ever served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_payloads_are_refused() {
+    assert!(PAYLOADS.len() >= 50);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "TOPSECRET").unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &[]);
+    let c = reqwest::Client::new();
+    // A finished experiment, so that chart names are checked against real files.
+    let d: Dataset = upload(&c, &s, "topic.jsonl", demo_file("topic.jsonl")).await.json().await.unwrap();
+    let spec = json!({
+        "name": "t", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
+        "budget_tokens": 500, "hyper": {"batch_size": 4, "max_tokens": 192, "eval_limit": 2, "bootstrap": 10}
+    });
+    let e: Experiment = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap();
+    wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
+    let routes: &[(&str, &str)] = &[
+        ("GET", "/api/datasets/{}"),
+        ("DELETE", "/api/datasets/{}"),
+        ("GET", "/api/experiments/{}"),
+        ("DELETE", "/api/experiments/{}"),
+        ("POST", "/api/experiments/{}/cancel"),
+        ("POST", "/api/experiments/{}/resume"),
+        ("GET", "/api/experiments/{}/report"),
+        ("GET", "/api/experiments/{}/report.md"),
+        ("GET", "/api/experiments/{}/charts"),
+        ("GET", "/api/experiments/{}/events"),
+        ("GET", "/api/experiments/{}/download"),
+        ("GET", "/api/runs/{}"),
+        ("GET", "/api/runs/{}/metrics"),
+        ("GET", "/api/runs/{}/events"),
+        ("GET", "/api/runs/{}/adapter"),
+        ("GET", "/api/runs/{}/heads"),
+        ("GET", "/api/runs/{}/merged"),
+    ];
+    let chart_route = format!("/api/experiments/{}/charts/{{}}", e.id);
+    let mut checked = 0;
+    for (method, route) in routes.iter().copied().chain(std::iter::once(("GET", chart_route.as_str()))) {
+        for p in PAYLOADS {
+            let target = route.replace("{}", p);
+            let (code, text) = s.raw(method, &target);
+            assert!(code == 400 || code == 404, "{method} {target} → {code}\n{text}");
+            assert!(!text.contains("TOPSECRET") && !text.contains("root:x:") && !text.contains("SQLite format"), "{target}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50 * 18);
+    // The server is still there, and its data is intact.
+    let (code, _) = s.raw("GET", &format!("/api/experiments/{}", e.id));
+    assert_eq!(code, 200);
+    let (code, _) = s.raw("GET", &format!("/api/datasets/{}", d.id));
+    assert_eq!(code, 200);
+}
+
+/// Malformed and oversize uploads over HTTP: 4xx with the reason; the server keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_uploads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--max-upload-mib", "1"]);
+    let c = reqwest::Client::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/malformed");
+    let manifest = std::fs::read_to_string(fixtures.join("MANIFEST.tsv")).unwrap();
+    let mut n = 0;
+    for row in manifest.lines().skip(1).step_by(7) {
+        let cols: Vec<&str> = row.split('\t').collect();
+        let (file, line, phrase) = (cols[0], cols[1], cols[2]);
+        let r = upload(&c, &s, file, std::fs::read(fixtures.join(file)).unwrap()).await;
+        let status = r.status().as_u16();
+        let body: multitune_api::ErrorBody = r.json().await.unwrap();
+        assert!(status == 422 || status == 413, "{file}: {status}");
+        let all = format!("{} {}", body.error.message, body.error.details.join(" | "));
+        assert!(all.contains(phrase), "{file}: `{phrase}` not in {all}");
+        if line != "0" && status == 422 {
+            assert!(all.contains(&format!("line {line}")), "{file}: line {line} not in {all}");
+        }
+        n += 1;
+    }
+    assert!(n >= 10);
+    let r = upload(&c, &s, "big.jsonl", vec![b'{'; 2 << 20]).await;
+    assert_eq!(r.status(), 413);
+    let body: multitune_api::ErrorBody = r.json().await.unwrap();
+    assert!(body.error.message.contains("limit"), "{}", body.error.message);
+    // (A fresh client: the refused upload's connection was closed mid-body.)
+    let c = reqwest::Client::new();
+    let health = c.get(s.url("/api/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let list: Vec<Dataset> = c.get(s.url("/api/datasets")).send().await.unwrap().json().await.unwrap();
+    assert!(list.is_empty(), "nothing half-stored: {list:?}");
+}
