@@ -5,11 +5,17 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run test model build build-release demo-data demo bench fmt lint clean
+.PHONY: run cli-demo test model build build-release demo-data demo bench fmt lint clean
 
-## run: set up, build, and run the CLI demo on the default model (the dashboard
-## replaces this once the server and UI land).
+## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
+## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
+DATA ?= data
 run: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	target/release/multitune-server --data-dir $(DATA) --models-dir $(MODELS) --demo assets/demo --dist dist
+
+## cli-demo: the CLI tour: score the base model, fine-tune on sentiment, generate.
+cli-demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	@echo "== the base model on the four demo tasks (held-out) =="
 	$(BIN_RELEASE) --models-dir $(MODELS) eval --model default --data assets/demo/eval/*.jsonl
@@ -33,7 +39,7 @@ build:
 	$(CARGO) build -p multitune -p multitune-server
 
 build-release:
-	$(CARGO) build --release -p multitune
+	$(CARGO) build --release -p multitune -p multitune-server
 
 ## demo-data: regenerate assets/demo (byte-identical; a test checks it).
 demo-data: build

@@ -52,6 +52,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let bind = cfg.bind;
     let state = build(cfg)?;
+    if let Some(dir) = state.cfg.demo_dir.clone() {
+        match routes::datasets::import_demo(&state, &dir).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("imported {n} demo datasets from {}", dir.display()),
+            Err(e) => tracing::warn!("importing the demo tasks: {}", e.message),
+        }
+    }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");

@@ -33,6 +33,10 @@ struct Args {
     /// Seconds before an ordinary request times out.
     #[arg(long, env = "MULTITUNE_REQUEST_TIMEOUT_S", default_value_t = 30)]
     request_timeout_s: u64,
+    /// Import the demo tasks from this folder (training files and an `eval/` folder)
+    /// when the server has no datasets yet.
+    #[arg(long, env = "MULTITUNE_DEMO")]
+    demo: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         dist_dir: Some(a.dist),
         device: a.device,
         request_timeout_s: a.request_timeout_s,
+        demo_dir: a.demo,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

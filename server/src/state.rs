@@ -36,6 +36,8 @@ pub struct Config {
     pub device: String,
     /// Seconds before an ordinary request times out.
     pub request_timeout_s: u64,
+    /// Demo task folder imported when the server has no datasets.
+    pub demo_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -50,6 +52,7 @@ impl Config {
             dist_dir: None,
             device: "auto".into(),
             request_timeout_s: 30,
+            demo_dir: None,
         }
     }
 

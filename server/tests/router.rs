@@ -372,3 +372,16 @@ async fn access_token_is_required_beyond_loopback() {
     let (s, _) = app.get("/api/datasets?token=s3cret").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tasks_are_imported_once() {
+    let app = App::new(|_| {});
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/demo");
+    assert_eq!(multitune_server::routes::datasets::import_demo(&app._state, &dir).await.unwrap(), 8);
+    assert_eq!(multitune_server::routes::datasets::import_demo(&app._state, &dir).await.unwrap(), 0);
+    let (_, list): (_, Vec<Dataset>) = app.json(Method::GET, "/api/datasets", None).await;
+    let mut names: Vec<&str> = list.iter().map(|d| d.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names[..2], ["arithmetic", "arithmetic_eval"]);
+    assert_eq!(list.iter().find(|d| d.name == "topic_eval").unwrap().rows, 100);
+}

@@ -181,6 +181,15 @@ pub async fn datasets_create(
         }
         None => files::task_name(&filename),
     };
+    let d = store(&s, tmp, &filename, task, bytes).await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// Validates the file at `tmp` (an upload in the temporary folder) and, if it is a
+/// usable dataset, moves it into place and records it; a rejected file is deleted and the
+/// error lists its problems by line.
+pub async fn store(s: &AppState, tmp: std::path::PathBuf, filename: &str, task: String, bytes: u64) -> ApiResult<Dataset> {
+    let limit = s.cfg.max_upload_bytes;
     let limits = dataset::Limits { max_bytes: limit, ..Default::default() };
     let check = tmp.clone();
     let parsed = tokio::task::spawn_blocking(move || dataset::load(&check, &LoadOptions { limits, ..Default::default() }))
@@ -214,7 +223,7 @@ pub async fn datasets_create(
     let d = Dataset {
         id: id.clone(),
         name: task,
-        filename: files::truncate(&filename, 200),
+        filename: files::truncate(filename, 200),
         format: parsed.format.name().into(),
         kind: format!("{:?}", parsed.kind).to_lowercase(),
         rows: parsed.records.len(),
@@ -244,7 +253,7 @@ pub async fn datasets_create(
         )?;
         c.query_row("SELECT created_at FROM datasets WHERE id = ?1", [&d.id], |r| r.get(0))
     })?;
-    Ok((StatusCode::CREATED, Json(Dataset { created_at, ..d })))
+    Ok(Dataset { created_at, ..d })
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -257,4 +266,27 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> A
     } else {
         ApiError::bad_request(format!("malformed upload: {}", e.body_text()))
     }
+}
+
+/// Imports the demo tasks (training and held-out files of `dir`) when the server has no
+/// datasets yet, so a first visit has something to train on.
+pub async fn import_demo(s: &AppState, dir: &std::path::Path) -> ApiResult<usize> {
+    let have: i64 = s.db.with(|c| c.query_row("SELECT COUNT(*) FROM datasets", [], |r| r.get(0)))?;
+    if have > 0 {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for (sub, suffix) in [("", ""), ("eval", "_eval")] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
+        files.sort();
+        for p in files {
+            let filename = p.file_name().and_then(|n| n.to_str()).unwrap_or("demo.jsonl").to_string();
+            let tmp = s.data.tmp().join(format!("{}.jsonl", files::new_id()));
+            let bytes = std::fs::copy(&p, &tmp)?;
+            store(s, tmp, &filename, format!("{}{suffix}", files::task_name(&filename)), bytes).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
