@@ -40,7 +40,8 @@ impl Server {
         out.read_line(&mut line).unwrap();
         // Keep draining stdout so the server never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let base = line.trim().strip_prefix("Multitune is at ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+        let base =
+            line.trim().strip_prefix("Multitune is at ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
         let addr = base.trim_start_matches("http://").parse().unwrap();
         Self { child, base, addr, data: data.to_path_buf() }
     }
@@ -53,7 +54,8 @@ impl Server {
     fn raw(&self, method: &str, target: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(s, "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+        write!(s, "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).into_owned();
@@ -151,7 +153,8 @@ async fn upload_train_follow_and_download_over_http() {
     assert_eq!(r.status(), 201);
     let e: Experiment = r.json().await.unwrap();
     // Follow, drop after 40 events, reconnect from the last id.
-    let first = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), Some(40)).await;
+    let first =
+        read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), Some(40)).await;
     assert_eq!(first.len(), 40);
     let last = first.last().unwrap().id;
     let rest = read_events(
@@ -234,7 +237,8 @@ async fn killed_server_resumes_the_interrupted_run() {
     assert_eq!(r.status(), 202);
     let done = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
-    let events = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
+    let events =
+        read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
     let starts: Vec<usize> = events
         .iter()
         .filter_map(|x| match &x.event {
@@ -371,7 +375,10 @@ async fn path_traversal_payloads_are_refused() {
             let target = route.replace("{}", p);
             let (code, text) = s.raw(method, &target);
             assert!(code == 400 || code == 404, "{method} {target} → {code}\n{text}");
-            assert!(!text.contains("TOPSECRET") && !text.contains("root:x:") && !text.contains("SQLite format"), "{target}");
+            assert!(
+                !text.contains("TOPSECRET") && !text.contains("root:x:") && !text.contains("SQLite format"),
+                "{target}"
+            );
             checked += 1;
         }
     }

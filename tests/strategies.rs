@@ -55,7 +55,8 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| events += 1).unwrap();
+    let report =
+        compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| events += 1).unwrap();
     assert!(events > 50);
     let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
     for want in [
@@ -195,17 +196,9 @@ fn multi_head_classifier_learns_a_separable_task() {
     let dir = std::path::Path::new(&tuned.adapter_dirs[0]);
     let adapter = multitune::peft::load_adapter(dir, &model.cfg, &Device::Cpu).unwrap();
     let loaded = MultiHead { adapter, heads: MultiHead::load_heads(dir, &model).unwrap(), routes: vec![] };
-    let e = heads::evaluate_task(
-        &loaded,
-        &model,
-        &tok,
-        0,
-        "colours",
-        TaskKind::Classification,
-        &tasks[0].eval,
-        &cfg.eval,
-    )
-    .unwrap();
+    let e =
+        heads::evaluate_task(&loaded, &model, &tok, 0, "colours", TaskKind::Classification, &tasks[0].eval, &cfg.eval)
+            .unwrap();
     assert_eq!(e.headline().1.value, 1.0);
 }
 

@@ -178,7 +178,9 @@ pub struct HeadEntry {
 fn tensor_names(i: usize, kind: &HeadKind) -> [String; 2] {
     match kind {
         HeadKind::Classifier { .. } => [format!("heads.{i}.classifier.weight"), format!("heads.{i}.classifier.bias")],
-        HeadKind::LmHeadDelta { .. } => [format!("heads.{i}.lm_head.lora_A.weight"), format!("heads.{i}.lm_head.lora_B.weight")],
+        HeadKind::LmHeadDelta { .. } => {
+            [format!("heads.{i}.lm_head.lora_A.weight"), format!("heads.{i}.lm_head.lora_B.weight")]
+        }
     }
 }
 
@@ -294,7 +296,12 @@ impl MultiHead {
                 if !ok {
                     return Err(Error::Adapter(format!("head of `{}` has the wrong shape", e.task)));
                 }
-                Ok(TaskHead { task: e.task, kind: e.kind, first: Var::from_tensor(&first)?, second: Var::from_tensor(&second)? })
+                Ok(TaskHead {
+                    task: e.task,
+                    kind: e.kind,
+                    first: Var::from_tensor(&first)?,
+                    second: Var::from_tensor(&second)?,
+                })
             })
             .collect()
     }
@@ -326,15 +333,12 @@ impl Objective for MultiHead {
     }
 
     fn loss_items(&self, batch: &Batch, examples: &[usize]) -> usize {
-        examples
-            .iter()
-            .zip(&batch.per_example)
-            .map(|(&i, &k)| if self.routes[i].label.is_some() { 1 } else { k })
-            .sum()
+        examples.iter().zip(&batch.per_example).map(|(&i, &k)| if self.routes[i].label.is_some() { 1 } else { k }).sum()
     }
 
     fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
-        let hidden = model.hidden_states(&batch.input_ids, &batch.mask, &Forward::train(&self.adapter, seed, micro), None)?;
+        let hidden =
+            model.hidden_states(&batch.input_ids, &batch.mask, &Forward::train(&self.adapter, seed, micro), None)?;
         let (b, t, h) = hidden.dims3()?;
         let flat = hidden.reshape((b * t, h))?;
         let positions: Vec<u32> = batch.loss_index.to_vec1()?;
@@ -432,16 +436,7 @@ pub fn evaluate_task(
     let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&known));
     let perplexity = Estimate { value: loss.value.exp(), lo: loss.lo.exp(), hi: loss.hi.exp() };
     let (metrics, c) = eval::classification_metrics(&predictions, labels, opts);
-    Ok(TaskEval {
-        task: task.into(),
-        kind,
-        examples: n,
-        loss,
-        perplexity,
-        metrics,
-        confusion: Some(c),
-        predictions,
-    })
+    Ok(TaskEval { task: task.into(), kind, examples: n, loss, perplexity, metrics, confusion: Some(c), predictions })
 }
 
 /// The first token of each label's completion as training encodes it (what a classifier

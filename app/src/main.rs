@@ -718,9 +718,9 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
                 order: vec![],
                 replay: a.replay,
             }),
-            "separate" => specs.extend(
-                StrategySpec::all().into_iter().filter(|s| matches!(s, StrategySpec::Separate { .. })),
-            ),
+            "separate" => {
+                specs.extend(StrategySpec::all().into_iter().filter(|s| matches!(s, StrategySpec::Separate { .. })))
+            }
             "multi-head" => specs.push(StrategySpec::MultiHead { mixing, head_rank: a.rank }),
             other => {
                 bail!("unknown strategy `{other}` (all, combined, sequential, sequential-merge, separate, multi-head)")
@@ -771,31 +771,32 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<ProgressBar> = None;
     let control = strategy::Control::default();
-    let report = strategy::compare(&m.model, &m.tokenizer, &m.base_name, &tasks, &cfg, &a.out, control, &mut |ev| match ev {
-        CompareEvent::RunStarted { run, index, of } => {
-            let pb = bars.add(bar(0, "{prefix:36} {bar:24} {pos}/{len} steps  {msg}  ETA {eta}"));
-            pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
-            current = Some(pb);
-        }
-        CompareEvent::Train { stage, event: TrainEvent::Step(s), .. } => {
-            if let Some(pb) = &current {
-                pb.set_length(s.total_steps as u64);
-                pb.set_position(s.step as u64);
-                pb.set_message(format!("{stage}: loss {:.3}  {:.0} tok/s", s.loss, s.tokens_per_s));
+    let report =
+        strategy::compare(&m.model, &m.tokenizer, &m.base_name, &tasks, &cfg, &a.out, control, &mut |ev| match ev {
+            CompareEvent::RunStarted { run, index, of } => {
+                let pb = bars.add(bar(0, "{prefix:36} {bar:24} {pos}/{len} steps  {msg}  ETA {eta}"));
+                pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
+                current = Some(pb);
             }
-        }
-        CompareEvent::Evaluated { stage, task, value, .. } => {
-            if let Some(pb) = &current {
-                pb.set_message(format!("scored {task} after {stage}: {:.1}%", 100.0 * value));
+            CompareEvent::Train { stage, event: TrainEvent::Step(s), .. } => {
+                if let Some(pb) = &current {
+                    pb.set_length(s.total_steps as u64);
+                    pb.set_position(s.step as u64);
+                    pb.set_message(format!("{stage}: loss {:.3}  {:.0} tok/s", s.loss, s.tokens_per_s));
+                }
             }
-        }
-        CompareEvent::RunFinished { wall_s, .. } => {
-            if let Some(pb) = current.take() {
-                pb.finish_with_message(format!("done in {wall_s:.0}s"));
+            CompareEvent::Evaluated { stage, task, value, .. } => {
+                if let Some(pb) = &current {
+                    pb.set_message(format!("scored {task} after {stage}: {:.1}%", 100.0 * value));
+                }
             }
-        }
-        _ => {}
-    })?;
+            CompareEvent::RunFinished { wall_s, .. } => {
+                if let Some(pb) = current.take() {
+                    pb.finish_with_message(format!("done in {wall_s:.0}s"));
+                }
+            }
+            _ => {}
+        })?;
     println!("{}", report.markdown());
     println!("report: {}", a.out.join("report.md").display());
     Ok(())

@@ -44,8 +44,11 @@ pub fn truncate(s: &str, n: usize) -> String {
 pub fn task_name(filename: &str) -> String {
     let base = filename.rsplit(['/', '\\']).next().unwrap_or("");
     let stem = base.split('.').next().unwrap_or("");
-    let clean: String =
-        stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(64).collect();
+    let clean: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
     let clean = clean.trim_matches('_').to_string();
     if clean.is_empty() {
         "task".into()
@@ -120,7 +123,11 @@ pub fn zip_folders(dest: &Path, folders: &[(PathBuf, String)]) -> std::io::Resul
 }
 
 /// [`zip_folders`] keeping only the files `keep` accepts.
-pub fn zip_folders_where(dest: &Path, folders: &[(PathBuf, String)], keep: &dyn Fn(&Path) -> bool) -> std::io::Result<()> {
+pub fn zip_folders_where(
+    dest: &Path,
+    folders: &[(PathBuf, String)],
+    keep: &dyn Fn(&Path) -> bool,
+) -> std::io::Result<()> {
     use zip::write::SimpleFileOptions;
     let tmp = dest.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
     let result = (|| -> std::io::Result<()> {
@@ -174,7 +181,8 @@ mod tests {
     #[test]
     fn ids_are_checked_strictly() {
         assert!(check_id("x", &new_id()).is_ok());
-        for bad in ["", "../etc/passwd", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcde/"] {
+        for bad in ["", "../etc/passwd", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcde/"]
+        {
             assert!(check_id("x", bad).is_err(), "{bad}");
         }
     }

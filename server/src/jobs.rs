@@ -13,7 +13,9 @@ use multitune::dataset::{self, LoadOptions, Split, TaskKind};
 use multitune::eval::EvalOptions;
 use multitune::lora::LoraConfig;
 use multitune::merge::MergeMethod;
-use multitune::strategy::{self, CompareConfig, CompareEvent, Control, Mixing, SequentialVariant, StrategySpec, TaskData};
+use multitune::strategy::{
+    self, CompareConfig, CompareEvent, Control, Mixing, SequentialVariant, StrategySpec, TaskData,
+};
 use multitune::train::{TrainConfig, TrainEvent};
 use multitune_api::{Event, ExperimentCreate, MixingChoice, Status, StrategyChoice};
 use rusqlite::{params, OptionalExtension};
@@ -46,9 +48,8 @@ pub fn strategy_specs(choices: &[StrategyChoice], n_tasks: usize, rank: usize) -
                     "continue" => SequentialVariant::Continue,
                     "merge_then_new" => SequentialVariant::MergeThenNew,
                     other => {
-                        errors.push(format!(
-                            "strategies[{i}]: variant `{other}` is not `continue` or `merge_then_new`"
-                        ));
+                        errors
+                            .push(format!("strategies[{i}]: variant `{other}` is not `continue` or `merge_then_new`"));
                         continue;
                     }
                 };
@@ -145,7 +146,9 @@ fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Res
     };
     let file_of = |id: &str| -> anyhow::Result<(String, std::path::PathBuf)> {
         let (name, file): (String, String) = db
-            .with(|c| c.query_row("SELECT name, file FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .with(|c| {
+                c.query_row("SELECT name, file FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
             .map_err(|_| anyhow::anyhow!("dataset {id} no longer exists"))?;
         Ok((name, state.data.dataset(id).join(file)))
     };
@@ -159,7 +162,8 @@ fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Res
                 (d.records.clone(), dataset::load(&p, &LoadOptions { kind: Some(d.kind), ..opts.clone() })?.records)
             }
             None => {
-                let (ti, ei) = dataset::split_indices(d.records.len(), Split::Fraction(spec.hyper.eval_split), spec.hyper.seed)?;
+                let (ti, ei) =
+                    dataset::split_indices(d.records.len(), Split::Fraction(spec.hyper.eval_split), spec.hyper.seed)?;
                 (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
             }
         };
@@ -239,7 +243,13 @@ fn track_run(db: &Db, experiment: &str, e: &Event) -> rusqlite::Result<()> {
 }
 
 /// Sets an experiment's status (and its running runs'), and publishes the change.
-pub fn set_status(state: &AppState, db: &Db, id: &str, status: Status, message: Option<String>) -> rusqlite::Result<()> {
+pub fn set_status(
+    state: &AppState,
+    db: &Db,
+    id: &str,
+    status: Status,
+    message: Option<String>,
+) -> rusqlite::Result<()> {
     db.with(|c| {
         let finished = if status.is_final() { NOW } else { "NULL" };
         let started = if status == Status::Running { NOW } else { "started_at" };
@@ -306,7 +316,8 @@ fn run_experiment(state: &AppState, db: &Db, id: &str) {
 }
 
 fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let spec_json: String = db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
+    let spec_json: String =
+        db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
     let spec: ExperimentCreate = serde_json::from_str(&spec_json)?;
     let cfg = compare_config(&spec).map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.join("; ")))?;
     let tasks = load_tasks(state, db, &spec)?;
@@ -316,13 +327,14 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     std::fs::create_dir_all(&out)?;
     let control = Control { cancel: Some(cancel), state_dir: Some(&state_dir) };
     let mut db_error = None;
-    let report = strategy::compare(&model.model, &model.tokenizer, &model.base_name, &tasks, &cfg, &out, control, &mut |e| {
-        if let Some(ev) = event_of(e) {
-            if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
-                db_error.get_or_insert(err);
+    let report =
+        strategy::compare(&model.model, &model.tokenizer, &model.base_name, &tasks, &cfg, &out, control, &mut |e| {
+            if let Some(ev) = event_of(e) {
+                if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
+                    db_error.get_or_insert(err);
+                }
             }
-        }
-    })?;
+        })?;
     if let Some(e) = db_error {
         tracing::error!("experiment {id}: recording events: {e}");
     }

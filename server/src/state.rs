@@ -114,7 +114,9 @@ impl Inner {
         let data = serde_json::to_string(&event).expect("events serialise");
         let id = db.with(|c| {
             c.execute(
-                &format!("INSERT INTO events (experiment_id, run, kind, data, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"),
+                &format!(
+                    "INSERT INTO events (experiment_id, run, kind, data, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"
+                ),
                 params![experiment, event.run(), event.kind(), data],
             )?;
             Ok(c.last_insert_rowid())

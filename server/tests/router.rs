@@ -44,7 +44,12 @@ impl App {
         (s, b)
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, T) {
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, T) {
         let req = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
         let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
         let (s, _, b) = self.send(req).await;
@@ -56,7 +61,9 @@ impl App {
         let boundary = "XBOUNDARYX";
         let mut body = Vec::new();
         if let Some(n) = name {
-            body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{n}\r\n").bytes());
+            body.extend(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{n}\r\n").bytes(),
+            );
         }
         body.extend(
             format!(
@@ -222,7 +229,10 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
     assert!(error(&b).error.message.contains("missing field"), "{}", String::from_utf8_lossy(&b));
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let spec = experiment(&[&a.id, &ar.id], json!([{"strategy": "combined"}, {"strategy": "separate", "merges": ["linear"]}, {"strategy": "multi_head"}]));
+    let spec = experiment(
+        &[&a.id, &ar.id],
+        json!([{"strategy": "combined"}, {"strategy": "separate", "merges": ["linear"]}, {"strategy": "multi_head"}]),
+    );
     let (s, e): (_, Experiment) = app.json(Method::POST, "/api/experiments", Some(spec)).await;
     assert_eq!(s, StatusCode::CREATED);
     assert!(matches!(e.status, Status::Queued | Status::Running));
@@ -246,7 +256,9 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
     assert!(s == StatusCode::OK && String::from_utf8_lossy(&md).contains("## Recommendation"));
     let (_, charts): (_, Vec<String>) = app.json(Method::GET, &format!("/api/experiments/{}/charts", e.id), None).await;
     assert!(charts.contains(&"scores.svg".to_string()) && charts.contains(&"loss.png".to_string()), "{charts:?}");
-    let (s, h, svg) = app.send(Request::get(format!("/api/experiments/{}/charts/scores.svg", e.id)).body(Body::empty()).unwrap()).await;
+    let (s, h, svg) = app
+        .send(Request::get(format!("/api/experiments/{}/charts/scores.svg", e.id)).body(Body::empty()).unwrap())
+        .await;
     assert_eq!((s, h[header::CONTENT_TYPE].to_str().unwrap()), (StatusCode::OK, "image/svg+xml"));
     assert!(String::from_utf8_lossy(&svg).contains("<svg"));
     let (s, _) = app.get(&format!("/api/experiments/{}/charts/secret.txt", e.id)).await;
@@ -255,10 +267,12 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
     let combined = done.runs.iter().find(|r| r.name == "combined (proportional)").unwrap();
     let (s, run): (_, Run) = app.json(Method::GET, &format!("/api/runs/{}", combined.id), None).await;
     assert_eq!((s, run.status, run.has_adapter), (StatusCode::OK, Status::Done, true));
-    let (s, m): (_, MetricsHistory) = app.json(Method::GET, &format!("/api/runs/{}/metrics?points=3", combined.id), None).await;
+    let (s, m): (_, MetricsHistory) =
+        app.json(Method::GET, &format!("/api/runs/{}/metrics?points=3", combined.id), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(m.steps >= 3 && m.points.len() == 3, "{m:?}");
-    let (s, h, zip) = app.send(Request::get(format!("/api/runs/{}/adapter", combined.id)).body(Body::empty()).unwrap()).await;
+    let (s, h, zip) =
+        app.send(Request::get(format!("/api/runs/{}/adapter", combined.id)).body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/zip");
     assert!(h[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment; filename="));
@@ -273,29 +287,39 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
     assert_eq!(z.len(), 2);
     let (s, _) = app.get(&format!("/api/runs/{}/heads", combined.id)).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _, zip) = app.send(Request::get(format!("/api/runs/{}/merged", combined.id)).body(Body::empty()).unwrap()).await;
+    let (s, _, zip) =
+        app.send(Request::get(format!("/api/runs/{}/merged", combined.id)).body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
     assert!(z.by_name("merged-model/config.json").is_ok());
     let routed = done.runs.iter().find(|r| r.name == "separate (routed)").unwrap();
     let (s, _) = app.get(&format!("/api/runs/{}/merged", routed.id)).await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, h, _) = app.send(Request::get(format!("/api/experiments/{}/download", e.id)).body(Body::empty()).unwrap()).await;
+    let (s, h, _) =
+        app.send(Request::get(format!("/api/experiments/{}/download", e.id)).body(Body::empty()).unwrap()).await;
     assert_eq!((s, h[header::CONTENT_TYPE].to_str().unwrap()), (StatusCode::OK, "application/zip"));
     // Events replay (finished experiment: the stream ends by itself).
     let (s, body) = app.get(&format!("/api/experiments/{}/events", e.id)).await;
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("event: run_started") && text.contains("event: step") && text.contains("\"status\":\"done\""));
+    assert!(
+        text.contains("event: run_started") && text.contains("event: step") && text.contains("\"status\":\"done\"")
+    );
     let (s, body) = app.get(&format!("/api/runs/{}/events", combined.id)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(!String::from_utf8_lossy(&body).contains("multi-head"), "a run's stream has only its own events");
     // Playground: base, a tuned run, a multi-head classifier; bad requests.
-    let play = |run: Option<i64>, task: Option<&str>| {
-        json!({"experiment": e.id, "run": run, "task": task, "prompt": "Review: great.", "max_new_tokens": 4})
-    };
-    for body in [play(None, None), play(Some(combined.id), None), play(Some(mh.id), Some("sentiment")), play(Some(routed.id), Some("arithmetic"))] {
-        let req = Request::post("/api/playground").header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap();
+    let play = |run: Option<i64>, task: Option<&str>| json!({"experiment": e.id, "run": run, "task": task, "prompt": "Review: great.", "max_new_tokens": 4});
+    for body in [
+        play(None, None),
+        play(Some(combined.id), None),
+        play(Some(mh.id), Some("sentiment")),
+        play(Some(routed.id), Some("arithmetic")),
+    ] {
+        let req = Request::post("/api/playground")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
         let (s, _, b) = app.send(req).await;
         let text = String::from_utf8_lossy(&b);
         assert_eq!(s, StatusCode::OK, "{text}");
@@ -367,7 +391,8 @@ async fn access_token_is_required_beyond_loopback() {
     assert_eq!(s, StatusCode::OK);
     let ok = Request::get("/api/datasets").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty()).unwrap();
     assert_eq!(app.send(ok).await.0, StatusCode::OK);
-    let wrong = Request::get("/api/datasets").header(header::AUTHORIZATION, "Bearer s3cre7").body(Body::empty()).unwrap();
+    let wrong =
+        Request::get("/api/datasets").header(header::AUTHORIZATION, "Bearer s3cre7").body(Body::empty()).unwrap();
     assert_eq!(app.send(wrong).await.0, StatusCode::UNAUTHORIZED);
     let (s, _) = app.get("/api/datasets?token=s3cret").await;
     assert_eq!(s, StatusCode::OK);
@@ -384,4 +409,24 @@ async fn demo_tasks_are_imported_once() {
     names.sort();
     assert_eq!(names[..2], ["arithmetic", "arithmetic_eval"]);
     assert_eq!(list.iter().find(|d| d.name == "topic_eval").unwrap().rows, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_files_with_single_page_fallback() {
+    let dist = tempfile::tempdir().unwrap();
+    std::fs::write(dist.path().join("index.html"), "<!doctype html><title>UI</title>").unwrap();
+    std::fs::write(dist.path().join("app.js"), "console.log(1)").unwrap();
+    let path = dist.path().to_path_buf();
+    let app = App::new(move |c| c.dist_dir = Some(path));
+    let (s, b) = app.get("/").await;
+    assert_eq!((s, String::from_utf8_lossy(&b).contains("<title>UI")), (StatusCode::OK, true));
+    let (s, h, b) = app.send(Request::get("/app.js").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
+    assert_eq!(b, b"console.log(1)");
+    // Client-side routes get the app; unknown API routes stay JSON 404s.
+    let (s, b) = app.get("/experiments/0123456789abcdef").await;
+    assert_eq!((s, String::from_utf8_lossy(&b).contains("<title>UI")), (StatusCode::OK, true));
+    let (s, b) = app.get("/api/nope").await;
+    assert_eq!((s, error(&b).error.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
 }

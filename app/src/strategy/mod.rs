@@ -19,10 +19,10 @@ pub use report::{Report, RunResult, TaskScore};
 use crate::data::{Example, Record};
 use crate::dataset::TaskKind;
 use crate::eval::{self, EvalOptions, TaskEval};
+use crate::heads::{self, MultiHead};
 use crate::lora::LoraAdapter;
 use crate::merge::{self, MergeMethod};
 use crate::model::Llama;
-use crate::heads::{self, MultiHead};
 use crate::tokenizer::TextTokenizer;
 use crate::train::{self, TrainConfig, TrainEvent};
 use crate::{peft, Error, Result};
@@ -211,7 +211,6 @@ pub struct Control<'a> {
 fn tagged(task: &str, r: &Record) -> Record {
     Record { prompt: format!("[{task}] {}", r.prompt), ..r.clone() }
 }
-
 
 struct Ctx<'a> {
     model: &'a Llama,
@@ -426,12 +425,17 @@ pub fn compare(
         if k == 0 {
             separate_adapters = adapters;
         }
-        per_seed.push(seed_runs.into_iter().map(|mut r| {
-            if let Some(base) = r.name.strip_suffix(&ctx.suffix) {
-                r.name = base.to_string();
-            }
-            r
-        }).collect::<Vec<_>>());
+        per_seed.push(
+            seed_runs
+                .into_iter()
+                .map(|mut r| {
+                    if let Some(base) = r.name.strip_suffix(&ctx.suffix) {
+                        r.name = base.to_string();
+                    }
+                    r
+                })
+                .collect::<Vec<_>>(),
+        );
     }
     runs.extend(report::aggregate(per_seed, &seeds));
     let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {

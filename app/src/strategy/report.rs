@@ -77,8 +77,10 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
                 sc.value = mean_estimate(&of(&|s| s.value));
                 sc.loss = mean_estimate(&of(&|s| s.loss));
                 for (m, (name, est)) in sc.metrics.iter_mut().enumerate() {
-                    let es: Vec<Estimate> =
-                        all.iter().filter_map(|x| x.scores[i].metrics.get(m).filter(|p| p.0 == *name).map(|p| p.1)).collect();
+                    let es: Vec<Estimate> = all
+                        .iter()
+                        .filter_map(|x| x.scores[i].metrics.get(m).filter(|p| p.0 == *name).map(|p| p.1))
+                        .collect();
                     *est = mean_estimate(&es);
                 }
             }
@@ -91,7 +93,11 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
                     .map(|a| {
                         (0..f.matrix[a].len())
                             .map(|b| {
-                                mean(&all.iter().filter_map(|x| x.forgetting.as_ref().map(|g| g.matrix[a][b])).collect::<Vec<_>>())
+                                mean(
+                                    &all.iter()
+                                        .filter_map(|x| x.forgetting.as_ref().map(|g| g.matrix[a][b]))
+                                        .collect::<Vec<_>>(),
+                                )
                             })
                             .collect()
                     })

@@ -59,8 +59,9 @@ pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) ->
     let (d, file) = find(&s, &id)?;
     let path = s.data.dataset(&id).join(file);
     let limits = dataset::Limits { max_bytes: s.cfg.max_upload_bytes, ..Default::default() };
-    let parsed = tokio::task::spawn_blocking(move || dataset::load(&path, &LoadOptions { limits, ..Default::default() }))
-        .await??;
+    let parsed =
+        tokio::task::spawn_blocking(move || dataset::load(&path, &LoadOptions { limits, ..Default::default() }))
+            .await??;
     let stats = |f: &dyn Fn(&multitune::data::Record) -> usize| {
         let v: Vec<usize> = parsed.records.iter().map(f).collect();
         (v.iter().sum::<usize>() as f64 / v.len().max(1) as f64, v.iter().copied().max().unwrap_or(0))
@@ -83,12 +84,11 @@ pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) ->
 /// `DELETE /api/datasets/{id}`: refused while an experiment uses it.
 pub async fn datasets_delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     find(&s, &id)?;
-    let used: i64 =
-        s.db.with(|c| c.query_row("SELECT COUNT(*) FROM experiment_datasets WHERE dataset_id = ?1", [&id], |r| r.get(0)))?;
+    let used: i64 = s
+        .db
+        .with(|c| c.query_row("SELECT COUNT(*) FROM experiment_datasets WHERE dataset_id = ?1", [&id], |r| r.get(0)))?;
     if used > 0 {
-        return Err(ApiError::conflict(format!(
-            "dataset `{id}` is used by {used} experiment(s); delete those first"
-        )));
+        return Err(ApiError::conflict(format!("dataset `{id}` is used by {used} experiment(s); delete those first")));
     }
     s.db.with(|c| c.execute("DELETE FROM datasets WHERE id = ?1", [&id]))?;
     let _ = tokio::fs::remove_dir_all(s.data.dataset(&id)).await;
@@ -102,8 +102,9 @@ pub async fn datasets_create(
     State(s): State<AppState>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
-    let mut multipart =
-        multipart.map_err(|r| ApiError::new(r.status(), "bad_request", format!("expected a multipart upload: {}", r.body_text())))?;
+    let mut multipart = multipart.map_err(|r| {
+        ApiError::new(r.status(), "bad_request", format!("expected a multipart upload: {}", r.body_text()))
+    })?;
     let limit = s.cfg.max_upload_bytes;
     let mut name: Option<String> = None;
     let mut upload: Option<(String, std::path::PathBuf, u64)> = None;
@@ -188,12 +189,19 @@ pub async fn datasets_create(
 /// Validates the file at `tmp` (an upload in the temporary folder) and, if it is a
 /// usable dataset, moves it into place and records it; a rejected file is deleted and the
 /// error lists its problems by line.
-pub async fn store(s: &AppState, tmp: std::path::PathBuf, filename: &str, task: String, bytes: u64) -> ApiResult<Dataset> {
+pub async fn store(
+    s: &AppState,
+    tmp: std::path::PathBuf,
+    filename: &str,
+    task: String,
+    bytes: u64,
+) -> ApiResult<Dataset> {
     let limit = s.cfg.max_upload_bytes;
     let limits = dataset::Limits { max_bytes: limit, ..Default::default() };
     let check = tmp.clone();
-    let parsed = tokio::task::spawn_blocking(move || dataset::load(&check, &LoadOptions { limits, ..Default::default() }))
-        .await?;
+    let parsed =
+        tokio::task::spawn_blocking(move || dataset::load(&check, &LoadOptions { limits, ..Default::default() }))
+            .await?;
     let parsed = match parsed {
         Ok(d) => d,
         Err(multitune::Error::Dataset(rej)) => {
@@ -217,7 +225,11 @@ pub async fn store(s: &AppState, tmp: std::path::PathBuf, filename: &str, task: 
     };
     let id = files::new_id();
     let dir = s.data.dataset(&id);
-    let file = tmp.file_name().and_then(|n| n.to_str()).map(|n| format!("data.{}", n.rsplit('.').next().unwrap_or("jsonl"))).unwrap_or_else(|| "data.jsonl".into());
+    let file = tmp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("data.{}", n.rsplit('.').next().unwrap_or("jsonl")))
+        .unwrap_or_else(|| "data.jsonl".into());
     std::fs::create_dir_all(&dir)?;
     std::fs::rename(&tmp, dir.join(&file))?;
     let d = Dataset {
@@ -278,7 +290,8 @@ pub async fn import_demo(s: &AppState, dir: &std::path::Path) -> ApiResult<usize
     let mut n = 0;
     for (sub, suffix) in [("", ""), ("eval", "_eval")] {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
-        let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
+        let mut files: Vec<_> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
         files.sort();
         for p in files {
             let filename = p.file_name().and_then(|n| n.to_str()).unwrap_or("demo.jsonl").to_string();

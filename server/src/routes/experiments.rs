@@ -23,7 +23,8 @@ use crate::state::AppState;
 
 pub(crate) fn runs_of(s: &AppState, id: &str) -> ApiResult<Vec<Run>> {
     Ok(s.db.with(|c| {
-        let mut st = c.prepare(&format!("SELECT {} FROM runs WHERE experiment_id = ?1 ORDER BY idx, id", super::runs::COLUMNS))?;
+        let mut st =
+            c.prepare(&format!("SELECT {} FROM runs WHERE experiment_id = ?1 ORDER BY idx, id", super::runs::COLUMNS))?;
         let rows = st.query_map([id], super::runs::row)?.collect();
         rows
     })?)
@@ -57,7 +58,11 @@ fn load(s: &AppState, id: &str) -> ApiResult<Experiment> {
     let status = Status::parse(&status).unwrap_or(Status::Failed);
     let queue_position = if status == Status::Queued {
         let ahead: i64 = s.db.with(|c| {
-            c.query_row("SELECT COUNT(*) FROM experiments WHERE status IN ('queued', 'running') AND seq < ?1", [seq], |r| r.get(0))
+            c.query_row(
+                "SELECT COUNT(*) FROM experiments WHERE status IN ('queued', 'running') AND seq < ?1",
+                [seq],
+                |r| r.get(0),
+            )
         })?;
         Some(ahead as usize)
     } else {
@@ -144,7 +149,8 @@ pub async fn experiments_create(
                 continue;
             }
             let found: Option<(String, String)> = s.db.with(|c| {
-                c.query_row("SELECT name, kind FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                c.query_row("SELECT name, kind FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
             })?;
             match found {
                 None => errors.push(format!("tasks[{i}].{field}: no dataset with id `{id}`")),
@@ -152,7 +158,9 @@ pub async fn experiments_create(
                     used.push(id.clone());
                     if field == "dataset" {
                         if names.contains(&name) {
-                            errors.push(format!("tasks[{i}]: a second task named `{name}`; upload it under another name"));
+                            errors.push(format!(
+                                "tasks[{i}]: a second task named `{name}`; upload it under another name"
+                            ));
                         }
                         names.push(name);
                     }
@@ -174,7 +182,9 @@ pub async fn experiments_create(
     s.db.with(|c| {
         let tx = c.transaction()?;
         tx.execute(
-            &format!("INSERT INTO experiments (id, name, spec, status, created_at) VALUES (?1, ?2, ?3, 'queued', {NOW})"),
+            &format!(
+                "INSERT INTO experiments (id, name, spec, status, created_at) VALUES (?1, ?2, ?3, 'queued', {NOW})"
+            ),
             params![id, spec.name.trim(), spec_json],
         )?;
         for d in &used {
@@ -192,7 +202,10 @@ pub async fn experiments_create(
 
 /// `POST /api/experiments/{id}/cancel`: a queued experiment is cancelled at once, a
 /// running one stops within a training step.
-pub async fn experiments_cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Experiment>)> {
+pub async fn experiments_cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Experiment>)> {
     let e = load(&s, &id)?;
     match e.status {
         Status::Queued => jobs::set_status(&s, &s.db, &id, Status::Cancelled, None)?,
@@ -208,10 +221,16 @@ pub async fn experiments_cancel(State(s): State<AppState>, Path(id): Path<String
 
 /// `POST /api/experiments/{id}/resume`: queues an interrupted, cancelled or failed
 /// experiment again; it continues from its last checkpoint.
-pub async fn experiments_resume(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Experiment>)> {
+pub async fn experiments_resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Experiment>)> {
     let e = load(&s, &id)?;
     if !matches!(e.status, Status::Interrupted | Status::Cancelled | Status::Failed) {
-        return Err(ApiError::conflict(format!("the experiment is {}; only interrupted, cancelled or failed ones resume", e.status.as_str())));
+        return Err(ApiError::conflict(format!(
+            "the experiment is {}; only interrupted, cancelled or failed ones resume",
+            e.status.as_str()
+        )));
     }
     jobs::set_status(&s, &s.db, &id, Status::Queued, None)?;
     let _ = s.wake.try_send(());
@@ -274,7 +293,11 @@ pub async fn experiments_chart(
 ) -> ApiResult<Response> {
     let names = chart_names(&s, &id)?;
     let Some(name) = names.into_iter().find(|n| *n == file) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no chart `{}`", files::truncate(&file, 60))));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no chart `{}`", files::truncate(&file, 60)),
+        ));
     };
     let ty = if name.ends_with(".svg") { "image/svg+xml" } else { "image/png" };
     let bytes = tokio::fs::read(s.data.experiment(&id).join("out/charts").join(&name)).await?;
@@ -341,7 +364,8 @@ pub async fn experiments_events(
 
 fn backlog(s: &AppState, id: &str, after: i64) -> rusqlite::Result<Vec<(i64, Event)>> {
     s.db.with(|c| {
-        let mut st = c.prepare("SELECT id, data FROM events WHERE experiment_id = ?1 AND id > ?2 ORDER BY id LIMIT 5000")?;
+        let mut st =
+            c.prepare("SELECT id, data FROM events WHERE experiment_id = ?1 AND id > ?2 ORDER BY id LIMIT 5000")?;
         let rows = st
             .query_map(params![id, after], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .filter_map(|r| r.ok().and_then(|(i, d)| serde_json::from_str(&d).ok().map(|e| (i, e))))

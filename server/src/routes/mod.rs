@@ -35,10 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/datasets/{id}", get(datasets::datasets_show).delete(datasets::datasets_delete))
         .route("/api/models", get(models::models_index).post(models::models_create))
         .route("/api/experiments", get(experiments::experiments_index).post(experiments::experiments_create))
-        .route(
-            "/api/experiments/{id}",
-            get(experiments::experiments_show).delete(experiments::experiments_delete),
-        )
+        .route("/api/experiments/{id}", get(experiments::experiments_show).delete(experiments::experiments_delete))
         .route("/api/experiments/{id}/cancel", post(experiments::experiments_cancel))
         .route("/api/experiments/{id}/resume", post(experiments::experiments_resume))
         .route("/api/experiments/{id}/report", get(experiments::experiments_report))
@@ -70,8 +67,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let ui = match &state.cfg.dist_dir {
-        Some(dist) if dist.join("index.html").exists() => Router::new()
-            .fallback_service(ServeDir::new(dist).fallback(ServeFile::new(dist.join("index.html")))),
+        Some(dist) if dist.join("index.html").exists() => {
+            Router::new().fallback_service(ServeDir::new(dist).fallback(ServeFile::new(dist.join("index.html"))))
+        }
         _ => Router::new().fallback(no_dashboard),
     };
     let compress = SizeAbove::new(256)
@@ -108,21 +106,20 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     if path == "/api/health" || path == "/api/version" {
         return next.run(req).await;
     }
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let query_token = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-    let ok = [header_token, query_token].into_iter().flatten().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    let header_token =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let query_token = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let ok =
+        [header_token, query_token].into_iter().flatten().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
     if ok {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this server needs an access token (Authorization: Bearer …)")
-            .into_response()
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs an access token (Authorization: Bearer …)",
+        )
+        .into_response()
     }
 }
 

@@ -119,11 +119,10 @@ pub async fn models_create(
         }
         _ => return Err(ApiError::bad_request("`default` and `tiny` are built in")),
     };
-    let name = req
-        .name
-        .map(|n| files::truncate(n.trim(), 100))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let name =
+        req.name.map(|n| files::truncate(n.trim(), 100)).filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        });
     let id = files::new_id();
     let inserted = s.db.with(|c| {
         c.execute(

@@ -49,7 +49,10 @@ pub async fn playground_create(
         Some(run_id) => {
             let (run, dirs) = super::runs::find(&s, &run_id.to_string())?;
             if run.experiment_id != req.experiment {
-                return Err(ApiError::bad_request(format!("run {run_id} is not part of experiment {}", req.experiment)));
+                return Err(ApiError::bad_request(format!(
+                    "run {run_id} is not part of experiment {}",
+                    req.experiment
+                )));
             }
             let base = s.data.experiment(&run.experiment_id);
             let pick = match dirs.len() {
@@ -114,12 +117,8 @@ pub async fn playground_create(
                 }
             }
         }
-        let cfg = GenerateConfig {
-            max_new_tokens: req.max_new_tokens,
-            temperature: req.temperature,
-            top_p: 0.95,
-            seed: 0,
-        };
+        let cfg =
+            GenerateConfig { max_new_tokens: req.max_new_tokens, temperature: req.temperature, top_p: 0.95, seed: 0 };
         let mut open = true;
         let r = generate_text(&gen_model, &model.tokenizer, adapter.as_ref(), None, &req.prompt, &cfg, &mut |piece| {
             if open {

@@ -2,8 +2,8 @@
 //! stream, and its artifacts: the adapter in PEFT layout, multi-head heads, and the base
 //! model with the adapter merged in.
 
-use std::convert::Infallible;
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -88,7 +88,8 @@ pub async fn runs_metrics(
     let (run, _) = find(&s, &id)?;
     let max = q.points.unwrap_or(500).clamp(1, 10_000);
     let rows: Vec<String> = s.db.with(|c| {
-        let mut st = c.prepare("SELECT data FROM events WHERE experiment_id = ?1 AND run = ?2 AND kind = 'step' ORDER BY id")?;
+        let mut st =
+            c.prepare("SELECT data FROM events WHERE experiment_id = ?1 AND run = ?2 AND kind = 'step' ORDER BY id")?;
         let rows = st.query_map([&run.experiment_id, &run.name], |r| r.get(0))?.collect();
         rows
     })?;
@@ -210,9 +211,9 @@ pub async fn runs_merged(State(s): State<AppState>, Path(id): Path<String>) -> A
     std::fs::create_dir_all(&cache)?;
     let zip = cache.join(format!("merged-{}.zip", run.id));
     if !zip.exists() {
-        let spec: String = s.db.with(|c| {
-            c.query_row("SELECT spec FROM experiments WHERE id = ?1", [&run.experiment_id], |r| r.get(0))
-        })?;
+        let spec: String = s
+            .db
+            .with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [&run.experiment_id], |r| r.get(0)))?;
         let spec: multitune_api::ExperimentCreate = serde_json::from_str(&spec)?;
         let state = s.clone();
         let (dir, dest) = (dirs[0].clone(), zip.clone());
@@ -221,9 +222,10 @@ pub async fn runs_merged(State(s): State<AppState>, Path(id): Path<String>) -> A
             let m = state.model(&spec.model)?;
             let adapter = multitune::peft::load_adapter(&dir, &m.model.cfg, m.model.device())?;
             let merged = m.model.with_adapter_merged(&adapter, 1.0)?;
-            let result = multitune::loader::save_hf_dir(&merged, &m.tokenizer, &work)
-                .map_err(ApiError::from)
-                .and_then(|_| files::zip_folders(&dest, &[(work.clone(), "merged-model".into())]).map_err(ApiError::from));
+            let result =
+                multitune::loader::save_hf_dir(&merged, &m.tokenizer, &work).map_err(ApiError::from).and_then(|_| {
+                    files::zip_folders(&dest, &[(work.clone(), "merged-model".into())]).map_err(ApiError::from)
+                });
             let _ = std::fs::remove_dir_all(&work);
             result
         })
