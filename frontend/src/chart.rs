@@ -1,0 +1,141 @@
+//! Live charts drawn with plotters into SVG: the loss curve of every run, fed by the
+//! experiment's event stream.
+
+use multitune_api::Event;
+use plotters::prelude::*;
+
+/// Loss points per run, in arrival order; a step repeated after a resume replaces the
+/// earlier one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curves {
+    /// Run name → (stage, step within stage, loss), ordered by first appearance.
+    pub runs: Vec<(String, Vec<(String, usize, f64)>)>,
+}
+
+impl Curves {
+    /// Adds a step event (other events are ignored).
+    pub fn push(&mut self, e: &Event) {
+        let Event::Step { run, stage, step, loss, .. } = e else { return };
+        let i = match self.runs.iter().position(|(r, _)| r == run) {
+            Some(i) => i,
+            None => {
+                self.runs.push((run.clone(), vec![]));
+                self.runs.len() - 1
+            }
+        };
+        let pts = &mut self.runs[i].1;
+        match pts.iter().position(|(s, k, _)| s == stage && k == step) {
+            Some(j) => pts[j].2 = *loss,
+            None => pts.push((stage.clone(), *step, *loss)),
+        }
+    }
+
+    /// Each run's curve as (global step, loss): stages follow each other.
+    pub fn series(&self) -> Vec<(String, Vec<(f64, f64)>)> {
+        self.runs
+            .iter()
+            .map(|(name, pts)| (name.clone(), pts.iter().enumerate().map(|(i, p)| ((i + 1) as f64, p.2)).collect()))
+            .collect()
+    }
+
+    /// Points in all.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(|r| r.1.len()).sum()
+    }
+
+    /// Whether there is nothing to draw.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+/// The loss chart as SVG text.
+pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], size: (u32, u32)) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let max_x = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(1.0, f64::max);
+        let max_y = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).filter(|v| v.is_finite()).fold(0.1, f64::max);
+        let chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(48)
+            .caption("training loss", ("sans-serif", 16))
+            .build_cartesian_2d(0.0..max_x * 1.02, 0.0..max_y * 1.05);
+        let Ok(mut chart) = chart else { return svg_fallback() };
+        let _ = chart.configure_mesh().x_desc("step").y_desc("loss").label_style(("sans-serif", 12)).draw();
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            if let Ok(a) = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))) {
+                a.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .label_font(("sans-serif", 12))
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+fn svg_fallback() -> String {
+    "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run: &str, stage: &str, step: usize, loss: f64) -> Event {
+        Event::Step {
+            run: run.into(),
+            stage: stage.into(),
+            step,
+            total_steps: 10,
+            loss,
+            lr: 1e-3,
+            tokens: 100,
+            tokens_per_s: 50.0,
+            elapsed_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn curves_follow_stages_and_replace_repeats() {
+        let mut c = Curves::default();
+        for e in [step("a", "t1", 1, 3.0), step("a", "t1", 2, 2.0), step("b", "all", 1, 5.0), step("a", "t2", 1, 1.5)] {
+            c.push(&e);
+        }
+        c.push(&step("a", "t1", 2, 1.9)); // resumed: same step again
+        c.push(&Event::RunFinished { run: "a".into(), wall_s: 1.0 });
+        let s = c.series();
+        assert_eq!(s[0], ("a".to_string(), vec![(1.0, 3.0), (2.0, 1.9), (3.0, 1.5)]));
+        assert_eq!(s[1], ("b".to_string(), vec![(1.0, 5.0)]));
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn the_chart_has_a_line_per_run() {
+        let svg = loss_svg(&[("a".into(), vec![(1.0, 2.0), (2.0, 1.0)]), ("b".into(), vec![(1.0, 3.0)])], (600, 300));
+        assert!(svg.starts_with("<svg"));
+        // Each run is a line (and a legend swatch) in its own colour.
+        assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2, "{svg}");
+        assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"), "legend labels: {svg}");
+    }
+}

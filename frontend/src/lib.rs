@@ -1,0 +1,86 @@
+//! Multitune's dashboard: bring task datasets, choose strategies, train, watch, compare,
+//! and take the adapters home — without a terminal. Client-side rendered with Leptos;
+//! every request goes through [`api`].
+
+pub mod api;
+pub mod chart;
+pub mod format;
+pub mod pages;
+
+use leptos::prelude::*;
+use leptos_router::components::{Route, Router, Routes, A};
+use leptos_router::path;
+
+/// Shows an API error with its details (e.g. one line per bad dataset line).
+#[component]
+pub fn ErrorView(error: multitune_api::ApiError) -> impl IntoView {
+    view! {
+        <div class="error" role="alert">
+            <strong>{error.message.clone()}</strong>
+            <ul>{error.details.iter().map(|d| view! { <li>{d.clone()}</li> }).collect_view()}</ul>
+        </div>
+    }
+}
+
+/// Asks once for the access token when the server wants one.
+#[component]
+fn TokenBanner() -> impl IntoView {
+    let needed = RwSignal::new(false);
+    leptos::task::spawn_local(async move {
+        if let Ok(v) = api::get::<multitune_api::Version>("/api/version").await {
+            if v.auth && api::token().is_none() {
+                needed.set(true);
+            }
+        }
+    });
+    let value = RwSignal::new(String::new());
+    view! {
+        <Show when=move || needed.get()>
+            <form class="token" on:submit=move |ev| {
+                ev.prevent_default();
+                api::set_token(&value.get());
+                needed.set(false);
+                let _ = web_sys::window().map(|w| w.location().reload());
+            }>
+                <label for="token">"This server needs an access token: "</label>
+                <input id="token" type="password" prop:value=move || value.get()
+                    on:input=move |ev| value.set(event_target_value(&ev)) />
+                <button type="submit">"Save"</button>
+            </form>
+        </Show>
+    }
+}
+
+/// The application: navigation and pages.
+#[component]
+pub fn App() -> impl IntoView {
+    view! {
+        <Router>
+            <header>
+                <a class="brand" href="/">"Multitune"</a>
+                <nav aria-label="main">
+                    <A href="/datasets">"Datasets"</A>
+                    <A href="/models">"Models"</A>
+                    <A href="/new">"New experiment"</A>
+                    <A href="/experiments">"Experiments"</A>
+                    <A href="/playground">"Playground"</A>
+                </nav>
+            </header>
+            <TokenBanner/>
+            <main>
+                <Routes fallback=|| view! { <p>"No such page."</p> }>
+                    <Route path=path!("/") view=pages::experiments::ExperimentsPage/>
+                    <Route path=path!("/datasets") view=pages::datasets::DatasetsPage/>
+                    <Route path=path!("/datasets/:id") view=pages::datasets::DatasetPage/>
+                    <Route path=path!("/models") view=pages::models::ModelsPage/>
+                    <Route path=path!("/new") view=pages::new_experiment::NewExperimentPage/>
+                    <Route path=path!("/experiments") view=pages::experiments::ExperimentsPage/>
+                    <Route path=path!("/experiments/:id") view=pages::experiment::ExperimentPage/>
+                    <Route path=path!("/experiments/:id/compare") view=pages::compare::ComparePage/>
+                    <Route path=path!("/experiments/:id/downloads") view=pages::downloads::DownloadsPage/>
+                    <Route path=path!("/playground") view=pages::playground::PlaygroundPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}

@@ -1,0 +1,6 @@
+//! Entry point: mounts the dashboard.
+
+fn main() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(multitune_ui::App);
+}

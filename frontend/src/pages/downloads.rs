@@ -1,0 +1,52 @@
+//! Downloads: each run's adapter (PEFT), a multi-head run's heads, the merged model,
+//! and the whole experiment.
+
+use leptos::prelude::*;
+use multitune_api::{ApiError, Experiment};
+
+use super::route_id;
+use crate::{api, ErrorView};
+
+#[component]
+pub fn DownloadsPage() -> impl IntoView {
+    let id = route_id();
+    let exp = RwSignal::new(None::<Result<Experiment, ApiError>>);
+    Effect::new(move |_| {
+        let id = id.get();
+        leptos::task::spawn_local(async move { exp.set(Some(api::get(&format!("/api/experiments/{id}")).await)) });
+    });
+    view! {
+        <h1>"Downloads"</h1>
+        <p>"Adapters are PEFT folders: load them with "<code>"PeftModel.from_pretrained(base, folder)"</code>
+           " on HuggingFaceTB/SmolLM2-135M-Instruct (or your base). Merged models are Hugging Face folders."</p>
+        {move || match exp.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => view! { <ErrorView error=e/> }.into_any(),
+            Some(Ok(e)) => {
+                let runs: Vec<_> = e.runs.iter().filter(|r| r.has_adapter).cloned().collect();
+                view! {
+                    <p><a class="button" href=api::url(&format!("/api/experiments/{}/download", e.id))>"The whole experiment (zip)"</a></p>
+                    {if runs.is_empty() {
+                        view! { <p class="empty">"No adapters yet: they appear when the experiment finishes."</p> }.into_any()
+                    } else {
+                        view! {
+                            <table class="downloads">
+                                <thead><tr><th>"run"</th><th>"adapter"</th><th>"heads"</th><th>"merged model"</th></tr></thead>
+                                <tbody>{runs.into_iter().map(|r| view! {
+                                    <tr>
+                                        <td>{r.name.clone()}</td>
+                                        <td><a class="adapter" href=api::url(&format!("/api/runs/{}/adapter", r.id))>"PEFT adapter (zip)"</a></td>
+                                        <td>{r.has_heads.then(|| view! { <a href=api::url(&format!("/api/runs/{}/heads", r.id))>"heads (zip)"</a> })}</td>
+                                        <td>{(r.name != "separate (routed)").then(|| view! {
+                                            <a href=api::url(&format!("/api/runs/{}/merged", r.id))>"merged (zip)"</a>
+                                        })}</td>
+                                    </tr>
+                                }).collect_view()}</tbody>
+                            </table>
+                        }.into_any()
+                    }}
+                }.into_any()
+            }
+        }}
+    }
+}

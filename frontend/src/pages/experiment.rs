@@ -1,0 +1,198 @@
+//! An experiment, live: loss curves of every run updating over server-sent events, a
+//! progress bar, ETA and throughput per run, the queue position, cancel and resume.
+
+use leptos::prelude::*;
+use multitune_api::{ApiError, Event, Experiment, Run, Status};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use super::route_id;
+use crate::chart::{loss_svg, Curves};
+use crate::{api, format, ErrorView};
+
+/// Applies a live event to the experiment's runs (progress without a round trip).
+pub fn apply(e: &mut Experiment, ev: &Event) {
+    match ev {
+        Event::Status { status, message } => {
+            e.status = *status;
+            e.error = message.clone();
+        }
+        Event::RunStarted { run, index, .. } => {
+            if !e.runs.iter().any(|r| &r.name == run) {
+                e.runs.push(Run {
+                    id: 0,
+                    experiment_id: e.id.clone(),
+                    name: run.clone(),
+                    index: *index,
+                    status: Status::Running,
+                    stage: None,
+                    step: 0,
+                    total_steps: 0,
+                    loss: None,
+                    tokens_per_s: None,
+                    elapsed_s: 0.0,
+                    eta_s: None,
+                    has_adapter: false,
+                    has_heads: false,
+                });
+            }
+        }
+        Event::Step { run, stage, step, total_steps, loss, tokens_per_s, elapsed_s, .. } => {
+            if let Some(r) = e.runs.iter_mut().find(|r| &r.name == run) {
+                r.status = Status::Running;
+                r.stage = Some(stage.clone());
+                r.step = *step;
+                r.total_steps = *total_steps;
+                r.loss = Some(*loss);
+                r.tokens_per_s = Some(*tokens_per_s);
+                r.elapsed_s = *elapsed_s;
+                r.eta_s = (*step > 0 && total_steps > step).then(|| elapsed_s / *step as f64 * (total_steps - step) as f64);
+            }
+        }
+        Event::RunFinished { run, .. } => {
+            if let Some(r) = e.runs.iter_mut().find(|r| &r.name == run) {
+                r.status = Status::Done;
+                r.eta_s = None;
+            }
+        }
+        Event::TrainStarted { .. } | Event::Evaluated { .. } => {}
+    }
+}
+
+#[component]
+pub fn ExperimentPage() -> impl IntoView {
+    let id = route_id();
+    let exp = RwSignal::new(None::<Result<Experiment, ApiError>>);
+    let curves = RwSignal::new(Curves::default());
+    let scores = RwSignal::new(Vec::<(String, String, String, f64)>::new());
+    let action_error = RwSignal::new(None::<ApiError>);
+    let source = StoredValue::new_local(None::<web_sys::EventSource>);
+    let refresh = move || {
+        let id = id.get_untracked();
+        leptos::task::spawn_local(async move { exp.set(Some(api::get(&format!("/api/experiments/{id}")).await)) });
+    };
+    Effect::new(move |_| {
+        let id = id.get();
+        curves.set(Curves::default());
+        scores.set(vec![]);
+        exp.set(None);
+        leptos::task::spawn_local(async move {
+            let loaded = api::get::<Experiment>(&format!("/api/experiments/{id}")).await;
+            let ok = loaded.is_ok();
+            exp.set(Some(loaded));
+            if !ok {
+                return;
+            }
+            let Ok(es) = web_sys::EventSource::new(&api::url(&format!("/api/experiments/{id}/events"))) else { return };
+            let es2 = es.clone();
+            let on_event = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |m: web_sys::MessageEvent| {
+                let Some(data) = m.data().as_string() else { return };
+                let Ok(ev) = serde_json::from_str::<Event>(&data) else { return };
+                curves.update(|c| c.push(&ev));
+                if let Event::Evaluated { run, stage, task, value } = &ev {
+                    scores.update(|s| s.push((run.clone(), stage.clone(), task.clone(), *value)));
+                }
+                exp.update(|e| {
+                    if let Some(Ok(e)) = e {
+                        apply(e, &ev);
+                    }
+                });
+                if let Event::Status { status, .. } = ev {
+                    if status.is_final() {
+                        // The server ends the stream here; do not let the browser reconnect.
+                        es2.close();
+                        refresh();
+                    }
+                }
+            });
+            for kind in ["status", "run_started", "train_started", "step", "evaluated", "run_finished"] {
+                let _ = es.add_event_listener_with_callback(kind, on_event.as_ref().unchecked_ref());
+            }
+            on_event.forget();
+            source.update_value(|s| {
+                if let Some(old) = s.replace(es) {
+                    old.close();
+                }
+            });
+        });
+    });
+    on_cleanup(move || {
+        source.update_value(|s| {
+            if let Some(es) = s.take() {
+                es.close();
+            }
+        })
+    });
+    let act = move |what: &'static str| {
+        let id = id.get_untracked();
+        leptos::task::spawn_local(async move {
+            match api::post_empty::<Experiment>(&format!("/api/experiments/{id}/{what}")).await {
+                Ok(e) => {
+                    action_error.set(None);
+                    exp.set(Some(Ok(e)));
+                    if what == "resume" {
+                        let _ = web_sys::window().map(|w| w.location().reload());
+                    }
+                }
+                Err(e) => action_error.set(Some(e)),
+            }
+        });
+    };
+    view! {
+        {move || match exp.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => view! { <ErrorView error=e/> }.into_any(),
+            Some(Ok(e)) => {
+                let running = matches!(e.status, Status::Queued | Status::Running);
+                let resumable = matches!(e.status, Status::Interrupted | Status::Cancelled | Status::Failed);
+                view! {
+                    <h1>{e.name.clone()}</h1>
+                    <p>
+                        <span class=format!("status {}", e.status.as_str()) id="status">{e.status.as_str()}</span>
+                        {e.queue_position.map(|q| format!(" — {q} experiment(s) ahead in the queue"))}
+                        {format!(" · model {} · {} tasks · {} tokens per strategy", e.spec.model, e.spec.tasks.len(), e.spec.budget_tokens)}
+                    </p>
+                    {e.error.clone().map(|m| view! { <p class="error">{m}</p> })}
+                    <p class="actions">
+                        <Show when=move || running><button class="danger" on:click=move |_| act("cancel")>"Cancel"</button></Show>
+                        <Show when=move || resumable><button on:click=move |_| act("resume")>"Resume"</button></Show>
+                        <Show when={let r = e.has_report; move || r}>
+                            <a class="button" href=format!("/experiments/{}/compare", e.id)>"Compare results"</a>
+                            <a class="button" href=format!("/experiments/{}/downloads", e.id)>"Downloads"</a>
+                        </Show>
+                    </p>
+                    <table class="runs">
+                        <thead><tr><th>"run"</th><th>"status"</th><th>"stage"</th><th>"progress"</th><th>"loss"</th><th>"tokens/s"</th><th>"ETA"</th></tr></thead>
+                        <tbody>{e.runs.iter().filter(|r| r.index < 1000).map(|r| view! {
+                            <tr>
+                                <td>{r.name.clone()}</td>
+                                <td>{r.status.as_str()}</td>
+                                <td>{r.stage.clone().unwrap_or_default()}</td>
+                                <td><progress max=r.total_steps.max(1).to_string() value=r.step.to_string()></progress>
+                                    {format!(" {}/{}", r.step, r.total_steps)}</td>
+                                <td>{r.loss.map(|l| format!("{l:.3}")).unwrap_or_default()}</td>
+                                <td>{r.tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_default()}</td>
+                                <td>{r.eta_s.map(format::duration).unwrap_or_default()}</td>
+                            </tr>
+                        }).collect_view()}</tbody>
+                    </table>
+                }.into_any()
+            }
+        }}
+        {move || action_error.get().map(|e| view! { <ErrorView error=e/> })}
+        <h2>"Training loss"</h2>
+        <div class="chart" id="loss-chart" data-points=move || curves.get().len().to_string()
+            inner_html=move || {
+                let c = curves.get();
+                if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg(&c.series(), (900, 360)) }
+            }>
+        </div>
+        <h2>"Scores so far"</h2>
+        <table class="scores">
+            <thead><tr><th>"run"</th><th>"after"</th><th>"task"</th><th>"score"</th></tr></thead>
+            <tbody>{move || scores.get().into_iter().map(|(r, s, t, v)| view! {
+                <tr><td>{r}</td><td>{s}</td><td>{t}</td><td>{format::percent(v)}</td></tr>
+            }).collect_view()}</tbody>
+        </table>
+    }
+}
