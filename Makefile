@@ -5,12 +5,12 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release demo-data demo bench fmt lint clean
+.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
 DATA ?= data
-run: build-release
+run: build-release ui
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	target/release/multitune-server --data-dir $(DATA) --models-dir $(MODELS) --demo assets/demo --dist dist
 
@@ -27,8 +27,9 @@ cli-demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) generate --model default --adapter runs/demo \
 		--prompt $$'Classify the sentiment of this review as positive or negative.\nReview: The hotel was not lovely.'
 
-## test: everything CI checks (fetches the default model first).
-test: model
+## test: everything CI checks (fetches the default model and builds the dashboard first;
+## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
+test: model ui
 	$(CARGO) test --workspace
 
 ## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when present.
@@ -37,6 +38,21 @@ model: build
 
 build:
 	$(CARGO) build -p multitune -p multitune-server
+
+## ui-tools: what building the dashboard needs, installed when missing: the wasm32
+## target, trunk 0.21.14 and wasm-bindgen-cli at the Cargo.lock version.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+ui-tools:
+	@rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@command -v trunk >/dev/null && trunk --version | grep -q 0.21.14 || $(CARGO) install --locked trunk --version 0.21.14
+	@command -v wasm-bindgen >/dev/null && wasm-bindgen --version | grep -q "$(WASM_BINDGEN_VERSION)" || \
+		$(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	@grep -q 'wasm_bindgen = "$(WASM_BINDGEN_VERSION)"' Trunk.toml || \
+		{ echo "Trunk.toml must pin wasm_bindgen = \"$(WASM_BINDGEN_VERSION)\" (the Cargo.lock version)"; exit 1; }
+
+## ui: build the dashboard into dist/ (release wasm; trunk never downloads a tool).
+ui: ui-tools
+	TRUNK_OFFLINE=true trunk build
 
 build-release:
 	$(CARGO) build --release -p multitune -p multitune-server

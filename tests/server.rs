@@ -8,11 +8,11 @@ use multitune_api::{Dataset, Envelope, Event, Experiment, Status, StrategyChoice
 use serde_json::json;
 
 /// A `multitune-server` process on a free port with its own data folder.
-struct Server {
-    child: Child,
-    base: String,
-    addr: std::net::SocketAddr,
-    data: PathBuf,
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub data: PathBuf,
 }
 
 fn server_bin() -> PathBuf {
@@ -23,7 +23,7 @@ fn server_bin() -> PathBuf {
 }
 
 impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Self {
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(server_bin())
             .args(["--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
             .arg(data)
@@ -46,7 +46,7 @@ impl Server {
         Self { child, base, addr, data: data.to_path_buf() }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 

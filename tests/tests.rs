@@ -36,3 +36,7 @@ mod cli;
 // The HTTP service as a process: the whole journey, SSE reconnects, kill -9 and resume,
 // path traversal, malformed and oversize uploads.
 mod server;
+
+// The dashboard in headless Chromium (WebDriver from Rust): upload, train, watch,
+// compare, download; screenshots of every page into target/screenshots.
+mod browser;

@@ -26,7 +26,9 @@ pub fn set_token(t: &str) {
 /// cannot carry headers).
 pub fn url(path: &str) -> String {
     match token() {
-        Some(t) => format!("{path}{}token={}", if path.contains('?') { '&' } else { '?' }, js_sys::encode_uri_component(&t)),
+        Some(t) => {
+            format!("{path}{}token={}", if path.contains('?') { '&' } else { '?' }, js_sys::encode_uri_component(&t))
+        }
         None => path.to_string(),
     }
 }

@@ -79,7 +79,8 @@ pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], size: (u32, u32)) -> Strin
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             if let Ok(a) = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))) {
-                a.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                a.label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
             }
         }
         let _ = chart

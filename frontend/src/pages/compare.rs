@@ -29,8 +29,10 @@ fn est(v: &Value) -> (f64, f64, f64) {
 
 /// The per-task table of a report, best value per task marked.
 pub fn score_rows(report: &Value) -> (Vec<String>, Vec<ScoreRow>) {
-    let tasks: Vec<String> =
-        report["tasks"].as_array().map(|t| t.iter().filter_map(|x| x[0].as_str().map(String::from)).collect()).unwrap_or_default();
+    let tasks: Vec<String> = report["tasks"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|x| x[0].as_str().map(String::from)).collect())
+        .unwrap_or_default();
     let runs = report["runs"].as_array().cloned().unwrap_or_default();
     let value = |r: &Value, i: usize| est(&r["scores"][i]["value"]).0;
     let best: Vec<f64> = (0..tasks.len())
@@ -44,7 +46,10 @@ pub fn score_rows(report: &Value) -> (Vec<String>, Vec<ScoreRow>) {
                 .iter()
                 .map(|s| {
                     let (v, lo, hi) = est(&s["value"]);
-                    let seeds: Vec<f64> = s["seed_values"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+                    let seeds: Vec<f64> = s["seed_values"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                        .unwrap_or_default();
                     let spread = if seeds.len() > 1 {
                         let m = seeds.iter().sum::<f64>() / seeds.len() as f64;
                         let sd = (seeds.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (seeds.len() - 1) as f64).sqrt();
@@ -56,7 +61,16 @@ pub fn score_rows(report: &Value) -> (Vec<String>, Vec<ScoreRow>) {
                 })
                 .collect();
             let n = scores.len().max(1) as f64;
-            let mean = |k: usize| scores.iter().map(|s| { let e = est(&s["value"]); [e.0, e.1, e.2][k] }).sum::<f64>() / n;
+            let mean = |k: usize| {
+                scores
+                    .iter()
+                    .map(|s| {
+                        let e = est(&s["value"]);
+                        [e.0, e.1, e.2][k]
+                    })
+                    .sum::<f64>()
+                    / n
+            };
             ScoreRow {
                 run: r["name"].as_str().unwrap_or("").to_string(),
                 cells,
@@ -186,7 +200,10 @@ mod tests {
         assert_eq!(rows[1].cells[0], "50.0% [40.0, 60.0]");
         assert_eq!(rows[1].macro_avg, "60.0% [50.0, 70.0]");
         // The base model is the reference, never "best".
-        assert_eq!((rows[0].best.clone(), rows[1].best.clone(), rows[2].best.clone()), (vec![false, false], vec![false, true], vec![true, false]));
+        assert_eq!(
+            (rows[0].best.clone(), rows[1].best.clone(), rows[2].best.clone()),
+            (vec![false, false], vec![false, true], vec![true, false])
+        );
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub fn apply(e: &mut Experiment, ev: &Event) {
                 r.loss = Some(*loss);
                 r.tokens_per_s = Some(*tokens_per_s);
                 r.elapsed_s = *elapsed_s;
-                r.eta_s = (*step > 0 && total_steps > step).then(|| elapsed_s / *step as f64 * (total_steps - step) as f64);
+                r.eta_s =
+                    (*step > 0 && total_steps > step).then(|| elapsed_s / *step as f64 * (total_steps - step) as f64);
             }
         }
         Event::RunFinished { run, .. } => {

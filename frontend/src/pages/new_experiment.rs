@@ -11,7 +11,9 @@ use crate::{api, format, ErrorView};
 fn strategy_label(s: &StrategyChoice) -> String {
     match s {
         StrategyChoice::Combined { .. } => "Combined".into(),
-        StrategyChoice::Sequential { variant, .. } if variant == "merge_then_new" => "Sequential (merge-then-new)".into(),
+        StrategyChoice::Sequential { variant, .. } if variant == "merge_then_new" => {
+            "Sequential (merge-then-new)".into()
+        }
         StrategyChoice::Sequential { .. } => "Sequential (continue)".into(),
         StrategyChoice::Separate { .. } => "Separate + merge".into(),
         StrategyChoice::MultiHead { .. } => "Multi-head".into(),
@@ -31,6 +33,59 @@ pub fn measured_tokens_per_s(experiments: &[Experiment], model: &str) -> Option<
     }
     v.sort_by(f64::total_cmp);
     Some(v[v.len() / 2])
+}
+
+/// A text input bound to a signal.
+#[component]
+fn Field(id: &'static str, value: RwSignal<String>) -> impl IntoView {
+    view! { <input id=id prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) /> }
+}
+
+/// The hyper-parameters typed into the form; each field that is not a number is named.
+pub fn parse_hyper(
+    lr: &str,
+    rank: &str,
+    batch: &str,
+    max_tokens: &str,
+    eval_limit: &str,
+    seeds: &str,
+) -> Result<Hyper, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut num = |name: &str, v: &str| -> Option<f64> {
+        let r = v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+        if r.is_none() {
+            errors.push(format!("{name}: `{v}` is not a number"));
+        }
+        r
+    };
+    let h = Hyper {
+        learning_rate: num("learning rate", lr).unwrap_or(0.0),
+        rank: num("LoRA rank", rank).unwrap_or(0.0) as usize,
+        batch_size: num("batch size", batch).unwrap_or(0.0) as usize,
+        max_tokens: num("longest example", max_tokens).unwrap_or(0.0) as usize,
+        eval_limit: if eval_limit.trim().is_empty() {
+            None
+        } else {
+            num("held-out examples", eval_limit).map(|v| v as usize)
+        },
+        seeds: seeds
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .filter_map(|s| {
+                let v = s.trim().parse().ok();
+                if v.is_none() {
+                    errors.push(format!("seeds: `{}` is not a whole number", s.trim()));
+                }
+                v
+            })
+            .collect(),
+        ..Hyper::default()
+    };
+    if errors.is_empty() {
+        Ok(h)
+    } else {
+        Err(errors)
+    }
 }
 
 #[component]
@@ -56,7 +111,13 @@ pub fn NewExperimentPage() -> impl IntoView {
     let all = StrategyChoice::all();
     let picked = RwSignal::new(vec![true; all.len()]);
     let budget = RwSignal::new("16000".to_string());
-    let hyper = RwSignal::new(Hyper { learning_rate: 1e-3, eval_limit: Some(50), ..Hyper::default() });
+    // Numbers are edited as text and parsed on submit, so typing "0.0" is not rewritten.
+    let d = Hyper::default();
+    let lr = RwSignal::new("0.001".to_string());
+    let rank = RwSignal::new(d.rank.to_string());
+    let batch = RwSignal::new(d.batch_size.to_string());
+    let max_tokens = RwSignal::new(d.max_tokens.to_string());
+    let eval_limit = RwSignal::new("50".to_string());
     let seeds = RwSignal::new(String::new());
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
@@ -81,8 +142,19 @@ pub fn NewExperimentPage() -> impl IntoView {
         ev.prevent_default();
         let strategies: Vec<StrategyChoice> =
             all.iter().zip(picked.get()).filter(|(_, p)| *p).map(|(s, _)| s.clone()).collect();
-        let mut h = hyper.get();
-        h.seeds = seeds.get().split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        let h =
+            match parse_hyper(&lr.get(), &rank.get(), &batch.get(), &max_tokens.get(), &eval_limit.get(), &seeds.get())
+            {
+                Ok(h) => h,
+                Err(details) => {
+                    error.set(Some(ApiError {
+                        code: "invalid".into(),
+                        message: "Some settings are not numbers".into(),
+                        details,
+                    }));
+                    return;
+                }
+            };
         let spec = ExperimentCreate {
             name: name.get(),
             model: model.get(),
@@ -105,17 +177,6 @@ pub fn NewExperimentPage() -> impl IntoView {
             busy.set(false);
         });
     };
-    let num = move |get: fn(&Hyper) -> String, set: fn(&mut Hyper, &str)| {
-        (move || get(&hyper.get()), move |ev: leptos::ev::Event| hyper.update(|h| set(h, &event_target_value(&ev))))
-    };
-    let (lr_v, lr_set) = num(|h| h.learning_rate.to_string(), |h, v| h.learning_rate = v.parse().unwrap_or(h.learning_rate));
-    let (rank_v, rank_set) = num(|h| h.rank.to_string(), |h, v| h.rank = v.parse().unwrap_or(h.rank));
-    let (bs_v, bs_set) = num(|h| h.batch_size.to_string(), |h, v| h.batch_size = v.parse().unwrap_or(h.batch_size));
-    let (mt_v, mt_set) = num(|h| h.max_tokens.to_string(), |h, v| h.max_tokens = v.parse().unwrap_or(h.max_tokens));
-    let (el_v, el_set) = num(
-        |h| h.eval_limit.map(|v| v.to_string()).unwrap_or_default(),
-        |h, v| h.eval_limit = v.parse().ok(),
-    );
     view! {
         <h1>"New experiment"</h1>
         <form class="new" on:submit=submit>
@@ -182,11 +243,11 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <legend>"Budget and hyper-parameters"</legend>
                 <label for="budget">"Training tokens per strategy"</label>
                 <input id="budget" inputmode="numeric" prop:value=move || budget.get() on:input=move |ev| budget.set(event_target_value(&ev)) />
-                <label for="lr">"Learning rate"</label><input id="lr" prop:value=lr_v on:input=lr_set />
-                <label for="rank">"LoRA rank"</label><input id="rank" prop:value=rank_v on:input=rank_set />
-                <label for="batch">"Batch size"</label><input id="batch" prop:value=bs_v on:input=bs_set />
-                <label for="max-tokens">"Longest example (tokens)"</label><input id="max-tokens" prop:value=mt_v on:input=mt_set />
-                <label for="eval-limit">"Held-out examples per task (blank: all)"</label><input id="eval-limit" prop:value=el_v on:input=el_set />
+                <label for="lr">"Learning rate"</label><Field id="lr" value=lr />
+                <label for="rank">"LoRA rank"</label><Field id="rank" value=rank />
+                <label for="batch">"Batch size"</label><Field id="batch" value=batch />
+                <label for="max-tokens">"Longest example (tokens)"</label><Field id="max-tokens" value=max_tokens />
+                <label for="eval-limit">"Held-out examples per task (blank: all)"</label><Field id="eval-limit" value=eval_limit />
                 <label for="seeds">"Repeat over seeds (e.g. 1,2,3; blank: once)"</label>
                 <input id="seeds" prop:value=move || seeds.get() on:input=move |ev| seeds.set(event_target_value(&ev)) />
             </fieldset>
@@ -241,6 +302,16 @@ mod tests {
                 .collect(),
             has_report: true,
         }
+    }
+
+    #[test]
+    fn typed_settings_parse_or_name_the_bad_field() {
+        let h = parse_hyper("0.005", "8", "4", "192", "", "1, 2").unwrap();
+        assert_eq!((h.learning_rate, h.rank, h.batch_size, h.max_tokens, h.eval_limit), (0.005, 8, 4, 192, None));
+        assert_eq!(h.seeds, vec![1, 2]);
+        let e = parse_hyper("fast", "8", "4", "192", "x", "1,a").unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("learning rate") && e[1].starts_with("held-out") && e[2].starts_with("seeds"));
     }
 
     #[test]

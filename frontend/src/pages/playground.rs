@@ -45,20 +45,26 @@ pub fn PlaygroundPage() -> impl IntoView {
         leptos::task::spawn_local(async move {
             for (r, out) in [(req, base_out), (tuned, tuned_out)] {
                 let got = api::post_text("/api/playground", &r).await.and_then(|t| {
-                    answer_of(&t).ok_or_else(|| ApiError { code: "empty".into(), message: "no answer".into(), details: vec![] })
+                    answer_of(&t).ok_or_else(|| ApiError {
+                        code: "empty".into(),
+                        message: "no answer".into(),
+                        details: vec![],
+                    })
                 });
                 out.set(Some(got));
             }
         });
     };
     let show = |out: RwSignal<Option<Result<PlaygroundChunk, ApiError>>>| {
-        move || match out.get() {
+        move || {
+            match out.get() {
             None => view! { <p class="empty">"—"</p> }.into_any(),
             Some(Err(e)) => view! { <ErrorView error=e/> }.into_any(),
             Some(Ok(c)) => view! {
                 <pre class="answer">{c.text.clone()}</pre>
                 <ul>{c.labels.iter().map(|(l, p)| view! { <li>{format!("{l}: {:.1}%", 100.0 * p)}</li> }).collect_view()}</ul>
             }.into_any(),
+        }
         }
     };
     view! {

@@ -1,0 +1,295 @@
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::server::Server;
+
+/// A headless Chromium driven over the WebDriver protocol (chromedriver), from Rust.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn find_program(names: &[&str]) -> PathBuf {
+    for n in names {
+        for dir in ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"] {
+            let p = Path::new(dir).join(n);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!("{names:?} not found: install Debian's chromium and chromium-driver (.ci/run does)");
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = free_port();
+        let driver = Command::new(find_program(&["chromedriver"]))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let t0 = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": find_program(&["chromium", "chromium-browser"]).display().to_string(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update", "--window-size=1280,1000"]
+            }
+        }}});
+        let v: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
+        Self { driver, base, session, http }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body.unwrap_or(json!({}))),
+        };
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn find_all(&self, css: &str) -> Vec<String> {
+        let v = self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css}))).await;
+        v.as_array()
+            .map(|a| a.iter().filter_map(|e| e[ELEMENT].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the first element matching `css`.
+    async fn wait(&self, css: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                return e;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no `{css}` appeared");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Waits until the page's text contains `text`.
+    async fn wait_text(&self, css: &str, text: &str) {
+        let t0 = Instant::now();
+        loop {
+            for e in self.find_all(css).await {
+                if self.text(&e).await.contains(text) {
+                    return;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "`{css}` never showed `{text}`");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, el: &str) {
+        self.cmd("POST", &format!("/element/{el}/click"), None).await;
+    }
+
+    async fn clear(&self, el: &str) {
+        self.cmd("POST", &format!("/element/{el}/clear"), None).await;
+    }
+
+    async fn send_keys(&self, el: &str, text: &str) {
+        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn text(&self, el: &str) -> String {
+        self.cmd("GET", &format!("/element/{el}/text"), None).await.as_str().unwrap_or("").to_string()
+    }
+
+    async fn attr(&self, el: &str, name: &str) -> String {
+        self.cmd("GET", &format!("/element/{el}/attribute/{name}"), None).await.as_str().unwrap_or("").to_string()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let v = self.cmd("GET", "/screenshot", None).await;
+        let png = base64_decode(v.as_str().expect("a screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
+        let dir = screenshots_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Test artifacts: `target/screenshots/` (or `$MULTITUNE_SCREENSHOTS`).
+fn screenshots_dir() -> PathBuf {
+    std::env::var_os("MULTITUNE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).unwrap().join("screenshots")
+    })
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => 0,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().take_while(|&&c| c != b'=').count();
+        let v: u32 = chunk.iter().take(n).enumerate().fold(0, |acc, (i, &c)| acc | (u32::from(val(c)) << (18 - 6 * i)));
+        out.extend(v.to_be_bytes()[1..].iter().take(n.saturating_sub(1)));
+    }
+    out
+}
+
+/// The dashboard in a real headless Chromium: upload a demo dataset through the file
+/// input, create an experiment on the tiny model, watch the loss chart gain points,
+/// reach the compare page with a filled table, download an adapter; a screenshot of
+/// every page is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_end_to_end_in_chromium() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
+    assert!(dist.join("index.html").exists(), "the dashboard is not built: run `make ui` (trunk build)");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--dist", dist.to_str().unwrap()]);
+    let b = Browser::start().await;
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+
+    // Datasets: upload two tasks through the file input.
+    b.goto(&s.url("/datasets")).await;
+    b.wait_text("p", "No datasets yet").await;
+    for t in ["sentiment", "arithmetic"] {
+        let input = b.wait("input#file").await;
+        b.send_keys(&input, demo.join(format!("{t}.jsonl")).to_str().unwrap()).await;
+        b.wait_text("table.datasets", t).await;
+    }
+    b.wait_text("p.ok", "Added").await;
+    b.screenshot("datasets").await;
+    // A malformed upload shows its problems by line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"a\", \"completion\": \"b\"}\nnot json\n").unwrap();
+    let input = b.wait("input#file").await;
+    b.send_keys(&input, bad.to_str().unwrap()).await;
+    b.wait_text(".error", "line 2").await;
+
+    b.goto(&s.url("/models")).await;
+    b.wait_text("table", "tiny").await;
+    b.screenshot("models").await;
+
+    // New experiment on the tiny model.
+    b.goto(&s.url("/new")).await;
+    b.wait("input[id^='task-']").await;
+    for el in b.find_all("input[id^='task-']").await {
+        b.click(&el).await;
+    }
+    let tiny = b.wait("#model option[value='tiny']").await;
+    b.click(&tiny).await;
+    let budget = b.wait("#budget").await;
+    b.clear(&budget).await;
+    b.send_keys(&budget, "12000").await;
+    let limit = b.wait("#eval-limit").await;
+    b.clear(&limit).await;
+    b.send_keys(&limit, "4").await;
+    let lr = b.wait("#lr").await;
+    b.clear(&lr).await;
+    b.send_keys(&lr, "0.005").await;
+    b.wait_text(".estimate", "tokens/s").await;
+    b.screenshot("new-experiment").await;
+    let start = b.wait("button[type='submit']").await;
+    b.click(&start).await;
+
+    // Live: the loss chart gains points.
+    let chart = b.wait("#loss-chart").await;
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        let n: usize = b.attr(&chart, "data-points").await.parse().unwrap_or(0);
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+        if seen.len() >= 3 && n > 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the chart did not grow: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "points only grow: {seen:?}");
+    b.screenshot("experiment-live").await;
+    b.wait_text("#status", "done").await;
+    let polylines = b.find_all("#loss-chart svg polyline").await;
+    assert!(polylines.len() > 5, "the loss chart has lines");
+    b.screenshot("experiment-done").await;
+
+    // Compare: a filled table.
+    let compare = b.wait("a[href$='/compare']").await;
+    b.click(&compare).await;
+    b.wait_text("#compare-table", "combined (proportional)").await;
+    let rows = b.find_all("#compare-table tbody tr").await;
+    assert!(rows.len() >= 8, "base + every run: {}", rows.len());
+    b.wait_text(".recommendation", "best overall").await;
+    b.wait("img[src*='scores.svg']").await;
+    b.screenshot("compare").await;
+
+    // Downloads: an adapter zip that loads back.
+    let url = b.cmd("GET", "/url", None).await.as_str().unwrap().to_string();
+    b.goto(&url.replace("/compare", "/downloads")).await;
+    let link = b.wait("a.adapter").await;
+    let href = b.attr(&link, "href").await;
+    b.screenshot("downloads").await;
+    let bytes = reqwest::get(s.url(&href)).await.unwrap().bytes().await.unwrap();
+    let out = dir.path().join("adapter");
+    zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap().extract(&out).unwrap();
+    let folder = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let (model, _) = multitune::loader::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+    let adapter = multitune::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
+    assert!(adapter.num_parameters() > 0);
+
+    // Playground: base and tuned side by side.
+    b.goto(&s.url("/playground")).await;
+    let opt = b.wait("#pg-exp option:nth-child(2)").await;
+    b.click(&opt).await;
+    let run = b.wait("#pg-run option:nth-child(2)").await;
+    b.click(&run).await;
+    let prompt = b.wait("#pg-prompt").await;
+    b.send_keys(&prompt, "Review: great.").await;
+    let ask = b.wait("button[type='submit']").await;
+    b.click(&ask).await;
+    let t0 = Instant::now();
+    while b.find_all("pre.answer").await.len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no answers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.screenshot("playground").await;
+    b.cmd("DELETE", "", None).await;
+}
