@@ -60,8 +60,24 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Natively (tests), text is measured with the same bundled font as the server's report
+/// charts; in the browser plotters measures text with the page's own font.
+#[cfg(not(target_arch = "wasm32"))]
+fn register_font() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+        // A committed, known-good font file: registration cannot fail.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+fn register_font() {}
+
 /// The loss chart as SVG text.
 pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], size: (u32, u32)) -> String {
+    register_font();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
