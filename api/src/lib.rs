@@ -374,6 +374,10 @@ pub struct Experiment {
     pub has_report: bool,
 }
 
+/// `Run::index` of runs that only the final report lists (merges of separate adapters,
+/// seed averages): they never trained on their own, so they have no progress to show.
+pub const REPORT_ONLY_RUN_INDEX: usize = 1000;
+
 /// One run of an experiment, with its latest progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {

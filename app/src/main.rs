@@ -731,24 +731,11 @@ fn cmd_compare(cli: &Cli, a: &CompareArgs, device: &Device) -> anyhow::Result<()
         LoadOptions { limits: Limits { max_tokens: a.max_tokens, ..Limits::default() }, ..LoadOptions::default() };
     let mut tasks = Vec::new();
     for p in &a.tasks {
-        let d = dataset::load(p, &opts)?;
         let name = task_name(p);
         let beside = p.parent().unwrap_or(Path::new(".")).join("eval").join(p.file_name().unwrap_or_default());
         let eval_file =
             a.eval_dir.as_ref().map(|d| d.join(format!("{name}.jsonl"))).or_else(|| beside.exists().then_some(beside));
-        let (train, mut eval) = match eval_file {
-            Some(f) => {
-                (d.records.clone(), dataset::load(&f, &LoadOptions { kind: Some(d.kind), ..opts.clone() })?.records)
-            }
-            None => {
-                let (ti, ei) = dataset::split_indices(d.records.len(), Split::Fraction(a.eval_split), a.seed)?;
-                (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
-            }
-        };
-        if let Some(n) = a.eval_limit {
-            eval.truncate(n);
-        }
-        tasks.push(TaskData { name, kind: d.kind, labels: d.labels, train, eval });
+        tasks.push(TaskData::load(&name, p, eval_file.as_deref(), &opts, a.eval_split, a.seed, a.eval_limit)?);
     }
     let m = load(&a.model.model, cli, device)?;
     let train = TrainConfig {

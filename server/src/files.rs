@@ -1,5 +1,6 @@
 //! The data folder: every file lives under it, named by ids the server made, so a client
-//! never names a path. Files are written to a temporary name, fsynced and renamed.
+//! never names a path. Files are written to a temporary name, fsynced and renamed
+//! (the engine's `checkpoint::write_atomic` for its outputs; uploads and zips here).
 //!
 //! ```text
 //! <data>/multitune.sqlite
@@ -10,7 +11,6 @@
 //! <data>/experiments/<id>/merged/   merged models built on request
 //! ```
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ApiError, ApiResult};
@@ -77,11 +77,6 @@ impl DataDir {
         Ok(d)
     }
 
-    /// The root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The database file.
     pub fn database(&self) -> PathBuf {
         self.root.join("multitune.sqlite")
@@ -101,19 +96,6 @@ impl DataDir {
     pub fn experiment(&self, id: &str) -> PathBuf {
         self.root.join("experiments").join(id)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 /// Zips folders into `dest` (atomically): each `(folder, name)` becomes `name/…` in the

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitune::dataset::{self, LoadOptions, Split, TaskKind};
+use multitune::dataset::{self, LoadOptions};
 use multitune::eval::EvalOptions;
 use multitune::lora::LoraConfig;
 use multitune::merge::MergeMethod;
@@ -155,23 +155,9 @@ fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Res
     let mut tasks = Vec::new();
     for t in &spec.tasks {
         let (name, path) = file_of(&t.dataset)?;
-        let d = dataset::load(&path, &opts)?;
-        let (train, mut eval) = match &t.eval_dataset {
-            Some(e) => {
-                let (_, p) = file_of(e)?;
-                (d.records.clone(), dataset::load(&p, &LoadOptions { kind: Some(d.kind), ..opts.clone() })?.records)
-            }
-            None => {
-                let (ti, ei) =
-                    dataset::split_indices(d.records.len(), Split::Fraction(spec.hyper.eval_split), spec.hyper.seed)?;
-                (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
-            }
-        };
-        if let Some(n) = spec.hyper.eval_limit {
-            eval.truncate(n);
-        }
-        let labels = if d.kind == TaskKind::Classification { d.labels } else { vec![] };
-        tasks.push(TaskData { name, kind: d.kind, labels, train, eval });
+        let eval = t.eval_dataset.as_deref().map(file_of).transpose()?.map(|(_, p)| p);
+        let h = &spec.hyper;
+        tasks.push(TaskData::load(&name, &path, eval.as_deref(), &opts, h.eval_split, h.seed, h.eval_limit)?);
     }
     Ok(tasks)
 }
@@ -350,7 +336,7 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
             c.execute(
                 "INSERT INTO runs (experiment_id, idx, name, status, adapter_dirs, has_heads) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
                  ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'done', adapter_dirs = ?4, has_heads = ?5",
-                params![id, 1000 + i as i64, r.name, serde_json::to_string(&dirs).unwrap_or_default(), heads],
+                params![id, (multitune_api::REPORT_ONLY_RUN_INDEX + i) as i64, r.name, serde_json::to_string(&dirs).unwrap_or_default(), heads],
             )?;
         }
         Ok(())

@@ -42,6 +42,38 @@ pub struct TaskData {
     pub eval: Vec<Record>,
 }
 
+impl TaskData {
+    /// Task `name` from a training file and either a held-out file (read as the same
+    /// kind) or a seeded `eval_split` share of the training file; at most `eval_limit`
+    /// held-out examples are kept.
+    pub fn load(
+        name: &str,
+        train: &Path,
+        eval: Option<&Path>,
+        opts: &crate::dataset::LoadOptions,
+        eval_split: f64,
+        seed: u64,
+        eval_limit: Option<usize>,
+    ) -> Result<Self> {
+        let d = crate::dataset::load(train, opts)?;
+        let (train, mut eval) = match eval {
+            Some(f) => {
+                let held_out = crate::dataset::LoadOptions { kind: Some(d.kind), ..opts.clone() };
+                (d.records.clone(), crate::dataset::load(f, &held_out)?.records)
+            }
+            None => {
+                let split = crate::dataset::Split::Fraction(eval_split);
+                let (ti, ei) = crate::dataset::split_indices(d.records.len(), split, seed)?;
+                (ti.iter().map(|&i| d.records[i].clone()).collect(), ei.iter().map(|&i| d.records[i].clone()).collect())
+            }
+        };
+        if let Some(n) = eval_limit {
+            eval.truncate(n);
+        }
+        Ok(Self { name: name.into(), kind: d.kind, labels: d.labels, train, eval })
+    }
+}
+
 /// How a sequential run carries knowledge from one task to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -164,7 +164,7 @@ pub fn ExperimentPage() -> impl IntoView {
                     </p>
                     <table class="runs">
                         <thead><tr><th>"run"</th><th>"status"</th><th>"stage"</th><th>"progress"</th><th>"loss"</th><th>"tokens/s"</th><th>"ETA"</th></tr></thead>
-                        <tbody>{e.runs.iter().filter(|r| r.index < 1000).map(|r| view! {
+                        <tbody>{e.runs.iter().filter(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).map(|r| view! {
                             <tr>
                                 <td>{r.name.clone()}</td>
                                 <td>{r.status.as_str()}</td>
