@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench fmt lint clean
+.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -68,10 +68,21 @@ demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
 		--budget-tokens 16000 --eval-limit 20 --lr 1e-3 --out runs/demo-compare
 
-## bench: training/eval throughput and peak memory, tiny and default models.
+## bench-setup: the Python reference for `make bench` (PyTorch CPU build, transformers,
+## PEFT) in a virtual environment; never needed by the tests.
+BENCH_VENV ?= bench/.venv
+bench-setup:
+	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+
+## bench: ours and PyTorch + PEFT alternating, on the tiny and SmolLM2-135M models: training,
+## eval and label-ranking throughput, MFU, peak memory and the ratio (2 threads each).
+## Without the reference environment only our figures are printed. BENCH_ARGS adds flags.
 bench: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
-	$(BIN_RELEASE) --models-dir $(MODELS) bench --models tiny,default --steps 5
+	$(BIN_RELEASE) --models-dir $(MODELS) bench --models tiny,default --threads 2 --steps 10 \
+		$$( [ -x $(BENCH_VENV)/bin/python ] && echo --reference $(BENCH_VENV)/bin/python ) \
+		--json target/bench.json $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

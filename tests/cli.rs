@@ -127,13 +127,46 @@ fn data_check_prints_a_summary_or_the_errors() {
 
 #[test]
 fn bench_prints_figures_for_the_tiny_model() {
-    let r = run(&["bench", "--models", "tiny", "--steps", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+    let r = run(&[
+        "bench",
+        "--models",
+        "tiny",
+        "--shapes",
+        "4x16",
+        "--demo",
+        demo,
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", text(&r));
     let t = text(&r);
-    assert!(t.contains("train tok/s") && t.contains("peak MiB"), "{t}");
-    let line = t.lines().find(|l| l.starts_with("tiny")).expect("a tiny row");
-    let figures: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    assert!(figures.iter().all(|f| *f > 0.0), "{line}");
+    assert!(t.contains("matmul peak") && t.contains("ours/s") && t.contains("MFU"), "{t}");
+    let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("tiny")).collect();
+    // 4x16 and demo in train and eval, plus label ranking on the first classification task.
+    assert_eq!(rows.len(), 5, "{t}");
+    assert!(rows.iter().any(|l| l.contains("rank:sentiment")), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in rows {
+        let secs: Vec<f64> = row["ours"]["step_secs"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
+        assert!(!secs.is_empty() && secs.iter().all(|s| *s > 0.0), "{row}");
+        assert!(row["units"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["reference"].is_null());
+        match row["mode"].as_str().unwrap() {
+            "rank" => assert!(row["flops"].is_null()),
+            _ => assert!(row["flops"].as_f64().unwrap() > 0.0),
+        }
+    }
+    // 2 timed steps of 4 rows of 16 tokens.
+    assert_eq!(rows[0]["units"].as_u64(), Some(2 * 4 * 16));
 }
 
 #[test]

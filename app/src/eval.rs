@@ -100,7 +100,9 @@ impl TaskEval {
     }
 }
 
-/// Per-example completion NLL sums and token counts, in batches.
+/// Per-example completion NLL sums and token counts, in batches. Examples are batched
+/// by length (longest first) so that little compute goes to padding; the results come
+/// back in the input order.
 pub fn completion_nll(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -108,12 +110,13 @@ pub fn completion_nll(
     batch_size: usize,
 ) -> Result<Vec<(f64, usize)>> {
     let fwd = Forward::eval(adapter);
-    let mut out = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+    let mut out = vec![(0.0, 0); examples.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let batch = data::make_batch(&refs, 0, model.device())?;
         if batch.loss_tokens == 0 {
-            out.extend(batch.per_example.iter().map(|_| (0.0, 0)));
             continue;
         }
         let hidden = model.hidden_states(&batch.input_ids, &batch.mask, &fwd, None)?;
@@ -121,8 +124,8 @@ pub fn completion_nll(
         let picked = hidden.reshape((b * t, h))?.index_select(&batch.loss_index, 0)?;
         let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut at = 0;
-        for &k in &batch.per_example {
-            out.push((nll[at..at + k].iter().sum(), k));
+        for (&i, &k) in chunk.iter().zip(&batch.per_example) {
+            out[i] = (nll[at..at + k].iter().sum(), k);
             at += k;
         }
     }
@@ -186,6 +189,23 @@ pub fn label_log_likelihoods(
     Ok(out)
 }
 
+/// The tokens each label adds after a prompt: what training teaches as the completion
+/// (the label and the end-of-turn marker of a chat template).
+pub fn label_token_ids(
+    tok: &TextTokenizer,
+    labels: &[String],
+    system: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    labels
+        .iter()
+        .map(|l| {
+            let e = data::encode(tok, &Record::new("x", l.clone()), system, max_len)?;
+            Ok(e.ids[e.prompt_len..].to_vec())
+        })
+        .collect()
+}
+
 /// Accuracy and macro-F1 (with bootstrap intervals) and the confusion matrix of
 /// classification predictions.
 pub fn classification_metrics(
@@ -243,13 +263,7 @@ pub fn evaluate_task(
         TaskKind::Classification => {
             // A label's tokens are what training teaches after the prompt: the label and
             // the end-of-turn marker.
-            let label_ids: Vec<Vec<u32>> = labels
-                .iter()
-                .map(|l| {
-                    let e = data::encode(tok, &Record::new("x", l.clone()), system, opts.max_seq_len)?;
-                    Ok(e.ids[e.prompt_len..].to_vec())
-                })
-                .collect::<Result<_>>()?;
+            let label_ids = label_token_ids(tok, labels, system, opts.max_seq_len)?;
             for (ci, chunk) in examples.chunks(bs).enumerate() {
                 let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
                 let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;

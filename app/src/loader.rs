@@ -86,6 +86,33 @@ pub fn load_model(
     device: &Device,
     fetch_missing: bool,
 ) -> Result<LoadedModel> {
+    let mut m = load_model_f32(source, models_dir, device, fetch_missing)?;
+    let dtype = compute_dtype(device);
+    if m.model.dtype() != dtype {
+        m.model = m.model.to_dtype(dtype)?;
+    }
+    Ok(m)
+}
+
+/// The weights' dtype on `device`: bf16 on a GPU (tensor cores, half the memory; norms,
+/// softmax and the loss still accumulate in f32 and LoRA factors stay f32), f32 on the
+/// CPU, where the fused f32 kernels run. `MULTITUNE_DTYPE=f32|bf16|f16` overrides it.
+pub fn compute_dtype(device: &Device) -> DType {
+    match std::env::var("MULTITUNE_DTYPE").as_deref() {
+        Ok("f32") => DType::F32,
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        _ if device.is_cuda() => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn load_model_f32(
+    source: &ModelSource,
+    models_dir: &Path,
+    device: &Device,
+    fetch_missing: bool,
+) -> Result<LoadedModel> {
     match source {
         ModelSource::Tiny => {
             let (model, tokenizer) = tiny_model(0, device)?;

@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use multitune::bench::{self, BenchShape};
+use multitune::bench::{self, Measurement, Mode, Workload};
 use multitune::data::Record;
 use multitune::dataset::{self, Format, Limits, LoadOptions, OverlongPolicy, Split, TaskKind};
 use multitune::eval::{self, EvalOptions, TaskEval};
@@ -57,8 +57,12 @@ enum Cmd {
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCmd),
-    /// Print training and eval throughput and peak memory.
+    /// Measure training, eval and label-ranking throughput, MFU and peak memory, side
+    /// by side with PyTorch + PEFT when `--reference` names its Python.
     Bench(BenchArgs),
+    /// One bench measurement (run by `bench` in a child process).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
     /// Write the demo task files (reproducible) into a folder.
     DemoData {
         /// Output folder.
@@ -356,18 +360,56 @@ struct BenchArgs {
     /// Models to measure, comma-separated.
     #[arg(long, default_value = "tiny,default")]
     models: String,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
+    /// Fixed shapes (batch x tokens) of random tokens, comma-separated.
+    #[arg(long, default_value = "8x64,4x128,16x32")]
+    shapes: String,
+    /// Demo task folder: adds a workload of real examples (batch 8) and a label-ranking
+    /// workload on its classification task; empty to skip.
+    #[arg(long, default_value = "assets/demo")]
+    demo: String,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     steps: usize,
-    /// Print JSON.
+    /// Threads for both implementations.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Alternate ours and the reference this many times per measurement and report the
+    /// median round (the machine's speed drifts; more rounds, steadier figures).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Python with torch, transformers and peft (`make bench-setup`): runs the reference,
+    /// alternating with ours.
     #[arg(long)]
-    json: bool,
+    reference: Option<PathBuf>,
+    /// The reference script.
+    #[arg(long, default_value = "bench/reference.py")]
+    reference_script: PathBuf,
+    /// Modes to measure, comma-separated: train, eval, rank.
+    #[arg(long, default_value = "train,eval,rank")]
+    modes: String,
+    /// Also write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the workload files here (to rerun one measurement with `bench-worker`).
+    #[arg(long)]
+    save_workloads: Option<PathBuf>,
+}
+
+/// One measurement in a process of its own (used by `bench`).
+#[derive(Args)]
+struct BenchWorkerArgs {
+    /// Model spec.
+    #[arg(long)]
+    model: String,
+    /// Workload JSON.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// train, eval, rank or peak.
+    #[arg(long)]
+    mode: String,
 }
 
 fn pick_device(spec: &str) -> anyhow::Result<Device> {
@@ -837,44 +879,255 @@ fn cmd_data_check(cli: &Cli, a: &DataCheckArgs, device: &Device) -> anyhow::Resu
     Ok(true)
 }
 
-fn cmd_bench(cli: &Cli, a: &BenchArgs, device: &Device) -> anyhow::Result<()> {
-    let shape = BenchShape { batch: a.batch, seq: a.seq, warmup: 2, steps: a.steps };
-    let mut all = Vec::new();
+fn cmd_bench_worker(cli: &Cli, a: &BenchWorkerArgs, device: &Device) -> anyhow::Result<()> {
+    if a.mode == "peak" {
+        let g = bench::matmul_peak_gflops(device)?;
+        println!("{}", serde_json::json!({ "impl": "multitune", "matmul_gflops": g }));
+        return Ok(());
+    }
+    let mode = match a.mode.as_str() {
+        "train" => Mode::Train,
+        "eval" => Mode::Eval,
+        "rank" => Mode::Rank,
+        m => bail!("unknown bench mode `{m}` (train, eval, rank, peak)"),
+    };
+    let path = a.workload.as_ref().context("--workload is required")?;
+    let w: Workload = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let m = load(&a.model, cli, device)?;
+    let r = bench::measure(&m.model, &w, mode)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// Runs one measurement in a child process (so that each has its own peak memory) and
+/// parses the JSON it prints last.
+fn bench_child(mut cmd: std::process::Command, what: &str) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).with_context(|| format!("{what} printed no JSON"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    model: String,
+    workload: String,
+    mode: Mode,
+    padding_share: f64,
+    /// Useful tokens (training/eval) or prompts (ranking) of the timed steps.
+    units: usize,
+    flops: Option<f64>,
+    ours: Measurement,
+    reference: Option<Measurement>,
+}
+
+fn cmd_bench(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let threads = a.threads.max(1).to_string();
+    let ours_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new(&exe);
+        c.env("RAYON_NUM_THREADS", &threads).arg("--models-dir").arg(&cli.models_dir).arg("--device").arg(&cli.device);
+        c.arg("bench-worker").args(args);
+        c
+    };
+    let ref_cmd = |py: &Path, args: &[&str]| {
+        let mut c = std::process::Command::new(py);
+        c.arg(&a.reference_script).arg("--threads").arg(&threads).args(args);
+        c
+    };
+    let modes: Vec<Mode> = a
+        .modes
+        .split(',')
+        .map(|m| match m.trim() {
+            "train" => Ok(Mode::Train),
+            "eval" => Ok(Mode::Eval),
+            "rank" => Ok(Mode::Rank),
+            m => bail!("unknown mode `{m}` in --modes (train, eval, rank)"),
+        })
+        .collect::<anyhow::Result<_>>()?;
     println!(
-        "threads: {}  device: {:?}  shape: batch {} x {} tokens, {} timed steps (median)",
-        candle_core::utils::get_num_threads(),
-        device,
-        a.batch,
-        a.seq,
+        "threads: {threads}, device: {}, matmul: {}, warm-up {} + {} timed steps",
+        cli.device,
+        multitune::blas::describe(),
+        a.warmup,
         a.steps
     );
-    println!(
-        "{:<10} {:>12} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}",
-        "model", "params", "lora", "train tok/s", "train ms", "eval tok/s", "eval ms", "peak MiB"
-    );
-    for name in a.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let m = load(name, cli, device)?;
-        let f = bench::bench_model(&m.model, name, shape)?;
-        println!(
-            "{:<10} {:>12} {:>10} {:>14.0} {:>12.1} {:>14.0} {:>12.1} {:>10.0}",
-            f.model,
-            f.params,
-            f.trainable,
-            f.train_tokens_per_s,
-            f.train_step_ms,
-            f.eval_tokens_per_s,
-            f.eval_step_ms,
-            f.peak_rss_mib.unwrap_or(f64::NAN)
-        );
-        all.push(f);
+    let peak_ours = bench_child(ours_cmd(&["--model", "tiny", "--mode", "peak"]), "matmul peak")?["matmul_gflops"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let mut peak = peak_ours;
+    print!("f32 matmul peak: candle {peak_ours:.0} GFLOP/s");
+    if let Some(py) = &a.reference {
+        let v = bench_child(ref_cmd(py, &["--mode", "peak"]), "reference matmul peak")?;
+        let p = v["matmul_gflops"].as_f64().unwrap_or(f64::NAN);
+        print!(", torch {} (MKL) {p:.0} GFLOP/s", v["torch"].as_str().unwrap_or("?"));
+        if let Some(o) = v["openblas_gflops"].as_f64() {
+            print!(", numpy (OpenBLAS) {o:.0} GFLOP/s");
+        }
+        peak = peak.max(p);
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+    println!("; MFU below is against {peak:.0} GFLOP/s (the best of these)");
+    println!(
+        "{:<8} {:<12} {:<6} {:>5} {:>10} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+        "model", "workload", "mode", "pad%", "ours/s", "ref/s", "ratio", "MFU", "refMFU", "MiB", "refMiB"
+    );
+    let tmp = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for name in a.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let m = load(name, cli, &Device::Cpu)?;
+        let hf_dir = cli.models_dir.join("bench").join(format!("{name}-hf"));
+        if a.reference.is_some() && !hf_dir.join("model.safetensors").exists() {
+            loader::save_hf_dir(&m.model, &m.tokenizer, &hf_dir)
+                .with_context(|| format!("writing {} for the reference", hf_dir.display()))?;
+        }
+        let mut workloads: Vec<(Workload, Vec<Mode>)> = Vec::new();
+        let lm_modes: Vec<Mode> = modes.iter().copied().filter(|&m| m != Mode::Rank).collect();
+        for shape in a.shapes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (b, t) = shape
+                .split_once('x')
+                .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
+                .with_context(|| format!("shape `{shape}` is not BATCHxTOKENS"))?;
+            workloads.push((Workload::synthetic(&m.model.cfg, b, t, a.warmup, a.steps, 0), lm_modes.clone()));
+        }
+        if !a.demo.is_empty() {
+            let (lm, rank) = demo_workloads(&m, Path::new(&a.demo), a.warmup, a.steps)?;
+            workloads.push((lm, lm_modes.clone()));
+            if let Some(r) = rank.filter(|_| modes.contains(&Mode::Rank)) {
+                workloads.push((r, vec![Mode::Rank]));
+            }
+        }
+        for (w, wmodes) in &workloads {
+            let file = match &a.save_workloads {
+                Some(d) => {
+                    std::fs::create_dir_all(d)?;
+                    d.join(format!("{name}-{}.json", w.name.replace(':', "-")))
+                }
+                None => tmp.path().join("workload.json"),
+            };
+            std::fs::write(&file, serde_json::to_string(w)?)?;
+            let file_s = file.to_string_lossy().to_string();
+            for &mode in wmodes {
+                let args = ["--model", name, "--workload", &file_s, "--mode", mode.name()];
+                let what = format!("{name} {} {}", w.name, mode.name());
+                let (mut ours_all, mut ref_all) = (Vec::new(), Vec::new());
+                for _ in 0..a.rounds.max(1) {
+                    ours_all.push(serde_json::from_value::<Measurement>(bench_child(ours_cmd(&args), &what)?)?);
+                    if let Some(py) = &a.reference {
+                        let dir = hf_dir.to_string_lossy().to_string();
+                        let args = ["--model-dir", dir.as_str(), "--workload", &file_s, "--mode", mode.name()];
+                        let v = bench_child(ref_cmd(py, &args), &format!("reference {what}"))?;
+                        ref_all.push(serde_json::from_value::<Measurement>(v)?);
+                    }
+                }
+                let ours = median_round(ours_all).context("no measurement")?;
+                let reference = median_round(ref_all);
+                let units = if mode == Mode::Rank { w.timed_prompts() } else { w.timed_tokens() };
+                let row = BenchRow {
+                    model: name.into(),
+                    workload: w.name.clone(),
+                    mode,
+                    padding_share: if mode == Mode::Rank { 0.0 } else { w.padding_share() },
+                    units,
+                    flops: w.flops(&m.model.cfg, mode),
+                    ours,
+                    reference,
+                };
+                print_bench_row(&row, peak);
+                rows.push(row);
+            }
+        }
+    }
+    println!(
+        "ours/s, ref/s: useful (non-padding) tokens per second; rank: prompts per second with every label scored. \
+         MFU: model matmul FLOPs (see `multitune::bench::item_flops`) per second / matmul peak."
+    );
+    if let Some(p) = &a.json {
+        let all = serde_json::json!({ "threads": a.threads, "matmul_peak_gflops": peak, "candle_peak_gflops": peak_ours, "rows": rows });
+        std::fs::write(p, serde_json::to_string_pretty(&all)?)?;
+        println!("figures written to {}", p.display());
     }
     Ok(())
 }
 
+/// The round with the median total time, its peak memory the highest of all rounds.
+fn median_round(mut all: Vec<Measurement>) -> Option<Measurement> {
+    let peak = all.iter().filter_map(|m| m.peak_rss_mib).reduce(f64::max);
+    all.sort_by(|a, b| a.total_secs().total_cmp(&b.total_secs()));
+    let mut m = all.get(all.len() / 2).cloned()?;
+    m.peak_rss_mib = peak;
+    Some(m)
+}
+
+fn print_bench_row(r: &BenchRow, peak: f64) {
+    let rate = |m: &Measurement| r.units as f64 / m.total_secs();
+    let mfu = |m: &Measurement| r.flops.map(|f| format!("{:.0}%", 100.0 * f / m.total_secs() / 1e9 / peak));
+    let mib = |m: &Measurement| m.peak_rss_mib.map_or("-".into(), |v| format!("{v:.0}"));
+    let (ref_rate, ratio, ref_mfu, ref_mib) = match &r.reference {
+        Some(x) => (
+            format!("{:.1}", rate(x)),
+            format!("{:.2}x", rate(&r.ours) / rate(x)),
+            mfu(x).unwrap_or_else(|| "-".into()),
+            mib(x),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "{:<8} {:<12} {:<6} {:>5.1} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+        r.model,
+        r.workload,
+        r.mode.name(),
+        100.0 * r.padding_share,
+        rate(&r.ours),
+        ref_rate,
+        ratio,
+        mfu(&r.ours).unwrap_or_else(|| "-".into()),
+        ref_mfu,
+        mib(&r.ours),
+        ref_mib
+    );
+}
+
+/// The demo tasks as a training/eval workload (all tasks mixed, batch 8) and, if one
+/// is a classification task, a ranking workload on its prompts.
+fn demo_workloads(
+    m: &LoadedModel,
+    dir: &Path,
+    warmup: usize,
+    steps: usize,
+) -> anyhow::Result<(Workload, Option<Workload>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut examples = Vec::new();
+    let mut rank = None;
+    for f in &files {
+        let d = dataset::load(f, &LoadOptions::default()).with_context(|| format!("loading {}", f.display()))?;
+        let enc: Vec<_> = d
+            .records
+            .iter()
+            .map(|r| multitune::data::encode(&m.tokenizer, r, None, 256))
+            .collect::<multitune::Result<_>>()?;
+        if d.kind == TaskKind::Classification && rank.is_none() {
+            let labels = eval::label_token_ids(&m.tokenizer, &d.labels, None, 256)?;
+            let prompts: Vec<Vec<u32>> =
+                enc.iter().take((warmup + steps) * 8).map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+            let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            rank = Some(Workload::ranking(&format!("rank:{stem}"), prompts, labels, m.tokenizer.pad_id, 8, warmup));
+        }
+        examples.extend(enc);
+    }
+    let lm = Workload::from_examples("demo", &examples, m.tokenizer.pad_id, 8, warmup, steps, 0)?;
+    Ok((lm, rank))
+}
+
 fn main() {
+    multitune::tune_runtime();
     let cli = Cli::parse();
     if let Err(e) = run(&cli) {
         eprintln!("error: {e:#}");
@@ -893,7 +1146,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Train(a) => cmd_train(cli, a, &device),
         Cmd::Generate(a) => cmd_generate(cli, a, &device),
         Cmd::Eval(a) => cmd_eval(cli, a, &device),
-        Cmd::Bench(a) => cmd_bench(cli, a, &device),
+        Cmd::Bench(a) => cmd_bench(cli, a),
+        Cmd::BenchWorker(a) => cmd_bench_worker(cli, a, &device),
         Cmd::Compare(a) => cmd_compare(cli, a, &device),
         Cmd::Charts { report, out } => {
             let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;

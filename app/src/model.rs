@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::ModelConfig;
 use crate::lora::{LoraAdapter, Target};
+use crate::fused;
 use crate::ops::{self, RopeTables};
 use crate::rng::{self, streams};
 use crate::{Error, Result};
@@ -64,6 +65,12 @@ impl<'a> Forward<'a> {
     }
 
     fn project(&self, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
+        let pair = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p)));
+        let dropout_active = self.dropout.is_some() && pair.is_some_and(|(ad, _)| ad.config.dropout > 0.0);
+        if fused::eligible(x) && lin.weight.dtype() == DType::F32 && !dropout_active {
+            let lora = pair.map(|(ad, p)| (p.a.as_tensor(), p.b.as_tensor(), ad.scale()));
+            return fused::linear(x, &lin.weight, lin.bias.as_ref(), lora);
+        }
         let mut y = ops::frozen_matmul(x, &lin.weight)?;
         if let Some(b) = &lin.bias {
             y = y.broadcast_add(b)?;
@@ -261,7 +268,8 @@ impl Llama {
             let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
             let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
             let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
-            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &(gate.silu()? * up)?)?;
+            let act = if fused::eligible(&gate) { fused::silu_mul(&gate, &up)? } else { (gate.silu()? * up)? };
+            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &act)?;
             x = (x + m)?;
         }
         if let Some(c) = cache {
@@ -294,11 +302,20 @@ impl Llama {
         let q = fwd.project(li, Target::Q, block.linear(Target::Q), x)?;
         let k = fwd.project(li, Target::K, block.linear(Target::K), x)?;
         let v = fwd.project(li, Target::V, block.linear(Target::V), x)?;
-        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, cfg.rope_layout)?;
-        let mut k = rope.apply(&k, cfg.rope_layout)?;
+        let fast = fused::eligible(&q);
+        let (q, mut k, mut v) = if fast {
+            let r = Some((&rope.cos, &rope.sin, cfg.rope_layout));
+            (
+                fused::heads(&q, (b, t, nh, hd), r)?,
+                fused::heads(&k, (b, t, nkv, hd), r)?,
+                fused::heads(&v, (b, t, nkv, hd), None)?,
+            )
+        } else {
+            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            (rope.apply(&q, cfg.rope_layout)?, rope.apply(&k, cfg.rope_layout)?, v)
+        };
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -311,9 +328,14 @@ impl Llama {
         // group into the sequence axis, (B, nkv, groups*T, hd) x (B, nkv, hd, Tk).
         let g = cfg.kv_groups();
         let q = q.reshape((b, nkv, g * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nh, t, tk))?.broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?.reshape((b, nkv, g * t, tk))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
+        let probs = if fast {
+            fused::masked_softmax(&scores, mask, scale)?
+        } else {
+            ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
+        };
+        let probs = probs.reshape((b, nkv, g * t, tk))?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?;
         let out = out.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         fwd.project(li, Target::O, block.linear(Target::O), &out)

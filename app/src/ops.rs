@@ -10,8 +10,17 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::RopeLayout;
 use crate::Result;
 
-/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32.
+/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32 (the
+/// fused kernel on the CPU in f32).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::eligible(x) {
+        return crate::fused::rms_norm(x, weight, eps);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// [`rms_norm`] from basic ops (any device and dtype).
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(accumulation_dtype(dtype))?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -156,13 +165,20 @@ pub fn positions_from_mask(mask: &[Vec<u8>], past: &[usize]) -> Vec<Vec<u32>> {
 
 /// Mean negative log-likelihood of `targets` under `logits` `(N, V)`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(picked.neg()?.mean_all()?)
+    Ok(token_nll(logits, targets)?.mean_all()?)
 }
 
-/// Per-row negative log-likelihood of `targets` under `logits` `(N, V)`.
+/// Per-row negative log-likelihood of `targets` under `logits` `(N, V)` (the fused
+/// kernel on the CPU in f32).
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if crate::fused::eligible(logits) {
+        return crate::fused::token_nll(logits, targets);
+    }
+    token_nll_composed(logits, targets)
+}
+
+/// [`token_nll`] from basic ops (any device and dtype).
+pub fn token_nll_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;
     Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
@@ -262,82 +278,11 @@ mod tests {
 /// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`.
 ///
 /// candle's matmul backward always computes the gradient of both operands; for a frozen
-/// base weight that is a wasted matmul per layer (a third of a training step) and a
-/// weight-sized buffer kept until the step ends. As a custom op holding `W` inside, only
-/// `∂x = ∂y · W` is computed.
+/// base weight that is a wasted matmul per layer and a weight-sized buffer kept until the
+/// step ends. The fused kernel computes only `∂x = ∂y · W`.
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || !x.track_op() {
-        return Ok(x.matmul(&weight.t()?)?);
+    if crate::fused::eligible(x) && weight.dtype() == DType::F32 {
+        return crate::fused::linear(x, weight, None, None);
     }
-    Ok(x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { weight: weight.clone() })))?)
-}
-
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-fn storage_to_tensor<T: candle_core::WithDType>(v: &[T], l: &candle_core::Layout) -> candle_core::Result<Tensor> {
-    let data: Vec<T> = match l.contiguous_offsets() {
-        Some((a, b)) => v[a..b].to_vec(),
-        None => {
-            // Walk the strided view in row-major order.
-            let dims = l.dims();
-            let stride = l.stride();
-            let n: usize = dims.iter().product();
-            let mut idx = vec![0usize; dims.len()];
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let off: usize = l.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
-                out.push(v[off]);
-                for d in (0..dims.len()).rev() {
-                    idx[d] += 1;
-                    if idx[d] < dims[d] {
-                        break;
-                    }
-                    idx[d] = 0;
-                }
-            }
-            out
-        }
-    };
-    Tensor::from_vec(data, l.shape(), &Device::Cpu)
-}
-
-fn tensor_to_storage(t: &Tensor) -> candle_core::Result<candle_core::CpuStorage> {
-    use candle_core::CpuStorage as S;
-    let flat = t.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F32 => S::F32(flat.to_vec1()?),
-        DType::F64 => S::F64(flat.to_vec1()?),
-        DType::BF16 => S::BF16(flat.to_vec1()?),
-        DType::F16 => S::F16(flat.to_vec1()?),
-        d => candle_core::bail!("frozen matmul: unsupported dtype {d:?}"),
-    })
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage as S;
-        let x = match s {
-            S::F32(v) => storage_to_tensor(v, l)?,
-            S::F64(v) => storage_to_tensor(v, l)?,
-            S::BF16(v) => storage_to_tensor(v, l)?,
-            S::F16(v) => storage_to_tensor(v, l)?,
-            _ => candle_core::bail!("frozen matmul: unsupported dtype"),
-        };
-        let y = x.matmul(&self.weight.t()?)?;
-        Ok((tensor_to_storage(&y)?, y.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.weight)?))
-    }
+    Ok(x.matmul(&weight.t()?)?)
 }

@@ -60,6 +60,8 @@ pub mod streams {
     pub const TINY_WEIGHTS: u64 = 5;
     /// Train/eval splits.
     pub const SPLIT: u64 = 6;
+    /// Micro-batch order inside a length-grouping window.
+    pub const GROUPING: u64 = 7;
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    multitune::tune_runtime();
     // Logs go to stderr: stdout carries only the address line that scripts read.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
