@@ -17,7 +17,7 @@ use crate::lora::{LoraAdapter, LoraConfig, Target};
 use crate::model::{Forward, Llama};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::rng;
-use crate::train::{batch_indices, batch_loss, GROUP_WINDOW};
+use crate::train::{batch_indices, batch_loss, TrainConfig, GROUP_BUCKET, GROUP_WINDOW};
 use crate::{eval, Error, Result};
 
 /// What a measurement runs.
@@ -164,7 +164,7 @@ impl Workload {
         let mut cache = std::collections::HashMap::new();
         let batches = (0..warmup + steps)
             .map(|m| {
-                batch_indices(examples.len(), batch, m, seed, &mut cache, None)
+                batch_indices(examples.len(), (batch, 1), m, seed, &mut cache, None)
                     .into_iter()
                     .map(|i| Item { ids: examples[i].ids.clone(), prompt_len: examples[i].prompt_len })
                     .collect()
@@ -288,8 +288,8 @@ impl Measurement {
     }
 }
 
-/// Runs `mode` on `workload` with `model` and a fresh default adapter. Training and eval
-/// group the timed examples by length first, as the trainer and the evaluator do.
+/// Runs `mode` on `workload` with `model` and a fresh default adapter, batching the timed
+/// examples as the trainer's defaults do.
 pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measurement> {
     let dev = model.device();
     let lora = LoraConfig {
@@ -351,7 +351,8 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
     Ok(Measurement { implementation: "multitune".into(), step_secs, trainable, peak_rss_mib: peak_rss_mib() })
 }
 
-/// Warm-up batches as given, then the timed examples regrouped by length.
+/// Warm-up batches as given, then the timed ones — regrouped by length when the
+/// trainer's default does that ([`TrainConfig::group_by_length`]).
 fn run_batches(
     workload: &Workload,
     mut step: impl FnMut(usize, &data::Batch) -> Result<()>,
@@ -363,8 +364,20 @@ fn run_batches(
         step(i, &data::make_batch(&ex.iter().collect::<Vec<_>>(), workload.pad, dev)?)?;
     }
     let timed: Vec<Example> = workload.timed().iter().flatten().map(Item::example).collect();
+    let groups = if TrainConfig::default().group_by_length {
+        length_groups(&timed, workload.batch)
+    } else {
+        let sizes = workload.timed().iter().map(Vec::len);
+        let mut at = 0;
+        sizes
+            .map(|k| {
+                at += k;
+                (at - k..at).collect()
+            })
+            .collect()
+    };
     let mut secs = Vec::new();
-    for (i, group) in length_groups(&timed, workload.batch).into_iter().enumerate() {
+    for (i, group) in groups.into_iter().enumerate() {
         let t0 = Instant::now();
         let refs: Vec<&Example> = group.iter().map(|&j| &timed[j]).collect();
         step(warm + i, &data::make_batch(&refs, workload.pad, dev)?)?;
@@ -373,15 +386,15 @@ fn run_batches(
     Ok(secs)
 }
 
-/// `examples` cut into batches of `batch` by windows of [`GROUP_WINDOW`] batches, each
-/// window sorted by length: the trainer's grouping.
+/// `examples` cut into batches of `batch` as the trainer groups them: windows of
+/// [`GROUP_WINDOW`] batches, each ordered by length bucket ([`GROUP_BUCKET`] tokens).
 pub fn length_groups(examples: &[Example], batch: usize) -> Vec<Vec<usize>> {
     let batch = batch.max(1);
     let mut out = Vec::new();
     let idx: Vec<usize> = (0..examples.len()).collect();
     for window in idx.chunks(batch * GROUP_WINDOW) {
         let mut w = window.to_vec();
-        w.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+        w.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len().div_ceil(GROUP_BUCKET)));
         out.extend(w.chunks(batch).map(<[usize]>::to_vec));
     }
     out
@@ -498,14 +511,13 @@ mod tests {
     #[test]
     fn workloads_count_tokens_and_padding() {
         let ex = |n: usize| Example { ids: vec![1; n + 1], prompt_len: 1, extra_loss: vec![] };
-        let examples = vec![ex(4), ex(2), ex(4), ex(2)];
+        let examples = vec![ex(20), ex(2), ex(20), ex(2)];
         let w = Workload::from_examples("t", &examples, 0, 2, 0, 2, 0).unwrap();
-        assert_eq!(w.timed_tokens(), 12);
-        // Every batch is padded to its longest row; the cells are 2·4 per batch unless
-        // a batch holds the two short rows.
+        assert_eq!(w.timed_tokens(), 44);
+        // Every batch is padded to its longest row.
         let cells: usize = w.timed().iter().map(|b| 2 * b.iter().map(Item::tokens).max().unwrap()).sum();
-        assert!((w.padding_share() - (1.0 - 12.0 / cells as f64)).abs() < 1e-12);
-        // Grouping by length pairs equal lengths: no padding at all.
+        assert!((w.padding_share() - (1.0 - 44.0 / cells as f64)).abs() < 1e-12);
+        // Grouping by length bucket pairs the long rows and the short ones.
         let groups = length_groups(&examples, 2);
         for g in &groups {
             assert_eq!(examples[g[0]].ids.len(), examples[g[1]].ids.len());

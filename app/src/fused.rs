@@ -10,7 +10,8 @@
 //! - [`rms_norm`]: one pass forward, one pass backward, the weight frozen;
 //! - [`heads`]: `(B·T, H·d)` → `(B, H, T, d)` with rotary embedding applied in the same
 //!   pass (replaces reshape + transpose + copy + seven elementwise ops);
-//! - [`masked_softmax`]: scale, additive mask and softmax; backward from the output only;
+//! - [`attention`]: grouped-query `softmax(scale·QKᵀ + mask)·V`, one task per (batch
+//!   row, kv head), probabilities kept for a backward that needs no other intermediates;
 //! - [`silu_mul`]: the SwiGLU gate `silu(g) · u`;
 //! - [`token_nll`]: per-row cross-entropy; backward from the logits and the saved NLL
 //!   (no stored probabilities).
@@ -90,10 +91,10 @@ fn mm(
             return;
         }
     }
-    mm_gemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale);
+    mm_gemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale, true);
 }
 
-/// [`mm`] on the `gemm` crate.
+/// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
 #[allow(clippy::too_many_arguments)]
 fn mm_gemm(
     (m, n, k): (usize, usize, usize),
@@ -104,9 +105,19 @@ fn mm_gemm(
     rhs: &[f32],
     (rrs, rcs): (usize, usize),
     scale: f32,
+    parallel: bool,
 ) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate && m * n > 0 {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
     let t = threads();
-    let par = if t > 1 && m * n * k >= 64 * 64 * 64 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
+    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every index the strides reach inside the slices, and
     // `dst` does not alias `lhs` or `rhs` (it is borrowed mutably).
     unsafe {
@@ -449,75 +460,143 @@ pub fn heads(
 }
 
 // ---------------------------------------------------------------------------------------
-// Scaled, masked softmax.
+// Attention.
 
-struct MaskedSoftmax {
+struct Attention {
     /// `(B, T, Tk)` additive mask, shared by every head.
     mask: Vec<f32>,
-    heads: usize,
-    t: usize,
-    tk: usize,
     scale: f32,
+    /// The probabilities of the forward pass `(B, H, T, Tk)`, kept for the backward.
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
-impl CustomOp1 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "fused-masked-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
-        let (h, t, tk) = (self.heads, self.t, self.tk);
-        if x.len() % (h * t * tk) != 0 || self.mask.len() != x.len() / h {
-            candle_core::bail!("{}: scores {:?} do not fit the mask", self.name(), l.dims());
-        }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(tk).zip(x.par_chunks(tk)).enumerate().for_each(|(row, (yr, xr))| {
-            // row = ((bi·H + hi)·T + ti)
-            let (bi, ti) = (row / (h * t), row % t);
+impl Attention {
+    /// Adds the mask to the scores `s` of batch row `bi` (rows cycle through the `t`
+    /// queries, one block per head) and turns each row into probabilities.
+    fn softmax_rows(&self, s: &mut [f32], t: usize, tk: usize, bi: usize) {
+        for (r, row) in s.chunks_mut(tk).enumerate() {
+            let ti = r % t;
             let m = &self.mask[(bi * t + ti) * tk..(bi * t + ti + 1) * tk];
             let mut max = f32::NEG_INFINITY;
-            for ((o, &v), &mv) in yr.iter_mut().zip(xr).zip(m) {
-                *o = v * self.scale + mv;
-                max = max.max(*o);
+            for (v, &mv) in row.iter_mut().zip(m) {
+                *v += mv;
+                max = max.max(*v);
             }
             let mut sum = 0f32;
-            for o in yr.iter_mut() {
-                *o = (*o - max).exp();
-                sum += *o;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
             }
             let inv = 1.0 / sum;
-            for o in yr.iter_mut() {
-                *o *= inv;
+            for v in row.iter_mut() {
+                *v *= inv;
             }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let tk = self.tk;
-        let gx = with_f32(res, self.name(), |y| {
-            with_f32(grad, self.name(), |g| {
-                let mut gx = vec![0f32; y.len()];
-                gx.par_chunks_mut(tk).zip(y.par_chunks(tk).zip(g.par_chunks(tk))).for_each(|(o, (yr, gr))| {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for ((o, &yv), &gv) in o.iter_mut().zip(yr).zip(gr) {
-                        *o = self.scale * yv * (gv - dot);
-                    }
-                });
-                Ok(gx)
-            })
-        })?;
-        Ok(Some(tensor(gx, res.shape().clone())?))
+        }
     }
 }
 
-/// `softmax(scale · scores + mask)` over the last dimension for `scores` `(B, H, T, Tk)`
-/// and an additive `mask` `(B, 1, T, Tk)`.
-pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, h, t, tk) = scores.dims4()?;
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (q, k, v) = (slice(s1, l1, name)?, slice(s2, l2, name)?, slice(s3, l3, name)?);
+        let (Ok((b, h, t, d)), Ok((kb, hkv, tk, kd))) = (l1.shape().dims4(), l2.shape().dims4()) else {
+            candle_core::bail!("{name}: expected (B, H, T, d) inputs");
+        };
+        if kb != b || kd != d || l3.dims() != l2.dims() || h % hkv != 0 || self.mask.len() != b * t * tk {
+            candle_core::bail!("{name}: q {:?}, k {:?}, v {:?} and the mask do not fit", l1.dims(), l2.dims(), l3.dims());
+        }
+        let g = h / hkv;
+        let (qb, kvb, pb) = (g * t * d, tk * d, g * t * tk);
+        let mut out = vec![0f32; b * h * t * d];
+        let mut probs = vec![0f32; b * h * t * tk];
+        out.par_chunks_mut(qb).zip(probs.par_chunks_mut(pb)).enumerate().for_each(|(task, (o, p))| {
+            let bi = task / hkv;
+            let (qs, ks, vs) = (&q[task * qb..(task + 1) * qb], &k[task * kvb..(task + 1) * kvb], &v[task * kvb..(task + 1) * kvb]);
+            mm_gemm((g * t, tk, d), p, false, qs, (d, 1), ks, (1, d), self.scale, false);
+            self.softmax_rows(p, t, tk, bi);
+            mm_gemm((g * t, d, tk), o, false, p, (tk, 1), vs, (d, 1), 1.0, false);
+        });
+        *self.probs.lock().expect("attention probabilities") = Some(probs);
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, t, d) = q.dims4()?;
+        let (_, hkv, tk, _) = k.dims4()?;
+        let g = h / hkv;
+        let probs = self.probs.lock().expect("attention probabilities").take();
+        let Some(probs) = probs else { candle_core::bail!("{}: backward before forward", self.name()) };
+        let (qb, kvb, pb) = (g * t * d, tk * d, g * t * tk);
+        let scale = self.scale;
+        let (dq, dk, dv) = with_f32(q, self.name(), |qv| {
+            with_f32(k, self.name(), |kv| {
+                with_f32(v, self.name(), |vv| {
+                    with_f32(grad, self.name(), |go| {
+                        let mut dq = vec![0f32; qv.len()];
+                        let mut dk = vec![0f32; kv.len()];
+                        let mut dv = vec![0f32; vv.len()];
+                        dq.par_chunks_mut(qb)
+                            .zip(dk.par_chunks_mut(kvb).zip(dv.par_chunks_mut(kvb)))
+                            .enumerate()
+                            .for_each(|(task, (dqs, (dks, dvs)))| {
+                                let qs = &qv[task * qb..(task + 1) * qb];
+                                let ks = &kv[task * kvb..(task + 1) * kvb];
+                                let vs = &vv[task * kvb..(task + 1) * kvb];
+                                let dos = &go[task * qb..(task + 1) * qb];
+                                let p = &probs[task * pb..(task + 1) * pb];
+                                // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
+                                let mut ds = vec![0f32; pb];
+                                mm_gemm((g * t, tk, d), &mut ds, false, dos, (d, 1), vs, (1, d), 1.0, false);
+                                for (dr, pr) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
+                                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                                        *x = scale * pv * (*x - dot);
+                                    }
+                                }
+                                mm_gemm((g * t, d, tk), dqs, false, &ds, (tk, 1), ks, (d, 1), 1.0, false);
+                                mm_gemm((tk, d, g * t), dks, false, &ds, (1, tk), qs, (d, 1), 1.0, false);
+                                mm_gemm((tk, d, g * t), dvs, false, p, (1, tk), dos, (d, 1), 1.0, false);
+                            });
+                        Ok((dq, dk, dv))
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor(dq, (b, h, t, d))?),
+            Some(tensor(dk, (b, hkv, tk, d))?),
+            Some(tensor(dv, (b, hkv, tk, d))?),
+        ))
+    }
+}
+
+/// Grouped-query attention `softmax(scale · Q Kᵀ + mask) V` for `q` `(B, H, T, d)`, `k`
+/// and `v` `(B, Hkv, Tk, d)` (query head `h` reads kv head `h / (H / Hkv)`) and an
+/// additive `mask` `(B, 1, T, Tk)`; returns `(B, H, T, d)`. One task per (batch row, kv
+/// head) on the thread pool; the probabilities are kept for the backward pass.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let mask = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(scores.contiguous()?.apply_op1(MaskedSoftmax { mask, heads: h, t, tk, scale: scale as f32 })?)
+    let op = Attention { mask, scale: scale as f32, probs: std::sync::Mutex::new(None) };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -682,7 +761,7 @@ mod tests {
                 let mut a = vec![1f32; m * n];
                 let mut b = a.clone();
                 assert!(blas.sgemm((m, n, k), &mut a, accumulate, &lhs, ls, &rhs, rs, 0.5));
-                mm_gemm((m, n, k), &mut b, accumulate, &lhs, ls, &rhs, rs, 0.5);
+                mm_gemm((m, n, k), &mut b, accumulate, &lhs, ls, &rhs, rs, 0.5, true);
                 assert_eq!(a, b, "strides {ls:?} {rs:?}, accumulate {accumulate}");
             }
         }
@@ -737,13 +816,22 @@ mod tests {
     }
 
     #[test]
-    fn masked_softmax_matches_composition() {
-        let mask = ops::attention_mask(&[vec![0, 1, 1, 1], vec![1, 1, 1, 1]], 4, 0, None, &Device::Cpu).unwrap();
+    fn attention_matches_composition() {
+        // GQA: 4 query heads over 2 kv heads; keys include 2 cached positions.
+        let (b, h, hkv, t, past, d) = (2, 4, 2, 3, 2, 8);
+        let mask = ops::attention_mask(&[vec![0, 1, 1, 1, 1], vec![1, 1, 1, 1, 1]], t, past, None, &Device::Cpu).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
         check(
-            &[randn(&[2, 3, 4, 4], 1)],
-            |x| masked_softmax(&x[0], &mask, 0.3).unwrap(),
-            |x| ops::softmax_last_dim(&(x[0].clone() * 0.3).unwrap().broadcast_add(&mask).unwrap()).unwrap(),
-            1e-6,
+            &[randn(&[b, h, t, d], 1), randn(&[b, hkv, t + past, d], 2), randn(&[b, hkv, t + past, d], 3)],
+            |x| attention(&x[0], &x[1], &x[2], &mask, scale).unwrap(),
+            |x| {
+                let g = h / hkv;
+                let q = x[0].reshape((b, hkv, g * t, d)).unwrap();
+                let s = (q.matmul(&x[1].t().unwrap()).unwrap() * scale).unwrap().reshape((b, h, t, t + past)).unwrap();
+                let p = ops::softmax_last_dim(&s.broadcast_add(&mask).unwrap()).unwrap();
+                p.reshape((b, hkv, g * t, t + past)).unwrap().matmul(&x[2]).unwrap().reshape((b, h, t, d)).unwrap()
+            },
+            1e-5,
         );
     }
 

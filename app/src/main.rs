@@ -209,6 +209,10 @@ struct TrainArgs {
     /// Checkpoint every N steps (0: only at the end).
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Batch examples of similar length together (less padding; avoid when the label
+    /// decides the length).
+    #[arg(long)]
+    group_by_length: bool,
     /// System prompt for chat models.
     #[arg(long)]
     system: Option<String>,
@@ -489,6 +493,9 @@ fn cmd_train(cli: &Cli, a: &TrainArgs, device: &Device) -> anyhow::Result<()> {
     }
     if let Some(v) = a.checkpoint_every {
         cfg.checkpoint_every = v
+    }
+    if a.group_by_length {
+        cfg.group_by_length = true;
     }
     let mut lora_cfg = cfg.lora.clone();
     if let Some(v) = a.rank {

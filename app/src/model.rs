@@ -327,16 +327,15 @@ impl Llama {
         // Grouped-query attention without repeating k/v: fold each kv head's query
         // group into the sequence axis, (B, nkv, groups*T, hd) x (B, nkv, hd, Tk).
         let g = cfg.kv_groups();
-        let q = q.reshape((b, nkv, g * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
-        let probs = if fast {
-            fused::masked_softmax(&scores, mask, scale)?
+        let out = if fast {
+            fused::attention(&q, &k, &v, mask, scale)?
         } else {
-            ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
+            let q = q.reshape((b, nkv, g * t, hd))?;
+            let scores = (q.matmul(&k.t()?)?.reshape((b, nh, t, tk))? * scale)?;
+            let probs = ops::softmax_last_dim(&scores.broadcast_add(mask)?)?.reshape((b, nkv, g * t, tk))?;
+            probs.matmul(&v)?.reshape((b, nh, t, hd))?
         };
-        let probs = probs.reshape((b, nkv, g * t, tk))?;
-        let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?;
         let out = out.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         fwd.project(li, Target::O, block.linear(Target::O), &out)
     }
