@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup fmt lint clean
+.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup build-cuda fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -67,6 +67,23 @@ demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
 		--budget-tokens 16000 --eval-limit 20 --lr 1e-3 --out runs/demo-compare
+
+## build-cuda: the CLI and server with candle's CUDA backend. nvcc and the CUDA headers
+## come from PyPI (Debian's main archive has none) into CUDA_VENV; CUDA_COMPUTE_CAP is the
+## card's (90: H100/H200). The GPU is then picked by --device auto.
+## Status: every crate compiles with these (candle's PTX kernels included); the final link
+## still needs cuBLAS, cuRAND, NVRTC and the driver's libcuda on the library path, which
+## this target does not fetch yet (verified only up to the link on a machine without GPU).
+CUDA_VENV ?= $(HOME)/.cache/multitune/cuda-venv
+CUDA_COMPUTE_CAP ?= 90
+CUDA_HOME_PIP = $(CUDA_VENV)/lib/python3.11/site-packages/nvidia/cu13
+build-cuda:
+	@[ -x $(CUDA_VENV)/bin/python ] || python3 -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+		nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+	PATH=$(CUDA_HOME_PIP)/bin:$$PATH CUDA_ROOT=$(CUDA_HOME_PIP) CUDA_PATH=$(CUDA_HOME_PIP) \
+		CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) $(CARGO) build --release --features cuda \
+		-p multitune -p multitune-server
 
 ## bench-setup: the Python reference for `make bench` (PyTorch CPU build, transformers,
 ## PEFT) in a virtual environment; never needed by the tests.
