@@ -61,6 +61,30 @@ fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
+/// Panics unless every index the strides reach lies inside the slices (the safety
+/// condition of the unsafe products); handles empty products (zeroing `dst` unless
+/// accumulating) and returns whether a product remains to be computed.
+fn operands_fit(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+) -> bool {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return false;
+    }
+    true
+}
+
 /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
 /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
 #[allow(clippy::too_many_arguments)]
@@ -74,16 +98,7 @@ fn mm(
     (rrs, rcs): (usize, usize),
     scale: f32,
 ) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
+    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
         return;
     }
     if let Some(b) = crate::blas::get() {
@@ -107,13 +122,7 @@ fn mm_gemm(
     scale: f32,
     parallel: bool,
 ) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
-    if m == 0 || n == 0 || k == 0 {
-        if !accumulate && m * n > 0 {
-            dst[..m * n].fill(0.0);
-        }
+    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
         return;
     }
     let t = threads();
