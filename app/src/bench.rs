@@ -183,7 +183,14 @@ impl Workload {
     }
 
     /// A ranking job: `prompts` in chunks of `batch`, every label scored after each.
-    pub fn ranking(name: &str, prompts: Vec<Vec<u32>>, labels: Vec<Vec<u32>>, pad: u32, batch: usize, warmup: usize) -> Self {
+    pub fn ranking(
+        name: &str,
+        prompts: Vec<Vec<u32>>,
+        labels: Vec<Vec<u32>>,
+        pad: u32,
+        batch: usize,
+        warmup: usize,
+    ) -> Self {
         Self {
             name: name.into(),
             lora: LoraSpec::from(&LoraConfig::default()),
@@ -247,23 +254,51 @@ impl Workload {
 ///
 /// The same count is used for both implementations, so MFU compares like with like.
 pub fn item_flops(cfg: &ModelConfig, item: &Item, rank: usize, targets: &[Target], mode: Mode) -> f64 {
-    let (n, l) = (item.tokens() as f64, item.loss_tokens() as f64);
+    let n = item.tokens() as f64;
+    matmul_flops(cfg, rank, targets, mode, (n, n * n, item.loss_tokens() as f64))
+}
+
+/// The count of [`item_flops`] for `tokens` token rows through the linears,
+/// `pairs` (query, key) pairs of attention and `loss` LM-head rows.
+pub fn matmul_flops(
+    cfg: &ModelConfig,
+    rank: usize,
+    targets: &[Target],
+    mode: Mode,
+    (n, pairs, l): (f64, f64, f64),
+) -> f64 {
     let layers = cfg.num_hidden_layers as f64;
-    let p: f64 = Target::ALL.iter().map(|t| {
-        let (i, o) = t.shape(cfg);
-        (i * o) as f64
-    }).sum();
+    let p: f64 = Target::ALL
+        .iter()
+        .map(|t| {
+            let (i, o) = t.shape(cfg);
+            (i * o) as f64
+        })
+        .sum();
     let a = (cfg.num_attention_heads * cfg.head_dim) as f64;
-    let lora: f64 = targets.iter().map(|t| {
-        let (i, o) = t.shape(cfg);
-        2.0 * rank as f64 * (i + o) as f64
-    }).sum::<f64>() * layers * n;
+    let lora: f64 = targets
+        .iter()
+        .map(|t| {
+            let (i, o) = t.shape(cfg);
+            2.0 * rank as f64 * (i + o) as f64
+        })
+        .sum::<f64>()
+        * layers
+        * n;
     let linear = 2.0 * p * layers * n + 2.0 * cfg.vocab_size as f64 * cfg.hidden_size as f64 * l;
-    let attention = 4.0 * a * layers * n * n;
+    let attention = 4.0 * a * layers * pairs;
     match mode {
         Mode::Train => 2.0 * linear + 3.0 * attention + 3.0 * lora,
         _ => linear + attention + lora,
     }
+}
+
+/// The matrix-multiply FLOPs our packed forward (and backward) really does for `batch`:
+/// the count of [`item_flops`] over the packed tokens (each shared prefix once), the
+/// attention pairs of each row's own queries against its whole path, and the loss rows.
+pub fn packed_flops(cfg: &ModelConfig, rank: usize, targets: &[Target], mode: Mode, batch: &data::Batch) -> f64 {
+    let pairs: usize = batch.pack.rows.iter().map(|r| (r.len() - r.owned_from) * r.len()).sum();
+    matmul_flops(cfg, rank, targets, mode, (batch.pack.len() as f64, pairs as f64, batch.loss_tokens as f64))
 }
 
 /// One implementation's result on one workload.
@@ -279,6 +314,14 @@ pub struct Measurement {
     pub trainable: usize,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Matrix-multiply FLOPs of the timed steps as this implementation ran them, when it
+    /// reports them (ours: packed, see [`packed_flops`]).
+    #[serde(default)]
+    pub flops: Option<f64>,
+    /// Tokens the timed steps ran through the model, when reported (ours: packed
+    /// tokens, each shared prefix once).
+    #[serde(default)]
+    pub computed_tokens: Option<usize>,
 }
 
 impl Measurement {
@@ -311,35 +354,61 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
     };
     let adapter = LoraAdapter::new(&model.cfg, lora, 0, dev)?;
     let trainable = adapter.num_parameters();
+    let targets = adapter.config.targets.clone();
+    let warm = workload.warmup.min(workload.batches.len());
+    // What the timed steps compute: packed on the CPU, padded rows elsewhere.
+    let (mut flops, mut computed) = (0.0, 0);
+    let mut count = |i: usize, b: &data::Batch| {
+        if i < warm {
+            return;
+        }
+        if model.can_pack() {
+            flops += packed_flops(&model.cfg, workload.lora.rank, &targets, mode, b);
+            computed += b.pack.len();
+        } else {
+            computed += b.mask.len() * b.mask.first().map_or(0, Vec::len);
+        }
+    };
     let step_secs = match mode {
         Mode::Train => {
             let vars = adapter.vars();
             let mut opt = AdamW::new(&vars, AdamWConfig::default())?;
-            run_batches(workload, |i, b| {
-                let loss = batch_loss(model, b, &Forward::train(&adapter, 0, i as u64))?;
-                let g = loss.backward()?;
-                let mut grads: Vec<Tensor> = vars
-                    .iter()
-                    .map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
-                    .collect::<candle_core::Result<_>>()?;
-                optim::clip_grad_norm(&mut grads, 1.0)?;
-                opt.step(&vars, &grads, 1e-4)?;
-                Ok(())
-            }, dev)?
+            run_batches(
+                workload,
+                |i, b| {
+                    count(i, b);
+                    let loss = batch_loss(model, b, &Forward::train(&adapter, 0, i as u64))?;
+                    let g = loss.backward()?;
+                    let mut grads: Vec<Tensor> = vars
+                        .iter()
+                        .map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+                        .collect::<candle_core::Result<_>>()?;
+                    optim::clip_grad_norm(&mut grads, 1.0)?;
+                    opt.step(&vars, &grads, 1e-4)?;
+                    Ok(())
+                },
+                dev,
+            )?
         }
         Mode::Eval => {
             let fwd = Forward::eval(Some(&adapter));
-            run_batches(workload, |_, b| {
-                batch_loss(model, b, &fwd)?.to_scalar::<f32>()?;
-                Ok(())
-            }, dev)?
+            run_batches(
+                workload,
+                |i, b| {
+                    count(i, b);
+                    batch_loss(model, b, &fwd)?.to_scalar::<f32>()?;
+                    Ok(())
+                },
+                dev,
+            )?
         }
         Mode::Rank => {
             let bs = workload.batch.max(1);
             let mut secs = Vec::new();
             for (ci, chunk) in workload.prompts.chunks(bs).enumerate() {
                 let t0 = Instant::now();
-                let scores = eval::label_log_likelihoods(model, Some(&adapter), chunk, &workload.labels, workload.pad, bs)?;
+                let scores =
+                    eval::label_log_likelihoods(model, Some(&adapter), chunk, &workload.labels, workload.pad, bs)?;
                 std::hint::black_box(scores);
                 if ci >= workload.warmup {
                     secs.push(t0.elapsed().as_secs_f64());
@@ -348,7 +417,15 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
             secs
         }
     };
-    Ok(Measurement { implementation: "multitune".into(), step_secs, trainable, peak_rss_mib: peak_rss_mib() })
+    let lm = mode != Mode::Rank;
+    Ok(Measurement {
+        implementation: "multitune".into(),
+        step_secs,
+        trainable,
+        peak_rss_mib: peak_rss_mib(),
+        flops: (lm && model.can_pack()).then_some(flops),
+        computed_tokens: lm.then_some(computed),
+    })
 }
 
 /// Warm-up batches as given, then the timed ones — regrouped by length when the
@@ -485,7 +562,6 @@ impl Drop for RssSampler {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,12 @@
 //! plain for base models), tokenised so the loss covers the completion (every assistant
 //! turn) only, and padded into batches. Reading and validating files: [`crate::dataset`].
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::pack::Pack;
 use crate::tokenizer::{ChatMessage, TextTokenizer};
 use crate::{Error, Result};
 
@@ -155,8 +158,9 @@ pub fn encode(tok: &TextTokenizer, rec: &Record, system: Option<&str>, max_len: 
     Ok(Example { ids: p, prompt_len, extra_loss: extra })
 }
 
-/// A padded batch for next-token training: inputs are `ids[..n-1]`, and the loss is
-/// taken at the flat positions `loss_index` against `targets`.
+/// A batch for next-token training: inputs are `ids[..n-1]`, laid out two ways — right-
+/// padded `(B, T)` with the loss taken at the flat positions `loss_index`, and packed with
+/// shared prefixes ([`Pack`]) with the loss at `packed_loss_index` — against `targets`.
 #[derive(Debug)]
 pub struct Batch {
     /// `(B, T)` input ids, right-padded.
@@ -173,6 +177,10 @@ pub struct Batch {
     pub loss_tokens: usize,
     /// Loss tokens of each example, in order (the loss positions are grouped by example).
     pub per_example: Vec<usize>,
+    /// The input rows packed, each distinct prefix once.
+    pub pack: Arc<Pack>,
+    /// The packed indices of the positions of `loss_index`, in the same order.
+    pub packed_loss_index: Tensor,
 }
 
 /// Builds a [`Batch`] from examples, right-padding with `pad`.
@@ -185,6 +193,8 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
     let mut targets = Vec::new();
     let mut tokens = 0;
     let mut per_example = Vec::with_capacity(b);
+    let pack = Pack::new(&examples.iter().map(|e| &e.ids[..e.ids.len() - 1]).collect::<Vec<_>>(), true);
+    let mut packed_loss_index = Vec::new();
     for (bi, e) in examples.iter().enumerate() {
         let before = targets.len();
         let n = e.ids.len() - 1;
@@ -200,6 +210,7 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
         for (start, end) in spans {
             for pos in start.max(1) - 1..end - 1 {
                 loss_index.push((bi * t + pos) as u32);
+                packed_loss_index.push(pack.rows[bi].path[pos]);
                 targets.push(e.ids[pos + 1]);
             }
         }
@@ -214,6 +225,8 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
         tokens,
         loss_tokens,
         per_example,
+        packed_loss_index: Tensor::from_vec(packed_loss_index, loss_tokens, device)?,
+        pack: Arc::new(pack),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::metrics::bootstrap::mean_of;
 use crate::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, Metric, RougeL, TokenF1};
 use crate::model::{last_position, Forward, KvCache, Llama};
 use crate::ops;
+use crate::pack::Pack;
 use crate::tokenizer::TextTokenizer;
 use crate::Result;
 
@@ -111,7 +112,13 @@ pub fn completion_nll(
 ) -> Result<Vec<(f64, usize)>> {
     let fwd = Forward::eval(adapter);
     let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+    if model.can_pack() {
+        // Packed batches share prefixes: neighbours in token order share the most.
+        order.sort_by(|&a, &b| examples[a].ids.cmp(&examples[b].ids));
+    } else {
+        // Padded batches waste least when rows of one batch have similar lengths.
+        order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+    }
     let mut out = vec![(0.0, 0); examples.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
@@ -119,9 +126,8 @@ pub fn completion_nll(
         if batch.loss_tokens == 0 {
             continue;
         }
-        let hidden = model.hidden_states(&batch.input_ids, &batch.mask, &fwd, None)?;
-        let (b, t, h) = hidden.dims3()?;
-        let picked = hidden.reshape((b * t, h))?.index_select(&batch.loss_index, 0)?;
+        let (hidden, at) = crate::train::batch_hidden(model, &batch, &fwd)?;
+        let picked = hidden.index_select(&at, 0)?;
         let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut at = 0;
         for (&i, &k) in chunk.iter().zip(&batch.per_example) {
@@ -145,8 +151,10 @@ pub fn completion_loss(
 }
 
 /// Log-likelihood of each label's completion tokens after each prompt: `out[i][l]` is
-/// `(sum of log-probabilities, token count)`. The prompt runs once per batch; every
-/// label continues from a copy of its KV cache.
+/// `(sum of log-probabilities, token count)`. Each prompt runs once per batch: packed
+/// with shared prefixes ([`crate::pack`]) where the model can — every label a row after
+/// its prompt, the prompts' common template once as well — else through a KV cache
+/// that every label continues from.
 pub fn label_log_likelihoods(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -157,6 +165,40 @@ pub fn label_log_likelihoods(
 ) -> Result<Vec<Vec<(f64, usize)>>> {
     let fwd = Forward::eval(adapter);
     let mut out = Vec::with_capacity(prompts.len());
+    if model.can_pack() && !labels.iter().any(Vec::is_empty) {
+        for chunk in prompts.chunks(batch_size.max(1)) {
+            // Row (prompt, label) reads prompt + label[..k-1]; positions |prompt|-1 ..
+            // predict the label's k tokens.
+            let mut rows = Vec::with_capacity(chunk.len() * labels.len());
+            for p in chunk {
+                if p.is_empty() {
+                    return Err(crate::Error::Invalid("label ranking: empty prompt".into()));
+                }
+                for l in labels {
+                    rows.push([p.as_slice(), &l[..l.len() - 1]].concat());
+                }
+            }
+            let pack = std::sync::Arc::new(Pack::new(&rows, true));
+            let (mut at, mut targets) = (Vec::new(), Vec::new());
+            for (r, row) in pack.rows.iter().enumerate() {
+                let (p, l) = (&chunk[r / labels.len()], &labels[r % labels.len()]);
+                at.extend(row.path[p.len() - 1..].iter().copied());
+                targets.extend_from_slice(l);
+            }
+            let dev = model.device();
+            let n = at.len();
+            let hidden = model.packed_hidden_states(&pack, &fwd)?.index_select(&Tensor::from_vec(at, n, dev)?, 0)?;
+            let nll: Vec<f32> =
+                ops::token_nll(&model.logits(&hidden)?, &Tensor::from_vec(targets, n, dev)?)?.to_vec1()?;
+            let mut nll = nll.into_iter();
+            for _ in chunk {
+                out.push(
+                    labels.iter().map(|l| (-nll.by_ref().take(l.len()).map(f64::from).sum::<f64>(), l.len())).collect(),
+                );
+            }
+        }
+        return Ok(out);
+    }
     for chunk in prompts.chunks(batch_size.max(1)) {
         let b = chunk.len();
         let (ids, mask) = model.pad_batch(chunk, pad, true)?;
@@ -319,4 +361,38 @@ pub fn evaluate_task(
         }
     }
     Ok(TaskEval { task: task.into(), kind, examples: n, loss, perplexity, metrics, confusion, predictions })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::loader::tiny_model;
+    use crate::lora::LoraConfig;
+
+    /// Label ranking packed (each prompt and the shared template once) against the KV-
+    /// cache path of the same model in f64, labels of one and several tokens.
+    #[test]
+    fn packed_label_ranking_matches_the_cached_path() {
+        let (model, _) = tiny_model(4, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
+        for (i, v) in ad.vars().iter().enumerate() {
+            let r = crate::rng::normal(&mut crate::rng::stream(3, 1, i as u64), v.elem_count(), 0.1);
+            v.set(&Tensor::from_vec(r, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let prompts = vec![vec![5u32, 6, 7, 8], vec![5, 6, 9], vec![40, 41, 42, 43, 44], vec![5, 6, 7]];
+        let labels = vec![vec![100u32], vec![101, 102, 103], vec![100, 104]];
+        assert!(model.can_pack());
+        let packed = label_log_likelihoods(&model, Some(&ad), &prompts, &labels, 0, 3).unwrap();
+        let model64 = model.to_dtype(DType::F64).unwrap();
+        let ad64 = ad.to_dtype(DType::F64).unwrap();
+        assert!(!model64.can_pack());
+        let cached = label_log_likelihoods(&model64, Some(&ad64), &prompts, &labels, 0, 3).unwrap();
+        assert_eq!(packed.len(), prompts.len());
+        for (p, c) in packed.iter().flatten().zip(cached.iter().flatten()) {
+            assert_eq!(p.1, c.1);
+            assert!((p.0 - c.0).abs() < 1e-4 * c.0.abs().max(1.0), "{} packed, {} cached", p.0, c.0);
+        }
+    }
 }

@@ -20,10 +20,13 @@
 //! copies). Every op is checked against the composed candle version in the tests below;
 //! other devices and dtypes use the compositions in [`crate::ops`].
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::config::RopeLayout;
+use crate::pack::Pack;
 use crate::Result;
 
 type CResult<T> = candle_core::Result<T>;
@@ -126,7 +129,11 @@ fn mm_gemm(
         return;
     }
     let t = threads();
-    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
+    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above keep every index the strides reach inside the slices, and
     // `dst` does not alias `lhs` or `rhs` (it is borrowed mutably).
     unsafe {
@@ -244,7 +251,12 @@ impl CustomOp3 for LoraLinear {
         let (r, ain) = dims2(l2, name)?;
         let (fout, br) = dims2(l3, name)?;
         if ain != fin || br != r || fout != self.weight.dim(0)? {
-            candle_core::bail!("{name}: LoRA factors {:?} and {:?} do not fit input {:?}", l2.dims(), l3.dims(), l1.dims());
+            candle_core::bail!(
+                "{name}: LoRA factors {:?} and {:?} do not fit input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            );
         }
         let mut y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
         let mut h = vec![0f32; n * r];
@@ -291,7 +303,12 @@ impl CustomOp3 for LoraLinear {
 
 /// `x Wᵀ + bias + scale · (x Aᵀ) Bᵀ` for `x` `(N, in)`, frozen `weight` `(out, in)` and
 /// optional LoRA factors `A` `(r, in)`, `B` `(out, r)`. Gradients reach `x`, `A` and `B`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, lora: Option<(&Tensor, &Tensor, f64)>) -> Result<Tensor> {
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: Option<(&Tensor, &Tensor, f64)>,
+) -> Result<Tensor> {
     let x = x.contiguous()?;
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
     Ok(match lora {
@@ -343,8 +360,8 @@ impl CustomOp1 for RmsNorm {
                 gx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).for_each(|(o, (xr, gr))| {
                     let r = rstd(xr, self.eps);
                     // x̂ = x r; ∂x = r (g w - x̂ · mean(g w x̂)).
-                    let dot = xr.iter().zip(gr).zip(&self.weight).map(|((&x, &g), &w)| g * w * x * r).sum::<f32>()
-                        / d as f32;
+                    let dot =
+                        xr.iter().zip(gr).zip(&self.weight).map(|((&x, &g), &w)| g * w * x * r).sum::<f32>() / d as f32;
                     for (((o, &x), &g), &w) in o.iter_mut().zip(xr).zip(gr).zip(&self.weight) {
                         *o = r * (g * w - x * r * dot);
                     }
@@ -377,6 +394,30 @@ struct Heads {
     rope: Option<(Vec<f32>, Vec<f32>, RopeLayout)>,
 }
 
+/// Rotates one head vector `src` into `dst` by the angles whose cosines and sines are
+/// `c` and `s` (`sign` -1 rotates back); `src` and `dst` may not overlap.
+fn rotate(src: &[f32], dst: &mut [f32], c: &[f32], s: &[f32], layout: RopeLayout, sign: f32) {
+    let half = c.len();
+    match layout {
+        RopeLayout::HalfRotation => {
+            for i in 0..half {
+                let (x1, x2) = (src[i], src[i + half]);
+                let (ci, si) = (c[i], sign * s[i]);
+                dst[i] = x1 * ci - x2 * si;
+                dst[i + half] = x1 * si + x2 * ci;
+            }
+        }
+        RopeLayout::Interleaved => {
+            for i in 0..half {
+                let (x1, x2) = (src[2 * i], src[2 * i + 1]);
+                let (ci, si) = (c[i], sign * s[i]);
+                dst[2 * i] = x1 * ci - x2 * si;
+                dst[2 * i + 1] = x1 * si + x2 * ci;
+            }
+        }
+    }
+}
+
 impl Heads {
     /// Rotates one head vector `src` into `dst` by the angles at row `bt` (`sign` -1
     /// rotates back).
@@ -386,25 +427,7 @@ impl Heads {
             return;
         };
         let half = self.d / 2;
-        let (c, s) = (&cos[bt * half..(bt + 1) * half], &sin[bt * half..(bt + 1) * half]);
-        match layout {
-            RopeLayout::HalfRotation => {
-                for i in 0..half {
-                    let (x1, x2) = (src[i], src[i + half]);
-                    let (ci, si) = (c[i], sign * s[i]);
-                    dst[i] = x1 * ci - x2 * si;
-                    dst[i + half] = x1 * si + x2 * ci;
-                }
-            }
-            RopeLayout::Interleaved => {
-                for i in 0..half {
-                    let (x1, x2) = (src[2 * i], src[2 * i + 1]);
-                    let (ci, si) = (c[i], sign * s[i]);
-                    dst[2 * i] = x1 * ci - x2 * si;
-                    dst[2 * i + 1] = x1 * si + x2 * ci;
-                }
-            }
-        }
+        rotate(src, dst, &cos[bt * half..(bt + 1) * half], &sin[bt * half..(bt + 1) * half], *layout, sign);
     }
 }
 
@@ -524,7 +547,12 @@ impl CustomOp3 for Attention {
             candle_core::bail!("{name}: expected (B, H, T, d) inputs");
         };
         if kb != b || kd != d || l3.dims() != l2.dims() || h % hkv != 0 || self.mask.len() != b * t * tk {
-            candle_core::bail!("{name}: q {:?}, k {:?}, v {:?} and the mask do not fit", l1.dims(), l2.dims(), l3.dims());
+            candle_core::bail!(
+                "{name}: q {:?}, k {:?}, v {:?} and the mask do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
         }
         let g = h / hkv;
         let (qb, kvb, pb) = (g * t * d, tk * d, g * t * tk);
@@ -532,7 +560,8 @@ impl CustomOp3 for Attention {
         let mut probs = vec![0f32; b * h * t * tk];
         out.par_chunks_mut(qb).zip(probs.par_chunks_mut(pb)).enumerate().for_each(|(task, (o, p))| {
             let bi = task / hkv;
-            let (qs, ks, vs) = (&q[task * qb..(task + 1) * qb], &k[task * kvb..(task + 1) * kvb], &v[task * kvb..(task + 1) * kvb]);
+            let (qs, ks, vs) =
+                (&q[task * qb..(task + 1) * qb], &k[task * kvb..(task + 1) * kvb], &v[task * kvb..(task + 1) * kvb]);
             mm_gemm((g * t, tk, d), p, false, qs, (d, 1), ks, (1, d), self.scale, false);
             self.softmax_rows(p, t, tk, bi);
             mm_gemm((g * t, d, tk), o, false, p, (tk, 1), vs, (d, 1), 1.0, false);
@@ -590,11 +619,7 @@ impl CustomOp3 for Attention {
                 })
             })
         })?;
-        Ok((
-            Some(tensor(dq, (b, h, t, d))?),
-            Some(tensor(dk, (b, hkv, tk, d))?),
-            Some(tensor(dv, (b, hkv, tk, d))?),
-        ))
+        Ok((Some(tensor(dq, (b, h, t, d))?), Some(tensor(dk, (b, hkv, tk, d))?), Some(tensor(dv, (b, hkv, tk, d))?)))
     }
 }
 
@@ -636,7 +661,13 @@ impl CustomOp2 for SiluMul {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let (dg, du) = with_f32(gate, self.name(), |g| {
             with_f32(up, self.name(), |u| {
                 with_f32(grad, self.name(), |gr| {
@@ -722,6 +753,336 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op1(TokenNll { targets })?)
 }
 
+// ---------------------------------------------------------------------------------------
+// Packed (prefix-shared) sequences: rotary per token and attention along each row's path.
+
+/// Rotary embedding of `(T, H·d)` rows, row `t` at the angles of table row `t`.
+struct RopeRows {
+    h: usize,
+    d: usize,
+    /// `(T, d/2)` cosines and sines, shared by every layer of a forward pass.
+    tables: Arc<(Vec<f32>, Vec<f32>)>,
+    layout: RopeLayout,
+}
+
+impl RopeRows {
+    fn run(&self, x: &[f32], sign: f32) -> CResult<Vec<f32>> {
+        let (h, d, half) = (self.h, self.d, self.d / 2);
+        let (cos, sin) = (&self.tables.0, &self.tables.1);
+        if x.len() % (h * d) != 0 || cos.len() != x.len() / (h * d) * half {
+            candle_core::bail!(
+                "fused-rope: {} values do not fit {} table rows of {h} heads × {d}",
+                x.len(),
+                cos.len() / half.max(1)
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h * d).zip(x.par_chunks(h * d)).enumerate().for_each(|(t, (dst, src))| {
+            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            for (o, i) in dst.chunks_mut(d).zip(src.chunks(d)) {
+                rotate(i, o, c, s, self.layout, sign);
+            }
+        });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for RopeRows {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        Ok((CpuStorage::F32(self.run(x, 1.0)?), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let g = with_f32(grad, self.name(), |g| self.run(g, -1.0))?;
+        Ok(Some(tensor(g, arg.shape().clone())?))
+    }
+}
+
+/// Cos/sin tables `(T, d/2)` for the positions of packed tokens, built once per forward
+/// pass and shared by every layer's [`rope_rows`].
+pub fn rope_tables(positions: &[u32], inv_freq: &[f32]) -> Arc<(Vec<f32>, Vec<f32>)> {
+    let mut cos = Vec::with_capacity(positions.len() * inv_freq.len());
+    let mut sin = Vec::with_capacity(positions.len() * inv_freq.len());
+    for &p in positions {
+        for &f in inv_freq {
+            // f64 for the angle, as in `ops::RopeTables`.
+            let a = p as f64 * f as f64;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Arc::new((cos, sin))
+}
+
+/// `x` `(T, H·d)` with every head of row `t` rotated by the angles of `tables` row `t`.
+pub fn rope_rows(
+    x: &Tensor,
+    h: usize,
+    d: usize,
+    tables: &Arc<(Vec<f32>, Vec<f32>)>,
+    layout: RopeLayout,
+) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(RopeRows { h, d, tables: tables.clone(), layout })?)
+}
+
+struct PackedAttention {
+    pack: Arc<Pack>,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    scale: f32,
+    window: Option<usize>,
+    /// The probabilities of each (row, kv head) task, kept for the backward.
+    probs: std::sync::Mutex<Option<Vec<Vec<f32>>>>,
+}
+
+/// The operands of one (row, kv head) task gathered into contiguous blocks: keys and
+/// values `(L, d)` along the row's path, the owned queries of the head group
+/// `(g·n, d)` (head-major), and `n`, the owned query count.
+struct TaskBlocks {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    q: Vec<f32>,
+    n: usize,
+}
+
+impl PackedAttention {
+    fn tasks(&self) -> usize {
+        self.pack.rows.len() * self.hkv
+    }
+
+    fn gather(&self, task: usize, q: &[f32], k: &[f32], v: &[f32]) -> TaskBlocks {
+        let (h, hkv, d) = (self.h, self.hkv, self.d);
+        let g = h / hkv;
+        let (row, kh) = (&self.pack.rows[task / hkv], task % hkv);
+        let n = row.len() - row.owned_from;
+        let mut kb = Vec::with_capacity(row.len() * d);
+        let mut vb = Vec::with_capacity(row.len() * d);
+        for &i in &row.path {
+            let at = i as usize * hkv * d + kh * d;
+            kb.extend_from_slice(&k[at..at + d]);
+            vb.extend_from_slice(&v[at..at + d]);
+        }
+        let mut qb = Vec::with_capacity(g * n * d);
+        for gi in 0..g {
+            for &i in &row.path[row.owned_from..] {
+                let at = i as usize * h * d + (kh * g + gi) * d;
+                qb.extend_from_slice(&q[at..at + d]);
+            }
+        }
+        TaskBlocks { k: kb, v: vb, q: qb, n }
+    }
+
+    /// Masks (causal, sliding window) and normalises the `(g·n, L)` scores of `row`.
+    fn softmax(&self, p: &mut [f32], row: &crate::pack::PackedRow) {
+        let len = row.len();
+        let n = len - row.owned_from;
+        for (r, s) in p.chunks_mut(len).enumerate() {
+            let qpos = row.owned_from + r % n;
+            let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+            let mut max = f32::NEG_INFINITY;
+            for &x in &s[lo..=qpos] {
+                max = max.max(x);
+            }
+            let mut sum = 0f32;
+            for x in &mut s[lo..=qpos] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            s[..lo].fill(0.0);
+            s[qpos + 1..].fill(0.0);
+            for x in &mut s[lo..=qpos] {
+                *x *= inv;
+            }
+        }
+    }
+
+    /// Calls `f(packed token, offset inside its (T, H·d) row, block row)` for every owned
+    /// query of `task`, block rows in the order of [`TaskBlocks::q`].
+    fn for_owned(&self, task: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let g = self.h / self.hkv;
+        let (row, kh) = (&self.pack.rows[task / self.hkv], task % self.hkv);
+        let owned = &row.path[row.owned_from..];
+        for gi in 0..g {
+            for (i, &tok) in owned.iter().enumerate() {
+                f(tok as usize, (kh * g + gi) * self.d, gi * owned.len() + i);
+            }
+        }
+    }
+
+    fn check(&self, q: &Layout, k: &Layout, v: &Layout) -> CResult<usize> {
+        let t = self.pack.len();
+        if q.dims() != [t, self.h * self.d]
+            || k.dims() != [t, self.hkv * self.d]
+            || v.dims() != k.dims()
+            || self.h % self.hkv != 0
+        {
+            candle_core::bail!(
+                "fused-packed-attention: q {:?}, k {:?}, v {:?} do not fit {t} packed tokens",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        Ok(t)
+    }
+}
+
+impl CustomOp3 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "fused-packed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (q, k, v) = (slice(s1, l1, name)?, slice(s2, l2, name)?, slice(s3, l3, name)?);
+        let t = self.check(l1, l2, l3)?;
+        let (h, d) = (self.h, self.d);
+        let g = h / self.hkv;
+        let results: Vec<(Vec<f32>, Vec<f32>)> = (0..self.tasks())
+            .into_par_iter()
+            .map(|task| {
+                let row = &self.pack.rows[task / self.hkv];
+                let b = self.gather(task, q, k, v);
+                let len = row.len();
+                let mut p = vec![0f32; g * b.n * len];
+                let mut o = vec![0f32; g * b.n * d];
+                mm_gemm((g * b.n, len, d), &mut p, false, &b.q, (d, 1), &b.k, (1, d), self.scale, false);
+                self.softmax(&mut p, row);
+                mm_gemm((g * b.n, d, len), &mut o, false, &p, (len, 1), &b.v, (d, 1), 1.0, false);
+                (o, p)
+            })
+            .collect();
+        let mut out = vec![0f32; t * h * d];
+        let mut probs = Vec::with_capacity(results.len());
+        for (task, (o, p)) in results.into_iter().enumerate() {
+            self.for_owned(task, |tok, off, r| {
+                out[tok * h * d + off..tok * h * d + off + d].copy_from_slice(&o[r * d..(r + 1) * d]);
+            });
+            probs.push(p);
+        }
+        *self.probs.lock().expect("attention probabilities") = Some(probs);
+        Ok((CpuStorage::F32(out), Shape::from((t, h * d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self.probs.lock().expect("attention probabilities").take();
+        let Some(probs) = probs else { candle_core::bail!("{}: backward before forward", self.name()) };
+        let (h, hkv, d) = (self.h, self.hkv, self.d);
+        let g = h / hkv;
+        let t = self.pack.len();
+        let scale = self.scale;
+        let (dq, dk, dv) = with_f32(q, self.name(), |qv| {
+            with_f32(k, self.name(), |kv| {
+                with_f32(v, self.name(), |vv| {
+                    with_f32(grad, self.name(), |go| {
+                        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..self.tasks())
+                            .into_par_iter()
+                            .map(|task| {
+                                let len = self.pack.rows[task / hkv].len();
+                                let b = self.gather(task, qv, kv, vv);
+                                let p = &probs[task];
+                                let mut dout = vec![0f32; g * b.n * d];
+                                self.for_owned(task, |tok, off, r| {
+                                    dout[r * d..(r + 1) * d]
+                                        .copy_from_slice(&go[tok * h * d + off..tok * h * d + off + d]);
+                                });
+                                // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
+                                let mut ds = vec![0f32; g * b.n * len];
+                                mm_gemm((g * b.n, len, d), &mut ds, false, &dout, (d, 1), &b.v, (1, d), 1.0, false);
+                                for (dr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
+                                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                                        *x = scale * pv * (*x - dot);
+                                    }
+                                }
+                                let mut dqb = vec![0f32; g * b.n * d];
+                                let mut dkb = vec![0f32; len * d];
+                                let mut dvb = vec![0f32; len * d];
+                                mm_gemm((g * b.n, d, len), &mut dqb, false, &ds, (len, 1), &b.k, (d, 1), 1.0, false);
+                                mm_gemm((len, d, g * b.n), &mut dkb, false, &ds, (1, len), &b.q, (d, 1), 1.0, false);
+                                mm_gemm((len, d, g * b.n), &mut dvb, false, p, (1, len), &dout, (d, 1), 1.0, false);
+                                (dqb, dkb, dvb)
+                            })
+                            .collect();
+                        let mut dq = vec![0f32; t * h * d];
+                        let mut dk = vec![0f32; t * hkv * d];
+                        let mut dv = vec![0f32; t * hkv * d];
+                        for (task, (dqb, dkb, dvb)) in parts.into_iter().enumerate() {
+                            self.for_owned(task, |tok, off, r| {
+                                dq[tok * h * d + off..tok * h * d + off + d].copy_from_slice(&dqb[r * d..(r + 1) * d]);
+                            });
+                            // Keys and values of shared tokens collect gradient from every row.
+                            let (row, kh) = (&self.pack.rows[task / hkv], task % hkv);
+                            for (j, &tok) in row.path.iter().enumerate() {
+                                let at = tok as usize * hkv * d + kh * d;
+                                for (x, &y) in dk[at..at + d].iter_mut().zip(&dkb[j * d..(j + 1) * d]) {
+                                    *x += y;
+                                }
+                                for (x, &y) in dv[at..at + d].iter_mut().zip(&dvb[j * d..(j + 1) * d]) {
+                                    *x += y;
+                                }
+                            }
+                        }
+                        Ok((dq, dk, dv))
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor(dq, q.shape().clone())?),
+            Some(tensor(dk, k.shape().clone())?),
+            Some(tensor(dv, v.shape().clone())?),
+        ))
+    }
+}
+
+/// Causal grouped-query attention over a [`Pack`]: `q` `(T, H·d)`, `k` and `v`
+/// `(T, Hkv·d)` for the packed tokens (rotated already); each row's owned queries attend
+/// to the keys along its own path (its shared prefix included), within `window` when
+/// given. Returns `(T, H·d)`. One task per (row, kv head) on the thread pool.
+pub fn packed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pack: &Arc<Pack>,
+    (h, hkv, d): (usize, usize, usize),
+    scale: f64,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    let op = PackedAttention {
+        pack: pack.clone(),
+        h,
+        hkv,
+        d,
+        scale: scale as f32,
+        window,
+        probs: std::sync::Mutex::new(None),
+    };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var, D};
@@ -742,7 +1103,12 @@ mod tests {
 
     /// Compares values and the gradients of every input under a random upstream
     /// gradient `w` (loss = sum(y · w)).
-    fn check(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor, tol: f32) {
+    fn check(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        reference: impl Fn(&[Tensor]) -> Tensor,
+        tol: f32,
+    ) {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (yf, yr) = (fused(&ts), reference(&ts));
@@ -779,7 +1145,8 @@ mod tests {
     #[test]
     fn linear_matches_lora_definition() {
         // PEFT: y = x Wᵀ + b + (alpha/r) · B(A(x)).
-        let (x, w, bias, a, b) = (randn(&[5, 12], 1), randn(&[7, 12], 2), randn(&[7], 3), randn(&[3, 12], 4), randn(&[7, 3], 5));
+        let (x, w, bias, a, b) =
+            (randn(&[5, 12], 1), randn(&[7, 12], 2), randn(&[7], 3), randn(&[3, 12], 4), randn(&[7, 3], 5));
         check(
             &[x.clone(), a, b],
             |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5))).unwrap(),
@@ -796,7 +1163,12 @@ mod tests {
     #[test]
     fn rms_norm_matches_composition() {
         let w = randn(&[16], 2);
-        check(&[randn(&[6, 16], 1)], |t| rms_norm(&t[0], &w, 1e-5).unwrap(), |t| ops::rms_norm_composed(&t[0], &w, 1e-5).unwrap(), 1e-5);
+        check(
+            &[randn(&[6, 16], 1)],
+            |t| rms_norm(&t[0], &w, 1e-5).unwrap(),
+            |t| ops::rms_norm_composed(&t[0], &w, 1e-5).unwrap(),
+            1e-5,
+        );
     }
 
     #[test]
@@ -828,7 +1200,8 @@ mod tests {
     fn attention_matches_composition() {
         // GQA: 4 query heads over 2 kv heads; keys include 2 cached positions.
         let (b, h, hkv, t, past, d) = (2, 4, 2, 3, 2, 8);
-        let mask = ops::attention_mask(&[vec![0, 1, 1, 1, 1], vec![1, 1, 1, 1, 1]], t, past, None, &Device::Cpu).unwrap();
+        let mask =
+            ops::attention_mask(&[vec![0, 1, 1, 1, 1], vec![1, 1, 1, 1, 1]], t, past, None, &Device::Cpu).unwrap();
         let scale = 1.0 / (d as f64).sqrt();
         check(
             &[randn(&[b, h, t, d], 1), randn(&[b, hkv, t + past, d], 2), randn(&[b, hkv, t + past, d], 3)],

@@ -337,11 +337,8 @@ impl Objective for MultiHead {
     }
 
     fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
-        let hidden =
-            model.hidden_states(&batch.input_ids, &batch.mask, &Forward::train(&self.adapter, seed, micro), None)?;
-        let (b, t, h) = hidden.dims3()?;
-        let flat = hidden.reshape((b * t, h))?;
-        let positions: Vec<u32> = batch.loss_index.to_vec1()?;
+        let (flat, at) = crate::train::batch_hidden(model, batch, &Forward::train(&self.adapter, seed, micro))?;
+        let positions: Vec<u32> = at.to_vec1()?;
         let targets: Vec<u32> = batch.targets.to_vec1()?;
         // Per head: the rows it reads and what it should predict there.
         let mut per_head: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![], vec![]); self.heads.len()];

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod pack;
 pub mod peft;
 pub mod rng;
 pub mod strategy;

@@ -978,8 +978,8 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("; MFU below is against {peak:.0} GFLOP/s (the best of these)");
     println!(
-        "{:<8} {:<12} {:<6} {:>5} {:>10} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
-        "model", "workload", "mode", "pad%", "ours/s", "ref/s", "ratio", "MFU", "refMFU", "MiB", "refMiB"
+        "{:<8} {:<14} {:<6} {:>5} {:>6} {:>10} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+        "model", "workload", "mode", "pad%", "saved%", "ours/s", "ref/s", "ratio", "MFU", "refMFU", "MiB", "refMiB"
     );
     let tmp = tempfile::tempdir()?;
     let mut rows = Vec::new();
@@ -1049,7 +1049,8 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "ours/s, ref/s: useful (non-padding) tokens per second; rank: prompts per second with every label scored. \
-         MFU: model matmul FLOPs (see `multitune::bench::item_flops`) per second / matmul peak."
+         pad%: padding the reference computes. saved%: useful tokens ours did not recompute (prefixes shared within a batch). \
+         MFU: matmul FLOPs per second / matmul peak; ours counts what it ran (`multitune::bench::packed_flops`), the reference the model FLOPs of the useful tokens (`item_flops`: its padding and logits at every position uncounted)."
     );
     if let Some(p) = &a.json {
         let all = serde_json::json!({ "threads": a.threads, "matmul_peak_gflops": peak, "candle_peak_gflops": peak_ours, "rows": rows });
@@ -1070,7 +1071,14 @@ fn median_round(mut all: Vec<Measurement>) -> Option<Measurement> {
 
 fn print_bench_row(r: &BenchRow, peak: f64) {
     let rate = |m: &Measurement| r.units as f64 / m.total_secs();
-    let mfu = |m: &Measurement| r.flops.map(|f| format!("{:.0}%", 100.0 * f / m.total_secs() / 1e9 / peak));
+    // Each implementation's MFU counts the FLOPs it really did (ours: packed, each shared
+    // prefix once) when it reports them, else the model FLOPs of the useful tokens.
+    let mfu = |m: &Measurement| m.flops.or(r.flops).map(|f| format!("{:.0}%", 100.0 * f / m.total_secs() / 1e9 / peak));
+    // Share of the useful tokens our forward did not have to run (shared prefixes).
+    let saved = match r.ours.computed_tokens {
+        Some(c) if r.mode != Mode::Rank && r.units > 0 => format!("{:.1}", 100.0 * (1.0 - c as f64 / r.units as f64)),
+        _ => "-".into(),
+    };
     let mib = |m: &Measurement| m.peak_rss_mib.map_or("-".into(), |v| format!("{v:.0}"));
     let (ref_rate, ratio, ref_mfu, ref_mib) = match &r.reference {
         Some(x) => (
@@ -1082,11 +1090,12 @@ fn print_bench_row(r: &BenchRow, peak: f64) {
         None => ("-".into(), "-".into(), "-".into(), "-".into()),
     };
     println!(
-        "{:<8} {:<12} {:<6} {:>5.1} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+        "{:<8} {:<14} {:<6} {:>5.1} {:>6} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
         r.model,
         r.workload,
         r.mode.name(),
         100.0 * r.padding_share,
+        saved,
         rate(&r.ours),
         ref_rate,
         ratio,

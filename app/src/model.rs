@@ -6,13 +6,15 @@
 //! [`Forward::adapter`] as `Var`s, so gradients reach only the adapter.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::ModelConfig;
-use crate::lora::{LoraAdapter, Target};
 use crate::fused;
+use crate::lora::{LoraAdapter, Target};
 use crate::ops::{self, RopeTables};
+use crate::pack::Pack;
 use crate::rng::{self, streams};
 use crate::{Error, Result};
 
@@ -282,6 +284,43 @@ impl Llama {
         }
         let x = ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
         Ok(x.reshape((b, t, cfg.hidden_size))?)
+    }
+
+    /// Whether [`Llama::packed_hidden_states`] runs here: f32 weights on the CPU (the
+    /// packed kernels are CPU kernels; other devices take the padded path).
+    pub fn can_pack(&self) -> bool {
+        self.device().is_cpu() && self.dtype() == DType::F32
+    }
+
+    /// Final hidden states `(T, hidden)` of the packed tokens of `pack` (see
+    /// [`crate::pack`]): every distinct prefix of its rows runs once, without padding.
+    pub fn packed_hidden_states(&self, pack: &Arc<Pack>, fwd: &Forward) -> Result<Tensor> {
+        if !self.can_pack() {
+            return Err(Error::Invalid("packed forward needs f32 weights on the CPU".into()));
+        }
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let dev = self.device();
+        let tables = fused::rope_tables(&pack.positions, &self.inv_freq);
+        let ids = Tensor::from_slice(&pack.tokens, pack.len(), dev)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embed_tokens.index_select(&ids, 0)?; // (T, H)
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = ops::rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
+            let q = fwd.project(li, Target::Q, block.linear(Target::Q), &h)?;
+            let k = fwd.project(li, Target::K, block.linear(Target::K), &h)?;
+            let v = fwd.project(li, Target::V, block.linear(Target::V), &h)?;
+            let q = fused::rope_rows(&q, nh, hd, &tables, cfg.rope_layout)?;
+            let k = fused::rope_rows(&k, nkv, hd, &tables, cfg.rope_layout)?;
+            let a = fused::packed_attention(&q, &k, &v, pack, (nh, nkv, hd), scale, cfg.sliding_window)?;
+            x = (x + fwd.project(li, Target::O, block.linear(Target::O), &a)?)?;
+            let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
+            let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
+            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &fused::silu_mul(&gate, &up)?)?;
+            x = (x + m)?;
+        }
+        ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }
 
     #[allow(clippy::too_many_arguments)]
