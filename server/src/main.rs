@@ -39,6 +39,10 @@ struct Args {
     demo: Option<PathBuf>,
 }
 
+/// mimalloc keeps freed memory for reuse across training steps (see the CLI's note).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     multitune::tune_runtime();
