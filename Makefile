@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup build-cuda fmt lint clean
+.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -68,22 +68,33 @@ demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
 		--budget-tokens 16000 --eval-limit 20 --lr 1e-3 --out runs/demo-compare
 
-## build-cuda: the CLI and server with candle's CUDA backend. nvcc and the CUDA headers
-## come from PyPI (Debian's main archive has none) into CUDA_VENV; CUDA_COMPUTE_CAP is the
-## card's (90: H100/H200). The GPU is then picked by --device auto.
-## Status: every crate compiles with these (candle's PTX kernels included); the final link
-## still needs cuBLAS, cuRAND, NVRTC and the driver's libcuda on the library path, which
-## this target does not fetch yet (verified only up to the link on a machine without GPU).
+## build-cuda: the CLI and server with candle's CUDA backend, into target/cuda/release
+## (its own target dir: the CPU binaries stay as they are). nvcc, the CUDA 13.0 headers and
+## libraries (cuBLAS, cuRAND, NVRTC) come from PyPI into CUDA_VENV (Debian's main archive
+## has none); scripts/cuda-link.sh adds the unversioned library names and a stub of the
+## driver's libcuda for the link, so this builds on a machine without a GPU; at run time the
+## binaries find the toolkit libraries through their rpath and the real driver's libcuda.
+## CUDA_COMPUTE_CAP is the card's (90: H100/H200). The GPU is then picked by --device auto.
 CUDA_VENV ?= $(HOME)/.cache/multitune/cuda-venv
 CUDA_COMPUTE_CAP ?= 90
-CUDA_HOME_PIP = $(CUDA_VENV)/lib/python3.11/site-packages/nvidia/cu13
-build-cuda:
+CUDA_LINK = $(HOME)/.cache/multitune/cuda-link
+# cargo with the toolkit from CUDA_VENV on the paths, the link directory and the rpath.
+CUDA_CARGO = cuda=$$(echo $(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13) && \
+	scripts/cuda-link.sh $$cuda $(CUDA_LINK) && \
+	PATH=$$cuda/bin:$$PATH CUDA_ROOT=$$cuda CUDA_PATH=$$cuda CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+	LIBRARY_PATH=$(CUDA_LINK) RUSTFLAGS="-C link-arg=-Wl,-rpath,$$cuda/lib" $(CARGO)
+cuda-toolkit:
 	@[ -x $(CUDA_VENV)/bin/python ] || python3 -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
-		nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
-	PATH=$(CUDA_HOME_PIP)/bin:$$PATH CUDA_ROOT=$(CUDA_HOME_PIP) CUDA_PATH=$(CUDA_HOME_PIP) \
-		CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) $(CARGO) build --release --features cuda \
-		-p multitune -p multitune-server
+		nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 \
+		nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
+build-cuda: cuda-toolkit
+	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune -p multitune-server
+
+## test-cuda: the GPU checks (app/src/cuda_tests.rs: f32 loss and gradients against the CPU,
+## bf16 logits, a short training run) on CUDA device 0; needs a machine with a GPU.
+test-cuda: cuda-toolkit
+	$(CUDA_CARGO) test --release --features cuda --target-dir target/cuda -p multitune --lib cuda_tests
 
 ## bench-setup: the Python reference for `make bench` (PyTorch CPU build, transformers,
 ## PEFT) in a virtual environment; never needed by the tests.

@@ -11,6 +11,8 @@ pub mod blas;
 pub mod charts;
 pub mod checkpoint;
 pub mod config;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 pub mod data;
 pub mod dataset;
 pub mod demo;

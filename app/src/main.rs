@@ -430,7 +430,8 @@ fn pick_device(spec: &str) -> anyhow::Result<Device> {
             let n: usize = s.strip_prefix("cuda:").map(str::parse).transpose().context("device index")?.unwrap_or(0);
             #[cfg(feature = "cuda")]
             {
-                return Ok(Device::new_cuda(n)?);
+                return Device::new_cuda(n)
+                    .with_context(|| format!("opening CUDA device {n} (does the NVIDIA driver see a GPU?)"));
             }
             #[cfg(not(feature = "cuda"))]
             bail!("device `cuda:{n}` needs a build with `--features cuda`")

@@ -71,7 +71,8 @@ impl Config {
     pub fn device(&self) -> anyhow::Result<Device> {
         Ok(match self.device.as_str() {
             "cpu" => Device::Cpu,
-            "cuda" => Device::new_cuda(0)?,
+            "cuda" => Device::new_cuda(0)
+                .map_err(|e| anyhow::anyhow!("opening CUDA device 0 (does the NVIDIA driver see a GPU?): {e}"))?,
             _ => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
         })
     }
