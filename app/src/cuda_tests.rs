@@ -46,7 +46,8 @@ fn gpu_f32_loss_and_gradients_match_the_cpu() {
     let (ad_cpu, ad_gpu) = adapters(&cpu_model.cfg, &dev);
     let ex = examples();
     let refs: Vec<&Example> = ex.iter().collect();
-    let lc = batch_loss(&cpu_model, &make_batch(&refs, 0, &Device::Cpu).unwrap(), &Forward::eval(Some(&ad_cpu))).unwrap();
+    let lc =
+        batch_loss(&cpu_model, &make_batch(&refs, 0, &Device::Cpu).unwrap(), &Forward::eval(Some(&ad_cpu))).unwrap();
     let lg = batch_loss(&gpu_model, &make_batch(&refs, 0, &dev).unwrap(), &Forward::eval(Some(&ad_gpu))).unwrap();
     let (a, b) = (lc.to_scalar::<f32>().unwrap(), lg.to_scalar::<f32>().unwrap());
     assert!((a - b).abs() < 1e-3, "loss {a} on the CPU, {b} on the GPU");
