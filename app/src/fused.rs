@@ -769,7 +769,7 @@ impl RopeRows {
     fn run(&self, x: &[f32], sign: f32) -> CResult<Vec<f32>> {
         let (h, d, half) = (self.h, self.d, self.d / 2);
         let (cos, sin) = (&self.tables.0, &self.tables.1);
-        if x.len() % (h * d) != 0 || cos.len() != x.len() / (h * d) * half {
+        if !x.len().is_multiple_of(h * d) || cos.len() != x.len() / (h * d) * half {
             candle_core::bail!(
                 "fused-rope: {} values do not fit {} table rows of {h} heads × {d}",
                 x.len(),
@@ -921,7 +921,7 @@ impl PackedAttention {
         if q.dims() != [t, self.h * self.d]
             || k.dims() != [t, self.hkv * self.d]
             || v.dims() != k.dims()
-            || self.h % self.hkv != 0
+            || !self.h.is_multiple_of(self.hkv)
         {
             candle_core::bail!(
                 "fused-packed-attention: q {:?}, k {:?}, v {:?} do not fit {t} packed tokens",
