@@ -25,10 +25,7 @@ fn examples() -> Vec<Example> {
 /// One adapter with non-zero B on both devices (same values).
 fn adapters(cfg: &crate::config::ModelConfig, dev: &Device) -> (LoraAdapter, LoraAdapter) {
     let cpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, &Device::Cpu).unwrap();
-    for (i, v) in cpu.vars().iter().enumerate() {
-        let r = crate::rng::normal(&mut crate::rng::stream(5, 1, i as u64), v.elem_count(), 0.05);
-        v.set(&Tensor::from_vec(r, v.shape(), &Device::Cpu).unwrap()).unwrap();
-    }
+    crate::lora::randomize(&cpu, 5, 0.05);
     let gpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, dev).unwrap();
     for (g, c) in gpu.vars().iter().zip(cpu.vars()) {
         g.set(&c.as_tensor().to_device(dev).unwrap()).unwrap();

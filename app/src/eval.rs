@@ -377,10 +377,7 @@ mod tests {
     fn packed_label_ranking_matches_the_cached_path() {
         let (model, _) = tiny_model(4, &Device::Cpu).unwrap();
         let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
-        for (i, v) in ad.vars().iter().enumerate() {
-            let r = crate::rng::normal(&mut crate::rng::stream(3, 1, i as u64), v.elem_count(), 0.1);
-            v.set(&Tensor::from_vec(r, v.shape(), &Device::Cpu).unwrap()).unwrap();
-        }
+        crate::lora::randomize(&ad, 3, 0.1);
         let prompts = vec![vec![5u32, 6, 7, 8], vec![5, 6, 9], vec![40, 41, 42, 43, 44], vec![5, 6, 7]];
         let labels = vec![vec![100u32], vec![101, 102, 103], vec![100, 104]];
         assert!(model.can_pack());

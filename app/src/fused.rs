@@ -494,6 +494,55 @@ pub fn heads(
 // ---------------------------------------------------------------------------------------
 // Attention.
 
+/// One attention block: `rows` queries `q` `(rows, d)` against `len` keys and values
+/// `k`, `v` `(len, d)`; `softmax` masks and normalises the scaled scores in place.
+/// Writes the probabilities `p` `(rows, len)` (kept for [`attention_block_bwd`]) and the
+/// output `o` `(rows, d)`.
+#[allow(clippy::too_many_arguments)]
+fn attention_block(
+    (rows, len, d): (usize, usize, usize),
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    softmax: impl FnOnce(&mut [f32]),
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    mm_gemm((rows, len, d), p, false, q, (d, 1), k, (1, d), scale, false);
+    softmax(p);
+    mm_gemm((rows, d, len), o, false, p, (len, 1), v, (d, 1), 1.0, false);
+}
+
+/// The backward of [`attention_block`] from its probabilities `p` and the output
+/// gradient `dout`: writes `dq` `(rows, d)`, `dk` and `dv` `(len, d)`.
+#[allow(clippy::too_many_arguments)]
+fn attention_block_bwd(
+    (rows, len, d): (usize, usize, usize),
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    p: &[f32],
+    dout: &[f32],
+    scale: f32,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
+    let mut ds = vec![0f32; rows * len];
+    mm_gemm((rows, len, d), &mut ds, false, dout, (d, 1), v, (1, d), 1.0, false);
+    if len > 0 {
+        for (dr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
+            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+            for (x, &pv) in dr.iter_mut().zip(pr) {
+                *x = scale * pv * (*x - dot);
+            }
+        }
+    }
+    mm_gemm((rows, d, len), dq, false, &ds, (len, 1), k, (d, 1), 1.0, false);
+    mm_gemm((len, d, rows), dk, false, &ds, (1, len), q, (d, 1), 1.0, false);
+    mm_gemm((len, d, rows), dv, false, p, (1, len), dout, (d, 1), 1.0, false);
+}
+
 struct Attention {
     /// `(B, T, Tk)` additive mask, shared by every head.
     mask: Vec<f32>,
@@ -562,9 +611,7 @@ impl CustomOp3 for Attention {
             let bi = task / hkv;
             let (qs, ks, vs) =
                 (&q[task * qb..(task + 1) * qb], &k[task * kvb..(task + 1) * kvb], &v[task * kvb..(task + 1) * kvb]);
-            mm_gemm((g * t, tk, d), p, false, qs, (d, 1), ks, (1, d), self.scale, false);
-            self.softmax_rows(p, t, tk, bi);
-            mm_gemm((g * t, d, tk), o, false, p, (tk, 1), vs, (d, 1), 1.0, false);
+            attention_block((g * t, tk, d), qs, ks, vs, self.scale, |p| self.softmax_rows(p, t, tk, bi), p, o);
         });
         *self.probs.lock().expect("attention probabilities") = Some(probs);
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
@@ -601,18 +648,7 @@ impl CustomOp3 for Attention {
                                 let vs = &vv[task * kvb..(task + 1) * kvb];
                                 let dos = &go[task * qb..(task + 1) * qb];
                                 let p = &probs[task * pb..(task + 1) * pb];
-                                // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
-                                let mut ds = vec![0f32; pb];
-                                mm_gemm((g * t, tk, d), &mut ds, false, dos, (d, 1), vs, (1, d), 1.0, false);
-                                for (dr, pr) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
-                                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                                    for (x, &pv) in dr.iter_mut().zip(pr) {
-                                        *x = scale * pv * (*x - dot);
-                                    }
-                                }
-                                mm_gemm((g * t, d, tk), dqs, false, &ds, (tk, 1), ks, (d, 1), 1.0, false);
-                                mm_gemm((tk, d, g * t), dks, false, &ds, (1, tk), qs, (d, 1), 1.0, false);
-                                mm_gemm((tk, d, g * t), dvs, false, p, (1, tk), dos, (d, 1), 1.0, false);
+                                attention_block_bwd((g * t, tk, d), (qs, ks, vs), p, dos, scale, dqs, dks, dvs);
                             });
                         Ok((dq, dk, dv))
                     })
@@ -806,17 +842,7 @@ impl CustomOp1 for RopeRows {
 /// Cos/sin tables `(T, d/2)` for the positions of packed tokens, built once per forward
 /// pass and shared by every layer's [`rope_rows`].
 pub fn rope_tables(positions: &[u32], inv_freq: &[f32]) -> Arc<(Vec<f32>, Vec<f32>)> {
-    let mut cos = Vec::with_capacity(positions.len() * inv_freq.len());
-    let mut sin = Vec::with_capacity(positions.len() * inv_freq.len());
-    for &p in positions {
-        for &f in inv_freq {
-            // f64 for the angle, as in `ops::RopeTables`.
-            let a = p as f64 * f as f64;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    Arc::new((cos, sin))
+    Arc::new(crate::ops::rope_cos_sin(positions.iter().copied(), inv_freq))
 }
 
 /// `x` `(T, H·d)` with every head of row `t` rotated by the angles of `tables` row `t`.
@@ -961,9 +987,16 @@ impl CustomOp3 for PackedAttention {
                 let len = row.len();
                 let mut p = vec![0f32; g * b.n * len];
                 let mut o = vec![0f32; g * b.n * d];
-                mm_gemm((g * b.n, len, d), &mut p, false, &b.q, (d, 1), &b.k, (1, d), self.scale, false);
-                self.softmax(&mut p, row);
-                mm_gemm((g * b.n, d, len), &mut o, false, &p, (len, 1), &b.v, (d, 1), 1.0, false);
+                attention_block(
+                    (g * b.n, len, d),
+                    &b.q,
+                    &b.k,
+                    &b.v,
+                    self.scale,
+                    |p| self.softmax(p, row),
+                    &mut p,
+                    &mut o,
+                );
                 (o, p)
             })
             .collect();
@@ -1008,21 +1041,20 @@ impl CustomOp3 for PackedAttention {
                                     dout[r * d..(r + 1) * d]
                                         .copy_from_slice(&go[tok * h * d + off..tok * h * d + off + d]);
                                 });
-                                // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
-                                let mut ds = vec![0f32; g * b.n * len];
-                                mm_gemm((g * b.n, len, d), &mut ds, false, &dout, (d, 1), &b.v, (1, d), 1.0, false);
-                                for (dr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
-                                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                                    for (x, &pv) in dr.iter_mut().zip(pr) {
-                                        *x = scale * pv * (*x - dot);
-                                    }
-                                }
                                 let mut dqb = vec![0f32; g * b.n * d];
                                 let mut dkb = vec![0f32; len * d];
                                 let mut dvb = vec![0f32; len * d];
-                                mm_gemm((g * b.n, d, len), &mut dqb, false, &ds, (len, 1), &b.k, (d, 1), 1.0, false);
-                                mm_gemm((len, d, g * b.n), &mut dkb, false, &ds, (1, len), &b.q, (d, 1), 1.0, false);
-                                mm_gemm((len, d, g * b.n), &mut dvb, false, p, (1, len), &dout, (d, 1), 1.0, false);
+                                let blocks = (b.q.as_slice(), b.k.as_slice(), b.v.as_slice());
+                                attention_block_bwd(
+                                    (g * b.n, len, d),
+                                    blocks,
+                                    p,
+                                    &dout,
+                                    scale,
+                                    &mut dqb,
+                                    &mut dkb,
+                                    &mut dvb,
+                                );
                                 (dqb, dkb, dvb)
                             })
                             .collect();

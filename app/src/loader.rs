@@ -94,6 +94,33 @@ pub fn load_model(
     Ok(m)
 }
 
+/// The device a `--device` spec names: `auto` (CUDA device 0 when this build has CUDA
+/// and the driver sees a GPU, else the CPU), `cpu`, or `cuda[:N]` (an error that says
+/// why when it cannot be opened).
+pub fn pick_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = match s.strip_prefix("cuda:") {
+                Some(i) => {
+                    i.parse().map_err(|_| Error::Invalid(format!("device `{s}`: `{i}` is not a device index")))?
+                }
+                None => 0,
+            };
+            if !cfg!(feature = "cuda") {
+                return Err(Error::Invalid(format!(
+                    "device `{s}` needs a build with `--features cuda` (`make build-cuda`)"
+                )));
+            }
+            Device::new_cuda(n).map_err(|e| {
+                Error::Invalid(format!("opening CUDA device {n} (does the NVIDIA driver see a GPU?): {e}"))
+            })
+        }
+        other => Err(Error::Invalid(format!("unknown device `{other}` (auto, cpu, cuda[:N])"))),
+    }
+}
+
 /// The weights' dtype on `device`: bf16 on a GPU (tensor cores, half the memory; norms,
 /// softmax and the loss still accumulate in f32 and LoRA factors stay f32), f32 on the
 /// CPU, where the fused f32 kernels run. `MULTITUNE_DTYPE=f32|bf16|f16` overrides it.
@@ -492,6 +519,18 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &TextTokenizer, dir: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_specs_are_parsed_and_bad_ones_named() {
+        assert!(pick_device("cpu").unwrap().is_cpu());
+        let err = |s: &str| pick_device(s).unwrap_err().to_string();
+        assert!(err("tpu").contains("unknown device `tpu`"), "{}", err("tpu"));
+        assert!(err("cuda:x").contains("`x` is not a device index"), "{}", err("cuda:x"));
+        if !cfg!(feature = "cuda") {
+            assert!(pick_device("auto").unwrap().is_cpu());
+            assert!(err("cuda:1").contains("--features cuda"), "{}", err("cuda:1"));
+        }
+    }
 
     #[test]
     fn qk_permutation_round_trips() {

@@ -326,6 +326,16 @@ impl LoraAdapter {
     }
 }
 
+/// Test helper: every factor of `adapter` drawn from N(0, std²) (seeded), so that B is
+/// non-zero and every factor gets a gradient.
+#[cfg(test)]
+pub(crate) fn randomize(adapter: &LoraAdapter, seed: u64, std: f32) {
+    for (i, v) in adapter.vars().iter().enumerate() {
+        let r = crate::rng::normal(&mut crate::rng::stream(seed, 1, i as u64), v.elem_count(), std);
+        v.set(&Tensor::from_vec(r, v.shape(), v.device()).unwrap()).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

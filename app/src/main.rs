@@ -416,30 +416,6 @@ struct BenchWorkerArgs {
     mode: String,
 }
 
-fn pick_device(spec: &str) -> anyhow::Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
-            #[cfg(feature = "cuda")]
-            if let Ok(d) = Device::new_cuda(0) {
-                return Ok(d);
-            }
-            Ok(Device::Cpu)
-        }
-        s if s.starts_with("cuda") => {
-            let n: usize = s.strip_prefix("cuda:").map(str::parse).transpose().context("device index")?.unwrap_or(0);
-            #[cfg(feature = "cuda")]
-            {
-                return Device::new_cuda(n)
-                    .with_context(|| format!("opening CUDA device {n} (does the NVIDIA driver see a GPU?)"));
-            }
-            #[cfg(not(feature = "cuda"))]
-            bail!("device `cuda:{n}` needs a build with `--features cuda`")
-        }
-        other => bail!("unknown device `{other}` (auto, cpu, cuda[:N])"),
-    }
-}
-
 fn load(spec: &str, cli: &Cli, device: &Device) -> anyhow::Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
     if source == ModelSource::Default && !fetch::default_model_path(&cli.models_dir).exists() {
@@ -1159,7 +1135,7 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let device = pick_device(&cli.device)?;
+    let device = loader::pick_device(&cli.device)?;
     match &cli.cmd {
         Cmd::FetchModel => {
             let p = fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;

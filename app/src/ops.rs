@@ -53,6 +53,21 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
+/// Rotary cosines and sines, `inv_freq.len()` of each per position, positions in order.
+pub fn rope_cos_sin(positions: impl IntoIterator<Item = u32>, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for &f in inv_freq {
+            // f64 for the angle: positions times frequencies lose precision in f32 at
+            // long contexts, and the tables are small.
+            let a = p as f64 * f as f64;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
 /// Cos/sin tables for rotary embeddings at the given positions.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
@@ -68,19 +83,7 @@ impl RopeTables {
         let b = positions.len();
         let t = positions.first().map_or(0, |p| p.len());
         let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(b * t * half);
-        let mut sin = Vec::with_capacity(b * t * half);
-        for row in positions {
-            for &p in row {
-                for &f in inv_freq {
-                    // f64 for the angle: positions times frequencies lose precision in f32
-                    // at long contexts, and the tables are small.
-                    let a = p as f64 * f as f64;
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
-            }
-        }
+        let (cos, sin) = rope_cos_sin(positions.iter().flatten().copied(), inv_freq);
         Ok(Self {
             cos: Tensor::from_vec(cos, (b, 1, t, half), device)?,
             sin: Tensor::from_vec(sin, (b, 1, t, half), device)?,

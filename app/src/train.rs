@@ -590,10 +590,7 @@ mod tests {
             let model = random_model(cfg, 3 + ci as u64, &Device::Cpu).unwrap();
             let ad =
                 LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, ..Default::default() }, 5, &Device::Cpu).unwrap();
-            for (i, v) in ad.vars().iter().enumerate() {
-                let r = crate::rng::normal(&mut crate::rng::stream(9, 1, i as u64), v.elem_count(), 0.1);
-                v.set(&Tensor::from_vec(r, v.shape(), &Device::Cpu).unwrap()).unwrap();
-            }
+            crate::lora::randomize(&ad, 9, 0.1);
             let fwd = Forward::eval(Some(&ad));
             let loss = |hidden: Tensor, at: &Tensor| {
                 ops::cross_entropy(&model.logits(&hidden.index_select(at, 0).unwrap()).unwrap(), &batch.targets)

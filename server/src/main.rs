@@ -27,7 +27,7 @@ struct Args {
     /// The built dashboard.
     #[arg(long, env = "MULTITUNE_DIST", default_value = "dist")]
     dist: PathBuf,
-    /// Training device: auto, cpu or cuda.
+    /// Training device: auto, cpu or cuda[:N].
     #[arg(long, env = "MULTITUNE_DEVICE", default_value = "auto")]
     device: String,
     /// Seconds before an ordinary request times out.

@@ -32,7 +32,7 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Built dashboard (`dist/`), served at `/`.
     pub dist_dir: Option<PathBuf>,
-    /// Training device: `cpu`, `cuda` or `auto`.
+    /// Training device: `auto`, `cpu` or `cuda[:N]` ([`multitune::loader::pick_device`]).
     pub device: String,
     /// Seconds before an ordinary request times out.
     pub request_timeout_s: u64,
@@ -69,12 +69,7 @@ impl Config {
 
     /// The training device.
     pub fn device(&self) -> anyhow::Result<Device> {
-        Ok(match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::new_cuda(0)
-                .map_err(|e| anyhow::anyhow!("opening CUDA device 0 (does the NVIDIA driver see a GPU?): {e}"))?,
-            _ => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
-        })
+        Ok(multitune::loader::pick_device(&self.device)?)
     }
 }
 
