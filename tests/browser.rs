@@ -271,8 +271,8 @@ async fn dashboard_end_to_end_in_chromium() {
     let out = dir.path().join("adapter");
     zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap().extract(&out).unwrap();
     let folder = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
-    let (model, _) = multitune::loader::tiny_model(0, &candle_core::Device::Cpu).unwrap();
-    let adapter = multitune::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
+    let (model, _) = multitune::model::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+    let adapter = multitune::adapter::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
     assert!(adapter.num_parameters() > 0);
 
     // Playground: base and tuned side by side.

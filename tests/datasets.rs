@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use multitune::dataset::{self, LoadOptions};
+use multitune::data::{self, LoadOptions};
 use multitune::Error;
 
 fn fixtures() -> std::path::PathBuf {
@@ -18,7 +18,7 @@ fn malformed_corpus_is_rejected_line_by_line_and_twins_accepted() {
         let cols: Vec<&str> = row.split('\t').collect();
         let (file, line, phrase) = (cols[0], cols[1].parse::<usize>().unwrap(), cols[2]);
         kinds.insert(file.rsplit_once('_').unwrap().0.to_string());
-        match dataset::load(&fixtures().join("malformed").join(file), &LoadOptions::default()) {
+        match data::load(&fixtures().join("malformed").join(file), &LoadOptions::default()) {
             Err(Error::Dataset(rej)) => {
                 assert!(
                     rej.issues.iter().any(|i| i.line == line && i.to_string().contains(phrase)),
@@ -29,7 +29,7 @@ fn malformed_corpus_is_rejected_line_by_line_and_twins_accepted() {
             Err(other) => panic!("{file}: wrong error kind: {other}"),
             Ok(_) => panic!("{file}: accepted"),
         }
-        let twin = dataset::load(&fixtures().join("valid").join(file), &LoadOptions::default());
+        let twin = data::load(&fixtures().join("valid").join(file), &LoadOptions::default());
         assert!(twin.is_ok(), "{file} twin rejected: {}", twin.unwrap_err());
         n += 1;
     }
@@ -45,15 +45,12 @@ fn limits_are_enforced_and_named() {
     std::fs::write(&p, line.repeat(20)).unwrap();
     let mut opts = LoadOptions::default();
     opts.limits.max_bytes = 1000;
-    assert!(dataset::load(&p, &opts).unwrap_err().to_string().contains("the limit is 1000"));
+    assert!(data::load(&p, &opts).unwrap_err().to_string().contains("the limit is 1000"));
     let mut opts = LoadOptions::default();
     opts.limits.max_field_chars = 100;
-    let e = dataset::load(&p, &opts).unwrap_err().to_string();
+    let e = data::load(&p, &opts).unwrap_err().to_string();
     assert!(e.contains("line 1: field `prompt`: has 300 characters; the limit is 100"), "{e}");
     let mut opts = LoadOptions::default();
     opts.limits.max_rows = 10;
-    assert!(dataset::load(&p, &opts)
-        .unwrap_err()
-        .to_string()
-        .contains("line 11: the file has 20 rows; the limit is 10"));
+    assert!(data::load(&p, &opts).unwrap_err().to_string().contains("line 11: the file has 20 rows; the limit is 10"));
 }

@@ -1,10 +1,10 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
-use multitune::config::{Llama3RopeScaling, ModelConfig, RopeLayout, RopeScaling};
-use multitune::loader::{load_hf_dir, random_model, save_hf_dir};
+use multitune::model::config::{Llama3RopeScaling, ModelConfig, RopeLayout, RopeScaling};
+use multitune::model::tokenizer::TextTokenizer;
 use multitune::model::{last_position, max_abs_diff, Forward, Llama};
-use multitune::tokenizer::TextTokenizer;
+use multitune::model::{load_hf_dir, random_model, save_hf_dir};
 
 fn tiny(model_type: &str) -> ModelConfig {
     ModelConfig {
@@ -122,13 +122,13 @@ fn qwen2_biases_match_candle_transformers() {
 fn sharded_safetensors_load() {
     let (dir, single) = round_trip(tiny("llama"));
     let (tensors, _) =
-        multitune::checkpoint::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        multitune::persist::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let names: Vec<String> = tensors.keys().cloned().collect();
     let (first, second) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
     for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
         let ts: Vec<(String, Tensor)> = part.iter().map(|n| (n.clone(), tensors[n].clone())).collect();
-        multitune::checkpoint::write_safetensors(&dir.path().join(file), &ts, None).unwrap();
+        multitune::persist::write_safetensors(&dir.path().join(file), &ts, None).unwrap();
         for n in part {
             map.insert(n.clone(), file.into());
         }

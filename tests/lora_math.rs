@@ -1,7 +1,7 @@
 use candle_core::{DType, Device, Tensor};
+use multitune::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use multitune::data::{make_batch, Example};
-use multitune::loader::tiny_model;
-use multitune::lora::{LoraAdapter, LoraConfig, Target};
+use multitune::model::tiny_model;
 use multitune::model::{max_abs_diff, Forward};
 use multitune::rng;
 use multitune::train::batch_loss;

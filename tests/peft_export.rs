@@ -1,12 +1,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{Device, Tensor};
-use multitune::checkpoint::read_safetensors;
-use multitune::config::RopeLayout;
-use multitune::loader::{permute_qk_rows, tiny_model};
-use multitune::lora::{LoraAdapter, LoraConfig, Target};
+use multitune::adapter::lora::{LoraAdapter, LoraConfig, Target};
+use multitune::adapter::peft::{load_adapter, save_adapter, CONFIG_FILE, WEIGHTS_FILE};
+use multitune::model::config::RopeLayout;
 use multitune::model::{max_abs_diff, Forward, Llama};
-use multitune::peft::{load_adapter, save_adapter, CONFIG_FILE, WEIGHTS_FILE};
+use multitune::model::{permute_qk_rows, tiny_model};
+use multitune::persist::read_safetensors;
 use multitune::rng;
 
 use crate::util::default_model;

@@ -1,11 +1,11 @@
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use multitune::config::RopeLayout;
 use multitune::data::render_prompt;
-use multitune::generate::{generate_text, GenerateConfig};
-use multitune::loader::{load_gguf, load_hf_dir, save_hf_dir};
+use multitune::eval::generate::{generate_text, GenerateConfig};
+use multitune::model::config::RopeLayout;
 use multitune::model::{last_position, max_abs_diff, Forward, Llama};
+use multitune::model::{load_gguf, load_hf_dir, save_hf_dir};
 
 use crate::util::{default_model, models_dir};
 
@@ -39,7 +39,7 @@ fn logits_match_candle_transformers_quantized_llama() {
     // reference model is built below in this thread.
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let ours = default_model();
-    let path = multitune::fetch::default_model_path(&models_dir());
+    let path = multitune::model::fetch::default_model_path(&models_dir());
     let mut f = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
@@ -54,12 +54,10 @@ fn logits_match_candle_transformers_quantized_llama() {
         assert!(d < 5e-4, "max |Δlogit| {d} for prompt {ids:?}");
         // Greedy continuations of 12 tokens agree token for token.
         let (mut a, mut b) = (ids.clone(), argmax(&theirs));
-        let mut pos = ids.len();
         let mut cont_theirs = vec![b];
-        for _ in 0..11 {
+        for pos in ids.len()..ids.len() + 11 {
             let x = Tensor::new(&[b], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             b = argmax(&reference.forward(&x, pos).unwrap().squeeze(0).unwrap());
-            pos += 1;
             cont_theirs.push(b);
         }
         let mut cont_mine = Vec::new();
@@ -75,7 +73,7 @@ fn logits_match_candle_transformers_quantized_llama() {
 
 #[test]
 fn interleaved_rope_layout_gives_the_same_logits() {
-    let path = multitune::fetch::default_model_path(&models_dir());
+    let path = multitune::model::fetch::default_model_path(&models_dir());
     let (interleaved, _) = load_gguf(&path, RopeLayout::Interleaved, &Device::Cpu).unwrap();
     let ours = default_model();
     assert_eq!(ours.model.cfg.rope_layout, RopeLayout::HalfRotation);

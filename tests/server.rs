@@ -135,7 +135,7 @@ async fn upload_train_follow_and_download_over_http() {
     let s = Server::start(&dir.path().join("data"), &[]);
     let c = reqwest::Client::new();
     let mut ids = Vec::new();
-    for t in multitune::demo::TASKS {
+    for t in multitune::data::demo::TASKS {
         let r = upload(&c, &s, &format!("{t}.jsonl"), demo_file(&format!("{t}.jsonl"))).await;
         assert_eq!(r.status(), 201);
         let d: Dataset = r.json().await.unwrap();
@@ -195,9 +195,9 @@ async fn upload_train_follow_and_download_over_http() {
     let unpacked = dir.path().join("unpacked");
     zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap().extract(&unpacked).unwrap();
     let folder = std::fs::read_dir(&unpacked).unwrap().next().unwrap().unwrap().path();
-    let (model, _) = multitune::loader::tiny_model(0, &candle_core::Device::Cpu).unwrap();
-    let downloaded = multitune::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
-    let original = multitune::peft::load_adapter(
+    let (model, _) = multitune::model::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+    let downloaded = multitune::adapter::peft::load_adapter(&folder, &model.cfg, &candle_core::Device::Cpu).unwrap();
+    let original = multitune::adapter::peft::load_adapter(
         &s.data.join("experiments").join(&e.id).join("out/adapters").join(folder.file_name().unwrap()),
         &model.cfg,
         &candle_core::Device::Cpu,

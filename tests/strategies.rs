@@ -1,20 +1,20 @@
 use candle_core::Device;
+use multitune::adapter::lora::LoraConfig;
 use multitune::data::Record;
-use multitune::dataset::{self, LoadOptions, TaskKind};
+use multitune::data::{self, LoadOptions, TaskKind};
 use multitune::eval::EvalOptions;
-use multitune::loader::tiny_model;
-use multitune::lora::LoraConfig;
-use multitune::strategy::{compare, CompareConfig, SequentialVariant, StrategySpec, TaskData};
+use multitune::model::tiny_model;
+use multitune::strategy::{compare, Base, CompareConfig, SequentialVariant, StrategyOptions, StrategySpec, TaskData};
 use multitune::train::TrainConfig;
 
 fn demo_tasks(eval_n: usize) -> Vec<TaskData> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
-    multitune::demo::TASKS
+    multitune::data::demo::TASKS
         .iter()
         .map(|t| {
-            let d = dataset::load(&dir.join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap();
+            let d = data::load(&dir.join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap();
             let mut e =
-                dataset::load(&dir.join("eval").join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap().records;
+                data::load(&dir.join("eval").join(format!("{t}.jsonl")), &LoadOptions::default()).unwrap().records;
             e.truncate(eval_n);
             TaskData { name: t.to_string(), kind: d.kind, labels: d.labels, train: d.records, eval: e }
         })
@@ -38,7 +38,7 @@ fn quick_train(lr: f64) -> TrainConfig {
 fn every_strategy_runs_end_to_end_under_one_budget() {
     let (model, tok) = tiny_model(0, &Device::Cpu).unwrap();
     let tasks = demo_tasks(8);
-    let mut specs = StrategySpec::all();
+    let mut specs = StrategySpec::all(&StrategyOptions::for_rank(8));
     specs.push(StrategySpec::Combined { mixing: multitune::strategy::Mixing::Temperature { t: 2.0 }, task_tag: true });
     specs.push(StrategySpec::Sequential {
         variant: SequentialVariant::Continue,
@@ -55,8 +55,15 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
-    let report =
-        compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| events += 1).unwrap();
+    let report = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        out.path(),
+        Default::default(),
+        &mut |_| events += 1,
+    )
+    .unwrap();
     assert!(events > 50);
     let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
     for want in [
@@ -144,7 +151,15 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
         seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| {}).unwrap();
+    let report = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        out.path(),
+        Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     let f = report.runs[1].forgetting.as_ref().unwrap();
     let (a_after_a, a_after_b) = (f.matrix[0][0], f.matrix[1][0]);
     assert!(a_after_a >= 0.9, "task a learned: {:?}", f.matrix);
@@ -158,7 +173,7 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
 /// to the same predictions.
 #[test]
 fn multi_head_classifier_learns_a_separable_task() {
-    use multitune::heads::{self, MultiHead};
+    use multitune::adapter::heads::{self, MultiHead};
     let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
     let warm = ["red", "orange", "yellow"];
     let cold = ["blue", "green", "purple"];
@@ -186,7 +201,15 @@ fn multi_head_classifier_learns_a_separable_task() {
         seeds: vec![],
     };
     let out = tempfile::tempdir().unwrap();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |_| {}).unwrap();
+    let report = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        out.path(),
+        Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     let base = report.runs[0].scores[0].value.value;
     let tuned = &report.runs[1];
     assert_eq!(tuned.name, "multi-head");
@@ -194,11 +217,9 @@ fn multi_head_classifier_learns_a_separable_task() {
     assert_eq!(tuned.scores[0].value.value, 1.0, "held-out accuracy (base {base}): {:?}", tuned.scores);
     // Load the exported adapter and heads back: same predictions.
     let dir = std::path::Path::new(&tuned.adapter_dirs[0]);
-    let adapter = multitune::peft::load_adapter(dir, &model.cfg, &Device::Cpu).unwrap();
+    let adapter = multitune::adapter::peft::load_adapter(dir, &model.cfg, &Device::Cpu).unwrap();
     let loaded = MultiHead { adapter, heads: MultiHead::load_heads(dir, &model).unwrap(), routes: vec![] };
-    let e =
-        heads::evaluate_task(&loaded, &model, &tok, 0, "colours", TaskKind::Classification, &tasks[0].eval, &cfg.eval)
-            .unwrap();
+    let e = heads::evaluate_task(&loaded, &model, &tok, 0, &tasks[0].eval, &cfg.eval).unwrap();
     assert_eq!(e.headline().1.value, 1.0);
 }
 
@@ -217,11 +238,18 @@ fn repetition_over_seeds_reports_mean_and_spread() {
     };
     let out = tempfile::tempdir().unwrap();
     let mut started = Vec::new();
-    let report = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), Default::default(), &mut |e| {
-        if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
-            started.push((run.clone(), *index, *of));
-        }
-    })
+    let report = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        out.path(),
+        Default::default(),
+        &mut |e| {
+            if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
+                started.push((run.clone(), *index, *of));
+            }
+        },
+    )
     .unwrap();
     assert_eq!(started.len(), 3);
     assert_eq!(started[2], ("combined (uniform) [seed 3]".to_string(), 2, 3));
@@ -261,34 +289,44 @@ fn cancelled_comparison_resumes_to_the_same_result() {
         seeds: vec![],
     };
     let whole = tempfile::tempdir().unwrap();
-    let want = compare(&model, &tok, "tiny", &tasks, &cfg, whole.path(), Default::default(), &mut |_| {}).unwrap();
+    let want = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        whole.path(),
+        Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
 
     let out = tempfile::tempdir().unwrap();
     let state = out.path().join("state");
     let cancel = AtomicBool::new(false);
     let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
     let mut steps_in_second = 0;
-    let err = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), control, &mut |e| {
-        if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
-            if run.starts_with("sequential") {
-                steps_in_second += 1;
-                if steps_in_second == 5 {
-                    cancel.store(true, Ordering::Relaxed);
+    let err =
+        compare(&Base { model: &model, tokenizer: &tok, name: "tiny" }, &tasks, &cfg, out.path(), control, &mut |e| {
+            if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
+                if run.starts_with("sequential") {
+                    steps_in_second += 1;
+                    if steps_in_second == 5 {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
                 }
             }
-        }
-    })
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(matches!(err, multitune::Error::Cancelled), "{err}");
     assert!(!out.path().join("report.json").exists(), "no report from a cancelled comparison");
     cancel.store(false, Ordering::Relaxed);
     let mut starts = Vec::new();
-    let got = compare(&model, &tok, "tiny", &tasks, &cfg, out.path(), control, &mut |e| {
-        if let CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } = e {
-            starts.push(*start_step);
-        }
-    })
-    .unwrap();
+    let got =
+        compare(&Base { model: &model, tokenizer: &tok, name: "tiny" }, &tasks, &cfg, out.path(), control, &mut |e| {
+            if let CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } = e {
+                starts.push(*start_step);
+            }
+        })
+        .unwrap();
     // The combined run is not trained again; both sequential stages continue from their
     // last checkpoints (the first from its final step, the second from step 2 of 3+).
     assert_eq!(starts.len(), 2, "{starts:?}");

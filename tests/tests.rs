@@ -27,6 +27,9 @@ mod training;
 // forgetting.
 mod strategies;
 
+// One comparison as CLI flags and as the server's JSON: equal strategies and configs.
+mod specs;
+
 // PEFT export: names, shapes, config keys, exact round trip, rope-layout permutation.
 mod peft_export;
 

@@ -1,11 +1,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
+use multitune::adapter::lora::{LoraAdapter, LoraConfig};
 use multitune::data::Record;
-use multitune::dataset::TaskKind;
+use multitune::data::{TaskKind, TaskSpec};
 use multitune::eval::{evaluate_task, EvalOptions};
-use multitune::loader::tiny_model;
-use multitune::lora::{LoraAdapter, LoraConfig};
+use multitune::model::tiny_model;
 use multitune::train::{self, encode_all, CheckpointPlan, TrainConfig, TrainEvent};
 use multitune::Error;
 
@@ -141,7 +141,7 @@ fn gradient_accumulation_equals_one_large_batch() {
 #[test]
 fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
     let m = default_model();
-    let (train_recs, held_out) = multitune::demo::sentiment_split(96, 32, 1);
+    let (train_recs, held_out) = multitune::data::demo::sentiment_split(96, 32, 1);
     let cfg = TrainConfig {
         lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
         learning_rate: 1e-3,
@@ -158,9 +158,7 @@ fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
             &m.model,
             &m.tokenizer,
             ad,
-            "sentiment",
-            TaskKind::Generation,
-            &[],
+            &TaskSpec { name: "sentiment".into(), kind: TaskKind::Generation, labels: vec![] },
             &held_out,
             &eo,
             &mut |_, _| {},
@@ -189,7 +187,7 @@ fn fine_tuning_the_default_model_lifts_held_out_accuracy() {
 fn label_ranking_accuracy_matches_hand_computation() {
     use multitune::model::Forward;
     let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
-    let (train_recs, held_out) = multitune::demo::sentiment_split(64, 24, 3);
+    let (train_recs, held_out) = multitune::data::demo::sentiment_split(64, 24, 3);
     let cfg = TrainConfig { max_steps: Some(40), max_seq_len: 160, learning_rate: 5e-3, ..tiny_cfg(40) };
     let ex = encode_all(&tok, &train_recs, None, 160).unwrap();
     let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
@@ -200,9 +198,7 @@ fn label_ranking_accuracy_matches_hand_computation() {
         &model,
         &tok,
         Some(&ad),
-        "sentiment",
-        TaskKind::Classification,
-        &labels,
+        &TaskSpec { name: "sentiment".into(), kind: TaskKind::Classification, labels: labels.clone() },
         &held_out,
         &eo,
         &mut |_, _| {},
@@ -213,7 +209,7 @@ fn label_ranking_accuracy_matches_hand_computation() {
         let mut by_hand = Vec::new();
         for l in &labels {
             let e = multitune::data::encode(&tok, &Record::new(rec.prompt.clone(), l.clone()), None, 160).unwrap();
-            let (t, m) = model.pad_batch(&[e.ids.clone()], 0, false).unwrap();
+            let (t, m) = model.pad_batch(std::slice::from_ref(&e.ids), 0, false).unwrap();
             let logits = model.forward(&t, &m, &Forward::eval(Some(&ad))).unwrap().squeeze(0).unwrap();
             let logp = multitune::ops::log_softmax_last_dim(&logits).unwrap();
             let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();

@@ -3,7 +3,7 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use multitune::data::Record;
-use multitune::loader::{self, LoadedModel, ModelSource};
+use multitune::model::{self as load, LoadedModel, ModelSource};
 
 /// The models folder: `$MULTITUNE_MODELS` or `models/` at the workspace root.
 pub fn models_dir() -> PathBuf {
@@ -18,11 +18,11 @@ pub fn default_model() -> &'static LoadedModel {
     M.get_or_init(|| {
         let dir = models_dir();
         assert!(
-            multitune::fetch::default_model_path(&dir).exists(),
+            multitune::model::fetch::default_model_path(&dir).exists(),
             "the default model is missing from {}: run `make model`",
             dir.display()
         );
-        loader::load_model(&ModelSource::Default, &dir, &Device::Cpu, false).expect("default model loads")
+        load::load_model(&ModelSource::Default, &dir, &Device::Cpu, false).expect("default model loads")
     })
 }
 
@@ -35,9 +35,9 @@ pub fn bin() -> PathBuf {
     b
 }
 
-/// The demo sentiment task (see `multitune::demo`).
+/// The demo sentiment task (see `multitune::data::demo`).
 pub fn sentiment_task(n: usize, seed: u64) -> Vec<Record> {
-    multitune::demo::sentiment_split(n, 0, seed).0
+    multitune::data::demo::sentiment_split(n, 0, seed).0
 }
 
 /// Writes records as JSONL.

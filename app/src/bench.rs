@@ -11,12 +11,12 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
+use crate::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use crate::data::{self, Example};
-use crate::lora::{LoraAdapter, LoraConfig, Target};
+use crate::model::config::ModelConfig;
 use crate::model::{Forward, Llama};
-use crate::optim::{self, AdamW, AdamWConfig};
 use crate::rng;
+use crate::train::optim::{self, AdamW, AdamWConfig};
 use crate::train::{batch_indices, batch_loss, TrainConfig, GROUP_BUCKET, GROUP_WINDOW};
 use crate::{eval, Error, Result};
 
@@ -422,7 +422,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
         implementation: "multitune".into(),
         step_secs,
         trainable,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: crate::memory::peak_rss_mib(),
         flops: (lm && model.can_pack()).then_some(flops),
         computed_tokens: lm.then_some(computed),
     })
@@ -506,67 +506,10 @@ pub fn median(xs: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The process's peak resident set size (Linux `VmHWM`), MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// The process's current resident set size (Linux `VmRSS`), MiB.
-pub fn rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Samples the resident set size on a thread (every 20 ms) and keeps the largest, so a
-/// stretch of work can report its own peak: the kernel's `VmHWM` only ever grows.
-pub struct RssSampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Option<f64>>>,
-}
-
-impl RssSampler {
-    /// Starts sampling.
-    pub fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut peak = rss_mib();
-            loop {
-                if let Some(now) = rss_mib() {
-                    peak = Some(peak.map_or(now, |p: f64| p.max(now)));
-                }
-                if flag.load(Ordering::Relaxed) {
-                    return peak;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        });
-        Self { stop, handle: Some(handle) }
-    }
-
-    /// Stops sampling and returns the peak seen, MiB.
-    pub fn stop(mut self) -> Option<f64> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.take().and_then(|h| h.join().ok().flatten())
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::tiny_config;
+    use crate::model::tiny_config;
 
     #[test]
     fn flop_count_matches_hand_computation() {

@@ -5,10 +5,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::adapter::lora::{LoraAdapter, LoraConfig};
 use crate::data::{make_batch, Example};
-use crate::loader::{random_model, tiny_config};
-use crate::lora::{LoraAdapter, LoraConfig};
 use crate::model::{max_abs_diff, Forward};
+use crate::model::{random_model, tiny_config};
 use crate::train::batch_loss;
 
 fn gpu() -> Device {
@@ -23,9 +23,9 @@ fn examples() -> Vec<Example> {
 }
 
 /// One adapter with non-zero B on both devices (same values).
-fn adapters(cfg: &crate::config::ModelConfig, dev: &Device) -> (LoraAdapter, LoraAdapter) {
+fn adapters(cfg: &crate::model::config::ModelConfig, dev: &Device) -> (LoraAdapter, LoraAdapter) {
     let cpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, &Device::Cpu).unwrap();
-    crate::lora::randomize(&cpu, 5, 0.05);
+    crate::adapter::lora::randomize(&cpu, 5, 0.05);
     let gpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, dev).unwrap();
     for (g, c) in gpu.vars().iter().zip(cpu.vars()) {
         g.set(&c.as_tensor().to_device(dev).unwrap()).unwrap();
@@ -79,7 +79,7 @@ fn gpu_bf16_forward_is_close_and_training_learns() {
     let refs: Vec<&Example> = ex.iter().collect();
     let batch = make_batch(&refs, 0, &dev).unwrap();
     let vars = ad.vars();
-    let mut opt = crate::optim::AdamW::new(&vars, crate::optim::AdamWConfig::default()).unwrap();
+    let mut opt = crate::train::optim::AdamW::new(&vars, crate::train::optim::AdamWConfig::default()).unwrap();
     let mut losses = Vec::new();
     for step in 0..20 {
         let loss = batch_loss(&gpu_model, &batch, &Forward::train(&ad, 0, step)).unwrap();

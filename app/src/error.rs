@@ -51,7 +51,7 @@ pub enum Error {
     },
     /// A dataset file was rejected; every problem found is listed.
     #[error("{0}")]
-    Dataset(crate::dataset::Rejection),
+    Dataset(crate::data::Rejection),
     /// An adapter or checkpoint does not match the model or is malformed.
     #[error("adapter: {0}")]
     Adapter(String),

@@ -1,46 +1,34 @@
 //! Multitune engine: load a Llama-family model on candle, attach LoRA adapters,
-//! fine-tune them on task data, evaluate, and export them in PEFT layout.
+//! fine-tune them on task data, evaluate, compare multi-task strategies, and export the
+//! adapters in PEFT layout. `ARCHITECTURE.md` at the repository root maps the modules.
 //!
-//! The crate never knows about HTTP or the browser: training reports progress through
-//! [`train::TrainEvent`] callbacks that the CLI (and later the server) turn into
-//! progress bars or streamed events.
+//! Dependencies point down: [`cli`] → [`strategy`] → [`train`] / [`eval`] →
+//! [`adapter`] / [`model`] → [`ops`] → [`kernels`], with [`data`] beside them and
+//! [`persist`], [`rng`], [`error`] at the bottom. The crate never knows about HTTP or
+//! the browser: training reports progress through [`train::TrainEvent`] callbacks that
+//! the CLI and the server turn into progress bars or streamed events.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod bench;
-pub mod blas;
-pub mod charts;
-pub mod checkpoint;
-pub mod config;
+pub mod cli;
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
 pub mod data;
-pub mod dataset;
-pub mod demo;
 pub mod error;
 pub mod eval;
-pub mod fetch;
-pub mod fused;
-pub mod generate;
-pub mod heads;
-pub mod loader;
-pub mod lora;
-pub mod merge;
-pub mod metrics;
+pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod ops;
-pub mod optim;
-pub mod pack;
-pub mod peft;
+pub mod persist;
 pub mod rng;
 pub mod strategy;
-pub mod tokenizer;
 pub mod train;
 
+pub use adapter::{LoraAdapter, LoraConfig, Target};
 pub use error::{Error, Result};
-pub use loader::{load_model, LoadedModel, ModelSource};
-pub use lora::{LoraAdapter, LoraConfig, Target};
-pub use model::Llama;
-pub use tokenizer::TextTokenizer;
+pub use model::{load_model, Llama, LoadedModel, ModelSource, TextTokenizer};
 
 /// Process-wide CPU settings; call once at start-up, before any tensor work.
 ///

@@ -7,14 +7,14 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::config::RopeLayout;
+use crate::model::config::RopeLayout;
 use crate::Result;
 
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32 (the
 /// fused kernel on the CPU in f32).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if crate::fused::eligible(x) {
-        return crate::fused::rms_norm(x, weight, eps);
+    if crate::kernels::eligible(x) {
+        return crate::kernels::rms_norm(x, weight, eps);
     }
     rms_norm_composed(x, weight, eps)
 }
@@ -174,8 +174,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Per-row negative log-likelihood of `targets` under `logits` `(N, V)` (the fused
 /// kernel on the CPU in f32).
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if crate::fused::eligible(logits) {
-        return crate::fused::token_nll(logits, targets);
+    if crate::kernels::eligible(logits) {
+        return crate::kernels::token_nll(logits, targets);
     }
     token_nll_composed(logits, targets)
 }
@@ -185,6 +185,89 @@ pub fn token_nll_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;
     Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
+
+/// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`.
+///
+/// candle's matmul backward always computes the gradient of both operands; for a frozen
+/// base weight that is a wasted matmul per layer and a weight-sized buffer kept until the
+/// step ends. The fused kernel computes only `∂x = ∂y · W`.
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if crate::kernels::eligible(x) && weight.dtype() == DType::F32 {
+        return crate::kernels::linear(x, weight, None, None);
+    }
+    Ok(x.matmul(&weight.t()?)?)
+}
+
+/// A LoRA term of a linear layer: `(A, B, scale)`, adding `scale · (x Aᵀ) Bᵀ`.
+pub type LoraTerm<'a> = (&'a Tensor, &'a Tensor, f64);
+
+/// `x Wᵀ + b + s·(x' Aᵀ) Bᵀ` with a frozen `W`: one fused op on the CPU in f32 (gradients
+/// for `x`, `A`, `B` only), composed elsewhere. `lora_input` is the adapter's input when
+/// it differs from `x` (dropout in training); the fused kernel does not take one.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: Option<LoraTerm>,
+    lora_input: Option<&Tensor>,
+) -> Result<Tensor> {
+    if crate::kernels::eligible(x) && weight.dtype() == DType::F32 && lora_input.is_none() {
+        return crate::kernels::linear(x, weight, bias, lora);
+    }
+    let mut y = frozen_matmul(x, weight)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(b)?;
+    }
+    let Some((a, b, scale)) = lora else { return Ok(y) };
+    let xin = lora_input.unwrap_or(x);
+    let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+    let low = xin.matmul(&a.t()?)?.matmul(&b.t()?)?;
+    Ok((y + (low * scale)?)?)
+}
+
+/// The SwiGLU gate `silu(g) · u`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if crate::kernels::eligible(gate) {
+        return crate::kernels::silu_mul(gate, up);
+    }
+    Ok((gate.silu()? * up)?)
+}
+
+/// `(B·T, H·d)` → `(B, H, T, d)`, with rotary embedding applied when `rope` is given.
+pub fn split_heads(
+    x: &Tensor,
+    (b, t, h, d): (usize, usize, usize, usize),
+    rope: Option<(&RopeTables, RopeLayout)>,
+) -> Result<Tensor> {
+    if crate::kernels::eligible(x) {
+        return crate::kernels::heads(x, (b, t, h, d), rope.map(|(r, layout)| (&r.cos, &r.sin, layout)));
+    }
+    let x = x.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?;
+    match rope {
+        Some((r, layout)) => r.apply(&x, layout),
+        None => Ok(x),
+    }
+}
+
+/// Grouped-query attention `softmax(scale·QKᵀ + mask)·V` for `q` `(B, H, T, d)` and `k`,
+/// `v` `(B, H_kv, T_k, d)`, without repeating k/v: each kv head's query group is folded
+/// into the sequence axis. Returns `(B, H, T, d)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if crate::kernels::eligible(q) {
+        return crate::kernels::attention(q, k, v, mask, scale);
+    }
+    let (b, nh, t, hd) = q.dims4()?;
+    let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
+    let g = nh / nkv;
+    let q = q.reshape((b, nkv, g * t, hd))?;
+    let scores = (q.matmul(&k.t()?)?.reshape((b, nh, t, tk))? * scale)?;
+    let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?.reshape((b, nkv, g * t, tk))?;
+    Ok(probs.matmul(v)?.reshape((b, nh, t, hd))?)
+}
+
+/// The packed path (prefix-shared batches, [`crate::data::pack`]) has CPU f32 kernels
+/// only; [`crate::model::Llama::can_pack`] says when it runs.
+pub use crate::kernels::{packed_attention, rope_rows, rope_tables};
 
 #[cfg(test)]
 mod tests {
@@ -276,16 +359,4 @@ mod tests {
         let ce = cross_entropy(&l, &t).unwrap().to_scalar::<f32>().unwrap();
         assert!((ce - 2f32.ln()).abs() < 1e-6);
     }
-}
-
-/// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`.
-///
-/// candle's matmul backward always computes the gradient of both operands; for a frozen
-/// base weight that is a wasted matmul per layer and a weight-sized buffer kept until the
-/// step ends. The fused kernel computes only `∂x = ∂y · W`.
-pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if crate::fused::eligible(x) && weight.dtype() == DType::F32 {
-        return crate::fused::linear(x, weight, None, None);
-    }
-    Ok(x.matmul(&weight.t()?)?)
 }

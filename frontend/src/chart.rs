@@ -4,12 +4,15 @@
 use multitune_api::Event;
 use plotters::prelude::*;
 
+/// One loss point: (stage, step within the stage, loss).
+pub type Point = (String, usize, f64);
+
 /// Loss points per run, in arrival order; a step repeated after a resume replaces the
 /// earlier one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Curves {
     /// Run name → (stage, step within stage, loss), ordered by first appearance.
-    pub runs: Vec<(String, Vec<(String, usize, f64)>)>,
+    pub runs: Vec<(String, Vec<Point>)>,
 }
 
 impl Curves {

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use multitune_api::{Run, Status};
+use rusqlite::{Connection, Row};
 
 /// The migrations, in order; `user_version` counts those applied.
 pub const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
@@ -65,6 +66,36 @@ impl Db {
 
 /// `now` as RFC 3339 (UTC, seconds).
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')";
+
+/// The columns of `runs` that [`run_row`] maps, in its order.
+pub const RUN_COLUMNS: &str =
+    "id, experiment_id, idx, name, status, stage, step, total_steps, loss, tokens_per_s, elapsed_s, adapter_dirs, has_heads";
+
+/// A `runs` row (selected as [`RUN_COLUMNS`]) as the API's [`Run`], with its ETA.
+pub fn run_row(r: &Row) -> rusqlite::Result<Run> {
+    let step = r.get::<_, i64>(6)? as usize;
+    let total = r.get::<_, i64>(7)? as usize;
+    let elapsed: f64 = r.get(10)?;
+    let status = Status::parse(&r.get::<_, String>(4)?).unwrap_or(Status::Failed);
+    let dirs: Vec<String> = serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default();
+    Ok(Run {
+        id: r.get(0)?,
+        experiment_id: r.get(1)?,
+        index: r.get::<_, i64>(2)? as usize,
+        name: r.get(3)?,
+        status,
+        stage: r.get(5)?,
+        step,
+        total_steps: total,
+        loss: r.get(8)?,
+        tokens_per_s: r.get(9)?,
+        elapsed_s: elapsed,
+        eta_s: (status == Status::Running && step > 0 && total > step)
+            .then(|| elapsed / step as f64 * (total - step) as f64),
+        has_adapter: !dirs.is_empty(),
+        has_heads: r.get(12)?,
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -9,14 +9,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitune::dataset::{self, LoadOptions};
-use multitune::eval::EvalOptions;
-use multitune::lora::LoraConfig;
-use multitune::merge::MergeMethod;
+use multitune::adapter::MergeMethod;
+use multitune::data::{self, LoadOptions};
 use multitune::strategy::{
-    self, CompareConfig, CompareEvent, Control, Mixing, SequentialVariant, StrategySpec, TaskData,
+    self, Base, CompareConfig, CompareEvent, CompareSettings, Control, HeldOut, Mixing, StrategyOptions, StrategySpec,
+    TaskData,
 };
-use multitune::train::{TrainConfig, TrainEvent};
+use multitune::train::TrainEvent;
 use multitune_api::{Event, ExperimentCreate, MixingChoice, Status, StrategyChoice};
 use rusqlite::{params, OptionalExtension};
 
@@ -24,120 +23,85 @@ use crate::db::{Db, NOW};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// The engine's strategies for a request (validated).
-pub fn strategy_specs(choices: &[StrategyChoice], n_tasks: usize, rank: usize) -> ApiResult<Vec<StrategySpec>> {
-    let mixing = |m: &MixingChoice| match *m {
-        MixingChoice::Proportional => Mixing::Proportional,
-        MixingChoice::Uniform => Mixing::Uniform,
-        MixingChoice::Temperature { t } => Mixing::Temperature { t },
-    };
-    let mut errors = Vec::new();
-    let mut out = Vec::new();
-    for (i, c) in choices.iter().enumerate() {
-        match c {
-            StrategyChoice::Combined { mixing: m, task_tag } => {
-                if let MixingChoice::Temperature { t } = m {
-                    if !(t.is_finite() && *t > 0.0) {
-                        errors.push(format!("strategies[{i}]: the mixing temperature must be positive, not {t}"));
-                    }
-                }
-                out.push(StrategySpec::Combined { mixing: mixing(m), task_tag: *task_tag });
-            }
-            StrategyChoice::Sequential { variant, order, replay } => {
-                let variant = match variant.as_str() {
-                    "continue" => SequentialVariant::Continue,
-                    "merge_then_new" => SequentialVariant::MergeThenNew,
-                    other => {
-                        errors
-                            .push(format!("strategies[{i}]: variant `{other}` is not `continue` or `merge_then_new`"));
-                        continue;
-                    }
-                };
-                let mut sorted = order.clone();
-                sorted.sort_unstable();
-                if !order.is_empty() && sorted != (0..n_tasks).collect::<Vec<_>>() {
-                    errors.push(format!("strategies[{i}]: order {order:?} is not an ordering of the {n_tasks} tasks"));
-                }
-                if !(0.0..=1.0).contains(replay) {
-                    errors.push(format!("strategies[{i}]: replay must be between 0 and 1, not {replay}"));
-                }
-                out.push(StrategySpec::Sequential { variant, order: order.clone(), replay: *replay });
-            }
-            StrategyChoice::Separate { merges } => {
-                let mut ms = Vec::new();
-                for m in merges {
-                    ms.push(match m.as_str() {
-                        "linear" => MergeMethod::Linear,
-                        "task_arithmetic" => MergeMethod::TaskArithmetic { lambda: 0.5 },
-                        "ties" => MergeMethod::Ties { density: 0.2, lambda: 1.0 },
-                        "dare" => MergeMethod::Dare { drop: 0.5, lambda: 0.5, seed: 0 },
-                        "concat" => MergeMethod::Concat,
-                        other => {
-                            errors.push(format!(
-                                "strategies[{i}]: merge `{other}` is not linear, task_arithmetic, ties, dare or concat"
-                            ));
-                            continue;
-                        }
-                    });
-                }
-                out.push(StrategySpec::Separate { merges: ms, merge_rank: 2 * rank });
-            }
-            StrategyChoice::MultiHead { head_rank } => {
-                if *head_rank == 0 || *head_rank > 256 {
-                    errors.push(format!("strategies[{i}]: head_rank must be 1 to 256, not {head_rank}"));
-                }
-                out.push(StrategySpec::MultiHead { mixing: Mixing::Proportional, head_rank: *head_rank });
+/// The engine's options for one strategy choice of a request (validated by the engine).
+fn strategy_spec(choice: &StrategyChoice, rank: usize) -> Result<StrategySpec, String> {
+    let mut opts = StrategyOptions::for_rank(rank);
+    let name = match choice {
+        StrategyChoice::Combined { mixing, task_tag } => {
+            opts.mixing = match *mixing {
+                MixingChoice::Proportional => Mixing::Proportional,
+                MixingChoice::Uniform => Mixing::Uniform,
+                MixingChoice::Temperature { t } => Mixing::Temperature { t },
+            };
+            opts.task_tag = *task_tag;
+            "combined"
+        }
+        StrategyChoice::Sequential { variant, order, replay } => {
+            (opts.order, opts.replay) = (order.clone(), *replay);
+            match variant.as_str() {
+                "continue" => "sequential",
+                "merge_then_new" => "sequential-merge",
+                other => return Err(format!("variant `{other}` is not `continue` or `merge_then_new`")),
             }
         }
-    }
-    if choices.is_empty() {
-        errors.push("strategies: pick at least one".into());
-    }
-    let mut names: Vec<String> = out.iter().map(StrategySpec::name).collect();
-    names.sort();
-    if names.windows(2).any(|w| w[0] == w[1]) {
-        errors.push("strategies: the same strategy is listed twice".into());
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ApiError::invalid("the experiment's strategies are not valid", errors))
+        StrategyChoice::Separate { merges } => {
+            opts.merges = merges
+                .iter()
+                .map(|m| {
+                    MergeMethod::from_name(m)
+                        .ok_or_else(|| format!("merge `{m}` is not linear, task_arithmetic, ties, dare or concat"))
+                })
+                .collect::<Result<_, _>>()?;
+            "separate"
+        }
+        StrategyChoice::MultiHead { head_rank } => {
+            opts.head_rank = *head_rank;
+            "multi-head"
+        }
+    };
+    StrategySpec::from_name(name, &opts).map_err(|e| e.to_string())
+}
+
+/// The engine's settings for an experiment's hyper-parameters.
+pub fn compare_settings(spec: &ExperimentCreate) -> CompareSettings {
+    let h = &spec.hyper;
+    CompareSettings {
+        budget_tokens: spec.budget_tokens,
+        learning_rate: h.learning_rate,
+        rank: h.rank,
+        batch_size: h.batch_size,
+        max_tokens: h.max_tokens,
+        seed: h.seed,
+        seeds: h.seeds.clone(),
+        bootstrap: h.bootstrap,
+        checkpoint_every: h.checkpoint_every,
     }
 }
 
-/// The engine configuration of an experiment.
+/// The engine configuration of an experiment, every problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
-    let h = &spec.hyper;
-    let train = TrainConfig {
-        lora: LoraConfig { rank: h.rank, alpha: 2.0 * h.rank as f64, ..Default::default() },
-        learning_rate: h.learning_rate,
-        batch_size: h.batch_size,
-        max_seq_len: h.max_tokens,
-        seed: h.seed,
-        checkpoint_every: h.checkpoint_every,
-        ..Default::default()
-    };
-    let strategies = strategy_specs(&spec.strategies, spec.tasks.len(), h.rank);
-    if let Err(e) = train.validate() {
-        let mut details = vec![format!("hyper: {e}")];
-        if let Err(s) = &strategies {
-            details.extend(s.details.iter().cloned());
+    let mut problems = Vec::new();
+    let mut specs = Vec::new();
+    for (i, c) in spec.strategies.iter().enumerate() {
+        match strategy_spec(c, spec.hyper.rank) {
+            Ok(s) => specs.push(s),
+            Err(e) => problems.push(format!("strategies[{i}]: {e}")),
         }
-        return Err(ApiError::invalid("the experiment's settings are not valid", details));
     }
-    Ok(CompareConfig {
-        strategies: strategies?,
-        budget_tokens: spec.budget_tokens,
-        train,
-        eval: EvalOptions { max_seq_len: h.max_tokens, bootstrap: h.bootstrap, seed: h.seed, ..Default::default() },
-        seeds: h.seeds.clone(),
-    })
+    match compare_settings(spec).config(specs, spec.tasks.len()) {
+        Ok(cfg) if problems.is_empty() => Ok(cfg),
+        Ok(_) => Err(ApiError::invalid("the experiment's strategies are not valid", problems)),
+        Err(more) => {
+            problems.extend(more);
+            Err(ApiError::invalid("the experiment's settings are not valid", problems))
+        }
+    }
 }
 
 /// Loads an experiment's tasks from its datasets.
 fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskData>> {
     let opts = LoadOptions {
-        limits: dataset::Limits {
+        limits: data::Limits {
             max_tokens: spec.hyper.max_tokens,
             max_bytes: state.cfg.max_upload_bytes,
             ..Default::default()
@@ -157,7 +121,8 @@ fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Res
         let (name, path) = file_of(&t.dataset)?;
         let eval = t.eval_dataset.as_deref().map(file_of).transpose()?.map(|(_, p)| p);
         let h = &spec.hyper;
-        tasks.push(TaskData::load(&name, &path, eval.as_deref(), &opts, h.eval_split, h.seed, h.eval_limit)?);
+        let held_out = HeldOut { file: eval.as_deref(), split: h.eval_split, seed: h.seed, limit: h.eval_limit };
+        tasks.push(TaskData::load(&name, &path, &held_out, &opts)?);
     }
     Ok(tasks)
 }
@@ -313,14 +278,13 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     std::fs::create_dir_all(&out)?;
     let control = Control { cancel: Some(cancel), state_dir: Some(&state_dir) };
     let mut db_error = None;
-    let report =
-        strategy::compare(&model.model, &model.tokenizer, &model.base_name, &tasks, &cfg, &out, control, &mut |e| {
-            if let Some(ev) = event_of(e) {
-                if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
-                    db_error.get_or_insert(err);
-                }
+    let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |e| {
+        if let Some(ev) = event_of(e) {
+            if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
+                db_error.get_or_insert(err);
             }
-        })?;
+        }
+    })?;
     if let Some(e) = db_error {
         tracing::error!("experiment {id}: recording events: {e}");
     }
@@ -332,7 +296,7 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
                 .iter()
                 .filter_map(|d| Path::new(d).strip_prefix(&dir).ok().map(|p| p.to_string_lossy().into_owned()))
                 .collect();
-            let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::heads::HEADS_JSON).exists());
+            let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::adapter::heads::HEADS_JSON).exists());
             c.execute(
                 "INSERT INTO runs (experiment_id, idx, name, status, adapter_dirs, has_heads) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
                  ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'done', adapter_dirs = ?4, has_heads = ?5",

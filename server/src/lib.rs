@@ -6,6 +6,7 @@ pub mod db;
 pub mod error;
 pub mod files;
 pub mod jobs;
+pub mod models;
 pub mod routes;
 pub mod state;
 

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
-use multitune::loader::{self, LoadedModel, ModelSource};
+use multitune::model::{self as load, LoadedModel, ModelSource};
 use multitune_api::{Envelope, Event};
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::broadcast;
@@ -32,7 +32,7 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Built dashboard (`dist/`), served at `/`.
     pub dist_dir: Option<PathBuf>,
-    /// Training device: `auto`, `cpu` or `cuda[:N]` ([`multitune::loader::pick_device`]).
+    /// Training device: `auto`, `cpu` or `cuda[:N]` ([`multitune::model::pick_device`]).
     pub device: String,
     /// Seconds before an ordinary request times out.
     pub request_timeout_s: u64,
@@ -69,7 +69,7 @@ impl Config {
 
     /// The training device.
     pub fn device(&self) -> anyhow::Result<Device> {
-        Ok(multitune::loader::pick_device(&self.device)?)
+        Ok(multitune::model::pick_device(&self.device)?)
     }
 }
 
@@ -128,7 +128,7 @@ impl Inner {
             "tiny" => return Ok(ModelSource::Tiny),
             _ => {}
         }
-        if let Some(m) = crate::routes::models::discovered(&self.cfg.models_dir).into_iter().find(|m| m.id == id) {
+        if let Some(m) = crate::models::discovered(&self.cfg.models_dir).into_iter().find(|m| m.id == id) {
             return ModelSource::parse(m.path.as_deref().unwrap_or_default()).map_err(ApiError::from);
         }
         let path: Option<String> =
@@ -146,7 +146,7 @@ impl Inner {
         }
         let source = self.model_source(id)?;
         let m = Arc::new(
-            loader::load_model(&source, &self.cfg.models_dir, &self.device, true)
+            load::load_model(&source, &self.cfg.models_dir, &self.device, true)
                 .map_err(|e| ApiError::bad_request(format!("model `{id}` could not be loaded: {e}")))?,
         );
         self.models.lock().unwrap_or_else(|p| p.into_inner()).insert(id.into(), m.clone());

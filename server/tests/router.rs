@@ -136,8 +136,8 @@ async fn health_version_models_and_unknown_routes() {
     // A Hugging Face folder registers and is listed.
     let hf = app.dir.path().join("hf");
     std::fs::create_dir_all(&hf).unwrap();
-    let (m, tok) = multitune::loader::tiny_model(0, &candle_core::Device::Cpu).unwrap();
-    multitune::loader::save_hf_dir(&m, &tok, &hf).unwrap();
+    let (m, tok) = multitune::model::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+    multitune::model::save_hf_dir(&m, &tok, &hf).unwrap();
     let (s, model): (_, Model) =
         app.json(Method::POST, "/api/models", Some(json!({ "path": hf.display().to_string(), "name": "mine" }))).await;
     assert_eq!((s, model.kind.as_str(), model.name.as_str()), (StatusCode::CREATED, "hf", "mine"));

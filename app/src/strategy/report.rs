@@ -9,10 +9,10 @@ use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use super::{CompareConfig, TaskData};
+use crate::adapter::lora::LoraAdapter;
+use crate::eval::metrics::Estimate;
 use crate::eval::TaskEval;
-use crate::lora::LoraAdapter;
-use crate::metrics::Estimate;
-use crate::{checkpoint, Result};
+use crate::{persist, Result};
 
 /// One task's score in one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,19 +176,25 @@ pub struct RunResult {
     pub adapter_dirs: Vec<String>,
 }
 
+/// What a run cost: the figures of a report row that are not scores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunCost {
+    /// Training tokens.
+    pub tokens: usize,
+    /// Training tokens per task.
+    pub task_tokens: Vec<usize>,
+    /// Training wall time, seconds.
+    pub wall_s: f64,
+    /// Parameters trained at any one time.
+    pub trainable_params: usize,
+    /// Exported adapter bytes.
+    pub adapter_bytes: u64,
+}
+
 impl RunResult {
-    /// A row from evaluations and cost figures.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: &str,
-        strategy: &str,
-        evals: &[TaskEval],
-        tokens: usize,
-        task_tokens: Vec<usize>,
-        wall_s: f64,
-        trainable_params: usize,
-        adapter_bytes: u64,
-    ) -> Self {
+    /// A row from evaluations and what the run cost.
+    pub fn new(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost) -> Self {
+        let RunCost { tokens, task_tokens, wall_s, trainable_params, adapter_bytes } = cost;
         let scores = evals
             .iter()
             .map(|e| {
@@ -527,8 +533,8 @@ impl Report {
 
     /// Writes `report.json` and `report.md` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
-        checkpoint::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())
+        persist::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        persist::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())
     }
 }
 
@@ -537,7 +543,12 @@ mod tests {
     use super::*;
 
     fn run(values: &[f64]) -> RunResult {
-        let mut r = RunResult::new("r", "combined", &[], 100, vec![], 1.0, 10, 10);
+        let mut r = RunResult::new(
+            "r",
+            "combined",
+            &[],
+            RunCost { tokens: 100, task_tokens: vec![], wall_s: 1.0, trainable_params: 10, adapter_bytes: 10 },
+        );
         r.scores = values
             .iter()
             .map(|&v| TaskScore {

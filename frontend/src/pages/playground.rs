@@ -11,7 +11,7 @@ pub fn answer_of(sse: &str) -> Option<PlaygroundChunk> {
         .into_iter()
         .filter(|(e, _)| e == "done")
         .filter_map(|(_, d)| serde_json::from_str(&d).ok())
-        .last()
+        .next_back()
 }
 
 #[component]

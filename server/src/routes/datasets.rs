@@ -4,7 +4,7 @@
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use multitune::dataset::{self, LoadOptions};
+use multitune::data::{self, LoadOptions};
 use multitune_api::{Dataset, DatasetDetail, PreviewRow};
 use rusqlite::{params, OptionalExtension, Row};
 use tokio::io::AsyncWriteExt;
@@ -58,10 +58,9 @@ fn find(s: &AppState, id: &str) -> ApiResult<(Dataset, String)> {
 pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DatasetDetail>> {
     let (d, file) = find(&s, &id)?;
     let path = s.data.dataset(&id).join(file);
-    let limits = dataset::Limits { max_bytes: s.cfg.max_upload_bytes, ..Default::default() };
+    let limits = data::Limits { max_bytes: s.cfg.max_upload_bytes, ..Default::default() };
     let parsed =
-        tokio::task::spawn_blocking(move || dataset::load(&path, &LoadOptions { limits, ..Default::default() }))
-            .await??;
+        tokio::task::spawn_blocking(move || data::load(&path, &LoadOptions { limits, ..Default::default() })).await??;
     let stats = |f: &dyn Fn(&multitune::data::Record) -> usize| {
         let v: Vec<usize> = parsed.records.iter().map(f).collect();
         (v.iter().sum::<usize>() as f64 / v.len().max(1) as f64, v.iter().copied().max().unwrap_or(0))
@@ -197,11 +196,10 @@ pub async fn store(
     bytes: u64,
 ) -> ApiResult<Dataset> {
     let limit = s.cfg.max_upload_bytes;
-    let limits = dataset::Limits { max_bytes: limit, ..Default::default() };
+    let limits = data::Limits { max_bytes: limit, ..Default::default() };
     let check = tmp.clone();
     let parsed =
-        tokio::task::spawn_blocking(move || dataset::load(&check, &LoadOptions { limits, ..Default::default() }))
-            .await?;
+        tokio::task::spawn_blocking(move || data::load(&check, &LoadOptions { limits, ..Default::default() })).await?;
     let parsed = match parsed {
         Ok(d) => d,
         Err(multitune::Error::Dataset(rej)) => {

@@ -7,6 +7,7 @@ pub mod experiments;
 pub mod models;
 pub mod playground;
 pub mod runs;
+pub mod serve;
 pub mod system;
 
 use std::time::Duration;

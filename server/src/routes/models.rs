@@ -6,50 +6,16 @@ use std::path::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use multitune::fetch;
-use multitune::loader::ModelSource;
+use multitune::model::fetch;
+use multitune::model::ModelSource;
 use multitune_api::{Model, RegisterModel};
 use rusqlite::params;
 
 use crate::db::NOW;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::files;
+use crate::models::discovered;
 use crate::state::AppState;
-
-/// A stable id for a discovered model: a hash of its path.
-fn path_id(path: &Path) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
-/// Models found in `dir` (other than the default model's file).
-pub fn discovered(dir: &Path) -> Vec<Model> {
-    let default = fetch::default_model_path(dir);
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        let kind = if p.is_file() && p.extension().is_some_and(|e| e == "gguf") && p != default {
-            "gguf"
-        } else if p.is_dir() && p.join("config.json").exists() {
-            "hf"
-        } else {
-            continue;
-        };
-        out.push(Model {
-            id: path_id(&p),
-            name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            kind: kind.into(),
-            path: Some(p.display().to_string()),
-            available: true,
-            source: "models folder".into(),
-        });
-    }
-    out
-}
 
 /// `GET /api/models`.
 pub async fn models_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Model>>> {
@@ -112,8 +78,8 @@ pub async fn models_create(
             let cfg = p.join("config.json");
             let text = std::fs::read_to_string(&cfg)
                 .map_err(|_| ApiError::bad_request(format!("{} has no readable config.json", p.display())))?;
-            multitune::config::HfConfig::from_json(&text)
-                .and_then(multitune::config::HfConfig::into_model_config)
+            multitune::model::config::HfConfig::from_json(&text)
+                .and_then(multitune::model::config::HfConfig::into_model_config)
                 .map_err(|e| ApiError::bad_request(format!("{}: {e}", cfg.display())))?;
             "hf"
         }

@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use multitune::generate::{generate_text, GenerateConfig};
-use multitune::heads::{HeadKind, MultiHead};
+use multitune::adapter::heads::{Answer, MultiHead};
+use multitune::eval::generate::{generate_text, GenerateConfig};
 use multitune_api::{ExperimentCreate, PlaygroundChunk, PlaygroundRequest};
 
 use crate::error::{ApiError, ApiJson, ApiResult};
@@ -62,7 +62,7 @@ pub async fn playground_create(
                     let task = req.task.as_deref().ok_or_else(|| {
                         ApiError::bad_request("a routed run has one adapter per task: say which `task`")
                     })?;
-                    let want = format!("separate-{}", multitune::strategy::slug(task));
+                    let want = multitune::strategy::separate::adapter_dir_name(task);
                     dirs.iter()
                         .find(|d| d.ends_with(&want))
                         .cloned()
@@ -78,10 +78,12 @@ pub async fn playground_create(
     let model = tokio::task::spawn_blocking(move || state.model(&spec.model)).await??;
     let (adapter, heads) = match &adapter_dir {
         None => (None, None),
-        Some((dir, has_heads)) => {
-            let a = multitune::peft::load_adapter(dir, &model.model.cfg, model.model.device())?;
-            let h = if *has_heads { Some(MultiHead::load_heads(dir, &model.model)?) } else { None };
-            (Some(a), h)
+        Some((dir, true)) => {
+            let mh = MultiHead::load(dir, &model.model)?;
+            (Some(mh.adapter.clone()), Some(mh))
+        }
+        Some((dir, false)) => {
+            (Some(multitune::adapter::peft::load_adapter(dir, &model.model.cfg, model.model.device())?), None)
         }
     };
     tokio::task::spawn_blocking(move || {
@@ -90,31 +92,15 @@ pub async fn playground_create(
             let _ = send(PlaygroundChunk { text: format!("[error: {e}]"), done: true, labels: vec![] });
         };
         let mut gen_model = model.model.clone();
-        if let (Some(heads), Some(adapter), Some(task)) = (heads, adapter.clone(), req.task.as_deref()) {
-            if let Some(t) = heads.iter().position(|h| h.task == task) {
-                let mh = MultiHead { adapter, heads, routes: vec![] };
-                match &mh.heads[t].kind {
-                    HeadKind::Classifier { labels } => {
-                        let text = match multitune::data::render_prompt(&model.tokenizer, None, &req.prompt)
-                            .and_then(|p| model.tokenizer.encode(&p))
-                            .and_then(|ids| mh.classify(&model.model, t, &[ids], model.tokenizer.pad_id))
-                            .and_then(|lp| Ok(lp.to_vec2::<f32>()?))
-                        {
-                            Ok(v) => v,
-                            Err(e) => return fail(&e),
-                        };
-                        let mut probs: Vec<(String, f64)> =
-                            labels.iter().cloned().zip(text[0].iter().map(|&l| f64::from(l).exp())).collect();
-                        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-                        let best = probs[0].0.clone();
-                        send(PlaygroundChunk { text: best, done: true, labels: probs });
-                        return;
-                    }
-                    HeadKind::LmHeadDelta { .. } => match mh.model_for(&model.model, t) {
-                        Ok(m) => gen_model = m,
-                        Err(e) => return fail(&e),
-                    },
+        if let (Some(mh), Some(task)) = (&heads, req.task.as_deref()) {
+            match mh.answer(&model.model, &model.tokenizer, task, None, &req.prompt) {
+                Ok(Some(Answer::Labels(probs))) => {
+                    send(PlaygroundChunk { text: probs[0].0.clone(), done: true, labels: probs });
+                    return;
                 }
+                Ok(Some(Answer::Generate(m))) => gen_model = *m,
+                Ok(None) => {}
+                Err(e) => return fail(&e),
             }
         }
         let cfg =

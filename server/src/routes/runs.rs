@@ -11,42 +11,15 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::Response;
 use axum::Json;
 use futures_util::Stream;
-use multitune_api::{Event, MetricPoint, MetricsHistory, Run, Status};
-use rusqlite::{OptionalExtension, Row};
+use multitune_api::{Event, MetricPoint, MetricsHistory, Run};
+use rusqlite::OptionalExtension;
 use serde::Deserialize;
 
-use super::experiments::{follow, last_event_id, send_file, After};
+use super::serve::{follow, last_event_id, send_file, After};
+use crate::db::{run_row, RUN_COLUMNS};
 use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::files;
 use crate::state::AppState;
-
-pub(crate) const COLUMNS: &str =
-    "id, experiment_id, idx, name, status, stage, step, total_steps, loss, tokens_per_s, elapsed_s, adapter_dirs, has_heads";
-
-pub(crate) fn row(r: &Row) -> rusqlite::Result<Run> {
-    let step = r.get::<_, i64>(6)? as usize;
-    let total = r.get::<_, i64>(7)? as usize;
-    let elapsed: f64 = r.get(10)?;
-    let status = Status::parse(&r.get::<_, String>(4)?).unwrap_or(Status::Failed);
-    let dirs: Vec<String> = serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default();
-    Ok(Run {
-        id: r.get(0)?,
-        experiment_id: r.get(1)?,
-        index: r.get::<_, i64>(2)? as usize,
-        name: r.get(3)?,
-        status,
-        stage: r.get(5)?,
-        step,
-        total_steps: total,
-        loss: r.get(8)?,
-        tokens_per_s: r.get(9)?,
-        elapsed_s: elapsed,
-        eta_s: (status == Status::Running && step > 0 && total > step)
-            .then(|| elapsed / step as f64 * (total - step) as f64),
-        has_adapter: !dirs.is_empty(),
-        has_heads: r.get(12)?,
-    })
-}
 
 fn parse_run_id(id: &str) -> ApiResult<i64> {
     id.parse::<i64>()
@@ -58,8 +31,8 @@ fn parse_run_id(id: &str) -> ApiResult<i64> {
 pub(crate) fn find(s: &AppState, id: &str) -> ApiResult<(Run, Vec<String>)> {
     let n = parse_run_id(id)?;
     s.db.with(|c| {
-        c.query_row(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"), [n], |r| {
-            Ok((row(r)?, serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default()))
+        c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [n], |r| {
+            Ok((run_row(r)?, serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default()))
         })
         .optional()
     })?
@@ -189,7 +162,9 @@ pub async fn runs_heads(State(s): State<AppState>, Path(id): Path<String>) -> Ap
         let dest = zip.clone();
         tokio::task::spawn_blocking(move || {
             files::zip_folders_where(&dest, &folders, &|p| {
-                p.file_name().is_some_and(|n| n == multitune::heads::HEADS_FILE || n == multitune::heads::HEADS_JSON)
+                p.file_name().is_some_and(|n| {
+                    n == multitune::adapter::heads::HEADS_FILE || n == multitune::adapter::heads::HEADS_JSON
+                })
             })
         })
         .await??;
@@ -220,10 +195,10 @@ pub async fn runs_merged(State(s): State<AppState>, Path(id): Path<String>) -> A
         let work = cache.join(format!("merged-{}-{}", run.id, files::new_id()));
         tokio::task::spawn_blocking(move || -> ApiResult<()> {
             let m = state.model(&spec.model)?;
-            let adapter = multitune::peft::load_adapter(&dir, &m.model.cfg, m.model.device())?;
+            let adapter = multitune::adapter::peft::load_adapter(&dir, &m.model.cfg, m.model.device())?;
             let merged = m.model.with_adapter_merged(&adapter, 1.0)?;
             let result =
-                multitune::loader::save_hf_dir(&merged, &m.tokenizer, &work).map_err(ApiError::from).and_then(|_| {
+                multitune::model::save_hf_dir(&merged, &m.tokenizer, &work).map_err(ApiError::from).and_then(|_| {
                     files::zip_folders(&dest, &[(work.clone(), "merged-model".into())]).map_err(ApiError::from)
                 });
             let _ = std::fs::remove_dir_all(&work);

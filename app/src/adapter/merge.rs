@@ -1,0 +1,426 @@
+//! Merging per-task LoRA adapters into one: linear averaging, task arithmetic,
+//! concatenation (all exact in factor form, at the summed rank), and TIES and DARE
+//! (on the dense deltas `ΔW = scale · B A`, then brought back to low rank).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::lora::{LoraAdapter, LoraConfig, LoraPair, Target};
+use crate::rng;
+use crate::{Error, Result};
+
+/// How to merge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum MergeMethod {
+    /// Mean of the deltas.
+    Linear,
+    /// `λ · Σ ΔW_t` (Ilharco et al., task arithmetic).
+    TaskArithmetic {
+        /// Scaling λ.
+        lambda: f64,
+    },
+    /// TIES (Yadav et al.): keep each delta's top `density` share by magnitude, elect a
+    /// sign per entry by summed mass, average the entries that agree, scale by λ.
+    Ties {
+        /// Share of entries kept per task.
+        density: f64,
+        /// Scaling λ.
+        lambda: f64,
+    },
+    /// DARE (Yu et al.): drop each entry with probability `drop`, rescale survivors by
+    /// `1 / (1 - drop)`, then add with λ. Seeded.
+    Dare {
+        /// Drop probability.
+        drop: f64,
+        /// Scaling λ.
+        lambda: f64,
+        /// Seed of the drop masks.
+        seed: u64,
+    },
+    /// Exact sum of the deltas, concatenating the factors (rank = Σ ranks).
+    Concat,
+}
+
+impl MergeMethod {
+    /// Every method with its default parameters: linear, task arithmetic (λ 0.5), TIES
+    /// (density 0.2, λ 1), DARE (drop 0.5, λ 0.5, seed 0), concatenation.
+    pub fn defaults() -> Vec<MergeMethod> {
+        vec![
+            MergeMethod::Linear,
+            MergeMethod::TaskArithmetic { lambda: 0.5 },
+            MergeMethod::Ties { density: 0.2, lambda: 1.0 },
+            MergeMethod::Dare { drop: 0.5, lambda: 0.5, seed: 0 },
+            MergeMethod::Concat,
+        ]
+    }
+
+    /// The method called `name` (its [`MergeMethod::name`]) with default parameters.
+    pub fn from_name(name: &str) -> Option<MergeMethod> {
+        Self::defaults().into_iter().find(|m| m.name() == name)
+    }
+
+    /// A short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MergeMethod::Linear => "linear",
+            MergeMethod::TaskArithmetic { .. } => "task_arithmetic",
+            MergeMethod::Ties { .. } => "ties",
+            MergeMethod::Dare { .. } => "dare",
+            MergeMethod::Concat => "concat",
+        }
+    }
+
+    /// Checks parameter ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        match *self {
+            MergeMethod::TaskArithmetic { lambda }
+            | MergeMethod::Ties { lambda, .. }
+            | MergeMethod::Dare { lambda, .. }
+                if !(lambda.is_finite() && lambda > 0.0) =>
+            {
+                bad(format!("merge λ {lambda} must be positive"))
+            }
+            MergeMethod::Ties { density, .. } if !(density > 0.0 && density <= 1.0) => {
+                bad(format!("TIES density {density} must be in (0, 1]"))
+            }
+            MergeMethod::Dare { drop, .. } if !(0.0..1.0).contains(&drop) => {
+                bad(format!("DARE drop rate {drop} must be in [0, 1)"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Dense per-layer deltas `(out, in)` of a merged update.
+#[derive(Debug, Clone)]
+pub struct DenseDeltas {
+    /// Per decoder block, per target.
+    pub layers: Vec<BTreeMap<Target, Tensor>>,
+}
+
+fn targets_of(adapters: &[&LoraAdapter]) -> Result<Vec<Target>> {
+    let first = adapters.first().ok_or_else(|| Error::Invalid("nothing to merge".into()))?;
+    for a in adapters {
+        if a.config.targets != first.config.targets || a.layers.len() != first.layers.len() {
+            return Err(Error::Invalid("adapters to merge must adapt the same layers".into()));
+        }
+    }
+    Ok(first.config.targets.clone())
+}
+
+/// Concatenates factors: `A = [A_1; …; A_T]`, `B = [w_1 s_1 B_1, …, w_T s_T B_T]`, scale 1,
+/// so the result's delta is exactly `Σ w_t ΔW_t`.
+pub fn concat_weighted(adapters: &[&LoraAdapter], weights: &[f64]) -> Result<LoraAdapter> {
+    let targets = targets_of(adapters)?;
+    let rank: usize = adapters.iter().map(|a| a.config.rank).sum();
+    let config = LoraConfig { rank, alpha: rank as f64, dropout: 0.0, targets: targets.clone(), use_rslora: false };
+    let mut layers = Vec::with_capacity(adapters[0].layers.len());
+    for li in 0..adapters[0].layers.len() {
+        let mut m = BTreeMap::new();
+        for &t in &targets {
+            let mut a_parts = Vec::new();
+            let mut b_parts = Vec::new();
+            for (ad, &w) in adapters.iter().zip(weights) {
+                let p = ad.get(li, t).expect("targets checked");
+                a_parts.push(p.a.as_tensor().to_dtype(DType::F32)?);
+                b_parts.push((p.b.as_tensor().to_dtype(DType::F32)? * (w * ad.scale()))?);
+            }
+            let a = Tensor::cat(&a_parts, 0)?;
+            let b = Tensor::cat(&b_parts, 1)?;
+            m.insert(t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
+        }
+        layers.push(m);
+    }
+    Ok(LoraAdapter { config, layers })
+}
+
+/// TIES on one set of task deltas (all the same shape).
+pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
+    let shape = deltas[0].shape().clone();
+    let vals: Vec<Vec<f32>> =
+        deltas.iter().map(|d| d.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+    let n = vals[0].len();
+    // 1. Trim: keep each task's top-k entries by magnitude.
+    let k = ((density * n as f64).round() as usize).clamp(1, n);
+    let trimmed: Vec<Vec<f32>> = vals
+        .iter()
+        .map(|v| {
+            let mut mags: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+            let cut = n - k;
+            mags.select_nth_unstable_by(cut, f32::total_cmp);
+            let threshold = mags[cut];
+            let mut kept = 0usize;
+            // Ties at the threshold are broken by position, so exactly k survive.
+            let above = v.iter().filter(|x| x.abs() > threshold).count();
+            let mut room = k - above;
+            v.iter()
+                .map(|&x| {
+                    if x.abs() > threshold
+                        || (x.abs() == threshold && room > 0 && {
+                            room -= 1;
+                            true
+                        })
+                    {
+                        kept += 1;
+                        x
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    // 2. Elect a sign per entry by total mass; 3. disjoint mean over agreeing tasks.
+    let mut out = vec![0f32; n];
+    for (i, o) in out.iter_mut().enumerate() {
+        let mass: f32 = trimmed.iter().map(|t| t[i]).sum();
+        if mass == 0.0 {
+            continue;
+        }
+        let sign = mass.signum();
+        let agree: Vec<f32> = trimmed.iter().map(|t| t[i]).filter(|&x| x != 0.0 && x.signum() == sign).collect();
+        if !agree.is_empty() {
+            *o = agree.iter().sum::<f32>() / agree.len() as f32 * lambda as f32;
+        }
+    }
+    Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
+}
+
+/// DARE on one set of task deltas: seeded drop-and-rescale per task, then `λ Σ`.
+pub fn dare(deltas: &[Tensor], drop: f64, lambda: f64, seed: u64, stream: u64) -> Result<Tensor> {
+    let shape = deltas[0].shape().clone();
+    let keep_scale = (1.0 / (1.0 - drop)) as f32;
+    let mut out: Vec<f32> = vec![0.0; shape.elem_count()];
+    for (ti, d) in deltas.iter().enumerate() {
+        let v: Vec<f32> = d.flatten_all()?.to_vec1()?;
+        let mut r = rng::stream(seed, 20 + ti as u64, stream);
+        for (o, x) in out.iter_mut().zip(v) {
+            if r.random::<f64>() >= drop {
+                *o += x * keep_scale * lambda as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
+}
+
+/// The dense deltas of every adapted layer of `adapter`.
+pub fn dense(adapter: &LoraAdapter) -> Result<DenseDeltas> {
+    let mut layers = Vec::with_capacity(adapter.layers.len());
+    for (li, m) in adapter.layers.iter().enumerate() {
+        let mut out = BTreeMap::new();
+        for &t in m.keys() {
+            out.insert(t, adapter.delta(li, t)?.expect("key present").to_dtype(DType::F32)?);
+        }
+        layers.push(out);
+    }
+    Ok(DenseDeltas { layers })
+}
+
+/// Merges task adapters with `method`. Linear, task arithmetic and concatenation are
+/// exact adapters; TIES and DARE produce dense deltas, returned as an adapter of rank
+/// `rank` fitted by subspace iteration (see [`low_rank`]) along with the dense deltas.
+pub fn merge(
+    adapters: &[&LoraAdapter],
+    method: MergeMethod,
+    rank: usize,
+) -> Result<(LoraAdapter, Option<DenseDeltas>)> {
+    method.validate()?;
+    let t = adapters.len() as f64;
+    match method {
+        MergeMethod::Linear => Ok((concat_weighted(adapters, &vec![1.0 / t; adapters.len()])?, None)),
+        MergeMethod::TaskArithmetic { lambda } => Ok((concat_weighted(adapters, &vec![lambda; adapters.len()])?, None)),
+        MergeMethod::Concat => Ok((concat_weighted(adapters, &vec![1.0; adapters.len()])?, None)),
+        MergeMethod::Ties { .. } | MergeMethod::Dare { .. } => {
+            let targets = targets_of(adapters)?;
+            let dense_all: Vec<DenseDeltas> = adapters.iter().map(|a| dense(a)).collect::<Result<_>>()?;
+            let mut layers = Vec::with_capacity(dense_all[0].layers.len());
+            for li in 0..dense_all[0].layers.len() {
+                let mut m = BTreeMap::new();
+                for (ti, &tg) in targets.iter().enumerate() {
+                    let ds: Vec<Tensor> = dense_all.iter().map(|d| d.layers[li][&tg].clone()).collect();
+                    let merged = match method {
+                        MergeMethod::Ties { density, lambda } => ties(&ds, density, lambda)?,
+                        MergeMethod::Dare { drop, lambda, seed } => {
+                            dare(&ds, drop, lambda, seed, (li * 16 + ti) as u64)?
+                        }
+                        _ => unreachable!("handled above"),
+                    };
+                    m.insert(tg, merged);
+                }
+                layers.push(m);
+            }
+            let deltas = DenseDeltas { layers };
+            let adapter = low_rank(&deltas, &targets, rank, adapters[0].layers.len(), 0)?;
+            Ok((adapter, Some(deltas)))
+        }
+    }
+}
+
+/// Orthonormalises the columns of `m` (`rows x cols`, row-major) in place (Gram–Schmidt,
+/// twice for stability).
+fn orthonormalise(m: &mut [f64], rows: usize, cols: usize) {
+    for _ in 0..2 {
+        for j in 0..cols {
+            for k in 0..j {
+                let dot: f64 = (0..rows).map(|i| m[i * cols + j] * m[i * cols + k]).sum();
+                for i in 0..rows {
+                    m[i * cols + j] -= dot * m[i * cols + k];
+                }
+            }
+            let norm: f64 = (0..rows).map(|i| m[i * cols + j].powi(2)).sum::<f64>().sqrt();
+            for i in 0..rows {
+                m[i * cols + j] = if norm > 1e-12 { m[i * cols + j] / norm } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Rank-`rank` factors of dense deltas by subspace iteration: `Q` spans the top
+/// left-singular subspace of `ΔW`, then `B = Q`, `A = Qᵀ ΔW` (scale 1).
+pub fn low_rank(
+    deltas: &DenseDeltas,
+    targets: &[Target],
+    rank: usize,
+    layers: usize,
+    seed: u64,
+) -> Result<LoraAdapter> {
+    let config = LoraConfig { rank, alpha: rank as f64, dropout: 0.0, targets: targets.to_vec(), use_rslora: false };
+    let mut out = Vec::with_capacity(layers);
+    let dev = Device::Cpu;
+    for (li, m) in deltas.layers.iter().enumerate() {
+        let mut pairs = BTreeMap::new();
+        for (ti, (&t, d)) in m.iter().enumerate() {
+            let (rows, cols) = d.dims2()?;
+            let r = rank.min(rows).min(cols);
+            let d64 = d.to_dtype(DType::F64)?.to_device(&dev)?;
+            let mut g = rng::stream(seed, 30, (li * 16 + ti) as u64);
+            let omega: Vec<f64> = (0..cols * r).map(|_| g.random::<f64>() - 0.5).collect();
+            let mut q: Vec<f64> = d64.matmul(&Tensor::from_vec(omega, (cols, r), &dev)?)?.flatten_all()?.to_vec1()?;
+            orthonormalise(&mut q, rows, r);
+            for _ in 0..4 {
+                let qt = Tensor::from_vec(q.clone(), (rows, r), &dev)?;
+                let z = d64.matmul(&d64.t()?.matmul(&qt)?)?;
+                q = z.flatten_all()?.to_vec1()?;
+                orthonormalise(&mut q, rows, r);
+            }
+            let qt = Tensor::from_vec(q, (rows, r), &dev)?;
+            let a = qt.t()?.matmul(&d64)?;
+            // Pad to the requested rank with zeros so every layer has the same shape.
+            let (b, a) = if r < rank {
+                (
+                    Tensor::cat(&[qt, Tensor::zeros((rows, rank - r), DType::F64, &dev)?], 1)?,
+                    Tensor::cat(&[a, Tensor::zeros((rank - r, cols), DType::F64, &dev)?], 0)?,
+                )
+            } else {
+                (qt, a)
+            };
+            let to =
+                |x: Tensor| -> Result<Var> { Ok(Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(d.device())?)?) };
+            pairs.insert(t, LoraPair { a: to(a)?, b: to(b)? });
+        }
+        out.push(pairs);
+    }
+    Ok(LoraAdapter { config, layers: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::max_abs_diff;
+    use crate::model::tiny_config;
+
+    fn t(v: &[f32], r: usize, c: usize) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (r, c), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn ties_trims_elects_and_averages_by_hand() {
+        // Task 1 [ 3, -1,  2, 0.5], task 2 [-4,  2,  1, 0.5], density 0.5:
+        // trimmed 1 [3, 0, 2, 0]; trimmed 2 [-4, 2, 0, 0].
+        // Elected signs by mass: [-1 (3-4), +, +, none].
+        // Disjoint means: [-4, 2, 2, 0].
+        let a = t(&[3., -1., 2., 0.5], 2, 2);
+        let b = t(&[-4., 2., 1., 0.5], 2, 2);
+        let m = ties(&[a, b], 0.5, 1.0).unwrap();
+        assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-4., 2., 2., 0.]);
+        // λ scales the result; density 1 keeps everything: signs [-,+,+,+], means
+        // [-4, 2, 1.5, 0.5].
+        let a = t(&[3., -1., 2., 0.5], 2, 2);
+        let b = t(&[-4., 2., 1., 0.5], 2, 2);
+        let m = ties(&[a, b], 1.0, 2.0).unwrap();
+        assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-8., 4., 3., 1.]);
+    }
+
+    #[test]
+    fn dare_rescales_to_keep_the_expectation() {
+        let d = t(&vec![1.0f32; 10_000], 100, 100);
+        let m = dare(std::slice::from_ref(&d), 0.9, 1.0, 3, 0).unwrap();
+        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        let kept = v.iter().filter(|&&x| x != 0.0).count() as f64 / 10_000.0;
+        assert!((kept - 0.1).abs() < 0.015, "kept {kept}");
+        assert!(v.iter().all(|&x| x == 0.0 || (x - 10.0).abs() < 1e-5), "survivors are rescaled by 1/(1-p)");
+        let mean = v.iter().sum::<f32>() / 10_000.0;
+        assert!((mean - 1.0).abs() < 0.15, "expectation kept: {mean}");
+        assert_eq!(
+            dare(std::slice::from_ref(&d), 0.9, 1.0, 3, 0).unwrap().to_vec2::<f32>().unwrap(),
+            m.to_vec2::<f32>().unwrap()
+        );
+        assert_ne!(dare(&[d], 0.9, 1.0, 4, 0).unwrap().to_vec2::<f32>().unwrap(), m.to_vec2::<f32>().unwrap());
+    }
+
+    fn random_adapter(seed: u64, rank: usize) -> LoraAdapter {
+        let cfg = tiny_config();
+        let ad = LoraAdapter::new(
+            &cfg,
+            LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() },
+            seed,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut r = rng::stream(seed, 9, 0);
+        for m in &ad.layers {
+            for p in m.values() {
+                p.b.set(
+                    &Tensor::from_vec(rng::normal(&mut r, p.b.elem_count(), 0.1), p.b.shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+            }
+        }
+        ad
+    }
+
+    #[test]
+    fn concatenation_is_the_exact_sum_and_linear_the_exact_mean() {
+        let (x, y) = (random_adapter(1, 4), random_adapter(2, 8));
+        let (c, dense) = merge(&[&x, &y], MergeMethod::Concat, 0).unwrap();
+        assert!(dense.is_none());
+        assert_eq!(c.config.rank, 12);
+        let (l, _) = merge(&[&x, &y], MergeMethod::Linear, 0).unwrap();
+        for t in Target::ALL {
+            let sum = (x.delta(1, t).unwrap().unwrap() + y.delta(1, t).unwrap().unwrap()).unwrap();
+            assert!(max_abs_diff(&c.delta(1, t).unwrap().unwrap(), &sum).unwrap() < 1e-5);
+            assert!(max_abs_diff(&l.delta(1, t).unwrap().unwrap(), &(sum * 0.5).unwrap()).unwrap() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn low_rank_recovers_a_low_rank_delta() {
+        // TIES at density 1 of a single adapter returns its own delta, which has rank 4:
+        // a rank-4 refit must reproduce it.
+        let x = random_adapter(5, 4);
+        let (fit, dense) = merge(&[&x], MergeMethod::Ties { density: 1.0, lambda: 1.0 }, 4).unwrap();
+        let dense = dense.unwrap();
+        for t in Target::ALL {
+            let want = x.delta(0, t).unwrap().unwrap();
+            assert!(max_abs_diff(&dense.layers[0][&t], &want).unwrap() < 1e-6);
+            let got = fit.delta(0, t).unwrap().unwrap();
+            let err = max_abs_diff(&got, &want).unwrap();
+            assert!(err < 1e-4, "{t}: {err}");
+        }
+    }
+}

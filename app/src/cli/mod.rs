@@ -1,0 +1,176 @@
+//! The `multitune` command line, shaped like candle's `llama2-c` example and ripgrep:
+//! [`Cli`] parses, [`run`] dispatches, and each subcommand lives in its own module with
+//! its `Args` and a `run`. Raw flags become validated engine settings in one place per
+//! concern: [`args`] for the model and data flags every command shares, and each
+//! command's `Args` for its own (`compare` goes through the engine's
+//! [`crate::strategy::spec`], like the server).
+
+pub mod args;
+mod bench;
+pub mod compare;
+mod data_check;
+mod eval;
+mod generate;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::model::{LoadedModel, ModelSource};
+
+/// The command line: global flags and one subcommand.
+#[derive(Parser)]
+#[command(name = "multitune", version, about = "Fine-tune one LLM for many tasks with LoRA and compare strategies")]
+pub struct Cli {
+    /// Folder holding the default model and other local models.
+    #[arg(long, global = true, env = "MULTITUNE_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Compute device: auto, cpu, cuda or cuda:N.
+    #[arg(long, global = true, env = "MULTITUNE_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Download the default model (SmolLM2-135M-Instruct GGUF) into the models folder.
+    FetchModel,
+    /// Fine-tune a LoRA adapter on a JSONL file of {"prompt","completion"} rows.
+    Train(train::TrainArgs),
+    /// Answer a prompt with the model (and an adapter).
+    Generate(generate::GenerateArgs),
+    /// Score the model (and an adapter) on a held-out JSONL file.
+    Eval(eval::EvalArgs),
+    /// Train every strategy on several tasks under one token budget and compare them.
+    Compare(compare::CompareArgs),
+    /// Redraw the charts of a comparison from its report.json.
+    Charts {
+        /// The report.json written by `compare`.
+        #[arg(long)]
+        report: PathBuf,
+        /// Output folder for the SVG and PNG files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Inspect datasets.
+    #[command(subcommand)]
+    Data(data_check::DataCmd),
+    /// Measure training, eval and label-ranking throughput, MFU and peak memory, side
+    /// by side with PyTorch + PEFT when `--reference` names its Python.
+    Bench(bench::BenchArgs),
+    /// One bench measurement (run by `bench` in a child process).
+    #[command(hide = true)]
+    BenchWorker(bench::BenchWorkerArgs),
+    /// Write the demo task files (reproducible) into a folder.
+    DemoData {
+        /// Output folder.
+        #[arg(long, default_value = "assets/demo")]
+        out: PathBuf,
+    },
+    /// Write the base model with an adapter merged in, as a Hugging Face folder.
+    ExportMerged {
+        /// The base model.
+        #[command(flatten)]
+        model: args::ModelArg,
+        /// The adapter folder (PEFT layout).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Loads model `spec` (fetching the default model if it is missing).
+fn load(spec: &str, cli: &Cli, device: &Device) -> anyhow::Result<LoadedModel> {
+    let source = ModelSource::parse(spec)?;
+    if source == ModelSource::Default && !crate::model::fetch::default_model_path(&cli.models_dir).exists() {
+        eprintln!("the default model is not in {}; fetching it", cli.models_dir.display());
+        crate::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
+    }
+    let m = crate::model::load_model(&source, &cli.models_dir, device, false)
+        .with_context(|| format!("loading model `{spec}`"))?;
+    Ok(m)
+}
+
+/// Loads a PEFT adapter folder for `m`.
+fn load_adapter(dir: &Path, m: &LoadedModel, device: &Device) -> anyhow::Result<crate::LoraAdapter> {
+    crate::adapter::peft::load_adapter(dir, &m.model.cfg, device)
+        .with_context(|| format!("loading adapter {}", dir.display()))
+}
+
+/// A progress bar with `template`.
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    pb
+}
+
+/// The file stem of `p`: a task's name on the command line.
+fn task_name(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+}
+
+/// Parses the process's arguments and runs them; prints an error and exits 1 on failure.
+pub fn main() {
+    crate::tune_runtime();
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs the command `cli` names.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    let device = crate::model::pick_device(&cli.device)?;
+    match &cli.cmd {
+        Cmd::FetchModel => {
+            let p = crate::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        Cmd::Train(a) => a.run(cli, &device),
+        Cmd::Generate(a) => a.run(cli, &device),
+        Cmd::Eval(a) => a.run(cli, &device),
+        Cmd::Bench(a) => a.run(cli),
+        Cmd::BenchWorker(a) => a.run(cli, &device),
+        Cmd::Compare(a) => a.run(cli, &device),
+        Cmd::Charts { report, out } => {
+            let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+            let r: crate::strategy::Report =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+            for p in crate::strategy::charts::write_charts(&r, out)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::Data(data_check::DataCmd::Check(a)) => {
+            if !a.run(cli, &device)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::DemoData { out } => {
+            for p in crate::data::demo::write_demo(out)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::ExportMerged { model, adapter, out } => {
+            let m = load(&model.model, cli, &device)?;
+            let ad = load_adapter(adapter, &m, &device)?;
+            let merged = m.model.with_adapter_merged(&ad, 1.0)?;
+            crate::model::save_hf_dir(&merged, &m.tokenizer, out)?;
+            println!("merged model written to {}", out.display());
+            Ok(())
+        }
+    }
+}

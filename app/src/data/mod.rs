@@ -1,0 +1,18 @@
+//! Task data, from a user's file to the model's batches: the accepted row formats
+//! ([`formats`], [`csv`]), whole-file validation, task kinds, limits and splits
+//! ([`dataset`]), rendering with the chat template and tokenising ([`example`]),
+//! prefix-shared packing ([`pack`]), and the reproducible demo suite ([`demo`]).
+
+pub mod csv;
+pub mod dataset;
+pub mod demo;
+pub mod example;
+pub mod formats;
+pub mod pack;
+
+pub use dataset::{
+    infer_kind, load, overlap_warning, parse, split_indices, tokenize, Dataset, Issue, Limits, LoadOptions,
+    OverlongPolicy, Rejection, Split, TaskKind, TaskSpec, TokenReport, MAX_LISTED,
+};
+pub use example::{encode, make_batch, render_prompt, render_record_prompt, Batch, Example, Record};
+pub use formats::Format;

@@ -1,0 +1,14 @@
+//! Scoring: a task's held-out examples with the metric that fits it ([`task`]: label
+//! ranking by log-likelihood for classification, greedy decoding for generation, loss
+//! everywhere), text generation with a KV cache ([`generate`]), and the metrics with
+//! their bootstrap intervals ([`metrics`]).
+
+pub mod generate;
+pub mod metrics;
+pub mod task;
+
+pub use metrics::normalize_answer;
+pub use task::{
+    classification_metrics, completion_loss, completion_nll, evaluate_task, label_log_likelihoods, label_token_ids,
+    EvalOptions, Prediction, TaskEval,
+};

@@ -1,0 +1,391 @@
+//! Scoring a model (with or without an adapter) on a task's held-out examples, with the
+//! metric that fits the task:
+//!
+//! - classification: every label is scored by the model's log-likelihood of the label
+//!   completion (optionally per token) and the best one is the prediction — no parsing
+//!   of free text; accuracy, macro-F1 and the confusion matrix;
+//! - generation: greedy decoding; exact match (normalised), token F1, ROUGE-L;
+//! - every task: completion loss and perplexity.
+//!
+//! Every metric carries a seeded 95% bootstrap interval.
+
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::lora::LoraAdapter;
+use crate::data::pack::Pack;
+use crate::data::{self, Example, Record};
+use crate::data::{TaskKind, TaskSpec};
+use crate::eval::generate::{generate_batch, GenerateConfig};
+use crate::eval::metrics::bootstrap::mean_of;
+use crate::eval::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, Metric, RougeL, TokenF1};
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::{last_position, Forward, KvCache, Llama};
+use crate::ops;
+use crate::Result;
+
+/// One scored example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The prompt.
+    pub prompt: String,
+    /// The reference completion.
+    pub reference: String,
+    /// The predicted label or generated text.
+    pub output: String,
+    /// Whether it matches (exact, after normalisation for generation).
+    pub correct: bool,
+    /// Per-label log-likelihood scores (classification).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_scores: Vec<f64>,
+}
+
+/// How to evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalOptions {
+    /// Task instruction / system prompt.
+    pub system: Option<String>,
+    /// Longest example, in tokens.
+    pub max_seq_len: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Rank labels by mean (not total) log-likelihood per token.
+    pub length_normalise: bool,
+    /// Bootstrap resamples (0: no intervals).
+    pub bootstrap: usize,
+    /// Bootstrap seed.
+    pub seed: u64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { system: None, max_seq_len: 256, batch_size: 16, length_normalise: false, bootstrap: 1000, seed: 0 }
+    }
+}
+
+/// Scores on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEval {
+    /// Task name.
+    pub task: String,
+    /// Its kind.
+    pub kind: TaskKind,
+    /// Examples scored.
+    pub examples: usize,
+    /// Mean NLL per completion token, with interval.
+    pub loss: Estimate,
+    /// `exp(loss)`, with interval.
+    pub perplexity: Estimate,
+    /// The task's metrics by name (`accuracy`, `macro_f1` or `exact_match`, `token_f1`,
+    /// `rouge_l`), with intervals.
+    pub metrics: Vec<(String, Estimate)>,
+    /// Confusion matrix (classification).
+    pub confusion: Option<Confusion>,
+    /// Every prediction.
+    pub predictions: Vec<Prediction>,
+}
+
+impl TaskEval {
+    /// The main metric: accuracy for classification, exact match for generation.
+    pub fn headline(&self) -> (&str, Estimate) {
+        let (n, e) = &self.metrics[0];
+        (n.as_str(), *e)
+    }
+
+    /// A metric by name.
+    pub fn metric(&self, name: &str) -> Option<Estimate> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, e)| *e)
+    }
+}
+
+/// Per-example completion NLL sums and token counts, in batches. Examples are batched
+/// by length (longest first) so that little compute goes to padding; the results come
+/// back in the input order.
+pub fn completion_nll(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<(f64, usize)>> {
+    let fwd = Forward::eval(adapter);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    if model.can_pack() {
+        // Packed batches share prefixes: neighbours in token order share the most.
+        order.sort_by(|&a, &b| examples[a].ids.cmp(&examples[b].ids));
+    } else {
+        // Padded batches waste least when rows of one batch have similar lengths.
+        order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+    }
+    let mut out = vec![(0.0, 0); examples.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+        let batch = data::make_batch(&refs, 0, model.device())?;
+        if batch.loss_tokens == 0 {
+            continue;
+        }
+        let (hidden, at) = crate::train::batch_hidden(model, &batch, &fwd)?;
+        let picked = hidden.index_select(&at, 0)?;
+        let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
+        let mut at = 0;
+        for (&i, &k) in chunk.iter().zip(&batch.per_example) {
+            out[i] = (nll[at..at + k].iter().sum(), k);
+            at += k;
+        }
+    }
+    Ok(out)
+}
+
+/// Mean completion-token NLL over `examples` and the token count.
+pub fn completion_loss(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<(f64, usize)> {
+    let per = completion_nll(model, adapter, examples, batch_size)?;
+    let (s, n) = per.iter().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
+    Ok((if n == 0 { 0.0 } else { s / n as f64 }, n))
+}
+
+/// Log-likelihood of each label's completion tokens after each prompt: `out[i][l]` is
+/// `(sum of log-probabilities, token count)`. Each prompt runs once per batch: packed
+/// with shared prefixes ([`crate::data::pack`]) where the model can — every label a row after
+/// its prompt, the prompts' common template once as well — else through a KV cache
+/// that every label continues from.
+pub fn label_log_likelihoods(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    prompts: &[Vec<u32>],
+    labels: &[Vec<u32>],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Vec<Vec<(f64, usize)>>> {
+    let fwd = Forward::eval(adapter);
+    let mut out = Vec::with_capacity(prompts.len());
+    if model.can_pack() && !labels.iter().any(Vec::is_empty) {
+        for chunk in prompts.chunks(batch_size.max(1)) {
+            // Row (prompt, label) reads prompt + label[..k-1]; positions |prompt|-1 ..
+            // predict the label's k tokens.
+            let mut rows = Vec::with_capacity(chunk.len() * labels.len());
+            for p in chunk {
+                if p.is_empty() {
+                    return Err(crate::Error::Invalid("label ranking: empty prompt".into()));
+                }
+                for l in labels {
+                    rows.push([p.as_slice(), &l[..l.len() - 1]].concat());
+                }
+            }
+            let pack = std::sync::Arc::new(Pack::new(&rows, true));
+            let (mut at, mut targets) = (Vec::new(), Vec::new());
+            for (r, row) in pack.rows.iter().enumerate() {
+                let (p, l) = (&chunk[r / labels.len()], &labels[r % labels.len()]);
+                at.extend(row.path[p.len() - 1..].iter().copied());
+                targets.extend_from_slice(l);
+            }
+            let dev = model.device();
+            let n = at.len();
+            let hidden = model.packed_hidden_states(&pack, &fwd)?.index_select(&Tensor::from_vec(at, n, dev)?, 0)?;
+            let nll: Vec<f32> =
+                ops::token_nll(&model.logits(&hidden)?, &Tensor::from_vec(targets, n, dev)?)?.to_vec1()?;
+            let mut nll = nll.into_iter();
+            for _ in chunk {
+                out.push(
+                    labels.iter().map(|l| (-nll.by_ref().take(l.len()).map(f64::from).sum::<f64>(), l.len())).collect(),
+                );
+            }
+        }
+        return Ok(out);
+    }
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let b = chunk.len();
+        let (ids, mask) = model.pad_batch(chunk, pad, true)?;
+        let mut cache = KvCache::new(model, b);
+        let h = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
+        let first = ops::log_softmax_last_dim(&model.logits(&last_position(&h)?)?.to_dtype(DType::F32)?)?; // (B, V)
+        let mut rows = vec![Vec::with_capacity(labels.len()); b];
+        for label in labels {
+            let t0 = Tensor::from_vec(vec![label[0]; b], (b, 1), model.device())?;
+            let mut total = first.gather(&t0, 1)?.squeeze(1)?.to_dtype(DType::F64)?;
+            if label.len() > 1 {
+                let mut c = cache.clone();
+                let k = label.len() - 1;
+                let input: Vec<u32> = (0..b).flat_map(|_| label[..k].iter().copied()).collect();
+                let input = Tensor::from_vec(input, (b, k), model.device())?;
+                let h2 = model.hidden_states(&input, &vec![vec![1u8; k]; b], &fwd, Some(&mut c))?;
+                let lp = ops::log_softmax_last_dim(&model.logits(&h2)?.to_dtype(DType::F32)?)?; // (B, k, V)
+                let next: Vec<u32> = (0..b).flat_map(|_| label[1..].iter().copied()).collect();
+                let next = Tensor::from_vec(next, (b, k, 1), model.device())?;
+                let rest = lp.gather(&next, D::Minus1)?.squeeze(D::Minus1)?.sum(1)?.to_dtype(DType::F64)?;
+                total = (total + rest)?;
+            }
+            let v: Vec<f64> = total.to_vec1()?;
+            for (row, s) in rows.iter_mut().zip(v) {
+                row.push((s, label.len()));
+            }
+        }
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The tokens each label adds after a prompt: what training teaches as the completion
+/// (the label and the end-of-turn marker of a chat template).
+pub fn label_token_ids(
+    tok: &TextTokenizer,
+    labels: &[String],
+    system: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    labels
+        .iter()
+        .map(|l| {
+            let e = data::encode(tok, &Record::new("x", l.clone()), system, max_len)?;
+            Ok(e.ids[e.prompt_len..].to_vec())
+        })
+        .collect()
+}
+
+/// Accuracy and macro-F1 (with bootstrap intervals) and the confusion matrix of
+/// classification predictions.
+pub fn classification_metrics(
+    predictions: &[Prediction],
+    labels: &[String],
+    opts: &EvalOptions,
+) -> (Vec<(String, Estimate)>, Confusion) {
+    let n = predictions.len();
+    let hits: Vec<f64> = predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect();
+    let mut metrics = vec![("accuracy".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&hits)))];
+    let f1 = |idx: &[usize]| {
+        let mut c = Confusion::new(labels);
+        idx.iter().for_each(|&i| c.update(&predictions[i].output, &predictions[i].reference));
+        c.compute()
+    };
+    metrics.push(("macro_f1".to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, f1)));
+    let mut c = Confusion::new(labels);
+    predictions.iter().for_each(|p| c.update(&p.output, &p.reference));
+    (metrics, c)
+}
+
+/// Evaluates one task on `records`.
+pub fn evaluate_task(
+    model: &Llama,
+    tok: &TextTokenizer,
+    adapter: Option<&LoraAdapter>,
+    task: &TaskSpec,
+    records: &[Record],
+    opts: &EvalOptions,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<TaskEval> {
+    let (kind, labels) = (task.kind, task.labels.as_slice());
+    let system = opts.system.as_deref();
+    let examples: Vec<Example> =
+        records.iter().map(|r| data::encode(tok, r, system, opts.max_seq_len)).collect::<Result<_>>()?;
+    let nll = completion_nll(model, adapter, &examples, opts.batch_size)?;
+    let loss_of = |idx: &[usize]| {
+        let (s, n) = idx.iter().fold((0.0, 0usize), |(s, n), &i| (s + nll[i].0, n + nll[i].1));
+        if n == 0 {
+            0.0
+        } else {
+            s / n as f64
+        }
+    };
+    let n = records.len();
+    let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, loss_of);
+    let perplexity = Estimate { value: loss.value.exp(), lo: loss.lo.exp(), hi: loss.hi.exp() };
+    let bs = opts.batch_size.max(1);
+    let mut predictions = Vec::with_capacity(n);
+    let mut metrics = Vec::new();
+    let mut confusion = None;
+    match kind {
+        TaskKind::Classification => {
+            // A label's tokens are what training teaches after the prompt: the label and
+            // the end-of-turn marker.
+            let label_ids = label_token_ids(tok, labels, system, opts.max_seq_len)?;
+            for (ci, chunk) in examples.chunks(bs).enumerate() {
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+                let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;
+                for (i, row) in scores.into_iter().enumerate() {
+                    let r = &records[ci * bs + i];
+                    let s: Vec<f64> =
+                        row.iter().map(|&(s, k)| if opts.length_normalise { s / k as f64 } else { s }).collect();
+                    let best = s.iter().enumerate().fold(0, |b, (j, v)| if *v > s[b] { j } else { b });
+                    let output = labels[best].clone();
+                    predictions.push(Prediction {
+                        prompt: r.prompt.clone(),
+                        reference: r.completion.clone(),
+                        correct: output == r.completion,
+                        output,
+                        label_scores: s,
+                    });
+                }
+                on_progress(predictions.len(), n);
+            }
+            let (m, c) = classification_metrics(&predictions, labels, opts);
+            metrics = m;
+            confusion = Some(c);
+        }
+        TaskKind::Generation => {
+            let max_new = examples.iter().map(Example::completion_len).max().unwrap_or(1) + 16;
+            let cfg = GenerateConfig { max_new_tokens: max_new, ..Default::default() };
+            for (ci, chunk) in examples.chunks(bs).enumerate() {
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+                let outs = generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
+                for (i, o) in outs.into_iter().enumerate() {
+                    let r = &records[ci * bs + i];
+                    let output = tok.decode(&o, true)?;
+                    let correct = ExactMatch::score(&output, &r.completion) == 1.0;
+                    predictions.push(Prediction {
+                        prompt: r.prompt.clone(),
+                        reference: r.completion.clone(),
+                        output,
+                        correct,
+                        label_scores: vec![],
+                    });
+                }
+                on_progress(predictions.len(), n);
+            }
+            let per =
+                |f: fn(&str, &str) -> f64| predictions.iter().map(|p| f(&p.output, &p.reference)).collect::<Vec<f64>>();
+            for (name, scores) in [
+                ("exact_match", per(ExactMatch::score)),
+                ("token_f1", per(TokenF1::score)),
+                ("rouge_l", per(RougeL::score)),
+            ] {
+                metrics.push((name.to_string(), bootstrap_interval(n, opts.bootstrap, opts.seed, mean_of(&scores))));
+            }
+        }
+    }
+    Ok(TaskEval { task: task.name.clone(), kind, examples: n, loss, perplexity, metrics, confusion, predictions })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::adapter::lora::LoraConfig;
+    use crate::model::tiny_model;
+
+    /// Label ranking packed (each prompt and the shared template once) against the KV-
+    /// cache path of the same model in f64, labels of one and several tokens.
+    #[test]
+    fn packed_label_ranking_matches_the_cached_path() {
+        let (model, _) = tiny_model(4, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
+        crate::adapter::lora::randomize(&ad, 3, 0.1);
+        let prompts = vec![vec![5u32, 6, 7, 8], vec![5, 6, 9], vec![40, 41, 42, 43, 44], vec![5, 6, 7]];
+        let labels = vec![vec![100u32], vec![101, 102, 103], vec![100, 104]];
+        assert!(model.can_pack());
+        let packed = label_log_likelihoods(&model, Some(&ad), &prompts, &labels, 0, 3).unwrap();
+        let model64 = model.to_dtype(DType::F64).unwrap();
+        let ad64 = ad.to_dtype(DType::F64).unwrap();
+        assert!(!model64.can_pack());
+        let cached = label_log_likelihoods(&model64, Some(&ad64), &prompts, &labels, 0, 3).unwrap();
+        assert_eq!(packed.len(), prompts.len());
+        for (p, c) in packed.iter().flatten().zip(cached.iter().flatten()) {
+            assert_eq!(p.1, c.1);
+            assert!((p.0 - c.0).abs() < 1e-4 * c.0.abs().max(1.0), "{} packed, {} cached", p.0, c.0);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Memory figures of this process (Linux `/proc/self/status`): the peak and current
+//! resident set size, and a sampler that gives a stretch of work its own peak.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// A `kB` line of `/proc/self/status` (`VmHWM`, `VmRSS`, …), in MiB.
+fn status_mib(key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM")
+}
+
+/// The process's current resident set size (Linux `VmRSS`), MiB.
+pub fn rss_mib() -> Option<f64> {
+    status_mib("VmRSS")
+}
+
+/// Samples the resident set size on a thread (every 20 ms) and keeps the largest, so a
+/// stretch of work can report its own peak: the kernel's `VmHWM` only ever grows.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Option<f64>>>,
+}
+
+impl RssSampler {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = rss_mib();
+            loop {
+                if let Some(now) = rss_mib() {
+                    peak = Some(peak.map_or(now, |p: f64| p.max(now)));
+                }
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Self { stop, handle: Some(handle) }
+    }
+
+    /// Stops sampling and returns the peak seen, MiB.
+    pub fn stop(mut self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok().flatten())
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_sizes_are_read_and_the_peak_bounds_the_current() {
+        let (now, peak) = (rss_mib().expect("VmRSS on Linux"), peak_rss_mib().expect("VmHWM on Linux"));
+        assert!(now > 0.0 && peak >= now, "{now} {peak}");
+        let s = RssSampler::start();
+        let block = vec![1u8; 64 << 20];
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let seen = s.stop().expect("a sample");
+        assert!(seen >= now + 32.0, "sampled {seen} MiB after allocating 64 MiB on top of {now}");
+        drop(block);
+    }
+}

@@ -1,0 +1,423 @@
+//! A Llama-family decoder written for training: RMSNorm, rotary embeddings (both
+//! layouts), grouped-query attention with causal and padding masks, SwiGLU MLP, tied or
+//! untied LM head, optional q/k/v biases (Qwen2), and a KV cache for decoding.
+//!
+//! The base weights are plain tensors (frozen); LoRA factors come in through
+//! [`Forward::adapter`] as `Var`s, so gradients reach only the adapter.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::adapter::lora::{LoraAdapter, Target};
+use crate::data::pack::Pack;
+use crate::model::config::ModelConfig;
+use crate::ops::{self, RopeTables};
+use crate::rng::{self, streams};
+use crate::{Error, Result};
+
+/// A frozen linear layer: `weight` is `(out, in)` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `(out_features, in_features)`.
+    pub weight: Tensor,
+    /// `(out_features,)`, if any.
+    pub bias: Option<Tensor>,
+}
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// RMSNorm weight before attention.
+    pub input_layernorm: Tensor,
+    /// RMSNorm weight before the MLP.
+    pub post_attention_layernorm: Tensor,
+    /// q, k, v, o, gate, up, down projections in [`Target::ALL`] order.
+    pub linears: [Linear; 7],
+}
+
+impl Block {
+    /// The projection for `target`.
+    pub fn linear(&self, target: Target) -> &Linear {
+        &self.linears[target as usize]
+    }
+}
+
+/// How a forward pass runs: which adapter, and whether adapter dropout is on.
+#[derive(Debug, Default)]
+pub struct Forward<'a> {
+    /// The adapter to apply, if any.
+    pub adapter: Option<&'a LoraAdapter>,
+    /// `Some((seed, step))` in training: dropout masks are drawn from this stream.
+    pub dropout: Option<(u64, u64)>,
+    calls: Cell<u64>,
+}
+
+impl<'a> Forward<'a> {
+    /// Evaluation with an optional adapter.
+    pub fn eval(adapter: Option<&'a LoraAdapter>) -> Self {
+        Self { adapter, dropout: None, calls: Cell::new(0) }
+    }
+
+    /// Training with `adapter`, dropout seeded by `seed` and `step`.
+    pub fn train(adapter: &'a LoraAdapter, seed: u64, step: u64) -> Self {
+        Self { adapter: Some(adapter), dropout: Some((seed, step)), calls: Cell::new(0) }
+    }
+
+    fn project(&self, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
+        let pair = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p)));
+        let dropout_active = self.dropout.is_some() && pair.is_some_and(|(ad, _)| ad.config.dropout > 0.0);
+        let lora = pair.map(|(ad, p)| (p.a.as_tensor(), p.b.as_tensor(), ad.scale()));
+        let Some((ad, _)) = pair.filter(|_| dropout_active) else {
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None);
+        };
+        let p = ad.config.dropout;
+        let xin = match self.dropout {
+            Some((seed, step)) => {
+                let call = self.calls.get();
+                self.calls.set(call + 1);
+                let mut r = rng::stream(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15), streams::DROPOUT, call);
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| if rand::Rng::random::<f32>(&mut r) < p { 0.0 } else { keep })
+                    .collect();
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?
+            }
+            None => x.clone(),
+        };
+        ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, Some(&xin))
+    }
+}
+
+/// Keys and values of earlier positions, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    key_mask: Vec<Vec<u8>>,
+    next_pos: Vec<usize>,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of `model`.
+    pub fn new(model: &Llama, batch: usize) -> Self {
+        Self {
+            layers: vec![None; model.cfg.num_hidden_layers],
+            key_mask: vec![vec![]; batch],
+            next_pos: vec![0; batch],
+        }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The decoder.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    /// Architecture.
+    pub cfg: ModelConfig,
+    /// `(vocab, hidden)`.
+    pub embed_tokens: Tensor,
+    /// Decoder blocks.
+    pub blocks: Vec<Block>,
+    /// Final RMSNorm weight.
+    pub norm: Tensor,
+    /// Untied LM head `(vocab, hidden)`; `None` reuses the embedding.
+    pub lm_head: Option<Tensor>,
+    inv_freq: Vec<f32>,
+}
+
+impl Llama {
+    /// Builds the model from weights named as in Hugging Face checkpoints
+    /// (`model.layers.0.self_attn.q_proj.weight`, …), checking every shape.
+    pub fn from_weights(cfg: ModelConfig, mut get: impl FnMut(&str) -> Result<Option<Tensor>>) -> Result<Self> {
+        cfg.validate()?;
+        let mut need = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = get(name)?.ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))?;
+            if t.dims() != shape {
+                return Err(Error::Weights(format!(
+                    "tensor `{name}` has shape {:?}, the config needs {shape:?}",
+                    t.dims()
+                )));
+            }
+            Ok(t)
+        };
+        let h = cfg.hidden_size;
+        let embed_tokens = need("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |t: Target| -> Result<Linear> {
+                let (fin, fout) = t.shape(&cfg);
+                let weight = need(&format!("{p}.{}.weight", t.block_path()), &[fout, fin])?;
+                let bias = if cfg.attention_bias && matches!(t, Target::Q | Target::K | Target::V) {
+                    Some(need(&format!("{p}.{}.bias", t.block_path()), &[fout])?)
+                } else {
+                    None
+                };
+                Ok(Linear { weight, bias })
+            };
+            let linears = [
+                lin(Target::Q)?,
+                lin(Target::K)?,
+                lin(Target::V)?,
+                lin(Target::O)?,
+                lin(Target::Gate)?,
+                lin(Target::Up)?,
+                lin(Target::Down)?,
+            ];
+            blocks.push(Block {
+                input_layernorm: need(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attention_layernorm: need(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                linears,
+            });
+        }
+        let norm = need("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(need("lm_head.weight", &[cfg.vocab_size, h])?) };
+        let inv_freq = cfg.rope_inv_freq();
+        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, inv_freq })
+    }
+
+    /// Every weight by its Hugging Face name (the inverse of [`Llama::from_weights`]).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attention_layernorm.clone()));
+            for t in Target::ALL {
+                let l = b.linear(t);
+                out.push((format!("{p}.{}.weight", t.block_path()), l.weight.clone()));
+                if let Some(bias) = &l.bias {
+                    out.push((format!("{p}.{}.bias", t.block_path()), bias.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.clone()));
+        }
+        out
+    }
+
+    /// A copy with every weight converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut weights: std::collections::HashMap<String, Tensor> =
+            self.named_weights().into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+        Self::from_weights(self.cfg.clone(), |n| Ok(weights.remove(n)))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Final hidden states `(B, T, hidden)` for `ids` `(B, T)` whose rows are masked by
+    /// `mask` (1 = token, 0 = padding; padding may sit on either side). With a cache, the
+    /// new tokens follow what it holds and it is extended.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        mask: &[Vec<u8>],
+        fwd: &Forward,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if mask.len() != b || mask.iter().any(|m| m.len() != t) {
+            return Err(Error::Invalid(format!("mask does not match input ids of shape ({b}, {t})")));
+        }
+        let cfg = &self.cfg;
+        let dev = self.device();
+        let (past, key_mask, positions) = match &cache {
+            Some(c) => {
+                let keys: Vec<Vec<u8>> = c.key_mask.iter().zip(mask).map(|(k, m)| [k.as_slice(), m].concat()).collect();
+                (c.len(), keys, ops::positions_from_mask(mask, &c.next_pos))
+            }
+            None => (0, mask.to_vec(), ops::positions_from_mask(mask, &vec![0; b])),
+        };
+        let rope = RopeTables::new(&positions, &self.inv_freq, dev)?;
+        let attn_mask = ops::attention_mask(&key_mask, t, past, cfg.sliding_window, dev)?.to_dtype(self.dtype())?;
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (B*T, H)
+        let mut cache = cache;
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = ops::rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[li]);
+            let a = self.attention(li, block, &h, b, t, &rope, &attn_mask, fwd, layer_cache)?;
+            x = (x + a)?;
+            let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
+            let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
+            let act = ops::silu_mul(&gate, &up)?;
+            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &act)?;
+            x = (x + m)?;
+        }
+        if let Some(c) = cache {
+            for (row, m) in c.key_mask.iter_mut().zip(mask) {
+                row.extend_from_slice(m);
+            }
+            for (p, m) in c.next_pos.iter_mut().zip(mask) {
+                *p += m.iter().filter(|&&v| v != 0).count();
+            }
+        }
+        let x = ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
+        Ok(x.reshape((b, t, cfg.hidden_size))?)
+    }
+
+    /// Whether [`Llama::packed_hidden_states`] runs here: f32 weights on the CPU (the
+    /// packed kernels are CPU kernels; other devices take the padded path).
+    pub fn can_pack(&self) -> bool {
+        self.device().is_cpu() && self.dtype() == DType::F32
+    }
+
+    /// Final hidden states `(T, hidden)` of the packed tokens of `pack` (see
+    /// [`crate::data::pack`]): every distinct prefix of its rows runs once, without padding.
+    pub fn packed_hidden_states(&self, pack: &Arc<Pack>, fwd: &Forward) -> Result<Tensor> {
+        if !self.can_pack() {
+            return Err(Error::Invalid("packed forward needs f32 weights on the CPU".into()));
+        }
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let dev = self.device();
+        let tables = ops::rope_tables(&pack.positions, &self.inv_freq);
+        let ids = Tensor::from_slice(&pack.tokens, pack.len(), dev)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embed_tokens.index_select(&ids, 0)?; // (T, H)
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = ops::rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
+            let q = fwd.project(li, Target::Q, block.linear(Target::Q), &h)?;
+            let k = fwd.project(li, Target::K, block.linear(Target::K), &h)?;
+            let v = fwd.project(li, Target::V, block.linear(Target::V), &h)?;
+            let q = ops::rope_rows(&q, nh, hd, &tables, cfg.rope_layout)?;
+            let k = ops::rope_rows(&k, nkv, hd, &tables, cfg.rope_layout)?;
+            let a = ops::packed_attention(&q, &k, &v, pack, (nh, nkv, hd), scale, cfg.sliding_window)?;
+            x = (x + fwd.project(li, Target::O, block.linear(Target::O), &a)?)?;
+            let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
+            let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
+            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &ops::silu_mul(&gate, &up)?)?;
+            x = (x + m)?;
+        }
+        ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        li: usize,
+        block: &Block,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &RopeTables,
+        mask: &Tensor,
+        fwd: &Forward,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let q = fwd.project(li, Target::Q, block.linear(Target::Q), x)?;
+        let k = fwd.project(li, Target::K, block.linear(Target::K), x)?;
+        let v = fwd.project(li, Target::V, block.linear(Target::V), x)?;
+        let r = Some((rope, cfg.rope_layout));
+        let q = ops::split_heads(&q, (b, t, nh, hd), r)?;
+        let mut k = ops::split_heads(&k, (b, t, nkv, hd), r)?;
+        let mut v = ops::split_heads(&v, (b, t, nkv, hd), None)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let out = ops::attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
+        let out = out.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        fwd.project(li, Target::O, block.linear(Target::O), &out)
+    }
+
+    /// The LM head's weight `(vocab, hidden)`.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Logits `(.., vocab)` for hidden states `(.., hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let flat = hidden.reshape((n, self.cfg.hidden_size))?;
+        let l = ops::frozen_matmul(&flat, self.lm_head_weight())?;
+        let mut out = dims.clone();
+        *out.last_mut().expect("hidden states have a last dimension") = self.cfg.vocab_size;
+        Ok(l.reshape(out)?)
+    }
+
+    /// Logits of every position, `(B, T, vocab)`.
+    pub fn forward(&self, ids: &Tensor, mask: &[Vec<u8>], fwd: &Forward) -> Result<Tensor> {
+        let h = self.hidden_states(ids, mask, fwd, None)?;
+        self.logits(&h)
+    }
+
+    /// A copy of this model with `sign · scale · B A` added to every adapted weight
+    /// (`sign = 1` merges, `-1` unmerges).
+    pub fn with_adapter_merged(&self, adapter: &LoraAdapter, sign: f64) -> Result<Self> {
+        let mut m = self.clone();
+        for (li, block) in m.blocks.iter_mut().enumerate() {
+            for t in Target::ALL {
+                if let Some(delta) = adapter.delta(li, t)? {
+                    let w = &mut block.linears[t as usize].weight;
+                    let merged = (w.to_dtype(DType::F32)? + (delta * sign)?)?.to_dtype(w.dtype())?;
+                    *w = merged;
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Pads `rows` of token ids to one length on the `left` or right with `pad`,
+    /// returning the id tensor and the mask.
+    pub fn pad_batch(&self, rows: &[Vec<u32>], pad: u32, left: bool) -> Result<(Tensor, Vec<Vec<u8>>)> {
+        let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * t);
+        let mut mask = Vec::with_capacity(rows.len());
+        for r in rows {
+            let n = t - r.len();
+            let (mut row, mut m) = (Vec::with_capacity(t), Vec::with_capacity(t));
+            if left {
+                row.extend(std::iter::repeat_n(pad, n));
+                m.extend(std::iter::repeat_n(0u8, n));
+            }
+            row.extend_from_slice(r);
+            m.extend(std::iter::repeat_n(1u8, r.len()));
+            if !left {
+                row.extend(std::iter::repeat_n(pad, n));
+                m.extend(std::iter::repeat_n(0u8, n));
+            }
+            ids.extend(row);
+            mask.push(m);
+        }
+        Ok((Tensor::from_vec(ids, (rows.len(), t), self.device())?, mask))
+    }
+}
+
+/// Last-position logits `(B, vocab)` from hidden states `(B, T, hidden)`.
+pub fn last_position(hidden: &Tensor) -> Result<Tensor> {
+    let t = hidden.dim(1)?;
+    Ok(hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+}
+
+/// Helper for tests and tools: the largest absolute difference of two tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()?)
+}

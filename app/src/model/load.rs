@@ -1,0 +1,196 @@
+//! Which model to load and on which device: a [`ModelSource`] (the default
+//! SmolLM2-135M-Instruct GGUF, any GGUF file, a Hugging Face folder, or `tiny`) resolved
+//! and loaded in the dtype that fits the device.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::model::config::RopeLayout;
+use crate::model::fetch;
+use crate::model::gguf::load_gguf;
+use crate::model::hf::load_hf_dir;
+use crate::model::llama::Llama;
+use crate::model::tiny::tiny_model;
+use crate::model::tokenizer::TextTokenizer;
+use crate::{Error, Result};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "snake_case")]
+pub enum ModelSource {
+    /// The default model in the models folder.
+    Default,
+    /// The random tiny model.
+    Tiny,
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face model folder.
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// Reads `default`, `tiny`, a `.gguf` path or a folder path.
+    pub fn parse(spec: &str) -> Result<Self> {
+        match spec {
+            "default" => return Ok(Self::Default),
+            "tiny" => return Ok(Self::Tiny),
+            _ => {}
+        }
+        let p = PathBuf::from(spec);
+        if p.is_dir() {
+            // A Hugging Face cache repo folder: use its newest snapshot.
+            let snaps = p.join("snapshots");
+            if !p.join("config.json").exists() && snaps.is_dir() {
+                let mut entries: Vec<_> =
+                    std::fs::read_dir(&snaps).map_err(|e| Error::file(&snaps, e))?.flatten().collect();
+                entries.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+                if let Some(last) = entries.last() {
+                    return Ok(Self::HfDir(last.path()));
+                }
+            }
+            Ok(Self::HfDir(p))
+        } else if p.extension().is_some_and(|e| e == "gguf") {
+            if !p.exists() {
+                return Err(Error::file(&p, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            }
+            Ok(Self::Gguf(p))
+        } else {
+            Err(Error::Invalid(format!(
+                "model `{spec}` is not `default`, `tiny`, a .gguf file or a Hugging Face model folder"
+            )))
+        }
+    }
+}
+
+/// A model ready to run, with its tokenizer.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The decoder.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Where it came from.
+    pub source: ModelSource,
+    /// The name PEFT's `base_model_name_or_path` should carry.
+    pub base_name: String,
+}
+
+/// Loads the model `source` names; the default model is looked up (and fetched if
+/// missing and `fetch_missing`) in `models_dir`.
+pub fn load_model(
+    source: &ModelSource,
+    models_dir: &Path,
+    device: &Device,
+    fetch_missing: bool,
+) -> Result<LoadedModel> {
+    let mut m = load_model_f32(source, models_dir, device, fetch_missing)?;
+    let dtype = compute_dtype(device);
+    if m.model.dtype() != dtype {
+        m.model = m.model.to_dtype(dtype)?;
+    }
+    Ok(m)
+}
+
+/// The device a `--device` spec names: `auto` (CUDA device 0 when this build has CUDA
+/// and the driver sees a GPU, else the CPU), `cpu`, or `cuda[:N]` (an error that says
+/// why when it cannot be opened).
+pub fn pick_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = match s.strip_prefix("cuda:") {
+                Some(i) => {
+                    i.parse().map_err(|_| Error::Invalid(format!("device `{s}`: `{i}` is not a device index")))?
+                }
+                None => 0,
+            };
+            if !cfg!(feature = "cuda") {
+                return Err(Error::Invalid(format!(
+                    "device `{s}` needs a build with `--features cuda` (`make build-cuda`)"
+                )));
+            }
+            Device::new_cuda(n).map_err(|e| {
+                Error::Invalid(format!("opening CUDA device {n} (does the NVIDIA driver see a GPU?): {e}"))
+            })
+        }
+        other => Err(Error::Invalid(format!("unknown device `{other}` (auto, cpu, cuda[:N])"))),
+    }
+}
+
+/// The weights' dtype on `device`: bf16 on a GPU (tensor cores, half the memory; norms,
+/// softmax and the loss still accumulate in f32 and LoRA factors stay f32), f32 on the
+/// CPU, where the fused f32 kernels run. `MULTITUNE_DTYPE=f32|bf16|f16` overrides it.
+pub fn compute_dtype(device: &Device) -> DType {
+    match std::env::var("MULTITUNE_DTYPE").as_deref() {
+        Ok("f32") => DType::F32,
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        _ if device.is_cuda() => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn load_model_f32(
+    source: &ModelSource,
+    models_dir: &Path,
+    device: &Device,
+    fetch_missing: bool,
+) -> Result<LoadedModel> {
+    match source {
+        ModelSource::Tiny => {
+            let (model, tokenizer) = tiny_model(0, device)?;
+            Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: "multitune/tiny-llama".into() })
+        }
+        ModelSource::Default => {
+            let path = fetch::default_model_path(models_dir);
+            if !path.exists() {
+                if !fetch_missing {
+                    return Err(Error::Fetch(format!(
+                        "the default model is not in {} — run `multitune fetch-model` (or `make model`)",
+                        models_dir.display()
+                    )));
+                }
+                fetch::fetch_default_model(models_dir, &mut |_| {})?;
+            }
+            let (model, tokenizer) = load_gguf(&path, RopeLayout::HalfRotation, device)?;
+            Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: fetch::DEFAULT_HF_REPO.into() })
+        }
+        ModelSource::Gguf(p) => {
+            let (model, tokenizer) = load_gguf(p, RopeLayout::HalfRotation, device)?;
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: name })
+        }
+        ModelSource::HfDir(p) => {
+            let (model, tokenizer) = load_hf_dir(p, device)?;
+            Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: p.display().to_string() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_are_parsed_and_bad_ones_named() {
+        assert!(pick_device("cpu").unwrap().is_cpu());
+        let err = |s: &str| pick_device(s).unwrap_err().to_string();
+        assert!(err("tpu").contains("unknown device `tpu`"), "{}", err("tpu"));
+        assert!(err("cuda:x").contains("`x` is not a device index"), "{}", err("cuda:x"));
+        if !cfg!(feature = "cuda") {
+            assert!(pick_device("auto").unwrap().is_cpu());
+            assert!(err("cuda:1").contains("--features cuda"), "{}", err("cuda:1"));
+        }
+    }
+
+    #[test]
+    fn model_spec_errors_name_the_input() {
+        assert_eq!(ModelSource::parse("tiny").unwrap(), ModelSource::Tiny);
+        let e = ModelSource::parse("nope.bin").unwrap_err().to_string();
+        assert!(e.contains("`nope.bin`"), "{e}");
+        assert!(ModelSource::parse("/no/such/file.gguf").is_err());
+    }
+}

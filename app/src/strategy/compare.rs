@@ -1,0 +1,244 @@
+//! Running a comparison: the base model scored once, then every strategy for every seed
+//! (each in its own module), results aggregated over seeds, the report and its charts
+//! written. Cancellation and resumption: finished runs leave a record and training
+//! stages checkpoint in the state folder, so a comparison started again continues.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::lora::LoraAdapter;
+use crate::adapter::peft;
+use crate::memory::RssSampler;
+use crate::model::{Llama, LoadedModel, TextTokenizer};
+use crate::strategy::context::Ctx;
+use crate::strategy::report::{self, Report, RunCost, RunResult};
+use crate::strategy::spec::{CompareConfig, StrategySpec};
+use crate::strategy::task::TaskData;
+use crate::strategy::{combined, multi_head, separate, sequential};
+use crate::train::{TrainConfig, TrainEvent};
+use crate::{Error, Result};
+
+/// The base model a comparison trains on: the decoder, its tokenizer, and the name that
+/// exported adapters record as their base.
+#[derive(Clone, Copy)]
+pub struct Base<'a> {
+    /// The frozen decoder.
+    pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tokenizer: &'a TextTokenizer,
+    /// `base_model_name_or_path` of exported adapters.
+    pub name: &'a str,
+}
+
+impl<'a> Base<'a> {
+    /// A loaded model as a comparison's base.
+    pub fn of(m: &'a LoadedModel) -> Self {
+        Self { model: &m.model, tokenizer: &m.tokenizer, name: &m.base_name }
+    }
+}
+
+/// Progress of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CompareEvent {
+    /// A strategy starts.
+    RunStarted {
+        /// Run name.
+        run: String,
+        /// Its position.
+        index: usize,
+        /// Strategies in all.
+        of: usize,
+    },
+    /// Training progress inside a run (stage: a task name, or `all`).
+    Train {
+        /// Run name.
+        run: String,
+        /// Stage.
+        stage: String,
+        /// What happened.
+        event: TrainEvent,
+    },
+    /// A task was scored.
+    Evaluated {
+        /// Run name.
+        run: String,
+        /// Stage after which it was scored.
+        stage: String,
+        /// Task.
+        task: String,
+        /// Headline metric value.
+        value: f64,
+    },
+    /// A run finished.
+    RunFinished {
+        /// Run name.
+        run: String,
+        /// Wall seconds.
+        wall_s: f64,
+    },
+}
+
+/// How a comparison can be stopped and picked up again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Control<'a> {
+    /// Set to stop: training stops within a step, evaluation within a task, and
+    /// `compare` returns [`Error::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+    /// A folder for training checkpoints and records of finished runs. Started again with
+    /// the same folder (and configuration), `compare` skips the runs that finished and
+    /// continues training from the last checkpoint.
+    pub state_dir: Option<&'a Path>,
+}
+
+/// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
+/// adapters (under `out/adapters`) into `out`.
+pub fn compare(
+    base: &Base,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &Path,
+    control: Control,
+    on_event: &mut dyn FnMut(&CompareEvent),
+) -> Result<Report> {
+    if tasks.is_empty() {
+        return Err(Error::Invalid("no tasks to compare".into()));
+    }
+    if cfg.budget_tokens == 0 {
+        return Err(Error::Invalid("the token budget must be positive".into()));
+    }
+    cfg.train.validate()?;
+    let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
+    if let Some(d) = control.state_dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let base_row = {
+        let suffix = String::new();
+        let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key: "base".into(), on_event: &mut *on_event };
+        base_run(&mut ctx)?
+    };
+    let mut runs = vec![base_row];
+    let mut per_seed = Vec::with_capacity(seeds.len());
+    let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
+    for (k, &seed) in seeds.iter().enumerate() {
+        let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
+        let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
+        let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
+        let mut ctx =
+            Ctx { base, tasks, cfg: &scfg, out: &sout, suffix, control, key: String::new(), on_event: &mut *on_event };
+        let n = cfg.strategies.len();
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len())?;
+        if k == 0 {
+            separate_adapters = adapters;
+        }
+        let suffix = ctx.suffix;
+        per_seed.push(
+            seed_runs
+                .into_iter()
+                .map(|mut r| {
+                    if let Some(base) = r.name.strip_suffix(&suffix) {
+                        r.name = base.to_string();
+                    }
+                    r
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    runs.extend(report::aggregate(per_seed, &seeds));
+    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
+        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
+    } else {
+        None
+    };
+    let report = Report::new(tasks, cfg, runs, similarity);
+    report.write(out)?;
+    crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
+    Ok(report)
+}
+
+/// The base model's scores: the reference row (recorded, so a resumed comparison does
+/// not score it again).
+fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
+    let record = ctx.control.state_dir.map(|d| d.join("done-base.json"));
+    if let Some(mut r) = record.as_deref().and_then(read_record) {
+        return Ok(r.remove(0));
+    }
+    let started = Instant::now();
+    let scores = ctx.eval_all("base", "base", ctx.base.model, None, false)?;
+    let cost = RunCost {
+        task_tokens: vec![0; ctx.tasks.len()],
+        wall_s: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    let r = RunResult::new("base model", "base", &scores, cost);
+    if let Some(p) = &record {
+        write_record(p, std::slice::from_ref(&r))?;
+    }
+    Ok(r)
+}
+
+fn read_record(path: &Path) -> Option<Vec<RunResult>> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn write_record(path: &Path, runs: &[RunResult]) -> Result<()> {
+    crate::persist::write_atomic(path, serde_json::to_string(runs)?.as_bytes())
+}
+
+/// Runs every strategy once for seed number `k`; events number runs out of `of`.
+/// Returns the rows (a separate run adds one per merge) and the per-task adapters of the
+/// separate strategy, which the similarity matrix compares.
+fn run_strategies(ctx: &mut Ctx, k: usize, of: usize) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+    let model = ctx.base.model;
+    let first = k * ctx.cfg.strategies.len();
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
+    for (si, spec) in ctx.cfg.strategies.iter().enumerate() {
+        let name = format!("{}{}", spec.name(), ctx.suffix);
+        ctx.key = format!("s{k}-r{si}");
+        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
+        let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
+        if let Some(done) = record.as_deref().and_then(read_record) {
+            // Finished before an interruption: take its results, and reload the per-task
+            // adapters that the similarity matrix needs.
+            if matches!(spec, StrategySpec::Separate { .. }) {
+                separate_adapters = done[0]
+                    .adapter_dirs
+                    .iter()
+                    .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
+                    .collect::<Result<_>>()?;
+            }
+            let wall_s = done[0].wall_s;
+            runs.extend(done);
+            (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
+            continue;
+        }
+        let rss = RssSampler::start();
+        let mut rows = match spec {
+            StrategySpec::Combined { mixing, task_tag } => vec![combined::run(ctx, &name, *mixing, *task_tag)?],
+            StrategySpec::Sequential { variant, order, replay } => {
+                vec![sequential::run(ctx, &name, *variant, order, *replay)?]
+            }
+            StrategySpec::Separate { merges, merge_rank } => {
+                let (rows, adapters) = separate::run(ctx, &name, merges, *merge_rank)?;
+                separate_adapters = adapters;
+                rows
+            }
+            StrategySpec::MultiHead { mixing, head_rank } => vec![multi_head::run(ctx, &name, *mixing, *head_rank)?],
+        };
+        let peak = rss.stop();
+        for r in &mut rows {
+            r.peak_rss_mib = peak;
+        }
+        if let Some(p) = &record {
+            write_record(p, &rows)?;
+        }
+        let wall_s = rows[0].wall_s;
+        runs.extend(rows);
+        (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
+    }
+    Ok((runs, separate_adapters))
+}

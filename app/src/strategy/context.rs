@@ -1,0 +1,170 @@
+//! What every strategy's runner shares: the base model, the tasks and settings, where
+//! outputs go, how to train one stage (with its checkpoint), score every task, build a
+//! mixture and export an adapter, and the event callback.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use crate::adapter::lora::LoraAdapter;
+use crate::adapter::peft;
+use crate::data::{Example, Record};
+use crate::eval::{self, TaskEval};
+use crate::model::Llama;
+use crate::strategy::compare::{Base, CompareEvent, Control};
+use crate::strategy::mixing::{self, Mixing};
+use crate::strategy::spec::CompareConfig;
+use crate::strategy::task::TaskData;
+use crate::train::{self, TrainConfig};
+use crate::{Error, Result};
+
+/// Each example of a mixture as `(task, index within the task)`.
+pub(super) type Draws = Vec<(usize, usize)>;
+
+pub(super) fn tagged(task: &str, r: &Record) -> Record {
+    Record { prompt: format!("[{task}] {}", r.prompt), ..r.clone() }
+}
+
+pub(super) struct Ctx<'a> {
+    pub(super) base: &'a Base<'a>,
+    pub(super) tasks: &'a [TaskData],
+    pub(super) cfg: &'a CompareConfig,
+    pub(super) out: &'a Path,
+    /// Appended to run names (the seed, when there are several).
+    pub(super) suffix: String,
+    pub(super) control: Control<'a>,
+    /// `s{seed index}-r{strategy index}`: names this run's checkpoints.
+    pub(super) key: String,
+    pub(super) on_event: &'a mut dyn FnMut(&CompareEvent),
+}
+
+impl Ctx<'_> {
+    pub(super) fn encode(&self, recs: &[Record]) -> Result<Vec<Example>> {
+        recs.iter()
+            .map(|r| {
+                crate::data::encode(self.base.tokenizer, r, self.cfg.eval.system.as_deref(), self.cfg.train.max_seq_len)
+            })
+            .collect()
+    }
+
+    /// A seeded mixture of every task's training examples, comfortably longer than the
+    /// budget (the trainer stops on it), with each draw's `(task, index)`.
+    pub(super) fn mixture(&self, mixing: Mixing, tag: bool) -> Result<(Draws, Vec<Example>)> {
+        let per_task: Vec<Vec<Example>> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let recs: Vec<Record> =
+                    if tag { t.train.iter().map(|r| tagged(&t.name, r)).collect() } else { t.train.clone() };
+                self.encode(&recs)
+            })
+            .collect::<Result<_>>()?;
+        let sizes: Vec<usize> = per_task.iter().map(Vec::len).collect();
+        let probs = mixing.probabilities(&sizes);
+        let mean: f64 = per_task.iter().flatten().map(|e| (e.ids.len() - 1) as f64).sum::<f64>()
+            / sizes.iter().sum::<usize>().max(1) as f64;
+        let tc = &self.cfg.train;
+        let n = ((self.cfg.budget_tokens as f64 / mean.max(1.0)) * 1.2) as usize + tc.batch_size * tc.grad_accum;
+        let draws = mixing::draw(&sizes, &probs, n, tc.seed);
+        let mix = draws.iter().map(|&(t, i)| per_task[t][i].clone()).collect();
+        Ok((draws, mix))
+    }
+
+    pub(super) fn check_cancel(&self) -> Result<()> {
+        if self.control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint of one training stage of the current run.
+    pub(super) fn checkpoint(&self, stage: &str) -> Option<train::CheckpointPlan> {
+        self.control.state_dir.map(|d| train::CheckpointPlan {
+            path: d.join(format!("ckpt-{}-{}.safetensors", self.key, slug(stage))),
+            resume: true,
+        })
+    }
+
+    pub(super) fn train(
+        &mut self,
+        run: &str,
+        stage: &str,
+        model: &Llama,
+        objective: &mut dyn train::Objective,
+        ex: &[Example],
+        tc: &TrainConfig,
+    ) -> Result<train::TrainSummary> {
+        let (r, s) = (run.to_string(), stage.to_string());
+        let plan = self.checkpoint(stage);
+        let cancel = self.control.cancel;
+        let on = &mut *self.on_event;
+        train::train_objective(model, objective, ex, tc, plan.as_ref(), cancel, &mut |e| {
+            on(&CompareEvent::Train { run: r.clone(), stage: s.clone(), event: e.clone() })
+        })
+    }
+
+    pub(super) fn eval_all(
+        &mut self,
+        run: &str,
+        stage: &str,
+        model: &Llama,
+        adapter: Option<&LoraAdapter>,
+        tag: bool,
+    ) -> Result<Vec<TaskEval>> {
+        let mut out = Vec::new();
+        for t in self.tasks {
+            self.check_cancel()?;
+            let recs: Vec<Record> =
+                if tag { t.eval.iter().map(|r| tagged(&t.name, r)).collect() } else { t.eval.clone() };
+            let e = eval::evaluate_task(
+                model,
+                self.base.tokenizer,
+                adapter,
+                &t.spec(),
+                &recs,
+                &self.cfg.eval,
+                &mut |_, _| {},
+            )?;
+            self.scored(run, stage, &e);
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Tells the listener a task was scored (its headline metric).
+    pub(super) fn scored(&mut self, run: &str, stage: &str, e: &TaskEval) {
+        (self.on_event)(&CompareEvent::Evaluated {
+            run: run.into(),
+            stage: stage.into(),
+            task: e.task.clone(),
+            value: e.headline().1.value,
+        });
+    }
+
+    /// Training tokens per task of a mixture run: `draws[i]` is example `i`'s (task, index).
+    pub(super) fn tokens_per_task(&self, draws: &[(usize, usize)], per_example: &[usize]) -> Vec<usize> {
+        let mut task_tokens = vec![0usize; self.tasks.len()];
+        for (&(t, _), n) in draws.iter().zip(per_example) {
+            task_tokens[t] += n;
+        }
+        task_tokens
+    }
+
+    pub(super) fn export(&self, dir_name: &str, adapter: &LoraAdapter) -> Result<(PathBuf, u64)> {
+        let dir = self.out.join("adapters").join(dir_name);
+        peft::save_adapter(&dir, adapter, &self.base.model.cfg, self.base.name)?;
+        let bytes = std::fs::metadata(dir.join(peft::WEIGHTS_FILE)).map(|m| m.len()).unwrap_or(0);
+        Ok((dir, bytes))
+    }
+}
+
+/// A run or task name as a folder name: ASCII letters, digits and dots, other runs of
+/// characters as one `-`.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}

@@ -1,0 +1,82 @@
+//! Separate: one adapter per task from the same base, each on an equal share of the
+//! budget, scored *routed* (each task with its own adapter: the specialist bound) and
+//! *merged* into one adapter by every requested method.
+
+use std::time::Instant;
+
+use crate::adapter::lora::LoraAdapter;
+use crate::adapter::merge::{self, MergeMethod};
+use crate::eval;
+use crate::strategy::context::{slug, Ctx};
+use crate::strategy::report::{RunCost, RunResult};
+use crate::train::TrainConfig;
+use crate::Result;
+
+/// The folder (under `adapters/`) of the separate run's adapter for `task`.
+pub fn adapter_dir_name(task: &str) -> String {
+    format!("separate-{}", slug(task))
+}
+
+/// Trains one adapter per task and scores them routed and merged: the routed row first,
+/// then one row per merge method; also returns the per-task adapters.
+pub(super) fn run(
+    ctx: &mut Ctx,
+    name: &str,
+    merges: &[MergeMethod],
+    merge_rank: usize,
+) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+    let (model, tasks, cfg) = (ctx.base.model, ctx.tasks, ctx.cfg);
+    let stage_budget = cfg.budget_tokens / tasks.len();
+    let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
+    let (mut routed, mut dirs, mut adapters) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes_all = 0;
+    let mut train_s = 0.0;
+    for (ti, t) in tasks.iter().enumerate() {
+        let ex = ctx.encode(&t.train)?;
+        let tc = TrainConfig { token_budget: Some(stage_budget), ..cfg.train.clone() };
+        let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+        let ts = Instant::now();
+        let s = ctx.train(name, &t.name, model, &mut adapter, &ex, &tc)?;
+        train_s += ts.elapsed().as_secs_f64();
+        tokens += s.tokens;
+        task_tokens[ti] = s.tokens;
+        losses.extend(s.losses);
+        ctx.check_cancel()?;
+        let e = eval::evaluate_task(
+            model,
+            ctx.base.tokenizer,
+            Some(&adapter),
+            &t.spec(),
+            &t.eval,
+            &cfg.eval,
+            &mut |_, _| {},
+        )?;
+        ctx.scored(name, &t.name, &e);
+        routed.push(e);
+        let (dir, bytes) = ctx.export(&adapter_dir_name(&t.name), &adapter)?;
+        bytes_all += bytes;
+        dirs.push(dir.display().to_string());
+        adapters.push(adapter);
+    }
+    let params: usize = adapters.iter().map(LoraAdapter::num_parameters).sum();
+    let cost = RunCost { tokens, task_tokens, wall_s: train_s, trainable_params: params, adapter_bytes: bytes_all };
+    let mut r = RunResult::new(name, "separate", &routed, cost.clone());
+    r.losses = losses;
+    r.adapter_dirs = dirs;
+    let mut rows = vec![r];
+    let refs: Vec<&LoraAdapter> = adapters.iter().collect();
+    for m in merges {
+        let mname = format!("separate + merge ({}){}", m.name(), ctx.suffix);
+        let tm = Instant::now();
+        let (merged, _) = merge::merge(&refs, *m, merge_rank)?;
+        let merge_s = tm.elapsed().as_secs_f64();
+        let scores = ctx.eval_all(&mname, "merged", model, Some(&merged), false)?;
+        let (dir, bytes) = ctx.export(&slug(&mname), &merged)?;
+        let cost = RunCost { wall_s: train_s + merge_s, adapter_bytes: bytes, ..cost.clone() };
+        let mut r = RunResult::new(&mname, "separate+merge", &scores, cost);
+        r.exported_params = merged.num_parameters();
+        r.adapter_dirs.push(dir.display().to_string());
+        rows.push(r);
+    }
+    Ok((rows, adapters))
+}

@@ -1,0 +1,99 @@
+//! Sequential: tasks one after another under equal shares of the budget, either one
+//! adapter that keeps training (*continue*) or merging the adapter into the base after
+//! each task and starting a fresh one (*merge-then-new*), optionally replaying a share of
+//! earlier tasks. Every task is scored after every stage: the forgetting matrix.
+
+use std::time::Instant;
+
+use crate::adapter::lora::LoraAdapter;
+use crate::adapter::merge::{self, MergeMethod};
+use crate::data::Record;
+use crate::strategy::context::{slug, Ctx};
+use crate::strategy::report::{Forgetting, RunCost, RunResult};
+use crate::strategy::spec::SequentialVariant;
+use crate::train::TrainConfig;
+use crate::{Error, Result};
+
+/// The training records of stage `k` (task `order[k]`): its own examples plus, with
+/// `replay`, that share of them drawn (seeded) from the tasks before it.
+fn stage_records(ctx: &Ctx, order: &[usize], k: usize, replay: f64) -> Vec<Record> {
+    let tasks = ctx.tasks;
+    let mut recs = tasks[order[k]].train.clone();
+    if replay > 0.0 && k > 0 {
+        let extra = (recs.len() as f64 * replay).round() as usize;
+        let earlier: Vec<&Record> = order[..k].iter().flat_map(|&j| tasks[j].train.iter()).collect();
+        let mut r = crate::rng::stream(ctx.cfg.train.seed, 42, k as u64);
+        let perm = crate::rng::permutation(&mut r, earlier.len());
+        recs.extend(perm.iter().take(extra).map(|&i| earlier[i].clone()));
+    }
+    recs
+}
+
+/// Trains and scores the sequential run `name`.
+pub(super) fn run(
+    ctx: &mut Ctx,
+    name: &str,
+    variant: SequentialVariant,
+    order: &[usize],
+    replay: f64,
+) -> Result<RunResult> {
+    let (model, tasks, cfg) = (ctx.base.model, ctx.tasks, ctx.cfg);
+    let t0 = Instant::now();
+    let order: Vec<usize> = if order.is_empty() { (0..tasks.len()).collect() } else { order.to_vec() };
+    if order.iter().any(|&i| i >= tasks.len()) {
+        return Err(Error::Invalid(format!("sequential order {order:?} names a task that does not exist")));
+    }
+    let stage_budget = cfg.budget_tokens / order.len();
+    let mut stage_model = model.clone();
+    let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+    let mut stage_adapters: Vec<LoraAdapter> = Vec::new();
+    let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
+    let mut matrix: Vec<Vec<f64>> = Vec::new();
+    let mut last_scores = Vec::new();
+    let mut eval_s = 0.0;
+    for (k, &ti) in order.iter().enumerate() {
+        let ex = ctx.encode(&stage_records(ctx, &order, k, replay))?;
+        let tc = TrainConfig { token_budget: Some(stage_budget), seed: cfg.train.seed + k as u64, ..cfg.train.clone() };
+        if variant == SequentialVariant::MergeThenNew && k > 0 {
+            adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed + k as u64, model.device())?;
+        }
+        let s = ctx.train(name, &tasks[ti].name, &stage_model, &mut adapter, &ex, &tc)?;
+        tokens += s.tokens;
+        task_tokens[ti] += s.tokens;
+        losses.extend(s.losses);
+        if variant == SequentialVariant::MergeThenNew {
+            stage_model = stage_model.with_adapter_merged(&adapter, 1.0)?;
+            stage_adapters.push(adapter.deep_clone()?);
+        }
+        let te = Instant::now();
+        let active = if variant == SequentialVariant::Continue { Some(&adapter) } else { None };
+        let scores = ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?;
+        eval_s += te.elapsed().as_secs_f64();
+        matrix.push(scores.iter().map(|s| s.headline().1.value).collect());
+        last_scores = scores;
+    }
+    let final_adapter = match variant {
+        SequentialVariant::Continue => adapter,
+        // The merged model is the base plus every stage's delta: exactly the
+        // concatenation of the stage adapters.
+        SequentialVariant::MergeThenNew => {
+            merge::merge(&stage_adapters.iter().collect::<Vec<_>>(), MergeMethod::Concat, 0)?.0
+        }
+    };
+    let wall_s = t0.elapsed().as_secs_f64() - eval_s;
+    let (dir, bytes) = ctx.export(&slug(name), &final_adapter)?;
+    // One adapter trains at a time; the export concatenates every stage's.
+    let trainable_params = stage_adapters.first().map_or(final_adapter.num_parameters(), LoraAdapter::num_parameters);
+    let cost = RunCost { tokens, task_tokens, wall_s, trainable_params, adapter_bytes: bytes };
+    let mut r = RunResult::new(name, "sequential", &last_scores, cost);
+    r.exported_params = final_adapter.num_parameters();
+    r.losses = losses;
+    r.forgetting = Some(Forgetting::new(
+        order.iter().map(|&i| tasks[i].name.clone()).collect(),
+        tasks.iter().map(|t| t.name.clone()).collect(),
+        matrix,
+        &order,
+    ));
+    r.adapter_dirs.push(dir.display().to_string());
+    Ok(r)
+}

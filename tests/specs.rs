@@ -1,0 +1,115 @@
+//! One comparison, asked for twice: as `multitune compare` flags and as the server's
+//! experiment JSON. Both go through the engine's `strategy::spec`, so the strategies and
+//! the runs' training configuration must come out equal (they once differed: the CLI
+//! refit merges at rank 16 whatever the rank, the server at twice the rank).
+
+use clap::Parser;
+use multitune::cli::{Cli, Cmd};
+use multitune_api::ExperimentCreate;
+
+/// The CLI's comparison for these flags (after `multitune compare --model tiny`).
+fn from_cli(flags: &[&str], n_tasks: usize) -> multitune::strategy::CompareConfig {
+    let mut argv = vec!["multitune", "compare", "--model", "tiny", "--out", "unused"];
+    argv.extend_from_slice(flags);
+    let cli = Cli::try_parse_from(&argv).expect("the flags parse");
+    let Cmd::Compare(args) = cli.cmd else { panic!("not the compare command") };
+    args.config(n_tasks).expect("a valid comparison")
+}
+
+/// The server's comparison for this experiment JSON.
+fn from_server(spec: serde_json::Value) -> multitune::strategy::CompareConfig {
+    let spec: ExperimentCreate = serde_json::from_value(spec).expect("a valid request");
+    multitune_server::jobs::compare_config(&spec).expect("a valid comparison")
+}
+
+fn tasks(n: usize) -> serde_json::Value {
+    serde_json::Value::Array((0..n).map(|i| serde_json::json!({ "dataset": format!("{i:016x}") })).collect())
+}
+
+#[test]
+fn cli_flags_and_experiment_json_give_the_same_comparison() {
+    // Every strategy with its defaults, at a rank other than 8 (where the old CLI's fixed
+    // merge rank 16 happened to agree with the server's 2 × rank).
+    let cli = from_cli(&["--tasks", "a", "b", "c", "--strategies", "all", "--budget-tokens", "9000", "--rank", "4"], 3);
+    let server = from_server(serde_json::json!({
+        "name": "x", "model": "tiny", "tasks": tasks(3), "budget_tokens": 9000,
+        "strategies": [
+            {"strategy": "combined"},
+            {"strategy": "sequential", "variant": "continue"},
+            {"strategy": "sequential", "variant": "merge_then_new"},
+            {"strategy": "separate"},
+            {"strategy": "multi_head", "head_rank": 4}
+        ],
+        "hyper": {"rank": 4}
+    }));
+    assert_eq!(cli.strategies, server.strategies);
+    assert_eq!(cli.train, server.train);
+    assert_eq!(cli.eval, server.eval);
+    assert_eq!(cli, server);
+    assert_eq!(cli.train.lora.alpha, 8.0);
+    let merge_rank = cli.strategies.iter().find_map(|s| match s {
+        multitune::strategy::StrategySpec::Separate { merge_rank, .. } => Some(*merge_rank),
+        _ => None,
+    });
+    assert_eq!(merge_rank, Some(8), "merges refit at twice the adapter rank");
+
+    // Options and hyper-parameters set on both sides.
+    let cli = from_cli(
+        &[
+            "--tasks",
+            "a",
+            "b",
+            "--strategies",
+            "combined,sequential,separate",
+            "--budget-tokens",
+            "1234",
+            "--mixing",
+            "temperature:2",
+            "--task-tag",
+            "--replay",
+            "0.25",
+            "--merges",
+            "ties,dare",
+            "--lr",
+            "0.001",
+            "--batch-size",
+            "4",
+            "--max-tokens",
+            "128",
+            "--seed",
+            "7",
+            "--seeds",
+            "1,2",
+            "--bootstrap",
+            "50",
+        ],
+        2,
+    );
+    let server = from_server(serde_json::json!({
+        "name": "x", "model": "tiny", "tasks": tasks(2), "budget_tokens": 1234,
+        "strategies": [
+            {"strategy": "combined", "mixing": {"kind": "temperature", "t": 2.0}, "task_tag": true},
+            {"strategy": "sequential", "variant": "continue", "replay": 0.25},
+            {"strategy": "separate", "merges": ["ties", "dare"]}
+        ],
+        "hyper": {"learning_rate": 0.001, "batch_size": 4, "max_tokens": 128, "seed": 7, "seeds": [1, 2], "bootstrap": 50}
+    }));
+    assert_eq!(cli, server);
+}
+
+#[test]
+fn both_sides_refuse_the_same_bad_options() {
+    let mut argv =
+        vec!["multitune", "compare", "--model", "tiny", "--out", "x", "--tasks", "a", "--budget-tokens", "9"];
+    argv.extend(["--strategies", "sequential", "--replay", "2"]);
+    let Cmd::Compare(args) = Cli::try_parse_from(&argv).unwrap().cmd else { panic!() };
+    let cli_err = args.config(1).unwrap_err().to_string();
+    let spec: ExperimentCreate = serde_json::from_value(serde_json::json!({
+        "name": "x", "model": "tiny", "tasks": tasks(1), "budget_tokens": 9,
+        "strategies": [{"strategy": "sequential", "variant": "continue", "replay": 2.0}]
+    }))
+    .unwrap();
+    let server_err = multitune_server::jobs::compare_config(&spec).unwrap_err().details.join("; ");
+    assert!(cli_err.contains("replay must be between 0 and 1, not 2"), "{cli_err}");
+    assert_eq!(cli_err, server_err);
+}
