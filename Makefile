@@ -115,8 +115,11 @@ bench: build-release
 fmt:
 	$(CARGO) fmt --all
 
+## lint: clippy with every warning an error, on every target; rustdoc without warnings
+## (broken or private intra-doc links). CI runs it after the tests.
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 clean:
 	$(CARGO) clean
