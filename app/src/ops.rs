@@ -53,21 +53,6 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
-/// Rotary cosines and sines, `inv_freq.len()` of each per position, positions in order.
-pub fn rope_cos_sin(positions: impl IntoIterator<Item = u32>, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in positions {
-        for &f in inv_freq {
-            // f64 for the angle: positions times frequencies lose precision in f32 at
-            // long contexts, and the tables are small.
-            let a = p as f64 * f as f64;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    (cos, sin)
-}
-
 /// Cos/sin tables for rotary embeddings at the given positions.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
@@ -267,7 +252,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
 
 /// The packed path (prefix-shared batches, [`crate::data::pack`]) has CPU f32 kernels
 /// only; [`crate::model::Llama::can_pack`] says when it runs.
-pub use crate::kernels::{packed_attention, rope_rows, rope_tables};
+pub use crate::kernels::{packed_attention, rope_cos_sin, rope_rows, rope_tables};
 
 #[cfg(test)]
 mod tests {

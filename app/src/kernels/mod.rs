@@ -18,7 +18,7 @@
 //!
 //! Matrix products go straight to the `gemm` crate on the tensors' own buffers (no
 //! copies). Every op is checked against the composed candle version in the tests below;
-//! other devices and dtypes use the compositions in [`crate::ops`].
+//! other devices and dtypes use the compositions in `ops`, which chooses between them.
 
 use std::sync::Arc;
 
@@ -841,10 +841,25 @@ impl CustomOp1 for RopeRows {
     }
 }
 
+/// Rotary cosines and sines, `inv_freq.len()` of each per position, positions in order.
+pub fn rope_cos_sin(positions: impl IntoIterator<Item = u32>, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for &f in inv_freq {
+            // f64 for the angle: positions times frequencies lose precision in f32 at
+            // long contexts, and the tables are small.
+            let a = p as f64 * f as f64;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
 /// Cos/sin tables `(T, d/2)` for the positions of packed tokens, built once per forward
 /// pass and shared by every layer's [`rope_rows`].
 pub fn rope_tables(positions: &[u32], inv_freq: &[f32]) -> Arc<(Vec<f32>, Vec<f32>)> {
-    Arc::new(crate::ops::rope_cos_sin(positions.iter().copied(), inv_freq))
+    Arc::new(rope_cos_sin(positions.iter().copied(), inv_freq))
 }
 
 /// `x` `(T, H·d)` with every head of row `t` rotated by the angles of `tables` row `t`.

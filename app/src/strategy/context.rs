@@ -1,21 +1,97 @@
-//! What every strategy's runner shares: the base model, the tasks and settings, where
+//! What every strategy's runner shares — the base model ([`Base`]), the events it
+//! reports ([`CompareEvent`]), how it is stopped and resumed ([`Control`]) — and
+//! [`Ctx`]: the base model, the tasks and settings, where
 //! outputs go, how to train one stage (with its checkpoint), score every task, build a
 //! mixture and export an adapter, and the event callback.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 use crate::adapter::lora::LoraAdapter;
 use crate::adapter::peft;
 use crate::data::{Example, Record};
 use crate::eval::{self, TaskEval};
-use crate::model::Llama;
-use crate::strategy::compare::{Base, CompareEvent, Control};
+use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
 use crate::strategy::spec::CompareConfig;
 use crate::strategy::task::TaskData;
-use crate::train::{self, TrainConfig};
+use crate::train::{self, TrainConfig, TrainEvent};
 use crate::{Error, Result};
+
+/// The base model a comparison trains on: the decoder, its tokenizer, and the name that
+/// exported adapters record as their base.
+#[derive(Clone, Copy)]
+pub struct Base<'a> {
+    /// The frozen decoder.
+    pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tokenizer: &'a TextTokenizer,
+    /// `base_model_name_or_path` of exported adapters.
+    pub name: &'a str,
+}
+
+impl<'a> Base<'a> {
+    /// A loaded model as a comparison's base.
+    pub fn of(m: &'a LoadedModel) -> Self {
+        Self { model: &m.model, tokenizer: &m.tokenizer, name: &m.base_name }
+    }
+}
+
+/// Progress of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CompareEvent {
+    /// A strategy starts.
+    RunStarted {
+        /// Run name.
+        run: String,
+        /// Its position.
+        index: usize,
+        /// Strategies in all.
+        of: usize,
+    },
+    /// Training progress inside a run (stage: a task name, or `all`).
+    Train {
+        /// Run name.
+        run: String,
+        /// Stage.
+        stage: String,
+        /// What happened.
+        event: TrainEvent,
+    },
+    /// A task was scored.
+    Evaluated {
+        /// Run name.
+        run: String,
+        /// Stage after which it was scored.
+        stage: String,
+        /// Task.
+        task: String,
+        /// Headline metric value.
+        value: f64,
+    },
+    /// A run finished.
+    RunFinished {
+        /// Run name.
+        run: String,
+        /// Wall seconds.
+        wall_s: f64,
+    },
+}
+
+/// How a comparison can be stopped and picked up again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Control<'a> {
+    /// Set to stop: training stops within a step, evaluation within a task, and
+    /// `compare` returns [`Error::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+    /// A folder for training checkpoints and records of finished runs. Started again with
+    /// the same folder (and configuration), `compare` skips the runs that finished and
+    /// continues training from the last checkpoint.
+    pub state_dir: Option<&'a Path>,
+}
 
 /// Each example of a mixture as `(task, index within the task)`.
 pub(super) type Draws = Vec<(usize, usize)>;

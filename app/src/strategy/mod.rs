@@ -21,8 +21,8 @@ mod sequential;
 pub mod spec;
 pub mod task;
 
-pub use compare::{compare, Base, CompareEvent, Control};
-pub use context::slug;
+pub use compare::compare;
+pub use context::{slug, Base, CompareEvent, Control};
 pub use mixing::Mixing;
 pub use report::{Report, RunCost, RunResult, TaskScore};
 pub use spec::{
