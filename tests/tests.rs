@@ -3,6 +3,9 @@
 //! Tests that need the default model expect it in `models/` (`make model`) or in
 //! `$MULTITUNE_MODELS`; they fail, not skip, when it is missing.
 
+// The module graph of the engine and the server has no cycle.
+mod architecture;
+
 // Shared helpers: locating the model and the binary, building small tasks.
 mod util;
 
