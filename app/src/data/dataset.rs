@@ -246,14 +246,7 @@ pub fn parse(
         return Err(reject(c));
     }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    // Encoding problems first, per line, so each is named even in a broken file.
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        if let Err(e) = std::str::from_utf8(line) {
-            c.push(Issue::at(i + 1, e.valid_up_to() + 1, "invalid UTF-8"));
-        } else if let Some(p) = line.iter().position(|&b| b == 0) {
-            c.push(Issue::at(i + 1, p + 1, "NUL byte"));
-        }
-    }
+    check_encoding(bytes, &mut c);
     if c.total > 0 {
         return Err(reject(c));
     }
@@ -263,119 +256,165 @@ pub fn parse(
         return Err(reject(c));
     }
     let is_csv = csv.unwrap_or_else(|| !text.trim_start().starts_with('{'));
-    let mut records = Vec::new();
-    let mut lines = Vec::new();
-    let mut format = opts.format;
-    if is_csv {
-        let (rows, issues) = crate::data::csv::parse(text);
-        issues.into_iter().for_each(|i| c.push(i));
-        let Some((head, body)) = rows.split_first() else {
-            c.push(Issue::line(0, "has no header row"));
-            return Err(reject(c));
-        };
-        let header: Vec<String> = head.fields.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
-        let has = |k: &str| header.iter().any(|h| h == k);
-        let fmt = match format.or_else(|| Format::detect(has)) {
-            Some(f) => f,
-            None => {
-                c.push(Issue::line(head.line, format!("header `{}` does not name a known format (prompt,completion | instruction,input,output | text,label)", head.fields.join(","))));
-                return Err(reject(c));
-            }
-        };
-        format = Some(fmt);
-        match fmt.csv_columns() {
-            None => c.push(Issue::line(0, format!("the {} format cannot be CSV; use JSONL", fmt.name()))),
-            Some(cols) => {
-                for col in cols {
-                    if !has(col) {
-                        c.push(Issue::field(head.line, col, "missing from the header".into()));
-                    }
-                }
-            }
+    let rows = if is_csv { read_csv(text, opts.format, &mut c) } else { Some(read_jsonl(text, opts.format, &mut c)) };
+    let Some(Rows { format, records, lines }) = rows else { return Err(reject(c)) };
+    check_limits(&records, &lines, &opts.limits, &mut c);
+    let Some(format) = format else {
+        if c.total == 0 {
+            c.push(Issue::line(0, "has no examples"));
         }
-        if c.total > 0 {
-            return Err(reject(c));
+        return Err(reject(c));
+    };
+    if c.total > 0 {
+        return Err(reject(c));
+    }
+    let kind = opts.kind.unwrap_or_else(|| infer_kind(format, &records, opts.limits.max_labels));
+    let labels =
+        if kind == TaskKind::Classification { label_set(&records, &lines, &opts.limits, &mut c) } else { vec![] };
+    if c.total > 0 {
+        return Err(reject(c));
+    }
+    let warnings = warnings(&records, &lines, kind);
+    Ok(Dataset { format, kind, labels, records, lines, warnings })
+}
+
+/// Encoding problems first, per line, so each is named even in a broken file.
+fn check_encoding(bytes: &[u8], c: &mut Collector) {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if let Err(e) = std::str::from_utf8(line) {
+            c.push(Issue::at(i + 1, e.valid_up_to() + 1, "invalid UTF-8"));
+        } else if let Some(p) = line.iter().position(|&b| b == 0) {
+            c.push(Issue::at(i + 1, p + 1, "NUL byte"));
         }
-        for row in body {
-            if row.fields.len() != header.len() {
-                c.push(Issue::at(
-                    row.line,
-                    row.fields.len().min(header.len()) + 1,
-                    format!("row has {} fields; the header has {}", row.fields.len(), header.len()),
-                ));
-                continue;
-            }
-            match crate::data::formats::extract(
-                fmt,
-                &crate::data::formats::CsvFields { header: &header, values: &row.fields },
-                row.line,
-            ) {
-                Ok(r) => {
-                    records.push(r);
-                    lines.push(row.line);
-                }
-                Err(mut i) => {
-                    i.column = i.field.as_ref().and_then(|f| header.iter().position(|h| h == f)).map(|p| p + 1);
-                    c.push(i)
-                }
-            }
+    }
+}
+
+/// The records read from a file, with the line of each and the format found.
+struct Rows {
+    format: Option<Format>,
+    records: Vec<Record>,
+    lines: Vec<usize>,
+}
+
+/// Reads CSV rows in `format` (or the one the header names). `None` when the header
+/// already rules the file out (the issues say why).
+fn read_csv(text: &str, format: Option<Format>, c: &mut Collector) -> Option<Rows> {
+    let (mut records, mut lines) = (Vec::new(), Vec::new());
+    let (rows, issues) = crate::data::csv::parse(text);
+    issues.into_iter().for_each(|i| c.push(i));
+    let Some((head, body)) = rows.split_first() else {
+        c.push(Issue::line(0, "has no header row"));
+        return None;
+    };
+    let header: Vec<String> = head.fields.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+    let has = |k: &str| header.iter().any(|h| h == k);
+    let fmt = match format.or_else(|| Format::detect(has)) {
+        Some(f) => f,
+        None => {
+            c.push(Issue::line(head.line, format!("header `{}` does not name a known format (prompt,completion | instruction,input,output | text,label)", head.fields.join(","))));
+            return None;
         }
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => {
-                    c.push(Issue::at(n, e.column(), format!("invalid JSON: {e}")));
-                    continue;
+    };
+    match fmt.csv_columns() {
+        None => c.push(Issue::line(0, format!("the {} format cannot be CSV; use JSONL", fmt.name()))),
+        Some(cols) => {
+            for col in cols {
+                if !has(col) {
+                    c.push(Issue::field(head.line, col, "missing from the header".into()));
                 }
-            };
-            let Some(obj) = v.as_object() else {
-                c.push(Issue::line(n, "is not a JSON object"));
-                continue;
-            };
-            let detected = Format::detect(|k| obj.contains_key(k));
-            let fmt = match (format, detected) {
-                (Some(f), Some(d)) if f != d && opts.format.is_none() => {
-                    c.push(Issue::line(
-                        n,
-                        format!("is {} but earlier lines are {} (mixed formats)", d.name(), f.name()),
-                    ));
-                    continue;
-                }
-                // Lines that look like no format are read as the file's format, so the
-                // error names the missing field.
-                (Some(f), _) => f,
-                (None, Some(d)) => {
-                    format = Some(d);
-                    d
-                }
-                (None, None) => {
-                    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-                    c.push(Issue::line(n, format!("fields {keys:?} match no known format (prompt+completion, instruction+output, messages, conversations, text+label)")));
-                    continue;
-                }
-            };
-            match crate::data::formats::extract(fmt, obj, n) {
-                Ok(r) => {
-                    records.push(r);
-                    lines.push(n);
-                }
-                Err(i) => c.push(i),
             }
         }
     }
-    let limits = &opts.limits;
+    if c.total > 0 {
+        return None;
+    }
+    for row in body {
+        if row.fields.len() != header.len() {
+            c.push(Issue::at(
+                row.line,
+                row.fields.len().min(header.len()) + 1,
+                format!("row has {} fields; the header has {}", row.fields.len(), header.len()),
+            ));
+            continue;
+        }
+        match crate::data::formats::extract(
+            fmt,
+            &crate::data::formats::CsvFields { header: &header, values: &row.fields },
+            row.line,
+        ) {
+            Ok(r) => {
+                records.push(r);
+                lines.push(row.line);
+            }
+            Err(mut i) => {
+                i.column = i.field.as_ref().and_then(|f| header.iter().position(|h| h == f)).map(|p| p + 1);
+                c.push(i)
+            }
+        }
+    }
+    Some(Rows { format: Some(fmt), records, lines })
+}
+
+/// Reads JSONL lines: the format is detected per line (or forced), and a line in
+/// another format than the ones before it is an issue.
+fn read_jsonl(text: &str, forced: Option<Format>, c: &mut Collector) -> Rows {
+    let (mut records, mut lines) = (Vec::new(), Vec::new());
+    let mut format = forced;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                c.push(Issue::at(n, e.column(), format!("invalid JSON: {e}")));
+                continue;
+            }
+        };
+        let Some(obj) = v.as_object() else {
+            c.push(Issue::line(n, "is not a JSON object"));
+            continue;
+        };
+        let detected = Format::detect(|k| obj.contains_key(k));
+        let fmt = match (format, detected) {
+            (Some(f), Some(d)) if f != d && forced.is_none() => {
+                c.push(Issue::line(n, format!("is {} but earlier lines are {} (mixed formats)", d.name(), f.name())));
+                continue;
+            }
+            // Lines that look like no format are read as the file's format, so the
+            // error names the missing field.
+            (Some(f), _) => f,
+            (None, Some(d)) => {
+                format = Some(d);
+                d
+            }
+            (None, None) => {
+                let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+                c.push(Issue::line(n, format!("fields {keys:?} match no known format (prompt+completion, instruction+output, messages, conversations, text+label)")));
+                continue;
+            }
+        };
+        match crate::data::formats::extract(fmt, obj, n) {
+            Ok(r) => {
+                records.push(r);
+                lines.push(n);
+            }
+            Err(i) => c.push(i),
+        }
+    }
+    Rows { format, records, lines }
+}
+
+/// Row count and field length limits.
+fn check_limits(records: &[Record], lines: &[usize], limits: &Limits, c: &mut Collector) {
     if records.len() > limits.max_rows {
         c.push(Issue::line(
             lines[limits.max_rows],
             format!("the file has {} rows; the limit is {}", records.len(), limits.max_rows),
         ));
     }
-    for (r, &line) in records.iter().zip(&lines) {
+    for (r, &line) in records.iter().zip(lines) {
         let mut fields = vec![("prompt", &r.prompt), ("completion", &r.completion)];
         fields.extend(r.history.iter().map(|m| ("history", &m.content)));
         for (field, v) in fields {
@@ -389,50 +428,44 @@ pub fn parse(
             }
         }
     }
-    let Some(format) = format else {
-        if c.total == 0 {
-            c.push(Issue::line(0, "has no examples"));
-        }
-        return Err(reject(c));
-    };
-    if c.total > 0 {
-        return Err(reject(c));
+}
+
+/// The sorted label set of a classification task; too many labels, fewer than two, or
+/// a label seen only once are issues.
+fn label_set(records: &[Record], lines: &[usize], limits: &Limits, c: &mut Collector) -> Vec<String> {
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (r, &line) in records.iter().zip(lines) {
+        first_line.entry(r.completion.as_str()).or_insert(line);
+        *counts.entry(r.completion.as_str()).or_insert(0) += 1;
     }
-    let kind = opts.kind.unwrap_or_else(|| infer_kind(format, &records, limits.max_labels));
-    let mut labels = Vec::new();
-    if kind == TaskKind::Classification {
-        let mut first_line: HashMap<&str, usize> = HashMap::new();
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for (r, &line) in records.iter().zip(&lines) {
-            first_line.entry(r.completion.as_str()).or_insert(line);
-            *counts.entry(r.completion.as_str()).or_insert(0) += 1;
-        }
-        let mut by_line: Vec<(&str, usize)> = first_line.iter().map(|(k, v)| (*k, *v)).collect();
-        by_line.sort_by_key(|x| x.1);
-        if by_line.len() > limits.max_labels {
-            c.push(Issue::field(
-                by_line[limits.max_labels].1,
-                "label",
-                format!("{} distinct labels; the limit is {}", by_line.len(), limits.max_labels),
-            ));
-        } else if by_line.len() < 2 {
-            c.push(Issue::field(0, "label", "a classification task needs at least two labels".into()));
-        }
-        for (label, line) in &by_line {
-            if counts[label] == 1 && by_line.len() <= limits.max_labels {
-                c.push(Issue::field(*line, "label", format!("label `{label}` is seen only once")));
-            }
-        }
-        labels = by_line.iter().map(|(l, _)| l.to_string()).collect();
-        labels.sort();
+    let mut by_line: Vec<(&str, usize)> = first_line.iter().map(|(k, v)| (*k, *v)).collect();
+    by_line.sort_by_key(|x| x.1);
+    if by_line.len() > limits.max_labels {
+        c.push(Issue::field(
+            by_line[limits.max_labels].1,
+            "label",
+            format!("{} distinct labels; the limit is {}", by_line.len(), limits.max_labels),
+        ));
+    } else if by_line.len() < 2 {
+        c.push(Issue::field(0, "label", "a classification task needs at least two labels".into()));
     }
-    if c.total > 0 {
-        return Err(reject(c));
+    for (label, line) in &by_line {
+        if counts[label] == 1 && by_line.len() <= limits.max_labels {
+            c.push(Issue::field(*line, "label", format!("label `{label}` is seen only once")));
+        }
     }
+    let mut labels: Vec<String> = by_line.iter().map(|(l, _)| l.to_string()).collect();
+    labels.sort();
+    labels
+}
+
+/// What is worth knowing about an accepted dataset: duplicates, class imbalance.
+fn warnings(records: &[Record], lines: &[usize], kind: TaskKind) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut seen: HashMap<&Record, usize> = HashMap::new();
     let mut dups = Vec::new();
-    for (r, &line) in records.iter().zip(&lines) {
+    for (r, &line) in records.iter().zip(lines) {
         if let Some(&first) = seen.get(r) {
             dups.push(format!("line {line} repeats line {first}"));
         } else {
@@ -460,7 +493,7 @@ pub fn parse(
             warnings.push(format!("class imbalance: the largest label has {hi} examples, the smallest {lo}"));
         }
     }
-    Ok(Dataset { format, kind, labels, records, lines, warnings })
+    warnings
 }
 
 /// Classification when the completions form a small closed set of short answers, each

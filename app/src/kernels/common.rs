@@ -1,0 +1,168 @@
+//! What every kernel shares: f32 views of CPU storage, the thread count, and the matrix
+//! product on the tensors' own buffers (a system BLAS when loaded, else `gemm`).
+
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
+
+pub(super) type CResult<T> = candle_core::Result<T>;
+
+/// Whether `x` can take the fused path: f32 on the CPU.
+pub fn eligible(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => match l.contiguous_offsets() {
+            Some((a, b)) => Ok(&v[a..b]),
+            None => candle_core::bail!("{op}: input is not contiguous"),
+        },
+        _ => candle_core::bail!("{op}: f32 only"),
+    }
+}
+
+/// Runs `f` on the f32 buffer of `t` (made contiguous first).
+pub(super) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(cs) => f(slice(cs, l, op)?),
+        _ => candle_core::bail!("{op}: CPU only"),
+    }
+}
+
+pub(super) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> CResult<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+pub(super) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Panics unless every index the strides reach lies inside the slices (the safety
+/// condition of the unsafe products); handles empty products (zeroing `dst` unless
+/// accumulating) and returns whether a product remains to be computed.
+pub(super) fn operands_fit(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+) -> bool {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return false;
+    }
+    true
+}
+
+/// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
+/// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+    scale: f32,
+) {
+    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
+        return;
+    }
+    if let Some(b) = crate::kernels::blas::get() {
+        if b.sgemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale) {
+            return;
+        }
+    }
+    mm_gemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale, true);
+}
+
+/// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mm_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+    scale: f32,
+    parallel: bool,
+) {
+    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
+        return;
+    }
+    let t = threads();
+    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
+    // `dst` does not alias `lhs` or `rhs` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+pub(super) fn dims2(l: &Layout, op: &str) -> CResult<(usize, usize)> {
+    match l.dims() {
+        [a, b] => Ok((*a, *b)),
+        d => candle_core::bail!("{op}: expected a matrix, got shape {d:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+
+    #[test]
+    fn system_blas_agrees_with_gemm() {
+        // Runs where a BLAS is installed (CI installs OpenBLAS); the gemm path is what
+        // every other machine uses and is covered by the tests below either way.
+        let Some(blas) = crate::kernels::blas::get() else { return };
+        let (m, n, k) = (7, 5, 9);
+        let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        for (ls, rs) in [((k, 1), (n, 1)), ((1, m), (n, 1)), ((k, 1), (1, k)), ((1, m), (1, k))] {
+            for accumulate in [false, true] {
+                let mut a = vec![1f32; m * n];
+                let mut b = a.clone();
+                assert!(blas.sgemm((m, n, k), &mut a, accumulate, &lhs, ls, &rhs, rs, 0.5));
+                mm_gemm((m, n, k), &mut b, accumulate, &lhs, ls, &rhs, rs, 0.5, true);
+                assert_eq!(a, b, "strides {ls:?} {rs:?}, accumulate {accumulate}");
+            }
+        }
+    }
+}

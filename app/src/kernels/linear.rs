@@ -1,0 +1,189 @@
+//! The linear layer with optional LoRA: `x Wᵀ + b + s·(x Aᵀ) Bᵀ` with a frozen `W`;
+//! backward computes `∂x`, `∂A`, `∂B`, never `∂W`, and recomputes `x Aᵀ` rather than
+//! keeping it.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+use super::common::*;
+use crate::Result;
+
+pub(super) struct FrozenLinear {
+    weight: Tensor,
+    bias: Option<Vec<f32>>,
+}
+
+pub(super) struct LoraLinear {
+    weight: Tensor,
+    bias: Option<Vec<f32>>,
+    scale: f32,
+}
+
+/// `x Wᵀ (+ b)` into a fresh `(n, out)` buffer.
+pub(super) fn base_forward(
+    x: &[f32],
+    n: usize,
+    fin: usize,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+) -> CResult<Vec<f32>> {
+    let (fout, win) = weight.dims2()?;
+    if win != fin {
+        candle_core::bail!("fused linear: input has {fin} features, the weight expects {win}");
+    }
+    let mut y = vec![0f32; n * fout];
+    if let Some(b) = bias {
+        for row in y.chunks_mut(fout) {
+            row.copy_from_slice(b);
+        }
+    }
+    with_f32(weight, "fused linear", |w| {
+        mm((n, fout, fin), &mut y, bias.is_some(), x, (fin, 1), w, (1, fin), 1.0);
+        Ok(())
+    })?;
+    Ok(y)
+}
+
+/// `g W`: the input gradient of a frozen linear layer.
+pub(super) fn base_backward(g: &[f32], n: usize, weight: &Tensor) -> CResult<Vec<f32>> {
+    let (fout, fin) = weight.dims2()?;
+    let mut gx = vec![0f32; n * fin];
+    with_f32(weight, "fused linear", |w| {
+        mm((n, fin, fout), &mut gx, false, g, (fout, 1), w, (fin, 1), 1.0);
+        Ok(())
+    })?;
+    Ok(gx)
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "fused-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let (n, fin) = dims2(l, self.name())?;
+        let y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
+        Ok((CpuStorage::F32(y), Shape::from((n, self.weight.dim(0)?))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let (n, fin) = arg.dims2()?;
+        let gx = with_f32(grad, self.name(), |g| base_backward(g, n, &self.weight))?;
+        Ok(Some(tensor(gx, (n, fin))?))
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "fused-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, a, b) = (slice(s1, l1, name)?, slice(s2, l2, name)?, slice(s3, l3, name)?);
+        let (n, fin) = dims2(l1, name)?;
+        let (r, ain) = dims2(l2, name)?;
+        let (fout, br) = dims2(l3, name)?;
+        if ain != fin || br != r || fout != self.weight.dim(0)? {
+            candle_core::bail!(
+                "{name}: LoRA factors {:?} and {:?} do not fit input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let mut y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
+        let mut h = vec![0f32; n * r];
+        mm((n, r, fin), &mut h, false, x, (fin, 1), a, (1, fin), 1.0);
+        mm((n, fout, r), &mut y, true, &h, (r, 1), b, (1, r), self.scale);
+        Ok((CpuStorage::F32(y), Shape::from((n, fout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, fin) = x.dims2()?;
+        let (r, _) = a.dims2()?;
+        let (fout, _) = b.dims2()?;
+        let s = self.scale;
+        let (gx, ga, gb) = with_f32(grad, self.name(), |g| {
+            with_f32(x, self.name(), |xv| {
+                with_f32(a, self.name(), |av| {
+                    with_f32(b, self.name(), |bv| {
+                        let mut gx = base_backward(g, n, &self.weight)?;
+                        // gh = g B (n × r); ∂x += s·gh A; ∂A = s·ghᵀ x; ∂B = s·gᵀ (x Aᵀ).
+                        let mut gh = vec![0f32; n * r];
+                        mm((n, r, fout), &mut gh, false, g, (fout, 1), bv, (r, 1), 1.0);
+                        mm((n, fin, r), &mut gx, true, &gh, (r, 1), av, (fin, 1), s);
+                        let mut ga = vec![0f32; r * fin];
+                        mm((r, fin, n), &mut ga, false, &gh, (1, r), xv, (fin, 1), s);
+                        let mut h = vec![0f32; n * r];
+                        mm((n, r, fin), &mut h, false, xv, (fin, 1), av, (1, fin), 1.0);
+                        let mut gb = vec![0f32; fout * r];
+                        mm((fout, r, n), &mut gb, false, g, (1, fout), &h, (r, 1), s);
+                        Ok((gx, ga, gb))
+                    })
+                })
+            })
+        })?;
+        Ok((Some(tensor(gx, (n, fin))?), Some(tensor(ga, (r, fin))?), Some(tensor(gb, (fout, r))?)))
+    }
+}
+
+/// `x Wᵀ + bias + scale · (x Aᵀ) Bᵀ` for `x` `(N, in)`, frozen `weight` `(out, in)` and
+/// optional LoRA factors `A` `(r, in)`, `B` `(out, r)`. Gradients reach `x`, `A` and `B`.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: Option<(&Tensor, &Tensor, f64)>,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    Ok(match lora {
+        None => x.apply_op1(FrozenLinear { weight: weight.clone(), bias })?,
+        Some((a, b, scale)) => x.apply_op3(
+            &a.contiguous()?,
+            &b.contiguous()?,
+            LoraLinear { weight: weight.clone(), bias, scale: scale as f32 },
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::kernels::test_util::{check, randn};
+
+    #[test]
+    fn linear_matches_lora_definition() {
+        // PEFT: y = x Wᵀ + b + (alpha/r) · B(A(x)).
+        let (x, w, bias, a, b) =
+            (randn(&[5, 12], 1), randn(&[7, 12], 2), randn(&[7], 3), randn(&[3, 12], 4), randn(&[7, 3], 5));
+        check(
+            &[x.clone(), a, b],
+            |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5))).unwrap(),
+            |t| {
+                let base = t[0].matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+                let low = t[0].matmul(&t[1].t().unwrap()).unwrap().matmul(&t[2].t().unwrap()).unwrap();
+                (base + (low * 2.5).unwrap()).unwrap()
+            },
+            1e-5,
+        );
+        check(&[x], |t| linear(&t[0], &w, None, None).unwrap(), |t| t[0].matmul(&w.t().unwrap()).unwrap(), 1e-5);
+    }
+}

@@ -1,0 +1,122 @@
+//! What a run optimises: the [`Objective`] trait (variables, checkpoint names, the loss
+//! of a batch), the completion-token loss of a batch, and a LoRA adapter as the plain
+//! objective. The multi-head strategy's heads are another ([`crate::adapter::heads`]).
+
+use candle_core::{Tensor, Var};
+
+use crate::adapter::lora::LoraAdapter;
+use crate::data;
+use crate::model::{Forward, Llama};
+use crate::ops;
+use crate::Result;
+
+/// Mean completion-token loss of a batch and the number of tokens it averages.
+pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<Tensor> {
+    let (hidden, at) = batch_hidden(model, batch, fwd)?;
+    // Logits only where the loss is taken: the LM head is the largest matmul of a
+    // small model, and most positions of an SFT batch are prompt.
+    let logits = model.logits(&hidden.index_select(&at, 0)?)?;
+    ops::cross_entropy(&logits, &batch.targets)
+}
+
+/// Final hidden states of `batch`, flat `(N, hidden)`, and the rows of them whose next
+/// token carries loss (in the order of `batch.targets`). Packed with shared prefixes
+/// where the model can ([`Llama::can_pack`]): each distinct prefix runs once and no
+/// padding runs at all; right-padded otherwise.
+pub fn batch_hidden(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<(Tensor, Tensor)> {
+    if model.can_pack() {
+        return Ok((model.packed_hidden_states(&batch.pack, fwd)?, batch.packed_loss_index.clone()));
+    }
+    let hidden = model.hidden_states(&batch.input_ids, &batch.mask, fwd, None)?;
+    let (b, t, h) = hidden.dims3()?;
+    Ok((hidden.reshape((b * t, h))?, batch.loss_index.clone()))
+}
+
+/// What a training run optimises: its variables, how they are named in a checkpoint, and
+/// the loss of a batch. A plain LoRA adapter is one; the multi-head strategy's shared
+/// adapter plus task heads is another.
+pub trait Objective {
+    /// Every trainable variable, in a fixed order.
+    fn vars(&self) -> Vec<Var>;
+    /// The variables' tensors by checkpoint name, in the order of [`Objective::vars`].
+    fn named_tensors(&self) -> Vec<(String, Tensor)>;
+    /// How many loss terms a batch holds (its weight when micro-batches accumulate).
+    fn loss_items(&self, batch: &data::Batch, _examples: &[usize]) -> usize {
+        batch.loss_tokens
+    }
+    /// The mean loss of `batch`, built from the examples at indices `examples` (dropout
+    /// seeded by `seed` and `micro`, the global micro-batch index).
+    fn loss(&self, model: &Llama, batch: &data::Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor>;
+}
+
+impl Objective for LoraAdapter {
+    fn vars(&self) -> Vec<Var> {
+        LoraAdapter::vars(self)
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        LoraAdapter::named_tensors(self)
+    }
+
+    fn loss(&self, model: &Llama, batch: &data::Batch, _examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
+        batch_loss(model, batch, &Forward::train(self, seed, micro))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::adapter::lora::LoraConfig;
+    use crate::data::Example;
+
+    /// The packed path (shared prefixes, no padding) against the padded one: same loss,
+    /// same gradient for every adapter factor, on rows that share prefixes in every way
+    /// (partly, wholly, not at all), for both rotary layouts, biases and a sliding window.
+    #[test]
+    fn packed_and_padded_batches_agree_in_loss_and_gradients() {
+        use crate::model::config::RopeLayout;
+        use crate::model::{random_model, tiny_config};
+        let examples = [
+            Example { ids: vec![1, 2, 3, 4, 5, 6, 7], prompt_len: 4, ..Default::default() },
+            Example { ids: vec![1, 2, 3, 4, 9, 8], prompt_len: 4, ..Default::default() },
+            Example { ids: vec![1, 2, 3, 10, 11, 12, 13, 14], prompt_len: 3, extra_loss: vec![(1, 2)] },
+            Example { ids: vec![20, 21, 22], prompt_len: 1, ..Default::default() },
+            Example { ids: vec![1, 2, 3, 4, 5, 6, 7], prompt_len: 5, ..Default::default() },
+        ];
+        let refs: Vec<&Example> = examples.iter().collect();
+        let batch = data::make_batch(&refs, 0, &Device::Cpu).unwrap();
+        assert!(batch.pack.len() < batch.tokens, "the rows share prefixes");
+        let mut cfgs = vec![tiny_config()];
+        let mut c = tiny_config();
+        c.rope_layout = RopeLayout::Interleaved;
+        c.attention_bias = true;
+        c.sliding_window = Some(3);
+        cfgs.push(c);
+        for (ci, cfg) in cfgs.into_iter().enumerate() {
+            let model = random_model(cfg, 3 + ci as u64, &Device::Cpu).unwrap();
+            let ad =
+                LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, ..Default::default() }, 5, &Device::Cpu).unwrap();
+            crate::adapter::lora::randomize(&ad, 9, 0.1);
+            let fwd = Forward::eval(Some(&ad));
+            let loss = |hidden: Tensor, at: &Tensor| {
+                ops::cross_entropy(&model.logits(&hidden.index_select(at, 0).unwrap()).unwrap(), &batch.targets)
+                    .unwrap()
+            };
+            let packed = loss(model.packed_hidden_states(&batch.pack, &fwd).unwrap(), &batch.packed_loss_index);
+            let h = model.hidden_states(&batch.input_ids, &batch.mask, &fwd, None).unwrap();
+            let (b, t, w) = h.dims3().unwrap();
+            let padded = loss(h.reshape((b * t, w)).unwrap(), &batch.loss_index);
+            let (lp, lq) = (packed.to_scalar::<f32>().unwrap(), padded.to_scalar::<f32>().unwrap());
+            assert!((lp - lq).abs() < 1e-5, "config {ci}: loss {lp} packed, {lq} padded");
+            let (gp, gq) = (packed.backward().unwrap(), padded.backward().unwrap());
+            for v in ad.vars() {
+                let (a, b) = (gp.get(v.as_tensor()).unwrap(), gq.get(v.as_tensor()).unwrap());
+                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+                let d = crate::model::max_abs_diff(a, b).unwrap();
+                assert!(d / scale < 1e-4, "config {ci}: gradients differ by {d} (scale {scale})");
+            }
+        }
+    }
+}
