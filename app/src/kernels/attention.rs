@@ -13,7 +13,7 @@ use crate::Result;
 /// `k`, `v` `(len, d)`; `softmax` masks and normalises the scaled scores in place.
 /// Writes the probabilities `p` `(rows, len)` (kept for [`attention_block_bwd`]) and the
 /// output `o` `(rows, d)`.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the block's dims, operands, scale and outputs, as a BLAS call lists them
 pub(super) fn attention_block(
     (rows, len, d): (usize, usize, usize),
     q: &[f32],
@@ -31,7 +31,7 @@ pub(super) fn attention_block(
 
 /// The backward of [`attention_block`] from its probabilities `p` and the output
 /// gradient `dout`: writes `dq` `(rows, d)`, `dk` and `dv` `(len, d)`.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the block's dims, operands, scale and outputs, as a BLAS call lists them
 pub(super) fn attention_block_bwd(
     (rows, len, d): (usize, usize, usize),
     (q, k, v): (&[f32], &[f32], &[f32]),

@@ -88,7 +88,7 @@ impl Blas {
     /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs` with `lhs[i, p]` at
     /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`; one stride of each operand
     /// must be 1. Returns `false` (doing nothing) when the shapes do not fit CBLAS.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
     pub fn sgemm(
         &self,
         (m, n, k): (usize, usize, usize),

@@ -64,7 +64,7 @@ pub(super) fn operands_fit(
 
 /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
 /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
 pub(super) fn mm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -87,7 +87,7 @@ pub(super) fn mm(
 }
 
 /// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
 pub(super) fn mm_gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],

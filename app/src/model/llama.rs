@@ -90,6 +90,17 @@ impl<'a> Forward<'a> {
     }
 }
 
+/// What every layer of one padded forward pass shares: the batch shape, the rotary
+/// tables of its positions, the attention mask and the adapter.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    b: usize,
+    t: usize,
+    rope: &'a RopeTables,
+    mask: &'a Tensor,
+    fwd: &'a Forward<'a>,
+}
+
 /// Keys and values of earlier positions, for incremental decoding.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -250,12 +261,13 @@ impl Llama {
         };
         let rope = RopeTables::new(&positions, &self.inv_freq, dev)?;
         let attn_mask = ops::attention_mask(&key_mask, t, past, cfg.sliding_window, dev)?.to_dtype(self.dtype())?;
+        let pass = Pass { b, t, rope: &rope, mask: &attn_mask, fwd };
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // (B*T, H)
         let mut cache = cache;
         for (li, block) in self.blocks.iter().enumerate() {
             let h = ops::rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[li]);
-            let a = self.attention(li, block, &h, b, t, &rope, &attn_mask, fwd, layer_cache)?;
+            let a = self.attention(li, block, &h, &pass, layer_cache)?;
             x = (x + a)?;
             let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
             let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
@@ -313,19 +325,17 @@ impl Llama {
         ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Self-attention of block `li` on `x` `(B·T, hidden)` (with the block's cache slot
+    /// when decoding): q/k/v projections, rotary, attention, output projection.
     fn attention(
         &self,
         li: usize,
         block: &Block,
         x: &Tensor,
-        b: usize,
-        t: usize,
-        rope: &RopeTables,
-        mask: &Tensor,
-        fwd: &Forward,
+        pass: &Pass,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
+        let Pass { b, t, rope, mask, fwd } = *pass;
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let q = fwd.project(li, Target::Q, block.linear(Target::Q), x)?;

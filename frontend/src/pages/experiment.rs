@@ -60,6 +60,9 @@ pub fn apply(e: &mut Experiment, ev: &Event) {
     }
 }
 
+/// The live Experiment page. One component on purpose: the event stream, the curves and
+/// the run table share its signals, and most of its length is `view!` markup; the
+/// stream parsing and chart shaping live in `api.rs` and `chart.rs`, tested natively.
 #[component]
 pub fn ExperimentPage() -> impl IntoView {
     let id = route_id();

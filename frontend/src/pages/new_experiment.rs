@@ -88,6 +88,10 @@ pub fn parse_hyper(
     }
 }
 
+/// The New experiment page. One component on purpose: every field's signal is read by
+/// the estimate and the submit handler, and most of its length is `view!` markup; the
+/// logic it needs (form parsing, the estimate) lives in plain functions above, tested
+/// natively.
 #[component]
 pub fn NewExperimentPage() -> impl IntoView {
     let datasets = RwSignal::new(Vec::<Dataset>::new());
