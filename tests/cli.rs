@@ -184,7 +184,7 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
         &t1,
         &t2,
         "--strategies",
-        "combined,sequential",
+        "combined,sequential,multi-head",
         "--budget-tokens",
         "3000",
         "--eval-limit",
@@ -197,6 +197,19 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
     assert!(r.status.success(), "{}", text(&r));
     assert!(text(&r).contains("## Recommendation") && text(&r).contains("sequential (continue)"), "{}", text(&r));
     assert!(out.join("report.json").exists() && out.join("charts/scores.png").exists());
+    // The multi-head run answers through its heads: a classifier task with its labels.
+    let heads_dir = out.join("adapters/multi-head");
+    let h = heads_dir.to_str().unwrap();
+    let prompt = "Classify the sentiment of this review as positive or negative.\nReview: Great food.";
+    let r = run(&["generate", "--model", "tiny", "--adapter", h, "--task", "sentiment", "--prompt", prompt]);
+    assert!(r.status.success(), "{}", text(&r));
+    let lines: Vec<String> = String::from_utf8_lossy(&r.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "one line per label: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("positive")) && lines.iter().any(|l| l.starts_with("negative")));
+    let r = run(&["generate", "--model", "tiny", "--adapter", h, "--task", "nope", "--prompt", "x"]);
+    assert!(!r.status.success() && text(&r).contains("no head for task `nope`"), "{}", text(&r));
+    let r = run(&["generate", "--model", "tiny", "--task", "sentiment", "--prompt", "x"]);
+    assert!(!r.status.success() && text(&r).contains("--task needs --adapter"), "{}", text(&r));
     let redraw = dir.path().join("again");
     let r = run(&["charts", "--report", out.join("report.json").to_str().unwrap(), "--out", redraw.to_str().unwrap()]);
     assert!(r.status.success(), "{}", text(&r));

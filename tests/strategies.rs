@@ -221,6 +221,18 @@ fn multi_head_classifier_learns_a_separable_task() {
     let loaded = MultiHead { adapter, heads: MultiHead::load_heads(dir, &model).unwrap(), routes: vec![] };
     let e = heads::evaluate_task(&loaded, &model, &tok, 0, &tasks[0].eval, &cfg.eval).unwrap();
     assert_eq!(e.headline().1.value, 1.0);
+    // The engine's inference (what `generate --task` and the playground call) answers a
+    // held-out prompt through the head: label probabilities, the right one first.
+    let run = MultiHead::load(dir, &model).unwrap();
+    for r in &tasks[0].eval[..6] {
+        let Some(heads::Answer::Labels(probs)) = run.answer(&model, &tok, "colours", None, &r.prompt).unwrap() else {
+            panic!("a classifier head answers with labels")
+        };
+        assert_eq!(probs[0].0, r.completion, "{:?} → {probs:?}", r.prompt);
+        assert!((probs.iter().map(|p| p.1).sum::<f64>() - 1.0).abs() < 1e-4, "{probs:?}");
+        assert!(probs.windows(2).all(|w| w[0].1 >= w[1].1), "most likely first: {probs:?}");
+    }
+    assert!(run.answer(&model, &tok, "no such task", None, "x").unwrap().is_none());
 }
 
 /// Repeating over seeds: every row averages the seeds, keeps each seed's value, and the
