@@ -135,31 +135,14 @@ pub async fn datasets_create(
                     _ => "jsonl",
                 };
                 let path = tmp_dir.join(format!("{}.{ext}", files::new_id()));
-                let mut f = tokio::fs::File::create(&path).await?;
-                let mut field = field;
-                let mut bytes = 0u64;
                 upload = Some((filename.clone(), path.clone(), 0));
-                loop {
-                    match field.chunk().await {
-                        Ok(Some(chunk)) => {
-                            bytes += chunk.len() as u64;
-                            if bytes > limit {
-                                drop(f);
-                                cleanup(&upload);
-                                return Err(too_large(limit));
-                            }
-                            f.write_all(&chunk).await?;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            drop(f);
-                            cleanup(&upload);
-                            return Err(multipart_error(e, limit));
-                        }
+                match receive_file(field, &path, limit).await {
+                    Ok(bytes) => upload = Some((filename, path, bytes)),
+                    Err(e) => {
+                        cleanup(&upload);
+                        return Err(e);
                     }
                 }
-                f.sync_all().await?;
-                upload = Some((filename, path, bytes));
             }
             _ => {}
         }
@@ -183,6 +166,32 @@ pub async fn datasets_create(
     };
     let d = store(&s, tmp, &filename, task, bytes).await?;
     Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// Streams one multipart file field into `path` (fsynced), refusing it past `limit`
+/// bytes. Returns its size; on an error the caller deletes the partial file.
+async fn receive_file(
+    mut field: axum::extract::multipart::Field<'_>,
+    path: &std::path::Path,
+    limit: u64,
+) -> ApiResult<u64> {
+    let mut f = tokio::fs::File::create(path).await?;
+    let mut bytes = 0u64;
+    loop {
+        match field.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if bytes > limit {
+                    return Err(too_large(limit));
+                }
+                f.write_all(&chunk).await?;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, limit)),
+        }
+    }
+    f.sync_all().await?;
+    Ok(bytes)
 }
 
 /// Validates the file at `tmp` (an upload in the temporary folder) and, if it is a

@@ -102,6 +102,36 @@ pub async fn experiments_create(
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<ExperimentCreate>,
 ) -> ApiResult<(StatusCode, Json<Experiment>)> {
+    let (errors, used) = check_experiment(&s, &spec)?;
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the experiment is not valid", errors));
+    }
+    let id = files::new_id();
+    let spec_json = serde_json::to_string(&spec)?;
+    s.db.with(|c| {
+        let tx = c.transaction()?;
+        tx.execute(
+            &format!(
+                "INSERT INTO experiments (id, name, spec, status, created_at) VALUES (?1, ?2, ?3, 'queued', {NOW})"
+            ),
+            params![id, spec.name.trim(), spec_json],
+        )?;
+        for d in &used {
+            tx.execute(
+                "INSERT OR IGNORE INTO experiment_datasets (experiment_id, dataset_id) VALUES (?1, ?2)",
+                params![id, d],
+            )?;
+        }
+        tx.commit()
+    })?;
+    s.publish(&s.db, &id, Event::Status { status: Status::Queued, message: None })?;
+    let _ = s.wake.try_send(());
+    Ok((StatusCode::CREATED, Json(load(&s, &id)?)))
+}
+
+/// Everything wrong with an experiment request (its fields, its datasets, its model, its
+/// engine settings), and the datasets it uses.
+fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<String>, Vec<String>)> {
     let mut errors = Vec::new();
     if spec.name.trim().is_empty() || spec.name.chars().count() > 100 {
         errors.push("name: give a name of 1 to 100 characters".to_string());
@@ -170,33 +200,10 @@ pub async fn experiments_create(
     if let Err(e) = s.model_source(&spec.model) {
         errors.push(format!("model: {}", e.message));
     }
-    if let Err(e) = jobs::compare_config(&spec) {
+    if let Err(e) = jobs::compare_config(spec) {
         errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details });
     }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid("the experiment is not valid", errors));
-    }
-    let id = files::new_id();
-    let spec_json = serde_json::to_string(&spec)?;
-    s.db.with(|c| {
-        let tx = c.transaction()?;
-        tx.execute(
-            &format!(
-                "INSERT INTO experiments (id, name, spec, status, created_at) VALUES (?1, ?2, ?3, 'queued', {NOW})"
-            ),
-            params![id, spec.name.trim(), spec_json],
-        )?;
-        for d in &used {
-            tx.execute(
-                "INSERT OR IGNORE INTO experiment_datasets (experiment_id, dataset_id) VALUES (?1, ?2)",
-                params![id, d],
-            )?;
-        }
-        tx.commit()
-    })?;
-    s.publish(&s.db, &id, Event::Status { status: Status::Queued, message: None })?;
-    let _ = s.wake.try_send(());
-    Ok((StatusCode::CREATED, Json(load(&s, &id)?)))
+    Ok((errors, used))
 }
 
 /// `POST /api/experiments/{id}/cancel`: a queued experiment is cancelled at once, a
