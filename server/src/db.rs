@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use multitune_api::{Run, Status};
+use multitune_api::{Dataset, Run, Status};
 use rusqlite::{Connection, Row};
 
 /// The migrations, in order; `user_version` counts those applied.
@@ -66,6 +66,29 @@ impl Db {
 
 /// `now` as RFC 3339 (UTC, seconds).
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')";
+
+/// The columns of `datasets` that [`dataset_row`] maps, in its order.
+pub const DATASET_COLUMNS: &str = "id, name, filename, format, kind, rows, bytes, labels, warnings, created_at";
+
+/// A `datasets` row (selected as [`DATASET_COLUMNS`]) as the API's [`Dataset`].
+pub fn dataset_row(r: &Row) -> rusqlite::Result<Dataset> {
+    let json = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let s: String = r.get(i)?;
+        Ok(serde_json::from_str(&s).unwrap_or_default())
+    };
+    Ok(Dataset {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        filename: r.get(2)?,
+        format: r.get(3)?,
+        kind: r.get(4)?,
+        rows: r.get::<_, i64>(5)? as usize,
+        bytes: r.get::<_, i64>(6)? as u64,
+        labels: json(7)?,
+        warnings: json(8)?,
+        created_at: r.get(9)?,
+    })
+}
 
 /// The columns of `runs` that [`run_row`] maps, in its order.
 pub const RUN_COLUMNS: &str =

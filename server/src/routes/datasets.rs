@@ -6,40 +6,20 @@ use axum::http::StatusCode;
 use axum::Json;
 use multitune::data::{self, LoadOptions};
 use multitune_api::{Dataset, DatasetDetail, PreviewRow};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
 use tokio::io::AsyncWriteExt;
 
-use crate::db::NOW;
+use crate::db::{dataset_row, DATASET_COLUMNS, NOW};
 use crate::error::{ApiError, ApiResult};
 use crate::files::{self, check_id};
 use crate::state::AppState;
 
-const COLUMNS: &str = "id, name, filename, format, kind, rows, bytes, labels, warnings, created_at";
-
-fn row(r: &Row) -> rusqlite::Result<Dataset> {
-    let json = |i: usize| -> rusqlite::Result<Vec<String>> {
-        let s: String = r.get(i)?;
-        Ok(serde_json::from_str(&s).unwrap_or_default())
-    };
-    Ok(Dataset {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        filename: r.get(2)?,
-        format: r.get(3)?,
-        kind: r.get(4)?,
-        rows: r.get::<_, i64>(5)? as usize,
-        bytes: r.get::<_, i64>(6)? as u64,
-        labels: json(7)?,
-        warnings: json(8)?,
-        created_at: r.get(9)?,
-    })
-}
-
 /// `GET /api/datasets`.
 pub async fn datasets_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Dataset>>> {
     let list = s.db.with(|c| {
-        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM datasets ORDER BY created_at DESC, rowid DESC"))?;
-        let rows = st.query_map([], row)?.collect();
+        let mut st =
+            c.prepare(&format!("SELECT {DATASET_COLUMNS} FROM datasets ORDER BY created_at DESC, rowid DESC"))?;
+        let rows = st.query_map([], dataset_row)?.collect();
         rows
     })?;
     Ok(Json(list))
@@ -48,8 +28,10 @@ pub async fn datasets_index(State(s): State<AppState>) -> ApiResult<Json<Vec<Dat
 fn find(s: &AppState, id: &str) -> ApiResult<(Dataset, String)> {
     check_id("dataset", id)?;
     s.db.with(|c| {
-        c.query_row(&format!("SELECT {COLUMNS}, file FROM datasets WHERE id = ?1"), [id], |r| Ok((row(r)?, r.get(10)?)))
-            .optional()
+        c.query_row(&format!("SELECT {DATASET_COLUMNS}, file FROM datasets WHERE id = ?1"), [id], |r| {
+            Ok((dataset_row(r)?, r.get(10)?))
+        })
+        .optional()
     })?
     .ok_or_else(|| ApiError::not_found("dataset", id))
 }
