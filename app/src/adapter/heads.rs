@@ -337,7 +337,7 @@ impl Objective for MultiHead {
     }
 
     fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
-        let (flat, at) = crate::train::batch_hidden(model, batch, &Forward::train(&self.adapter, seed, micro))?;
+        let (flat, at) = model.batch_hidden(batch, &Forward::train(&self.adapter, seed, micro))?;
         let positions: Vec<u32> = at.to_vec1()?;
         let targets: Vec<u32> = batch.targets.to_vec1()?;
         // Per head: the rows it reads and what it should predict there.

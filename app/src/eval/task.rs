@@ -124,7 +124,7 @@ pub fn completion_nll(
         if batch.loss_tokens == 0 {
             continue;
         }
-        let (hidden, at) = crate::train::batch_hidden(model, &batch, &fwd)?;
+        let (hidden, at) = model.batch_hidden(&batch, &fwd)?;
         let picked = hidden.index_select(&at, 0)?;
         let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut at = 0;

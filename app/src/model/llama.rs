@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::adapter::lora::{LoraAdapter, Target};
 use crate::data::pack::Pack;
+use crate::data::Batch;
 use crate::model::config::ModelConfig;
 use crate::ops::{self, RopeTables};
 use crate::rng::{self, streams};
@@ -286,6 +287,19 @@ impl Llama {
         }
         let x = ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
         Ok(x.reshape((b, t, cfg.hidden_size))?)
+    }
+
+    /// Final hidden states of `batch`, flat `(N, hidden)`, and the rows of them whose next
+    /// token carries loss (in the order of `batch.targets`). Packed with shared prefixes
+    /// where the model can ([`Llama::can_pack`]): each distinct prefix runs once and no
+    /// padding runs at all; right-padded otherwise.
+    pub fn batch_hidden(&self, batch: &Batch, fwd: &Forward) -> Result<(Tensor, Tensor)> {
+        if self.can_pack() {
+            return Ok((self.packed_hidden_states(&batch.pack, fwd)?, batch.packed_loss_index.clone()));
+        }
+        let hidden = self.hidden_states(&batch.input_ids, &batch.mask, fwd, None)?;
+        let (b, t, h) = hidden.dims3()?;
+        Ok((hidden.reshape((b * t, h))?, batch.loss_index.clone()))
     }
 
     /// Whether [`Llama::packed_hidden_states`] runs here: f32 weights on the CPU (the

@@ -12,24 +12,11 @@ use crate::Result;
 
 /// Mean completion-token loss of a batch and the number of tokens it averages.
 pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<Tensor> {
-    let (hidden, at) = batch_hidden(model, batch, fwd)?;
+    let (hidden, at) = model.batch_hidden(batch, fwd)?;
     // Logits only where the loss is taken: the LM head is the largest matmul of a
     // small model, and most positions of an SFT batch are prompt.
     let logits = model.logits(&hidden.index_select(&at, 0)?)?;
     ops::cross_entropy(&logits, &batch.targets)
-}
-
-/// Final hidden states of `batch`, flat `(N, hidden)`, and the rows of them whose next
-/// token carries loss (in the order of `batch.targets`). Packed with shared prefixes
-/// where the model can ([`Llama::can_pack`]): each distinct prefix runs once and no
-/// padding runs at all; right-padded otherwise.
-pub fn batch_hidden(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<(Tensor, Tensor)> {
-    if model.can_pack() {
-        return Ok((model.packed_hidden_states(&batch.pack, fwd)?, batch.packed_loss_index.clone()));
-    }
-    let hidden = model.hidden_states(&batch.input_ids, &batch.mask, fwd, None)?;
-    let (b, t, h) = hidden.dims3()?;
-    Ok((hidden.reshape((b * t, h))?, batch.loss_index.clone()))
 }
 
 /// What a training run optimises: its variables, how they are named in a checkpoint, and
