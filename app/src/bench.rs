@@ -41,6 +41,11 @@ impl Mode {
             Mode::Rank => "rank",
         }
     }
+
+    /// The mode called `name` ([`Mode::name`]).
+    pub fn parse(name: &str) -> Option<Mode> {
+        [Mode::Train, Mode::Eval, Mode::Rank].into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// The adapter both implementations train, in PEFT's terms.

@@ -40,23 +40,6 @@ pub fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// A task name from an uploaded file's name: letters, digits, `-` and `_` only.
-pub fn task_name(filename: &str) -> String {
-    let base = filename.rsplit(['/', '\\']).next().unwrap_or("");
-    let stem = base.split('.').next().unwrap_or("");
-    let clean: String = stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .take(64)
-        .collect();
-    let clean = clean.trim_matches('_').to_string();
-    if clean.is_empty() {
-        "task".into()
-    } else {
-        clean
-    }
-}
-
 /// The layout of a data folder.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -167,13 +150,5 @@ mod tests {
         {
             assert!(check_id("x", bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn task_names_are_clean() {
-        assert_eq!(task_name("sentiment.jsonl"), "sentiment");
-        assert_eq!(task_name("../../etc/pass wd.csv"), "pass_wd");
-        assert_eq!(task_name("C:\\x\\my-task.json"), "my-task");
-        assert_eq!(task_name("...."), "task");
     }
 }

@@ -80,11 +80,8 @@ impl BenchWorkerArgs {
             println!("{}", serde_json::json!({ "impl": "multitune", "matmul_gflops": g }));
             return Ok(());
         }
-        let mode = match self.mode.as_str() {
-            "train" => Mode::Train,
-            "eval" => Mode::Eval,
-            "rank" => Mode::Rank,
-            m => bail!("unknown bench mode `{m}` (train, eval, rank, peak)"),
+        let Some(mode) = Mode::parse(&self.mode) else {
+            bail!("unknown bench mode `{}` (train, eval, rank, peak)", self.mode)
         };
         let path = self.workload.as_ref().context("--workload is required")?;
         let w: Workload = serde_json::from_str(&std::fs::read_to_string(path)?)?;
@@ -197,11 +194,9 @@ impl BenchArgs {
     fn modes(&self) -> anyhow::Result<Vec<Mode>> {
         self.modes
             .split(',')
-            .map(|m| match m.trim() {
-                "train" => Ok(Mode::Train),
-                "eval" => Ok(Mode::Eval),
-                "rank" => Ok(Mode::Rank),
-                m => bail!("unknown mode `{m}` in --modes (train, eval, rank)"),
+            .map(|m| {
+                Mode::parse(m.trim())
+                    .with_context(|| format!("unknown mode `{}` in --modes (train, eval, rank)", m.trim()))
             })
             .collect()
     }

@@ -113,9 +113,9 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     pb
 }
 
-/// The file stem of `p`: a task's name on the command line.
+/// A task's name on the command line: its file's name, as the server names uploads.
 fn task_name(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+    crate::data::task_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
 /// Parses the process's arguments and runs them; prints an error and exits 1 on failure.

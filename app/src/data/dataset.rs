@@ -215,6 +215,25 @@ impl Collector {
     }
 }
 
+/// A task's name from its file's name (a path's last part, up to the first `.`): letters,
+/// digits, `-` and `_` only (others become `_`), at most 64; `task` when nothing is left.
+/// The CLI names tasks by their files and the server by uploads, both through this.
+pub fn task_name(filename: &str) -> String {
+    let base = filename.rsplit(['/', '\\']).next().unwrap_or("");
+    let stem = base.split('.').next().unwrap_or("");
+    let clean: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
+    let clean = clean.trim_matches('_').to_string();
+    if clean.is_empty() {
+        "task".into()
+    } else {
+        clean
+    }
+}
+
 /// Reads and judges a dataset file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
@@ -556,6 +575,14 @@ pub fn overlap_warning(train: &[Record], eval: &[Record]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_names_are_clean() {
+        assert_eq!(task_name("sentiment.jsonl"), "sentiment");
+        assert_eq!(task_name("../../etc/pass wd.csv"), "pass_wd");
+        assert_eq!(task_name("C:\\x\\my-task.json"), "my-task");
+        assert_eq!(task_name("...."), "task");
+    }
 
     fn ok(text: &str) -> Dataset {
         parse("t", text.as_bytes(), None, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))

@@ -11,7 +11,7 @@ pub mod formats;
 pub mod pack;
 
 pub use dataset::{
-    infer_kind, load, overlap_warning, parse, split_indices, tokenize, Dataset, Issue, Limits, LoadOptions,
+    infer_kind, load, overlap_warning, parse, split_indices, task_name, tokenize, Dataset, Issue, Limits, LoadOptions,
     OverlongPolicy, Rejection, Split, TaskKind, TaskSpec, TokenReport, MAX_LISTED,
 };
 pub use example::{encode, make_batch, render_prompt, render_record_prompt, Batch, Example, Record};

@@ -134,7 +134,7 @@ pub async fn datasets_create(
     };
     let task = match name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
         Some(n) => {
-            let clean = files::task_name(n);
+            let clean = multitune::data::task_name(n);
             if clean != n {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(ApiError::bad_request(format!(
@@ -144,7 +144,7 @@ pub async fn datasets_create(
             }
             clean
         }
-        None => files::task_name(&filename),
+        None => multitune::data::task_name(&filename),
     };
     let d = store(&s, tmp, &filename, task, bytes).await?;
     Ok((StatusCode::CREATED, Json(d)))
@@ -286,7 +286,7 @@ pub async fn import_demo(s: &AppState, dir: &std::path::Path) -> ApiResult<usize
             let filename = p.file_name().and_then(|n| n.to_str()).unwrap_or("demo.jsonl").to_string();
             let tmp = s.data.tmp().join(format!("{}.jsonl", files::new_id()));
             let bytes = std::fs::copy(&p, &tmp)?;
-            store(s, tmp, &filename, format!("{}{suffix}", files::task_name(&filename)), bytes).await?;
+            store(s, tmp, &filename, format!("{}{suffix}", multitune::data::task_name(&filename)), bytes).await?;
             n += 1;
         }
     }
