@@ -5,6 +5,7 @@
 pub mod db;
 pub mod error;
 pub mod files;
+pub mod guard;
 pub mod jobs;
 pub mod models;
 pub mod routes;

@@ -37,6 +37,10 @@ struct Args {
     /// when the server has no datasets yet.
     #[arg(long, env = "MULTITUNE_DEMO")]
     demo: Option<PathBuf>,
+    /// A host name this server may be reached by, besides loopback names and IP
+    /// addresses (requests naming other hosts are refused: DNS rebinding protection).
+    #[arg(long = "allowed-host", env = "MULTITUNE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
 }
 
 /// mimalloc keeps freed memory for reuse across training steps (see the CLI's note).
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         device: a.device,
         request_timeout_s: a.request_timeout_s,
         demo_dir: a.demo,
+        allowed_hosts: a.allowed_hosts,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

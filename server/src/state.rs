@@ -38,6 +38,8 @@ pub struct Config {
     pub request_timeout_s: u64,
     /// Demo task folder imported when the server has no datasets.
     pub demo_dir: Option<PathBuf>,
+    /// Host names (beyond loopback names and IP addresses) requests may name.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Config {
@@ -53,6 +55,7 @@ impl Config {
             device: "auto".into(),
             request_timeout_s: 30,
             demo_dir: None,
+            allowed_hosts: vec![],
         }
     }
 

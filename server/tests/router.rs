@@ -430,3 +430,63 @@ async fn dashboard_files_with_single_page_fallback() {
     let (s, b) = app.get("/api/nope").await;
     assert_eq!((s, error(&b).error.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
 }
+
+/// A page on another site must not drive or read the server: a foreign `Host` (DNS
+/// rebinding) is refused on every route, the dashboard included; a foreign `Origin`,
+/// `Referer` or a cross-site `Sec-Fetch-Site` is refused on writes; same-origin browser
+/// requests and header-less CLI requests pass; every response carries the safety headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_and_cross_site_writes_are_refused() {
+    let dist = tempfile::tempdir().unwrap();
+    std::fs::write(dist.path().join("index.html"), "<!doctype html><title>UI</title>").unwrap();
+    let path = dist.path().to_path_buf();
+    let app = App::new(move |c| {
+        c.dist_dir = Some(path);
+        c.allowed_hosts = vec!["lab.example".into()];
+    });
+    let req = |method: Method, uri: &str, headers: &[(&str, &str)]| {
+        let mut r = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    for uri in ["/api/datasets", "/", "/experiments/x", "/api/experiments/0123456789abcdef/events", "/api/health"] {
+        let (s, h, b) = app.send(req(Method::GET, uri, &[("host", "attacker.test:3000")])).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{uri}");
+        let e = error(&b);
+        assert_eq!(e.error.code, "forbidden_host");
+        assert!(e.error.message.contains("--allowed-host attacker.test"), "{}", e.error.message);
+        assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+    for host in ["127.0.0.1:3000", "localhost:3000", "[::1]:3000", "lab.example"] {
+        let (s, h, _) = app.send(req(Method::GET, "/api/datasets", &[("host", host)])).await;
+        assert_eq!(s, StatusCode::OK, "{host}");
+        assert_eq!(
+            (&h["referrer-policy"], &h["x-frame-options"]),
+            (&"no-referrer".parse().unwrap(), &"DENY".parse().unwrap())
+        );
+        assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+    let (s, _, b) = app.send(req(Method::GET, "/", &[("host", "localhost:3000")])).await;
+    assert_eq!((s, String::from_utf8_lossy(&b).contains("<title>UI")), (StatusCode::OK, true));
+    // Writes: cross-site refused (before anything happens), same-origin and CLI pass.
+    let own = ("host", "127.0.0.1:3000");
+    for bad in [
+        vec![own, ("origin", "http://attacker.test")],
+        vec![own, ("origin", "http://127.0.0.1:8000")],
+        vec![own, ("referer", "http://attacker.test/x")],
+        vec![own, ("sec-fetch-site", "cross-site")],
+    ] {
+        let (s, _, b) = app.send(req(Method::POST, "/api/experiments/0123456789abcdef/cancel", &bad)).await;
+        assert_eq!((s, error(&b).error.code.as_str()), (StatusCode::FORBIDDEN, "cross_site"), "{bad:?}");
+        let (s, _, _) = app.send(req(Method::DELETE, "/api/datasets/0123456789abcdef", &bad)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{bad:?}");
+    }
+    for fine in [vec![own, ("origin", "http://127.0.0.1:3000"), ("sec-fetch-site", "same-origin")], vec![own], vec![]] {
+        let (s, _, _) = app.send(req(Method::POST, "/api/experiments/0123456789abcdef/cancel", &fine)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "passes the guard and finds no experiment: {fine:?}");
+    }
+    let (s, _) = app.upload("sentiment.jsonl", &demo("sentiment.jsonl"), None).await;
+    assert_eq!(s, StatusCode::CREATED, "a CLI upload without Origin");
+}

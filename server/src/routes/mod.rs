@@ -25,6 +25,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::guard;
 use crate::state::AppState;
 
 /// The whole application.
@@ -78,6 +79,9 @@ pub fn router(state: AppState) -> Router {
         .and(NotForContentType::IMAGES)
         .and(NotForContentType::const_new("application/zip"));
     api.merge(ui)
+        .layer(middleware::from_fn(guard::check_origin))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
+        .layer(middleware::from_fn(guard::security_headers))
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -1,0 +1,171 @@
+//! The trust boundary of a server on loopback: any web page the user opens can send
+//! requests to 127.0.0.1, and a DNS-rebinding page (a domain that re-resolves to
+//! 127.0.0.1) can read the answers. So every request's `Host` must name this server
+//! (defeats rebinding), every state-changing request must come from this server's own
+//! pages (`Origin`/`Referer`, `Sec-Fetch-Site`: defeats CSRF), and every response carries
+//! the headers a careful local web app sends. CLI clients (curl, scripts) send no
+//! `Origin` and keep working.
+
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The host part of a `Host` header value (`name[:port]`, `[v6]:port`), lowercased.
+fn host_name(host: &str) -> String {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(n, port)| if port.bytes().all(|b| b.is_ascii_digit()) { n } else { host }),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a request naming `host` may reach this server: loopback names, IP addresses
+/// (a rebinding page always uses a domain name, and a page's origin is the address it
+/// names), and the names given with `--allowed-host`. The port is not checked: a page
+/// cannot make the browser send another site's host name.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || allowed.iter().any(|a| a.trim().trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+/// Refuses requests whose `Host` names another site (403, saying how to allow a name).
+pub async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(host) = req.headers().get(header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !host_allowed(host, &state.cfg.allowed_hosts) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!(
+                    "requests for host `{}` are refused (DNS rebinding protection); to reach this server by that name, \
+                     start it with --allowed-host {} (or MULTITUNE_ALLOWED_HOSTS)",
+                    crate::files::truncate(host, 80),
+                    crate::files::truncate(&host_name(host), 80)
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Why a state-changing request is refused as cross-site, if it is: a `Sec-Fetch-Site`
+/// of `cross-site` or `same-site`, or an `Origin` (failing that, a `Referer`) that is not
+/// `http(s)://<Host>`. Requests without these headers (CLI clients) pass.
+pub fn cross_site(method: &Method, headers: &HeaderMap) -> Option<String> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let get = |h: header::HeaderName| headers.get(h).map(|v| v.to_str().unwrap_or("?").to_string());
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site == "cross-site" || site == "same-site" {
+            return Some(format!("Sec-Fetch-Site: {site}"));
+        }
+    }
+    let host = get(header::HOST)?;
+    let origin = match (get(header::ORIGIN), get(header::REFERER)) {
+        (Some(o), _) => o,
+        (None, Some(r)) => {
+            let rest = r.split_once("://").map_or("", |(_, rest)| rest);
+            let end = rest.find('/').unwrap_or(rest.len());
+            format!("{}://{}", r.split("://").next().unwrap_or(""), &rest[..end])
+        }
+        (None, None) => return None,
+    };
+    let own = ["http", "https"].iter().any(|s| origin.eq_ignore_ascii_case(&format!("{s}://{host}")));
+    (!own).then(|| format!("Origin {}", crate::files::truncate(&origin, 80)))
+}
+
+/// Refuses cross-site state-changing requests (CSRF) with 403.
+pub async fn check_origin(req: Request, next: Next) -> Response {
+    if let Some(why) = cross_site(req.method(), req.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            format!(
+                "a {} request from another site is refused ({why}); use the dashboard or a CLI client",
+                req.method()
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The headers every response carries: no MIME sniffing, no referrer, never framed.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_loopback_addresses_or_allowed_names() {
+        let allowed = vec!["lab.example".to_string()];
+        for ok in [
+            "127.0.0.1:3000",
+            "localhost:3000",
+            "LOCALHOST",
+            "[::1]:3000",
+            "10.1.2.3",
+            "lab.example:3000",
+            "app.localhost",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "attacker.test",
+            "attacker.test:3000",
+            "127.0.0.1.attacker.test",
+            "localhost.attacker.test",
+            "",
+            "lab.example.evil",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_same_origin_or_header_less_writes_pass() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        let host = ("host", "127.0.0.1:3000");
+        assert!(cross_site(&Method::POST, &h(&[host])).is_none(), "a CLI client");
+        assert!(cross_site(&Method::POST, &h(&[host, ("origin", "http://127.0.0.1:3000")])).is_none());
+        assert!(cross_site(&Method::DELETE, &h(&[host, ("referer", "http://127.0.0.1:3000/experiments/1")])).is_none());
+        assert!(cross_site(&Method::GET, &h(&[host, ("origin", "http://attacker.test")])).is_none(), "reads pass");
+        for bad in [
+            vec![host, ("origin", "http://attacker.test")],
+            vec![host, ("origin", "http://127.0.0.1:8000")],
+            vec![host, ("origin", "null")],
+            vec![host, ("referer", "http://attacker.test/page")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site"), ("origin", "http://127.0.0.1:3000")],
+        ] {
+            assert!(cross_site(&Method::POST, &h(&bad)).is_some(), "{bad:?}");
+        }
+    }
+}
