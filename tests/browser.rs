@@ -182,13 +182,19 @@ async fn dashboard_end_to_end_in_chromium() {
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
     assert!(dist.join("index.html").exists(), "the dashboard is not built: run `make ui` (trunk build)");
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &["--dist", dist.to_str().unwrap()]);
+    let s = Server::start_with_token(&dir.path().join("data"), &["--dist", dist.to_str().unwrap()]);
+    let token = s.token.clone().expect("a token by default");
     let b = Browser::start().await;
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
 
-    // Datasets: upload two tasks through the file input.
-    b.goto(&s.url("/datasets")).await;
+    // The start-up URL's token: the dashboard keeps it for the tab and clears the address bar.
+    b.goto(&s.url(&format!("/datasets?token={token}"))).await;
     b.wait_text("p", "No datasets yet").await;
+    let shown = b.cmd("GET", "/url", None).await.as_str().unwrap().to_string();
+    assert!(!shown.contains("token"), "the token left the address bar: {shown}");
+    assert!(shown.ends_with("/datasets"), "{shown}");
+
+    // Datasets: upload two tasks through the file input.
     for t in ["sentiment", "arithmetic"] {
         let input = b.wait("input#file").await;
         b.send_keys(&input, demo.join(format!("{t}.jsonl")).to_str().unwrap()).await;
@@ -291,5 +297,61 @@ async fn dashboard_end_to_end_in_chromium() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.screenshot("playground").await;
+
+    // A page of another origin (another loopback port) tries to read the datasets and to
+    // upload one: the read fails in the browser, the upload is refused by the server.
+    let port: u16 = s.addr.port();
+    let page = format!(
+        r#"<!doctype html><title>attacker</title><script>
+        (async () => {{
+          const target = "http://127.0.0.1:{port}";
+          let get = "unknown", post = "unknown";
+          try {{ const r = await fetch(target + "/api/datasets"); get = "read-" + r.status; }} catch (e) {{ get = "blocked"; }}
+          try {{
+            const fd = new FormData();
+            fd.append("file", new Blob(['{{"text":"a b","label":"x"}}\n{{"text":"c d","label":"y"}}\n'.repeat(2)]), "evil.jsonl");
+            await fetch(target + "/api/datasets", {{ method: "POST", body: fd, mode: "no-cors" }});
+            post = "sent";
+          }} catch (e) {{ post = "blocked"; }}
+          document.title = "get:" + get + " post:" + post;
+        }})();
+        </script>"#
+    );
+    let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let attacker_url = format!("http://127.0.0.1:{}/", attacker.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for conn in attacker.incoming().take(4).flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+    b.goto(&attacker_url).await;
+    let t0 = Instant::now();
+    let title = loop {
+        let t = b.cmd("GET", "/title", None).await.as_str().unwrap_or("").to_string();
+        if t.starts_with("get:") {
+            break t;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the attacker page did not finish: {t:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(title.starts_with("get:blocked"), "a cross-origin page read the API: {title}");
+    let list: Vec<multitune_api::Dataset> = reqwest::Client::new()
+        .get(s.url("/api/datasets"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.iter().all(|d| d.name != "evil"), "the cross-site upload was stored: {title}");
+    assert!(!list.is_empty());
     b.cmd("DELETE", "", None).await;
 }

@@ -13,6 +13,8 @@ pub struct Server {
     pub base: String,
     pub addr: std::net::SocketAddr,
     pub data: PathBuf,
+    /// The access token it printed (started with [`Server::start_with_token`]).
+    pub token: Option<String>,
 }
 
 fn server_bin() -> PathBuf {
@@ -23,7 +25,18 @@ fn server_bin() -> PathBuf {
 }
 
 impl Server {
+    /// Started with `--no-token`: the HTTP tests speak as a CLI client on loopback.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::launch(data, &[&["--no-token"], extra].concat())
+    }
+
+    /// Started as `make run` starts it: with the access token made on first start, which
+    /// the second start-up line gives in the dashboard's URL.
+    pub fn start_with_token(data: &Path, extra: &[&str]) -> Self {
+        Self::launch(data, extra)
+    }
+
+    fn launch(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(server_bin())
             .args(["--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
             .arg(data)
@@ -38,12 +51,15 @@ impl Server {
         let mut line = String::new();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         out.read_line(&mut line).unwrap();
+        let mut second = String::new();
+        out.read_line(&mut second).unwrap();
+        let token = second.trim().split_once("/?token=").map(|(_, t)| t.to_string());
         // Keep draining stdout so the server never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let base =
             line.trim().strip_prefix("Multitune is at ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
         let addr = base.trim_start_matches("http://").parse().unwrap();
-        Self { child, base, addr, data: data.to_path_buf() }
+        Self { child, base, addr, data: data.to_path_buf(), token }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -425,4 +441,33 @@ async fn malformed_and_oversize_uploads_are_refused() {
     assert_eq!(health.status(), 200);
     let list: Vec<Dataset> = c.get(s.url("/api/datasets")).send().await.unwrap().json().await.unwrap();
     assert!(list.is_empty(), "nothing half-stored: {list:?}");
+}
+
+/// Started as `make run` starts it, the server wants a token by default (kept in the data
+/// folder, private, the same after a restart) and prints the dashboard's URL with it;
+/// the dashboard's files load without it, the API not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_by_default_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = {
+        let s = Server::start_with_token(&data, &[]);
+        let token = s.token.clone().expect("the dashboard URL carries a token");
+        assert_eq!(std::fs::read_to_string(data.join("token")).unwrap().trim(), token);
+        let c = reqwest::Client::new();
+        assert_eq!(c.get(s.url("/api/datasets")).send().await.unwrap().status(), 401);
+        let r = c.get(s.url("/api/datasets")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c.get(s.url(&format!("/api/datasets?token={token}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "event streams and downloads carry it in the query");
+        assert_eq!(c.get(s.url("/")).send().await.unwrap().status(), 200, "the dashboard page itself");
+        token
+    };
+    let s = Server::start_with_token(&data, &[]);
+    assert_eq!(s.token.as_deref(), Some(token.as_str()), "reused after a restart");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(data.join("token")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

@@ -10,15 +10,60 @@ use wasm_bindgen_futures::JsFuture;
 
 const TOKEN_KEY: &str = "multitune-token";
 
-/// The access token the user gave, if any.
+// The token lives in the tab's session storage: it survives reloads and in-app
+// navigation, is never sent by the browser on its own (so a cross-site request cannot
+// carry it, unlike a cookie), and is gone when the tab closes; the server's start-up URL
+// (or the token form) brings it back.
+
+/// The access token of this tab, if any.
 pub fn token() -> Option<String> {
-    web_sys::window()?.local_storage().ok()??.get_item(TOKEN_KEY).ok()?.filter(|t| !t.is_empty())
+    web_sys::window()?.session_storage().ok()??.get_item(TOKEN_KEY).ok()?.filter(|t| !t.is_empty())
 }
 
-/// Remembers the access token.
+/// Remembers the access token for this tab.
 pub fn set_token(t: &str) {
-    if let Some(s) = web_sys::window().and_then(|w| w.local_storage().ok().flatten()) {
+    if let Some(s) = web_sys::window().and_then(|w| w.session_storage().ok().flatten()) {
         let _ = s.set_item(TOKEN_KEY, t);
+    }
+}
+
+/// A URL query (`?a=1&token=x&b=2`) split into its `token` value and the query without it
+/// (`?a=1&b=2`, or empty).
+pub fn split_token(search: &str) -> (Option<String>, String) {
+    let mut token = None;
+    let rest: Vec<&str> = search
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| match kv.strip_prefix("token=") {
+            Some(t) => {
+                token = Some(js_decode(t));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (token.filter(|t| !t.is_empty()), if rest.is_empty() { String::new() } else { format!("?{}", rest.join("&")) })
+}
+
+fn js_decode(s: &str) -> String {
+    if cfg!(target_arch = "wasm32") {
+        js_sys::decode_uri_component(s).ok().and_then(|v| v.as_string()).unwrap_or_else(|| s.to_string())
+    } else {
+        s.to_string()
+    }
+}
+
+/// Takes the token from the address bar (the server prints the dashboard's URL with
+/// it), keeps it for this tab, and removes it from the address bar and the history.
+pub fn adopt_url_token() {
+    let Some(w) = web_sys::window() else { return };
+    let loc = w.location();
+    let (Ok(search), Ok(path), Ok(hash)) = (loc.search(), loc.pathname(), loc.hash()) else { return };
+    let (Some(t), rest) = split_token(&search) else { return };
+    set_token(&t);
+    if let Ok(h) = w.history() {
+        let _ = h.replace_state_with_url(&JsValue::NULL, "", Some(&format!("{path}{rest}{hash}")));
     }
 }
 
@@ -195,6 +240,15 @@ pub fn parse_sse(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_split_from_the_query() {
+        assert_eq!(split_token("?token=abc"), (Some("abc".into()), String::new()));
+        assert_eq!(split_token("?a=1&token=abc&b=2"), (Some("abc".into()), "?a=1&b=2".into()));
+        assert_eq!(split_token("?a=1"), (None, "?a=1".into()));
+        assert_eq!(split_token(""), (None, String::new()));
+        assert_eq!(split_token("?token="), (None, String::new()));
+    }
 
     #[test]
     fn sse_bodies_parse() {

@@ -113,9 +113,55 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
+/// The access token kept in `data_dir/token` (mode 0600), made on first start (128 random
+/// bits, hex) and reused after, as Jupyter does: a token by default, even on loopback.
+pub fn load_or_create_token(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() >= 16 {
+            return Ok(t);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(".token.tmp");
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        o.mode(0o600);
+        let mut f = o.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_made_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = load_or_create_token(&dir.path().join("data")).unwrap();
+        assert_eq!(t.len(), 32);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(load_or_create_token(&dir.path().join("data")).unwrap(), t, "reused across restarts");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("data/token")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(load_or_create_token(other.path()).unwrap(), t, "random per data folder");
+    }
 
     #[test]
     fn hosts_are_loopback_addresses_or_allowed_names() {

@@ -18,9 +18,13 @@ struct Args {
     /// Models folder (the default model is fetched into it).
     #[arg(long, env = "MULTITUNE_MODELS", default_value = "models")]
     models_dir: PathBuf,
-    /// Access token clients must send as `Authorization: Bearer <token>`.
+    /// Access token clients must send as `Authorization: Bearer <token>` (default: one made
+    /// on first start and kept in the data folder's `token` file).
     #[arg(long, env = "MULTITUNE_TOKEN")]
     token: Option<String>,
+    /// No access token (allowed only on a loopback address).
+    #[arg(long, conflicts_with = "token")]
+    no_token: bool,
     /// Largest dataset upload, MiB.
     #[arg(long, env = "MULTITUNE_MAX_UPLOAD_MIB", default_value_t = 64)]
     max_upload_mib: u64,
@@ -59,11 +63,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let a = Args::parse();
+    if a.no_token && !a.bind.ip().is_loopback() {
+        anyhow::bail!("--no-token is allowed only on a loopback address, not {}", a.bind);
+    }
+    let token =
+        match a.token.filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None if a.no_token => None,
+            None => Some(multitune_server::guard::load_or_create_token(&a.data_dir).map_err(|e| {
+                anyhow::anyhow!("keeping the access token in {}: {e}", a.data_dir.join("token").display())
+            })?),
+        };
+    let shown = token.clone();
     let cfg = Config {
         bind: a.bind,
         data_dir: a.data_dir,
         models_dir: a.models_dir,
-        token: a.token.filter(|t| !t.is_empty()),
+        token,
         max_upload_bytes: a.max_upload_mib << 20,
         dist_dir: Some(a.dist),
         device: a.device,
@@ -74,7 +90,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    multitune_server::serve(cfg, |addr| println!("Multitune is at http://{addr}"), shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
+    let on_bound = move |addr| {
+        println!("Multitune is at http://{addr}");
+        match &shown {
+            Some(t) => println!("Open the dashboard at http://{addr}/?token={t}"),
+            None => println!("Open the dashboard at http://{addr}/ (no access token)"),
+        }
+    };
+    multitune_server::serve(cfg, on_bound, shutdown).await.map_err(|e| anyhow::anyhow!("{e:#}"))
 }
