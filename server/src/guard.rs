@@ -103,10 +103,39 @@ pub async fn check_origin(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// The headers every response carries: no MIME sniffing, no referrer, never framed.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+/// The dashboard's content security policy: everything from this origin only, wasm
+/// allowed to compile (`'wasm-unsafe-eval'`), and of inline scripts only those the built
+/// `index.html` holds (Trunk's loader), by their SHA-256, read from `index` at start-up.
+pub fn content_security_policy(index: Option<&str>) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut hashes = String::new();
+    let mut rest = index.unwrap_or("");
+    while let Some(open) = rest.find("<script") {
+        let after = &rest[open..];
+        let (Some(gt), Some(close)) = (after.find('>'), after.find("</script>")) else { break };
+        if gt < close {
+            let body = &after[gt + 1..close];
+            if !body.trim().is_empty() {
+                let digest = sha2::Sha256::digest(body.as_bytes());
+                hashes.push_str(&format!(" 'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest)));
+            }
+        }
+        rest = &after[close + "</script>".len()..];
+    }
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{hashes}; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+         frame-ancestors 'none'; form-action 'self'"
+    )
+}
+
+/// The headers every response carries: no MIME sniffing, no referrer, never framed, and
+/// the content security policy `csp`.
+pub async fn security_headers(State(csp): State<std::sync::Arc<HeaderValue>>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, (*csp).clone());
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -161,6 +190,20 @@ mod tests {
         }
         let other = tempfile::tempdir().unwrap();
         assert_ne!(load_or_create_token(other.path()).unwrap(), t, "random per data folder");
+    }
+
+    #[test]
+    fn the_policy_allows_exactly_the_inline_scripts_of_the_page() {
+        use base64::Engine;
+        use sha2::Digest;
+        let page = "<script type=\"module\">\nimport init from '/a.js';\n</script><script src=\"/b.js\"></script>";
+        let want =
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"\nimport init from '/a.js';\n"));
+        let csp = content_security_policy(Some(page));
+        assert!(csp.contains(&format!("'sha256-{want}'")), "{csp}");
+        assert_eq!(csp.matches("'sha256-").count(), 1, "an external script needs no hash: {csp}");
+        assert!(csp.contains("'wasm-unsafe-eval'") && csp.contains("frame-ancestors 'none'"));
+        assert!(!content_security_policy(None).contains("sha256"));
     }
 
     #[test]

@@ -261,6 +261,11 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
         .await;
     assert_eq!((s, h[header::CONTENT_TYPE].to_str().unwrap()), (StatusCode::OK, "image/svg+xml"));
     assert!(String::from_utf8_lossy(&svg).contains("<svg"));
+    // Generated files are downloads, never pages of our origin.
+    assert_eq!(h[header::CONTENT_DISPOSITION], "attachment; filename=\"scores.svg\"");
+    let (_, h, _) =
+        app.send(Request::get(format!("/api/experiments/{}/report.md", e.id)).body(Body::empty()).unwrap()).await;
+    assert!(h[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment"));
     let (s, _) = app.get(&format!("/api/experiments/{}/charts/secret.txt", e.id)).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Runs: status, metrics, artifacts.
@@ -468,8 +473,10 @@ async fn foreign_hosts_and_cross_site_writes_are_refused() {
         );
         assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
-    let (s, _, b) = app.send(req(Method::GET, "/", &[("host", "localhost:3000")])).await;
+    let (s, h, b) = app.send(req(Method::GET, "/", &[("host", "localhost:3000")])).await;
     assert_eq!((s, String::from_utf8_lossy(&b).contains("<title>UI")), (StatusCode::OK, true));
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
     // Writes: cross-site refused (before anything happens), same-origin and CLI pass.
     let own = ("host", "127.0.0.1:3000");
     for bad in [

@@ -267,13 +267,17 @@ fn out_file(s: &AppState, id: &str, rel: &str) -> ApiResult<std::path::PathBuf> 
 /// `GET /api/experiments/{id}/report`: `report.json`.
 pub async fn experiments_report(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let p = out_file(&s, &id, "report.json")?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], tokio::fs::read(p).await?).into_response())
+    let disposition = "attachment; filename=\"report.json\"";
+    let headers = [(header::CONTENT_TYPE, "application/json"), (header::CONTENT_DISPOSITION, disposition)];
+    Ok((headers, tokio::fs::read(p).await?).into_response())
 }
 
 /// `GET /api/experiments/{id}/report.md`.
 pub async fn experiments_report_md(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let p = out_file(&s, &id, "report.md")?;
-    Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], tokio::fs::read(p).await?).into_response())
+    let disposition = "attachment; filename=\"report.md\"";
+    let headers = [(header::CONTENT_TYPE, "text/markdown; charset=utf-8"), (header::CONTENT_DISPOSITION, disposition)];
+    Ok((headers, tokio::fs::read(p).await?).into_response())
 }
 
 fn chart_names(s: &AppState, id: &str) -> ApiResult<Vec<String>> {
@@ -307,7 +311,10 @@ pub async fn experiments_chart(
     };
     let ty = if name.ends_with(".svg") { "image/svg+xml" } else { "image/png" };
     let bytes = tokio::fs::read(s.data.experiment(&id).join("out/charts").join(&name)).await?;
-    Ok(([(header::CONTENT_TYPE, ty)], bytes).into_response())
+    // A download, never a page of our origin (an SVG opened directly could hold script);
+    // `<img>` shows it all the same.
+    let disposition = format!("attachment; filename=\"{name}\"");
+    Ok(([(header::CONTENT_TYPE, ty.to_string()), (header::CONTENT_DISPOSITION, disposition)], bytes).into_response())
 }
 
 /// `GET /api/experiments/{id}/download`: report, charts and every adapter as one zip.

@@ -74,6 +74,11 @@ pub fn router(state: AppState) -> Router {
         }
         _ => Router::new().fallback(no_dashboard),
     };
+    let index = state.cfg.dist_dir.as_ref().and_then(|d| std::fs::read_to_string(d.join("index.html")).ok());
+    let csp = std::sync::Arc::new(
+        axum::http::HeaderValue::from_str(&guard::content_security_policy(index.as_deref()))
+            .expect("the policy is plain ASCII"),
+    );
     let compress = SizeAbove::new(256)
         .and(NotForContentType::SSE)
         .and(NotForContentType::IMAGES)
@@ -81,7 +86,7 @@ pub fn router(state: AppState) -> Router {
     api.merge(ui)
         .layer(middleware::from_fn(guard::check_origin))
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
-        .layer(middleware::from_fn(guard::security_headers))
+        .layer(middleware::from_fn_with_state(csp, guard::security_headers))
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
