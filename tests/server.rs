@@ -68,10 +68,15 @@ impl Server {
 
     /// A request with a raw request target (no client-side normalisation): the status.
     fn raw(&self, method: &str, target: &str) -> (u16, String) {
+        self.raw_with(method, target, &[("Host", "localhost")])
+    }
+
+    /// A raw request with exactly these headers (a `Host` among them or not).
+    fn raw_with(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(s, "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
+        let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        write!(s, "{method} {target} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).into_owned();
@@ -469,5 +474,39 @@ async fn a_token_is_required_by_default_and_kept() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(data.join("token")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
+/// The trust boundary against the real process: a foreign `Host` is refused on every
+/// kind of route (API, event stream, dashboard), a cross-site write is refused, and
+/// same-origin or header-less requests pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_and_cross_site_writes_are_refused_by_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let own = format!("127.0.0.1:{}", s.addr.port());
+    let own_origin = format!("http://{own}");
+    for target in ["/api/datasets", "/api/experiments/0123456789abcdef/events", "/", "/datasets"] {
+        let (code, text) = s.raw_with("GET", target, &[("Host", "attacker.test")]);
+        assert_eq!(code, 403, "{target}: {text}");
+        assert!(text.contains("forbidden_host") && text.contains("--allowed-host"), "{text}");
+    }
+    let (code, _) = s.raw_with("GET", "/api/datasets", &[("Host", &own)]);
+    assert_eq!(code, 200);
+    let cancel = "/api/experiments/0123456789abcdef/cancel";
+    for bad in [
+        vec![("Host", own.as_str()), ("Origin", "http://attacker.test")],
+        vec![("Host", own.as_str()), ("Sec-Fetch-Site", "cross-site")],
+        vec![("Host", own.as_str()), ("Referer", "http://127.0.0.1:1/page")],
+    ] {
+        let (code, text) = s.raw_with("POST", cancel, &bad);
+        assert_eq!(code, 403, "{bad:?}: {text}");
+        assert!(text.contains("cross_site"), "{text}");
+        let (code, _) = s.raw_with("DELETE", "/api/datasets/0123456789abcdef", &bad);
+        assert_eq!(code, 403, "{bad:?}");
+    }
+    for fine in [vec![("Host", own.as_str()), ("Origin", own_origin.as_str())], vec![("Host", own.as_str())]] {
+        let (code, _) = s.raw_with("POST", cancel, &fine);
+        assert_eq!(code, 404, "passes the guard, finds no experiment: {fine:?}");
     }
 }
