@@ -510,3 +510,37 @@ async fn foreign_hosts_and_cross_site_writes_are_refused_by_the_process() {
         assert_eq!(code, 404, "passes the guard, finds no experiment: {fine:?}");
     }
 }
+
+/// Slow clients: fifty connections that never finish their request head do not keep
+/// others waiting, and each is dropped once the header timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_dropped_and_block_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--header-timeout-s", "1"]);
+    let mut slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+            write!(c, "GET /api/health HTTP/1.1\r\nHost: loc").unwrap();
+            if i % 2 == 0 {
+                write!(c, "alh").unwrap(); // one more byte-dribble
+            }
+            c
+        })
+        .collect();
+    let t0 = Instant::now();
+    let r = reqwest::get(s.url("/api/health")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "an ordinary request waited {:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for c in &mut slow {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let t = Instant::now();
+        let _ = c.read_to_end(&mut buf);
+        assert!(t.elapsed() < Duration::from_secs(4), "a slow client was kept open");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let r = reqwest::get(s.url("/api/health")).await.unwrap();
+    assert_eq!(r.status(), 200, "the server keeps serving");
+}

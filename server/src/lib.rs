@@ -61,10 +61,48 @@ pub async fn serve(
             Err(e) => tracing::warn!("importing the demo tasks: {}", e.message),
         }
     }
+    let header_timeout = std::time::Duration::from_secs(state.cfg.header_timeout_s.max(1));
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     on_bound(addr);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    accept_loop(listener, router(state), header_timeout, shutdown).await
+}
+
+/// Serves HTTP/1.1 connections until `shutdown` resolves. Our own loop rather than
+/// `axum::serve`, which installs no timer, so hyper's header-read timeout never fires and
+/// a client trickling its headers (slowloris) would hold a connection forever: here a
+/// client that has not sent a whole request head within `header_timeout` is dropped.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
 }

@@ -45,6 +45,9 @@ struct Args {
     /// addresses (requests naming other hosts are refused: DNS rebinding protection).
     #[arg(long = "allowed-host", env = "MULTITUNE_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a whole request head; slower ones are dropped.
+    #[arg(long, env = "MULTITUNE_HEADER_TIMEOUT_S", default_value_t = 10)]
+    header_timeout_s: u64,
 }
 
 /// mimalloc keeps freed memory for reuse across training steps (see the CLI's note).
@@ -86,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         request_timeout_s: a.request_timeout_s,
         demo_dir: a.demo,
         allowed_hosts: a.allowed_hosts,
+        header_timeout_s: a.header_timeout_s,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -40,6 +40,8 @@ pub struct Config {
     pub demo_dir: Option<PathBuf>,
     /// Host names (beyond loopback names and IP addresses) requests may name.
     pub allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a whole request head (slow clients are dropped).
+    pub header_timeout_s: u64,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             request_timeout_s: 30,
             demo_dir: None,
             allowed_hosts: vec![],
+            header_timeout_s: 10,
         }
     }
 
