@@ -544,3 +544,32 @@ async fn slow_clients_are_dropped_and_block_no_one() {
     let r = reqwest::get(s.url("/api/health")).await.unwrap();
     assert_eq!(r.status(), 200, "the server keeps serving");
 }
+
+/// An upload that stalls mid-body is dropped after the idle timeout with 408, leaves no
+/// partial file, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--upload-idle-timeout-s", "1"]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    let head = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n{\"prompt\":\"a\",";
+    write!(
+        c,
+        "POST /api/datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=B\r\n\
+         Content-Length: 100000\r\n\r\n{head}"
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("the upload stalled"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "dropped after {:?}", t0.elapsed());
+    let left: Vec<_> = std::fs::read_dir(data.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    let r = reqwest::get(s.url("/api/datasets")).await.unwrap();
+    assert_eq!(r.status(), 200, "the server keeps serving");
+}

@@ -48,6 +48,9 @@ struct Args {
     /// Seconds a client has to send a whole request head; slower ones are dropped.
     #[arg(long, env = "MULTITUNE_HEADER_TIMEOUT_S", default_value_t = 10)]
     header_timeout_s: u64,
+    /// Seconds an upload may go without sending a byte before it is dropped.
+    #[arg(long, env = "MULTITUNE_UPLOAD_IDLE_TIMEOUT_S", default_value_t = 30)]
+    upload_idle_timeout_s: u64,
 }
 
 /// mimalloc keeps freed memory for reuse across training steps (see the CLI's note).
@@ -90,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         demo_dir: a.demo,
         allowed_hosts: a.allowed_hosts,
         header_timeout_s: a.header_timeout_s,
+        upload_idle_timeout_s: a.upload_idle_timeout_s,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -42,6 +42,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// Seconds a client has to send a whole request head (slow clients are dropped).
     pub header_timeout_s: u64,
+    /// Seconds an upload may go without sending a byte before it is dropped.
+    pub upload_idle_timeout_s: u64,
 }
 
 impl Config {
@@ -59,6 +61,7 @@ impl Config {
             demo_dir: None,
             allowed_hosts: vec![],
             header_timeout_s: 10,
+            upload_idle_timeout_s: 30,
         }
     }
 

@@ -87,6 +87,7 @@ pub async fn datasets_create(
         ApiError::new(r.status(), "bad_request", format!("expected a multipart upload: {}", r.body_text()))
     })?;
     let limit = s.cfg.max_upload_bytes;
+    let idle = std::time::Duration::from_secs(s.cfg.upload_idle_timeout_s.max(1));
     let mut name: Option<String> = None;
     let mut upload: Option<(String, std::path::PathBuf, u64)> = None;
     let tmp_dir = s.data.tmp();
@@ -118,7 +119,7 @@ pub async fn datasets_create(
                 };
                 let path = tmp_dir.join(format!("{}.{ext}", files::new_id()));
                 upload = Some((filename.clone(), path.clone(), 0));
-                match receive_file(field, &path, limit).await {
+                match receive_file(field, &path, limit, idle).await {
                     Ok(bytes) => upload = Some((filename, path, bytes)),
                     Err(e) => {
                         cleanup(&upload);
@@ -156,11 +157,19 @@ async fn receive_file(
     mut field: axum::extract::multipart::Field<'_>,
     path: &std::path::Path,
     limit: u64,
+    idle: std::time::Duration,
 ) -> ApiResult<u64> {
     let mut f = tokio::fs::File::create(path).await?;
     let mut bytes = 0u64;
     loop {
-        match field.chunk().await {
+        let Ok(next) = tokio::time::timeout(idle, field.chunk()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the upload stalled: nothing arrived for {} s", idle.as_secs()),
+            ));
+        };
+        match next {
             Ok(Some(chunk)) => {
                 bytes += chunk.len() as u64;
                 if bytes > limit {
