@@ -72,7 +72,8 @@ mod tests {
         let (now, peak) = (rss_mib().expect("VmRSS on Linux"), peak_rss_mib().expect("VmHWM on Linux"));
         assert!(now > 0.0 && peak >= now, "{now} {peak}");
         let s = RssSampler::start();
-        let block = vec![1u8; 64 << 20];
+        // black_box: an allocation nobody reads may be optimised away.
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
         std::thread::sleep(std::time::Duration::from_millis(60));
         let seen = s.stop().expect("a sample");
         assert!(seen >= now + 32.0, "sampled {seen} MiB after allocating 64 MiB on top of {now}");

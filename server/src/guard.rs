@@ -152,22 +152,8 @@ pub fn load_or_create_token(data_dir: &std::path::Path) -> std::io::Result<Strin
             return Ok(t);
         }
     }
-    std::fs::create_dir_all(data_dir)?;
     let token: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(".token.tmp");
-    {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        o.mode(0o600);
-        let mut f = o.open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    multitune::persist::write_atomic_private(&path, token.as_bytes()).map_err(std::io::Error::other)?;
     Ok(token)
 }
 
