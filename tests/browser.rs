@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::server::Server;
+use crate::http::Server;
 
 /// A headless Chromium driven over the WebDriver protocol (chromedriver), from Rust.
 struct Browser {

@@ -196,6 +196,12 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
     ]);
     assert!(r.status.success(), "{}", text(&r));
     assert!(text(&r).contains("## Recommendation") && text(&r).contains("sequential (continue)"), "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr)
+            .contains("With 4 held-out examples per task (2 tasks), macro-average gaps under"),
+        "the power statement comes before training: {}",
+        text(&r)
+    );
     assert!(out.join("report.json").exists() && out.join("charts/scores.png").exists());
     // The multi-head run answers through its heads: a classifier task with its labels.
     let heads_dir = out.join("adapters/multi-head");

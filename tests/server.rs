@@ -1,150 +1,12 @@
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use multitune_api::{Dataset, Envelope, Event, Experiment, Status, StrategyChoice};
+use multitune_api::{Dataset, Event, Experiment, Status, StrategyChoice};
 use serde_json::json;
 
-/// A `multitune-server` process on a free port with its own data folder.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-    pub addr: std::net::SocketAddr,
-    pub data: PathBuf,
-    /// The access token it printed (started with [`Server::start_with_token`]).
-    pub token: Option<String>,
-}
-
-fn server_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let b = exe.parent().and_then(|p| p.parent()).expect("target/<profile>").join("multitune-server");
-    assert!(b.exists(), "{} is missing: build it with `cargo build -p multitune-server`", b.display());
-    b
-}
-
-impl Server {
-    /// Started with `--no-token`: the HTTP tests speak as a CLI client on loopback.
-    pub fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::launch(data, &[&["--no-token"], extra].concat())
-    }
-
-    /// Started as `make run` starts it: with the access token made on first start, which
-    /// the second start-up line gives in the dashboard's URL.
-    pub fn start_with_token(data: &Path, extra: &[&str]) -> Self {
-        Self::launch(data, extra)
-    }
-
-    fn launch(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(server_bin())
-            .args(["--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
-            .arg(data)
-            .arg("--models-dir")
-            .arg(super::util::models_dir())
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        let mut second = String::new();
-        out.read_line(&mut second).unwrap();
-        let token = second.trim().split_once("/?token=").map(|(_, t)| t.to_string());
-        // Keep draining stdout so the server never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let base =
-            line.trim().strip_prefix("Multitune is at ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
-        let addr = base.trim_start_matches("http://").parse().unwrap();
-        Self { child, base, addr, data: data.to_path_buf(), token }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// A request with a raw request target (no client-side normalisation): the status.
-    fn raw(&self, method: &str, target: &str) -> (u16, String) {
-        self.raw_with(method, target, &[("Host", "localhost")])
-    }
-
-    /// A raw request with exactly these headers (a `Host` among them or not).
-    fn raw_with(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        write!(s, "{method} {target} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, text)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn demo_file(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo").join(name)).unwrap()
-}
-
-async fn upload(c: &reqwest::Client, s: &Server, name: &str, bytes: Vec<u8>) -> reqwest::Response {
-    let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string());
-    c.post(s.url("/api/datasets")).multipart(reqwest::multipart::Form::new().part("file", part)).send().await.unwrap()
-}
-
-async fn experiment_of(c: &reqwest::Client, s: &Server, id: &str) -> Experiment {
-    c.get(s.url(&format!("/api/experiments/{id}"))).send().await.unwrap().json().await.unwrap()
-}
-
-async fn wait_for(c: &reqwest::Client, s: &Server, id: &str, what: impl Fn(&Experiment) -> bool) -> Experiment {
-    let t0 = Instant::now();
-    loop {
-        let e = experiment_of(c, s, id).await;
-        if what(&e) {
-            return e;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(600), "timed out: {e:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Reads server-sent events until the stream ends or `stop_after` arrive.
-async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> Vec<Envelope> {
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (mut id, mut data) = (None, None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse::<i64>().ok();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(v.trim().to_string());
-                }
-            }
-            if let (Some(id), Some(d)) = (id, data) {
-                out.push(Envelope { id, experiment_id: String::new(), event: serde_json::from_str(&d).unwrap() });
-                if stop_after.is_some_and(|n| out.len() >= n) {
-                    return out;
-                }
-            }
-        }
-    }
-    out
-}
+use crate::http::Server;
+use crate::http::{demo_file, experiment_of, read_events, upload, wait_for};
 
 /// The whole journey over real HTTP: upload the demo tasks, run every strategy on the
 /// tiny model, follow the events (dropping the connection half-way and resuming with
@@ -572,4 +434,87 @@ async fn stalled_uploads_are_dropped() {
     assert!(left.is_empty(), "partial files left: {left:?}");
     let r = reqwest::get(s.url("/api/datasets")).await.unwrap();
     assert_eq!(r.status(), 200, "the server keeps serving");
+}
+
+/// The disk fills up during training and during an upload: training stops (interrupted,
+/// saying why) with its last checkpoint intact; the upload and a resume are refused with
+/// 507 naming the full disk and leave nothing behind; the server keeps serving; once
+/// space is back the experiment resumes from its checkpoint; the database is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_training_resumably_and_refuses_uploads() {
+    let disk = crate::util::SmallDisk::mount(32);
+    let data = disk.path.join("data");
+    let mut s = Server::start(&data, &[]);
+    let c = reqwest::Client::new();
+    assert!(data.join("reserve").exists(), "the server holds a reserve for the disk-full record");
+    let d: Dataset = upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap();
+    let spec = json!({
+        "name": "full", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
+        "budget_tokens": 1000000,
+        "hyper": {"batch_size": 4, "max_tokens": 192, "eval_limit": 2, "bootstrap": 10, "checkpoint_every": 2}
+    });
+    let e: Experiment = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap();
+    wait_for(&c, &s, &e.id, |x| x.runs.first().is_some_and(|r| r.step >= 5)).await;
+    let filled = disk.fill("filler-1");
+    let stopped = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
+    assert_eq!(stopped.status, Status::Interrupted, "{:?}", stopped.error);
+    let why = stopped.error.clone().unwrap_or_default();
+    assert!(why.contains("disk") && why.contains("full") && why.contains("resume"), "{why}");
+    // The disk stays full: take what releasing the reserve gave back, too.
+    disk.fill("filler-2");
+    let big: String = (0..40_000).map(|i| format!("{{\"prompt\": \"p{i}\", \"completion\": \"c{i}\"}}\n")).collect();
+    let r = upload(&c, &s, "big.jsonl", big.into_bytes()).await;
+    assert_eq!(r.status(), 507);
+    let body: multitune_api::ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error.code, "disk_full");
+    assert!(body.error.message.contains("full"), "{}", body.error.message);
+    let c = reqwest::Client::new(); // (the refused upload's connection may have closed mid-body)
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0, "no partial upload left");
+    let list: Vec<Dataset> = c.get(s.url("/api/datasets")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(c.get(s.url(&format!("/api/experiments/{}", e.id))).send().await.unwrap().status(), 200);
+    let resume = s.url(&format!("/api/experiments/{}/resume", e.id));
+    let r = c.post(&resume).send().await.unwrap();
+    assert_eq!(r.status(), 507, "resuming onto a full disk is refused");
+    let ckpts: Vec<PathBuf> = crate::util::walk(&data.join("experiments").join(&e.id).join("state"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert!(!ckpts.is_empty(), "the last checkpoint is still there");
+    // Space is back.
+    std::fs::remove_file(disk.path.join("filler-1")).unwrap();
+    std::fs::remove_file(disk.path.join("filler-2")).unwrap();
+    let r = c.post(&resume).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let resumed = wait_for(&c, &s, &e.id, |x| {
+        x.status == Status::Running && x.runs.first().is_some_and(|r| r.status == Status::Running && r.step >= 6)
+    })
+    .await;
+    assert!(resumed.error.is_none());
+    c.post(s.url(&format!("/api/experiments/{}/cancel", e.id))).send().await.unwrap();
+    wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
+    let events =
+        read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
+    let starts: Vec<usize> = events
+        .iter()
+        .filter_map(|x| match &x.event {
+            Event::TrainStarted { start_step, .. } => Some(*start_step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts[1] >= 4 && starts[1].is_multiple_of(2), "resumed from a checkpoint: {starts:?}");
+    println!(
+        "disk full: filled {:.1} MiB; training stopped, resumed from step {}",
+        filled as f64 / 1048576.0,
+        starts[1]
+    );
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
+    let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    let left: Vec<PathBuf> =
+        crate::util::walk(&data).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }

@@ -114,7 +114,41 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     assert!(sim.cosine[0][1].abs() <= 1.0 && sim.sign_conflict[0][1] >= 0.0);
     assert!(!report.recommendation.best.is_empty() && report.recommendation.text.contains("best overall"));
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
-    for section in ["## Recommendation", "## Per-task scores", "## Cost", "## Forgetting", "## Task similarity"] {
+    // Paired comparisons: every trained run but the best against the best, every trained
+    // run against the base model, on the macro average and per task; the per-example
+    // scores they come from are in the report.
+    let trained = report.runs.iter().filter(|r| r.strategy != "base").count();
+    let macros = report.comparisons.iter().filter(|c| c.task.is_none()).count();
+    assert_eq!(macros, (trained - 1) + trained);
+    assert_eq!(report.comparisons.len(), macros * (1 + 4));
+    for r in &report.runs {
+        for (sc, (_, _, _, n)) in r.scores.iter().zip(&report.tasks) {
+            assert_eq!(sc.per_example.len(), *n, "{}: one score per held-out example", r.name);
+            let mean = sc.per_example.iter().sum::<f64>() / *n as f64;
+            assert!(
+                (mean - sc.value.value).abs() < 1e-9,
+                "{}: the headline is the mean of the per-example scores",
+                r.name
+            );
+        }
+    }
+    for c in &report.comparisons {
+        assert!(c.p_adjusted >= c.p_value && c.p_adjusted <= 1.0 && c.difference.lo <= c.difference.hi, "{c:?}");
+    }
+    assert!(report.power.as_ref().is_some_and(|p| p.text.contains("will look like ties")));
+    assert!(
+        report.recommendation.text.contains("Paired on the same held-out examples"),
+        "{}",
+        report.recommendation.text
+    );
+    for section in [
+        "## Recommendation",
+        "## Per-task scores",
+        "## Paired comparisons",
+        "## Cost",
+        "## Forgetting",
+        "## Task similarity",
+    ] {
         assert!(md.contains(section), "report.md lacks {section}");
     }
     let json: serde_json::Value =

@@ -6,8 +6,11 @@
 // The module graph of the engine and the server has no cycle.
 mod architecture;
 
-// Shared helpers: locating the model and the binary, building small tasks.
+// Shared helpers: locating the model and the binary, building small tasks, a small disk.
 mod util;
+
+// The HTTP service as a process: start, upload, follow events.
+mod http;
 
 // LoRA against its definition: zero B, merge/unmerge, finite-difference gradients.
 mod lora_math;

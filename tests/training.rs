@@ -106,6 +106,55 @@ fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
     assert!(err.to_string().contains("different training settings"), "{err}");
 }
 
+/// A checkpoint that meets a full disk: training fails with the disk's error naming the
+/// checkpoint, the previous checkpoint is byte-for-byte intact, no temporary file is left;
+/// once space is back, training resumes from it and ends as an uninterrupted run.
+#[test]
+fn a_checkpoint_on_a_full_disk_fails_cleanly_and_training_resumes() {
+    let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
+    let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    let cfg = TrainConfig { checkpoint_every: 4, ..tiny_cfg(12) };
+    let mut straight = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let full = train::train(&model, &mut straight, &ex, &cfg, None, None, &mut |_| {}).unwrap();
+
+    let disk = crate::util::SmallDisk::mount(2);
+    let plan = CheckpointPlan { path: disk.path.join("ckpt.safetensors"), resume: true };
+    let mut kept = Vec::new();
+    let mut first = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let err = train::train(&model, &mut first, &ex, &cfg, Some(&plan), None, &mut |e| {
+        if let TrainEvent::Checkpoint { step: 4, .. } = e {
+            kept = std::fs::read(&plan.path).unwrap();
+            disk.fill("filler");
+        }
+    })
+    .unwrap_err();
+    match &err {
+        Error::File { path, source } => {
+            assert_eq!(path, &plan.path);
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        }
+        other => panic!("expected the checkpoint's disk error, got {other}"),
+    }
+    assert!(!kept.is_empty());
+    assert_eq!(std::fs::read(&plan.path).unwrap(), kept, "the step-4 checkpoint is intact");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&disk.path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["ckpt.safetensors", "filler"], "no temporary file left");
+
+    std::fs::remove_file(disk.path.join("filler")).unwrap();
+    let mut resumed = LoraAdapter::new(&model.cfg, cfg.lora.clone(), 7, &Device::Cpu).unwrap();
+    let mut start = None;
+    let rest = train::train(&model, &mut resumed, &ex, &cfg, Some(&plan), None, &mut |e| {
+        if let TrainEvent::Started { start_step, .. } = e {
+            start = Some(*start_step)
+        }
+    })
+    .unwrap();
+    assert_eq!(start, Some(4));
+    assert_eq!(rest.losses, full.losses, "loss history continues exactly");
+}
+
 #[test]
 fn gradient_accumulation_equals_one_large_batch() {
     let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();

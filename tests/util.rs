@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -44,4 +45,65 @@ pub fn sentiment_task(n: usize, seed: u64) -> Vec<Record> {
 pub fn write_jsonl(path: &std::path::Path, recs: &[Record]) {
     let text: String = recs.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
     std::fs::write(path, text).unwrap();
+}
+
+/// A small tmpfs mounted at a fresh folder: a disk that fills up. Unmounted on drop.
+/// Mounting needs root (CI runs as root).
+pub struct SmallDisk {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(mib: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "the disk-full test mounts a {mib} MiB tmpfs at {}: run it as root", path.display());
+        Self { path, _dir: dir }
+    }
+
+    /// Writes `name` until the disk refuses another byte; its size.
+    pub fn fill(&self, name: &str) -> u64 {
+        let mut f = std::fs::File::create(self.path.join(name)).unwrap();
+        let mut n = 0u64;
+        for chunk in [1usize << 20, 64 << 10, 4 << 10, 512] {
+            let bytes = vec![7u8; chunk];
+            while let Ok(w) = f.write(&bytes) {
+                if w == 0 {
+                    break;
+                }
+                n += w as u64;
+            }
+        }
+        n
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Every file under `dir`.
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

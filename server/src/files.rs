@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <data>/multitune.sqlite
+//! <data>/reserve                    1 MiB kept free for the database (released on a full disk)
 //! <data>/tmp/                       uploads in flight (emptied at start-up)
 //! <data>/datasets/<id>/<file>       uploaded datasets, as uploaded
 //! <data>/experiments/<id>/out/      report.json, report.md, charts/, adapters/
@@ -40,6 +41,9 @@ pub fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// Bytes the reserve holds: room for the status updates and events that say the disk is full.
+pub const RESERVE_BYTES: u64 = 1 << 20;
+
 /// The layout of a data folder.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -63,6 +67,42 @@ impl DataDir {
     /// The database file.
     pub fn database(&self) -> PathBuf {
         self.root.join("multitune.sqlite")
+    }
+
+    /// The reserve: [`RESERVE_BYTES`] of zeros that hold space on the data folder's disk, so
+    /// that when the disk fills the server can release it and still record why training
+    /// stopped.
+    pub fn reserve(&self) -> PathBuf {
+        self.root.join("reserve")
+    }
+
+    /// Makes sure the reserve is in place (written whole, or not at all). Fails with the
+    /// disk's error when there is no room for it: the disk is (still) full.
+    pub fn ensure_reserve(&self) -> std::io::Result<()> {
+        let path = self.reserve();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+            return Ok(());
+        }
+        let tmp = path.with_extension("tmp");
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            let zeros = vec![0u8; 64 << 10];
+            for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+                f.write_all(&zeros)?;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Gives the reserve's space back to the disk; whether there was one.
+    pub fn release_reserve(&self) -> bool {
+        std::fs::remove_file(self.reserve()).is_ok()
     }
 
     /// Uploads in flight.
@@ -142,6 +182,18 @@ pub fn zip_folders_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_is_made_once_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        d.ensure_reserve().unwrap();
+        assert_eq!(std::fs::metadata(d.reserve()).unwrap().len(), RESERVE_BYTES);
+        d.ensure_reserve().unwrap();
+        assert!(d.release_reserve());
+        assert!(!d.release_reserve());
+        assert!(!d.reserve().with_extension("tmp").exists());
+    }
 
     #[test]
     fn ids_are_checked_strictly() {

@@ -20,7 +20,7 @@ use multitune_api::{Event, ExperimentCreate, MixingChoice, Status, StrategyChoic
 use rusqlite::{params, OptionalExtension};
 
 use crate::db::{Db, NOW};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{is_disk_full, is_disk_full_db, ApiError, ApiResult};
 use crate::state::AppState;
 
 /// The engine's options for one strategy choice of a request (validated by the engine).
@@ -77,6 +77,10 @@ pub fn compare_settings(spec: &ExperimentCreate) -> CompareSettings {
         checkpoint_every: h.checkpoint_every,
     }
 }
+
+/// Why an experiment stopped when the disk filled up, and what to do.
+pub const DISK_FULL: &str = "the disk holding Multitune's data folder is full: training stopped; \
+    its last checkpoint is intact. Free some space, then resume the experiment: it continues from that checkpoint";
 
 /// The engine configuration of an experiment, every problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
@@ -253,6 +257,12 @@ fn run_experiment(state: &AppState, db: &Db, id: &str) {
     state.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     let (status, message) = match result {
         Ok(()) => (Status::Done, None),
+        Err(e) if e.chain().any(is_disk_full) => {
+            // Give the reserve back so that this status, at least, can be recorded.
+            state.data.release_reserve();
+            tracing::error!("experiment {id} stopped: the disk is full: {e:#}");
+            (Status::Interrupted, Some(DISK_FULL.into()))
+        }
         Err(e) if e.downcast_ref::<multitune::Error>().is_some_and(|e| matches!(e, multitune::Error::Cancelled)) => {
             (Status::Cancelled, None)
         }
@@ -281,13 +291,21 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |e| {
         if let Some(ev) = event_of(e) {
             if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
+                // Training on without a record of it would lose what clients follow:
+                // stop at the next step, resumable from the last checkpoint.
+                if is_disk_full_db(&err) {
+                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 db_error.get_or_insert(err);
             }
         }
-    })?;
-    if let Some(e) = db_error {
-        tracing::error!("experiment {id}: recording events: {e}");
+    });
+    match db_error {
+        Some(e) if is_disk_full_db(&e) => return Err(e.into()),
+        Some(e) => tracing::error!("experiment {id}: recording events: {e}"),
+        None => {}
     }
+    let report = report?;
     // Every row of the report is a run (merges included), with its adapter folders.
     db.with(|c| {
         for (i, r) in report.runs.iter().enumerate().filter(|(_, r)| r.strategy != "base") {

@@ -23,6 +23,9 @@ pub use state::{AppState, Config, Inner};
 pub fn build(cfg: Config) -> anyhow::Result<AppState> {
     cfg.validate()?;
     let data = files::DataDir::open(&cfg.data_dir)?;
+    if let Err(e) = data.ensure_reserve() {
+        tracing::warn!("no room for the disk-full reserve in {}: {e}", cfg.data_dir.display());
+    }
     let db = db::Db::new(db::open(&data.database())?);
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let (wake, wake_rx) = std::sync::mpsc::sync_channel(16);
@@ -36,6 +39,7 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
         cancels: Mutex::new(HashMap::new()),
         models: Mutex::new(HashMap::new()),
         device,
+        background: tokio::sync::Semaphore::new(1),
     }));
     let n = jobs::mark_interrupted(&state)?;
     if n > 0 {

@@ -104,6 +104,9 @@ pub struct Inner {
     pub models: Mutex<HashMap<String, Arc<LoadedModel>>>,
     /// Training device.
     pub device: Device,
+    /// Slots for heavy request work (parsing uploads, zipping, merging): one at a time, so
+    /// that a burst of requests never takes the CPU from training.
+    pub background: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -114,6 +117,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl Inner {
+    /// Runs heavy request work `f` off the async threads, one piece at a time: forty
+    /// parallel uploads are validated one after another, not on forty threads that would
+    /// each take a share of the CPU from the training run.
+    pub async fn background<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+        let _slot = self.background.acquire().await.map_err(ApiError::internal)?;
+        Ok(tokio::task::spawn_blocking(f).await?)
+    }
+
     /// Records `event` for `experiment` and publishes it.
     pub fn publish(&self, db: &Db, experiment: &str, event: Event) -> rusqlite::Result<i64> {
         let data = serde_json::to_string(&event).expect("events serialise");
@@ -160,5 +171,18 @@ impl Inner {
         );
         self.models.lock().unwrap_or_else(|p| p.into_inner()).insert(id.into(), m.clone());
         Ok(m)
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10; Linux applies it to the thread) so
+/// that the scheduler prefers training when both want the CPU. The server's runtime calls
+/// it on every thread it starts, which serve requests; the training worker is started
+/// from the main thread and keeps its priority (a thread inherits its creator's), as do
+/// the compute threads it starts.
+pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory effects; `who = 0` is the calling thread on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }

@@ -11,6 +11,10 @@ use multitune_server::{router, AppState, Config};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+// Fuzzed uploads and experiment requests through the same router.
+#[path = "router/fuzz.rs"]
+mod fuzz;
+
 struct App {
     router: Router,
     _state: AppState,

@@ -159,6 +159,9 @@ impl CompareArgs {
     pub(super) fn run(&self, cli: &Cli, device: &Device) -> anyhow::Result<()> {
         let cfg = self.config(self.tasks.len())?;
         let tasks = self.tasks()?;
+        // Before any training: what these held-out sets can tell apart.
+        let sizes: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
+        eprintln!("{}", strategy::report::Power::of(&sizes).text);
         let m = load(&self.model.model, cli, device)?;
         std::fs::create_dir_all(&self.out)?;
         let bars = indicatif::MultiProgress::new();

@@ -1,6 +1,6 @@
 //! Report charts drawn with plotters, each as SVG and PNG: loss curves of every run,
-//! grouped bars of per-task scores with their 95% intervals, forgetting heatmaps and
-//! cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
+//! grouped bars of per-task scores with their 95% intervals, a forest plot of the paired
+//! differences to the best run and to the base model, forgetting heatmaps and cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -68,8 +68,10 @@ macro_rules! both {
     };
 }
 
+/// Distinct colours for up to 16 runs (a comparison of every strategy has 11 rows and
+/// the base model): the ten of matplotlib's `tab10`, then six darker ones.
 fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 10] = [
+    const C: [RGBColor; 16] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -80,8 +82,25 @@ fn color(i: usize) -> RGBColor {
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 0, 0),
+        RGBColor(0, 100, 0),
+        RGBColor(85, 26, 139),
+        RGBColor(139, 90, 0),
+        RGBColor(0, 0, 0),
     ];
     C[i % C.len()]
+}
+
+/// A legend of coloured swatches down `area` (beside a chart, so it never covers it).
+fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, names: &[String]) -> Drawn {
+    let step = 22.min((SIZE.1 as i32 - 40) / names.len().max(1) as i32);
+    for (i, name) in names.iter().enumerate() {
+        let y = 50 + i as i32 * step;
+        area.draw(&Rectangle::new([(4, y - 6), (18, y + 6)], color(i).filled())).map_err(|e| e.to_string())?;
+        area.draw(&Text::new(name.clone(), (24, y - 7), (FONT, 13))).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The name of the category whose cell is centred at `v` (cells are `[i, i+1)`), empty
@@ -135,7 +154,8 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(S
         .map_err(|e| e.to_string())
 }
 
-/// Grouped bars: for each task, one bar per run with its 95% interval.
+/// Grouped bars: for each task, one bar per run (each run its own colour) with its 95%
+/// interval; the axis ends at 100% and the legend sits beside the chart.
 pub fn metric_bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     tasks: &[String],
@@ -144,13 +164,13 @@ pub fn metric_bars<DB: DrawingBackend>(
     let n = tasks.len().max(1) as f64;
     let k = runs.len().max(1) as f64;
     let labels = tasks.to_vec();
-    let mut chart = ChartBuilder::on(area)
+    let (plot, side) = area.split_horizontally(SIZE.0 * 3 / 4);
+    let mut chart = ChartBuilder::on(&plot)
         .caption("Held-out score per task (headline metric, 95% CI)", (FONT, 24))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        // Headroom above 100% keeps the legend clear of the bars.
-        .build_cartesian_2d(0.0..n, 0.0..165.0)
+        .build_cartesian_2d(0.0..n, 0.0..100.0)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -158,36 +178,82 @@ pub fn metric_bars<DB: DrawingBackend>(
         .x_labels(tasks.len() * 2 + 1)
         .x_label_formatter(&|x| category(*x, &labels, false))
         .y_desc("%")
-        .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
     let width = 0.8 / k;
-    for (ri, (name, scores)) in runs.iter().enumerate() {
+    for (ri, (_, scores)) in runs.iter().enumerate() {
         let c = color(ri);
         let bars = scores.iter().enumerate().map(|(ti, e)| {
             let x0 = ti as f64 + 0.1 + ri as f64 * width;
             Rectangle::new([(x0, 0.0), (x0 + width * 0.9, 100.0 * e.value)], c.filled())
         });
-        chart
-            .draw_series(bars)
-            .map_err(|e| e.to_string())?
-            .label(name.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        chart.draw_series(bars).map_err(|e| e.to_string())?;
         let whiskers = scores.iter().enumerate().map(|(ti, e)| {
             let xm = ti as f64 + 0.1 + ri as f64 * width + width * 0.45;
             PathElement::new(vec![(xm, 100.0 * e.lo), (xm, 100.0 * e.hi)], BLACK.stroke_width(1))
         });
         chart.draw_series(whiskers).map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())
+    legend(&side, &runs.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+}
+
+/// One row of a forest plot: a run, its paired difference (fraction) with its interval,
+/// whether it is significant after adjustment, and the run's index in the report (its
+/// colour, the same as in the score bars).
+pub type ForestRow = (String, Estimate, bool, usize);
+
+/// Forest plot: every run's paired difference of the macro average to the best run
+/// (left) and to the base model (right), in points with 95% intervals; the grey band is
+/// the ±5-point zone where an interval means "tied"; filled dots are significant.
+pub fn forest<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[(&str, Vec<ForestRow>)]) -> Drawn {
+    let parts = area.split_evenly((1, panels.len().max(1)));
+    for (part, (title, rows)) in parts.iter().zip(panels) {
+        let n = rows.len().max(1);
+        let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let reach = rows.iter().flat_map(|r| [r.1.lo.abs(), r.1.hi.abs()]).fold(0.06, f64::max) * 100.0 * 1.1;
+        let mut chart = ChartBuilder::on(part)
+            .caption(*title, (FONT, 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(215)
+            .build_cartesian_2d(-reach..reach, 0.0..n as f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n * 2 + 1)
+            .y_label_formatter(&|y| category(*y, &names, true))
+            .x_desc("difference, points (paired 95% CI)")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(-100.0 * super::report::TIE_MARGIN, 0.0), (100.0 * super::report::TIE_MARGIN, n as f64)],
+                RGBColor(225, 225, 225).filled(),
+            )))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(vec![(0.0, 0.0), (0.0, n as f64)], BLACK.stroke_width(1))))
+            .map_err(|e| e.to_string())?;
+        for (i, (_, d, significant, run)) in rows.iter().enumerate() {
+            let y = (n - 1 - i) as f64 + 0.5;
+            let c = color(*run);
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(100.0 * d.lo, y), (100.0 * d.hi, y)],
+                    c.stroke_width(2),
+                )))
+                .map_err(|e| e.to_string())?;
+            let style = if *significant { c.filled() } else { c.stroke_width(2) };
+            chart
+                .draw_series(std::iter::once(Circle::new((100.0 * d.value, y), 5, style)))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// Heatmap of a forgetting matrix (rows: after stage, columns: task).
@@ -286,6 +352,25 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let scores: Vec<(String, Vec<Estimate>)> =
         report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
     save("scores", both!(|a| metric_bars(a, &tasks, &scores))?)?;
+    let rows = |against: &str| -> Vec<ForestRow> {
+        report
+            .comparisons
+            .iter()
+            .filter(|c| c.task.is_none() && c.against == against)
+            .map(|c| {
+                let run = report.runs.iter().position(|r| r.name == c.run).unwrap_or(0);
+                (c.run.clone(), c.difference, c.p_adjusted < 0.05, run)
+            })
+            .collect()
+    };
+    let best = report.recommendation.best.clone();
+    let base = report.runs.iter().find(|r| r.strategy == "base").map(|r| r.name.clone()).unwrap_or_default();
+    let (to_best, to_base) = (rows(&best), rows(&base));
+    if !to_best.is_empty() || !to_base.is_empty() {
+        let panels = [(format!("against the best ({best})"), to_best), ("against the base model".to_string(), to_base)];
+        let panels: Vec<(&str, Vec<ForestRow>)> = panels.iter().map(|(t, r)| (t.as_str(), r.clone())).collect();
+        save("differences", both!(|a| forest(a, &panels))?)?;
+    }
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;
     for r in &trained {

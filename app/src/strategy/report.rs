@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CompareConfig, TaskData};
 use crate::adapter::lora::LoraAdapter;
-use crate::eval::metrics::Estimate;
+use crate::eval::metrics::{paired, Estimate};
 use crate::eval::TaskEval;
 use crate::{persist, Result};
 
@@ -30,6 +30,11 @@ pub struct TaskScore {
     /// The headline value of each seed, when the run was repeated over several.
     #[serde(default)]
     pub seed_values: Vec<f64>,
+    /// The headline metric of every held-out example, in the task's order (1 right, 0
+    /// wrong; over several seeds, the share of seeds that got it right): what the paired
+    /// comparisons are computed from, kept so anyone can recompute them.
+    #[serde(default)]
+    pub per_example: Vec<f64>,
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -74,6 +79,11 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
             for (i, sc) in r.scores.iter_mut().enumerate() {
                 let of = |f: &dyn Fn(&TaskScore) -> Estimate| all.iter().map(|x| f(&x.scores[i])).collect::<Vec<_>>();
                 sc.seed_values = all.iter().map(|x| x.scores[i].value.value).collect();
+                if all.iter().all(|x| x.scores[i].per_example.len() == sc.per_example.len()) {
+                    sc.per_example = (0..sc.per_example.len())
+                        .map(|k| mean(&all.iter().map(|x| x.scores[i].per_example[k]).collect::<Vec<_>>()))
+                        .collect();
+                }
                 sc.value = mean_estimate(&of(&|s| s.value));
                 sc.loss = mean_estimate(&of(&|s| s.loss));
                 for (m, (name, est)) in sc.metrics.iter_mut().enumerate() {
@@ -206,6 +216,7 @@ impl RunResult {
                     metrics: e.metrics.clone(),
                     loss: e.loss,
                     seed_values: vec![],
+                    per_example: e.predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect(),
                 }
             })
             .collect();
@@ -326,12 +337,103 @@ pub struct Recommendation {
     pub runner_up: Option<String>,
     /// Macro-average margin over the runner-up.
     pub margin: f64,
-    /// Whether the runner-up's interval reaches the best value.
+    /// Whether the paired comparison cannot separate the runner-up from the best (it is
+    /// tied or undecided, not significantly behind), or the gap is within the spread
+    /// over seeds.
     pub within_noise: bool,
     /// Best run per task.
     pub per_task: Vec<(String, String, f64)>,
+    /// Per task: whether its best run is significantly ahead of the task's runner-up
+    /// (paired, McNemar, Holm-adjusted over the tasks).
+    #[serde(default)]
+    pub per_task_significant: Vec<bool>,
     /// The recommendation in words.
     pub text: String,
+}
+
+/// What a paired comparison says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Significantly better (adjusted p < 0.05).
+    Better,
+    /// Significantly worse.
+    Worse,
+    /// Not significant, and the interval lies within ±[`TIE_MARGIN`]: equal for practical
+    /// purposes.
+    Tied,
+    /// Not significant, and the interval is too wide to call it a tie: the held-out data
+    /// cannot tell.
+    Undecided,
+}
+
+/// A difference (headline metric, fraction) that counts as no practical difference.
+pub const TIE_MARGIN: f64 = 0.05;
+
+/// Two runs compared on the same held-out examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The run.
+    pub run: String,
+    /// What it is compared with (the best run or the base model).
+    pub against: String,
+    /// The task; `None` for the macro average over tasks.
+    pub task: Option<String>,
+    /// `run − against` of the headline metric, with its paired 95% bootstrap interval.
+    pub difference: Estimate,
+    /// Discordant examples: right in `run` only, right in `against` only.
+    pub discordant: (usize, usize),
+    /// Exact McNemar two-sided p-value (for the macro average, over the discordant pairs
+    /// of all tasks).
+    pub p_value: f64,
+    /// Holm-adjusted over the comparisons of its family (the macro ones; the per-task
+    /// ones).
+    pub p_adjusted: f64,
+    /// What it says.
+    pub verdict: Verdict,
+}
+
+/// What the held-out sets can tell apart, planned before any training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Power {
+    /// Held-out examples per task.
+    pub examples_per_task: Vec<usize>,
+    /// The smallest macro-average difference (fraction) detected with 80% power by a
+    /// two-sided 5% test, planning for runs that disagree on half the examples.
+    pub detectable: f64,
+    /// The statement, with a warning above 10 points.
+    pub text: String,
+}
+
+impl Power {
+    /// The power of held-out sets of these sizes.
+    pub fn of(examples_per_task: &[usize]) -> Self {
+        let detectable = paired::detectable_difference(examples_per_task);
+        let sizes = describe_sizes(examples_per_task);
+        let mut text = format!(
+            "With {sizes}, macro-average gaps under ~{:.0} points will look like ties \
+             (80% power, two-sided 5% test).",
+            100.0 * detectable
+        );
+        if detectable > 0.10 {
+            let _ = write!(
+                text,
+                " Warning: that is more than 10 points; about {} held-out examples per task would bring it to 10.",
+                paired::examples_needed(0.10, examples_per_task.len())
+            );
+        }
+        Self { examples_per_task: examples_per_task.to_vec(), detectable, text }
+    }
+}
+
+fn describe_sizes(n: &[usize]) -> String {
+    let (lo, hi) = (n.iter().min().copied().unwrap_or(0), n.iter().max().copied().unwrap_or(0));
+    let tasks = if n.len() == 1 { "1 task".to_string() } else { format!("{} tasks", n.len()) };
+    if lo == hi {
+        format!("{lo} held-out examples per task ({tasks})")
+    } else {
+        format!("{lo}–{hi} held-out examples per task ({tasks})")
+    }
 }
 
 /// The whole report.
@@ -347,6 +449,124 @@ pub struct Report {
     pub similarity: Option<Similarity>,
     /// The recommendation.
     pub recommendation: Recommendation,
+    /// Every trained run against the best one and against the base model, paired: the
+    /// macro average first, then each task.
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    /// What the held-out sets can detect.
+    #[serde(default)]
+    pub power: Option<Power>,
+}
+
+/// The paired comparisons of `runs` against `best` and against `base`: one family of
+/// macro-average comparisons and one of per-task ones, each Holm-adjusted.
+fn compare_runs(
+    runs: &[&RunResult],
+    best: &RunResult,
+    base: Option<&RunResult>,
+    reps: usize,
+    seed: u64,
+) -> Vec<Comparison> {
+    let mut pairs: Vec<(&RunResult, &RunResult)> =
+        runs.iter().filter(|r| r.name != best.name).map(|r| (*r, best)).collect();
+    if let Some(b) = base {
+        pairs.extend(runs.iter().map(|r| (*r, b)));
+    }
+    let paired_ok = |a: &RunResult, b: &RunResult| {
+        a.scores.len() == b.scores.len()
+            && a.scores
+                .iter()
+                .zip(&b.scores)
+                .all(|(x, y)| x.per_example.len() == y.per_example.len() && !x.per_example.is_empty())
+    };
+    let pairs: Vec<_> = pairs.into_iter().filter(|(a, b)| paired_ok(a, b)).collect();
+    let verdict = |d: &Estimate, p: f64| {
+        if p < 0.05 {
+            if d.value > 0.0 {
+                Verdict::Better
+            } else {
+                Verdict::Worse
+            }
+        } else if d.lo >= -TIE_MARGIN && d.hi <= TIE_MARGIN {
+            Verdict::Tied
+        } else {
+            Verdict::Undecided
+        }
+    };
+    let mut macros: Vec<Comparison> = Vec::new();
+    let mut tasks: Vec<Comparison> = Vec::new();
+    for (a, b) in pairs {
+        let per: Vec<(&[f64], &[f64])> =
+            a.scores.iter().zip(&b.scores).map(|(x, y)| (x.per_example.as_slice(), y.per_example.as_slice())).collect();
+        let (mut x, mut y) = (0, 0);
+        for (ti, (pa, pb)) in per.iter().enumerate() {
+            let (dx, dy) = paired::discordant(pa, pb);
+            (x, y) = (x + dx, y + dy);
+            tasks.push(Comparison {
+                run: a.name.clone(),
+                against: b.name.clone(),
+                task: Some(a.scores[ti].task.clone()),
+                difference: paired::paired_difference(pa, pb, reps, seed),
+                discordant: (dx, dy),
+                p_value: paired::mcnemar_exact(dx, dy),
+                p_adjusted: 1.0,
+                verdict: Verdict::Undecided,
+            });
+        }
+        macros.push(Comparison {
+            run: a.name.clone(),
+            against: b.name.clone(),
+            task: None,
+            difference: paired::paired_macro_difference(&per, reps, seed),
+            discordant: (x, y),
+            p_value: paired::mcnemar_exact(x, y),
+            p_adjusted: 1.0,
+            verdict: Verdict::Undecided,
+        });
+    }
+    for family in [&mut macros, &mut tasks] {
+        let adjusted = paired::holm(&family.iter().map(|c| c.p_value).collect::<Vec<_>>());
+        for (c, p) in family.iter_mut().zip(adjusted) {
+            c.p_adjusted = p;
+            c.verdict = verdict(&c.difference, p);
+        }
+    }
+    macros.extend(tasks);
+    macros
+}
+
+/// Per task: whether the task's best run is significantly ahead of its runner-up (exact
+/// McNemar on the task's examples, Holm-adjusted over the tasks).
+fn per_task_margins(trained: &[&RunResult], tasks: usize) -> Vec<bool> {
+    let p: Vec<f64> = (0..tasks)
+        .map(|ti| {
+            let mut order: Vec<&&RunResult> = trained.iter().filter(|r| r.scores.len() > ti).collect();
+            order.sort_by(|x, y| y.scores[ti].value.value.total_cmp(&x.scores[ti].value.value));
+            match (order.first(), order.get(1)) {
+                (Some(a), Some(b)) if a.scores[ti].per_example.len() == b.scores[ti].per_example.len() => {
+                    let (x, y) = paired::discordant(&a.scores[ti].per_example, &b.scores[ti].per_example);
+                    paired::mcnemar_exact(x, y)
+                }
+                _ => 1.0,
+            }
+        })
+        .collect();
+    paired::holm(&p).into_iter().map(|p| p < 0.05).collect()
+}
+
+/// `+11.2 points [4.0, 18.5]`.
+fn points(d: &Estimate) -> String {
+    // (+ 0.0 turns a negated zero into a plain one: no "-0.0".)
+    let p = |x: f64| 100.0 * x + 0.0;
+    format!("{:+.1} points [{:.1}, {:.1}]", p(d.value), p(d.lo), p(d.hi))
+}
+
+fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "p < 0.001".into()
+    } else {
+        format!("p = {p:.3}")
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -354,7 +574,11 @@ fn pct(x: f64) -> String {
 }
 
 impl Report {
-    /// Assembles the report and its recommendation.
+    /// Assembles the report and its recommendation. The recommendation speaks in paired
+    /// comparisons: every run is scored on the same held-out examples, so each pair of
+    /// runs is compared example by example (bootstrap interval of the difference, exact
+    /// McNemar test, Holm's adjustment), which tells apart differences that unpaired
+    /// intervals call ties.
     pub fn new(
         tasks: &[TaskData],
         config: &CompareConfig,
@@ -362,6 +586,7 @@ impl Report {
         similarity: Option<Similarity>,
     ) -> Self {
         let trained: Vec<&RunResult> = runs.iter().filter(|r| r.strategy != "base").collect();
+        let base = runs.iter().find(|r| r.strategy == "base");
         let mut ranked: Vec<&RunResult> = trained.clone();
         ranked.sort_by(|a, b| b.macro_average().value.total_cmp(&a.macro_average().value));
         let best = ranked.first().copied();
@@ -370,9 +595,14 @@ impl Report {
             (Some(b), Some(s)) => b.macro_average().value - s.macro_average().value,
             _ => 0.0,
         };
+        let (reps, seed) = (config.eval.bootstrap.max(200), config.eval.seed);
+        let comparisons = best.map(|b| compare_runs(&trained, b, base, reps, seed)).unwrap_or_default();
+        let against_best = |run: &str| {
+            comparisons.iter().find(|c| c.task.is_none() && c.run == run && best.is_some_and(|b| c.against == b.name))
+        };
         let within_noise = match (best, second) {
             (Some(b), Some(s)) => {
-                s.macro_average().hi >= b.macro_average().value
+                against_best(&s.name).is_none_or(|c| !matches!(c.verdict, Verdict::Worse))
                     || b.seed_spread().zip(s.seed_spread()).is_some_and(|(x, y)| margin <= x.max(y))
             }
             _ => false,
@@ -389,41 +619,96 @@ impl Report {
                 )
             })
             .collect();
+        let per_task_significant = per_task_margins(&trained, tasks.len());
+        let n_eval: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
+        let power = (!n_eval.is_empty()).then(|| Power::of(&n_eval));
         let mut text = String::new();
         if let Some(b) = best {
-            let base = runs.iter().find(|r| r.strategy == "base").map(|r| r.macro_average().value).unwrap_or(0.0);
             let _ = write!(
                 text,
-                "**{}** is best overall: macro average {}% (base model {}%)",
+                "**{}** is best overall: macro average {}% (base model {}%).",
                 b.name,
                 pct(b.macro_average().value),
-                pct(base)
+                pct(base.map(|r| r.macro_average().value).unwrap_or(0.0))
             );
-            if let Some(s) = second {
+            let others: Vec<&Comparison> = ranked.iter().skip(1).filter_map(|r| against_best(&r.name)).collect();
+            if !others.is_empty() {
                 let _ = write!(
                     text,
-                    ", {} points ahead of {}{}.",
-                    pct(margin),
-                    s.name,
-                    if within_noise {
-                        " — within noise (the runner-up's 95% interval reaches the best score, or the gap is no larger than the spread over seeds), so treat them as tied"
-                    } else {
-                        ""
+                    "\n\nPaired on the same held-out examples ({}; McNemar p Holm-adjusted over {} comparisons):",
+                    describe_sizes(&n_eval),
+                    comparisons.iter().filter(|c| c.task.is_none()).count()
+                );
+                for c in others {
+                    let d = Estimate { value: -c.difference.value, lo: -c.difference.hi, hi: -c.difference.lo };
+                    let _ = match c.verdict {
+                        Verdict::Worse => write!(
+                            text,
+                            "\n- {} beats {} by {} ({}).",
+                            b.name,
+                            c.run,
+                            points(&d),
+                            p_text(c.p_adjusted)
+                        ),
+                        Verdict::Better => write!(text, "\n- {} scores above {} per example: {} ({}).", c.run, b.name, points(&c.difference), p_text(c.p_adjusted)),
+                        Verdict::Tied => write!(
+                            text,
+                            "\n- against {} the difference is {}: tied (the interval lies within ±{:.0} points).",
+                            c.run,
+                            points(&d),
+                            100.0 * TIE_MARGIN
+                        ),
+                        Verdict::Undecided => write!(
+                            text,
+                            "\n- against {} the difference is {} ({}): no evidence either way with {}; about {} per task would detect a gap of {:.0} points.",
+                            c.run,
+                            points(&d),
+                            p_text(c.p_adjusted),
+                            describe_sizes(&n_eval),
+                            paired::examples_needed(d.value.abs().max(TIE_MARGIN), tasks.len()),
+                            (100.0 * d.value.abs()).max(100.0 * TIE_MARGIN)
+                        ),
+                    };
+                }
+            }
+            if let Some(c) = base
+                .and_then(|bm| comparisons.iter().find(|c| c.task.is_none() && c.run == b.name && c.against == bm.name))
+            {
+                let _ = write!(
+                    text,
+                    "\n\nAgainst the base model: {} ({}{}).",
+                    points(&c.difference),
+                    p_text(c.p_adjusted),
+                    match c.verdict {
+                        Verdict::Better => ", a real gain",
+                        Verdict::Worse => ", a real loss",
+                        Verdict::Tied => ", no practical change",
+                        Verdict::Undecided => ", not separable from no change",
                     }
                 );
+            }
+            if second.is_some() {
                 let cheapest = trained.iter().min_by(|x, y| x.wall_s.total_cmp(&y.wall_s)).expect("non-empty");
                 if cheapest.name != b.name {
                     let _ = write!(
                         text,
-                        " Cost: it trained in {:.0}s against {:.0}s for the cheapest ({}), with {} vs {} trainable parameters.",
+                        "\n\nCost: it trained in {:.0}s against {:.0}s for the cheapest ({}), with {} vs {} trainable parameters.",
                         b.wall_s, cheapest.wall_s, cheapest.name, b.trainable_params, cheapest.trainable_params
                     );
                 }
-            } else {
-                text.push('.');
             }
-            for (task, run, v) in &per_task {
-                let _ = write!(text, "\n- {task}: {run} ({}%)", pct(*v));
+            if let Some(p) = &power {
+                let _ = write!(text, "\n\n{}", p.text);
+            }
+            text.push_str("\n\nBest per task:");
+            for (i, (task, run, v)) in per_task.iter().enumerate() {
+                let clear = per_task_significant.get(i).copied().unwrap_or(false);
+                let _ = write!(
+                    text,
+                    "\n- {task}: {run} ({}%){}",
+                    pct(*v),
+                    if clear { "" } else { ", not significantly ahead of the task's runner-up" }
+                );
             }
         }
         let rec = Recommendation {
@@ -432,13 +717,14 @@ impl Report {
             margin,
             within_noise,
             per_task,
+            per_task_significant,
             text,
         };
         let tasks = tasks
             .iter()
             .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
             .collect();
-        Self { tasks, config: config.clone(), runs, similarity, recommendation: rec }
+        Self { tasks, config: config.clone(), runs, similarity, recommendation: rec, comparisons, power }
     }
 
     /// `report.md`.
@@ -476,6 +762,43 @@ impl Report {
                 self.config.seeds.len(),
                 self.config.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
             );
+        }
+        if !self.comparisons.is_empty() {
+            s.push_str(
+                "\n## Paired comparisons\n\nEach run against the best and against the base model on the same held-out \
+                 examples: the difference of the headline metric (points, paired bootstrap 95% interval), the \
+                 discordant examples (right only in the run / only in the other), the exact McNemar p-value and \
+                 its Holm adjustment over the comparisons of the table.\n\n",
+            );
+            for (title, per_task) in [("Macro average", false), ("Per task, against the best run", true)] {
+                let _ = writeln!(
+                    s,
+                    "**{title}**\n\n| run | against |{} difference | discordant | p | p (Holm) | verdict |\n|---|---|{}---|---|---|---|---|",
+                    if per_task { " task |" } else { "" },
+                    if per_task { "---|" } else { "" }
+                );
+                let best = &self.recommendation.best;
+                for c in self
+                    .comparisons
+                    .iter()
+                    .filter(|c| c.task.is_some() == per_task && (!per_task || &c.against == best))
+                {
+                    let task = c.task.as_deref().map(|t| format!(" {t} |")).unwrap_or_default();
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} |{task} {} | {} / {} | {:.3} | {:.3} | {:?} |",
+                        c.run,
+                        c.against,
+                        points(&c.difference),
+                        c.discordant.0,
+                        c.discordant.1,
+                        c.p_value,
+                        c.p_adjusted,
+                        c.verdict
+                    );
+                }
+                s.push('\n');
+            }
         }
         s.push_str("\n## Cost\n\n| run | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
         for r in self.runs.iter().filter(|r| r.strategy != "base") {
@@ -558,9 +881,81 @@ mod tests {
                 metrics: vec![("accuracy".into(), Estimate { value: v, lo: v - 0.1, hi: v + 0.1 })],
                 loss: Estimate { value: 1.0, lo: 1.0, hi: 1.0 },
                 seed_values: vec![],
+                per_example: vec![],
             })
             .collect();
         r
+    }
+
+    /// A run scoring `right` on each of two tasks of 100 examples: example `i` is right
+    /// when `i < right[t]`, so runs with more right answers contain the others' answers.
+    fn nested(name: &str, right: [usize; 2]) -> RunResult {
+        let mut r = run(&[right[0] as f64 / 100.0, right[1] as f64 / 100.0]);
+        r.name = name.into();
+        for (sc, k) in r.scores.iter_mut().zip(right) {
+            sc.per_example = (0..100).map(|i| f64::from(u8::from(i < k))).collect();
+        }
+        r
+    }
+
+    #[test]
+    fn paired_comparisons_give_verdicts_by_hand() {
+        let best = nested("best", [80, 80]);
+        let close = nested("close", [78, 79]); // 3 discordant pairs in all: tied
+        let far = nested("far", [60, 65]); // 35 discordant pairs, all one way: worse
+        let mut base = nested("base", [40, 40]);
+        base.strategy = "base".into();
+        let runs = [&best, &close, &far];
+        let cs = compare_runs(&runs, &best, Some(&base), 1000, 1);
+        let find = |run: &str, against: &str| {
+            cs.iter().find(|c| c.task.is_none() && c.run == run && c.against == against).unwrap()
+        };
+        let c = find("far", "best");
+        assert_eq!(c.discordant, (0, 35));
+        assert!((c.difference.value + 0.175).abs() < 1e-12);
+        assert!((c.p_value - mcnemar(0, 35)).abs() < 1e-15);
+        assert_eq!(c.verdict, Verdict::Worse);
+        let c = find("close", "best");
+        assert_eq!((c.discordant, c.verdict), ((0, 3), Verdict::Tied), "{c:?}");
+        assert!(c.p_adjusted >= c.p_value);
+        assert_eq!(find("best", "base").verdict, Verdict::Better);
+        // Five macro comparisons (two against the best, three against the base), each
+        // family Holm-adjusted; per task as many again per task.
+        assert_eq!(cs.iter().filter(|c| c.task.is_none()).count(), 5);
+        assert_eq!(cs.iter().filter(|c| c.task.is_some()).count(), 10);
+        // Per task, best is not significantly ahead of close (2 and 1 discordant pairs).
+        assert_eq!(per_task_margins(&runs, 2), vec![false, false]);
+        let runs = [&best, &far];
+        assert_eq!(per_task_margins(&runs, 2), vec![true, true]);
+        // A wide interval without significance is undecided, not tied.
+        let few = |name: &str, k: usize| {
+            let mut r = nested(name, [0, 0]);
+            for sc in &mut r.scores {
+                sc.per_example = (0..10).map(|i| f64::from(u8::from(i < k))).collect();
+            }
+            r
+        };
+        let (a, b) = (few("a", 6), few("b", 4));
+        let cs = compare_runs(&[&a, &b], &a, None, 1000, 1);
+        assert_eq!(cs[0].verdict, Verdict::Undecided, "{:?}", cs[0]);
+    }
+
+    fn mcnemar(b: usize, c: usize) -> f64 {
+        paired::mcnemar_exact(b, c)
+    }
+
+    #[test]
+    fn power_is_stated_and_warned_about() {
+        let p = Power::of(&[20, 20, 20, 20]);
+        assert!((p.detectable - 0.2215).abs() < 1e-3);
+        assert!(
+            p.text.contains("20 held-out examples per task (4 tasks)") && p.text.contains("~22 points"),
+            "{}",
+            p.text
+        );
+        assert!(p.text.contains("Warning"), "{}", p.text);
+        let p = Power::of(&[400, 300]);
+        assert!(!p.text.contains("Warning") && p.text.contains("300–400"), "{}", p.text);
     }
 
     #[test]

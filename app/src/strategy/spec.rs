@@ -138,7 +138,7 @@ impl StrategyOptions {
             replay: 0.0,
             order: vec![],
             merges: MergeMethod::defaults(),
-            merge_rank: 2 * rank,
+            merge_rank: rank.saturating_mul(2),
             head_rank: rank,
         }
     }

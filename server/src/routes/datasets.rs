@@ -36,18 +36,36 @@ fn find(s: &AppState, id: &str) -> ApiResult<(Dataset, String)> {
     .ok_or_else(|| ApiError::not_found("dataset", id))
 }
 
-/// `GET /api/datasets/{id}`.
+/// `GET /api/datasets/{id}`: the summary written when the dataset was stored (a dataset
+/// never changes), so showing one costs a file read, not a parse of the whole file.
 pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DatasetDetail>> {
     let (d, file) = find(&s, &id)?;
+    let summary = s.data.dataset(&id).join(SUMMARY);
+    if let Some(mut detail) =
+        tokio::fs::read(&summary).await.ok().and_then(|b| serde_json::from_slice::<DatasetDetail>(&b).ok())
+    {
+        detail.dataset = d;
+        return Ok(Json(detail));
+    }
+    // Stored before summaries were kept: parse it once, keep the summary.
     let path = s.data.dataset(&id).join(file);
     let limits = data::Limits { max_bytes: s.cfg.max_upload_bytes, ..Default::default() };
-    let parsed =
-        tokio::task::spawn_blocking(move || data::load(&path, &LoadOptions { limits, ..Default::default() })).await??;
+    let parsed = s.background(move || data::load(&path, &LoadOptions { limits, ..Default::default() })).await??;
+    let detail = detail_of(d, &parsed);
+    let _ = multitune::persist::write_atomic(&summary, &serde_json::to_vec(&detail)?);
+    Ok(Json(detail))
+}
+
+/// The file beside a dataset that keeps its [`DatasetDetail`].
+const SUMMARY: &str = "summary.json";
+
+/// A parsed dataset's preview and statistics.
+fn detail_of(dataset: Dataset, parsed: &data::Dataset) -> DatasetDetail {
     let stats = |f: &dyn Fn(&multitune::data::Record) -> usize| {
         let v: Vec<usize> = parsed.records.iter().map(f).collect();
         (v.iter().sum::<usize>() as f64 / v.len().max(1) as f64, v.iter().copied().max().unwrap_or(0))
     };
-    Ok(Json(DatasetDetail {
+    DatasetDetail {
         preview: parsed
             .records
             .iter()
@@ -55,11 +73,15 @@ pub async fn datasets_show(State(s): State<AppState>, Path(id): Path<String>) ->
             .take(20)
             .map(|(r, &line)| PreviewRow { line, prompt: r.prompt.clone(), completion: r.completion.clone() })
             .collect(),
-        label_counts: if d.kind == "classification" { parsed.label_counts().into_iter().collect() } else { vec![] },
+        label_counts: if dataset.kind == "classification" {
+            parsed.label_counts().into_iter().collect()
+        } else {
+            vec![]
+        },
         prompt_chars: stats(&|r| r.prompt.chars().count()),
         completion_chars: stats(&|r| r.completion.chars().count()),
-        dataset: d,
-    }))
+        dataset,
+    }
 }
 
 /// `DELETE /api/datasets/{id}`: refused while an experiment uses it.
@@ -139,7 +161,7 @@ pub async fn datasets_create(
             if clean != n {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(ApiError::bad_request(format!(
-                    "task name `{}` may only hold letters, digits, `-` and `_` (at most 64)",
+                    "task name `{}` may only hold letters, digits, `-` and `_` (at most 64), and may not start or end with `_`",
                     files::truncate(n, 80)
                 )));
             }
@@ -198,8 +220,7 @@ pub async fn store(
     let limit = s.cfg.max_upload_bytes;
     let limits = data::Limits { max_bytes: limit, ..Default::default() };
     let check = tmp.clone();
-    let parsed =
-        tokio::task::spawn_blocking(move || data::load(&check, &LoadOptions { limits, ..Default::default() })).await?;
+    let parsed = s.background(move || data::load(&check, &LoadOptions { limits, ..Default::default() })).await?;
     let parsed = match parsed {
         Ok(d) => d,
         Err(multitune::Error::Dataset(rej)) => {
@@ -263,7 +284,15 @@ pub async fn store(
         )?;
         c.query_row("SELECT created_at FROM datasets WHERE id = ?1", [&d.id], |r| r.get(0))
     })?;
-    Ok(Dataset { created_at, ..d })
+    let d = Dataset { created_at, ..d };
+    // The summary is a cache: without it, showing the dataset parses the file again.
+    if let Err(e) = serde_json::to_vec(&detail_of(d.clone(), &parsed))
+        .map_err(multitune::Error::from)
+        .and_then(|b| multitune::persist::write_atomic(&dir.join(SUMMARY), &b))
+    {
+        tracing::warn!("dataset {}: keeping its summary: {e}", d.id);
+    }
+    Ok(d)
 }
 
 fn too_large(limit: u64) -> ApiError {

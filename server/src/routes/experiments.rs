@@ -106,6 +106,8 @@ pub async fn experiments_create(
     if !errors.is_empty() {
         return Err(ApiError::invalid("the experiment is not valid", errors));
     }
+    // A new experiment on a full disk would stop at its first step: say so now.
+    s.data.ensure_reserve()?;
     let id = files::new_id();
     let spec_json = serde_json::to_string(&spec)?;
     s.db.with(|c| {
@@ -143,8 +145,8 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
         errors.push(format!("budget_tokens: must be 1 to 10^9, not {}", spec.budget_tokens));
     }
     let h = &spec.hyper;
-    if !(h.learning_rate.is_finite() && h.learning_rate > 0.0 && h.learning_rate <= 1.0) {
-        errors.push(format!("hyper.learning_rate: must be in (0, 1], not {}", h.learning_rate));
+    if !(h.learning_rate.is_finite() && h.learning_rate > 0.0 && h.learning_rate < 1.0) {
+        errors.push(format!("hyper.learning_rate: must be in (0, 1), not {}", h.learning_rate));
     }
     if h.rank == 0 || h.rank > 256 {
         errors.push(format!("hyper.rank: must be 1 to 256, not {}", h.rank));
@@ -238,6 +240,8 @@ pub async fn experiments_resume(
             e.status.as_str()
         )));
     }
+    // Room for the disk-full record first: resuming onto a full disk would only stop again.
+    s.data.ensure_reserve()?;
     jobs::set_status(&s, &s.db, &id, Status::Queued, None)?;
     let _ = s.wake.try_send(());
     Ok((StatusCode::ACCEPTED, Json(load(&s, &id)?)))
@@ -325,7 +329,7 @@ pub async fn experiments_download(State(s): State<AppState>, Path(id): Path<Stri
     if !zip.exists() {
         let (out, dest) = (dir.join("out"), zip.clone());
         let name = format!("multitune-{id}");
-        tokio::task::spawn_blocking(move || files::zip_folders(&dest, &[(out, name)])).await??;
+        s.background(move || files::zip_folders(&dest, &[(out, name)])).await??;
     }
     send_file(&zip, "application/zip", &format!("multitune-{id}.zip")).await
 }

@@ -142,7 +142,7 @@ pub async fn runs_adapter(State(s): State<AppState>, Path(id): Path<String>) -> 
     if !zip.exists() {
         let folders: Vec<_> = dirs.iter().map(|d| (d.clone(), dir_name(d))).collect();
         let dest = zip.clone();
-        tokio::task::spawn_blocking(move || files::zip_folders(&dest, &folders)).await??;
+        s.background(move || files::zip_folders(&dest, &folders)).await??;
     }
     let name = dirs.first().map(|d| dir_name(d)).unwrap_or_default();
     send_file(&zip, "application/zip", &format!("{name}.zip")).await
@@ -160,7 +160,7 @@ pub async fn runs_heads(State(s): State<AppState>, Path(id): Path<String>) -> Ap
     if !zip.exists() {
         let folders = vec![(dirs[0].clone(), "heads".to_string())];
         let dest = zip.clone();
-        tokio::task::spawn_blocking(move || {
+        s.background(move || {
             files::zip_folders_where(&dest, &folders, &|p| {
                 p.file_name().is_some_and(|n| {
                     n == multitune::adapter::heads::HEADS_FILE || n == multitune::adapter::heads::HEADS_JSON
@@ -193,7 +193,7 @@ pub async fn runs_merged(State(s): State<AppState>, Path(id): Path<String>) -> A
         let state = s.clone();
         let (dir, dest) = (dirs[0].clone(), zip.clone());
         let work = cache.join(format!("merged-{}-{}", run.id, files::new_id()));
-        tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        s.background(move || -> ApiResult<()> {
             let m = state.model(&spec.model)?;
             let adapter = multitune::adapter::peft::load_adapter(&dir, &m.model.cfg, m.model.device())?;
             let merged = m.model.with_adapter_merged(&adapter, 1.0)?;

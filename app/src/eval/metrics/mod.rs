@@ -5,6 +5,7 @@ pub mod accuracy;
 pub mod bootstrap;
 pub mod confusion;
 pub mod exact_match;
+pub mod paired;
 pub mod rouge_l;
 pub mod token_f1;
 
@@ -12,6 +13,9 @@ pub use accuracy::Accuracy;
 pub use bootstrap::{bootstrap_interval, Estimate};
 pub use confusion::Confusion;
 pub use exact_match::{normalize_answer, ExactMatch};
+pub use paired::{
+    detectable_difference, discordant, examples_needed, holm, mcnemar_exact, paired_difference, paired_macro_difference,
+};
 pub use rouge_l::RougeL;
 pub use token_f1::TokenF1;
 
