@@ -231,6 +231,8 @@ async fn dashboard_end_to_end_in_chromium() {
     b.clear(&lr).await;
     b.send_keys(&lr, "0.005").await;
     b.wait_text(".estimate", "tokens/s").await;
+    // What the chosen held-out sets can tell apart, before anything is trained.
+    b.wait_text("#power", "will look like ties").await;
     b.screenshot("new-experiment").await;
     let start = b.wait("button[type='submit']").await;
     b.click(&start).await;
@@ -264,6 +266,8 @@ async fn dashboard_end_to_end_in_chromium() {
     let rows = b.find_all("#compare-table tbody tr").await;
     assert!(rows.len() >= 8, "base + every run: {}", rows.len());
     b.wait_text(".recommendation", "best overall").await;
+    b.wait_text("#pair-matrix", "base model").await;
+    b.wait_text("ul.standings", "sentiment").await;
     b.wait("img[src*='scores.svg']").await;
     b.screenshot("compare").await;
 

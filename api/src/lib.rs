@@ -43,6 +43,19 @@ pub struct Health {
     pub queue: usize,
 }
 
+/// `GET /api/power?examples=N,N,…`: what held-out sets of these sizes (one per task) can
+/// tell apart, before anything is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Power {
+    /// Held-out examples per task.
+    pub examples_per_task: Vec<usize>,
+    /// The smallest macro-average difference (a fraction) detected with 80% power by a
+    /// two-sided 5% test.
+    pub detectable: f64,
+    /// The statement, with a warning above 10 points.
+    pub text: String,
+}
+
 /// `GET /api/version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Version {

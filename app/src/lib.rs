@@ -40,8 +40,20 @@ pub use model::{load_model, Llama, LoadedModel, ModelSource, TextTokenizer};
 /// kept training at 82–84% of that speed under the server's load test instead of 68–74%
 /// (2026-12-01, 2 cores, Debian OpenBLAS 0.3.21). Explicit settings of
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT` or `OPENBLAS_THREAD_TIMEOUT` are left alone.
+///
+/// candle asks how many threads to use on every matrix product, and unless
+/// `RAYON_NUM_THREADS` is set it finds out by reading and parsing `/proc/cpuinfo` (the
+/// physical core count) each time: 15% of the wall time of evaluating the default model
+/// here (`perf`, 2026-12-01). The count is worked out once and set as
+/// `RAYON_NUM_THREADS` (the same number candle would pick; an explicit setting is left
+/// alone).
 pub fn tune_runtime() {
-    for (name, value) in [("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000"), ("OPENBLAS_THREAD_TIMEOUT", "4")] {
+    let threads = candle_core::utils::get_num_threads().to_string();
+    for (name, value) in [
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000"),
+        ("OPENBLAS_THREAD_TIMEOUT", "4"),
+        ("RAYON_NUM_THREADS", threads.as_str()),
+    ] {
         if std::env::var_os(name).is_none() {
             std::env::set_var(name, value);
         }

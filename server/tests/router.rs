@@ -128,6 +128,15 @@ async fn health_version_models_and_unknown_routes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["schema"], 1);
     assert_eq!(v["device"], "cpu");
+    // What held-out sets can tell apart, before training: four tasks of 20 → ~22 points.
+    let (s, p): (_, multitune_api::Power) = app.json(Method::GET, "/api/power?examples=20,20,20,20", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!((p.detectable - 0.2215).abs() < 1e-3 && p.text.contains("Warning"), "{p:?}");
+    for bad in ["", "0", "20,x", "-1"] {
+        let (s, b) = app.get(&format!("/api/power?examples={bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(error(&b).error.message.contains("examples"), "{bad}");
+    }
     let (s, models): (_, Vec<Model>) = app.json(Method::GET, "/api/models", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(models.iter().map(|m| m.id.as_str()).take(2).collect::<Vec<_>>(), ["default", "tiny"]);

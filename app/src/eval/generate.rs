@@ -70,9 +70,26 @@ fn pick(logits: &[f32], cfg: &GenerateConfig, rng: &mut impl Rng) -> u32 {
     probs[kept - 1].0
 }
 
+/// The length of the prefix all `prompts` share, leaving every prompt at least one token
+/// of its own.
+fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
+    let Some(first) = prompts.first() else { return 0 };
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+    let mut n = 0;
+    while n + 1 < shortest && prompts.iter().all(|p| p[n] == first[n]) {
+        n += 1;
+    }
+    n
+}
+
 /// Continues each prompt until an id in `stop` or `max_new_tokens`; returns the new
 /// tokens of each row (the stop token excluded). `on_token(row, id)` sees each token as
 /// it is produced.
+///
+/// Two things keep the work to what the answers need: the prefix every prompt shares
+/// (a chat template's system prompt and a task's instruction) runs once and its cache is
+/// copied to every row, so only the rest of each prompt is prefilled; and a row that has
+/// finished leaves the batch (its cache rows are dropped) instead of decoding padding.
 pub fn generate_batch(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -87,36 +104,49 @@ pub fn generate_batch(
         return Ok(vec![]);
     }
     let fwd = Forward::eval(adapter);
-    let mut cache = KvCache::new(model, b);
-    let (ids, mask) = model.pad_batch(prompts, pad, true)?;
+    let shared = if b > 1 { shared_prefix(prompts) } else { 0 };
+    let mut cache = if shared >= 2 {
+        let mut one = KvCache::new(model, 1);
+        let (ids, mask) = model.pad_batch(&[prompts[0][..shared].to_vec()], pad, true)?;
+        model.hidden_states(&ids, &mask, &fwd, Some(&mut one))?;
+        one.repeated(b)?
+    } else {
+        KvCache::new(model, b)
+    };
+    let shared = if shared >= 2 { shared } else { 0 };
+    let rest: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
+    let (ids, mask) = model.pad_batch(&rest, pad, true)?;
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
-    let mut done = vec![false; b];
     let mut rngs: Vec<_> = (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect();
     let mut hidden = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
-    for _ in 0..cfg.max_new_tokens {
+    // The prompts still decoding, by their index in `prompts`; row r of `hidden` and of
+    // the cache is prompt active[r].
+    let mut active: Vec<usize> = (0..b).collect();
+    while !active.is_empty() {
         let logits = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        let mut next = vec![pad; b];
-        for i in 0..b {
-            if done[i] {
+        let (mut keep, mut next) = (Vec::new(), Vec::new());
+        for (r, &i) in active.iter().enumerate() {
+            let id = pick(&rows[r], cfg, &mut rngs[i]);
+            if stop.contains(&id) {
                 continue;
             }
-            let id = pick(&rows[i], cfg, &mut rngs[i]);
-            if stop.contains(&id) {
-                done[i] = true;
-            } else {
-                out[i].push(id);
-                on_token(i, id);
-                next[i] = id;
+            out[i].push(id);
+            on_token(i, id);
+            if out[i].len() < cfg.max_new_tokens {
+                keep.push(r);
+                next.push(id);
             }
         }
-        if done.iter().all(|&d| d) {
+        if keep.is_empty() {
             break;
         }
-        let step_ids = Tensor::from_vec(next, (b, 1), model.device())?;
-        // Finished rows keep decoding padding, masked out so it never matters.
-        let step_mask: Vec<Vec<u8>> = done.iter().map(|&d| vec![u8::from(!d)]).collect();
-        hidden = model.hidden_states(&step_ids, &step_mask, &fwd, Some(&mut cache))?;
+        if keep.len() < active.len() {
+            cache.retain(&keep)?;
+            active = keep.iter().map(|&r| active[r]).collect();
+        }
+        let step_ids = Tensor::from_vec(next, (active.len(), 1), model.device())?;
+        hidden = model.hidden_states(&step_ids, &vec![vec![1u8]; active.len()], &fwd, Some(&mut cache))?;
     }
     Ok(out)
 }
@@ -194,5 +224,37 @@ mod tests {
         let alone = generate_batch(&model, None, &[short], &[], 0, &cfg, &mut |_, _| {}).unwrap();
         assert_eq!(both[0], got[0]);
         assert_eq!(both[1], alone[0]);
+    }
+
+    /// Prompts that share a prefix (run once, its cache copied to every row) and rows that
+    /// finish at different steps (dropped from the batch): every row gets what it gets
+    /// alone.
+    #[test]
+    fn shared_prefixes_and_finished_rows_change_no_answer() {
+        let (model, _) = crate::model::tiny_model(5, &Device::Cpu).unwrap();
+        let prefix: Vec<u32> = vec![3, 14, 15, 92, 65, 35];
+        let prompts: Vec<Vec<u32>> = [vec![89u32, 79], vec![32], vec![38, 46, 26, 43], vec![89, 7]]
+            .into_iter()
+            .map(|s| [prefix.clone(), s].concat())
+            .collect();
+        assert_eq!(shared_prefix(&prompts), prefix.len());
+        assert_eq!(shared_prefix(&[vec![1, 2], vec![1, 2, 3]]), 1, "each prompt keeps a token of its own");
+        let cfg = GenerateConfig { max_new_tokens: 8, ..Default::default() };
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                generate_batch(&model, None, std::slice::from_ref(p), &[], 0, &cfg, &mut |_, _| {}).unwrap().remove(0)
+            })
+            .collect();
+        let together = generate_batch(&model, None, &prompts, &[], 0, &cfg, &mut |_, _| {}).unwrap();
+        assert_eq!(together, alone);
+        // Stop on a token some rows produce early: those rows end there, the rest go on.
+        let stop = [alone[0][2]];
+        let stopped = generate_batch(&model, None, &prompts, &stop, 0, &cfg, &mut |_, _| {}).unwrap();
+        for (s, a) in stopped.iter().zip(&alone) {
+            let end = a.iter().position(|t| stop.contains(t)).unwrap_or(a.len());
+            assert_eq!(s, &a[..end]);
+        }
+        assert!(stopped.iter().any(|s| s.len() < 8) && stopped.iter().any(|s| s.len() == 8), "{stopped:?}");
     }
 }

@@ -328,22 +328,31 @@ pub fn evaluate_task(
         TaskKind::Generation => {
             let max_new = examples.iter().map(Example::completion_len).max().unwrap_or(1) + 16;
             let cfg = GenerateConfig { max_new_tokens: max_new, ..Default::default() };
-            for (ci, chunk) in examples.chunks(bs).enumerate() {
-                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+            // Batches of similar prompt length pad little; answers return in task order.
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| examples[i].prompt_len);
+            let mut outputs: Vec<Option<String>> = vec![None; n];
+            let mut done = 0;
+            for chunk in order.chunks(bs) {
+                let prompts: Vec<Vec<u32>> =
+                    chunk.iter().map(|&i| examples[i].ids[..examples[i].prompt_len].to_vec()).collect();
                 let outs = generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
-                for (i, o) in outs.into_iter().enumerate() {
-                    let r = &records[ci * bs + i];
-                    let output = tok.decode(&o, true)?;
-                    let correct = ExactMatch::score(&output, &r.completion) == 1.0;
-                    predictions.push(Prediction {
-                        prompt: r.prompt.clone(),
-                        reference: r.completion.clone(),
-                        output,
-                        correct,
-                        label_scores: vec![],
-                    });
+                for (&i, o) in chunk.iter().zip(outs) {
+                    outputs[i] = Some(tok.decode(&o, true)?);
                 }
-                on_progress(predictions.len(), n);
+                done += chunk.len();
+                on_progress(done, n);
+            }
+            for (r, output) in records.iter().zip(outputs) {
+                let output = output.unwrap_or_default();
+                let correct = ExactMatch::score(&output, &r.completion) == 1.0;
+                predictions.push(Prediction {
+                    prompt: r.prompt.clone(),
+                    reference: r.completion.clone(),
+                    output,
+                    correct,
+                    label_scores: vec![],
+                });
             }
             let per =
                 |f: fn(&str, &str) -> f64| predictions.iter().map(|p| f(&p.output, &p.reference)).collect::<Vec<f64>>();

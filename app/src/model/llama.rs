@@ -129,6 +129,47 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Rows cached.
+    pub fn rows(&self) -> usize {
+        self.key_mask.len()
+    }
+
+    /// A cache of `rows` rows that each hold this one-row cache's contents: a prefix
+    /// computed once and shared by every row of a batch.
+    pub fn repeated(&self, rows: usize) -> Result<Self> {
+        if self.rows() != 1 {
+            return Err(Error::Invalid(format!("only a one-row cache repeats, not one of {} rows", self.rows())));
+        }
+        let rep = |t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&vec![t; rows], 0)?) };
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.as_ref().map(|(k, v)| Ok::<_, Error>((rep(k)?, rep(v)?))).transpose())
+                .collect::<Result<_>>()?,
+            key_mask: vec![self.key_mask[0].clone(); rows],
+            next_pos: vec![self.next_pos[0]; rows],
+        })
+    }
+
+    /// Keeps only the rows `keep` (in that order), dropping the others: finished rows
+    /// leave a decoding batch instead of being computed on.
+    pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else {
+            self.key_mask = keep.iter().map(|&i| self.key_mask[i].clone()).collect();
+            self.next_pos = keep.iter().map(|&i| self.next_pos[i]).collect();
+            return Ok(());
+        };
+        let idx = Tensor::from_vec(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), keep.len(), &dev)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        self.key_mask = keep.iter().map(|&i| self.key_mask[i].clone()).collect();
+        self.next_pos = keep.iter().map(|&i| self.next_pos[i]).collect();
+        Ok(())
+    }
 }
 
 /// The decoder.

@@ -456,6 +456,10 @@ pub struct Report {
     /// What the held-out sets can detect.
     #[serde(default)]
     pub power: Option<Power>,
+    /// Every pair of runs (the base model included), on the macro average, paired and
+    /// Holm-adjusted over all pairs: the compare page's matrix.
+    #[serde(default)]
+    pub pairwise: Vec<Comparison>,
 }
 
 /// The paired comparisons of `runs` against `best` and against `base`: one family of
@@ -472,6 +476,20 @@ fn compare_runs(
     if let Some(b) = base {
         pairs.extend(runs.iter().map(|r| (*r, b)));
     }
+    compare_pairs(pairs, reps, seed, true)
+}
+
+/// Every pair of `runs` (earlier against later), macro average only, one Holm family.
+fn pairwise(runs: &[&RunResult], reps: usize, seed: u64) -> Vec<Comparison> {
+    let pairs: Vec<(&RunResult, &RunResult)> =
+        runs.iter().enumerate().flat_map(|(i, a)| runs[i + 1..].iter().map(move |b| (*a, *b))).collect();
+    compare_pairs(pairs, reps, seed, false)
+}
+
+/// Paired comparisons of `pairs` (first against second): the macro average, and each
+/// task when `per_task`; the macro ones and the per-task ones each Holm-adjusted as a
+/// family.
+fn compare_pairs(pairs: Vec<(&RunResult, &RunResult)>, reps: usize, seed: u64, per_task: bool) -> Vec<Comparison> {
     let paired_ok = |a: &RunResult, b: &RunResult| {
         a.scores.len() == b.scores.len()
             && a.scores
@@ -502,6 +520,9 @@ fn compare_runs(
         for (ti, (pa, pb)) in per.iter().enumerate() {
             let (dx, dy) = paired::discordant(pa, pb);
             (x, y) = (x + dx, y + dy);
+            if !per_task {
+                continue;
+            }
             tasks.push(Comparison {
                 run: a.name.clone(),
                 against: b.name.clone(),
@@ -597,6 +618,8 @@ impl Report {
         };
         let (reps, seed) = (config.eval.bootstrap.max(200), config.eval.seed);
         let comparisons = best.map(|b| compare_runs(&trained, b, base, reps, seed)).unwrap_or_default();
+        let all: Vec<&RunResult> = base.into_iter().chain(ranked.iter().copied()).collect();
+        let pairwise = pairwise(&all, reps, seed);
         let against_best = |run: &str| {
             comparisons.iter().find(|c| c.task.is_none() && c.run == run && best.is_some_and(|b| c.against == b.name))
         };
@@ -724,7 +747,7 @@ impl Report {
             .iter()
             .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
             .collect();
-        Self { tasks, config: config.clone(), runs, similarity, recommendation: rec, comparisons, power }
+        Self { tasks, config: config.clone(), runs, similarity, recommendation: rec, comparisons, power, pairwise }
     }
 
     /// `report.md`.
@@ -923,6 +946,11 @@ mod tests {
         // family Holm-adjusted; per task as many again per task.
         assert_eq!(cs.iter().filter(|c| c.task.is_none()).count(), 5);
         assert_eq!(cs.iter().filter(|c| c.task.is_some()).count(), 10);
+        let all = pairwise(&[&base, &best, &close, &far], 1000, 1);
+        assert_eq!(all.len(), 6, "every pair once");
+        assert!(all.iter().all(|c| c.task.is_none()));
+        let bf = all.iter().find(|c| c.run == "best" && c.against == "far").unwrap();
+        assert_eq!((bf.discordant, bf.verdict), ((35, 0), Verdict::Better));
         // Per task, best is not significantly ahead of close (2 and 1 discordant pairs).
         assert_eq!(per_task_margins(&runs, 2), vec![false, false]);
         let runs = [&best, &far];

@@ -4,7 +4,7 @@
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_navigate;
-use multitune_api::{ApiError, Dataset, Experiment, ExperimentCreate, Hyper, Model, StrategyChoice, TaskRef};
+use multitune_api::{ApiError, Dataset, Experiment, ExperimentCreate, Hyper, Model, Power, StrategyChoice, TaskRef};
 
 use crate::{api, format, ErrorView};
 
@@ -36,6 +36,20 @@ pub fn measured_tokens_per_s(experiments: &[Experiment], model: &str) -> Option<
 }
 
 /// A text input bound to a signal.
+/// The held-out examples each chosen task will have: its held-out dataset's rows, or the
+/// 20% split off its training rows, at most the held-out limit.
+pub fn held_out_sizes(datasets: &[Dataset], chosen: &[(String, String)], eval_limit: &str) -> Vec<usize> {
+    let limit: Option<usize> = eval_limit.trim().parse().ok().filter(|&l| l > 0);
+    let rows = |id: &str| datasets.iter().find(|d| d.id == id).map(|d| d.rows);
+    chosen
+        .iter()
+        .filter_map(|(d, e)| {
+            let n = if e.is_empty() { rows(d).map(|r| (r as f64 * 0.2).round() as usize) } else { rows(e) }?;
+            Some(limit.map_or(n, |l| n.min(l)).max(1))
+        })
+        .collect()
+}
+
 #[component]
 fn Field(id: &'static str, value: RwSignal<String>) -> impl IntoView {
     view! { <input id=id prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) /> }
@@ -141,6 +155,19 @@ pub fn NewExperimentPage() -> impl IntoView {
             tps
         )
     };
+    // What the chosen held-out sets can tell apart (the engine's statement, from the server).
+    let power = RwSignal::new(None::<Power>);
+    Effect::new(move |_| {
+        let sizes = held_out_sizes(&datasets.get(), &chosen.get(), &eval_limit.get());
+        if sizes.is_empty() {
+            power.set(None);
+            return;
+        }
+        let q = sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        leptos::task::spawn_local(async move {
+            power.set(api::get::<Power>(&format!("/api/power?examples={q}")).await.ok());
+        });
+    });
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -256,6 +283,10 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <input id="seeds" prop:value=move || seeds.get() on:input=move |ev| seeds.set(event_target_value(&ev)) />
             </fieldset>
             <p class="estimate" role="status">{estimate}</p>
+            {move || power.get().map(|p| {
+                let class = if p.detectable > 0.10 { "power warn" } else { "power" };
+                view! { <p class=class id="power">{p.text}</p> }
+            })}
             <button type="submit" disabled=move || busy.get()>"Start"</button>
         </form>
         {move || error.get().map(|e| view! { <ErrorView error=e/> })}
@@ -324,5 +355,27 @@ mod tests {
         assert_eq!(measured_tokens_per_s(&h, "default"), Some(100.0));
         assert_eq!(measured_tokens_per_s(&h, "tiny"), Some(9000.0));
         assert_eq!(measured_tokens_per_s(&h, "other"), None);
+    }
+
+    #[test]
+    fn held_out_sizes_follow_the_split_the_file_and_the_limit() {
+        let d = |id: &str, rows: usize| Dataset {
+            id: id.into(),
+            name: id.into(),
+            filename: String::new(),
+            format: "jsonl".into(),
+            kind: "classification".into(),
+            rows,
+            bytes: 0,
+            labels: vec![],
+            warnings: vec![],
+            created_at: String::new(),
+        };
+        let ds = [d("a", 96), d("b", 500), d("ae", 37)];
+        let chosen =
+            [("a".to_string(), String::new()), ("b".to_string(), String::new()), ("a".to_string(), "ae".to_string())];
+        assert_eq!(held_out_sizes(&ds, &chosen, ""), vec![19, 100, 37]);
+        assert_eq!(held_out_sizes(&ds, &chosen, "50"), vec![19, 50, 37]);
+        assert!(held_out_sizes(&ds, &[("zz".to_string(), String::new())], "").is_empty());
     }
 }

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     let json = Router::new()
         .route("/api/health", get(system::health))
         .route("/api/version", get(system::version))
+        .route("/api/power", get(system::power))
         .route("/api/datasets", get(datasets::datasets_index))
         .route("/api/datasets/{id}", get(datasets::datasets_show).delete(datasets::datasets_delete))
         .route("/api/models", get(models::models_index).post(models::models_create))

@@ -1,10 +1,11 @@
-//! Health and version.
+//! Health, version, and the power of held-out sets.
 
 use axum::extract::State;
 use axum::Json;
-use multitune_api::{Health, Version};
+use multitune_api::{Health, Power, Version};
+use serde::Deserialize;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::state::AppState;
 
 /// `GET /api/health`.
@@ -27,4 +28,27 @@ pub async fn version(State(s): State<AppState>) -> Json<Version> {
         },
         auth: s.cfg.token.is_some(),
     })
+}
+
+/// `?examples=20,20,50`.
+#[derive(Debug, Deserialize)]
+pub struct PowerQuery {
+    examples: String,
+}
+
+/// `GET /api/power?examples=N,N,…`: the smallest macro-average difference held-out sets
+/// of these sizes detect (the engine's `strategy::report::Power`), so the New-experiment
+/// page can say it before anything is trained.
+pub async fn power(ApiQuery(q): ApiQuery<PowerQuery>) -> ApiResult<Json<Power>> {
+    let sizes: Vec<usize> = q
+        .examples
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().ok().filter(|n| (1..=10_000_000).contains(n)))
+        .collect::<Option<_>>()
+        .filter(|v: &Vec<usize>| (1..=16).contains(&v.len()))
+        .ok_or_else(|| {
+            ApiError::bad_request("examples: give 1 to 16 comma-separated held-out sizes, each 1 to 10^7")
+        })?;
+    let p = multitune::strategy::report::Power::of(&sizes);
+    Ok(Json(Power { examples_per_task: p.examples_per_task, detectable: p.detectable, text: p.text }))
 }
