@@ -68,7 +68,7 @@ pub(super) fn run(
     for m in merges {
         let mname = format!("separate + merge ({}){}", m.name(), ctx.suffix);
         let tm = Instant::now();
-        let (merged, _) = merge::merge(&refs, *m, merge_rank)?;
+        let merged = merge::merge(&refs, *m, merge_rank)?;
         let merge_s = tm.elapsed().as_secs_f64();
         let scores = ctx.eval_all(&mname, "merged", model, Some(&merged), false)?;
         let (dir, bytes) = ctx.export(&slug(&mname), &merged)?;

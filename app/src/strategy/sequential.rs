@@ -77,7 +77,7 @@ pub(super) fn run(
         // The merged model is the base plus every stage's delta: exactly the
         // concatenation of the stage adapters.
         SequentialVariant::MergeThenNew => {
-            merge::merge(&stage_adapters.iter().collect::<Vec<_>>(), MergeMethod::Concat, 0)?.0
+            merge::merge(&stage_adapters.iter().collect::<Vec<_>>(), MergeMethod::Concat, 0)?
         }
     };
     let wall_s = t0.elapsed().as_secs_f64() - eval_s;
