@@ -61,12 +61,13 @@ build-release:
 demo-data: build
 	$(BIN_DEBUG) demo-data --out assets/demo
 
-## demo: every strategy on the default model and the demo suite (budget sized for this
-## 2-core machine; roughly 25 minutes, half of it evaluation), into runs/demo-compare.
+## demo: every strategy on the default model and the demo suite, scored on all 100
+## held-out examples per task (budget sized for this 2-core machine; 23 minutes measured
+## 2026-12-01), into runs/demo-compare.
 demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	$(BIN_RELEASE) --models-dir $(MODELS) compare --model default --tasks assets/demo/*.jsonl --strategies all \
-		--budget-tokens 16000 --eval-limit 20 --lr 1e-3 --out runs/demo-compare
+		--budget-tokens 16000 --lr 1e-3 --out runs/demo-compare
 
 ## build-cuda: the CLI and server with candle's CUDA backend, into target/cuda/release
 ## (its own target dir: the CPU binaries stay as they are). nvcc, the CUDA 13.0 headers and
