@@ -8,6 +8,19 @@ use serde_json::json;
 use crate::http::Server;
 use crate::http::{demo_file, experiment_of, read_events, upload, wait_for};
 
+/// The step each training stage of experiment `id` started at, from its whole event
+/// stream (a resumed stage starts at its checkpoint's step).
+async fn train_starts(c: &reqwest::Client, s: &Server, id: &str) -> Vec<usize> {
+    let events = read_events(c.get(s.url(&format!("/api/experiments/{id}/events"))).send().await.unwrap(), None).await;
+    events
+        .iter()
+        .filter_map(|x| match &x.event {
+            Event::TrainStarted { start_step, .. } => Some(*start_step),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The whole journey over real HTTP: upload the demo tasks, run every strategy on the
 /// tiny model, follow the events (dropping the connection half-way and resuming with
 /// `Last-Event-ID`: no gap, no repeat), fetch the report, download an adapter and load
@@ -120,15 +133,7 @@ async fn killed_server_resumes_the_interrupted_run() {
     assert_eq!(r.status(), 202);
     let done = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
-    let events =
-        read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
-    let starts: Vec<usize> = events
-        .iter()
-        .filter_map(|x| match &x.event {
-            Event::TrainStarted { start_step, .. } => Some(*start_step),
-            _ => None,
-        })
-        .collect();
+    let starts = train_starts(&c, &s, &e.id).await;
     assert_eq!(starts[0], 0);
     assert!(starts[1] >= 6, "the resumed training continued from a checkpoint: {starts:?}");
     let report: serde_json::Value =
@@ -493,15 +498,7 @@ async fn a_full_disk_stops_training_resumably_and_refuses_uploads() {
     assert!(resumed.error.is_none());
     c.post(s.url(&format!("/api/experiments/{}/cancel", e.id))).send().await.unwrap();
     wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
-    let events =
-        read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
-    let starts: Vec<usize> = events
-        .iter()
-        .filter_map(|x| match &x.event {
-            Event::TrainStarted { start_step, .. } => Some(*start_step),
-            _ => None,
-        })
-        .collect();
+    let starts = train_starts(&c, &s, &e.id).await;
     assert_eq!(starts.len(), 2, "{starts:?}");
     assert!(starts[1] >= 4 && starts[1].is_multiple_of(2), "resumed from a checkpoint: {starts:?}");
     println!(

@@ -104,8 +104,10 @@ pub fn generate_batch(
         return Ok(vec![]);
     }
     let fwd = Forward::eval(adapter);
+    // A prefix of one token is not worth a pass of its own.
     let shared = if b > 1 { shared_prefix(prompts) } else { 0 };
-    let mut cache = if shared >= 2 {
+    let shared = if shared >= 2 { shared } else { 0 };
+    let mut cache = if shared > 0 {
         let mut one = KvCache::new(model, 1);
         let (ids, mask) = model.pad_batch(&[prompts[0][..shared].to_vec()], pad, true)?;
         model.hidden_states(&ids, &mask, &fwd, Some(&mut one))?;
@@ -113,7 +115,6 @@ pub fn generate_batch(
     } else {
         KvCache::new(model, b)
     };
-    let shared = if shared >= 2 { shared } else { 0 };
     let rest: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
     let (ids, mask) = model.pad_batch(&rest, pad, true)?;
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
