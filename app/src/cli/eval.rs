@@ -27,9 +27,12 @@ pub struct EvalArgs {
     /// System prompt for chat models.
     #[arg(long)]
     system: Option<String>,
-    /// Batch size.
+    /// Batch size (loss and label ranking).
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Most prompts decoded together in a generation task (fewer when prompts are long).
+    #[arg(long, default_value_t = 64)]
+    generation_batch: usize,
     /// Rank labels by mean log-likelihood per token instead of the total.
     #[arg(long)]
     length_normalise: bool,
@@ -89,6 +92,7 @@ impl EvalArgs {
             system: self.system.clone(),
             max_seq_len: opts.limits.max_tokens,
             batch_size: self.batch_size,
+            generation_batch: self.generation_batch,
             length_normalise: self.length_normalise,
             bootstrap: self.bootstrap,
             seed: 0,

@@ -99,9 +99,96 @@ pub fn generate_batch(
     cfg: &GenerateConfig,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
+    let job = Job { prompts, references: None, stop, pad };
+    Ok(decode(model, adapter, &job, cfg, on_token)?.0)
+}
+
+/// [`generate_batch`] that also scores a reference continuation of every prompt: the
+/// negative log-likelihood of `references[i]` after `prompts[i]` (its sum and token
+/// count), teacher-forced from the prompt's cache before decoding starts — so the
+/// completion loss of a generation task costs the reference's tokens, not a second pass
+/// over every prompt.
+pub fn generate_and_score(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    prompts: &[Vec<u32>],
+    references: &[Vec<u32>],
+    stop: &[u32],
+    pad: u32,
+    cfg: &GenerateConfig,
+) -> Result<(Vec<Vec<u32>>, Vec<(f64, usize)>)> {
+    if references.len() != prompts.len() || references.iter().any(Vec::is_empty) {
+        return Err(crate::Error::Invalid("every prompt needs a non-empty reference to score".into()));
+    }
+    let job = Job { prompts, references: Some(references), stop, pad };
+    decode(model, adapter, &job, cfg, &mut |_, _| {})
+}
+
+/// The prompts of one decode and what goes with them.
+struct Job<'a> {
+    prompts: &'a [Vec<u32>],
+    /// A continuation of each prompt to score before decoding.
+    references: Option<&'a [Vec<u32>]>,
+    stop: &'a [u32],
+    pad: u32,
+}
+
+/// Negative log-likelihood of each reference (sum, tokens) after its prompt: the first
+/// token from the prompt's last logits, the rest teacher-forced on a copy of the cache
+/// (right-padded and masked, so a row's padding changes nothing it reads).
+fn score_references(
+    model: &Llama,
+    fwd: &Forward,
+    cache: &KvCache,
+    last_logits: &Tensor,
+    references: &[Vec<u32>],
+    pad: u32,
+) -> Result<Vec<(f64, usize)>> {
+    let dev = model.device();
+    let b = references.len();
+    let first: Vec<u32> = references.iter().map(|r| r[0]).collect();
+    let first: Vec<f32> = crate::ops::token_nll(last_logits, &Tensor::from_vec(first, b, dev)?)?.to_vec1()?;
+    let mut out: Vec<(f64, usize)> = first.iter().zip(references).map(|(&n, r)| (f64::from(n), r.len())).collect();
+    let k = references.iter().map(|r| r.len() - 1).max().unwrap_or(0);
+    if k == 0 {
+        return Ok(out);
+    }
+    let mut ids = Vec::with_capacity(b * k);
+    let mut mask = Vec::with_capacity(b);
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (i, r) in references.iter().enumerate() {
+        let n = r.len() - 1;
+        ids.extend_from_slice(&r[..n]);
+        ids.extend(std::iter::repeat_n(pad, k - n));
+        mask.push([vec![1u8; n], vec![0u8; k - n]].concat());
+        rows.extend((0..n).map(|j| (i * k + j) as u32));
+        targets.extend_from_slice(&r[1..]);
+    }
+    let mut teacher = cache.clone();
+    let hidden = model.hidden_states(&Tensor::from_vec(ids, (b, k), dev)?, &mask, fwd, Some(&mut teacher))?;
+    let n = rows.len();
+    let picked = hidden.reshape((b * k, model.cfg.hidden_size))?.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
+    let nll: Vec<f32> =
+        crate::ops::token_nll(&model.logits(&picked)?.to_dtype(DType::F32)?, &Tensor::from_vec(targets, n, dev)?)?
+            .to_vec1()?;
+    let mut nll = nll.into_iter();
+    for (o, r) in out.iter_mut().zip(references) {
+        o.0 += nll.by_ref().take(r.len() - 1).map(f64::from).sum::<f64>();
+    }
+    Ok(out)
+}
+
+fn decode(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    job: &Job,
+    cfg: &GenerateConfig,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<(Vec<Vec<u32>>, Vec<(f64, usize)>)> {
+    let (prompts, stop, pad) = (job.prompts, job.stop, job.pad);
     let b = prompts.len();
     if b == 0 {
-        return Ok(vec![]);
+        return Ok((vec![], vec![]));
     }
     let fwd = Forward::eval(adapter);
     // A prefix of one token is not worth a pass of its own.
@@ -120,11 +207,15 @@ pub fn generate_batch(
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
     let mut rngs: Vec<_> = (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect();
     let mut hidden = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
+    let mut scores = Vec::new();
     // The prompts still decoding, by their index in `prompts`; row r of `hidden` and of
     // the cache is prompt active[r].
     let mut active: Vec<usize> = (0..b).collect();
     while !active.is_empty() {
         let logits = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
+        if let Some(refs) = job.references.filter(|_| scores.is_empty()) {
+            scores = score_references(model, &fwd, &cache, &logits, refs, pad)?;
+        }
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         let (mut keep, mut next) = (Vec::new(), Vec::new());
         for (r, &i) in active.iter().enumerate() {
@@ -149,7 +240,7 @@ pub fn generate_batch(
         let step_ids = Tensor::from_vec(next, (active.len(), 1), model.device())?;
         hidden = model.hidden_states(&step_ids, &vec![vec![1u8]; active.len()], &fwd, Some(&mut cache))?;
     }
-    Ok(out)
+    Ok((out, scores))
 }
 
 /// Answers a user `prompt` (chat-templated for chat models) and returns the text.
@@ -257,5 +348,39 @@ mod tests {
             assert_eq!(s, &a[..end]);
         }
         assert!(stopped.iter().any(|s| s.len() < 8) && stopped.iter().any(|s| s.len() == 8), "{stopped:?}");
+    }
+
+    /// The reference scores of a decode equal the completion loss of the examples
+    /// computed by the loss pass (packed, without a cache), and scoring changes no answer.
+    #[test]
+    fn scored_references_match_the_loss_pass() {
+        let (model, _) = crate::model::tiny_model(7, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, crate::adapter::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        crate::adapter::lora::randomize(&ad, 2, 0.1);
+        let prefix: Vec<u32> = vec![3, 14, 15, 92, 65];
+        let prompts: Vec<Vec<u32>> = [vec![89u32, 79], vec![32], vec![38, 46, 26, 43]]
+            .into_iter()
+            .map(|s| [prefix.clone(), s].concat())
+            .collect();
+        let refs: Vec<Vec<u32>> = vec![vec![7], vec![8, 9, 10, 11], vec![12, 13]];
+        let cfg = GenerateConfig { max_new_tokens: 5, ..Default::default() };
+        let (outs, scores) = generate_and_score(&model, Some(&ad), &prompts, &refs, &[], 0, &cfg).unwrap();
+        let plain = generate_batch(&model, Some(&ad), &prompts, &[], 0, &cfg, &mut |_, _| {}).unwrap();
+        assert_eq!(outs, plain);
+        let examples: Vec<crate::data::Example> = prompts
+            .iter()
+            .zip(&refs)
+            .map(|(p, r)| crate::data::Example {
+                ids: [p.clone(), r.clone()].concat(),
+                prompt_len: p.len(),
+                extra_loss: vec![],
+            })
+            .collect();
+        let want = crate::eval::completion_nll(&model, Some(&ad), &examples, 2).unwrap();
+        for (got, want) in scores.iter().zip(&want) {
+            assert_eq!(got.1, want.1);
+            assert!((got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0), "{} scored, {} loss pass", got.0, want.0);
+        }
+        assert!(generate_and_score(&model, None, &prompts, &refs[..2], &[], 0, &cfg).is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::adapter::lora::LoraAdapter;
 use crate::data::pack::Pack;
 use crate::data::{self, Example, Record};
 use crate::data::{TaskKind, TaskSpec};
-use crate::eval::generate::{generate_batch, GenerateConfig};
+use crate::eval::generate::{generate_and_score, generate_batch, GenerateConfig};
 use crate::eval::metrics::bootstrap::mean_of;
 use crate::eval::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, Metric, RougeL, TokenF1};
 use crate::model::tokenizer::TextTokenizer;
@@ -48,8 +48,12 @@ pub struct EvalOptions {
     pub system: Option<String>,
     /// Longest example, in tokens.
     pub max_seq_len: usize,
-    /// Examples per batch.
+    /// Examples per batch (loss and label ranking).
     pub batch_size: usize,
+    /// Most prompts decoded together in a generation task (fewer when they are long: a
+    /// batch holds at most [`GENERATION_BATCH_TOKENS`] prompt tokens). Decoding reads
+    /// every weight once per step for the whole batch, so wide batches are cheap.
+    pub generation_batch: usize,
     /// Rank labels by mean (not total) log-likelihood per token.
     pub length_normalise: bool,
     /// Bootstrap resamples (0: no intervals).
@@ -60,9 +64,20 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { system: None, max_seq_len: 256, batch_size: 16, length_normalise: false, bootstrap: 1000, seed: 0 }
+        Self {
+            system: None,
+            max_seq_len: 256,
+            batch_size: 16,
+            generation_batch: 64,
+            length_normalise: false,
+            bootstrap: 1000,
+            seed: 0,
+        }
     }
 }
+
+/// The most prompt tokens (rows × longest prompt) one generation batch prefills.
+pub const GENERATION_BATCH_TOKENS: usize = 8192;
 
 /// Scores on one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,7 +282,34 @@ pub fn classification_metrics(
     (metrics, c)
 }
 
+/// Generation batches over `order` (prompts sorted by length): consecutive runs of at
+/// most `rows` prompts and [`GENERATION_BATCH_TOKENS`] padded prompt tokens.
+fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, rows: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for &i in order {
+        let l = longest.max(prompt_len(i));
+        if !cur.is_empty() && (cur.len() >= rows.max(1) || (cur.len() + 1) * l > GENERATION_BATCH_TOKENS) {
+            out.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        longest = longest.max(prompt_len(i));
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Evaluates one task on `records`.
+///
+/// The completion loss comes from the pass that scores the task where it can: for
+/// classification the reference label's log-likelihood is one the ranking computes; for
+/// generation the reference is teacher-forced from each prompt's cache before decoding.
+/// Only examples these cannot cover (multi-turn rows with loss on earlier turns) get a
+/// loss pass of their own.
 pub fn evaluate_task(
     model: &Llama,
     tok: &TextTokenizer,
@@ -281,19 +323,10 @@ pub fn evaluate_task(
     let system = opts.system.as_deref();
     let examples: Vec<Example> =
         records.iter().map(|r| data::encode(tok, r, system, opts.max_seq_len)).collect::<Result<_>>()?;
-    let nll = completion_nll(model, adapter, &examples, opts.batch_size)?;
-    let loss_of = |idx: &[usize]| {
-        let (s, n) = idx.iter().fold((0.0, 0usize), |(s, n), &i| (s + nll[i].0, n + nll[i].1));
-        if n == 0 {
-            0.0
-        } else {
-            s / n as f64
-        }
-    };
     let n = records.len();
-    let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, loss_of);
-    let perplexity = Estimate { value: loss.value.exp(), lo: loss.lo.exp(), hi: loss.hi.exp() };
     let bs = opts.batch_size.max(1);
+    let mut nll: Vec<Option<(f64, usize)>> = vec![None; n];
+    let completion = |e: &Example| e.extra_loss.is_empty().then(|| e.ids[e.prompt_len..].to_vec());
     let mut predictions = Vec::with_capacity(n);
     let mut metrics = Vec::new();
     let mut confusion = None;
@@ -306,7 +339,13 @@ pub fn evaluate_task(
                 let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
                 let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;
                 for (i, row) in scores.into_iter().enumerate() {
-                    let r = &records[ci * bs + i];
+                    let at = ci * bs + i;
+                    let r = &records[at];
+                    if let Some(c) = completion(&examples[at]) {
+                        if let Some(j) = label_ids.iter().position(|l| *l == c) {
+                            nll[at] = Some((-row[j].0, row[j].1));
+                        }
+                    }
                     let s: Vec<f64> =
                         row.iter().map(|&(s, k)| if opts.length_normalise { s / k as f64 } else { s }).collect();
                     let best = s.iter().enumerate().fold(0, |b, (j, v)| if *v > s[b] { j } else { b });
@@ -333,10 +372,25 @@ pub fn evaluate_task(
             order.sort_by_key(|&i| examples[i].prompt_len);
             let mut outputs: Vec<Option<String>> = vec![None; n];
             let mut done = 0;
-            for chunk in order.chunks(bs) {
+            let rows = opts.generation_batch.max(bs);
+            for chunk in generation_batches(&order, |i| examples[i].prompt_len, rows) {
                 let prompts: Vec<Vec<u32>> =
                     chunk.iter().map(|&i| examples[i].ids[..examples[i].prompt_len].to_vec()).collect();
-                let outs = generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
+                // Rows whose reference the decode scores (single-turn ones).
+                let scored: Vec<usize> =
+                    (0..chunk.len()).filter(|&r| completion(&examples[chunk[r]]).is_some()).collect();
+                let outs = if scored.len() == chunk.len() {
+                    let refs: Vec<Vec<u32>> =
+                        chunk.iter().map(|&i| examples[i].ids[examples[i].prompt_len..].to_vec()).collect();
+                    let (outs, scores) =
+                        generate_and_score(model, adapter, &prompts, &refs, &tok.eos_ids, tok.pad_id, &cfg)?;
+                    for (&i, s) in chunk.iter().zip(scores) {
+                        nll[i] = Some(s);
+                    }
+                    outs
+                } else {
+                    generate_batch(model, adapter, &prompts, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?
+                };
                 for (&i, o) in chunk.iter().zip(outs) {
                     outputs[i] = Some(tok.decode(&o, true)?);
                 }
@@ -365,6 +419,25 @@ pub fn evaluate_task(
             }
         }
     }
+    // The loss of what the scoring pass did not cover.
+    let missing: Vec<usize> = (0..n).filter(|&i| nll[i].is_none()).collect();
+    if !missing.is_empty() {
+        let rest: Vec<Example> = missing.iter().map(|&i| examples[i].clone()).collect();
+        for (&i, v) in missing.iter().zip(completion_nll(model, adapter, &rest, bs)?) {
+            nll[i] = Some(v);
+        }
+    }
+    let nll: Vec<(f64, usize)> = nll.into_iter().map(Option::unwrap_or_default).collect();
+    let loss_of = |idx: &[usize]| {
+        let (s, n) = idx.iter().fold((0.0, 0usize), |(s, n), &i| (s + nll[i].0, n + nll[i].1));
+        if n == 0 {
+            0.0
+        } else {
+            s / n as f64
+        }
+    };
+    let loss = bootstrap_interval(n, opts.bootstrap, opts.seed, loss_of);
+    let perplexity = Estimate { value: loss.value.exp(), lo: loss.lo.exp(), hi: loss.hi.exp() };
     Ok(TaskEval { task: task.name.clone(), kind, examples: n, loss, perplexity, metrics, confusion, predictions })
 }
 
@@ -396,5 +469,33 @@ mod tests {
             assert_eq!(p.1, c.1);
             assert!((p.0 - c.0).abs() < 1e-4 * c.0.abs().max(1.0), "{} packed, {} cached", p.0, c.0);
         }
+    }
+
+    /// The loss `evaluate_task` takes from its scoring pass (label ranking,
+    /// teacher-forced references) equals a loss pass of its own, for both kinds of task.
+    #[test]
+    fn the_loss_from_scoring_equals_a_loss_pass() {
+        let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
+        crate::adapter::lora::randomize(&ad, 5, 0.1);
+        let opts = EvalOptions { bootstrap: 0, batch_size: 3, generation_batch: 4, ..Default::default() };
+        let labels = vec!["yes".to_string(), "no".to_string(), "maybe".to_string()];
+        let class: Vec<Record> = (0..7).map(|i| Record::new(format!("is {i} even?"), labels[i % 3].clone())).collect();
+        let gen: Vec<Record> = (0..6).map(|i| Record::new(format!("say {i}"), format!("{}", i * 7))).collect();
+        for (kind, recs, labels) in
+            [(TaskKind::Classification, &class, labels.clone()), (TaskKind::Generation, &gen, vec![])]
+        {
+            let spec = TaskSpec { name: "t".into(), kind, labels };
+            let e = evaluate_task(&model, &tok, Some(&ad), &spec, recs, &opts, &mut |_, _| {}).unwrap();
+            let ex: Vec<Example> =
+                recs.iter().map(|r| data::encode(&tok, r, None, opts.max_seq_len).unwrap()).collect();
+            let (want, _) = completion_loss(&model, Some(&ad), &ex, 2).unwrap();
+            assert!((e.loss.value - want).abs() < 1e-4 * want.abs().max(1.0), "{kind:?}: {} vs {want}", e.loss.value);
+        }
+        assert_eq!(
+            generation_batches(&[0, 1, 2, 3, 4], |i| [10, 10, 20, 20, 5000][i], 2),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
+        assert_eq!(generation_batches(&[0, 1], |_| 5000, 64), vec![vec![0], vec![1]]);
     }
 }
