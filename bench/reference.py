@@ -12,6 +12,8 @@ What it runs is what a user of the Python stack would write:
 - eval: the same batches under `torch.no_grad()`, forward with labels;
 - rank: each label appended to each prompt, one padded forward per label, the sum of
   the label tokens' log-probabilities (as lm-evaluation-harness scores choices);
+- generate: `model.generate` greedy (`do_sample=False`) on left-padded batches of the
+  workload's prompts, the same batch size, new-token cap and end-of-turn ids as ours;
 - peak: the best f32 matmul rate torch reaches on this machine.
 """
 
@@ -26,7 +28,7 @@ import time
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["train", "eval", "rank", "peak"], required=True)
+    p.add_argument("--mode", choices=["train", "eval", "rank", "generate", "peak"], required=True)
     p.add_argument("--model-dir", help="Hugging Face model folder (config.json + model.safetensors)")
     p.add_argument("--workload", help="workload JSON written by `multitune bench`")
     p.add_argument("--threads", type=int, default=2)
@@ -148,6 +150,45 @@ def run_rank(workload):
     return timed(step, chunks, workload["warmup"]), 0
 
 
+def left_pad(rows, value):
+    t = max(len(r) for r in rows)
+    return [[value] * (t - len(r)) + r for r in rows], [[0] * (t - len(r)) + [1] * len(r) for r in rows]
+
+
+def run_generate(workload):
+    """Batched greedy `generate`; returns the step seconds and every answer's new ids."""
+    model = load_model(workload)
+    model.eval()
+    stop, pad_id, bs = workload["stop"], workload["pad"], workload["batch"]
+    prompts = workload["prompts"]
+    outputs = []
+
+    def answer(chunk):
+        ids, mask = left_pad(chunk, pad_id)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                do_sample=False,
+                max_new_tokens=workload["max_new_tokens"],
+                eos_token_id=stop,
+                pad_token_id=pad_id,
+            )
+        rows = []
+        for row in out[:, len(ids[0]) :].tolist():
+            end = next((i for i, t in enumerate(row) if t in stop), len(row))
+            rows.append(row[:end])
+        return rows
+
+    answer(prompts[:1])  # warm-up, untimed
+    secs = []
+    for i in range(0, len(prompts), bs):
+        t0 = time.perf_counter()
+        outputs.extend(answer(prompts[i : i + bs]))
+        secs.append(time.perf_counter() - t0)
+    return secs, outputs
+
+
 def peak_of(matmul, randn):
     best = 0.0
     for m, k, n in [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)]:
@@ -180,7 +221,12 @@ def main():
         return
     with open(ARGS.workload) as f:
         workload = json.load(f)
-    secs, trainable = {"train": run_train, "eval": run_eval, "rank": run_rank}[ARGS.mode](workload)
+    outputs = []
+    if ARGS.mode == "generate":
+        secs, outputs = run_generate(workload)
+        trainable = 0
+    else:
+        secs, trainable = {"train": run_train, "eval": run_eval, "rank": run_rank}[ARGS.mode](workload)
     import peft
     import transformers
 
@@ -191,6 +237,7 @@ def main():
                 "step_secs": secs,
                 "trainable": trainable,
                 "peak_rss_mib": peak_rss_mib(),
+                "outputs": outputs,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
             }
         )

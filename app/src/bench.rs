@@ -30,6 +30,8 @@ pub enum Mode {
     Eval,
     /// Scoring every label after every prompt (classification).
     Rank,
+    /// Greedy decoding of held-out prompts (generation tasks), in batches.
+    Generate,
 }
 
 impl Mode {
@@ -39,12 +41,13 @@ impl Mode {
             Mode::Train => "train",
             Mode::Eval => "eval",
             Mode::Rank => "rank",
+            Mode::Generate => "generate",
         }
     }
 
     /// The mode called `name` ([`Mode::name`]).
     pub fn parse(name: &str) -> Option<Mode> {
-        [Mode::Train, Mode::Eval, Mode::Rank].into_iter().find(|m| m.name() == name)
+        [Mode::Train, Mode::Eval, Mode::Rank, Mode::Generate].into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -111,7 +114,8 @@ pub struct Workload {
     pub pad: u32,
     /// Leading batches (or prompt chunks) that are not timed.
     pub warmup: usize,
-    /// Examples per batch (ranking: prompts per chunk).
+    /// Examples per batch (ranking: prompts per chunk; generation: most prompts decoded
+    /// together).
     pub batch: usize,
     /// Training/eval batches.
     #[serde(default)]
@@ -122,6 +126,12 @@ pub struct Workload {
     /// Ranking labels (token ids of each label's completion).
     #[serde(default)]
     pub labels: Vec<Vec<u32>>,
+    /// Generation: most new tokens per prompt.
+    #[serde(default)]
+    pub max_new_tokens: usize,
+    /// Generation: ids that end an answer.
+    #[serde(default)]
+    pub stop: Vec<u32>,
 }
 
 impl Workload {
@@ -149,6 +159,8 @@ impl Workload {
             batches,
             prompts: vec![],
             labels: vec![],
+            max_new_tokens: 0,
+            stop: vec![],
         }
     }
 
@@ -184,6 +196,8 @@ impl Workload {
             batches,
             prompts: vec![],
             labels: vec![],
+            max_new_tokens: 0,
+            stop: vec![],
         })
     }
 
@@ -205,6 +219,35 @@ impl Workload {
             batches: vec![],
             prompts,
             labels,
+            max_new_tokens: 0,
+            stop: vec![],
+        }
+    }
+
+    /// A generation job: `prompts` decoded greedily, at most `rows` together, up to
+    /// `max_new_tokens` each or an id in `stop`. The prompts are sorted by length (both
+    /// implementations get batches that pad little); the first is decoded once, untimed,
+    /// to warm up.
+    pub fn generation(
+        name: &str,
+        mut prompts: Vec<Vec<u32>>,
+        stop: Vec<u32>,
+        pad: u32,
+        rows: usize,
+        max_new_tokens: usize,
+    ) -> Self {
+        prompts.sort_by_key(Vec::len);
+        Self {
+            name: name.into(),
+            lora: LoraSpec::from(&LoraConfig::default()),
+            pad,
+            warmup: 1,
+            batch: rows,
+            batches: vec![],
+            prompts,
+            labels: vec![],
+            max_new_tokens,
+            stop,
         }
     }
 
@@ -218,8 +261,11 @@ impl Workload {
         self.timed().iter().flatten().map(Item::tokens).sum()
     }
 
-    /// Prompts of the timed chunks.
+    /// Prompts of the timed chunks (generation: every prompt; its warm-up is extra).
     pub fn timed_prompts(&self) -> usize {
+        if self.max_new_tokens > 0 {
+            return self.prompts.len();
+        }
         self.prompts.len().saturating_sub(self.warmup * self.batch)
     }
 
@@ -241,7 +287,7 @@ impl Workload {
         let targets: Vec<Target> =
             Target::ALL.into_iter().filter(|t| self.lora.targets.iter().any(|n| n == t.module_name())).collect();
         match mode {
-            Mode::Rank => None,
+            Mode::Rank | Mode::Generate => None,
             _ => Some(self.timed().iter().flatten().map(|i| item_flops(cfg, i, lora, &targets, mode)).sum()),
         }
     }
@@ -327,6 +373,10 @@ pub struct Measurement {
     /// tokens, each shared prefix once).
     #[serde(default)]
     pub computed_tokens: Option<usize>,
+    /// Generation: the new tokens of every prompt (the stop id excluded), in workload
+    /// order — to count them and to compare the two implementations' answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Vec<u32>>,
 }
 
 impl Measurement {
@@ -374,6 +424,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
             computed += b.mask.len() * b.mask.first().map_or(0, Vec::len);
         }
     };
+    let mut outputs = Vec::new();
     let step_secs = match mode {
         Mode::Train => {
             let vars = adapter.vars();
@@ -421,8 +472,41 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
             }
             secs
         }
+        Mode::Generate => {
+            let cfg =
+                eval::generate::GenerateConfig { max_new_tokens: workload.max_new_tokens.max(1), ..Default::default() };
+            let (stop, pad) = (&workload.stop, workload.pad);
+            if let Some(first) = workload.prompts.first() {
+                eval::generate::generate_batch(
+                    model,
+                    Some(&adapter),
+                    std::slice::from_ref(first),
+                    stop,
+                    pad,
+                    &cfg,
+                    &mut |_, _| {},
+                )?;
+            }
+            let order: Vec<usize> = (0..workload.prompts.len()).collect();
+            let mut secs = Vec::new();
+            for chunk in eval::generation_batches(&order, |i| workload.prompts[i].len(), workload.batch) {
+                let t0 = Instant::now();
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| workload.prompts[i].clone()).collect();
+                outputs.extend(eval::generate::generate_batch(
+                    model,
+                    Some(&adapter),
+                    &prompts,
+                    stop,
+                    pad,
+                    &cfg,
+                    &mut |_, _| {},
+                )?);
+                secs.push(t0.elapsed().as_secs_f64());
+            }
+            secs
+        }
     };
-    let lm = mode != Mode::Rank;
+    let lm = matches!(mode, Mode::Train | Mode::Eval);
     Ok(Measurement {
         implementation: "multitune".into(),
         step_secs,
@@ -430,6 +514,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
         peak_rss_mib: crate::memory::peak_rss_mib(),
         flops: (lm && model.can_pack()).then_some(flops),
         computed_tokens: lm.then_some(computed),
+        outputs,
     })
 }
 

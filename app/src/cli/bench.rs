@@ -23,8 +23,9 @@ pub struct BenchArgs {
     /// Fixed shapes (batch x tokens) of random tokens, comma-separated.
     #[arg(long, default_value = "8x64,4x128,16x32")]
     shapes: String,
-    /// Demo task folder: adds a workload of real examples (batch 8) and a label-ranking
-    /// workload on its classification task; empty to skip.
+    /// Demo task folder: adds a workload of real examples (batch 8), a label-ranking
+    /// workload on its classification task and a generation workload per generation task
+    /// of its held-out folder (`eval/`); empty to skip.
     #[arg(long, default_value = "assets/demo")]
     demo: String,
     /// Untimed steps first.
@@ -47,8 +48,8 @@ pub struct BenchArgs {
     /// The reference script.
     #[arg(long, default_value = "bench/reference.py")]
     reference_script: PathBuf,
-    /// Modes to measure, comma-separated: train, eval, rank.
-    #[arg(long, default_value = "train,eval,rank")]
+    /// Modes to measure, comma-separated: train, eval, rank, generate.
+    #[arg(long, default_value = "train,eval,rank,generate")]
     modes: String,
     /// Also write every figure to this JSON file.
     #[arg(long)]
@@ -67,7 +68,7 @@ pub struct BenchWorkerArgs {
     /// Workload JSON.
     #[arg(long)]
     workload: Option<PathBuf>,
-    /// train, eval, rank or peak.
+    /// train, eval, rank, generate or peak.
     #[arg(long)]
     mode: String,
 }
@@ -81,7 +82,7 @@ impl BenchWorkerArgs {
             return Ok(());
         }
         let Some(mode) = Mode::parse(&self.mode) else {
-            bail!("unknown bench mode `{}` (train, eval, rank, peak)", self.mode)
+            bail!("unknown bench mode `{}` (train, eval, rank, generate, peak)", self.mode)
         };
         let path = self.workload.as_ref().context("--workload is required")?;
         let w: Workload = serde_json::from_str(&std::fs::read_to_string(path)?)?;
@@ -180,8 +181,8 @@ impl Children<'_> {
             model: name.into(),
             workload: w.name.clone(),
             mode,
-            padding_share: if mode == Mode::Rank { 0.0 } else { w.padding_share() },
-            units: if mode == Mode::Rank { w.timed_prompts() } else { w.timed_tokens() },
+            padding_share: if by_prompt(mode) { 0.0 } else { w.padding_share() },
+            units: if by_prompt(mode) { w.timed_prompts() } else { w.timed_tokens() },
             flops: None,
             ours: median_round(ours_all).context("no measurement")?,
             reference: median_round(ref_all),
@@ -196,7 +197,7 @@ impl BenchArgs {
             .split(',')
             .map(|m| {
                 Mode::parse(m.trim())
-                    .with_context(|| format!("unknown mode `{}` in --modes (train, eval, rank)", m.trim()))
+                    .with_context(|| format!("unknown mode `{}` in --modes (train, eval, rank, generate)", m.trim()))
             })
             .collect()
     }
@@ -205,7 +206,7 @@ impl BenchArgs {
     /// then the demo batches and the label ranking.
     fn workloads(&self, m: &LoadedModel, modes: &[Mode]) -> anyhow::Result<Vec<(Workload, Vec<Mode>)>> {
         let mut workloads: Vec<(Workload, Vec<Mode>)> = Vec::new();
-        let lm_modes: Vec<Mode> = modes.iter().copied().filter(|&m| m != Mode::Rank).collect();
+        let lm_modes: Vec<Mode> = modes.iter().copied().filter(|&m| !by_prompt(m)).collect();
         for shape in self.shapes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (b, t) = shape
                 .split_once('x')
@@ -215,9 +216,16 @@ impl BenchArgs {
         }
         if !self.demo.is_empty() {
             let (lm, rank) = demo_workloads(m, Path::new(&self.demo), self.warmup, self.steps)?;
-            workloads.push((lm, lm_modes.clone()));
+            if !lm_modes.is_empty() {
+                workloads.push((lm, lm_modes.clone()));
+            }
             if let Some(r) = rank.filter(|_| modes.contains(&Mode::Rank)) {
                 workloads.push((r, vec![Mode::Rank]));
+            }
+            if modes.contains(&Mode::Generate) {
+                for g in generation_workloads(m, &Path::new(&self.demo).join("eval"))? {
+                    workloads.push((g, vec![Mode::Generate]));
+                }
             }
         }
         Ok(workloads)
@@ -267,7 +275,7 @@ impl BenchArgs {
             }
         }
         println!(
-            "ours/s, ref/s: useful (non-padding) tokens per second; rank: prompts per second with every label scored. \
+            "ours/s, ref/s: useful (non-padding) tokens per second; rank: prompts per second with every label scored; generate: held-out prompts answered per second (greedy). \
              pad%: padding the reference computes. saved%: useful tokens ours did not recompute (prefixes shared within a batch). \
              MFU: matmul FLOPs per second / matmul peak; ours counts what it ran (`multitune::bench::packed_flops`), the reference the model FLOPs of the useful tokens (`item_flops`: its padding and logits at every position uncounted)."
         );
@@ -278,6 +286,11 @@ impl BenchArgs {
         }
         Ok(())
     }
+}
+
+/// Whether a mode's rate counts prompts (not tokens).
+fn by_prompt(mode: Mode) -> bool {
+    matches!(mode, Mode::Rank | Mode::Generate)
 }
 
 /// The round with the median total time, its peak memory the highest of all rounds.
@@ -309,6 +322,9 @@ fn print_bench_row(r: &BenchRow, peak: f64) {
         ),
         None => ("-".into(), "-".into(), "-".into(), "-".into()),
     };
+    if r.mode == Mode::Generate {
+        print_generation(r);
+    }
     println!(
         "{:<8} {:<14} {:<6} {:>5.1} {:>6} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
         r.model,
@@ -324,6 +340,52 @@ fn print_bench_row(r: &BenchRow, peak: f64) {
         mib(&r.ours),
         ref_mib
     );
+}
+
+/// A generation row's second line: new tokens per second of each, and how many answers
+/// the two implementations agree on token for token.
+fn print_generation(r: &BenchRow) {
+    let new = |m: &Measurement| m.outputs.iter().map(Vec::len).sum::<usize>();
+    let rate = |m: &Measurement| new(m) as f64 / m.total_secs();
+    let mut line = format!("  {}: ours {} new tokens, {:.1}/s", r.workload, new(&r.ours), rate(&r.ours));
+    if let Some(x) = &r.reference {
+        let same = r.ours.outputs.iter().zip(&x.outputs).filter(|(a, b)| a == b).count();
+        line += &format!(
+            "; reference {} new tokens, {:.1}/s; identical answers {same}/{}",
+            new(x),
+            rate(x),
+            r.ours.outputs.len()
+        );
+    }
+    println!("{line}");
+}
+
+/// One generation workload per generation task in `dir` (held-out files): every prompt,
+/// decoded as `multitune eval` does (batches of [`eval::EvalOptions::generation_batch`],
+/// at most the longest reference plus 16 new tokens).
+fn generation_workloads(m: &LoadedModel, dir: &Path) -> anyhow::Result<Vec<Workload>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(vec![]) };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let rows = eval::EvalOptions::default().generation_batch;
+    let mut out = Vec::new();
+    for f in &files {
+        let d = data::load(f, &LoadOptions::default()).with_context(|| format!("loading {}", f.display()))?;
+        if d.kind != TaskKind::Generation {
+            continue;
+        }
+        let enc: Vec<_> =
+            d.records.iter().map(|r| crate::data::encode(&m.tokenizer, r, None, 256)).collect::<crate::Result<_>>()?;
+        let max_new = enc.iter().map(crate::data::Example::completion_len).max().unwrap_or(1) + 16;
+        let prompts = enc.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
+        let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let (stop, pad) = (m.tokenizer.eos_ids.clone(), m.tokenizer.pad_id);
+        out.push(Workload::generation(&format!("gen:{stem}"), prompts, stop, pad, rows, max_new));
+    }
+    Ok(out)
 }
 
 /// The demo tasks as a training/eval workload (all tasks mixed, batch 8) and, if one

@@ -9,6 +9,6 @@ pub mod task;
 
 pub use metrics::normalize_answer;
 pub use task::{
-    classification_metrics, completion_loss, completion_nll, evaluate_task, label_log_likelihoods, label_token_ids,
-    EvalOptions, Prediction, TaskEval,
+    classification_metrics, completion_loss, completion_nll, evaluate_task, generation_batches, label_log_likelihoods,
+    label_token_ids, EvalOptions, Prediction, TaskEval, GENERATION_BATCH_TOKENS,
 };

@@ -284,7 +284,7 @@ pub fn classification_metrics(
 
 /// Generation batches over `order` (prompts sorted by length): consecutive runs of at
 /// most `rows` prompts and [`GENERATION_BATCH_TOKENS`] padded prompt tokens.
-fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, rows: usize) -> Vec<Vec<usize>> {
+pub fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, rows: usize) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut longest = 0;

@@ -69,6 +69,14 @@ impl<'a> Forward<'a> {
     fn project(&self, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
         let pair = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p)));
         let dropout_active = self.dropout.is_some() && pair.is_some_and(|(ad, _)| ad.config.dropout > 0.0);
+        if self.dropout.is_none() {
+            // Evaluation records no graph: the factors are `Var`s, and a result that
+            // tracks them would keep every input it came from alive (a KV cache would
+            // hold the whole decode's activations).
+            let lora = pair.map(|(ad, p)| (p.a.as_tensor().detach(), p.b.as_tensor().detach(), ad.scale()));
+            let lora = lora.as_ref().map(|(a, b, s)| (a, b, *s));
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None);
+        }
         let lora = pair.map(|(ad, p)| (p.a.as_tensor(), p.b.as_tensor(), ad.scale()));
         let Some((ad, _)) = pair.filter(|_| dropout_active) else {
             return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None);
@@ -522,5 +530,19 @@ mod tests {
         let with = model.forward(&ids, &mask, &Forward::eval(Some(&ad))).unwrap();
         let via = merged.forward(&ids, &mask, &Forward::eval(None)).unwrap();
         assert!(crate::model::max_abs_diff(&with, &via).unwrap() < 1e-4);
+    }
+
+    /// Evaluation with an adapter records no graph (a KV cache built from tracked
+    /// results would keep a whole decode's activations alive), training does.
+    #[test]
+    fn evaluation_records_no_graph() {
+        let (model, _) = crate::model::tiny_model(6, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        let (ids, mask) = model.pad_batch(&[vec![5, 6, 7, 8]], 0, false).unwrap();
+        let mut cache = KvCache::new(&model, 1);
+        let h = model.hidden_states(&ids, &mask, &Forward::eval(Some(&ad)), Some(&mut cache)).unwrap();
+        assert!(!h.track_op());
+        assert!(cache.layers.iter().flatten().all(|(k, v)| !k.track_op() && !v.track_op()));
+        assert!(model.forward(&ids, &mask, &Forward::train(&ad, 0, 0)).unwrap().track_op());
     }
 }

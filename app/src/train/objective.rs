@@ -83,10 +83,17 @@ mod tests {
         cfgs.push(c);
         for (ci, cfg) in cfgs.into_iter().enumerate() {
             let model = random_model(cfg, 3 + ci as u64, &Device::Cpu).unwrap();
-            let ad =
-                LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, ..Default::default() }, 5, &Device::Cpu).unwrap();
+            let ad = LoraAdapter::new(
+                &model.cfg,
+                LoraConfig { rank: 4, dropout: 0.0, ..Default::default() },
+                5,
+                &Device::Cpu,
+            )
+            .unwrap();
             crate::adapter::lora::randomize(&ad, 9, 0.1);
-            let fwd = Forward::eval(Some(&ad));
+            // Training mode (evaluation records no graph), without dropout: both passes
+            // see the same function.
+            let fwd = Forward::train(&ad, 0, 0);
             let loss = |hidden: Tensor, at: &Tensor| {
                 ops::cross_entropy(&model.logits(&hidden.index_select(at, 0).unwrap()).unwrap(), &batch.targets)
                     .unwrap()
