@@ -82,6 +82,9 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             "1,2",
             "--bootstrap",
             "50",
+            "--tune-lr",
+            "--lr-grid",
+            "1e-4,5e-4",
         ],
         2,
     );
@@ -92,8 +95,10 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             {"strategy": "sequential", "variant": "continue", "replay": 0.25},
             {"strategy": "separate", "merges": ["ties", "dare"]}
         ],
-        "hyper": {"learning_rate": 0.001, "batch_size": 4, "max_tokens": 128, "seed": 7, "seeds": [1, 2], "bootstrap": 50}
+        "hyper": {"learning_rate": 0.001, "batch_size": 4, "max_tokens": 128, "seed": 7, "seeds": [1, 2], "bootstrap": 50,
+                  "tune_lr": true, "lr_grid": [0.0001, 0.0005]}
     }));
+    assert_eq!(cli.lr_search, Some(vec![1e-4, 5e-4]));
     assert_eq!(cli, server);
 }
 
@@ -101,15 +106,17 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
 fn both_sides_refuse_the_same_bad_options() {
     let mut argv =
         vec!["multitune", "compare", "--model", "tiny", "--out", "x", "--tasks", "a", "--budget-tokens", "9"];
-    argv.extend(["--strategies", "sequential", "--replay", "2"]);
+    argv.extend(["--strategies", "sequential", "--replay", "2", "--tune-lr", "--lr-grid", "1e-3,1e-3"]);
     let Cmd::Compare(args) = Cli::try_parse_from(&argv).unwrap().cmd else { panic!() };
     let cli_err = args.config(1).unwrap_err().to_string();
     let spec: ExperimentCreate = serde_json::from_value(serde_json::json!({
         "name": "x", "model": "tiny", "tasks": tasks(1), "budget_tokens": 9,
-        "strategies": [{"strategy": "sequential", "variant": "continue", "replay": 2.0}]
+        "strategies": [{"strategy": "sequential", "variant": "continue", "replay": 2.0}],
+        "hyper": {"tune_lr": true, "lr_grid": [0.001, 0.001]}
     }))
     .unwrap();
     let server_err = multitune_server::jobs::compare_config(&spec).unwrap_err().details.join("; ");
     assert!(cli_err.contains("replay must be between 0 and 1, not 2"), "{cli_err}");
+    assert!(cli_err.contains("hyper: lr_grid: a rate is listed twice"), "{cli_err}");
     assert_eq!(cli_err, server_err);
 }

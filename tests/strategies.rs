@@ -52,6 +52,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         train: quick_train(5e-3),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 50, ..Default::default() },
         seeds: vec![],
+        lr_search: None,
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
@@ -183,6 +184,7 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
         train: quick_train(1e-2),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![],
+        lr_search: None,
     };
     let out = tempfile::tempdir().unwrap();
     let report = compare(
@@ -233,6 +235,7 @@ fn multi_head_classifier_learns_a_separable_task() {
         train: TrainConfig { batch_size: 8, ..quick_train(2e-3) },
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![],
+        lr_search: None,
     };
     let out = tempfile::tempdir().unwrap();
     let report = compare(
@@ -281,6 +284,7 @@ fn repetition_over_seeds_reports_mean_and_spread() {
         train: quick_train(5e-3),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![1, 2, 3],
+        lr_search: None,
     };
     let out = tempfile::tempdir().unwrap();
     let mut started = Vec::new();
@@ -333,6 +337,7 @@ fn cancelled_comparison_resumes_to_the_same_result() {
         train: TrainConfig { checkpoint_every: 2, ..quick_train(5e-3) },
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![],
+        lr_search: None,
     };
     let whole = tempfile::tempdir().unwrap();
     let want = compare(
@@ -384,4 +389,71 @@ fn cancelled_comparison_resumes_to_the_same_result() {
             (a.scores.iter().map(|s| s.value.value).collect(), b.scores.iter().map(|s| s.value.value).collect());
         assert_eq!(sa, sb, "{}", a.name);
     }
+}
+
+/// `--tune-lr`: each strategy searches its rate on a validation split of the training
+/// data (once, for the first seed), trains at the rate it chose, and the report shows
+/// the search apart; a separate run's merges share its search; no scratch folder stays.
+#[test]
+fn the_learning_rate_search_picks_a_rate_per_strategy() {
+    use multitune::strategy::CompareEvent;
+    use multitune::train::TrainEvent;
+    let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(4).into_iter().take(2).collect();
+    let grid = vec![1e-3, 1e-2];
+    let cfg = CompareConfig {
+        strategies: vec![
+            StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
+            StrategySpec::Separate { merges: vec![multitune::adapter::MergeMethod::Linear], merge_rank: 8 },
+        ],
+        budget_tokens: 3_000,
+        train: quick_train(5e-3),
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![1, 2],
+        lr_search: Some(grid.clone()),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut search_stages = Vec::new();
+    let report = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &cfg,
+        out.path(),
+        Default::default(),
+        &mut |e| {
+            if let CompareEvent::Train { stage, event: TrainEvent::Started { .. }, .. } = e {
+                if stage.starts_with("lr search") {
+                    search_stages.push(stage.clone());
+                }
+            }
+        },
+    )
+    .unwrap();
+    // Two rates for combined (one stage) and for separate (a stage per task), first seed only.
+    assert_eq!(search_stages.len(), 2 + 2 * 2, "{search_stages:?}");
+    assert!(search_stages.contains(&"lr search 1e-2 · all".to_string()), "{search_stages:?}");
+    let trained: Vec<_> = report.runs.iter().filter(|r| r.strategy != "base").collect();
+    assert_eq!(trained.len(), 3);
+    for r in &trained {
+        let s = r.lr_search.as_ref().unwrap_or_else(|| panic!("{} has no search", r.name));
+        assert!(grid.contains(&s.chosen) && r.learning_rate == s.chosen, "{}", r.name);
+        assert_eq!(s.validation, vec![50, 50], "a fifth of 300 training examples, at most 50");
+        assert_eq!(s.trials.len(), 2);
+        for t in &s.trials {
+            assert_eq!(t.budget_tokens, 375, "an eighth of the budget");
+            assert!(t.tokens > 0 && t.tokens <= 380 && (0.0..=1.0).contains(&t.score) && t.loss > 0.0, "{t:?}");
+        }
+    }
+    assert_eq!(trained[1].lr_search, trained[2].lr_search, "the merge shares the separate run's search");
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".lr-search"))
+        .collect();
+    assert!(left.is_empty(), "scratch folders left: {left:?}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Learning-rate search") && md.contains("| run | learning rate |"), "{md}");
+    let section = md.split("## Learning-rate search").nth(1).unwrap().split("\n## ").next().unwrap();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| run |")).collect();
+    assert_eq!(rows.len(), 2, "one row per search (the merge shares separate's): {rows:?}");
 }

@@ -279,6 +279,11 @@ pub struct Hyper {
     pub bootstrap: usize,
     /// Steps between checkpoints (resume points).
     pub checkpoint_every: usize,
+    /// Pick each strategy's peak learning rate from `lr_grid` by successive halving on a
+    /// validation split of the training data (`learning_rate` is then unused).
+    pub tune_lr: bool,
+    /// The rates searched (empty: 3e-4, 1e-3, 3e-3).
+    pub lr_grid: Vec<f64>,
 }
 
 impl Default for Hyper {
@@ -294,6 +299,8 @@ impl Default for Hyper {
             eval_limit: None,
             bootstrap: 1000,
             checkpoint_every: 10,
+            tune_lr: false,
+            lr_grid: vec![],
         }
     }
 }

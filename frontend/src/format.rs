@@ -56,6 +56,15 @@ pub fn default_tokens_per_s(model: &str) -> f64 {
 }
 
 /// Training-time estimate of an experiment: every strategy trains the whole budget
+/// A learning rate as the report writes it (`1e-3`); `-` when unknown.
+pub fn learning_rate(lr: f64) -> String {
+    if lr > 0.0 {
+        format!("{lr:e}")
+    } else {
+        "-".into()
+    }
+}
+
 /// (`trainings` counts the trainings: each strategy once, times the seeds).
 pub fn estimate_seconds(budget_tokens: usize, trainings: usize, tokens_per_s: f64) -> f64 {
     if tokens_per_s <= 0.0 {
@@ -84,6 +93,10 @@ mod tests {
         assert_eq!(bytes(10 << 20), "10.0 MiB");
         assert_eq!(count(2_442_240), "2.44M");
         assert_eq!(count(32_768), "32.8k");
+        assert_eq!(
+            (learning_rate(0.0003), learning_rate(1e-3), learning_rate(0.0)),
+            ("3e-4".into(), "1e-3".into(), "-".into())
+        );
     }
 
     #[test]

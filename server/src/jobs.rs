@@ -75,6 +75,8 @@ pub fn compare_settings(spec: &ExperimentCreate) -> CompareSettings {
         seeds: h.seeds.clone(),
         bootstrap: h.bootstrap,
         checkpoint_every: h.checkpoint_every,
+        tune_lr: h.tune_lr,
+        lr_grid: h.lr_grid.clone(),
     }
 }
 

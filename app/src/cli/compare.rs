@@ -84,6 +84,14 @@ pub struct CompareArgs {
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
+    /// Pick each strategy's peak learning rate from --lr-grid by successive halving on a
+    /// validation split of the training data (about 1.9x the training time); --lr is then
+    /// unused.
+    #[arg(long)]
+    pub tune_lr: bool,
+    /// The rates --tune-lr tries, comma-separated [default: 3e-4,1e-3,3e-3].
+    #[arg(long, value_delimiter = ',')]
+    pub lr_grid: Vec<f64>,
 }
 
 impl CompareArgs {
@@ -99,6 +107,8 @@ impl CompareArgs {
             seeds: self.seeds.clone(),
             bootstrap: self.bootstrap,
             checkpoint_every: CompareSettings::default().checkpoint_every,
+            tune_lr: self.tune_lr,
+            lr_grid: self.lr_grid.clone(),
         }
     }
 

@@ -116,13 +116,17 @@ pub fn generate_and_score(
     stop: &[u32],
     pad: u32,
     cfg: &GenerateConfig,
-) -> Result<(Vec<Vec<u32>>, Vec<(f64, usize)>)> {
+) -> Result<Scored> {
     if references.len() != prompts.len() || references.iter().any(Vec::is_empty) {
         return Err(crate::Error::Invalid("every prompt needs a non-empty reference to score".into()));
     }
     let job = Job { prompts, references: Some(references), stop, pad };
     decode(model, adapter, &job, cfg, &mut |_, _| {})
 }
+
+/// The new tokens of every prompt, and each reference's negative log-likelihood (sum,
+/// tokens) when references were scored.
+pub type Scored = (Vec<Vec<u32>>, Vec<(f64, usize)>);
 
 /// The prompts of one decode and what goes with them.
 struct Job<'a> {
@@ -184,7 +188,7 @@ fn decode(
     job: &Job,
     cfg: &GenerateConfig,
     on_token: &mut dyn FnMut(usize, u32),
-) -> Result<(Vec<Vec<u32>>, Vec<(f64, usize)>)> {
+) -> Result<Scored> {
     let (prompts, stop, pad) = (job.prompts, job.stop, job.pad);
     let b = prompts.len();
     if b == 0 {

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use crate::adapter::lora::LoraAdapter;
 use crate::adapter::peft;
+use crate::eval::EvalOptions;
 use crate::memory::RssSampler;
 use crate::strategy::context::{Base, CompareEvent, Control, Ctx};
+use crate::strategy::lr_search::{self, LrSearch};
 use crate::strategy::report::{self, Report, RunCost, RunResult};
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
@@ -46,6 +48,7 @@ pub fn compare(
     let mut runs = vec![base_row];
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
+    let mut searches: Vec<Option<LrSearch>> = vec![None; cfg.strategies.len()];
     for (k, &seed) in seeds.iter().enumerate() {
         let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
         let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
@@ -53,7 +56,7 @@ pub fn compare(
         let mut ctx =
             Ctx { base, tasks, cfg: &scfg, out: &sout, suffix, control, key: String::new(), on_event: &mut *on_event };
         let n = cfg.strategies.len();
-        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len())?;
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches)?;
         if k == 0 {
             separate_adapters = adapters;
         }
@@ -113,8 +116,14 @@ fn write_record(path: &Path, runs: &[RunResult]) -> Result<()> {
 
 /// Runs every strategy once for seed number `k`; events number runs out of `of`.
 /// Returns the rows (a separate run adds one per merge) and the per-task adapters of the
-/// separate strategy, which the similarity matrix compares.
-fn run_strategies(ctx: &mut Ctx, k: usize, of: usize) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+/// separate strategy, which the similarity matrix compares. With a learning-rate search,
+/// `searches[i]` is strategy i's (searched for the first seed, reused for the others).
+fn run_strategies(
+    ctx: &mut Ctx,
+    k: usize,
+    of: usize,
+    searches: &mut [Option<LrSearch>],
+) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
     let model = ctx.base.model;
     let first = k * ctx.cfg.strategies.len();
     let mut runs: Vec<RunResult> = Vec::new();
@@ -134,27 +143,33 @@ fn run_strategies(ctx: &mut Ctx, k: usize, of: usize) -> Result<(Vec<RunResult>,
                     .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
                     .collect::<Result<_>>()?;
             }
+            if let Some(s) = done[0].lr_search.clone() {
+                searches[si] = Some(s);
+            }
             let wall_s = done[0].wall_s;
             runs.extend(done);
             (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
             continue;
         }
         let rss = RssSampler::start();
-        let mut rows = match spec {
-            StrategySpec::Combined { mixing, task_tag } => vec![combined::run(ctx, &name, *mixing, *task_tag)?],
-            StrategySpec::Sequential { variant, order, replay } => {
-                vec![sequential::run(ctx, &name, *variant, order, *replay)?]
+        if let Some(grid) = ctx.cfg.lr_search.clone() {
+            if searches[si].is_none() {
+                searches[si] = Some(search_lr(ctx, spec, &name, &grid, si)?);
             }
-            StrategySpec::Separate { merges, merge_rank } => {
-                let (rows, adapters) = separate::run(ctx, &name, merges, *merge_rank)?;
-                separate_adapters = adapters;
-                rows
-            }
-            StrategySpec::MultiHead { mixing, head_rank } => vec![multi_head::run(ctx, &name, *mixing, *head_rank)?],
-        };
+        }
+        let search = searches[si].clone();
+        let lr = search.as_ref().map_or(ctx.cfg.train.learning_rate, |s| s.chosen);
+        let cfg =
+            CompareConfig { train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() }, ..ctx.cfg.clone() };
+        let (mut rows, adapters) = run_spec(&mut ctx.with_cfg(&cfg), spec, &name)?;
+        if matches!(spec, StrategySpec::Separate { .. }) {
+            separate_adapters = adapters;
+        }
         let peak = rss.stop();
         for r in &mut rows {
             r.peak_rss_mib = peak;
+            r.learning_rate = lr;
+            r.lr_search = search.clone();
         }
         if let Some(p) = &record {
             write_record(p, &rows)?;
@@ -164,4 +179,84 @@ fn run_strategies(ctx: &mut Ctx, k: usize, of: usize) -> Result<(Vec<RunResult>,
         (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
     }
     Ok((runs, separate_adapters))
+}
+
+/// Trains and scores strategy `spec` as run `name`: its rows and, for the separate
+/// strategy, the per-task adapters.
+fn run_spec(ctx: &mut Ctx, spec: &StrategySpec, name: &str) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+    Ok(match spec {
+        StrategySpec::Combined { mixing, task_tag } => (vec![combined::run(ctx, name, *mixing, *task_tag)?], vec![]),
+        StrategySpec::Sequential { variant, order, replay } => {
+            (vec![sequential::run(ctx, name, *variant, order, *replay)?], vec![])
+        }
+        StrategySpec::Separate { merges, merge_rank } => separate::run(ctx, name, merges, *merge_rank)?,
+        StrategySpec::MultiHead { mixing, head_rank } => {
+            (vec![multi_head::run(ctx, name, *mixing, *head_rank)?], vec![])
+        }
+    })
+}
+
+/// Picks strategy `spec`'s learning rate from `grid` ([`lr_search`]): every trial runs
+/// the strategy itself on the tasks' validation split, in a scratch folder removed
+/// afterwards. Its training steps are reported under the stage `lr search <rate> · …`;
+/// its scores are not reported as the run's. Recorded in the state folder, so a resumed
+/// comparison does not search again.
+fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: usize) -> Result<LrSearch> {
+    let record = ctx.control.state_dir.map(|d| d.join(format!("lr-search-r{si}.json")));
+    if let Some(s) = record.as_deref().and_then(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()) {
+        return Ok(s);
+    }
+    let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
+    let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
+    let search = lr_search::search(grid, ctx.cfg.budget_tokens, validation, &mut |lr, rung, budget| {
+        let t0 = Instant::now();
+        let scratch = tempfile::Builder::new().prefix(".lr-search-").tempdir_in(ctx.out)?;
+        let cfg = CompareConfig {
+            budget_tokens: budget,
+            train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() },
+            eval: EvalOptions { bootstrap: 0, ..ctx.cfg.eval.clone() },
+            seeds: vec![],
+            lr_search: None,
+            strategies: vec![spec.clone()],
+        };
+        let prefix = format!("lr search {lr:e} · ");
+        let on = &mut *ctx.on_event;
+        let mut forward = |e: &CompareEvent| {
+            if let CompareEvent::Train { run, stage, event } = e {
+                on(&CompareEvent::Train { run: run.clone(), stage: format!("{prefix}{stage}"), event: event.clone() });
+            }
+        };
+        let mut sub = Ctx {
+            base: ctx.base,
+            tasks: &val_tasks,
+            cfg: &cfg,
+            out: scratch.path(),
+            suffix: String::new(),
+            control: Control { cancel: ctx.control.cancel, state_dir: None },
+            key: format!("{}-lr{rung}", ctx.key),
+            on_event: &mut forward,
+        };
+        let (rows, _) = run_spec(&mut sub, spec, name)?;
+        let n = rows.len().max(1) as f64;
+        let score = rows.iter().map(|r| r.macro_average().value).sum::<f64>() / n;
+        let loss = rows
+            .iter()
+            .map(|r| r.scores.iter().map(|s| s.loss.value).sum::<f64>() / r.scores.len().max(1) as f64)
+            .sum::<f64>()
+            / n;
+        let tokens = rows.first().map_or(0, |r| r.tokens);
+        Ok(lr_search::Trial {
+            learning_rate: lr,
+            rung,
+            budget_tokens: budget,
+            tokens,
+            score,
+            loss,
+            wall_s: t0.elapsed().as_secs_f64(),
+        })
+    })?;
+    if let Some(p) = &record {
+        crate::persist::write_atomic(p, serde_json::to_string(&search)?.as_bytes())?;
+    }
+    Ok(search)
 }

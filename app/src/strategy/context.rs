@@ -114,6 +114,20 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// This context with the settings `cfg` (a run's own learning rate).
+    pub(super) fn with_cfg<'b>(&'b mut self, cfg: &'b CompareConfig) -> Ctx<'b> {
+        Ctx {
+            base: self.base,
+            tasks: self.tasks,
+            cfg,
+            out: self.out,
+            suffix: self.suffix.clone(),
+            control: self.control,
+            key: self.key.clone(),
+            on_event: &mut *self.on_event,
+        }
+    }
+
     pub(super) fn encode(&self, recs: &[Record]) -> Result<Vec<Example>> {
         recs.iter()
             .map(|r| {

@@ -6,13 +6,15 @@
 //! overall, at what cost.
 //!
 //! [`spec`] turns names and options into [`StrategySpec`]s (for the CLI and the server
-//! alike), [`compare()`] runs them, one module per strategy, and [`report`] and
+//! alike), [`compare()`] runs them, one module per strategy ([`lr_search`] first picks
+//! each one's learning rate when asked), and [`report`] and
 //! [`charts`] present the result.
 
 pub mod charts;
 mod combined;
 pub mod compare;
 mod context;
+pub mod lr_search;
 pub mod mixing;
 mod multi_head;
 pub mod report;

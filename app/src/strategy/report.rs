@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
+use super::lr_search::LrSearch;
 use super::{CompareConfig, TaskData};
 use crate::adapter::lora::LoraAdapter;
 use crate::eval::metrics::{paired, Estimate};
@@ -184,6 +185,13 @@ pub struct RunResult {
     pub forgetting: Option<Forgetting>,
     /// Exported adapter folders.
     pub adapter_dirs: Vec<String>,
+    /// The peak learning rate it trained at (0 in reports from before it was recorded).
+    #[serde(default)]
+    pub learning_rate: f64,
+    /// How that rate was chosen, when the comparison searched it; its cost is apart from
+    /// `wall_s` and `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_search: Option<LrSearch>,
 }
 
 /// What a run cost: the figures of a report row that are not scores.
@@ -235,6 +243,8 @@ impl RunResult {
             losses: vec![],
             forgetting: None,
             adapter_dirs: vec![],
+            learning_rate: 0.0,
+            lr_search: None,
         }
     }
 
@@ -596,6 +606,14 @@ fn p_text(p: f64) -> String {
     }
 }
 
+/// A learning rate as people write it (`3e-4`, `0.001` → `1e-3`); `-` when unknown.
+pub fn lr_text(lr: f64) -> String {
+    if lr <= 0.0 {
+        return "-".into();
+    }
+    format!("{lr:e}")
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }
@@ -726,6 +744,14 @@ impl Report {
                     );
                 }
             }
+            if let Some(search) = &b.lr_search {
+                let _ = write!(
+                    text,
+                    "\n\nLearning rates were searched per strategy on a validation split of the training data: it trained at {} (searching took {:.0}s more).",
+                    lr_text(b.learning_rate),
+                    search.wall_s()
+                );
+            }
             if let Some(p) = &power {
                 let _ = write!(text, "\n\n{}", p.text);
             }
@@ -829,13 +855,14 @@ impl Report {
                 s.push('\n');
             }
         }
-        s.push_str("\n## Cost\n\n| run | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
+        s.push_str("\n## Cost\n\n| run | learning rate | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n");
         for r in self.runs.iter().filter(|r| r.strategy != "base") {
             let per: Vec<String> = r.task_tokens.iter().map(|t| t.to_string()).collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} |",
                 r.name,
+                lr_text(r.learning_rate),
                 r.tokens,
                 per.join(" / "),
                 r.wall_s,
@@ -845,6 +872,7 @@ impl Report {
                 r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
             );
         }
+        s.push_str(&self.lr_search_markdown());
         for r in &self.runs {
             if let Some(f) = &r.forgetting {
                 let _ = writeln!(
@@ -881,6 +909,51 @@ impl Report {
             }
         }
         s
+    }
+
+    /// The learning-rate search section of `report.md` (empty without a search): one
+    /// row per search (a separate run's merges share its search, the same trials).
+    fn lr_search_markdown(&self) -> String {
+        let mut seen: Vec<&LrSearch> = Vec::new();
+        let mut rows = String::new();
+        for r in &self.runs {
+            let Some(search) = &r.lr_search else { continue };
+            if seen.contains(&search) {
+                continue;
+            }
+            seen.push(search);
+            let trials: Vec<String> = search
+                .trials
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}: {}% / {:.3} ({} tokens)",
+                        lr_text(t.learning_rate),
+                        pct(t.score),
+                        t.loss,
+                        t.budget_tokens
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                rows,
+                "| {} | {} | {} | {} | {:.0} |",
+                r.name,
+                lr_text(search.chosen),
+                trials.join("; "),
+                search.tokens(),
+                search.wall_s()
+            );
+        }
+        let Some(first) = seen.first() else { return String::new() };
+        format!(
+            "\n## Learning-rate search\n\nEach strategy's peak learning rate, chosen from {} by successive halving on a \
+             validation split carved from the training data ({} examples per task; the held-out examples scored above \
+             were not used). Each trial: validation macro average / loss (training tokens). The search's cost is not \
+             in the cost table.\n\n| run | chosen | trials | search tokens | search s |\n|---|---|---|---|---|\n{rows}",
+            first.grid.iter().map(|&x| lr_text(x)).collect::<Vec<_>>().join(", "),
+            first.validation.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
+        )
     }
 
     /// Writes `report.json` and `report.md` into `dir`.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::lora::LoraConfig;
 use crate::adapter::merge::MergeMethod;
 use crate::eval::EvalOptions;
+use crate::strategy::lr_search;
 use crate::strategy::mixing::Mixing;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
@@ -106,6 +107,10 @@ pub struct CompareConfig {
     /// are then reported as the mean over seeds with its spread.
     #[serde(default)]
     pub seeds: Vec<u64>,
+    /// `Some(grid)`: every strategy picks its peak learning rate from `grid` first
+    /// ([`crate::strategy::lr_search`]); `None`: every run trains at `train.learning_rate`.
+    #[serde(default)]
+    pub lr_search: Option<Vec<f64>>,
 }
 
 /// What a user can set on the strategies, shared by every one that uses it. Defaults
@@ -256,6 +261,10 @@ pub struct CompareSettings {
     pub bootstrap: usize,
     /// Steps between checkpoints (resume points, when the comparison has a state folder).
     pub checkpoint_every: usize,
+    /// Search each strategy's peak learning rate ([`crate::strategy::lr_search`]).
+    pub tune_lr: bool,
+    /// The rates searched (empty: [`lr_search::DEFAULT_GRID`]).
+    pub lr_grid: Vec<f64>,
 }
 
 impl Default for CompareSettings {
@@ -270,6 +279,8 @@ impl Default for CompareSettings {
             seeds: vec![],
             bootstrap: 1000,
             checkpoint_every: 10,
+            tune_lr: false,
+            lr_grid: vec![],
         }
     }
 }
@@ -305,6 +316,12 @@ impl CompareSettings {
         if let Err(e) = train.validate() {
             problems.push(format!("hyper: {e}"));
         }
+        let grid = if self.lr_grid.is_empty() { lr_search::DEFAULT_GRID.to_vec() } else { self.lr_grid.clone() };
+        if self.tune_lr {
+            problems.extend(lr_search::grid_problems(&grid).into_iter().map(|p| format!("hyper: {p}")));
+        } else if !self.lr_grid.is_empty() {
+            problems.push("hyper: lr_grid is only used with tune_lr".into());
+        }
         problems.extend(strategy_problems(&strategies, n_tasks));
         if !problems.is_empty() {
             return Err(problems);
@@ -315,6 +332,7 @@ impl CompareSettings {
             train,
             eval: self.eval_options(),
             seeds: self.seeds.clone(),
+            lr_search: self.tune_lr.then_some(grid),
         })
     }
 }

@@ -276,10 +276,12 @@ pub fn ComparePage() -> impl IntoView {
                     })}
                     <h2>"Cost"</h2>
                     <table class="cost">
-                        <thead><tr><th>"run"</th><th>"tokens"</th><th>"wall"</th><th>"trainable"</th><th>"exported"</th><th>"adapter"</th><th>"peak memory"</th></tr></thead>
+                        <thead><tr><th>"run"</th><th>"learning rate"</th><th>"lr search"</th><th>"tokens"</th><th>"wall"</th><th>"trainable"</th><th>"exported"</th><th>"adapter"</th><th>"peak memory"</th></tr></thead>
                         <tbody>{r["runs"].as_array().cloned().unwrap_or_default().into_iter().filter(|x| x["strategy"] != "base").map(|x| view! {
                             <tr>
                                 <td>{x["name"].as_str().unwrap_or("").to_string()}</td>
+                                <td>{format::learning_rate(x["learning_rate"].as_f64().unwrap_or(0.0))}</td>
+                                <td>{lr_search_text(&x["lr_search"])}</td>
                                 <td>{x["tokens"].as_u64().unwrap_or(0)}</td>
                                 <td>{format::duration(x["wall_s"].as_f64().unwrap_or(f64::NAN))}</td>
                                 <td>{format::count(x["trainable_params"].as_u64().unwrap_or(0))}</td>
@@ -302,10 +304,38 @@ pub fn ComparePage() -> impl IntoView {
     }
 }
 
+/// A run's learning-rate search in a cell: the rates tried with their validation
+/// scores, and what it cost (empty without a search).
+pub fn lr_search_text(search: &serde_json::Value) -> String {
+    let Some(trials) = search["trials"].as_array() else { return String::new() };
+    let cost: f64 = trials.iter().filter_map(|t| t["wall_s"].as_f64()).sum();
+    let tried: Vec<String> = trials
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {:.0}%",
+                format::learning_rate(t["learning_rate"].as_f64().unwrap_or(0.0)),
+                100.0 * t["score"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    format!("{} ({})", tried.join(", "), format::duration(cost))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_learning_rate_search_reads_in_one_cell() {
+        let s = json!({"trials": [
+            {"learning_rate": 0.0003, "score": 0.5, "wall_s": 10.0},
+            {"learning_rate": 0.001, "score": 0.6, "wall_s": 12.0}
+        ]});
+        assert_eq!(lr_search_text(&s), "3e-4 50%, 1e-3 60% (22 s)");
+        assert_eq!(lr_search_text(&serde_json::Value::Null), "");
+    }
 
     #[test]
     fn the_table_marks_the_best_run_per_task() {

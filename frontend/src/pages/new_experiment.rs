@@ -137,6 +137,7 @@ pub fn NewExperimentPage() -> impl IntoView {
     let max_tokens = RwSignal::new(d.max_tokens.to_string());
     let eval_limit = RwSignal::new("50".to_string());
     let seeds = RwSignal::new(String::new());
+    let tune_lr = RwSignal::new(false);
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
     let all_for_view = all.clone();
@@ -149,10 +150,14 @@ pub fn NewExperimentPage() -> impl IntoView {
         let b: usize = budget.get().trim().parse().unwrap_or(0);
         let m = model.get();
         let tps = measured_tokens_per_s(&history.get(), &m).unwrap_or_else(|| format::default_tokens_per_s(&m));
+        // The learning-rate search trains 3 rates on 1/8 of the budget, then the better
+        // 2 on 1/4 (the engine's schedule for the default grid): 7/8 of a budget more.
+        let search = if tune_lr.get() { 1.875 } else { 1.0 };
         format!(
-            "About {} of training at ~{:.0} tokens/s (plus evaluation).",
-            format::duration(format::estimate_seconds(b, trainings(), tps)),
-            tps
+            "About {} of training at ~{:.0} tokens/s (plus evaluation{}).",
+            format::duration(format::estimate_seconds(b, trainings(), tps) * search),
+            tps,
+            if tune_lr.get() { "; with the learning-rate search" } else { "" }
         )
     };
     // What the chosen held-out sets can tell apart (the engine's statement, from the server).
@@ -176,7 +181,7 @@ pub fn NewExperimentPage() -> impl IntoView {
         let h =
             match parse_hyper(&lr.get(), &rank.get(), &batch.get(), &max_tokens.get(), &eval_limit.get(), &seeds.get())
             {
-                Ok(h) => h,
+                Ok(h) => Hyper { tune_lr: tune_lr.get(), ..h },
                 Err(details) => {
                     error.set(Some(ApiError {
                         code: "invalid".into(),
@@ -275,6 +280,11 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <label for="budget">"Training tokens per strategy"</label>
                 <input id="budget" inputmode="numeric" prop:value=move || budget.get() on:input=move |ev| budget.set(event_target_value(&ev)) />
                 <label for="lr">"Learning rate"</label><Field id="lr" value=lr />
+                <div class="tune-lr">
+                    <input type="checkbox" id="tune-lr" prop:checked=move || tune_lr.get()
+                        on:change=move |ev| tune_lr.set(event_target_checked(&ev)) />
+                    <label for="tune-lr">"Tune each strategy's learning rate (3e-4, 1e-3, 3e-3, chosen on a validation split of the training data; the rate above is then unused)"</label>
+                </div>
                 <label for="rank">"LoRA rank"</label><Field id="rank" value=rank />
                 <label for="batch">"Batch size"</label><Field id="batch" value=batch />
                 <label for="max-tokens">"Longest example (tokens)"</label><Field id="max-tokens" value=max_tokens />
