@@ -62,7 +62,7 @@ demo-data: build
 	$(BIN_DEBUG) demo-data --out assets/demo
 
 ## demo: every strategy on the default model and the demo suite, scored on all 100
-## held-out examples per task (budget sized for this 2-core machine; 23 minutes measured
+## held-out examples per task (budget sized for this 2-core machine; 14 minutes measured
 ## 2026-12-01), into runs/demo-compare.
 demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
