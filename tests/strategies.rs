@@ -405,6 +405,7 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
         strategies: vec![
             StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
             StrategySpec::Separate { merges: vec![multitune::adapter::MergeMethod::Linear], merge_rank: 8 },
+            StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
         ],
         budget_tokens: 3_000,
         train: quick_train(5e-3),
@@ -429,11 +430,14 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
         },
     )
     .unwrap();
-    // Two rates for combined (one stage) and for separate (a stage per task), first seed only.
-    assert_eq!(search_stages.len(), 2 + 2 * 2, "{search_stages:?}");
+    // Two rates for combined (one stage), separate and sequential (a stage per task),
+    // first seed only.
+    assert_eq!(search_stages.len(), 2 + 2 * 2 + 2 * 2, "{search_stages:?}");
     assert!(search_stages.contains(&"lr search 1e-2 · all".to_string()), "{search_stages:?}");
     let trained: Vec<_> = report.runs.iter().filter(|r| r.strategy != "base").collect();
-    assert_eq!(trained.len(), 3);
+    assert_eq!(trained.len(), 4);
+    let seq = trained.iter().find(|r| r.strategy == "sequential").unwrap();
+    assert!(seq.forgetting.is_some(), "the real run scores every stage (its trials do not)");
     for r in &trained {
         let s = r.lr_search.as_ref().unwrap_or_else(|| panic!("{} has no search", r.name));
         assert!(grid.contains(&s.chosen) && r.learning_rate == s.chosen, "{}", r.name);
@@ -455,5 +459,5 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
     assert!(md.contains("## Learning-rate search") && md.contains("| run | learning rate |"), "{md}");
     let section = md.split("## Learning-rate search").nth(1).unwrap().split("\n## ").next().unwrap();
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| run |")).collect();
-    assert_eq!(rows.len(), 2, "one row per search (the merge shares separate's): {rows:?}");
+    assert_eq!(rows.len(), 3, "one row per search (the merge shares separate's): {rows:?}");
 }

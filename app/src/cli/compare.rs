@@ -85,8 +85,8 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
     /// Pick each strategy's peak learning rate from --lr-grid by successive halving on a
-    /// validation split of the training data (about 1.9x the training time); --lr is then
-    /// unused.
+    /// validation split of the training data (7/8 of a budget more training per strategy,
+    /// plus scoring each trial on the split); --lr is then unused.
     #[arg(long)]
     pub tune_lr: bool,
     /// The rates --tune-lr tries, comma-separated [default: 3e-4,1e-3,3e-3].

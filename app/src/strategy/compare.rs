@@ -42,7 +42,8 @@ pub fn compare(
     }
     let base_row = {
         let suffix = String::new();
-        let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key: "base".into(), on_event: &mut *on_event };
+        let key = "base".into();
+        let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, on_event: &mut *on_event };
         base_run(&mut ctx)?
     };
     let mut runs = vec![base_row];
@@ -53,8 +54,17 @@ pub fn compare(
         let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
         let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
         let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
-        let mut ctx =
-            Ctx { base, tasks, cfg: &scfg, out: &sout, suffix, control, key: String::new(), on_event: &mut *on_event };
+        let mut ctx = Ctx {
+            base,
+            tasks,
+            cfg: &scfg,
+            out: &sout,
+            suffix,
+            control,
+            key: String::new(),
+            score_stages: true,
+            on_event: &mut *on_event,
+        };
         let n = cfg.strategies.len();
         let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches)?;
         if k == 0 {
@@ -197,7 +207,8 @@ fn run_spec(ctx: &mut Ctx, spec: &StrategySpec, name: &str) -> Result<(Vec<RunRe
 }
 
 /// Picks strategy `spec`'s learning rate from `grid` ([`lr_search`]): every trial runs
-/// the strategy itself on the tasks' validation split, in a scratch folder removed
+/// the strategy itself on the tasks' validation split (scoring only its final model: no
+/// forgetting matrix; a separate run routed only), in a scratch folder removed
 /// afterwards. Its training steps are reported under the stage `lr search <rate> · …`;
 /// its scores are not reported as the run's. Recorded in the state folder, so a resumed
 /// comparison does not search again.
@@ -208,6 +219,13 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
     }
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
     let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
+    // A separate run's trials are scored routed: the rate shapes the per-task adapters,
+    // which every merge is built from (and scoring five merges per trial would make the
+    // search cost scale with the merges).
+    let trial_spec = match spec {
+        StrategySpec::Separate { merge_rank, .. } => StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank },
+        other => other.clone(),
+    };
     let search = lr_search::search(grid, ctx.cfg.budget_tokens, validation, &mut |lr, rung, budget| {
         let t0 = Instant::now();
         let scratch = tempfile::Builder::new().prefix(".lr-search-").tempdir_in(ctx.out)?;
@@ -217,7 +235,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             eval: EvalOptions { bootstrap: 0, ..ctx.cfg.eval.clone() },
             seeds: vec![],
             lr_search: None,
-            strategies: vec![spec.clone()],
+            strategies: vec![trial_spec.clone()],
         };
         let prefix = format!("lr search {lr:e} · ");
         let on = &mut *ctx.on_event;
@@ -234,9 +252,10 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             suffix: String::new(),
             control: Control { cancel: ctx.control.cancel, state_dir: None },
             key: format!("{}-lr{rung}", ctx.key),
+            score_stages: false,
             on_event: &mut forward,
         };
-        let (rows, _) = run_spec(&mut sub, spec, name)?;
+        let (rows, _) = run_spec(&mut sub, &trial_spec, name)?;
         let n = rows.len().max(1) as f64;
         let score = rows.iter().map(|r| r.macro_average().value).sum::<f64>() / n;
         let loss = rows

@@ -110,6 +110,9 @@ pub(super) struct Ctx<'a> {
     pub(super) control: Control<'a>,
     /// `s{seed index}-r{strategy index}`: names this run's checkpoints.
     pub(super) key: String,
+    /// Score every training stage (the forgetting matrix); off in a learning-rate
+    /// search's trials, which need only the final model's scores.
+    pub(super) score_stages: bool,
     pub(super) on_event: &'a mut dyn FnMut(&CompareEvent),
 }
 
@@ -124,6 +127,7 @@ impl Ctx<'_> {
             suffix: self.suffix.clone(),
             control: self.control,
             key: self.key.clone(),
+            score_stages: self.score_stages,
             on_event: &mut *self.on_event,
         }
     }

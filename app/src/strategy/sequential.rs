@@ -65,6 +65,9 @@ pub(super) fn run(
             stage_model = stage_model.with_adapter_merged(&adapter, 1.0)?;
             stage_adapters.push(adapter.deep_clone()?);
         }
+        if !ctx.score_stages && k + 1 < order.len() {
+            continue;
+        }
         let te = Instant::now();
         let active = if variant == SequentialVariant::Continue { Some(&adapter) } else { None };
         let scores = ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?;
@@ -88,12 +91,10 @@ pub(super) fn run(
     let mut r = RunResult::new(name, "sequential", &last_scores, cost);
     r.exported_params = final_adapter.num_parameters();
     r.losses = losses;
-    r.forgetting = Some(Forgetting::new(
-        order.iter().map(|&i| tasks[i].name.clone()).collect(),
-        tasks.iter().map(|t| t.name.clone()).collect(),
-        matrix,
-        &order,
-    ));
+    // Without every stage scored (a learning-rate search's trial) there is no matrix.
+    let names = |idx: &mut dyn Iterator<Item = usize>| idx.map(|i| tasks[i].name.clone()).collect::<Vec<_>>();
+    r.forgetting = (matrix.len() == order.len())
+        .then(|| Forgetting::new(names(&mut order.iter().copied()), names(&mut (0..tasks.len())), matrix, &order));
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)
 }
