@@ -149,12 +149,14 @@ fn bench_prints_figures_for_the_tiny_model() {
     let t = text(&r);
     assert!(t.contains("matmul peak") && t.contains("ours/s") && t.contains("MFU"), "{t}");
     let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("tiny")).collect();
-    // 4x16 and demo in train and eval, plus label ranking on the first classification task.
-    assert_eq!(rows.len(), 5, "{t}");
+    // 4x16 and demo in train and eval, label ranking on the first classification task,
+    // and greedy generation on each generation task's held-out prompts.
+    assert_eq!(rows.len(), 7, "{t}");
     assert!(rows.iter().any(|l| l.contains("rank:sentiment")), "{t}");
+    assert!(rows.iter().any(|l| l.contains("gen:arithmetic")) && t.contains("gen:dates: ours"), "{t}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 7);
     for row in rows {
         let secs: Vec<f64> = row["ours"]["step_secs"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
         assert!(!secs.is_empty() && secs.iter().all(|s| *s > 0.0), "{row}");
@@ -162,6 +164,12 @@ fn bench_prints_figures_for_the_tiny_model() {
         assert!(row["reference"].is_null());
         match row["mode"].as_str().unwrap() {
             "rank" => assert!(row["flops"].is_null()),
+            "generate" => {
+                // Every held-out prompt answered (the demo's 100 per task), in order.
+                assert!(row["flops"].is_null());
+                assert_eq!(row["ours"]["outputs"].as_array().unwrap().len(), 100, "{row}");
+                assert_eq!(row["units"].as_u64(), Some(100));
+            }
             _ => assert!(row["flops"].as_f64().unwrap() > 0.0),
         }
     }

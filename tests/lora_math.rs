@@ -83,8 +83,10 @@ fn gradients_of_a_and_b_match_finite_differences() {
     // f64 throughout so central differences are accurate to ~1e-9.
     let (model32, _) = tiny_model(4, &Device::Cpu).unwrap();
     let model = model32.to_dtype(DType::F64).unwrap();
-    let ad32 = LoraAdapter::new(&model.cfg, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 5, &Device::Cpu)
-        .unwrap();
+    // No dropout, so the training pass (which records the graph; evaluation does not) is
+    // the same function the finite differences probe.
+    let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, ..Default::default() };
+    let ad32 = LoraAdapter::new(&model.cfg, cfg, 5, &Device::Cpu).unwrap();
     randomize_b(&ad32, 6);
     let ad = ad32.to_dtype(DType::F64).unwrap();
     let ex = [
@@ -96,7 +98,7 @@ fn gradients_of_a_and_b_match_finite_differences() {
     let loss = |ad: &LoraAdapter| -> f64 {
         batch_loss(&model, &batch, &Forward::eval(Some(ad))).unwrap().to_scalar::<f64>().unwrap()
     };
-    let grads = batch_loss(&model, &batch, &Forward::eval(Some(&ad))).unwrap().backward().unwrap();
+    let grads = batch_loss(&model, &batch, &Forward::train(&ad, 0, 0)).unwrap().backward().unwrap();
     let mut checked = 0;
     for (layer, target) in [(0, Target::Q), (0, Target::V), (1, Target::Down), (1, Target::O), (1, Target::Gate)] {
         let pair = ad.get(layer, target).unwrap();
