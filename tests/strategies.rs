@@ -32,6 +32,31 @@ fn quick_train(lr: f64) -> TrainConfig {
     }
 }
 
+/// A comparison on the tiny model's quick settings: `strategies` under `budget` tokens,
+/// trained with `train`, scored with 20 bootstrap resamples.
+fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfig) -> CompareConfig {
+    CompareConfig {
+        strategies,
+        budget_tokens: budget,
+        train,
+        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
+        seeds: vec![],
+        lr_search: None,
+    }
+}
+
+/// Runs `cfg` on the tiny base model into `out`, without a state folder.
+fn run_tiny(
+    model: &multitune::model::Llama,
+    tok: &multitune::model::TextTokenizer,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &std::path::Path,
+    on_event: &mut dyn FnMut(&multitune::strategy::CompareEvent),
+) -> multitune::Result<multitune::strategy::Report> {
+    compare(&Base { model, tokenizer: tok, name: "tiny" }, tasks, cfg, out, Default::default(), on_event)
+}
+
 /// Every strategy and variant on the tiny model and the demo suite: the report has
 /// every section, every run trained on the budget (within 1%), adapters are exported.
 #[test]
@@ -47,24 +72,12 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     });
     let budget = 8_000;
     let cfg = CompareConfig {
-        strategies: specs,
-        budget_tokens: budget,
-        train: quick_train(5e-3),
         eval: EvalOptions { max_seq_len: 192, bootstrap: 50, ..Default::default() },
-        seeds: vec![],
-        lr_search: None,
+        ..quick_compare(specs, budget, quick_train(5e-3))
     };
     let out = tempfile::tempdir().unwrap();
     let mut events = 0;
-    let report = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        out.path(),
-        Default::default(),
-        &mut |_| events += 1,
-    )
-    .unwrap();
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |_| events += 1).unwrap();
     assert!(events > 50);
     let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
     for want in [
@@ -178,24 +191,13 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
         eval: make(flip)[..8].to_vec(),
     };
     let tasks = vec![task("a", false), task("b", true)];
-    let cfg = CompareConfig {
-        strategies: vec![StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 }],
-        budget_tokens: 2 * 10_000,
-        train: quick_train(1e-2),
-        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
-        seeds: vec![],
-        lr_search: None,
-    };
+    let cfg = quick_compare(
+        vec![StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 }],
+        2 * 10_000,
+        quick_train(1e-2),
+    );
     let out = tempfile::tempdir().unwrap();
-    let report = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        out.path(),
-        Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
     let f = report.runs[1].forgetting.as_ref().unwrap();
     let (a_after_a, a_after_b) = (f.matrix[0][0], f.matrix[1][0]);
     assert!(a_after_a >= 0.9, "task a learned: {:?}", f.matrix);
@@ -229,24 +231,13 @@ fn multi_head_classifier_learns_a_separable_task() {
         train: make(0..8),
         eval: make(8..11),
     }];
-    let cfg = CompareConfig {
-        strategies: vec![StrategySpec::MultiHead { mixing: multitune::strategy::Mixing::Proportional, head_rank: 4 }],
-        budget_tokens: 30_000,
-        train: TrainConfig { batch_size: 8, ..quick_train(2e-3) },
-        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
-        seeds: vec![],
-        lr_search: None,
-    };
+    let cfg = quick_compare(
+        vec![StrategySpec::MultiHead { mixing: multitune::strategy::Mixing::Proportional, head_rank: 4 }],
+        30_000,
+        TrainConfig { batch_size: 8, ..quick_train(2e-3) },
+    );
     let out = tempfile::tempdir().unwrap();
-    let report = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        out.path(),
-        Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
     let base = report.runs[0].scores[0].value.value;
     let tuned = &report.runs[1];
     assert_eq!(tuned.name, "multi-head");
@@ -279,27 +270,20 @@ fn repetition_over_seeds_reports_mean_and_spread() {
     let (model, tok) = tiny_model(3, &Device::Cpu).unwrap();
     let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
     let cfg = CompareConfig {
-        strategies: vec![StrategySpec::Combined { mixing: multitune::strategy::Mixing::Uniform, task_tag: false }],
-        budget_tokens: 3_000,
-        train: quick_train(5e-3),
-        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![1, 2, 3],
-        lr_search: None,
+        ..quick_compare(
+            vec![StrategySpec::Combined { mixing: multitune::strategy::Mixing::Uniform, task_tag: false }],
+            3_000,
+            quick_train(5e-3),
+        )
     };
     let out = tempfile::tempdir().unwrap();
     let mut started = Vec::new();
-    let report = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        out.path(),
-        Default::default(),
-        &mut |e| {
-            if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
-                started.push((run.clone(), *index, *of));
-            }
-        },
-    )
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |e| {
+        if let multitune::strategy::CompareEvent::RunStarted { run, index, of } = e {
+            started.push((run.clone(), *index, *of));
+        }
+    })
     .unwrap();
     assert_eq!(started.len(), 3);
     assert_eq!(started[2], ("combined (uniform) [seed 3]".to_string(), 2, 3));
@@ -328,27 +312,16 @@ fn cancelled_comparison_resumes_to_the_same_result() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (model, tok) = tiny_model(4, &Device::Cpu).unwrap();
     let tasks: Vec<TaskData> = demo_tasks(4).into_iter().take(2).collect();
-    let cfg = CompareConfig {
-        strategies: vec![
+    let cfg = quick_compare(
+        vec![
             StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
             StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
         ],
-        budget_tokens: 4_000,
-        train: TrainConfig { checkpoint_every: 2, ..quick_train(5e-3) },
-        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
-        seeds: vec![],
-        lr_search: None,
-    };
+        4_000,
+        TrainConfig { checkpoint_every: 2, ..quick_train(5e-3) },
+    );
     let whole = tempfile::tempdir().unwrap();
-    let want = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        whole.path(),
-        Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let want = run_tiny(&model, &tok, &tasks, &cfg, whole.path(), &mut |_| {}).unwrap();
 
     let out = tempfile::tempdir().unwrap();
     let state = out.path().join("state");
@@ -402,33 +375,27 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
     let tasks: Vec<TaskData> = demo_tasks(4).into_iter().take(2).collect();
     let grid = vec![1e-3, 1e-2];
     let cfg = CompareConfig {
-        strategies: vec![
-            StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
-            StrategySpec::Separate { merges: vec![multitune::adapter::MergeMethod::Linear], merge_rank: 8 },
-            StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
-        ],
-        budget_tokens: 3_000,
-        train: quick_train(5e-3),
-        eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![1, 2],
         lr_search: Some(grid.clone()),
+        ..quick_compare(
+            vec![
+                StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
+                StrategySpec::Separate { merges: vec![multitune::adapter::MergeMethod::Linear], merge_rank: 8 },
+                StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
+            ],
+            3_000,
+            quick_train(5e-3),
+        )
     };
     let out = tempfile::tempdir().unwrap();
     let mut search_stages = Vec::new();
-    let report = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &cfg,
-        out.path(),
-        Default::default(),
-        &mut |e| {
-            if let CompareEvent::Train { stage, event: TrainEvent::Started { .. }, .. } = e {
-                if stage.starts_with("lr search") {
-                    search_stages.push(stage.clone());
-                }
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |e| {
+        if let CompareEvent::Train { stage, event: TrainEvent::Started { .. }, .. } = e {
+            if stage.starts_with("lr search") {
+                search_stages.push(stage.clone());
             }
-        },
-    )
+        }
+    })
     .unwrap();
     // Two rates for combined (one stage), separate and sequential (a stage per task),
     // first seed only.
