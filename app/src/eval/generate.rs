@@ -212,12 +212,14 @@ fn decode(
     let mut rngs: Vec<_> = (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect();
     let mut hidden = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
     let mut scores = Vec::new();
+    // Scored once, from the prompt's cache and last logits (the first step's).
+    let mut to_score = job.references;
     // The prompts still decoding, by their index in `prompts`; row r of `hidden` and of
     // the cache is prompt active[r].
     let mut active: Vec<usize> = (0..b).collect();
     while !active.is_empty() {
         let logits = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
-        if let Some(refs) = job.references.filter(|_| scores.is_empty()) {
+        if let Some(refs) = to_score.take() {
             scores = score_references(model, &fwd, &cache, &logits, refs, pad)?;
         }
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;

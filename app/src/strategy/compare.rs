@@ -99,7 +99,7 @@ pub fn compare(
 /// not score it again).
 fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
     let record = ctx.control.state_dir.map(|d| d.join("done-base.json"));
-    if let Some(mut r) = record.as_deref().and_then(read_record) {
+    if let Some(mut r) = record.as_deref().and_then(read_record::<Vec<RunResult>>) {
         return Ok(r.remove(0));
     }
     let started = Instant::now();
@@ -116,12 +116,14 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
     Ok(r)
 }
 
-fn read_record(path: &Path) -> Option<Vec<RunResult>> {
+/// A record in the state folder (a finished run's rows, a learning-rate search), if it
+/// is there and reads.
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-fn write_record(path: &Path, runs: &[RunResult]) -> Result<()> {
-    crate::persist::write_atomic(path, serde_json::to_string(runs)?.as_bytes())
+fn write_record<T: serde::Serialize + ?Sized>(path: &Path, record: &T) -> Result<()> {
+    crate::persist::write_atomic(path, serde_json::to_string(record)?.as_bytes())
 }
 
 /// Runs every strategy once for seed number `k`; events number runs out of `of`.
@@ -143,7 +145,7 @@ fn run_strategies(
         ctx.key = format!("s{k}-r{si}");
         (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
         let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
-        if let Some(done) = record.as_deref().and_then(read_record) {
+        if let Some(done) = record.as_deref().and_then(read_record::<Vec<RunResult>>) {
             // Finished before an interruption: take its results, and reload the per-task
             // adapters that the similarity matrix needs.
             if matches!(spec, StrategySpec::Separate { .. }) {
@@ -214,7 +216,7 @@ fn run_spec(ctx: &mut Ctx, spec: &StrategySpec, name: &str) -> Result<(Vec<RunRe
 /// comparison does not search again.
 fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: usize) -> Result<LrSearch> {
     let record = ctx.control.state_dir.map(|d| d.join(format!("lr-search-r{si}.json")));
-    if let Some(s) = record.as_deref().and_then(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()) {
+    if let Some(s) = record.as_deref().and_then(read_record) {
         return Ok(s);
     }
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
@@ -275,7 +277,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
         })
     })?;
     if let Some(p) = &record {
-        crate::persist::write_atomic(p, serde_json::to_string(&search)?.as_bytes())?;
+        write_record(p, &search)?;
     }
     Ok(search)
 }

@@ -112,8 +112,7 @@ pub fn validation_tasks(tasks: &[TaskData], seed: u64) -> Result<Vec<TaskData>> 
                     t.train.len()
                 )));
             }
-            let (ti, mut vi) = split_indices(t.train.len(), Split::Fraction(VALIDATION_SHARE), seed)?;
-            let mut ti = ti;
+            let (mut ti, mut vi) = split_indices(t.train.len(), Split::Fraction(VALIDATION_SHARE), seed)?;
             // Validation beyond the cap goes back to training.
             ti.extend(vi.drain(MAX_VALIDATION.min(vi.len())..));
             ti.sort_unstable();
@@ -132,14 +131,11 @@ pub fn schedule(n: usize, budget: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut tokens = ((budget as f64 * FIRST_RUNG_SHARE).round() as usize).max(1);
     let mut left = n;
+    // One candidate: nothing to search, no rung.
     while left > 1 {
         out.push((left, tokens));
         left = left.div_ceil(2);
         tokens = tokens.saturating_mul(2);
-    }
-    if out.is_empty() && n == 1 {
-        // One candidate: nothing to search.
-        return vec![];
     }
     out
 }
