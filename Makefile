@@ -97,12 +97,16 @@ build-cuda: cuda-toolkit
 test-cuda: cuda-toolkit
 	$(CUDA_CARGO) test --release --features cuda --target-dir target/cuda -p multitune --lib cuda_tests
 
-## bench-setup: the Python reference for `make bench` (PyTorch CPU build, transformers,
-## PEFT) in a virtual environment; never needed by the tests.
-BENCH_VENV ?= bench/.venv
+## bench-setup: the Python reference for `make bench` (PyTorch, transformers, PEFT) in a
+## virtual environment; never needed by the tests. REF=pinned (default) installs the versions
+## of bench/requirements.txt into bench/.venv; REF=latest the newest pip offers today into
+## bench/.venv-latest (then `make bench REF=latest` measures against it).
+REF ?= pinned
+BENCH_VENV ?= $(if $(filter latest,$(REF)),bench/.venv-latest,bench/.venv)
 bench-setup:
 	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	$(if $(filter latest,$(REF)),$(BENCH_VENV)/bin/pip install -q --upgrade torch transformers peft numpy,$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt)
+	@$(BENCH_VENV)/bin/python -c "import torch, transformers, peft; print('reference:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 
 ## bench: ours and PyTorch + PEFT alternating, on the tiny and SmolLM2-135M models: training,
 ## eval and label-ranking throughput, MFU, peak memory and the ratio (2 threads each).
@@ -111,7 +115,7 @@ bench: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	$(BIN_RELEASE) --models-dir $(MODELS) bench --models tiny,default --threads 2 --steps 10 \
 		$$( [ -x $(BENCH_VENV)/bin/python ] && echo --reference $(BENCH_VENV)/bin/python ) \
-		--json target/bench.json $(BENCH_ARGS)
+		--json target/bench-$(REF).json $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

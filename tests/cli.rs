@@ -154,7 +154,10 @@ fn bench_prints_figures_for_the_tiny_model() {
     assert_eq!(rows.len(), 7, "{t}");
     assert!(rows.iter().any(|l| l.contains("rank:sentiment")), "{t}");
     assert!(rows.iter().any(|l| l.contains("gen:arithmetic")) && t.contains("gen:dates: ours"), "{t}");
+    assert!(t.lines().next().is_some_and(|l| l.contains("matmul: ")), "{t}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Which engine computed the products, and why.
+    assert!(v["matmul"]["many_rows"].is_string() && !v["matmul"]["how"].as_str().unwrap().is_empty(), "{v}");
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 7);
     for row in rows {
@@ -245,4 +248,44 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
         o,
     ]);
     assert!(!r.status.success() && text(&r).contains("unknown strategy `bogus`"), "{}", text(&r));
+}
+
+#[test]
+fn the_matmul_engine_is_measured_once_and_can_be_forced() {
+    let cache = tempfile::tempdir().unwrap();
+    let matmul = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.arg("matmul").args(args).env("MULTITUNE_CACHE", cache.path()).env_remove("MULTITUNE_BLAS");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("multitune runs");
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let file = cache.path().join("blas-calibration.json");
+    let first = matmul(&[], &[]);
+    assert!(first.contains("products of more than 64 rows:") && first.contains("why:"), "{first}");
+    if first.contains("no BLAS library found") {
+        // Nothing to choose between: the built-in gemm, nothing measured or kept.
+        assert!(first.contains("gemm (built in)") && !file.exists(), "{first}");
+    } else {
+        // Measured now (gemm and every library found), kept, then read back.
+        assert!(first.contains("measured now") && first.matches("GFLOP/s many rows").count() >= 2, "{first}");
+        let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let figures = kept["entries"][0]["figures"].as_array().unwrap();
+        assert_eq!(figures[0]["engine"], "gemm (built in)");
+        assert!(figures.iter().all(|f| f["many_rows_gflops"].as_f64().unwrap() > 0.0), "{kept}");
+        let again = matmul(&[], &[]);
+        assert!(again.contains("measured earlier"), "{again}");
+        // The choice is the cached one: the same engines both times.
+        assert_eq!(first.lines().take(2).collect::<Vec<_>>(), again.lines().take(2).collect::<Vec<_>>());
+        assert!(matmul(&[], &["--remeasure"]).contains("measured now"));
+        let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(kept["entries"].as_array().unwrap().len(), 1, "{kept}");
+    }
+    let off = matmul(&[("MULTITUNE_BLAS", "off")], &[]);
+    assert!(off.contains("rows: gemm (built in)") && off.contains("why: MULTITUNE_BLAS=off"), "{off}");
+    let bad = matmul(&[("MULTITUNE_BLAS", "/no/such/libblas.so")], &[]);
+    assert!(bad.contains("could not load cblas_sgemm") && bad.contains("rows: gemm (built in)"), "{bad}");
 }

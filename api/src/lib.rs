@@ -69,6 +69,35 @@ pub struct Version {
     pub device: String,
     /// Whether requests need a bearer token.
     pub auth: bool,
+    /// What computes the CPU matrix products, and the measurement behind the choice
+    /// (`None` until the server has chosen, a second or two after it starts).
+    #[serde(default)]
+    pub matmul: Option<Matmul>,
+}
+
+/// The engines that compute the CPU matrix products (the built-in `gemm` or a BLAS),
+/// chosen by measuring each on the model's own shapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Matmul {
+    /// Engine for products of many rows (training, scoring).
+    pub many_rows: String,
+    /// Engine for products of few rows (decoding).
+    pub few_rows: String,
+    /// Why: `measured now`, `measured earlier (…)`, `MULTITUNE_BLAS=…`, `no BLAS library found`.
+    pub how: String,
+    /// Each engine's measured rate.
+    pub figures: Vec<MatmulFigure>,
+}
+
+/// One engine's calibration rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatmulFigure {
+    /// The engine.
+    pub engine: String,
+    /// GFLOP/s on many-row products.
+    pub many_rows_gflops: f64,
+    /// GFLOP/s on few-row products.
+    pub few_rows_gflops: f64,
 }
 
 /// An uploaded, validated task dataset.

@@ -567,20 +567,22 @@ pub fn length_groups(examples: &[Example], batch: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// The best f32 matrix-multiply rate candle reaches here, GFLOP/s (median of 10 runs of
-/// each of a few shapes, the best shape).
+/// The best f32 matrix-multiply rate our products reach here (on the CPU: the engine the
+/// calibration chose, see [`crate::kernels::blas`]), GFLOP/s (median of 10 runs of each
+/// of a few shapes, the best shape).
 pub fn matmul_peak_gflops(device: &Device) -> Result<f64> {
     let mut best = 0f64;
     for (m, k, n) in [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)] {
         let a = Tensor::randn(0f32, 1., (m, k), device)?;
-        let b = Tensor::randn(0f32, 1., (k, n), device)?;
+        // `(n, k)`: the product is `a · bᵀ`, a linear layer's layout.
+        let b = Tensor::randn(0f32, 1., (n, k), device)?;
         for _ in 0..3 {
-            a.matmul(&b)?.device().synchronize()?;
+            crate::ops::frozen_matmul(&a, &b)?.device().synchronize()?;
         }
         let mut times = Vec::new();
         for _ in 0..10 {
             let t0 = Instant::now();
-            let c = a.matmul(&b)?;
+            let c = crate::ops::frozen_matmul(&a, &b)?;
             c.device().synchronize()?;
             times.push(t0.elapsed().as_secs_f64());
         }

@@ -165,6 +165,16 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll_composed(logits, targets)
 }
 
+/// Per-row negative log-likelihood of `targets` under the logits `hidden · weightᵀ` of a
+/// frozen LM head: the fused kernel on the CPU in f32 (no `(N, vocab)` logits), else the
+/// logits and [`token_nll`].
+pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if crate::kernels::eligible(hidden) && weight.dtype() == DType::F32 {
+        return crate::kernels::lm_head_nll(hidden, weight, targets);
+    }
+    token_nll(&frozen_matmul(hidden, weight)?, targets)
+}
+
 /// [`token_nll`] from basic ops (any device and dtype).
 pub fn token_nll_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = log_softmax_last_dim(&logits.to_dtype(accumulation_dtype(logits.dtype()))?)?;

@@ -30,6 +30,15 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let (wake, wake_rx) = std::sync::mpsc::sync_channel(16);
     let device = cfg.device()?;
+    if device.is_cpu() {
+        // Choose the matrix-product engine now (measured once per machine, a second or two;
+        // then cached) rather than in the first job; `/api/version` reports it.
+        let models = cfg.models_dir.clone();
+        std::thread::spawn(move || {
+            let s = multitune::kernels::blas::select(Some(&models), multitune::kernels::blas::Dims::DEFAULT);
+            tracing::info!("matrix products: {}", multitune::kernels::blas::describe_selection(s));
+        });
+    }
     let state = AppState(Arc::new(Inner {
         cfg,
         data,

@@ -128,6 +128,17 @@ async fn health_version_models_and_unknown_routes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["schema"], 1);
     assert_eq!(v["device"], "cpu");
+    // The matrix-product engine is chosen in the background at start-up (measured once per
+    // machine, then cached) and reported with the figures behind it.
+    let mut v = v;
+    for _ in 0..200 {
+        if !v["matmul"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        v = app.json::<Value>(Method::GET, "/api/version", None).await.1;
+    }
+    assert!(v["matmul"]["many_rows"].is_string() && v["matmul"]["how"].is_string(), "{v}");
     // What held-out sets can tell apart, before training: four tasks of 20 → ~22 points.
     let (s, p): (_, multitune_api::Power) = app.json(Method::GET, "/api/power?examples=20,20,20,20", None).await;
     assert_eq!(s, StatusCode::OK);

@@ -138,6 +138,12 @@ impl Children<'_> {
     fn reference(&self, py: &Path, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(py);
         c.arg(&self.args.reference_script).arg("--threads").arg(&self.threads).args(args);
+        // Figures only: no progress bars or deprecation notices between the rows.
+        for (k, v) in
+            [("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("PYTHONWARNINGS", "ignore")]
+        {
+            c.env(k, v);
+        }
         c
     }
 
@@ -148,7 +154,7 @@ impl Children<'_> {
             .as_f64()
             .unwrap_or(f64::NAN);
         let mut peak = peak_ours;
-        print!("f32 matmul peak: candle {peak_ours:.0} GFLOP/s");
+        print!("f32 matmul peak: ours {peak_ours:.0} GFLOP/s");
         if let Some(py) = &self.args.reference {
             let v = bench_child(self.reference(py, &["--mode", "peak"]), "reference matmul peak")?;
             let p = v["matmul_gflops"].as_f64().unwrap_or(f64::NAN);
@@ -280,7 +286,14 @@ impl BenchArgs {
              MFU: matmul FLOPs per second / matmul peak; ours counts what it ran (`multitune::bench::packed_flops`), the reference the model FLOPs of the useful tokens (`item_flops`: its padding and logits at every position uncounted)."
         );
         if let Some(p) = &self.json {
-            let all = serde_json::json!({ "threads": self.threads, "matmul_peak_gflops": peak, "candle_peak_gflops": peak_ours, "rows": rows });
+            let sel = crate::kernels::blas::selection();
+            let matmul = serde_json::json!({
+                "many_rows": crate::kernels::blas::engine_name(sel.many_rows),
+                "few_rows": crate::kernels::blas::engine_name(sel.few_rows),
+                "how": sel.how,
+                "calibration": sel.figures,
+            });
+            let all = serde_json::json!({ "threads": self.threads, "matmul": matmul, "matmul_peak_gflops": peak, "ours_peak_gflops": peak_ours, "rows": rows });
             std::fs::write(p, serde_json::to_string_pretty(&all)?)?;
             println!("figures written to {}", p.display());
         }

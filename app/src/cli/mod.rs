@@ -40,7 +40,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Download the default model (SmolLM2-135M-Instruct GGUF) into the models folder.
+    /// Download the default model (SmolLM2-135M-Instruct GGUF) and a current OpenBLAS
+    /// (PyPI's `scipy-openblas32`, measured against the built-in gemm before use) into the
+    /// models folder.
     FetchModel,
     /// Fine-tune a LoRA adapter on a JSONL file of {"prompt","completion"} rows.
     Train(train::TrainArgs),
@@ -62,6 +64,16 @@ pub enum Cmd {
     /// Inspect datasets.
     #[command(subcommand)]
     Data(data_check::DataCmd),
+    /// Say which engine computes the matrix products here (the built-in gemm or a BLAS),
+    /// with the calibration figures behind the choice.
+    Matmul {
+        /// Measure on this model's shapes (default: the default model's, without loading it).
+        #[arg(long)]
+        model: Option<String>,
+        /// Measure again, replacing the cached figures for this machine.
+        #[arg(long)]
+        remeasure: bool,
+    },
     /// Measure training, eval and label-ranking throughput, MFU and peak memory, side
     /// by side with PyTorch + PEFT when `--reference` names its Python.
     Bench(bench::BenchArgs),
@@ -131,10 +143,39 @@ pub fn main() {
 /// Runs the command `cli` names.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let device = crate::model::pick_device(&cli.device)?;
+    crate::kernels::blas::look_in(&cli.models_dir);
     match &cli.cmd {
         Cmd::FetchModel => {
             let p = crate::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
             println!("{}", p.display());
+            // The BLAS is a speed-up, not a need: without it the built-in gemm runs.
+            match crate::model::fetch::fetch_blas(&cli.models_dir, &mut |m| eprintln!("{m}")) {
+                Ok(Some(lib)) => println!("{}", lib.display()),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: {e}; the built-in gemm (and any system BLAS) computes the products"),
+            }
+            Ok(())
+        }
+        Cmd::Matmul { model, remeasure } => {
+            use crate::kernels::blas;
+            if *remeasure {
+                blas::remeasure();
+            }
+            match model {
+                Some(spec) => drop(load(spec, cli, &Device::Cpu)?),
+                None => drop(blas::select(Some(&cli.models_dir), blas::Dims::DEFAULT)),
+            }
+            let s = blas::selection();
+            println!("products of more than {} rows: {}", blas::FEW_ROWS, blas::engine_name(s.many_rows));
+            println!("products of up to {} rows: {}", blas::FEW_ROWS, blas::engine_name(s.few_rows));
+            let d = s.dims;
+            println!("why: {} (shapes of hidden {}, MLP {}, key/value {})", s.how, d.hidden, d.intermediate, d.kv);
+            for f in &s.figures {
+                println!(
+                    "  {:<50} {:>7.1} GFLOP/s many rows  {:>7.1} GFLOP/s few rows",
+                    f.engine, f.many_rows_gflops, f.few_rows_gflops
+                );
+            }
             Ok(())
         }
         Cmd::Train(a) => a.run(cli, &device),

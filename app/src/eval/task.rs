@@ -141,7 +141,7 @@ pub fn completion_nll(
         }
         let (hidden, at) = model.batch_hidden(&batch, &fwd)?;
         let picked = hidden.index_select(&at, 0)?;
-        let nll: Vec<f64> = ops::token_nll(&model.logits(&picked)?, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
+        let nll: Vec<f64> = model.token_nll(&picked, &batch.targets)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut at = 0;
         for (&i, &k) in chunk.iter().zip(&batch.per_example) {
             out[i] = (nll[at..at + k].iter().sum(), k);
@@ -201,8 +201,7 @@ pub fn label_log_likelihoods(
             let dev = model.device();
             let n = at.len();
             let hidden = model.packed_hidden_states(&pack, &fwd)?.index_select(&Tensor::from_vec(at, n, dev)?, 0)?;
-            let nll: Vec<f32> =
-                ops::token_nll(&model.logits(&hidden)?, &Tensor::from_vec(targets, n, dev)?)?.to_vec1()?;
+            let nll: Vec<f32> = model.token_nll(&hidden, &Tensor::from_vec(targets, n, dev)?)?.to_vec1()?;
             let mut nll = nll.into_iter();
             for _ in chunk {
                 out.push(

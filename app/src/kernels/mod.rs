@@ -14,7 +14,9 @@
 //!   row, kv head), probabilities kept for a backward that needs no other intermediates;
 //! - [`silu_mul`]: the SwiGLU gate `silu(g) · u`;
 //! - [`token_nll`]: per-row cross-entropy; backward from the logits and the saved NLL
-//!   (no stored probabilities).
+//!   (no stored probabilities);
+//! - [`lm_head_nll`]: the LM head and the cross-entropy in one op over vocabulary blocks
+//!   (the `(N, vocab)` logits never exist; the input gradient is built in the forward walk).
 //!
 //! Matrix products go straight to the `gemm` crate on the tensors' own buffers (no
 //! copies). Every op is checked against the composed candle version in its file's tests;
@@ -27,6 +29,7 @@ pub mod blas;
 mod common;
 mod heads;
 mod linear;
+mod lm_head_nll;
 mod packed_attention;
 mod rms_norm;
 mod rope_rows;
@@ -39,6 +42,7 @@ pub use attention::attention;
 pub use common::eligible;
 pub use heads::heads;
 pub use linear::linear;
+pub use lm_head_nll::lm_head_nll;
 pub use packed_attention::packed_attention;
 pub use rms_norm::rms_norm;
 pub use rope_rows::{rope_cos_sin, rope_rows, rope_tables};

@@ -436,6 +436,13 @@ impl Llama {
         Ok(l.reshape(out)?)
     }
 
+    /// Per-row negative log-likelihood of `targets` `(N,)` for hidden states `(N, hidden)`
+    /// (through [`ops::lm_head_nll`]: on the CPU the logits are never formed).
+    pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let nll = ops::lm_head_nll(hidden, self.lm_head_weight(), targets)?;
+        Ok(if nll.dtype() == DType::F32 { nll } else { nll.to_dtype(DType::F32)? })
+    }
+
     /// Logits of every position, `(B, T, vocab)`.
     pub fn forward(&self, ids: &Tensor, mask: &[Vec<u8>], fwd: &Forward) -> Result<Tensor> {
         let h = self.hidden_states(ids, mask, fwd, None)?;

@@ -7,16 +7,15 @@ use candle_core::{Tensor, Var};
 use crate::adapter::lora::LoraAdapter;
 use crate::data;
 use crate::model::{Forward, Llama};
-use crate::ops;
+
 use crate::Result;
 
 /// Mean completion-token loss of a batch and the number of tokens it averages.
 pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<Tensor> {
     let (hidden, at) = model.batch_hidden(batch, fwd)?;
-    // Logits only where the loss is taken: the LM head is the largest matmul of a
-    // small model, and most positions of an SFT batch are prompt.
-    let logits = model.logits(&hidden.index_select(&at, 0)?)?;
-    ops::cross_entropy(&logits, &batch.targets)
+    // The LM head only where the loss is taken: it is the largest matmul of a small
+    // model, and most positions of an SFT batch are prompt.
+    Ok(model.token_nll(&hidden.index_select(&at, 0)?, &batch.targets)?.mean_all()?)
 }
 
 /// What a training run optimises: its variables, how they are named in a checkpoint, and
@@ -95,7 +94,7 @@ mod tests {
             // see the same function.
             let fwd = Forward::train(&ad, 0, 0);
             let loss = |hidden: Tensor, at: &Tensor| {
-                ops::cross_entropy(&model.logits(&hidden.index_select(at, 0).unwrap()).unwrap(), &batch.targets)
+                crate::ops::cross_entropy(&model.logits(&hidden.index_select(at, 0).unwrap()).unwrap(), &batch.targets)
                     .unwrap()
             };
             let packed = loss(model.packed_hidden_states(&batch.pack, &fwd).unwrap(), &batch.packed_loss_index);

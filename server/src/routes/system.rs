@@ -2,7 +2,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use multitune_api::{Health, Power, Version};
+use multitune::kernels::blas;
+use multitune_api::{Health, Matmul, MatmulFigure, Power, Version};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiQuery, ApiResult};
@@ -27,6 +28,20 @@ pub async fn version(State(s): State<AppState>) -> Json<Version> {
             other => format!("{other:?}").to_lowercase(),
         },
         auth: s.cfg.token.is_some(),
+        matmul: blas::chosen().map(|c| Matmul {
+            many_rows: blas::engine_name(c.many_rows),
+            few_rows: blas::engine_name(c.few_rows),
+            how: c.how.clone(),
+            figures: c
+                .figures
+                .iter()
+                .map(|f| MatmulFigure {
+                    engine: f.engine.clone(),
+                    many_rows_gflops: f.many_rows_gflops,
+                    few_rows_gflops: f.few_rows_gflops,
+                })
+                .collect(),
+        }),
     })
 }
 
