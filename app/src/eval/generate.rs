@@ -172,7 +172,8 @@ fn score_references(
     let hidden = model.hidden_states(&Tensor::from_vec(ids, (b, k), dev)?, &mask, fwd, Some(&mut teacher))?;
     let n = rows.len();
     let picked = hidden.reshape((b * k, model.cfg.hidden_size))?.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-    let nll: Vec<f32> = model.token_nll(&picked, &Tensor::from_vec(targets, n, dev)?)?.to_vec1()?;
+    let nll: Vec<f32> =
+        model.token_nll(&picked, &Tensor::from_vec(targets, n, dev)?)?.to_dtype(DType::F32)?.to_vec1()?;
     let mut nll = nll.into_iter();
     for (o, r) in out.iter_mut().zip(references) {
         o.0 += nll.by_ref().take(r.len() - 1).map(f64::from).sum::<f64>();

@@ -539,7 +539,7 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
                         let rs = if weight_out_in { (1, k) } else { (n, 1) };
                         let done = engine.is_some_and(|l| l.sgemm((m, n, k), c, false, a, (k, 1), b, rs, 1.0));
                         if !done {
-                            super::common::mm_gemm((m, n, k), c, false, a, (k, 1), b, rs, 1.0, true);
+                            mm_gemm((m, n, k), c, false, a, (k, 1), b, rs, 1.0, true);
                         }
                     }
                 }
@@ -563,6 +563,79 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
             many_rows_gflops: (many * 10.0).round() / 10.0,
         })
         .collect()
+}
+
+/// Panics unless every index the strides reach lies inside the slices (the safety
+/// condition of the unsafe products); handles empty products (zeroing `dst` unless
+/// accumulating) and returns whether a product remains to be computed.
+pub(super) fn operands_fit(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+) -> bool {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return false;
+    }
+    true
+}
+
+/// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
+#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
+pub(super) fn mm_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+    scale: f32,
+    parallel: bool,
+) {
+    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
+        return;
+    }
+    let t = candle_core::utils::get_num_threads();
+    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
+    // `dst` does not alias `lhs` or `rhs` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 fn median(xs: &[f64]) -> f64 {

@@ -3,6 +3,8 @@
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 
+pub(super) use super::blas::{mm_gemm, operands_fit};
+
 pub(super) type CResult<T> = candle_core::Result<T>;
 
 /// Whether `x` can take the fused path: f32 on the CPU.
@@ -34,34 +36,6 @@ pub(super) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> CResult<Tensor> {
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
-pub(super) fn threads() -> usize {
-    candle_core::utils::get_num_threads()
-}
-
-/// Panics unless every index the strides reach lies inside the slices (the safety
-/// condition of the unsafe products); handles empty products (zeroing `dst` unless
-/// accumulating) and returns whether a product remains to be computed.
-pub(super) fn operands_fit(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-) -> bool {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
-    if m == 0 || n == 0 || k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return false;
-    }
-    true
-}
-
 /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
 /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
 #[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
@@ -84,55 +58,6 @@ pub(super) fn mm(
         }
     }
     mm_gemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale, true);
-}
-
-/// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
-#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
-pub(super) fn mm_gemm(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-    scale: f32,
-    parallel: bool,
-) {
-    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
-        return;
-    }
-    let t = threads();
-    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(t)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
-    // `dst` does not alias `lhs` or `rhs` (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }
 
 pub(super) fn dims2(l: &Layout, op: &str) -> CResult<(usize, usize)> {

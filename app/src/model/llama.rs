@@ -436,11 +436,11 @@ impl Llama {
         Ok(l.reshape(out)?)
     }
 
-    /// Per-row negative log-likelihood of `targets` `(N,)` for hidden states `(N, hidden)`
-    /// (through [`ops::lm_head_nll`]: on the CPU the logits are never formed).
+    /// Per-row negative log-likelihood of `targets` `(N,)` for hidden states `(N, hidden)`,
+    /// in f32 for half-precision models, the model's type otherwise (through
+    /// [`ops::lm_head_nll`]: on the CPU the logits are never formed).
     pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let nll = ops::lm_head_nll(hidden, self.lm_head_weight(), targets)?;
-        Ok(if nll.dtype() == DType::F32 { nll } else { nll.to_dtype(DType::F32)? })
+        ops::lm_head_nll(hidden, self.lm_head_weight(), targets)
     }
 
     /// Logits of every position, `(B, T, vocab)`.
