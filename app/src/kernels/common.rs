@@ -1,5 +1,5 @@
-//! What every kernel shares: f32 views of CPU storage, the thread count, and the matrix
-//! product on the tensors' own buffers (a system BLAS when loaded, else `gemm`).
+//! What every kernel shares: f32 views of CPU storage and the matrix product on the
+//! tensors' own buffers (on the engine [`super::blas`] chose for the product's size).
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 
