@@ -589,7 +589,7 @@ pub(super) fn operands_fit(
     true
 }
 
-/// [`mm`] on the `gemm` crate; `parallel` lets it use the thread pool for big products.
+/// `common::mm` on the `gemm` crate; `parallel` lets it use the thread pool for big products.
 #[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
 pub(super) fn mm_gemm(
     (m, n, k): (usize, usize, usize),
