@@ -35,7 +35,7 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
         // then cached) rather than in the first job; `/api/version` reports it.
         let models = cfg.models_dir.clone();
         std::thread::spawn(move || {
-            let s = multitune::kernels::blas::select(Some(&models), multitune::kernels::blas::Dims::DEFAULT);
+            let s = multitune::kernels::blas::select(&models, multitune::kernels::blas::Dims::DEFAULT);
             tracing::info!("matrix products: {}", multitune::kernels::blas::describe_selection(s));
         });
     }

@@ -163,7 +163,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             match model {
                 Some(spec) => drop(load(spec, cli, &Device::Cpu)?),
-                None => drop(blas::select(Some(&cli.models_dir), blas::Dims::DEFAULT)),
+                None => drop(blas::select(&cli.models_dir, blas::Dims::DEFAULT)),
             }
             let s = blas::selection();
             println!("products of more than {} rows: {}", blas::FEW_ROWS, blas::engine_name(s.many_rows));

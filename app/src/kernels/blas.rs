@@ -122,10 +122,8 @@ static SELECTION: OnceLock<Selection> = OnceLock::new();
 /// Chooses the engines for a model with product shapes `dims` (measuring them unless
 /// cached), looking for a fetched library in `models_dir`. The first call in a process
 /// decides; later ones (another model) keep that choice.
-pub fn select(models_dir: Option<&Path>, dims: Dims) -> &'static Selection {
-    if let Some(d) = models_dir {
-        look_in(d);
-    }
+pub fn select(models_dir: &Path, dims: Dims) -> &'static Selection {
+    look_in(models_dir);
     SELECTION.get_or_init(|| choose(dims))
 }
 

@@ -92,7 +92,7 @@ pub fn load_model(
         let c = &m.model.cfg;
         let kv = c.num_key_value_heads * c.head_dim;
         crate::kernels::blas::select(
-            Some(models_dir),
+            models_dir,
             crate::kernels::blas::Dims { hidden: c.hidden_size, intermediate: c.intermediate_size, kv },
         );
     }
