@@ -170,6 +170,71 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     assert_eq!(json["runs"].as_array().unwrap().len(), report.runs.len());
 }
 
+/// The first stage of both sequential variants and the separate strategy's adapter for
+/// that task are one training (same base, initial adapter, examples and settings): run
+/// together, it is trained and scored once — its steps reach every run's loss curve as
+/// the same events — and every run's scores and forgetting matrix are exactly those it
+/// gets alone.
+#[test]
+fn runs_sharing_a_first_stage_train_it_once_and_score_as_alone() {
+    use multitune::strategy::CompareEvent;
+    use multitune::train::TrainEvent;
+    let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
+    let tasks = demo_tasks(6);
+    let specs =
+        StrategySpec::parse_list("sequential,sequential-merge,separate", &StrategyOptions::for_rank(8)).unwrap();
+    let specs: Vec<StrategySpec> = specs
+        .into_iter()
+        .map(|s| match s {
+            StrategySpec::Separate { merge_rank, .. } => {
+                StrategySpec::Separate { merges: vec![multitune::adapter::merge::MergeMethod::Linear], merge_rank }
+            }
+            other => other,
+        })
+        .collect();
+    let first = tasks[0].name.clone();
+    let run = |specs: Vec<StrategySpec>| {
+        let cfg = quick_compare(specs, 2_400, quick_train(5e-3));
+        let out = tempfile::tempdir().unwrap();
+        let mut steps: std::collections::BTreeMap<String, Vec<TrainEvent>> = Default::default();
+        let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |e| {
+            if let CompareEvent::Train { run, stage, event: event @ TrainEvent::Step(_) } = e {
+                if *stage == first {
+                    steps.entry(run.clone()).or_default().push(event.clone());
+                }
+            }
+        })
+        .unwrap();
+        (report, steps)
+    };
+    let (together, steps) = run(specs.clone());
+    let runs = ["sequential (continue)", "sequential (merge-then-new)", "separate (routed)"];
+    let first_steps = &steps[runs[0]];
+    assert!(first_steps.len() >= 2, "{steps:?}");
+    for r in &runs[1..] {
+        // The same events, timings included: replayed, not trained again.
+        assert_eq!(&steps[*r], first_steps, "{r}: its first stage was trained again");
+    }
+    for spec in specs {
+        let (alone, _) = run(vec![spec]);
+        for a in alone.runs.iter().filter(|r| r.strategy != "base") {
+            let t = together.runs.iter().find(|r| r.name == a.name).unwrap();
+            assert_eq!(t.tokens, a.tokens, "{}", a.name);
+            assert_eq!(t.losses, a.losses, "{}", a.name);
+            for (ts, as_) in t.scores.iter().zip(&a.scores) {
+                assert_eq!(ts.per_example, as_.per_example, "{} on {}", a.name, as_.task);
+                assert_eq!(ts.loss.value, as_.loss.value, "{} on {}", a.name, as_.task);
+            }
+            assert_eq!(
+                t.forgetting.as_ref().map(|f| &f.matrix),
+                a.forgetting.as_ref().map(|f| &f.matrix),
+                "{}",
+                a.name
+            );
+        }
+    }
+}
+
 /// Two tasks that give opposite answers to the same prompts (a: always "yes", b: always
 /// "no"): training b with the same adapter overwrites a, and the forgetting matrix
 /// shows it.

@@ -3,6 +3,7 @@
 //! written. Cancellation and resumption: finished runs leave a record and training
 //! stages checkpoint in the state folder, so a comparison started again continues.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::Instant;
 
@@ -43,7 +44,9 @@ pub fn compare(
     let base_row = {
         let suffix = String::new();
         let key = "base".into();
-        let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, on_event: &mut *on_event };
+        let shared = &RefCell::default();
+        let mut ctx =
+            Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, on_event: &mut *on_event };
         base_run(&mut ctx)?
     };
     let mut runs = vec![base_row];
@@ -63,6 +66,7 @@ pub fn compare(
             control,
             key: String::new(),
             score_stages: true,
+            shared: &RefCell::default(),
             on_event: &mut *on_event,
         };
         let n = cfg.strategies.len();
@@ -255,6 +259,8 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             control: Control { cancel: ctx.control.cancel, state_dir: None },
             key: format!("{}-lr{rung}", ctx.key),
             score_stages: false,
+            // The trials train on the validation split: nothing to share with the runs.
+            shared: &RefCell::default(),
             on_event: &mut forward,
         };
         let (rows, _) = run_spec(&mut sub, &trial_spec, name)?;

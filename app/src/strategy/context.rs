@@ -4,6 +4,8 @@
 //! outputs go, how to train one stage (with its checkpoint), score every task, build a
 //! mixture and export an adapter, and the event callback.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,7 +19,7 @@ use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
 use crate::strategy::spec::CompareConfig;
 use crate::strategy::task::TaskData;
-use crate::train::{self, TrainConfig, TrainEvent};
+use crate::train::{self, TrainConfig, TrainEvent, TrainSummary};
 use crate::{Error, Result};
 
 /// The base model a comparison trains on: the decoder, its tokenizer, and the name that
@@ -113,7 +115,36 @@ pub(super) struct Ctx<'a> {
     /// Score every training stage (the forgetting matrix); off in a learning-rate
     /// search's trials, which need only the final model's scores.
     pub(super) score_stages: bool,
+    /// Training stages that several runs of this comparison (and seed) share.
+    pub(super) shared: &'a RefCell<SharedStages>,
     pub(super) on_event: &'a mut dyn FnMut(&CompareEvent),
+}
+
+/// One training that several runs share, done once: a fresh adapter (seeded with the
+/// run's seed) trained on one task's own examples from the base model. The first stage of
+/// both sequential variants and the separate strategy's adapter for that task are this
+/// training — same base, same initial adapter, same examples, same settings, so the same
+/// adapter bit for bit — and so is scoring every task with it on the base model.
+#[derive(Default)]
+pub(super) struct SharedStages {
+    done: HashMap<String, SharedStage>,
+}
+
+struct SharedStage {
+    adapter: LoraAdapter,
+    summary: TrainSummary,
+    /// Its training events, replayed under each run that reuses it.
+    events: Vec<TrainEvent>,
+    /// Every task scored with the adapter on the base model, once a run did.
+    scores: Option<Vec<TaskEval>>,
+}
+
+/// A stage's adapter and summary, and whether it was reused (its seconds were spent
+/// before, by another run).
+pub(super) struct StageOutcome {
+    pub(super) adapter: LoraAdapter,
+    pub(super) summary: TrainSummary,
+    pub(super) reused: bool,
 }
 
 impl Ctx<'_> {
@@ -128,8 +159,82 @@ impl Ctx<'_> {
             control: self.control,
             key: self.key.clone(),
             score_stages: self.score_stages,
+            shared: self.shared,
             on_event: &mut *self.on_event,
         }
+    }
+
+    /// What identifies a shared stage: the task, the training settings (seed, budget,
+    /// rate, adapter shape) and what shapes its examples and scores.
+    fn shared_key(&self, task: usize, tc: &TrainConfig) -> Result<String> {
+        Ok(serde_json::to_string(&(task, tc, &self.cfg.eval))?)
+    }
+
+    /// A fresh adapter (seeded with `tc.seed`) trained on task `task`'s own training
+    /// examples from the base model, as stage `stage` of run `run` — or, when another run
+    /// of this comparison trained exactly that already, a copy of its adapter, with its
+    /// training events replayed under `run`.
+    pub(super) fn first_stage(&mut self, run: &str, task: usize, tc: &TrainConfig) -> Result<StageOutcome> {
+        let key = self.shared_key(task, tc)?;
+        let stage = self.tasks[task].name.clone();
+        if let Some(done) = self.shared.borrow().done.get(&key) {
+            for e in done.events.iter().filter(|e| !matches!(e, TrainEvent::Checkpoint { .. })) {
+                (self.on_event)(&CompareEvent::Train { run: run.into(), stage: stage.clone(), event: e.clone() });
+            }
+            return Ok(StageOutcome {
+                adapter: done.adapter.deep_clone()?,
+                summary: done.summary.clone(),
+                reused: true,
+            });
+        }
+        let model = self.base.model;
+        let adapter = LoraAdapter::new(&model.cfg, tc.lora.clone(), tc.seed, model.device())?;
+        let ex = self.encode(&self.tasks[task].train)?;
+        let mut events = Vec::new();
+        let plan = self.checkpoint(&stage);
+        let cancel = self.control.cancel;
+        let on = &mut *self.on_event;
+        let summary = train::train_objective(model, &adapter, &ex, tc, plan.as_ref(), cancel, &mut |e| {
+            events.push(e.clone());
+            on(&CompareEvent::Train { run: run.into(), stage: stage.clone(), event: e.clone() })
+        })?;
+        let kept = SharedStage { adapter: adapter.deep_clone()?, summary: summary.clone(), events, scores: None };
+        self.shared.borrow_mut().done.insert(key, kept);
+        Ok(StageOutcome { adapter, summary, reused: false })
+    }
+
+    /// The scores of [`Ctx::first_stage_scores`] if a run computed them already.
+    pub(super) fn shared_scores(&self, task: usize, tc: &TrainConfig) -> Result<Option<Vec<TaskEval>>> {
+        let key = self.shared_key(task, tc)?;
+        Ok(self.shared.borrow().done.get(&key).and_then(|d| d.scores.clone()))
+    }
+
+    /// Every task scored with the shared stage's adapter on the base model ([`Ctx::eval_all`]
+    /// with that adapter), computed once per comparison; `None` when that stage was not
+    /// trained through [`Ctx::first_stage`].
+    pub(super) fn first_stage_scores(
+        &mut self,
+        run: &str,
+        task: usize,
+        tc: &TrainConfig,
+    ) -> Result<Option<Vec<TaskEval>>> {
+        let key = self.shared_key(task, tc)?;
+        let (adapter, known) = match self.shared.borrow().done.get(&key) {
+            None => return Ok(None),
+            Some(d) => (d.adapter.deep_clone()?, d.scores.clone()),
+        };
+        let stage = self.tasks[task].name.clone();
+        if let Some(scores) = known {
+            for e in &scores {
+                self.scored(run, &stage, e);
+            }
+            return Ok(Some(scores));
+        }
+        let scores = self.eval_all(run, &stage, self.base.model, Some(&adapter), false)?;
+        if let Some(d) = self.shared.borrow_mut().done.get_mut(&key) {
+            d.scores = Some(scores.clone());
+        }
+        Ok(Some(scores))
     }
 
     pub(super) fn encode(&self, recs: &[Record]) -> Result<Vec<Example>> {

@@ -32,25 +32,29 @@ pub(super) fn run(
     let mut bytes_all = 0;
     let mut train_s = 0.0;
     for (ti, t) in tasks.iter().enumerate() {
-        let ex = ctx.encode(&t.train)?;
         let tc = TrainConfig { token_budget: Some(stage_budget), ..cfg.train.clone() };
-        let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+        // The first stage of a sequential run on this task is the same training: done once.
         let ts = Instant::now();
-        let s = ctx.train(name, &t.name, model, &mut adapter, &ex, &tc)?;
-        train_s += ts.elapsed().as_secs_f64();
+        let first = ctx.first_stage(name, ti, &tc)?;
+        train_s += if first.reused { first.summary.wall_s } else { ts.elapsed().as_secs_f64() };
+        let (adapter, s) = (first.adapter, first.summary);
         tokens += s.tokens;
         task_tokens[ti] = s.tokens;
         losses.extend(s.losses);
         ctx.check_cancel()?;
-        let e = eval::evaluate_task(
-            model,
-            ctx.base.tokenizer,
-            Some(&adapter),
-            &t.spec(),
-            &t.eval,
-            &cfg.eval,
-            &mut |_, _| {},
-        )?;
+        let known = ctx.shared_scores(ti, &tc)?.map(|mut all| all.swap_remove(ti));
+        let e = match known {
+            Some(e) => e,
+            None => eval::evaluate_task(
+                model,
+                ctx.base.tokenizer,
+                Some(&adapter),
+                &t.spec(),
+                &t.eval,
+                &cfg.eval,
+                &mut |_, _| {},
+            )?,
+        };
         ctx.scored(name, &t.name, &e);
         routed.push(e);
         let (dir, bytes) = ctx.export(&adapter_dir_name(&t.name), &adapter)?;

@@ -50,14 +50,27 @@ pub(super) fn run(
     let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
     let mut matrix: Vec<Vec<f64>> = Vec::new();
     let mut last_scores = Vec::new();
-    let mut eval_s = 0.0;
+    // Seconds spent scoring (not training), and seconds of a shared first stage that
+    // another run spent (training it is this run's cost all the same).
+    let (mut eval_s, mut reused_s) = (0.0, 0.0);
     for (k, &ti) in order.iter().enumerate() {
-        let ex = ctx.encode(&stage_records(ctx, &order, k, replay))?;
         let tc = TrainConfig { token_budget: Some(stage_budget), seed: cfg.train.seed + k as u64, ..cfg.train.clone() };
-        if variant == SequentialVariant::MergeThenNew && k > 0 {
-            adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed + k as u64, model.device())?;
-        }
-        let s = ctx.train(name, &tasks[ti].name, &stage_model, &mut adapter, &ex, &tc)?;
+        // The first stage is a fresh adapter on one task's own examples from the base:
+        // the same training for both variants and the separate strategy (done once).
+        let s = if k == 0 {
+            let first = ctx.first_stage(name, ti, &tc)?;
+            adapter = first.adapter;
+            if first.reused {
+                reused_s = first.summary.wall_s;
+            }
+            first.summary
+        } else {
+            if variant == SequentialVariant::MergeThenNew {
+                adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), tc.seed, model.device())?;
+            }
+            let ex = ctx.encode(&stage_records(ctx, &order, k, replay))?;
+            ctx.train(name, &tasks[ti].name, &stage_model, &mut adapter, &ex, &tc)?
+        };
         tokens += s.tokens;
         task_tokens[ti] += s.tokens;
         losses.extend(s.losses);
@@ -69,8 +82,16 @@ pub(super) fn run(
             continue;
         }
         let te = Instant::now();
-        let active = if variant == SequentialVariant::Continue { Some(&adapter) } else { None };
-        let scores = ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?;
+        // After the first stage both variants are the base plus that stage's adapter
+        // (merged or not: the same model), scored once for every run that shares it.
+        let shared = if k == 0 { ctx.first_stage_scores(name, ti, &tc)? } else { None };
+        let scores = match shared {
+            Some(scores) => scores,
+            None => {
+                let active = if variant == SequentialVariant::Continue { Some(&adapter) } else { None };
+                ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?
+            }
+        };
         eval_s += te.elapsed().as_secs_f64();
         matrix.push(scores.iter().map(|s| s.headline().1.value).collect());
         last_scores = scores;
@@ -83,7 +104,7 @@ pub(super) fn run(
             merge::merge(&stage_adapters.iter().collect::<Vec<_>>(), MergeMethod::Concat, 0)?
         }
     };
-    let wall_s = t0.elapsed().as_secs_f64() - eval_s;
+    let wall_s = t0.elapsed().as_secs_f64() - eval_s + reused_s;
     let (dir, bytes) = ctx.export(&slug(name), &final_adapter)?;
     // One adapter trains at a time; the export concatenates every stage's.
     let trainable_params = stage_adapters.first().map_or(final_adapter.num_parameters(), LoraAdapter::num_parameters);
