@@ -105,9 +105,11 @@ pub fn generate_batch(
 
 /// [`generate_batch`] that also scores a reference continuation of every prompt: the
 /// negative log-likelihood of `references[i]` after `prompts[i]` (its sum and token
-/// count), teacher-forced from the prompt's cache before decoding starts — so the
-/// completion loss of a generation task costs the reference's tokens, not a second pass
-/// over every prompt.
+/// count). Where the answer reproduces the whole reference, the decode's own steps
+/// scored it (same context, same log-probabilities); the other references are
+/// teacher-forced from the prompt's cache after decoding — so the completion loss of a
+/// generation task costs at most the reference's tokens, and nothing for the answers
+/// that are right.
 pub fn generate_and_score(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -210,21 +212,26 @@ fn decode(
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
     let mut rngs: Vec<_> = (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect();
     let mut hidden = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
-    let mut scores = Vec::new();
-    // Scored once, from the prompt's cache and last logits (the first step's).
-    let mut to_score = job.references;
+    // References are scored from the decode itself while a row's answer follows its
+    // reference (the same context, so the same log-probabilities); the rows whose answer
+    // leaves it are teacher-forced afterwards from the prompt's cache and first logits,
+    // kept for that.
+    let mut follow = job.references.map(|refs| Follow::new(refs, &cache));
     // The prompts still decoding, by their index in `prompts`; row r of `hidden` and of
     // the cache is prompt active[r].
     let mut active: Vec<usize> = (0..b).collect();
     while !active.is_empty() {
         let logits = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
-        if let Some(refs) = to_score.take() {
-            scores = score_references(model, &fwd, &cache, &logits, refs, pad)?;
+        if let Some(f) = follow.as_mut().filter(|f| f.first_logits.is_none()) {
+            f.first_logits = Some(logits.clone());
         }
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         let (mut keep, mut next) = (Vec::new(), Vec::new());
         for (r, &i) in active.iter().enumerate() {
             let id = pick(&rows[r], cfg, &mut rngs[i]);
+            if let Some(f) = follow.as_mut() {
+                f.step(i, out[i].len(), &rows[r], id);
+            }
             if stop.contains(&id) {
                 continue;
             }
@@ -245,7 +252,84 @@ fn decode(
         let step_ids = Tensor::from_vec(next, (active.len(), 1), model.device())?;
         hidden = model.hidden_states(&step_ids, &vec![vec![1u8]; active.len()], &fwd, Some(&mut cache))?;
     }
+    let scores = match follow {
+        Some(f) => f.finish(model, &fwd, pad)?,
+        None => vec![],
+    };
     Ok((out, scores))
+}
+
+/// The reference scores of a decode: rows whose answer follows the reference are scored
+/// from the decode's own logits; the others are teacher-forced at the end.
+struct Follow<'a> {
+    references: &'a [Vec<u32>],
+    /// The cache after the prompts (every row).
+    prompt_cache: KvCache,
+    /// The logits after each prompt (the first step's).
+    first_logits: Option<Tensor>,
+    /// Per prompt: reference tokens the answer has matched so far (each scored), and
+    /// whether it still follows.
+    matched: Vec<usize>,
+    following: Vec<bool>,
+    /// Per prompt: the negative log-likelihood of the matched tokens.
+    nll: Vec<f64>,
+}
+
+impl<'a> Follow<'a> {
+    fn new(references: &'a [Vec<u32>], prompt_cache: &KvCache) -> Self {
+        let b = references.len();
+        Self {
+            references,
+            prompt_cache: prompt_cache.clone(),
+            first_logits: None,
+            matched: vec![0; b],
+            following: vec![true; b],
+            nll: vec![0.0; b],
+        }
+    }
+
+    /// Prompt `i` picked `id` as its answer's token `j` from `logits`: while the answer
+    /// has followed the reference, these logits predict reference token `j` from exactly
+    /// the context teacher forcing would give it.
+    fn step(&mut self, i: usize, j: usize, logits: &[f32], id: u32) {
+        let r = &self.references[i];
+        if !self.following[i] || j >= r.len() || self.matched[i] != j {
+            self.following[i] = false;
+            return;
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        self.nll[i] += f64::from(max) + sum.ln() - f64::from(logits[r[j] as usize]);
+        if id == r[j] {
+            self.matched[i] = j + 1;
+        } else {
+            self.following[i] = false;
+        }
+    }
+
+    /// Every reference's (negative log-likelihood, tokens): from the decode where the
+    /// answer matched the whole reference, teacher-forced for the rest.
+    fn finish(self, model: &Llama, fwd: &Forward, pad: u32) -> Result<Vec<(f64, usize)>> {
+        let refs = self.references;
+        let mut out: Vec<(f64, usize)> = self.nll.iter().zip(refs).map(|(&n, r)| (n, r.len())).collect();
+        let rest: Vec<usize> = (0..refs.len()).filter(|&i| self.matched[i] < refs[i].len()).collect();
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let first = self.first_logits.ok_or_else(|| crate::Error::Invalid("no decoding step ran".into()))?;
+        let mut cache = self.prompt_cache;
+        let (first, forced) = if rest.len() == refs.len() {
+            (first, refs.to_vec())
+        } else {
+            cache.retain(&rest)?;
+            let idx = Tensor::from_vec(rest.iter().map(|&i| i as u32).collect::<Vec<_>>(), rest.len(), first.device())?;
+            (first.index_select(&idx, 0)?, rest.iter().map(|&i| refs[i].clone()).collect())
+        };
+        for (&i, scored) in rest.iter().zip(score_references(model, fwd, &cache, &first, &forced, pad)?) {
+            out[i] = scored;
+        }
+        Ok(out)
+    }
 }
 
 /// Answers a user `prompt` (chat-templated for chat models) and returns the text.
@@ -387,5 +471,50 @@ mod tests {
             assert!((got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0), "{} scored, {} loss pass", got.0, want.0);
         }
         assert!(generate_and_score(&model, None, &prompts, &refs[..2], &[], 0, &cfg).is_err());
+    }
+
+    /// References the greedy answer follows — wholly, or for a while and then not — are
+    /// scored from the decode's own steps where it matched them all, teacher-forced
+    /// otherwise: either way the completion loss of the loss pass.
+    #[test]
+    fn references_the_answer_follows_score_as_the_loss_pass() {
+        let (model, _) = crate::model::tiny_model(7, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, crate::adapter::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        crate::adapter::lora::randomize(&ad, 3, 0.1);
+        let prefix: Vec<u32> = vec![3, 14, 15, 92, 65];
+        let prompts: Vec<Vec<u32>> = [vec![89u32, 79], vec![32], vec![38, 46, 26, 43], vec![7, 7]]
+            .into_iter()
+            .map(|s| [prefix.clone(), s].concat())
+            .collect();
+        let cfg = GenerateConfig { max_new_tokens: 6, ..Default::default() };
+        let plain = generate_batch(&model, Some(&ad), &prompts, &[], 0, &cfg, &mut |_, _| {}).unwrap();
+        let other = |t: u32| (t + 1) % model.cfg.vocab_size as u32;
+        let refs: Vec<Vec<u32>> = vec![
+            plain[0].clone(),                                   // the whole answer
+            vec![plain[1][0], plain[1][1], other(plain[1][2])], // leaves it at the third token
+            plain[2][..3].to_vec(),                             // its start, then the answer goes on
+            [plain[3].clone(), vec![plain[3][0]]].concat(),     // longer than the answer
+        ];
+        let (outs, scores) = generate_and_score(&model, Some(&ad), &prompts, &refs, &[], 0, &cfg).unwrap();
+        assert_eq!(outs, plain);
+        let examples: Vec<crate::data::Example> = prompts
+            .iter()
+            .zip(&refs)
+            .map(|(p, r)| crate::data::Example {
+                ids: [p.clone(), r.clone()].concat(),
+                prompt_len: p.len(),
+                extra_loss: vec![],
+            })
+            .collect();
+        let want = crate::eval::completion_nll(&model, Some(&ad), &examples, 4).unwrap();
+        for (i, (got, want)) in scores.iter().zip(&want).enumerate() {
+            assert_eq!(got.1, want.1);
+            assert!(
+                (got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0),
+                "row {i}: {} scored, {} loss pass",
+                got.0,
+                want.0
+            );
+        }
     }
 }
