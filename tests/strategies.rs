@@ -194,7 +194,8 @@ fn runs_sharing_a_first_stage_train_it_once_and_score_as_alone() {
         .collect();
     let first = tasks[0].name.clone();
     let run = |specs: Vec<StrategySpec>| {
-        let cfg = quick_compare(specs, 2_400, quick_train(5e-3));
+        // 1,200 tokens per stage: two optimizer steps of four examples.
+        let cfg = quick_compare(specs, 4_800, quick_train(5e-3));
         let out = tempfile::tempdir().unwrap();
         let mut steps: std::collections::BTreeMap<String, Vec<TrainEvent>> = Default::default();
         let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |e| {
