@@ -456,20 +456,7 @@ mod tests {
         let (outs, scores) = generate_and_score(&model, Some(&ad), &prompts, &refs, &[], 0, &cfg).unwrap();
         let plain = generate_batch(&model, Some(&ad), &prompts, &[], 0, &cfg, &mut |_, _| {}).unwrap();
         assert_eq!(outs, plain);
-        let examples: Vec<crate::data::Example> = prompts
-            .iter()
-            .zip(&refs)
-            .map(|(p, r)| crate::data::Example {
-                ids: [p.clone(), r.clone()].concat(),
-                prompt_len: p.len(),
-                extra_loss: vec![],
-            })
-            .collect();
-        let want = crate::eval::completion_nll(&model, Some(&ad), &examples, 2).unwrap();
-        for (got, want) in scores.iter().zip(&want) {
-            assert_eq!(got.1, want.1);
-            assert!((got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0), "{} scored, {} loss pass", got.0, want.0);
-        }
+        assert_loss_pass(&model, &ad, &prompts, &refs, &scores);
         assert!(generate_and_score(&model, None, &prompts, &refs[..2], &[], 0, &cfg).is_err());
     }
 
@@ -497,24 +484,33 @@ mod tests {
         ];
         let (outs, scores) = generate_and_score(&model, Some(&ad), &prompts, &refs, &[], 0, &cfg).unwrap();
         assert_eq!(outs, plain);
+        assert_loss_pass(&model, &ad, &prompts, &refs, &scores);
+    }
+
+    /// `scores` (of `refs` after `prompts`) equal the completion loss that the loss pass
+    /// (packed, without a cache) computes for those examples.
+    fn assert_loss_pass(
+        model: &Llama,
+        ad: &LoraAdapter,
+        prompts: &[Vec<u32>],
+        refs: &[Vec<u32>],
+        scores: &[(f64, usize)],
+    ) {
         let examples: Vec<crate::data::Example> = prompts
             .iter()
-            .zip(&refs)
+            .zip(refs)
             .map(|(p, r)| crate::data::Example {
                 ids: [p.clone(), r.clone()].concat(),
                 prompt_len: p.len(),
                 extra_loss: vec![],
             })
             .collect();
-        let want = crate::eval::completion_nll(&model, Some(&ad), &examples, 4).unwrap();
+        let want = crate::eval::completion_nll(model, Some(ad), &examples, 2).unwrap();
+        assert_eq!(scores.len(), want.len());
         for (i, (got, want)) in scores.iter().zip(&want).enumerate() {
             assert_eq!(got.1, want.1);
-            assert!(
-                (got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0),
-                "row {i}: {} scored, {} loss pass",
-                got.0,
-                want.0
-            );
+            let close = (got.0 - want.0).abs() < 1e-4 * want.0.abs().max(1.0);
+            assert!(close, "row {i}: {} scored, {} loss pass", got.0, want.0);
         }
     }
 }
