@@ -267,10 +267,9 @@ struct Follow<'a> {
     prompt_cache: KvCache,
     /// The logits after each prompt (the first step's).
     first_logits: Option<Tensor>,
-    /// Per prompt: reference tokens the answer has matched so far (each scored), and
-    /// whether it still follows.
+    /// Per prompt: reference tokens the answer has matched so far (each scored); the
+    /// answer still follows while this equals the tokens it has produced.
     matched: Vec<usize>,
-    following: Vec<bool>,
     /// Per prompt: the negative log-likelihood of the matched tokens.
     nll: Vec<f64>,
 }
@@ -283,7 +282,6 @@ impl<'a> Follow<'a> {
             prompt_cache: prompt_cache.clone(),
             first_logits: None,
             matched: vec![0; b],
-            following: vec![true; b],
             nll: vec![0.0; b],
         }
     }
@@ -293,8 +291,7 @@ impl<'a> Follow<'a> {
     /// the context teacher forcing would give it.
     fn step(&mut self, i: usize, j: usize, logits: &[f32], id: u32) {
         let r = &self.references[i];
-        if !self.following[i] || j >= r.len() || self.matched[i] != j {
-            self.following[i] = false;
+        if j >= r.len() || self.matched[i] != j {
             return;
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -302,8 +299,6 @@ impl<'a> Follow<'a> {
         self.nll[i] += f64::from(max) + sum.ln() - f64::from(logits[r[j] as usize]);
         if id == r[j] {
             self.matched[i] = j + 1;
-        } else {
-            self.following[i] = false;
         }
     }
 

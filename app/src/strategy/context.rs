@@ -171,7 +171,7 @@ impl Ctx<'_> {
     }
 
     /// A fresh adapter (seeded with `tc.seed`) trained on task `task`'s own training
-    /// examples from the base model, as stage `stage` of run `run` — or, when another run
+    /// examples from the base model, as run `run`'s stage named after the task — or, when another run
     /// of this comparison trained exactly that already, a copy of its adapter, with its
     /// training events replayed under `run`.
     pub(super) fn first_stage(&mut self, run: &str, task: usize, tc: &TrainConfig) -> Result<StageOutcome> {
@@ -219,19 +219,20 @@ impl Ctx<'_> {
         tc: &TrainConfig,
     ) -> Result<Option<Vec<TaskEval>>> {
         let key = self.shared_key(task, tc)?;
-        let (adapter, known) = match self.shared.borrow().done.get(&key) {
-            None => return Ok(None),
-            Some(d) => (d.adapter.deep_clone()?, d.scores.clone()),
-        };
         let stage = self.tasks[task].name.clone();
-        if let Some(scores) = known {
+        let shared = self.shared;
+        let done = shared.borrow();
+        let Some(d) = done.done.get(&key) else { return Ok(None) };
+        if let Some(scores) = d.scores.clone() {
             for e in &scores {
                 self.scored(run, &stage, e);
             }
             return Ok(Some(scores));
         }
-        let scores = self.eval_all(run, &stage, self.base.model, Some(&adapter), false)?;
-        if let Some(d) = self.shared.borrow_mut().done.get_mut(&key) {
+        // Scoring reads the kept adapter; nothing borrows the stages mutably meanwhile.
+        let scores = self.eval_all(run, &stage, self.base.model, Some(&d.adapter), false)?;
+        drop(done);
+        if let Some(d) = shared.borrow_mut().done.get_mut(&key) {
             d.scores = Some(scores.clone());
         }
         Ok(Some(scores))
