@@ -5,14 +5,21 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda fmt lint clean
+.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
+## Where the NVIDIA driver sees a GPU (`nvidia-smi -L` lists one) it builds and starts
+## the CUDA build instead (see build-cuda) and the jobs run on GPU 0; MULTITUNE_GPU=0|1
+## forces either. Without a driver nothing more is checked or built.
 DATA ?= data
-run: build-release ui
-	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
-	target/release/multitune-server --data-dir $(DATA) --models-dir $(MODELS) --demo assets/demo --dist dist
+GPU := $(if $(MULTITUNE_GPU),$(MULTITUNE_GPU),$(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0))
+RUN_DIR := $(if $(filter 1,$(GPU)),target/cuda/release,target/release)
+run: $(if $(filter 1,$(GPU)),build-cuda,build-release) ui
+	@if [ "$(GPU)" = 1 ]; then echo "GPU: $$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader -i 0 2>/dev/null || echo 'none seen by the driver') - starting the CUDA build (MULTITUNE_GPU=0 for the CPU one)"; \
+	else echo "No GPU seen - starting the CPU build (MULTITUNE_GPU=1 for the CUDA one)"; fi
+	$(RUN_DIR)/multitune --models-dir $(MODELS) fetch-model
+	$(RUN_DIR)/multitune-server --data-dir $(DATA) --models-dir $(MODELS) --demo assets/demo --dist dist
 
 ## cli-demo: the CLI tour: score the base model, fine-tune on sentiment, generate.
 cli-demo: build-release
@@ -71,24 +78,31 @@ demo: build-release
 
 ## build-cuda: the CLI and server with candle's CUDA backend, into target/cuda/release
 ## (its own target dir: the CPU binaries stay as they are). nvcc, the CUDA 13.0 headers and
-## libraries (cuBLAS, cuRAND, NVRTC) come from PyPI into CUDA_VENV (Debian's main archive
-## has none); scripts/cuda-link.sh adds the unversioned library names and a stub of the
+## libraries (cuBLAS, cuRAND, NVRTC) are those of a toolkit already here ($CUDA_ROOT, or
+## nvcc on the PATH), else they come from PyPI into CUDA_VENV (Debian's main archive has none); scripts/cuda-link.sh adds the unversioned library names and a stub of the
 ## driver's libcuda for the link, so this builds on a machine without a GPU; at run time the
 ## binaries find the toolkit libraries through their rpath and the real driver's libcuda.
 ## CUDA_COMPUTE_CAP is the card's (90: H100/H200). The GPU is then picked by --device auto.
 CUDA_VENV ?= $(HOME)/.cache/multitune/cuda-venv
 CUDA_COMPUTE_CAP ?= 90
 CUDA_LINK = $(HOME)/.cache/multitune/cuda-link
-# cargo with the toolkit from CUDA_VENV on the paths, the link directory and the rpath.
-CUDA_CARGO = cuda=$$(echo $(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13) && \
-	scripts/cuda-link.sh $$cuda $(CUDA_LINK) && \
+# A CUDA toolkit already here: $CUDA_ROOT, or the one whose nvcc is on the PATH; else PyPI's.
+CUDA_SYSTEM := $(or $(CUDA_ROOT),$(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null)))
+# cargo with the toolkit on the paths, the link directory and the rpath.
+CUDA_CARGO = cuda=$(if $(CUDA_SYSTEM),$(CUDA_SYSTEM),$$(echo $(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13)) && \
+	lib=$$cuda/lib; if [ -d $$cuda/lib64 ]; then lib=$$cuda/lib64; fi; \
+	scripts/cuda-link.sh $$cuda $(CUDA_LINK) >&2 && \
 	PATH=$$cuda/bin:$$PATH CUDA_ROOT=$$cuda CUDA_PATH=$$cuda CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
-	LIBRARY_PATH=$(CUDA_LINK) RUSTFLAGS="-C link-arg=-Wl,-rpath,$$cuda/lib" $(CARGO)
+	LIBRARY_PATH=$(CUDA_LINK) RUSTFLAGS="-C link-arg=-Wl,-rpath,$$lib" $(CARGO)
 cuda-toolkit:
+ifneq ($(CUDA_SYSTEM),)
+	@echo "CUDA toolkit: $(CUDA_SYSTEM) (nothing installed from PyPI)"
+else
 	@[ -x $(CUDA_VENV)/bin/python ] || python3 -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
 		nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 \
 		nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
+endif
 build-cuda: cuda-toolkit
 	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune -p multitune-server
 
@@ -96,6 +110,17 @@ build-cuda: cuda-toolkit
 ## bf16 logits, a short training run) on CUDA device 0; needs a machine with a GPU.
 test-cuda: cuda-toolkit
 	$(CUDA_CARGO) test --release --features cuda --target-dir target/cuda -p multitune --lib cuda_tests
+
+## gpu-bundle: everything the GPU check needs, built here (no GPU needed) into one
+## file of at most 60 MiB, target/gpu-bundle/multitune-gpu.tar.xz: the CLI with `cuda` and
+## the CUDA test binary (stripped, xz), scripts/gpu-check.sh as its runner and the PyTorch
+## reference. On a GPU machine (NVIDIA driver and CUDA 13 libraries, e.g. PyTorch's; no
+## Rust, network or PyPI): `tar xJf multitune-gpu.tar.xz && multitune-gpu/gpu-check.sh`.
+## Here it also checks the size and that the runner stops with "no GPU seen".
+gpu-bundle: build-cuda
+	@tests=$$($(CUDA_CARGO) test --release --features cuda --target-dir target/cuda -p multitune --lib --no-run \
+		--message-format=json | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "multitune"][-1])') && \
+	scripts/gpu-bundle.sh target/cuda/release/multitune $$tests
 
 ## bench-setup: the Python reference for `make bench` (PyTorch, transformers, PEFT) in a
 ## virtual environment; never needed by the tests. REF=pinned (default) installs the versions

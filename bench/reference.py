@@ -15,6 +15,13 @@ What it runs is what a user of the Python stack would write:
 - generate: `model.generate` greedy (`do_sample=False`) on left-padded batches of the
   workload's prompts, the same batch size, new-token cap and end-of-turn ids as ours;
 - peak: the best f32 matmul rate torch reaches on this machine.
+
+`--device cuda` runs the same on the GPU as a PEFT user does there: the base model in
+bf16 (`dtype=torch.bfloat16`), LoRA factors kept in f32 by PEFT, the forward under
+`torch.autocast(bfloat16)`, timings after `torch.cuda.synchronize()`, and the peak in
+bf16. A model folder without weights (`config.json` only: what `multitune bench` writes
+for `random:<shape>` models) is built from its config with random weights: the same
+architecture and shapes, so the same work per token.
 """
 
 import argparse
@@ -32,6 +39,7 @@ def parse_args():
     p.add_argument("--model-dir", help="Hugging Face model folder (config.json + model.safetensors)")
     p.add_argument("--workload", help="workload JSON written by `multitune bench`")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     return p.parse_args()
 
 
@@ -44,6 +52,22 @@ import torch  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 torch.set_num_interop_threads(1)
+DEVICE = torch.device(ARGS.device)
+GPU = DEVICE.type == "cuda"
+# What a PEFT user loads the base model in on each device.
+DTYPE = torch.bfloat16 if GPU else torch.float32
+
+
+def sync():
+    if GPU:
+        torch.cuda.synchronize(DEVICE)
+
+
+def autocast():
+    """bf16 autocast on the GPU (LoRA factors stay f32, products run in bf16); nothing on the CPU."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if GPU else contextlib.nullcontext()
 
 
 def peak_rss_mib():
@@ -58,9 +82,15 @@ def pad(rows, value):
 
 def load_model(workload):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ARGS.model_dir, dtype=torch.float32)
+    if os.path.exists(os.path.join(ARGS.model_dir, "model.safetensors")):
+        model = AutoModelForCausalLM.from_pretrained(ARGS.model_dir, dtype=DTYPE)
+    else:
+        config = AutoConfig.from_pretrained(ARGS.model_dir)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPE)
+    model = model.to(DEVICE)
     lora = workload["lora"]
     cfg = LoraConfig(
         r=lora["rank"],
@@ -79,6 +109,7 @@ def timed(fn, batches, warmup):
     for i, b in enumerate(batches):
         t0 = time.perf_counter()
         fn(b)
+        sync()
         if i >= warmup:
             secs.append(time.perf_counter() - t0)
     return secs
@@ -93,7 +124,7 @@ def lm_tensors(batch, pad_id):
             if i < e["prompt_len"] or i >= len(e["ids"]):
                 lab[i] = -100
         labels.append(lab)
-    return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels)
+    return tuple(torch.tensor(x, device=DEVICE) for x in (ids, mask, labels))
 
 
 def run_train(workload):
@@ -105,8 +136,9 @@ def run_train(workload):
 
     def step(b):
         ids, mask, labels = b
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
+        with autocast():
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -121,7 +153,7 @@ def run_eval(workload):
 
     def step(b):
         ids, mask, labels = b
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
 
     return timed(step, prepared, workload["warmup"]), 0
@@ -136,12 +168,13 @@ def run_rank(workload):
     chunks = [prompts[i : i + bs] for i in range(0, len(prompts), bs)]
 
     def step(chunk):
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             scores = torch.zeros(len(chunk), len(labels))
             for li, label in enumerate(labels):
                 rows = [p + label for p in chunk]
                 ids, mask = pad(rows, workload["pad"])
-                logp = torch.log_softmax(model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits, -1)
+                ids, mask = torch.tensor(ids, device=DEVICE), torch.tensor(mask, device=DEVICE)
+                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1).cpu()
                 for r, p in enumerate(chunk):
                     pos = torch.arange(len(p) - 1, len(p) - 1 + len(label))
                     scores[r, li] = logp[r, pos, torch.tensor(label)].sum()
@@ -165,10 +198,10 @@ def run_generate(workload):
 
     def answer(chunk):
         ids, mask = left_pad(chunk, pad_id)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             out = model.generate(
-                input_ids=torch.tensor(ids),
-                attention_mask=torch.tensor(mask),
+                input_ids=torch.tensor(ids, device=DEVICE),
+                attention_mask=torch.tensor(mask, device=DEVICE),
                 do_sample=False,
                 max_new_tokens=workload["max_new_tokens"],
                 eos_token_id=stop,
@@ -189,9 +222,15 @@ def run_generate(workload):
     return secs, outputs
 
 
+# The shapes the peak is the best of (the GPU's needs large products to fill it).
+PEAK_SHAPES = [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)]
+if GPU:
+    PEAK_SHAPES += [(4096, 4096, 4096), (8192, 8192, 8192)]
+
+
 def peak_of(matmul, randn):
     best = 0.0
-    for m, k, n in [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)]:
+    for m, k, n in PEAK_SHAPES:
         a, b = randn(m, k), randn(k, n)
         for _ in range(3):
             matmul(a, b)
@@ -199,13 +238,20 @@ def peak_of(matmul, randn):
         for _ in range(10):
             t0 = time.perf_counter()
             matmul(a, b)
+            sync()
             times.append(time.perf_counter() - t0)
         best = max(best, 2 * m * k * n / statistics.median(times) / 1e9)
     return best
 
 
 def run_peak():
-    """torch's matmul (MKL) and numpy's (its bundled OpenBLAS), f32."""
+    """torch's matmul (MKL) and numpy's (its bundled OpenBLAS), f32; on the GPU torch's bf16 (cuBLAS)."""
+    if GPU:
+        return {
+            "matmul_gflops": peak_of(lambda a, b: a @ b, lambda m, n: torch.randn(m, n, device=DEVICE, dtype=DTYPE)),
+            "dtype": "bf16",
+            "gpu": torch.cuda.get_device_name(DEVICE),
+        }
     import numpy as np
 
     rng = np.random.default_rng(0)

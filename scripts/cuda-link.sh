@@ -11,8 +11,10 @@ set -eu
 cuda_home=$1
 out=$2
 mkdir -p "$out"
+libdir=$cuda_home/lib
+[ -d "$cuda_home/lib64" ] && libdir=$cuda_home/lib64
 for lib in cublas cublasLt curand nvrtc cudart; do
-	f=$(ls "$cuda_home/lib/lib$lib.so."* | grep -v builtins | sort | head -n 1)
+	f=$(ls "$libdir/lib$lib.so."* | grep -v builtins | sort | head -n 1)
 	ln -sf "$f" "$out/lib$lib.so"
 done
 version=$(awk '/^name = "cudarc"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)

@@ -190,6 +190,9 @@ async fn dashboard_end_to_end_in_chromium() {
     // The start-up URL's token: the dashboard keeps it for the tab and clears the address bar.
     b.goto(&s.url(&format!("/datasets?token={token}"))).await;
     b.wait_text("p", "No datasets yet").await;
+    // The header says what runs the jobs (here: the CPU, by its model name).
+    let cpu = multitune::kernels::blas::cpuinfo_field("model name");
+    b.wait_text("header .device", &format!("CPU: {cpu}")).await;
     let shown = b.cmd("GET", "/url", None).await.as_str().unwrap().to_string();
     assert!(!shown.contains("token"), "the token left the address bar: {shown}");
     assert!(shown.ends_with("/datasets"), "{shown}");

@@ -289,3 +289,51 @@ fn the_matmul_engine_is_measured_once_and_can_be_forced() {
     let bad = matmul(&[("MULTITUNE_BLAS", "/no/such/libblas.so")], &[]);
     assert!(bad.contains("could not load cblas_sgemm") && bad.contains("rows: gemm (built in)"), "{bad}");
 }
+
+/// What the GPU check benches where the real weights cannot travel: random weights in the
+/// default model's shape, measured like any model (here on the CPU, one short step).
+#[test]
+fn bench_runs_a_random_model_in_the_default_shape() {
+    let r = run(&[
+        "bench",
+        "--models",
+        "random:smollm2-135m",
+        "--shapes",
+        "2x16",
+        "--demo",
+        "",
+        "--modes",
+        "train",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+    ]);
+    let t = text(&r);
+    assert!(r.status.success(), "{t}");
+    assert!(t.lines().any(|l| l.starts_with("random:smollm2-135m") && l.contains("train")), "{t}");
+    let bad = run(&["bench", "--models", "random:gpt-5", "--shapes", "2x16", "--demo", ""]);
+    assert!(!bad.status.success() && text(&bad).contains("random:llama-1b"), "{}", text(&bad));
+}
+
+/// The GPU check's runner (what `make gpu-bundle` packs) stops with a clear message where
+/// no GPU is seen — every CI machine — and, where one is, asks for the bundle's binaries.
+#[test]
+fn the_gpu_check_says_when_there_is_no_gpu() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-check.sh");
+    let out = tempfile::tempdir().unwrap();
+    let r = Command::new("sh").arg(script).env("OUT_DIR", out.path()).output().unwrap();
+    let t = text(&r);
+    let gpu = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("GPU ")));
+    if gpu {
+        assert_eq!(r.status.code(), Some(2), "{t}");
+        assert!(t.contains("make gpu-bundle"), "{t}");
+    } else {
+        assert_eq!(r.status.code(), Some(3), "{t}");
+        assert!(t.contains("no GPU seen"), "{t}");
+        assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing written without a GPU");
+    }
+}

@@ -142,3 +142,18 @@ fn sharded_safetensors_load() {
     let (sharded, _) = load_hf_dir(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(max_abs_diff(&ours_last(&sharded, &ids()), &ours_last(&single, &ids())).unwrap(), 0.0);
 }
+
+/// `random:smollm2-135m` (what the GPU check runs where the default model cannot travel)
+/// has exactly the default model's architecture, and loads through the same path.
+#[test]
+fn the_random_default_shape_is_the_default_models_architecture() {
+    use multitune::model::{load_model, ModelSource};
+    let real = &crate::util::default_model().model.cfg;
+    let source = ModelSource::parse("random:smollm2-135m").unwrap();
+    let shaped = multitune::model::tiny::shape_config("smollm2-135m").unwrap();
+    assert_eq!(&shaped, real);
+    let m = load_model(&source, &crate::util::models_dir(), &Device::Cpu, false).unwrap();
+    assert_eq!(&m.model.cfg, real);
+    let err = ModelSource::parse("random:gpt-5").unwrap_err().to_string();
+    assert!(err.contains("random:llama-1b"), "{err}");
+}

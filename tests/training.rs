@@ -279,3 +279,74 @@ fn label_ranking_accuracy_matches_hand_computation() {
     assert_eq!(c.counts.iter().flatten().sum::<usize>(), held_out.len());
     assert_eq!(c.counts[0][0] + c.counts[1][1], correct);
 }
+
+/// The LoRA objective on a device with room for at most `max_rows` examples per forward
+/// pass: a larger batch fails as CUDA's allocator does (this machine has no GPU to run
+/// out of; the trainer only sees the error).
+struct SmallDevice {
+    adapter: LoraAdapter,
+    max_rows: usize,
+}
+
+impl train::Objective for SmallDevice {
+    fn vars(&self) -> Vec<candle_core::Var> {
+        self.adapter.vars()
+    }
+    fn named_tensors(&self) -> Vec<(String, candle_core::Tensor)> {
+        self.adapter.named_tensors()
+    }
+    fn loss(
+        &self,
+        model: &multitune::model::Llama,
+        batch: &multitune::data::Batch,
+        examples: &[usize],
+        seed: u64,
+        micro: u64,
+    ) -> multitune::Result<candle_core::Tensor> {
+        if examples.len() > self.max_rows {
+            return Err(
+                candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into()).into()
+            );
+        }
+        train::Objective::loss(&self.adapter, model, batch, examples, seed, micro)
+    }
+}
+
+/// Out of GPU memory, a run halves its forward passes, says so once, and trains the same
+/// steps (the pieces' losses are weighted to add up to the whole micro-batch's); one
+/// example that does not fit stops the run with what to change.
+#[test]
+fn out_of_memory_halves_the_forward_passes_and_keeps_the_steps() {
+    let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
+    let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    let cfg = TrainConfig { batch_size: 8, ..tiny_cfg(6) };
+    let fresh = || LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let mut whole = fresh();
+    let full = train::train(&model, &mut whole, &ex, &cfg, None, None, &mut |_| {}).unwrap();
+
+    let small = SmallDevice { adapter: fresh(), max_rows: 3 };
+    let mut notices = Vec::new();
+    let split = train::train_objective(&model, &small, &ex, &cfg, None, None, &mut |e| {
+        if let TrainEvent::Notice { step, message } = e {
+            notices.push((*step, message.clone()));
+        }
+    })
+    .unwrap();
+    // 8 → 4 → 2 examples per pass: two notices, both in the first step, none after.
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices.iter().all(|(s, _)| *s == 1), "{notices:?}");
+    assert!(notices[0].1.contains("8 examples") && notices[0].1.contains("at most 4"), "{}", notices[0].1);
+    assert!(notices[1].1.contains("--batch-size 2"), "{}", notices[1].1);
+    assert_eq!((split.steps, split.tokens, split.loss_tokens), (full.steps, full.tokens, full.loss_tokens));
+    for (a, b) in split.losses.iter().zip(&full.losses) {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "losses {:?} vs {:?}", split.losses, full.losses);
+    }
+    for ((name, a), (_, b)) in small.adapter.named_tensors().iter().zip(whole.named_tensors()) {
+        let d = multitune::model::max_abs_diff(a, &b).unwrap();
+        assert!(d < 1e-4, "{name} differs by {d}");
+    }
+
+    let none_fits = SmallDevice { adapter: fresh(), max_rows: 0 };
+    let err = train::train_objective(&model, &none_fits, &ex, &cfg, None, None, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("one example") && err.contains("--max-tokens"), "{err}");
+}

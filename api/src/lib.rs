@@ -67,12 +67,30 @@ pub struct Version {
     pub schema: u32,
     /// Training device (`cpu`, `cuda:0`).
     pub device: String,
+    /// That device for people: its name, memory and (CPU) threads.
+    #[serde(default)]
+    pub device_info: Option<DeviceInfo>,
     /// Whether requests need a bearer token.
     pub auth: bool,
     /// What computes the CPU matrix products, and the measurement behind the choice
     /// (`None` until the server has chosen, a second or two after it starts).
     #[serde(default)]
     pub matmul: Option<Matmul>,
+}
+
+/// The device that runs the jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// `cpu` or `cuda:N`.
+    pub id: String,
+    /// The processor's or card's name (`NVIDIA H200`).
+    pub name: String,
+    /// Its memory (RAM for the CPU), MiB.
+    pub memory_mib: Option<u64>,
+    /// Threads of the CPU engine; `None` on a GPU.
+    pub threads: Option<usize>,
+    /// One line: `GPU cuda:0: NVIDIA H200, 140.4 GiB`, `CPU: AMD EPYC, 2 threads, 23.5 GiB`.
+    pub summary: String,
 }
 
 /// The engines that compute the CPU matrix products (the built-in `gemm` or a BLAS),
@@ -536,6 +554,16 @@ pub enum Event {
         /// Seconds since the stage started.
         elapsed_s: f64,
     },
+    /// Something that changed how a run goes, not its result (out of GPU memory:
+    /// continuing with smaller forward passes).
+    Notice {
+        /// Run name.
+        run: String,
+        /// Stage.
+        stage: String,
+        /// What happened and what was done.
+        message: String,
+    },
     /// A task was scored.
     Evaluated {
         /// Run name.
@@ -564,6 +592,7 @@ impl Event {
             Event::RunStarted { .. } => "run_started",
             Event::TrainStarted { .. } => "train_started",
             Event::Step { .. } => "step",
+            Event::Notice { .. } => "notice",
             Event::Evaluated { .. } => "evaluated",
             Event::RunFinished { .. } => "run_finished",
         }
@@ -576,6 +605,7 @@ impl Event {
             Event::RunStarted { run, .. }
             | Event::TrainStarted { run, .. }
             | Event::Step { run, .. }
+            | Event::Notice { run, .. }
             | Event::Evaluated { run, .. }
             | Event::RunFinished { run, .. } => Some(run),
         }

@@ -365,6 +365,11 @@ pub struct Measurement {
     pub trainable: usize,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Peak GPU memory the process held, MiB (on a GPU: the GPU's used memory above its
+    /// level before the process started, sampled from `nvidia-smi` by the parent `bench`
+    /// while the child ran, the same way for both implementations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
     /// Matrix-multiply FLOPs of the timed steps as this implementation ran them, when it
     /// reports them (ours: packed, see [`packed_flops`]).
     #[serde(default)]
@@ -466,6 +471,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
                 let scores =
                     eval::label_log_likelihoods(model, Some(&adapter), chunk, &workload.labels, workload.pad, bs)?;
                 std::hint::black_box(scores);
+                dev.synchronize()?;
                 if ci >= workload.warmup {
                     secs.push(t0.elapsed().as_secs_f64());
                 }
@@ -512,6 +518,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
         step_secs,
         trainable,
         peak_rss_mib: crate::memory::peak_rss_mib(),
+        peak_device_mib: None,
         flops: (lm && model.can_pack()).then_some(flops),
         computed_tokens: lm.then_some(computed),
         outputs,
@@ -548,6 +555,8 @@ fn run_batches(
         let t0 = Instant::now();
         let refs: Vec<&Example> = group.iter().map(|&j| &timed[j]).collect();
         step(warm + i, &data::make_batch(&refs, workload.pad, dev)?)?;
+        // A GPU runs asynchronously: a step is done when the device is.
+        dev.synchronize()?;
         secs.push(t0.elapsed().as_secs_f64());
     }
     Ok(secs)
@@ -567,15 +576,21 @@ pub fn length_groups(examples: &[Example], batch: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// The best f32 matrix-multiply rate our products reach here (on the CPU: the engine the
-/// calibration chose, see [`crate::kernels::blas`]), GFLOP/s (median of 10 runs of each
-/// of a few shapes, the best shape).
+/// The best matrix-multiply rate our products reach here in the compute dtype (f32 on
+/// the CPU, with the engine the calibration chose, see [`crate::kernels::blas`]; bf16 on
+/// a GPU, cuBLAS), GFLOP/s (median of 10 runs of each of a few shapes, the best shape; a
+/// GPU also gets large ones, which it needs to fill up).
 pub fn matmul_peak_gflops(device: &Device) -> Result<f64> {
     let mut best = 0f64;
-    for (m, k, n) in [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)] {
-        let a = Tensor::randn(0f32, 1., (m, k), device)?;
+    let dtype = crate::model::compute_dtype(device);
+    let mut shapes = vec![(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)];
+    if !device.is_cpu() {
+        shapes.extend([(4096, 4096, 4096), (8192, 8192, 8192)]);
+    }
+    for (m, k, n) in shapes {
+        let a = Tensor::randn(0f32, 1., (m, k), device)?.to_dtype(dtype)?;
         // `(n, k)`: the product is `a · bᵀ`, a linear layer's layout.
-        let b = Tensor::randn(0f32, 1., (n, k), device)?;
+        let b = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(dtype)?;
         for _ in 0..3 {
             crate::ops::frozen_matmul(&a, &b)?.device().synchronize()?;
         }

@@ -90,3 +90,101 @@ fn gpu_bf16_forward_is_close_and_training_learns() {
     }
     assert!(losses[19] < 0.7 * losses[0], "loss did not fall on the GPU: {losses:?}");
 }
+
+/// f32 on the GPU: greedy generation gives the CPU's tokens and label ranking its scores
+/// (same tiny model and adapter on both devices).
+#[test]
+fn gpu_generation_and_label_ranking_match_the_cpu() {
+    let dev = gpu();
+    let cpu_model = random_model(tiny_config(), 7, &Device::Cpu).unwrap();
+    let gpu_model = random_model(tiny_config(), 7, &dev).unwrap();
+    let (ad_cpu, ad_gpu) = adapters(&cpu_model.cfg, &dev);
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 77, 120, 9], vec![3, 50, 60], vec![3, 77, 120, 9, 200, 45]];
+    let cfg = crate::eval::generate::GenerateConfig { max_new_tokens: 12, ..Default::default() };
+    let gen = |m: &crate::model::Llama, ad: &LoraAdapter| {
+        crate::eval::generate::generate_batch(m, Some(ad), &prompts, &[258], 0, &cfg, &mut |_, _| {}).unwrap()
+    };
+    assert_eq!(gen(&cpu_model, &ad_cpu), gen(&gpu_model, &ad_gpu), "greedy answers differ between CPU and GPU");
+    let labels: Vec<Vec<u32>> = vec![vec![101, 102], vec![110], vec![120, 121, 122]];
+    let rank = |m: &crate::model::Llama, ad: &LoraAdapter| {
+        crate::eval::label_log_likelihoods(m, Some(ad), &prompts, &labels, 0, 2).unwrap()
+    };
+    let (c, g) = (rank(&cpu_model, &ad_cpu), rank(&gpu_model, &ad_gpu));
+    for (rc, rg) in c.iter().zip(&g) {
+        for ((lc, nc), (lg, ng)) in rc.iter().zip(rg) {
+            assert_eq!(nc, ng);
+            assert!(
+                (lc - lg).abs() < 1e-3 * lc.abs().max(1.0),
+                "label log-likelihood {lc} on the CPU, {lg} on the GPU"
+            );
+        }
+    }
+}
+
+/// Every strategy of a comparison on the GPU in bf16 (what `--device auto` loads): each
+/// run is scored on every task, merges and the multi-head model included, and the first
+/// training step's loss is the CPU's within bf16 tolerance.
+#[test]
+fn gpu_comparison_runs_every_strategy() {
+    use crate::strategy::{compare, Base, CompareConfig, CompareEvent, StrategyOptions, StrategySpec, TaskData};
+    use crate::train::{TrainConfig, TrainEvent};
+    let dev = gpu();
+    let tasks: Vec<TaskData> = ["sentiment", "arithmetic"]
+        .iter()
+        .map(|t| {
+            let (train, eval) = crate::data::demo::task_split(t, 40, 6, 3).unwrap();
+            let text = crate::data::demo::to_jsonl(&train).unwrap();
+            let d = crate::data::parse(t, text.as_bytes(), None, &Default::default()).unwrap();
+            TaskData { name: t.to_string(), kind: d.kind, labels: d.labels, train, eval }
+        })
+        .collect();
+    let cfg = CompareConfig {
+        strategies: StrategySpec::all(&StrategyOptions::for_rank(4)),
+        budget_tokens: 3_000,
+        train: TrainConfig {
+            lora: LoraConfig { rank: 4, alpha: 8.0, ..Default::default() },
+            learning_rate: 5e-3,
+            batch_size: 4,
+            max_seq_len: 128,
+            checkpoint_every: 0,
+            ..Default::default()
+        },
+        eval: crate::eval::EvalOptions { max_seq_len: 128, bootstrap: 20, ..Default::default() },
+        seeds: vec![],
+        lr_search: None,
+    };
+    let first_loss = |device: &Device, dtype: DType| {
+        let model = random_model(tiny_config(), 0, device).unwrap().to_dtype(dtype).unwrap();
+        let tok = crate::model::TextTokenizer::byte_level().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut first = None;
+        let report = compare(
+            &Base { model: &model, tokenizer: &tok, name: "tiny" },
+            &tasks,
+            &cfg,
+            out.path(),
+            Default::default(),
+            &mut |e| {
+                if let CompareEvent::Train { event: TrainEvent::Step(s), .. } = e {
+                    first.get_or_insert(s.loss);
+                }
+            },
+        )
+        .unwrap();
+        (report, first.unwrap())
+    };
+    let (cpu, cpu_first) = first_loss(&Device::Cpu, DType::F32);
+    let (gpu_report, gpu_first) = first_loss(&dev, DType::BF16);
+    assert!(
+        (cpu_first - gpu_first).abs() < 2e-2 * cpu_first,
+        "first loss {cpu_first} on the CPU, {gpu_first} on the GPU"
+    );
+    let names = |r: &crate::strategy::Report| r.runs.iter().map(|x| x.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&cpu), names(&gpu_report));
+    for run in &gpu_report.runs {
+        assert_eq!(run.scores.len(), tasks.len(), "{}", run.name);
+        for s in &run.scores {
+            assert!((0.0..=1.0).contains(&s.value.value) && s.loss.value.is_finite(), "{}: {s:?}", run.name);
+        }
+    }
+}

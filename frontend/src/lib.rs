@@ -51,6 +51,24 @@ fn TokenBanner() -> impl IntoView {
     }
 }
 
+/// The device that runs the jobs (`GPU cuda:0: NVIDIA H200, 140.4 GiB` or the CPU's
+/// model, threads and memory), from `/api/version`.
+#[component]
+fn DeviceBadge() -> impl IntoView {
+    let device = RwSignal::new(None::<multitune_api::DeviceInfo>);
+    leptos::task::spawn_local(async move {
+        if let Ok(v) = api::get::<multitune_api::Version>("/api/version").await {
+            device.set(v.device_info);
+        }
+    });
+    move || {
+        device.get().map(|d| {
+            let kind = if d.threads.is_some() { "device cpu" } else { "device gpu" };
+            view! { <span class=kind title="the device that trains and scores">{d.summary}</span> }
+        })
+    }
+}
+
 /// The application: navigation and pages.
 #[component]
 pub fn App() -> impl IntoView {
@@ -65,6 +83,7 @@ pub fn App() -> impl IntoView {
                     <A href="/experiments">"Experiments"</A>
                     <A href="/playground">"Playground"</A>
                 </nav>
+                <DeviceBadge/>
             </header>
             <TokenBanner/>
             <main>

@@ -154,6 +154,9 @@ fn event_of(e: &CompareEvent) -> Option<Event> {
                 tokens_per_s: s.tokens_per_s,
                 elapsed_s: s.elapsed_s,
             },
+            TrainEvent::Notice { message, .. } => {
+                Event::Notice { run: run.clone(), stage: stage.clone(), message: message.clone() }
+            }
             TrainEvent::Checkpoint { .. } => return None,
         },
         CompareEvent::Evaluated { run, stage, task, value } => {

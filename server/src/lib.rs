@@ -30,6 +30,8 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let (wake, wake_rx) = std::sync::mpsc::sync_channel(16);
     let device = cfg.device()?;
+    let device_info = multitune::model::device_info(&device);
+    tracing::info!("jobs run on {device_info}");
     if device.is_cpu() {
         // Choose the matrix-product engine now (measured once per machine, a second or two;
         // then cached) rather than in the first job; `/api/version` reports it.
@@ -48,6 +50,7 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
         cancels: Mutex::new(HashMap::new()),
         models: Mutex::new(HashMap::new()),
         device,
+        device_info,
         background: tokio::sync::Semaphore::new(1),
     }));
     let n = jobs::mark_interrupted(&state)?;

@@ -104,6 +104,8 @@ pub struct Inner {
     pub models: Mutex<HashMap<String, Arc<LoadedModel>>>,
     /// Training device.
     pub device: Device,
+    /// That device described (name, memory), read once at start.
+    pub device_info: multitune::model::DeviceInfo,
     /// Slots for heavy request work (parsing uploads, zipping, merging): one at a time, so
     /// that a burst of requests never takes the CPU from training.
     pub background: tokio::sync::Semaphore,

@@ -128,6 +128,11 @@ async fn health_version_models_and_unknown_routes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["schema"], 1);
     assert_eq!(v["device"], "cpu");
+    // The device for people: the CPU's model, threads and memory.
+    let d = &v["device_info"];
+    assert_eq!(d["id"], "cpu");
+    assert!(d["threads"].as_u64().is_some_and(|t| t >= 1) && d["memory_mib"].as_u64().is_some_and(|m| m > 0), "{d}");
+    assert!(d["summary"].as_str().is_some_and(|t| t.starts_with("CPU: ") && t.ends_with(" GiB")), "{d}");
     // The matrix-product engine is chosen in the background at start-up (measured once per
     // machine, then cached) and reported with the figures behind it.
     let mut v = v;

@@ -9,7 +9,8 @@ use crate::data::{Format, Limits, LoadOptions, OverlongPolicy, TaskKind};
 /// `--model`: which base model.
 #[derive(Args)]
 pub struct ModelArg {
-    /// `default`, `tiny`, a .gguf file or a Hugging Face model folder.
+    /// `default`, `tiny`, `random:smollm2-135m` or `random:llama-1b` (random weights in
+    /// that model's shape), a .gguf file or a Hugging Face model folder.
     #[arg(long, default_value = "default")]
     pub model: String,
 }

@@ -94,15 +94,56 @@ impl BenchWorkerArgs {
 }
 
 /// Runs one measurement in a child process (so that each has its own peak memory) and
-/// parses the JSON it prints last.
-fn bench_child(mut cmd: std::process::Command, what: &str) -> anyhow::Result<serde_json::Value> {
-    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed ({})", out.status);
+/// parses the JSON it prints last. With `gpu` (a CUDA ordinal), the GPU's used memory is
+/// sampled from `nvidia-smi` every 100 ms while the child runs, and the peak above what
+/// the GPU held before it started is added as `peak_device_mib` (one child runs at a time;
+/// per-process figures are not used because a container's process ids are not the
+/// driver's).
+fn bench_child(mut cmd: std::process::Command, what: &str, gpu: Option<usize>) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let baseline = gpu.and_then(gpu_used_mib);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let mut peak_mib: Option<f64> = None;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if let (Some(n), Some(base)) = (gpu, baseline) {
+            if let Some(m) = gpu_used_mib(n) {
+                peak_mib = Some(peak_mib.unwrap_or(0.0).max(m - base));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = reader.join().map_err(|_| anyhow::anyhow!("reading {what}"))??;
+    if !status.success() {
+        bail!("{what} failed ({status})");
     }
-    let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rev().find(|l| l.starts_with('{')).with_context(|| format!("{what} printed no JSON"))?;
-    Ok(serde_json::from_str(line)?)
+    let mut v: serde_json::Value = serde_json::from_str(line)?;
+    if let (Some(m), Some(o)) = (peak_mib, v.as_object_mut()) {
+        o.insert("peak_device_mib".into(), m.into());
+    }
+    Ok(v)
+}
+
+/// The memory in use on GPU `n` now, MiB, as `nvidia-smi` reports it.
+fn gpu_used_mib(n: usize) -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &n.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 #[derive(serde::Serialize)]
@@ -122,6 +163,8 @@ struct BenchRow {
 struct Children<'a> {
     exe: PathBuf,
     threads: String,
+    /// The CUDA device ordinal the measurements run on, if a GPU.
+    gpu: Option<usize>,
     cli: &'a Cli,
     args: &'a BenchArgs,
 }
@@ -138,6 +181,9 @@ impl Children<'_> {
     fn reference(&self, py: &Path, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(py);
         c.arg(&self.args.reference_script).arg("--threads").arg(&self.threads).args(args);
+        if let Some(n) = self.gpu {
+            c.arg("--device").arg(format!("cuda:{n}"));
+        }
         // Figures only: no progress bars or deprecation notices between the rows.
         for (k, v) in
             [("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("PYTHONWARNINGS", "ignore")]
@@ -147,18 +193,21 @@ impl Children<'_> {
         c
     }
 
-    /// The best f32 matmul rate of each implementation; prints them and returns (best,
-    /// ours).
+    /// The best matmul rate of each implementation in the compute dtype (f32 on the CPU,
+    /// bf16 on a GPU); prints them and returns (best, ours).
     fn matmul_peaks(&self) -> anyhow::Result<(f64, f64)> {
-        let peak_ours = bench_child(self.ours(&["--model", "tiny", "--mode", "peak"]), "matmul peak")?["matmul_gflops"]
+        let gpu = self.gpu.is_some();
+        let peak_ours = bench_child(self.ours(&["--model", "tiny", "--mode", "peak"]), "matmul peak", self.gpu)?
+            ["matmul_gflops"]
             .as_f64()
             .unwrap_or(f64::NAN);
         let mut peak = peak_ours;
-        print!("f32 matmul peak: ours {peak_ours:.0} GFLOP/s");
+        print!("{} matmul peak: ours {peak_ours:.0} GFLOP/s", if gpu { "bf16" } else { "f32" });
         if let Some(py) = &self.args.reference {
-            let v = bench_child(self.reference(py, &["--mode", "peak"]), "reference matmul peak")?;
+            let v = bench_child(self.reference(py, &["--mode", "peak"]), "reference matmul peak", self.gpu)?;
             let p = v["matmul_gflops"].as_f64().unwrap_or(f64::NAN);
-            print!(", torch {} (MKL) {p:.0} GFLOP/s", v["torch"].as_str().unwrap_or("?"));
+            let blas = if gpu { "cuBLAS" } else { "MKL" };
+            print!(", torch {} ({blas}) {p:.0} GFLOP/s", v["torch"].as_str().unwrap_or("?"));
             if let Some(o) = v["openblas_gflops"].as_f64() {
                 print!(", numpy (OpenBLAS) {o:.0} GFLOP/s");
             }
@@ -175,11 +224,11 @@ impl Children<'_> {
         let what = format!("{name} {} {}", w.name, mode.name());
         let (mut ours_all, mut ref_all) = (Vec::new(), Vec::new());
         for _ in 0..self.args.rounds.max(1) {
-            ours_all.push(serde_json::from_value::<Measurement>(bench_child(self.ours(&args), &what)?)?);
+            ours_all.push(serde_json::from_value::<Measurement>(bench_child(self.ours(&args), &what, self.gpu)?)?);
             if let Some(py) = &self.args.reference {
                 let dir = hf_dir.to_string_lossy().to_string();
                 let args = ["--model-dir", dir.as_str(), "--workload", file, "--mode", mode.name()];
-                let v = bench_child(self.reference(py, &args), &format!("reference {what}"))?;
+                let v = bench_child(self.reference(py, &args), &format!("reference {what}"), self.gpu)?;
                 ref_all.push(serde_json::from_value::<Measurement>(v)?);
             }
         }
@@ -240,7 +289,11 @@ impl BenchArgs {
     /// Measures every model, workload and mode, printing a row each, and writes the JSON.
     pub(super) fn run(&self, cli: &Cli) -> anyhow::Result<()> {
         let threads = self.threads.max(1).to_string();
-        let children = Children { exe: std::env::current_exe()?, threads: threads.clone(), cli, args: self };
+        let gpu = match crate::model::pick_device(&cli.device)?.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+            _ => None,
+        };
+        let children = Children { exe: std::env::current_exe()?, threads: threads.clone(), gpu, cli, args: self };
         let modes = self.modes()?;
         println!(
             "threads: {threads}, device: {}, matmul: {}, warm-up {} + {} timed steps",
@@ -258,8 +311,13 @@ impl BenchArgs {
         let mut rows = Vec::new();
         for name in self.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let m = load(name, cli, &Device::Cpu)?;
-            let hf_dir = cli.models_dir.join("bench").join(format!("{name}-hf"));
-            if self.reference.is_some() && !hf_dir.join("model.safetensors").exists() {
+            let hf_dir = cli.models_dir.join("bench").join(format!("{}-hf", name.replace(':', "-")));
+            if let (Some(_), crate::model::ModelSource::Random(_)) = (&self.reference, &m.source) {
+                // Random weights: the reference builds its own from the config (the same
+                // shapes, so the same work), instead of reading gigabytes of noise.
+                crate::model::hf::save_hf_config(&m.model.cfg, &m.tokenizer, &hf_dir)
+                    .with_context(|| format!("writing {} for the reference", hf_dir.display()))?;
+            } else if self.reference.is_some() && !hf_dir.join("model.safetensors").exists() {
                 crate::model::save_hf_dir(&m.model, &m.tokenizer, &hf_dir)
                     .with_context(|| format!("writing {} for the reference", hf_dir.display()))?;
             }
@@ -285,6 +343,14 @@ impl BenchArgs {
              pad%: padding the reference computes. saved%: useful tokens ours did not recompute (prefixes shared within a batch). \
              MFU: matmul FLOPs per second / matmul peak; ours counts what it ran (`multitune::bench::packed_flops`), the reference the model FLOPs of the useful tokens (`item_flops`: its padding and logits at every position uncounted)."
         );
+        println!(
+            "{}",
+            if gpu.is_some() {
+                "MiB, refMiB: peak GPU memory of each process (nvidia-smi: the GPU's used memory above its level before the process, sampled every 100 ms)."
+            } else {
+                "MiB, refMiB: peak resident memory of each process."
+            }
+        );
         if let Some(p) = &self.json {
             let sel = crate::kernels::blas::selection();
             let matmul = serde_json::json!({
@@ -293,7 +359,7 @@ impl BenchArgs {
                 "how": sel.how,
                 "calibration": sel.figures,
             });
-            let all = serde_json::json!({ "threads": self.threads, "matmul": matmul, "matmul_peak_gflops": peak, "ours_peak_gflops": peak_ours, "rows": rows });
+            let all = serde_json::json!({ "threads": self.threads, "device": cli.device, "gpu": gpu, "matmul": matmul, "matmul_peak_gflops": peak, "ours_peak_gflops": peak_ours, "rows": rows });
             std::fs::write(p, serde_json::to_string_pretty(&all)?)?;
             println!("figures written to {}", p.display());
         }
@@ -309,9 +375,11 @@ fn by_prompt(mode: Mode) -> bool {
 /// The round with the median total time, its peak memory the highest of all rounds.
 fn median_round(mut all: Vec<Measurement>) -> Option<Measurement> {
     let peak = all.iter().filter_map(|m| m.peak_rss_mib).reduce(f64::max);
+    let peak_device = all.iter().filter_map(|m| m.peak_device_mib).reduce(f64::max);
     all.sort_by(|a, b| a.total_secs().total_cmp(&b.total_secs()));
     let mut m = all.get(all.len() / 2).cloned()?;
     m.peak_rss_mib = peak;
+    m.peak_device_mib = peak_device;
     Some(m)
 }
 
@@ -325,7 +393,8 @@ fn print_bench_row(r: &BenchRow, peak: f64) {
         Some(c) if r.mode != Mode::Rank && r.units > 0 => format!("{:.1}", 100.0 * (1.0 - c as f64 / r.units as f64)),
         _ => "-".into(),
     };
-    let mib = |m: &Measurement| m.peak_rss_mib.map_or("-".into(), |v| format!("{v:.0}"));
+    // On a GPU the memory that limits is the GPU's.
+    let mib = |m: &Measurement| m.peak_device_mib.or(m.peak_rss_mib).map_or("-".into(), |v| format!("{v:.0}"));
     let (ref_rate, ratio, ref_mfu, ref_mib) = match &r.reference {
         Some(x) => (
             format!("{:.1}", rate(x)),

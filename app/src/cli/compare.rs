@@ -200,6 +200,9 @@ impl CompareArgs {
                         pb.finish_with_message(format!("done in {wall_s:.0}s"));
                     }
                 }
+                CompareEvent::Train { run, stage, event: TrainEvent::Notice { step, message } } => {
+                    let _ = bars.println(format!("{run}, {stage}, step {step}: {message}"));
+                }
                 _ => {}
             })?;
         println!("{}", report.markdown());

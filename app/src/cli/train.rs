@@ -258,6 +258,7 @@ impl TrainArgs {
                     pb.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_s));
                 }
                 TrainEvent::Checkpoint { step, .. } => pb.println(format!("checkpoint at step {step}")),
+                TrainEvent::Notice { step, message } => pb.println(format!("step {step}: {message}")),
             }
         })?;
         pb.finish();

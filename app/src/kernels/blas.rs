@@ -389,16 +389,19 @@ struct CacheEntry {
     figures: Vec<Figure>,
 }
 
+/// The first value of `name` in `/proc/cpuinfo` (empty where there is none).
+pub fn cpuinfo_field(name: &str) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// The CPU model and the vector extensions that decide which kernels a library runs.
 fn cpu_key() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default()
-    };
+    let field = cpuinfo_field;
     let flags = field("flags");
     let wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx_vnni"];
     let have: Vec<&str> = wanted.into_iter().filter(|f| flags.split_whitespace().any(|x| x == *f)).collect();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::model::config::{HfConfig, RopeLayout, RopeScaling};
+use crate::model::config::{HfConfig, ModelConfig, RopeLayout, RopeScaling};
 use crate::model::gguf::permute_qk_rows;
 use crate::model::llama::Llama;
 use crate::model::tokenizer::TextTokenizer;
@@ -78,6 +78,13 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &TextTokenizer, dir: &Path) -> Resu
         weights.push((name, t.to_dtype(DType::F32)?.contiguous()?));
     }
     crate::persist::write_safetensors(&dir.join("model.safetensors"), &weights, None)?;
+    save_hf_config(cfg, tokenizer, dir)
+}
+
+/// The configuration and tokenizer files of a Hugging Face model folder for `cfg`
+/// (what [`save_hf_dir`] writes besides the weights).
+pub fn save_hf_config(cfg: &ModelConfig, tokenizer: &TextTokenizer, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let mut hf = serde_json::json!({
         "architectures": [if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "model_type": cfg.model_type,

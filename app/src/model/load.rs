@@ -12,7 +12,7 @@ use crate::model::fetch;
 use crate::model::gguf::load_gguf;
 use crate::model::hf::load_hf_dir;
 use crate::model::llama::Llama;
-use crate::model::tiny::tiny_model;
+use crate::model::tiny::{random_shaped_model, shape_config, tiny_model, SHAPES};
 use crate::model::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
@@ -24,6 +24,9 @@ pub enum ModelSource {
     Default,
     /// The random tiny model.
     Tiny,
+    /// Random weights in a named real model's shape (`random:smollm2-135m`,
+    /// `random:llama-1b`; see [`crate::model::tiny::shape_config`]).
+    Random(String),
     /// A GGUF file.
     Gguf(PathBuf),
     /// A Hugging Face model folder.
@@ -31,12 +34,21 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Reads `default`, `tiny`, a `.gguf` path or a folder path.
+    /// Reads `default`, `tiny`, `random:<shape>`, a `.gguf` path or a folder path.
     pub fn parse(spec: &str) -> Result<Self> {
         match spec {
             "default" => return Ok(Self::Default),
             "tiny" => return Ok(Self::Tiny),
             _ => {}
+        }
+        if let Some(shape) = spec.strip_prefix("random:") {
+            if shape_config(shape).is_none() {
+                return Err(Error::Invalid(format!(
+                    "unknown model shape `{shape}` in `{spec}` (known: {})",
+                    SHAPES.map(|s| format!("random:{s}")).join(", ")
+                )));
+            }
+            return Ok(Self::Random(shape.to_string()));
         }
         let p = PathBuf::from(spec);
         if p.is_dir() {
@@ -58,7 +70,7 @@ impl ModelSource {
             Ok(Self::Gguf(p))
         } else {
             Err(Error::Invalid(format!(
-                "model `{spec}` is not `default`, `tiny`, a .gguf file or a Hugging Face model folder"
+                "model `{spec}` is not `default`, `tiny`, `random:<shape>`, a .gguf file or a Hugging Face model folder"
             )))
         }
     }
@@ -101,6 +113,69 @@ pub fn load_model(
         m.model = m.model.to_dtype(dtype)?;
     }
     Ok(m)
+}
+
+/// What runs the jobs, for people: `cpu` or `cuda:N`, the processor's or card's name,
+/// its memory and (CPU) the threads the engine uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// `cpu` or `cuda:N`.
+    pub id: String,
+    /// `AMD EPYC 9B14`, `NVIDIA H200`.
+    pub name: String,
+    /// Memory: the machine's RAM for the CPU, the card's for a GPU, MiB.
+    pub memory_mib: Option<u64>,
+    /// Threads of the CPU engine (`None` for a GPU).
+    pub threads: Option<usize>,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    /// `GPU cuda:0: NVIDIA H200, 140.4 GiB` or `CPU: AMD EPYC 9B14, 2 threads, 23.4 GiB`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.threads {
+            Some(t) => write!(f, "CPU: {}, {t} thread{}", self.name, if t == 1 { "" } else { "s" })?,
+            None => write!(f, "GPU {}: {}", self.id, self.name)?,
+        }
+        if let Some(m) = self.memory_mib {
+            write!(f, ", {:.1} GiB", m as f64 / 1024.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Describes `device` ([`DeviceInfo`]): a GPU's name and memory from `nvidia-smi` (which
+/// comes with the NVIDIA driver), the CPU's from `/proc`.
+pub fn device_info(device: &Device) -> DeviceInfo {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => {
+            let smi = std::process::Command::new("nvidia-smi")
+                .args(["--query-gpu=name,memory.total", "--format=csv,noheader,nounits", "-i", &gpu_id.to_string()])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+            let (name, memory_mib) = match smi.as_deref().and_then(|l| l.rsplit_once(',')) {
+                Some((n, m)) => (n.trim().to_string(), m.trim().parse().ok()),
+                None => (format!("CUDA device {gpu_id}"), None),
+            };
+            DeviceInfo { id: format!("cuda:{gpu_id}"), name, memory_mib, threads: None }
+        }
+        other => {
+            let name = crate::kernels::blas::cpuinfo_field("model name");
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            let memory_mib = meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib / 1024);
+            DeviceInfo {
+                id: if matches!(other, candle_core::DeviceLocation::Cpu) { "cpu".into() } else { format!("{other:?}") },
+                name: if name.is_empty() { std::env::consts::ARCH.to_string() } else { name },
+                memory_mib,
+                threads: Some(candle_core::utils::get_num_threads()),
+            }
+        }
+    }
 }
 
 /// The device a `--device` spec names: `auto` (CUDA device 0 when this build has CUDA
@@ -154,6 +229,13 @@ fn load_model_f32(
             let (model, tokenizer) = tiny_model(0, device)?;
             Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: "multitune/tiny-llama".into() })
         }
+        ModelSource::Random(shape) => {
+            let cfg = shape_config(shape).ok_or_else(|| Error::Invalid(format!("unknown model shape `{shape}`")))?;
+            // Made directly in the compute dtype: a 1B model in f32 would need twice the memory.
+            let model = random_shaped_model(cfg, 0, device, compute_dtype(device))?;
+            let tokenizer = TextTokenizer::byte_level()?;
+            Ok(LoadedModel { model, tokenizer, source: source.clone(), base_name: format!("multitune/random-{shape}") })
+        }
         ModelSource::Default => {
             let path = fetch::default_model_path(models_dir);
             if !path.exists() {
@@ -183,6 +265,20 @@ fn load_model_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_is_described_by_its_model_and_memory() {
+        let d = device_info(&Device::Cpu);
+        assert_eq!(d.id, "cpu");
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        assert!(cpuinfo.contains(&d.name), "{d:?}");
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(d.memory_mib, Some(kib / 1024));
+        assert_eq!(d.threads, Some(candle_core::utils::get_num_threads()));
+        let text = d.to_string();
+        assert!(text.starts_with(&format!("CPU: {}, ", d.name)) && text.ends_with(" GiB"), "{text}");
+    }
 
     #[test]
     fn device_specs_are_parsed_and_bad_ones_named() {

@@ -43,6 +43,14 @@ pub enum TrainEvent {
     },
     /// A step finished.
     Step(StepStats),
+    /// Something the user should know that changes how the run goes, not its result
+    /// (running out of GPU memory and continuing with smaller forward passes).
+    Notice {
+        /// The step it happened in (1-based).
+        step: usize,
+        /// What happened and what was done.
+        message: String,
+    },
     /// A checkpoint was written.
     Checkpoint {
         /// Steps done at the checkpoint.

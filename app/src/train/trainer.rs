@@ -75,6 +75,9 @@ pub fn train_objective(
     let mut perms = HashMap::new();
     let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let lengths = cfg.group_by_length.then_some(lengths.as_slice());
+    // Examples per forward pass: the micro-batch size, until the device runs out of
+    // memory (then halved, and kept for the rest of the run).
+    let mut row_cap = usize::MAX;
     // With a token budget the loop runs until the budget is met (the schedule's length
     // is an estimate, so it may run a step or two past it, at the final learning rate).
     while progress.step < total || cfg.token_budget.is_some_and(|b| progress.tokens < b && progress.step < 2 * total) {
@@ -94,22 +97,20 @@ pub fn train_objective(
         for (i, n) in used {
             progress.per_example[i] += n;
         }
-        let batches: Vec<MicroBatch> = parts
+        let micro: Vec<Micro> = parts
             .iter()
-            .map(|(part, idx, k)| {
-                let batch = data::make_batch(&part.iter().collect::<Vec<_>>(), 0, &device)?;
-                let items = objective.loss_items(&batch, idx);
-                Ok(MicroBatch { batch, examples: idx, micro: step * cfg.grad_accum + k, items })
-            })
-            .collect::<Result<_>>()?;
-        let (step_loss, mut grads) = accumulate(model, objective, &vars, &batches, cfg.seed)?;
+            .map(|(rows, idx, k)| Micro { rows, examples: idx, micro: step * cfg.grad_accum + k })
+            .collect();
+        let mut notice = |message: String| on_event(&TrainEvent::Notice { step: step + 1, message });
+        let (step_loss, mut grads, counts) =
+            accumulate(model, objective, &vars, &micro, cfg.seed, &mut row_cap, &mut notice)?;
         let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = optim::lr_at(step.min(total - 1), total, warmup, cfg.learning_rate);
         opt.step(&vars, &grads, lr)?;
-        let step_tokens: usize = batches.iter().map(|b| b.batch.tokens).sum();
+        let (step_tokens, step_loss_tokens) = counts;
         progress.losses.push(step_loss);
         progress.tokens += step_tokens;
-        progress.loss_tokens += batches.iter().map(|b| b.batch.loss_tokens).sum::<usize>();
+        progress.loss_tokens += step_loss_tokens;
         progress.step += 1;
         let secs = t0.elapsed().as_secs_f64();
         on_event(&TrainEvent::Step(StepStats {
@@ -142,13 +143,12 @@ pub fn train_objective(
     })
 }
 
-/// One micro-batch of a step: the batch, the indices of its examples, its global index
-/// (which seeds dropout) and how many loss terms it holds.
-struct MicroBatch<'a> {
-    batch: data::Batch,
+/// One micro-batch of a step: its examples, their indices and its global index (which
+/// seeds dropout).
+struct Micro<'a> {
+    rows: &'a [Example],
     examples: &'a [usize],
     micro: usize,
-    items: usize,
 }
 
 /// The examples of optimizer step `step`, micro-batch by micro-batch (with the indices
@@ -205,38 +205,152 @@ fn step_parts(
 }
 
 /// Forward and backward of every micro-batch, each loss weighted by its share of the
-/// step's loss terms (so accumulation equals one big batch). Returns the step's loss and
-/// the summed gradient of every variable (zeros where none reached it).
+/// step's loss terms (so accumulation equals one big batch). Returns the step's loss, the
+/// summed gradient of every variable (zeros where none reached it) and the step's
+/// (tokens, loss tokens).
+///
+/// A forward pass holds at most `row_cap` examples. When the device runs out of memory
+/// on one, the cap is halved (saying so through `notice`) and the micro-batch computed in
+/// pieces: the pieces' losses, weighted by their own loss terms, add up to the same step,
+/// so only the memory changes. One example that does not fit is an error that says what
+/// to change.
 fn accumulate(
     model: &Llama,
     objective: &dyn Objective,
     vars: &[Var],
-    batches: &[MicroBatch],
+    micro: &[Micro],
     seed: u64,
-) -> Result<(f64, Vec<Tensor>)> {
-    let step_items: usize = batches.iter().map(|b| b.items).sum();
-    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let mut step_loss = 0f64;
-    for mb in batches.iter().filter(|b| b.items > 0) {
-        let loss = objective.loss(model, &mb.batch, mb.examples, seed, mb.micro as u64)?;
-        let weighted = (loss * (mb.items as f64 / step_items.max(1) as f64))?;
-        step_loss += weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let g = weighted.backward()?;
-        for (slot, var) in grads.iter_mut().zip(vars) {
-            if let Some(gv) = g.get(var.as_tensor()) {
-                *slot = Some(match slot.take() {
-                    Some(acc) => (acc + gv)?,
-                    None => gv.clone(),
-                });
+    row_cap: &mut usize,
+    notice: &mut dyn FnMut(String),
+) -> Result<(f64, Vec<Tensor>, (usize, usize))> {
+    let device = model.device();
+    // Loss terms of the whole step: each piece's weight is its share of them.
+    let mut step_items = 0;
+    let mut counts = (0, 0);
+    let mut queue: Vec<Piece> = Vec::new();
+    for m in micro {
+        let batch = data::make_batch(&m.rows.iter().collect::<Vec<_>>(), 0, device)?;
+        step_items += objective.loss_items(&batch, m.examples);
+        counts.0 += batch.tokens;
+        counts.1 += batch.loss_tokens;
+        queue.push(Piece { rows: m.rows, idx: m.examples, micro: m.micro as u64, batch: Some(batch) });
+    }
+    queue.reverse();
+    let mut acc = Accumulated { grads: vec![None; vars.len()], loss: 0.0 };
+    while let Some(Piece { rows, idx, micro, batch }) = queue.pop() {
+        if rows.len() > *row_cap {
+            // Computed in pieces of at most the cap, in order.
+            let cap = *row_cap;
+            let pieces: Vec<_> = rows.chunks(cap).zip(idx.chunks(cap)).collect();
+            for (r, i) in pieces.into_iter().rev() {
+                queue.push(Piece { rows: r, idx: i, micro, batch: None });
             }
+            continue;
+        }
+        let batch = match batch {
+            Some(b) => b,
+            None => data::make_batch(&rows.iter().collect::<Vec<_>>(), 0, device)?,
+        };
+        let items = objective.loss_items(&batch, idx);
+        if items == 0 {
+            continue;
+        }
+        let weight = items as f64 / step_items.max(1) as f64;
+        match micro_grads(model, objective, vars, &batch, idx, seed, micro, weight) {
+            Ok((loss, grads)) => acc.add(loss, grads)?,
+            Err(e) if is_out_of_memory(&e) => {
+                if rows.len() == 1 {
+                    return Err(Error::Invalid(format!(
+                        "out of {} memory with one example of {} tokens per forward pass: lower --max-tokens \
+                         (or the dataset's longest examples), pick a smaller model, or train on the CPU",
+                        device_name(device),
+                        rows[0].ids.len()
+                    )));
+                }
+                *row_cap = rows.len() / 2;
+                notice(format!(
+                    "out of {} memory with {} examples ({} tokens) in one forward pass: continuing with at most \
+                     {} per pass, gradients accumulated, so each step stays the same (--batch-size {} avoids the retry)",
+                    device_name(device),
+                    rows.len(),
+                    batch.tokens,
+                    *row_cap,
+                    *row_cap
+                ));
+                queue.push(Piece { rows, idx, micro, batch: None });
+            }
+            Err(e) => return Err(e),
         }
     }
-    let grads = grads
+    let grads = acc
+        .grads
         .into_iter()
         .zip(vars)
         .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
         .collect::<candle_core::Result<_>>()?;
-    Ok((step_loss, grads))
+    Ok((acc.loss, grads, counts))
+}
+
+/// Examples computed in one forward pass, and their batch once made.
+struct Piece<'a> {
+    rows: &'a [Example],
+    idx: &'a [usize],
+    micro: u64,
+    batch: Option<data::Batch>,
+}
+
+/// The step's loss and gradients so far.
+struct Accumulated {
+    grads: Vec<Option<Tensor>>,
+    loss: f64,
+}
+
+impl Accumulated {
+    fn add(&mut self, loss: f64, grads: Vec<Option<Tensor>>) -> Result<()> {
+        self.loss += loss;
+        for (slot, g) in self.grads.iter_mut().zip(grads) {
+            if let Some(g) = g {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One forward and backward pass: the weighted loss and each variable's gradient.
+#[allow(clippy::too_many_arguments)]
+fn micro_grads(
+    model: &Llama,
+    objective: &dyn Objective,
+    vars: &[Var],
+    batch: &data::Batch,
+    examples: &[usize],
+    seed: u64,
+    micro: u64,
+    weight: f64,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let loss = objective.loss(model, batch, examples, seed, micro)?;
+    let weighted = (loss * weight)?;
+    let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let g = weighted.backward()?;
+    Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect()))
+}
+
+/// Whether `e` is the device running out of memory (CUDA's allocator or cuBLAS's).
+pub fn is_out_of_memory(e: &Error) -> bool {
+    let text = format!("{e} {e:?}");
+    text.contains("OUT_OF_MEMORY") || text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+}
+
+fn device_name(device: &candle_core::Device) -> &'static str {
+    if device.is_cpu() {
+        "host"
+    } else {
+        "GPU"
+    }
 }
 
 /// Tokenises records for training, reporting how many were truncated.

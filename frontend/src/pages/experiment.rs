@@ -56,7 +56,7 @@ pub fn apply(e: &mut Experiment, ev: &Event) {
                 r.eta_s = None;
             }
         }
-        Event::TrainStarted { .. } | Event::Evaluated { .. } => {}
+        Event::TrainStarted { .. } | Event::Notice { .. } | Event::Evaluated { .. } => {}
     }
 }
 
@@ -69,6 +69,8 @@ pub fn ExperimentPage() -> impl IntoView {
     let exp = RwSignal::new(None::<Result<Experiment, ApiError>>);
     let curves = RwSignal::new(Curves::default());
     let scores = RwSignal::new(Vec::<(String, String, String, f64)>::new());
+    // Notices of the runs (out of GPU memory: continuing with smaller passes).
+    let notices = RwSignal::new(Vec::<String>::new());
     let action_error = RwSignal::new(None::<ApiError>);
     let source = StoredValue::new_local(None::<web_sys::EventSource>);
     let refresh = move || {
@@ -79,6 +81,7 @@ pub fn ExperimentPage() -> impl IntoView {
         let id = id.get();
         curves.set(Curves::default());
         scores.set(vec![]);
+        notices.set(vec![]);
         exp.set(None);
         leptos::task::spawn_local(async move {
             let loaded = api::get::<Experiment>(&format!("/api/experiments/{id}")).await;
@@ -96,6 +99,9 @@ pub fn ExperimentPage() -> impl IntoView {
                 if let Event::Evaluated { run, stage, task, value } = &ev {
                     scores.update(|s| s.push((run.clone(), stage.clone(), task.clone(), *value)));
                 }
+                if let Event::Notice { run, stage, message } = &ev {
+                    notices.update(|n| n.push(format!("{run} ({stage}): {message}")));
+                }
                 exp.update(|e| {
                     if let Some(Ok(e)) = e {
                         apply(e, &ev);
@@ -109,7 +115,7 @@ pub fn ExperimentPage() -> impl IntoView {
                     }
                 }
             });
-            for kind in ["status", "run_started", "train_started", "step", "evaluated", "run_finished"] {
+            for kind in ["status", "run_started", "train_started", "step", "notice", "evaluated", "run_finished"] {
                 let _ = es.add_event_listener_with_callback(kind, on_event.as_ref().unchecked_ref());
             }
             on_event.forget();
@@ -184,6 +190,9 @@ pub fn ExperimentPage() -> impl IntoView {
             }
         }}
         {move || action_error.get().map(|e| view! { <ErrorView error=e/> })}
+        {move || (!notices.get().is_empty()).then(|| view! {
+            <ul class="notices">{notices.get().into_iter().map(|n| view! { <li>{n}</li> }).collect_view()}</ul>
+        })}
         <h2>"Training loss"</h2>
         <div class="chart" id="loss-chart" data-points=move || curves.get().len().to_string()
             inner_html=move || {

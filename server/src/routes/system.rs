@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::Json;
 use multitune::kernels::blas;
-use multitune_api::{Health, Matmul, MatmulFigure, Power, Version};
+use multitune_api::{DeviceInfo, Health, Matmul, MatmulFigure, Power, Version};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiQuery, ApiResult};
@@ -23,10 +23,14 @@ pub async fn version(State(s): State<AppState>) -> Json<Version> {
         name: "multitune".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         schema: crate::db::schema_version(),
-        device: match &s.device {
-            candle_core::Device::Cpu => "cpu".into(),
-            other => format!("{other:?}").to_lowercase(),
-        },
+        device: s.device_info.id.clone(),
+        device_info: Some(DeviceInfo {
+            id: s.device_info.id.clone(),
+            name: s.device_info.name.clone(),
+            memory_mib: s.device_info.memory_mib,
+            threads: s.device_info.threads,
+            summary: s.device_info.to_string(),
+        }),
         auth: s.cfg.token.is_some(),
         matmul: blas::chosen().map(|c| Matmul {
             many_rows: blas::engine_name(c.many_rows),
