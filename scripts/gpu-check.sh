@@ -18,6 +18,8 @@
 #
 # usage: gpu-check.sh            (from the unpacked bundle)
 #        GPU_CHECK_QUICK=1 gpu-check.sh   (smaller bench: the default shape only)
+#        GPU_CHECK_DEVICE=cpu GPU_CHECK_SHAPES=2x16 GPU_CHECK_BUDGET=1500 GPU_CHECK_QUICK=1 gpu-check.sh
+#            (a dry run of every step on the CPU, small enough for it, to try this script)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT_DIR:-$here/out}
@@ -72,7 +74,8 @@ fi
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0)
 echo "gpu-check: $gpu; CUDA libraries from ${libpath:-the system}" | tee -a "$log"
 
-export MULTITUNE_DEVICE=cuda:0
+# GPU_CHECK_DEVICE=cpu dry-runs every step on the CPU (to try this script without a GPU).
+export MULTITUNE_DEVICE=${GPU_CHECK_DEVICE:-cuda:0}
 models=$out/models
 mkdir -p "$models"
 status=0
@@ -89,7 +92,7 @@ step() {
 	[ $rc -eq 0 ] || status=1
 }
 
-step cuda-tests 120 "$bin/cuda-tests" cuda_tests --test-threads 1
+step cuda-tests 90 "$bin/cuda-tests" cuda_tests --test-threads 1
 
 reference=
 if [ -n "$python" ] && "$python" -c 'import torch, transformers, peft; assert torch.cuda.is_available()' 2>/dev/null; then
@@ -100,13 +103,13 @@ fi
 bench_models=random:smollm2-135m,random:llama-1b
 [ -n "${GPU_CHECK_QUICK:-}" ] && bench_models=random:smollm2-135m
 # shellcheck disable=SC2086 # $reference is two flags or none
-step bench 300 "$bin/multitune" --models-dir "$models" bench --models "$bench_models" --shapes 16x512 \
+step bench 240 "$bin/multitune" --models-dir "$models" bench --models "$bench_models" --shapes "${GPU_CHECK_SHAPES:-16x512}" \
 	--demo '' --modes train,eval --warmup 2 --steps 8 --json "$out/bench.json" $reference
 
 tasks=$out/tasks
-step compare 150 sh -c "'$bin/multitune' demo-data --out '$tasks' >/dev/null && \
+step compare 120 sh -c "'$bin/multitune' demo-data --out '$tasks' >/dev/null && \
 	'$bin/multitune' --models-dir '$models' compare --model random:smollm2-135m --tasks '$tasks'/*.jsonl \
-	--strategies combined,separate --merges linear --budget-tokens 16000 --eval-limit 20 --out '$out/compare'"
+	--strategies combined,separate --merges linear --budget-tokens ${GPU_CHECK_BUDGET:-16000} --eval-limit 20 --out '$out/compare'"
 
 # 3. The summary: every step's status and time, the GPU, the bench figures, the comparison.
 if [ -n "$python" ]; then

@@ -74,4 +74,11 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::File { path: path.into(), source }
     }
+
+    /// Whether this is the device running out of memory (CUDA's allocator or cuBLAS's):
+    /// the trainer and the evaluation then go on in smaller pieces.
+    pub fn is_out_of_memory(&self) -> bool {
+        let text = format!("{self} {self:?}");
+        text.contains("OUT_OF_MEMORY") || text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+    }
 }

@@ -303,8 +303,9 @@ impl BenchArgs {
             self.steps
         );
         let (peak, peak_ours) = children.matmul_peaks()?;
+        let width = self.models.split(',').map(|m| m.trim().len()).max().unwrap_or(0).max(8);
         println!(
-            "{:<8} {:<14} {:<6} {:>5} {:>6} {:>10} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+            "{:<width$} {:<14} {:<6} {:>5} {:>6} {:>10} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
             "model", "workload", "mode", "pad%", "saved%", "ours/s", "ref/s", "ratio", "MFU", "refMFU", "MiB", "refMiB"
         );
         let tmp = tempfile::tempdir()?;
@@ -333,7 +334,7 @@ impl BenchArgs {
                 for &mode in wmodes {
                     let mut row = children.measure(name, &hf_dir, &file.to_string_lossy(), w, mode)?;
                     row.flops = w.flops(&m.model.cfg, mode);
-                    print_bench_row(&row, peak);
+                    print_bench_row(&row, peak, width);
                     rows.push(row);
                 }
             }
@@ -383,7 +384,7 @@ fn median_round(mut all: Vec<Measurement>) -> Option<Measurement> {
     Some(m)
 }
 
-fn print_bench_row(r: &BenchRow, peak: f64) {
+fn print_bench_row(r: &BenchRow, peak: f64, width: usize) {
     let rate = |m: &Measurement| r.units as f64 / m.total_secs();
     // Each implementation's MFU counts the FLOPs it really did (ours: packed, each shared
     // prefix once) when it reports them, else the model FLOPs of the useful tokens.
@@ -408,7 +409,7 @@ fn print_bench_row(r: &BenchRow, peak: f64) {
         print_generation(r);
     }
     println!(
-        "{:<8} {:<14} {:<6} {:>5.1} {:>6} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
+        "{:<width$} {:<14} {:<6} {:>5.1} {:>6} {:>10.1} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8}",
         r.model,
         r.workload,
         r.mode.name(),

@@ -22,7 +22,7 @@ use crate::eval::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, 
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{last_position, Forward, KvCache, Llama};
 use crate::ops;
-use crate::Result;
+use crate::{Error, Result};
 
 /// One scored example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +310,37 @@ pub fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, 
 /// Only examples these cannot cover (multi-turn rows with loss on earlier turns) get a
 /// loss pass of their own.
 pub fn evaluate_task(
+    model: &Llama,
+    tok: &TextTokenizer,
+    adapter: Option<&LoraAdapter>,
+    task: &TaskSpec,
+    records: &[Record],
+    opts: &EvalOptions,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<TaskEval> {
+    // Out of device memory, the task is scored again with half the batches (the scores
+    // do not depend on how examples are batched), down to one example at a time.
+    let mut opts = opts.clone();
+    loop {
+        match score_task(model, tok, adapter, task, records, &opts, on_progress) {
+            Err(e) if e.is_out_of_memory() && (opts.batch_size > 1 || opts.generation_batch > 1) => {
+                opts.batch_size = (opts.batch_size / 2).max(1);
+                opts.generation_batch = (opts.generation_batch / 2).max(1);
+            }
+            Err(e) if e.is_out_of_memory() => {
+                return Err(Error::Invalid(format!(
+                    "out of device memory scoring task `{}` one example at a time: lower --max-tokens (now {}) \
+                     or pick a smaller model",
+                    task.name, opts.max_seq_len
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`evaluate_task`] with these batch sizes.
+fn score_task(
     model: &Llama,
     tok: &TextTokenizer,
     adapter: Option<&LoraAdapter>,

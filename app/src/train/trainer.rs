@@ -258,7 +258,7 @@ fn accumulate(
         let weight = items as f64 / step_items.max(1) as f64;
         match micro_grads(model, objective, vars, &batch, idx, seed, micro, weight) {
             Ok((loss, grads)) => acc.add(loss, grads)?,
-            Err(e) if is_out_of_memory(&e) => {
+            Err(e) if e.is_out_of_memory() => {
                 if rows.len() == 1 {
                     return Err(Error::Invalid(format!(
                         "out of {} memory with one example of {} tokens per forward pass: lower --max-tokens \
@@ -337,12 +337,6 @@ fn micro_grads(
     let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     let g = weighted.backward()?;
     Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect()))
-}
-
-/// Whether `e` is the device running out of memory (CUDA's allocator or cuBLAS's).
-pub fn is_out_of_memory(e: &Error) -> bool {
-    let text = format!("{e} {e:?}");
-    text.contains("OUT_OF_MEMORY") || text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
 }
 
 fn device_name(device: &candle_core::Device) -> &'static str {
