@@ -322,7 +322,8 @@ pub fn evaluate_task(
     // do not depend on how examples are batched), down to one example at a time.
     let mut opts = opts.clone();
     loop {
-        match score_task(model, tok, adapter, task, records, &opts, on_progress) {
+        let what = Scoring { model, tok, adapter, task, records };
+        match score_task(&what, &opts, on_progress) {
             Err(e) if e.is_out_of_memory() && (opts.batch_size > 1 || opts.generation_batch > 1) => {
                 opts.batch_size = (opts.batch_size / 2).max(1);
                 opts.generation_batch = (opts.generation_batch / 2).max(1);
@@ -339,16 +340,19 @@ pub fn evaluate_task(
     }
 }
 
+/// What [`evaluate_task`] scores: the model with its adapter, and the task's records.
+#[derive(Clone, Copy)]
+struct Scoring<'a> {
+    model: &'a Llama,
+    tok: &'a TextTokenizer,
+    adapter: Option<&'a LoraAdapter>,
+    task: &'a TaskSpec,
+    records: &'a [Record],
+}
+
 /// [`evaluate_task`] with these batch sizes.
-fn score_task(
-    model: &Llama,
-    tok: &TextTokenizer,
-    adapter: Option<&LoraAdapter>,
-    task: &TaskSpec,
-    records: &[Record],
-    opts: &EvalOptions,
-    on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<TaskEval> {
+fn score_task(what: &Scoring, opts: &EvalOptions, on_progress: &mut dyn FnMut(usize, usize)) -> Result<TaskEval> {
+    let Scoring { model, tok, adapter, task, records } = *what;
     let (kind, labels) = (task.kind, task.labels.as_slice());
     let system = opts.system.as_deref();
     let examples: Vec<Example> =
