@@ -585,6 +585,10 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every SSE event name [`Event::kind`] gives, for clients that subscribe by name.
+    pub const KINDS: [&'static str; 7] =
+        ["status", "run_started", "train_started", "step", "notice", "evaluated", "run_finished"];
+
     /// The SSE event name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -688,5 +692,32 @@ mod tests {
         assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
         assert_eq!(Status::parse("interrupted"), Some(Status::Interrupted));
         assert!(Status::Done.is_final() && !Status::Queued.is_final());
+    }
+
+    /// A client subscribing to `Event::KINDS` hears every event: one of each variant.
+    #[test]
+    fn every_event_kind_is_listed() {
+        let (run, stage) = (String::from("a"), String::from("s"));
+        let all = [
+            Event::Status { status: Status::Running, message: None },
+            Event::RunStarted { run: run.clone(), index: 0, of: 1 },
+            Event::TrainStarted { run: run.clone(), stage: stage.clone(), total_steps: 1, start_step: 0 },
+            Event::Step {
+                run: run.clone(),
+                stage: stage.clone(),
+                step: 1,
+                total_steps: 1,
+                loss: 1.0,
+                lr: 1e-3,
+                tokens: 1,
+                tokens_per_s: 1.0,
+                elapsed_s: 1.0,
+            },
+            Event::Notice { run: run.clone(), stage: stage.clone(), message: "m".into() },
+            Event::Evaluated { run: run.clone(), stage, task: "t".into(), value: 0.5 },
+            Event::RunFinished { run, wall_s: 1.0 },
+        ];
+        let kinds: Vec<&str> = all.iter().map(Event::kind).collect();
+        assert_eq!(kinds, Event::KINDS);
     }
 }

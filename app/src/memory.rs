@@ -1,16 +1,26 @@
-//! Memory figures of this process (Linux `/proc/self/status`): the peak and current
-//! resident set size, and a sampler that gives a stretch of work its own peak.
+//! Memory figures (Linux `/proc`): this process's peak and current resident set size, a
+//! sampler that gives a stretch of work its own peak, and the machine's RAM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// A `kB` line of `/proc/self/status` (`VmHWM`, `VmRSS`, …), in MiB.
-fn status_mib(key: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A `kB` line of a `/proc` file (`VmHWM` of `/proc/self/status`, `MemTotal` of
+/// `/proc/meminfo`, …), in MiB.
+fn proc_mib(file: &str, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(file).ok()?;
     let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn status_mib(key: &str) -> Option<f64> {
+    proc_mib("/proc/self/status", key)
+}
+
+/// The machine's memory (Linux `MemTotal`), MiB.
+pub fn total_ram_mib() -> Option<f64> {
+    proc_mib("/proc/meminfo", "MemTotal")
 }
 
 /// The process's peak resident set size (Linux `VmHWM`), MiB.

@@ -22,15 +22,14 @@ pub fn ErrorView(error: multitune_api::ApiError) -> impl IntoView {
     }
 }
 
-/// Asks once for the access token when the server wants one.
+/// Asks once for the access token when the server wants one (`version`: the server's
+/// `/api/version`, once read).
 #[component]
-fn TokenBanner() -> impl IntoView {
+fn TokenBanner(version: RwSignal<Option<multitune_api::Version>>) -> impl IntoView {
     let needed = RwSignal::new(false);
-    leptos::task::spawn_local(async move {
-        if let Ok(v) = api::get::<multitune_api::Version>("/api/version").await {
-            if v.auth && api::token().is_none() {
-                needed.set(true);
-            }
+    Effect::new(move |_| {
+        if version.get().is_some_and(|v| v.auth) && api::token().is_none() {
+            needed.set(true);
         }
     });
     let value = RwSignal::new(String::new());
@@ -52,17 +51,11 @@ fn TokenBanner() -> impl IntoView {
 }
 
 /// The device that runs the jobs (`GPU cuda:0: NVIDIA H200, 140.4 GiB` or the CPU's
-/// model, threads and memory), from `/api/version`.
+/// model, threads and memory), from the server's `/api/version`.
 #[component]
-fn DeviceBadge() -> impl IntoView {
-    let device = RwSignal::new(None::<multitune_api::DeviceInfo>);
-    leptos::task::spawn_local(async move {
-        if let Ok(v) = api::get::<multitune_api::Version>("/api/version").await {
-            device.set(v.device_info);
-        }
-    });
+fn DeviceBadge(version: RwSignal<Option<multitune_api::Version>>) -> impl IntoView {
     move || {
-        device.get().map(|d| {
+        version.get().and_then(|v| v.device_info).map(|d| {
             let kind = if d.threads.is_some() { "device cpu" } else { "device gpu" };
             view! { <span class=kind title="the device that trains and scores">{d.summary}</span> }
         })
@@ -72,6 +65,13 @@ fn DeviceBadge() -> impl IntoView {
 /// The application: navigation and pages.
 #[component]
 pub fn App() -> impl IntoView {
+    // Read once for the header and the token banner.
+    let version = RwSignal::new(None::<multitune_api::Version>);
+    leptos::task::spawn_local(async move {
+        if let Ok(v) = api::get::<multitune_api::Version>("/api/version").await {
+            version.set(Some(v));
+        }
+    });
     view! {
         <Router>
             <header>
@@ -83,9 +83,9 @@ pub fn App() -> impl IntoView {
                     <A href="/experiments">"Experiments"</A>
                     <A href="/playground">"Playground"</A>
                 </nav>
-                <DeviceBadge/>
+                <DeviceBadge version/>
             </header>
-            <TokenBanner/>
+            <TokenBanner version/>
             <main>
                 <Routes fallback=|| view! { <p>"No such page."</p> }>
                     <Route path=path!("/") view=pages::experiments::ExperimentsPage/>

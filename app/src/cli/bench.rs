@@ -138,12 +138,7 @@ fn bench_child(mut cmd: std::process::Command, what: &str, gpu: Option<usize>) -
 
 /// The memory in use on GPU `n` now, MiB, as `nvidia-smi` reports it.
 fn gpu_used_mib(n: usize) -> Option<f64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &n.to_string()])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    crate::model::nvidia_smi(n, "memory.used")?.first()?.parse().ok()
 }
 
 #[derive(serde::Serialize)]

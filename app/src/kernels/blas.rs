@@ -401,11 +401,10 @@ pub fn cpuinfo_field(name: &str) -> String {
 
 /// The CPU model and the vector extensions that decide which kernels a library runs.
 fn cpu_key() -> String {
-    let field = cpuinfo_field;
-    let flags = field("flags");
+    let flags = cpuinfo_field("flags");
     let wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx_vnni"];
     let have: Vec<&str> = wanted.into_iter().filter(|f| flags.split_whitespace().any(|x| x == *f)).collect();
-    format!("{} [{}] {}", field("model name"), have.join(","), std::env::consts::ARCH)
+    format!("{} [{}] {}", cpuinfo_field("model name"), have.join(","), std::env::consts::ARCH)
 }
 
 fn cache_key(dims: Dims, libs: &[Blas]) -> String {

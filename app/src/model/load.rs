@@ -148,26 +148,15 @@ impl std::fmt::Display for DeviceInfo {
 pub fn device_info(device: &Device) -> DeviceInfo {
     match device.location() {
         candle_core::DeviceLocation::Cuda { gpu_id } => {
-            let smi = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=name,memory.total", "--format=csv,noheader,nounits", "-i", &gpu_id.to_string()])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-            let (name, memory_mib) = match smi.as_deref().and_then(|l| l.rsplit_once(',')) {
-                Some((n, m)) => (n.trim().to_string(), m.trim().parse().ok()),
-                None => (format!("CUDA device {gpu_id}"), None),
+            let (name, memory_mib) = match nvidia_smi(gpu_id, "name,memory.total").as_deref() {
+                Some([n, m]) => (n.clone(), m.parse().ok()),
+                _ => (format!("CUDA device {gpu_id}"), None),
             };
             DeviceInfo { id: format!("cuda:{gpu_id}"), name, memory_mib, threads: None }
         }
         other => {
             let name = crate::kernels::blas::cpuinfo_field("model name");
-            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-            let memory_mib = meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kib| kib / 1024);
+            let memory_mib = crate::memory::total_ram_mib().map(|m| m as u64);
             DeviceInfo {
                 id: if matches!(other, candle_core::DeviceLocation::Cpu) { "cpu".into() } else { format!("{other:?}") },
                 name: if name.is_empty() { std::env::consts::ARCH.to_string() } else { name },
@@ -176,6 +165,20 @@ pub fn device_info(device: &Device) -> DeviceInfo {
             }
         }
     }
+}
+
+/// `nvidia-smi`'s answer for GPU `gpu` to `--query-gpu=FIELDS` (comma-separated), one
+/// value per field, units left out; `None` without a driver or such a GPU.
+pub fn nvidia_smi(gpu: usize, fields: &str) -> Option<Vec<String>> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([&format!("--query-gpu={fields}"), "--format=csv,noheader,nounits", "-i", &gpu.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let line = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+    // A value holding a comma (no GPU name does) would miscount: then nothing.
+    let values: Vec<String> = line.split(',').map(|v| v.trim().to_string()).collect();
+    (values.len() == fields.split(',').count()).then_some(values)
 }
 
 /// The device a `--device` spec names: `auto` (CUDA device 0 when this build has CUDA
@@ -275,6 +278,10 @@ mod tests {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
         let kib: u64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
         assert_eq!(d.memory_mib, Some(kib / 1024));
+        // No driver here: nothing to ask.
+        if std::process::Command::new("nvidia-smi").output().is_err() {
+            assert_eq!(nvidia_smi(0, "name"), None);
+        }
         assert_eq!(d.threads, Some(candle_core::utils::get_num_threads()));
         let text = d.to_string();
         assert!(text.starts_with(&format!("CPU: {}, ", d.name)) && text.ends_with(" GiB"), "{text}");

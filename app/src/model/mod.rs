@@ -19,6 +19,6 @@ pub use config::{HfConfig, ModelConfig, RopeLayout};
 pub use gguf::{load_gguf, permute_qk_rows};
 pub use hf::{load_hf_dir, save_hf_dir};
 pub use llama::{last_position, max_abs_diff, Block, Forward, KvCache, Linear, Llama};
-pub use load::{compute_dtype, device_info, load_model, pick_device, DeviceInfo, LoadedModel, ModelSource};
+pub use load::{compute_dtype, device_info, load_model, nvidia_smi, pick_device, DeviceInfo, LoadedModel, ModelSource};
 pub use tiny::{random_model, tiny_config, tiny_model, weight_shapes};
 pub use tokenizer::TextTokenizer;

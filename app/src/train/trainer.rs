@@ -261,17 +261,15 @@ fn accumulate(
             Err(e) if e.is_out_of_memory() => {
                 if rows.len() == 1 {
                     return Err(Error::Invalid(format!(
-                        "out of {} memory with one example of {} tokens per forward pass: lower --max-tokens \
+                        "out of GPU memory with one example of {} tokens per forward pass: lower --max-tokens \
                          (or the dataset's longest examples), pick a smaller model, or train on the CPU",
-                        device_name(device),
                         rows[0].ids.len()
                     )));
                 }
                 *row_cap = rows.len() / 2;
                 notice(format!(
-                    "out of {} memory with {} examples ({} tokens) in one forward pass: continuing with at most \
+                    "out of GPU memory with {} examples ({} tokens) in one forward pass: continuing with at most \
                      {} per pass, gradients accumulated, so each step stays the same (--batch-size {} avoids the retry)",
-                    device_name(device),
                     rows.len(),
                     batch.tokens,
                     *row_cap,
@@ -337,14 +335,6 @@ fn micro_grads(
     let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     let g = weighted.backward()?;
     Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect()))
-}
-
-fn device_name(device: &candle_core::Device) -> &'static str {
-    if device.is_cpu() {
-        "host"
-    } else {
-        "GPU"
-    }
 }
 
 /// Tokenises records for training, reporting how many were truncated.

@@ -115,7 +115,7 @@ pub fn ExperimentPage() -> impl IntoView {
                     }
                 }
             });
-            for kind in ["status", "run_started", "train_started", "step", "notice", "evaluated", "run_finished"] {
+            for kind in Event::KINDS {
                 let _ = es.add_event_listener_with_callback(kind, on_event.as_ref().unchecked_ref());
             }
             on_event.forget();
