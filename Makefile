@@ -44,7 +44,7 @@ model: build
 	$(BIN_DEBUG) --models-dir $(MODELS) fetch-model
 
 build:
-	$(CARGO) build -p multitune -p multitune-server
+	$(CARGO) build -p multitune-cluster -p multitune-server
 
 ## ui-tools: what building the dashboard needs, installed when missing: the wasm32
 ## target, trunk 0.21.14 and wasm-bindgen-cli at the Cargo.lock version.
@@ -62,7 +62,7 @@ ui: ui-tools
 	TRUNK_OFFLINE=true trunk build
 
 build-release:
-	$(CARGO) build --release -p multitune -p multitune-server
+	$(CARGO) build --release -p multitune-cluster -p multitune-server
 
 ## demo-data: regenerate assets/demo (byte-identical; a test checks it).
 demo-data: build
@@ -104,7 +104,7 @@ else
 		nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
 endif
 build-cuda: cuda-toolkit
-	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune -p multitune-server
+	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune-cluster -p multitune-server
 
 ## test-cuda: the GPU checks (app/src/cuda_tests.rs: f32 loss and gradients against the CPU,
 ## bf16 logits, a short training run) on CUDA device 0; needs a machine with a GPU.

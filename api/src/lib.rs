@@ -476,6 +476,20 @@ pub struct Run {
     pub has_adapter: bool,
     /// Whether it has task heads (multi-head).
     pub has_heads: bool,
+    /// The worker that runs (or ran) it and that worker's attempt, in the distributed
+    /// mode (`None` where the server trains itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerRef>,
+}
+
+/// Which worker ran a run, and which attempt of its job that was (1 unless a worker
+/// stopped and another took the job over).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRef {
+    /// The worker's name.
+    pub name: String,
+    /// The attempt.
+    pub attempt: u32,
 }
 
 /// One point of a run's training curve.

@@ -6,11 +6,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use multitune_api::{Dataset, Run, Status};
+use multitune_api::{Dataset, Run, Status, WorkerRef};
 use rusqlite::{Connection, Row};
 
 /// The migrations, in order; `user_version` counts those applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    ("0002_workers", include_str!("../../migrations/0002_workers.sql")),
+];
 
 /// The schema version this build writes.
 pub fn schema_version() -> u32 {
@@ -110,7 +113,7 @@ pub fn dataset_row(r: &Row) -> rusqlite::Result<Dataset> {
 
 /// The columns of `runs` that [`run_row`] maps, in its order.
 pub const RUN_COLUMNS: &str =
-    "id, experiment_id, idx, name, status, stage, step, total_steps, loss, tokens_per_s, elapsed_s, adapter_dirs, has_heads";
+    "id, experiment_id, idx, name, status, stage, step, total_steps, loss, tokens_per_s, elapsed_s, adapter_dirs, has_heads, worker, attempt";
 
 /// A `runs` row (selected as [`RUN_COLUMNS`]) as the API's [`Run`], with its ETA.
 pub fn run_row(r: &Row) -> rusqlite::Result<Run> {
@@ -135,6 +138,10 @@ pub fn run_row(r: &Row) -> rusqlite::Result<Run> {
             .then(|| elapsed / step as f64 * (total - step) as f64),
         has_adapter: !dirs.is_empty(),
         has_heads: r.get(12)?,
+        worker: match (r.get::<_, Option<String>>(13)?, r.get::<_, Option<i64>>(14)?) {
+            (Some(name), Some(attempt)) => Some(WorkerRef { name, attempt: attempt as u32 }),
+            _ => None,
+        },
     })
 }
 

@@ -9,76 +9,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitune::adapter::MergeMethod;
-use multitune::data::{self, LoadOptions};
-use multitune::strategy::{
-    self, Base, CompareConfig, CompareEvent, CompareSettings, Control, HeldOut, Mixing, StrategyOptions, StrategySpec,
-    TaskData,
-};
-use multitune::train::TrainEvent;
-use multitune_api::{Event, ExperimentCreate, MixingChoice, Status, StrategyChoice};
+use multitune::strategy::{self, Base, CompareConfig, Control, TaskData};
+use multitune_api::{Event, ExperimentCreate, Status};
+use multitune_cluster::experiment::{self, event_of, TaskFiles};
 use rusqlite::{params, OptionalExtension};
 
 use crate::db::{Db, NOW};
 use crate::error::{is_disk_full, is_disk_full_db, ApiError, ApiResult};
 use crate::state::AppState;
-
-/// The engine's options for one strategy choice of a request (validated by the engine).
-fn strategy_spec(choice: &StrategyChoice, rank: usize) -> Result<StrategySpec, String> {
-    let mut opts = StrategyOptions::for_rank(rank);
-    let name = match choice {
-        StrategyChoice::Combined { mixing, task_tag } => {
-            opts.mixing = match *mixing {
-                MixingChoice::Proportional => Mixing::Proportional,
-                MixingChoice::Uniform => Mixing::Uniform,
-                MixingChoice::Temperature { t } => Mixing::Temperature { t },
-            };
-            opts.task_tag = *task_tag;
-            "combined"
-        }
-        StrategyChoice::Sequential { variant, order, replay } => {
-            (opts.order, opts.replay) = (order.clone(), *replay);
-            match variant.as_str() {
-                "continue" => "sequential",
-                "merge_then_new" => "sequential-merge",
-                other => return Err(format!("variant `{other}` is not `continue` or `merge_then_new`")),
-            }
-        }
-        StrategyChoice::Separate { merges } => {
-            opts.merges = merges
-                .iter()
-                .map(|m| {
-                    MergeMethod::from_name(m)
-                        .ok_or_else(|| format!("merge `{m}` is not linear, task_arithmetic, ties, dare or concat"))
-                })
-                .collect::<Result<_, _>>()?;
-            "separate"
-        }
-        StrategyChoice::MultiHead { head_rank } => {
-            opts.head_rank = *head_rank;
-            "multi-head"
-        }
-    };
-    StrategySpec::from_name(name, &opts).map_err(|e| e.to_string())
-}
-
-/// The engine's settings for an experiment's hyper-parameters.
-pub fn compare_settings(spec: &ExperimentCreate) -> CompareSettings {
-    let h = &spec.hyper;
-    CompareSettings {
-        budget_tokens: spec.budget_tokens,
-        learning_rate: h.learning_rate,
-        rank: h.rank,
-        batch_size: h.batch_size,
-        max_tokens: h.max_tokens,
-        seed: h.seed,
-        seeds: h.seeds.clone(),
-        bootstrap: h.bootstrap,
-        checkpoint_every: h.checkpoint_every,
-        tune_lr: h.tune_lr,
-        lr_grid: h.lr_grid.clone(),
-    }
-}
 
 /// Why an experiment stopped when the disk filled up, and what to do.
 pub const DISK_FULL: &str = "the disk holding Multitune's data folder is full: training stopped; \
@@ -86,34 +24,11 @@ pub const DISK_FULL: &str = "the disk holding Multitune's data folder is full: t
 
 /// The engine configuration of an experiment, every problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
-    let mut problems = Vec::new();
-    let mut specs = Vec::new();
-    for (i, c) in spec.strategies.iter().enumerate() {
-        match strategy_spec(c, spec.hyper.rank) {
-            Ok(s) => specs.push(s),
-            Err(e) => problems.push(format!("strategies[{i}]: {e}")),
-        }
-    }
-    match compare_settings(spec).config(specs, spec.tasks.len()) {
-        Ok(cfg) if problems.is_empty() => Ok(cfg),
-        Ok(_) => Err(ApiError::invalid("the experiment's strategies are not valid", problems)),
-        Err(more) => {
-            problems.extend(more);
-            Err(ApiError::invalid("the experiment's settings are not valid", problems))
-        }
-    }
+    experiment::compare_config(spec).map_err(|e| ApiError::invalid(e.message, e.problems))
 }
 
-/// Loads an experiment's tasks from its datasets.
-fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskData>> {
-    let opts = LoadOptions {
-        limits: data::Limits {
-            max_tokens: spec.hyper.max_tokens,
-            max_bytes: state.cfg.max_upload_bytes,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+/// An experiment's task files in the data folder, in task order.
+pub fn task_files(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskFiles>> {
     let file_of = |id: &str| -> anyhow::Result<(String, std::path::PathBuf)> {
         let (name, file): (String, String) = db
             .with(|c| {
@@ -122,59 +37,32 @@ fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Res
             .map_err(|_| anyhow::anyhow!("dataset {id} no longer exists"))?;
         Ok((name, state.data.dataset(id).join(file)))
     };
-    let mut tasks = Vec::new();
-    for t in &spec.tasks {
-        let (name, path) = file_of(&t.dataset)?;
-        let eval = t.eval_dataset.as_deref().map(file_of).transpose()?.map(|(_, p)| p);
-        let h = &spec.hyper;
-        let held_out = HeldOut { file: eval.as_deref(), split: h.eval_split, seed: h.seed, limit: h.eval_limit };
-        tasks.push(TaskData::load(&name, &path, &held_out, &opts)?);
-    }
-    Ok(tasks)
+    spec.tasks
+        .iter()
+        .map(|t| {
+            let (name, data) = file_of(&t.dataset)?;
+            let eval = t.eval_dataset.as_deref().map(file_of).transpose()?.map(|(_, p)| p);
+            Ok(TaskFiles { name, data, eval })
+        })
+        .collect()
 }
 
-fn event_of(e: &CompareEvent) -> Option<Event> {
-    Some(match e {
-        CompareEvent::RunStarted { run, index, of } => Event::RunStarted { run: run.clone(), index: *index, of: *of },
-        CompareEvent::Train { run, stage, event } => match event {
-            TrainEvent::Started { total_steps, start_step, .. } => Event::TrainStarted {
-                run: run.clone(),
-                stage: stage.clone(),
-                total_steps: *total_steps,
-                start_step: *start_step,
-            },
-            TrainEvent::Step(s) => Event::Step {
-                run: run.clone(),
-                stage: stage.clone(),
-                step: s.step,
-                total_steps: s.total_steps,
-                loss: s.loss,
-                lr: s.lr,
-                tokens: s.tokens,
-                tokens_per_s: s.tokens_per_s,
-                elapsed_s: s.elapsed_s,
-            },
-            TrainEvent::Notice { message, .. } => {
-                Event::Notice { run: run.clone(), stage: stage.clone(), message: message.clone() }
-            }
-            TrainEvent::Checkpoint { .. } => return None,
-        },
-        CompareEvent::Evaluated { run, stage, task, value } => {
-            Event::Evaluated { run: run.clone(), stage: stage.clone(), task: task.clone(), value: *value }
-        }
-        CompareEvent::RunFinished { run, wall_s } => Event::RunFinished { run: run.clone(), wall_s: *wall_s },
-    })
+/// Loads an experiment's tasks from its datasets.
+pub fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskData>> {
+    experiment::load_tasks(spec, &task_files(state, db, spec)?, state.cfg.max_upload_bytes)
 }
 
-/// Keeps the runs table in step with an event.
-fn track_run(db: &Db, experiment: &str, e: &Event) -> rusqlite::Result<()> {
+/// Keeps the runs table in step with an event (sent by `worker`'s attempt, in the
+/// distributed mode).
+pub fn track_run(db: &Db, experiment: &str, e: &Event, worker: Option<(&str, i32)>) -> rusqlite::Result<()> {
     db.with(|c| {
         match e {
             Event::RunStarted { run, index, .. } => {
+                let (name, attempt) = worker.unzip();
                 c.execute(
-                    "INSERT INTO runs (experiment_id, idx, name, status) VALUES (?1, ?2, ?3, 'running')
-                     ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'running'",
-                    params![experiment, *index as i64, run],
+                    "INSERT INTO runs (experiment_id, idx, name, status, worker, attempt) VALUES (?1, ?2, ?3, 'running', ?4, ?5)
+                     ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'running', worker = ?4, attempt = ?5",
+                    params![experiment, *index as i64, run, name, attempt],
                 )?;
             }
             Event::TrainStarted { run, stage, total_steps, start_step } => {
@@ -295,7 +183,7 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     let mut db_error = None;
     let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |e| {
         if let Some(ev) = event_of(e) {
-            if let Err(err) = track_run(db, id, &ev).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
+            if let Err(err) = track_run(db, id, &ev, None).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
                 // Training on without a record of it would lose what clients follow:
                 // stop at the next step, resumable from the last checkpoint.
                 if is_disk_full_db(&err) {
@@ -310,8 +198,14 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
         Some(e) => tracing::error!("experiment {id}: recording events: {e}"),
         None => {}
     }
-    let report = report?;
-    // Every row of the report is a run (merges included), with its adapter folders.
+    record_report_runs(db, id, &dir, &report?)?;
+    std::fs::remove_dir_all(&state_dir).ok();
+    Ok(())
+}
+
+/// Records every row of a finished experiment's report as a run (merges included), with
+/// its adapter folders relative to the experiment folder `dir`.
+pub fn record_report_runs(db: &Db, id: &str, dir: &Path, report: &strategy::Report) -> rusqlite::Result<()> {
     db.with(|c| {
         for (i, r) in report.runs.iter().enumerate().filter(|(_, r)| r.strategy != "base") {
             let dirs: Vec<String> = r
@@ -327,9 +221,7 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
             )?;
         }
         Ok(())
-    })?;
-    std::fs::remove_dir_all(&state_dir).ok();
-    Ok(())
+    })
 }
 
 /// Marks experiments left running by a crash as interrupted (at start-up).

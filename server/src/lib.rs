@@ -3,6 +3,7 @@
 //! download, a playground, and the dashboard's files.
 
 pub mod db;
+pub mod distributed;
 pub mod error;
 pub mod files;
 pub mod guard;
@@ -51,13 +52,19 @@ pub fn build(cfg: Config) -> anyhow::Result<AppState> {
         models: Mutex::new(HashMap::new()),
         device,
         device_info,
+        cluster_requests: Mutex::new(Vec::new()),
         background: tokio::sync::Semaphore::new(1),
     }));
-    let n = jobs::mark_interrupted(&state)?;
-    if n > 0 {
-        tracing::warn!("{n} experiment(s) were running when the server stopped; marked interrupted (resume them)");
+    if state.distributed() {
+        // Running experiments go on on the workers; the coordinator follows them again.
+        distributed::start(&state, wake_rx)?;
+    } else {
+        let n = jobs::mark_interrupted(&state)?;
+        if n > 0 {
+            tracing::warn!("{n} experiment(s) were running when the server stopped; marked interrupted (resume them)");
+        }
+        jobs::spawn_worker(state.clone(), wake_rx)?;
     }
-    jobs::spawn_worker(state.clone(), wake_rx)?;
     Ok(state)
 }
 

@@ -51,6 +51,27 @@ struct Args {
     /// Seconds an upload may go without sending a byte before it is dropped.
     #[arg(long, env = "MULTITUNE_UPLOAD_IDLE_TIMEOUT_S", default_value_t = 30)]
     upload_idle_timeout_s: u64,
+    /// The distributed mode: a PostgreSQL URL (`postgres://user:password@host/db`) whose
+    /// queue `multitune worker`s take runs from; this server then trains nothing itself
+    /// (unless --local-worker). Needs --artifacts.
+    #[arg(long, env = "MULTITUNE_QUEUE", requires = "artifacts")]
+    queue: Option<String>,
+    /// Where the server and the workers share data, checkpoints and results:
+    /// `file:///shared/folder` or `s3://bucket/prefix` (AWS_* variables for S3).
+    #[arg(long, env = "MULTITUNE_ARTIFACTS", requires = "queue")]
+    artifacts: Option<String>,
+    /// With --queue: also run a worker inside the server, on its --device.
+    #[arg(long, requires = "queue")]
+    local_worker: bool,
+    /// With --queue: seconds between the local worker's heartbeats.
+    #[arg(long, env = "MULTITUNE_HEARTBEAT_S", default_value_t = 30.0)]
+    heartbeat_s: f64,
+    /// With --queue: seconds without a heartbeat after which a job is leased again.
+    #[arg(long, env = "MULTITUNE_LEASE_S", default_value_t = 300.0)]
+    lease_s: f64,
+    /// With --queue: attempts a job gets before it is given up (its error then shown).
+    #[arg(long, env = "MULTITUNE_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: i32,
 }
 
 /// mimalloc keeps freed memory for reuse across training steps (see the CLI's note).
@@ -109,6 +130,16 @@ async fn run() -> anyhow::Result<()> {
         allowed_hosts: a.allowed_hosts,
         header_timeout_s: a.header_timeout_s,
         upload_idle_timeout_s: a.upload_idle_timeout_s,
+        cluster: a.queue.map(|queue| multitune_server::state::Cluster {
+            queue,
+            artifacts: a.artifacts.unwrap_or_default(),
+            local_worker: a.local_worker,
+            timing: multitune_cluster::Timing {
+                heartbeat: std::time::Duration::from_secs_f64(a.heartbeat_s.max(0.001)),
+                lease: std::time::Duration::from_secs_f64(a.lease_s.max(0.001)),
+            },
+            max_attempts: a.max_attempts,
+        }),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

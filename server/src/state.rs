@@ -44,6 +44,25 @@ pub struct Config {
     pub header_timeout_s: u64,
     /// Seconds an upload may go without sending a byte before it is dropped.
     pub upload_idle_timeout_s: u64,
+    /// The distributed mode: runs go to workers through this queue and these artifacts
+    /// (`None`: the server trains them itself, one after another).
+    pub cluster: Option<Cluster>,
+}
+
+/// Where the distributed mode's queue and artifacts are, and how it times leases.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// PostgreSQL URL of the queue.
+    pub queue: String,
+    /// Artifacts URL (`file:///shared/folder`, `s3://bucket/prefix`).
+    pub artifacts: String,
+    /// Also run a worker inside the server.
+    pub local_worker: bool,
+    /// Heartbeat and lease timing (the local worker's, and when the server gives up
+    /// on a silent worker's job).
+    pub timing: multitune_cluster::Timing,
+    /// Attempts a job gets before it is given up.
+    pub max_attempts: i32,
 }
 
 impl Config {
@@ -62,11 +81,25 @@ impl Config {
             allowed_hosts: vec![],
             header_timeout_s: 10,
             upload_idle_timeout_s: 30,
+            cluster: None,
         }
     }
 
-    /// Refuses settings that would be unsafe.
+    /// Refuses settings that would be unsafe or cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(c) = &self.cluster {
+            let t = c.timing;
+            if t.heartbeat.is_zero() || t.lease <= t.heartbeat {
+                anyhow::bail!(
+                    "the lease ({:?}) must be longer than the heartbeat ({:?}), which must be positive",
+                    t.lease,
+                    t.heartbeat
+                );
+            }
+            if c.max_attempts < 1 {
+                anyhow::bail!("--max-attempts must be at least 1, not {}", c.max_attempts);
+            }
+        }
         if !self.bind.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
             anyhow::bail!(
                 "binding to {} exposes the server beyond this machine: set an access token (--token or MULTITUNE_TOKEN)",
@@ -106,6 +139,9 @@ pub struct Inner {
     pub device: Device,
     /// That device described (name, memory), read once at start.
     pub device_info: multitune::model::DeviceInfo,
+    /// Work the distributed mode's coordinator does for request handlers (cancel or
+    /// forget an experiment's jobs), taken at its next round.
+    pub cluster_requests: Mutex<Vec<crate::distributed::Request>>,
     /// Slots for heavy request work (parsing uploads, zipping, merging): one at a time, so
     /// that a burst of requests never takes the CPU from training.
     pub background: tokio::sync::Semaphore,
@@ -141,6 +177,39 @@ impl Inner {
         })?;
         let _ = self.events.send(Envelope { id, experiment_id: experiment.into(), event });
         Ok(id)
+    }
+
+    /// Records an event a worker sent (`remote_id` in the queue) and publishes it, once:
+    /// `None` when it was recorded before (the server stopped between recording it and
+    /// telling the queue) or its experiment is gone.
+    pub fn publish_remote(
+        &self,
+        db: &Db,
+        experiment: &str,
+        event: Event,
+        remote_id: i64,
+        worker: (&str, i32),
+    ) -> rusqlite::Result<Option<i64>> {
+        let data = serde_json::to_string(&event).expect("events serialise");
+        let id = db.with(|c| {
+            let n = c.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO events (experiment_id, run, kind, data, created_at, remote_id, worker, attempt)
+                     SELECT ?1, ?2, ?3, ?4, {NOW}, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)"
+                ),
+                params![experiment, event.run(), event.kind(), data, remote_id, worker.0, worker.1],
+            )?;
+            Ok((n == 1).then(|| c.last_insert_rowid()))
+        })?;
+        if let Some(id) = id {
+            let _ = self.events.send(Envelope { id, experiment_id: experiment.into(), event });
+        }
+        Ok(id)
+    }
+
+    /// Whether runs go to distributed workers.
+    pub fn distributed(&self) -> bool {
+        self.cfg.cluster.is_some()
     }
 
     /// Where model `id` comes from: `default`, `tiny`, or a registered or discovered one.

@@ -12,6 +12,7 @@ mod data_check;
 mod eval;
 mod generate;
 mod train;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,9 @@ pub enum Cmd {
         #[arg(long, default_value = "assets/demo")]
         out: PathBuf,
     },
+    /// Take jobs from a distributed queue (PostgreSQL) and run them on this machine's
+    /// device, until stopped.
+    Worker(worker::WorkerArgs),
     /// Write the base model with an adapter merged in, as a Hugging Face folder.
     ExportMerged {
         /// The base model.
@@ -130,18 +134,22 @@ fn task_name(p: &Path) -> String {
     crate::data::task_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
-/// Parses the process's arguments and runs them; prints an error and exits 1 on failure.
-pub fn main() {
+/// Runs `multitune worker` (given by the crate that builds the binary).
+pub type Worker = fn(&Cli, &worker::WorkerArgs, &Device) -> anyhow::Result<()>;
+
+/// Parses the process's arguments and runs them with `worker` for `multitune worker`;
+/// prints an error and exits 1 on failure.
+pub fn main(worker: Worker) {
     crate::tune_runtime();
     let cli = Cli::parse();
-    if let Err(e) = run(&cli) {
+    if let Err(e) = run(&cli, worker) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 /// Runs the command `cli` names.
-pub fn run(cli: &Cli) -> anyhow::Result<()> {
+pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
     let device = crate::model::pick_device(&cli.device)?;
     crate::kernels::blas::look_in(&cli.models_dir);
     match &cli.cmd {
@@ -184,6 +192,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Bench(a) => a.run(cli),
         Cmd::BenchWorker(a) => a.run(cli, &device),
         Cmd::Compare(a) => a.run(cli, &device),
+        Cmd::Worker(a) => worker(cli, a, &device),
         Cmd::Charts { report, out } => {
             let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
             let r: crate::strategy::Report =

@@ -34,6 +34,16 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// The text [`ModelSource::parse`] reads back as this source.
+    pub fn spec(&self) -> String {
+        match self {
+            Self::Default => "default".into(),
+            Self::Tiny => "tiny".into(),
+            Self::Random(shape) => format!("random:{shape}"),
+            Self::Gguf(p) | Self::HfDir(p) => p.display().to_string(),
+        }
+    }
+
     /// Reads `default`, `tiny`, `random:<shape>`, a `.gguf` path or a folder path.
     pub fn parse(spec: &str) -> Result<Self> {
         match spec {

@@ -70,7 +70,7 @@ pub fn compare(
             on_event: &mut *on_event,
         };
         let n = cfg.strategies.len();
-        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches)?;
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches, None)?;
         if k == 0 {
             separate_adapters = adapters;
         }
@@ -103,7 +103,7 @@ pub fn compare(
 /// not score it again).
 fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
     let record = ctx.control.state_dir.map(|d| d.join("done-base.json"));
-    if let Some(mut r) = record.as_deref().and_then(read_record::<Vec<RunResult>>) {
+    if let Some(mut r) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
         return Ok(r.remove(0));
     }
     let started = Instant::now();
@@ -115,9 +115,146 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
     };
     let r = RunResult::new("base model", "base", &scores, cost);
     if let Some(p) = &record {
-        write_record(p, std::slice::from_ref(&r))?;
+        write_rows(p, std::slice::from_ref(&r), ctx.out)?;
     }
     Ok(r)
+}
+
+/// A finished run's rows as recorded: adapter folders under `out` are kept relative to
+/// it, so the records and the adapters can move together (a distributed worker trains
+/// in its own folder; the server assembles the report in another).
+fn write_rows(path: &Path, rows: &[RunResult], out: &Path) -> Result<()> {
+    let rows: Vec<RunResult> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for d in &mut r.adapter_dirs {
+                if let Ok(rel) = Path::new(d.as_str()).strip_prefix(out) {
+                    *d = rel.display().to_string();
+                }
+            }
+            r
+        })
+        .collect();
+    write_record(path, &rows)
+}
+
+/// Rows recorded by [`write_rows`], their adapter folders resolved against `out`.
+fn read_rows(path: &Path, out: &Path) -> Option<Vec<RunResult>> {
+    let mut rows: Vec<RunResult> = read_record(path)?;
+    for r in &mut rows {
+        for d in &mut r.adapter_dirs {
+            *d = out.join(d.as_str()).display().to_string();
+        }
+    }
+    Some(rows)
+}
+
+/// One independently runnable part of a comparison: what a distributed worker runs as
+/// one job. Every part leaves its record in the state folder; once all are there,
+/// [`compare`] with that folder only assembles the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The base model's scores.
+    Base,
+    /// Strategy number `i` of the configuration, for every seed (a learning-rate search
+    /// and the seeds after the first depend on the first, so they stay together).
+    Strategy(usize),
+}
+
+impl Part {
+    /// Every part of `cfg`: the base model, then each strategy.
+    pub fn all(cfg: &CompareConfig) -> Vec<Part> {
+        std::iter::once(Part::Base).chain((0..cfg.strategies.len()).map(Part::Strategy)).collect()
+    }
+
+    /// A stable name (`base`, `strategy-2`), as queues store it.
+    pub fn name(&self) -> String {
+        match self {
+            Part::Base => "base".into(),
+            Part::Strategy(i) => format!("strategy-{i}"),
+        }
+    }
+
+    /// The part a [`Part::name`] names.
+    pub fn parse(s: &str) -> Option<Part> {
+        match s {
+            "base" => Some(Part::Base),
+            _ => s.strip_prefix("strategy-")?.parse().ok().map(Part::Strategy),
+        }
+    }
+}
+
+/// The record files (in the state folder) that `part` of `cfg` leaves when it finishes.
+pub fn part_records(cfg: &CompareConfig, part: Part) -> Vec<String> {
+    let seeds = cfg.seeds.len().max(1);
+    match part {
+        Part::Base => vec!["done-base.json".into()],
+        Part::Strategy(si) => (0..seeds).map(|k| format!("done-s{k}-r{si}.json")).collect(),
+    }
+}
+
+/// Runs one part of a comparison (see [`Part`]) with `control.state_dir` as its record
+/// folder: training and scoring as [`compare`] would, the same events, no report.
+pub fn compare_part(
+    base: &Base,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &Path,
+    control: Control,
+    part: Part,
+    on_event: &mut dyn FnMut(&CompareEvent),
+) -> Result<()> {
+    let Some(state_dir) = control.state_dir else {
+        return Err(Error::Invalid("a comparison part needs a state folder for its record".into()));
+    };
+    if let Part::Strategy(i) = part {
+        if i >= cfg.strategies.len() {
+            return Err(Error::Invalid(format!("strategy {i} is not one of the {}", cfg.strategies.len())));
+        }
+    }
+    if tasks.is_empty() {
+        return Err(Error::Invalid("no tasks to compare".into()));
+    }
+    cfg.train.validate()?;
+    std::fs::create_dir_all(state_dir)?;
+    let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
+    let shared = &RefCell::default();
+    let Part::Strategy(si) = part else {
+        let mut ctx = Ctx {
+            base,
+            tasks,
+            cfg,
+            out,
+            suffix: String::new(),
+            control,
+            key: "base".into(),
+            score_stages: true,
+            shared,
+            on_event,
+        };
+        return base_run(&mut ctx).map(drop);
+    };
+    let mut searches: Vec<Option<LrSearch>> = vec![None; cfg.strategies.len()];
+    for (k, &seed) in seeds.iter().enumerate() {
+        let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
+        let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
+        let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
+        let mut ctx = Ctx {
+            base,
+            tasks,
+            cfg: &scfg,
+            out: &sout,
+            suffix,
+            control,
+            key: String::new(),
+            score_stages: true,
+            shared: &RefCell::default(),
+            on_event: &mut *on_event,
+        };
+        run_strategies(&mut ctx, k, cfg.strategies.len() * seeds.len(), &mut searches, Some(si))?;
+    }
+    Ok(())
 }
 
 /// A record in the state folder (a finished run's rows, a learning-rate search), if it
@@ -139,17 +276,21 @@ fn run_strategies(
     k: usize,
     of: usize,
     searches: &mut [Option<LrSearch>],
+    only: Option<usize>,
 ) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
     let model = ctx.base.model;
     let first = k * ctx.cfg.strategies.len();
     let mut runs: Vec<RunResult> = Vec::new();
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     for (si, spec) in ctx.cfg.strategies.iter().enumerate() {
+        if only.is_some_and(|o| o != si) {
+            continue;
+        }
         let name = format!("{}{}", spec.name(), ctx.suffix);
         ctx.key = format!("s{k}-r{si}");
         (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
         let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
-        if let Some(done) = record.as_deref().and_then(read_record::<Vec<RunResult>>) {
+        if let Some(done) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
             // Finished before an interruption: take its results, and reload the per-task
             // adapters that the similarity matrix needs.
             if matches!(spec, StrategySpec::Separate { .. }) {
@@ -188,7 +329,7 @@ fn run_strategies(
             r.lr_search = search.clone();
         }
         if let Some(p) = &record {
-            write_record(p, &rows)?;
+            write_rows(p, &rows, ctx.out)?;
         }
         let wall_s = rows[0].wall_s;
         runs.extend(rows);

@@ -23,7 +23,7 @@ mod sequential;
 pub mod spec;
 pub mod task;
 
-pub use compare::compare;
+pub use compare::{compare, compare_part, part_records, Part};
 pub use context::{slug, Base, CompareEvent, Control};
 pub use mixing::Mixing;
 pub use report::{Report, RunCost, RunResult, TaskScore};

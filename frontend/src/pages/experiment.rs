@@ -34,6 +34,7 @@ pub fn apply(e: &mut Experiment, ev: &Event) {
                     eta_s: None,
                     has_adapter: false,
                     has_heads: false,
+                    worker: None,
                 });
             }
         }
@@ -155,6 +156,8 @@ pub fn ExperimentPage() -> impl IntoView {
             Some(Ok(e)) => {
                 let running = matches!(e.status, Status::Queued | Status::Running);
                 let resumable = matches!(e.status, Status::Interrupted | Status::Cancelled | Status::Failed);
+                // The distributed mode names the worker (and attempt) of each run.
+                let workers = e.runs.iter().any(|r| r.worker.is_some());
                 view! {
                     <h1>{e.name.clone()}</h1>
                     <p>
@@ -172,7 +175,7 @@ pub fn ExperimentPage() -> impl IntoView {
                         </Show>
                     </p>
                     <table class="runs">
-                        <thead><tr><th>"run"</th><th>"status"</th><th>"stage"</th><th>"progress"</th><th>"loss"</th><th>"tokens/s"</th><th>"ETA"</th></tr></thead>
+                        <thead><tr><th>"run"</th><th>"status"</th><th>"stage"</th><th>"progress"</th><th>"loss"</th><th>"tokens/s"</th><th>"ETA"</th>{workers.then(|| view! { <th>"worker"</th> })}</tr></thead>
                         <tbody>{e.runs.iter().filter(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).map(|r| view! {
                             <tr>
                                 <td>{r.name.clone()}</td>
@@ -183,6 +186,9 @@ pub fn ExperimentPage() -> impl IntoView {
                                 <td>{r.loss.map(|l| format!("{l:.3}")).unwrap_or_default()}</td>
                                 <td>{r.tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_default()}</td>
                                 <td>{r.eta_s.map(format::duration).unwrap_or_default()}</td>
+                                {workers.then(|| view! { <td class="worker">{r.worker.as_ref().map(|w| {
+                                    if w.attempt > 1 { format!("{} (attempt {})", w.name, w.attempt) } else { w.name.clone() }
+                                })}</td> })}
                             </tr>
                         }).collect_view()}</tbody>
                     </table>

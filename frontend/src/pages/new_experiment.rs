@@ -343,6 +343,7 @@ mod tests {
                     eta_s: None,
                     has_adapter: true,
                     has_heads: false,
+                    worker: None,
                 })
                 .collect(),
             has_report: true,

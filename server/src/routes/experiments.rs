@@ -217,6 +217,13 @@ pub async fn experiments_cancel(
     let e = load(&s, &id)?;
     match e.status {
         Status::Queued => jobs::set_status(&s, &s.db, &id, Status::Cancelled, None)?,
+        Status::Running if s.distributed() => {
+            s.cluster_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(crate::distributed::Request::Cancel(id.clone()));
+            let _ = s.wake.try_send(());
+        }
         Status::Running => {
             if let Some(flag) = s.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
                 flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -255,6 +262,10 @@ pub async fn experiments_delete(State(s): State<AppState>, Path(id): Path<String
     }
     s.db.with(|c| c.execute("DELETE FROM experiments WHERE id = ?1", [&id]))?;
     let _ = tokio::fs::remove_dir_all(s.data.experiment(&id)).await;
+    if s.distributed() {
+        s.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()).push(crate::distributed::Request::Forget(id));
+        let _ = s.wake.try_send(());
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

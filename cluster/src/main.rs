@@ -1,4 +1,5 @@
-//! The `multitune` binary: everything lives in [`multitune::cli`].
+//! The `multitune` binary: the engine's command line ([`multitune::cli`]) with
+//! `multitune worker` from this crate.
 
 /// mimalloc keeps freed memory for reuse: the training step allocates and frees the same
 /// large buffers every step, which glibc's allocator maps and unmaps each time (page
@@ -7,5 +8,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    multitune::cli::main();
+    multitune::cli::main(multitune_cluster::worker::run_cli);
 }
