@@ -49,3 +49,10 @@ mod server;
 // The dashboard in headless Chromium (WebDriver from Rust): upload, train, watch,
 // compare, download; screenshots of every page into target/screenshots.
 mod browser;
+
+// A private PostgreSQL cluster for the distributed mode's tests.
+mod pg;
+
+// The distributed mode: the queue's leases and fencing; server and workers as processes,
+// killed and stopped mid-run.
+mod cluster;

@@ -1,0 +1,324 @@
+//! The distributed mode on a real PostgreSQL (a private cluster, see `postgres.rs`):
+//! the queue's leases, heartbeats, fencing and attempts; then the server and four
+//! `multitune worker` processes on the tiny model, with a worker killed, a worker
+//! stopped until its job is taken over, and the server killed and started again.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use multitune_api::{Dataset, Experiment, Status};
+use multitune_cluster::queue::{Queue, MAX_ATTEMPTS};
+use serde_json::json;
+
+use crate::http::{demo_file, experiment_of, upload, wait_for, Server};
+use crate::pg;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn one_job(q: &mut Queue, experiment: &str, max_attempts: i32) {
+    assert_eq!(q.enqueue(experiment, &[("base".into(), "{}".into())], max_attempts).unwrap(), 1);
+}
+
+#[test]
+fn a_job_is_leased_once_and_a_silent_workers_writes_are_refused() {
+    let url = pg::shared().database();
+    let mut w1 = Queue::connect(&url).unwrap();
+    let mut w2 = Queue::connect(&url).unwrap();
+    one_job(&mut w1, "e1", MAX_ATTEMPTS);
+    // Enqueueing again (a server started again) adds nothing.
+    assert_eq!(w1.enqueue("e1", &[("base".into(), "{}".into())], MAX_ATTEMPTS).unwrap(), 0);
+    let lease = Duration::from_millis(800);
+    let a1 = w1.lease("w1", lease).unwrap().expect("a queued job");
+    assert_eq!((a1.attempt, a1.part.as_str(), a1.checkpoint.as_deref()), (1, "base", None));
+    assert!(w2.lease("w2", lease).unwrap().is_none(), "a job held by a live worker is not leased again");
+    assert!(w1.push_event(&a1, "w1", "{\"kind\":\"x\"}").unwrap());
+    assert!(w1.set_checkpoint(&a1, "experiments/e1/jobs/base/attempt-1/checkpoint-3").unwrap());
+    assert!(w1.heartbeat(&a1, "w1").unwrap());
+    // w1 goes silent past the lease: w2 takes the job over as attempt 2, from w1's checkpoint.
+    std::thread::sleep(lease + Duration::from_millis(300));
+    let a2 = w2.lease("w2", lease).unwrap().expect("the silent worker's job");
+    assert_eq!(a2.attempt, 2);
+    assert_eq!(a2.checkpoint.as_deref(), Some("experiments/e1/jobs/base/attempt-1/checkpoint-3"));
+    // Every late write of attempt 1 is refused and changes nothing.
+    assert!(!w1.heartbeat(&a1, "w1").unwrap());
+    assert!(!w1.push_event(&a1, "w1", "{\"kind\":\"late\"}").unwrap());
+    assert!(!w1.set_checkpoint(&a1, "late").unwrap());
+    assert!(!w1.finish(&a1, "late-result").unwrap());
+    assert!(!w1.fail(&a1, "late failure").unwrap());
+    let events = w1.events(10).unwrap();
+    assert_eq!(events.iter().map(|e| (e.attempt, e.data.as_str())).collect::<Vec<_>>(), [(1, "{\"kind\":\"x\"}")]);
+    // The job finishes once, with attempt 2's result.
+    assert!(w2.finish(&a2, "experiments/e1/jobs/base/attempt-2/result").unwrap());
+    assert!(!w2.finish(&a2, "again").unwrap(), "a job finishes exactly once");
+    let jobs = w1.jobs("e1").unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].status.as_str(), jobs[0].attempt), ("done", 2));
+    assert_eq!(jobs[0].result.as_deref(), Some("experiments/e1/jobs/base/attempt-2/result"));
+    assert_eq!(jobs[0].worker.as_deref(), Some("w2"));
+    // The server takes the events, then the queue forgets them.
+    w1.forget_events(&events.iter().map(|e| e.id).collect::<Vec<_>>()).unwrap();
+    assert!(w1.events(10).unwrap().is_empty());
+}
+
+#[test]
+fn a_job_whose_workers_keep_dying_is_given_up_with_the_reason() {
+    let url = pg::shared().database();
+    let mut q = Queue::connect(&url).unwrap();
+    one_job(&mut q, "e2", 2);
+    let lease = Duration::from_millis(300);
+    let a1 = q.lease("w1", lease).unwrap().unwrap();
+    std::thread::sleep(lease * 2);
+    let a2 = q.lease("w2", lease).unwrap().unwrap();
+    assert_eq!((a1.attempt, a2.attempt), (1, 2));
+    std::thread::sleep(lease * 2);
+    assert!(q.lease("w3", lease).unwrap().is_none(), "no third attempt of two");
+    assert_eq!(q.give_up_silent(lease).unwrap(), [a1.job]);
+    let job = &q.jobs("e2").unwrap()[0];
+    assert_eq!(job.status, "failed");
+    let why = job.error.as_deref().unwrap();
+    assert!(why.contains("worker w2 stopped sending heartbeats during attempt 2 of 2"), "{why}");
+    // Resumed: more attempts, numbered on from the last (fencing depends on it).
+    assert_eq!(q.retry("e2", 3).unwrap(), 1);
+    let a3 = q.lease("w3", lease).unwrap().unwrap();
+    assert_eq!(a3.attempt, 3);
+    assert!(!q.finish(&a2, "late").unwrap());
+    // Cancelled: the worker's next heartbeat says so.
+    assert_eq!(q.cancel("e2").unwrap(), 1);
+    assert!(!q.heartbeat(&a3, "w3").unwrap());
+}
+
+#[test]
+fn a_newer_queue_schema_is_refused() {
+    let url = pg::shared().database();
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    drop(Queue::connect(&url).unwrap());
+    c.batch_execute("UPDATE multitune_schema SET version = version + 1").unwrap();
+    let e = Queue::connect(&url).err().unwrap().to_string();
+    assert!(e.contains("newer than this Multitune understands"), "{e}");
+    let e = Queue::connect("postgres://postgres@127.0.0.1:1/x").err().unwrap().to_string();
+    assert!(e.contains("connecting to the queue at postgres://postgres@127.0.0.1:1/x"), "{e}");
+}
+
+/// A `multitune worker` process whose log lines are kept.
+struct Worker {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    fn start(name: &str, queue: &str, artifacts: &str, work: &Path) -> Self {
+        let mut child = Command::new(crate::util::bin())
+            .args(["worker", "--device", "cpu", "--heartbeat-s", "0.3", "--lease-s", "2", "--name", name])
+            .args(["--queue", queue, "--artifacts", artifacts, "--work-dir"])
+            .arg(work.join(name))
+            .arg("--models-dir")
+            .arg(crate::util::models_dir())
+            .env("MULTITUNE_BLAS", "gemm")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (lines, err) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        });
+        Self { name: name.into(), child, log }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Whether one line of its log says all of `what`.
+    fn said(&self, what: &[&str]) -> bool {
+        self.log.lock().unwrap().iter().any(|l| what.iter().all(|w| l.contains(w)))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `(job, part, worker, attempt, status, has a checkpoint)` of every job.
+fn jobs_in(pg: &mut postgres::Client) -> Vec<(i64, String, Option<String>, i32, String, bool)> {
+    pg.query("SELECT id, part, worker, attempt, status, checkpoint IS NOT NULL FROM jobs ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect()
+}
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < LONG * 5, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir`, by its path below it.
+fn files_below(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path().strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Server + four workers, six jobs: a worker killed after a checkpoint, another stopped
+/// until its job is taken over and then continued, the server killed and started again.
+/// Every run finishes exactly once, the killed and the stopped jobs continue from their
+/// checkpoints as attempt 2, the late writes are refused, and every adapter is bit for
+/// bit what an uninterrupted comparison with the same seed trains.
+#[test]
+fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
+    // Blocking PostgreSQL calls here, HTTP through a runtime of its own.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = pg::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let artifacts = format!("file://{}", dir.path().join("artifacts").display());
+    let flags = ["--queue", &url, "--artifacts", &artifacts, "--heartbeat-s", "0.3", "--lease-s", "2"];
+    let c = reqwest::Client::new();
+    let mut s = Server::start(&data, &flags);
+    let workers: Vec<Worker> = (1..=4).map(|i| Worker::start(&format!("w{i}"), &url, &artifacts, dir.path())).collect();
+    let mut ids = Vec::new();
+    for t in ["sentiment", "topic"] {
+        let d: Dataset = rt.block_on(async {
+            upload(&c, &s, &format!("{t}.jsonl"), demo_file(&format!("{t}.jsonl"))).await.json().await.unwrap()
+        });
+        ids.push(d.id);
+    }
+    let spec = json!({
+        "name": "cluster", "model": "tiny",
+        "tasks": ids.iter().map(|i| json!({"dataset": i})).collect::<Vec<_>>(),
+        "strategies": [
+            {"strategy": "combined"}, {"strategy": "sequential"}, {"strategy": "sequential", "variant": "merge_then_new"},
+            {"strategy": "separate", "merges": []}, {"strategy": "multi_head"}
+        ],
+        "budget_tokens": 24000,
+        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20, "checkpoint_every": 2}
+    });
+    let e: Experiment = rt
+        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let mut q = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let by_name = |name: &str| workers.iter().find(|w| w.name == name).unwrap();
+
+    // Kill -9 a worker once its job has a checkpoint; another takes it over as attempt 2.
+    let (killed_job, killed) = poll("a checkpoint", || {
+        jobs_in(&mut q).into_iter().find(|j| j.4 == "running" && j.5).map(|j| (j.0, j.2.unwrap()))
+    });
+    by_name(&killed).signal(libc::SIGKILL);
+    let t_kill = Instant::now();
+    let taker = poll("the killed worker's job leased again", || {
+        jobs_in(&mut q).into_iter().find(|j| j.0 == killed_job && j.3 == 2 && j.4 == "running").map(|j| j.2.unwrap())
+    });
+    let redelivered = t_kill.elapsed();
+    eprintln!("job {killed_job}: worker {killed} killed, leased again by {taker} after {redelivered:.1?}");
+    assert!(redelivered < Duration::from_secs(15), "{redelivered:?}");
+
+    // Stop another worker (SIGSTOP) once its job has a checkpoint, until the job is
+    // taken over; then let it go on: what it writes late must be refused.
+    let (stalled_job, stalled) = poll("a second checkpoint", || {
+        jobs_in(&mut q)
+            .into_iter()
+            .find(|j| j.4 == "running" && j.5 && j.3 == 1 && j.2.as_deref() != Some(killed.as_str()))
+            .map(|j| (j.0, j.2.unwrap()))
+    });
+    by_name(&stalled).signal(libc::SIGSTOP);
+    poll("the stopped worker's job leased again", || {
+        jobs_in(&mut q).into_iter().find(|j| j.0 == stalled_job && j.3 == 2).map(|_| ())
+    });
+    by_name(&stalled).signal(libc::SIGCONT);
+    poll("the stalled worker dropping its attempt", || {
+        by_name(&stalled).said(&[&format!("job {stalled_job} ("), "attempt 1", "lease was lost"]).then_some(())
+    });
+
+    // Kill the server mid-comparison and start it again on the same folder.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = Server::start(&data, &flags);
+    let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let trained: Vec<_> = done.runs.iter().filter(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).collect();
+    assert_eq!(trained.len(), 5, "{:?}", done.runs);
+    assert!(trained.iter().all(|r| r.status == Status::Done && r.worker.is_some()), "{trained:?}");
+    let jobs = jobs_in(&mut q);
+    assert_eq!(jobs.len(), 6);
+    assert!(jobs.iter().all(|j| j.4 == "done"), "{jobs:?}");
+    assert_eq!(jobs.iter().find(|j| j.0 == killed_job).unwrap().3, 2);
+    assert_eq!(jobs.iter().find(|j| j.0 == stalled_job).unwrap().3, 2);
+
+    // What the server recorded: each run finished once; the killed job's attempt 2
+    // continued from a checkpoint (start step > 0); nothing of the stalled worker's
+    // attempt 1 after attempt 2 began.
+    let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
+    let rows: Vec<(i64, Option<String>, String, Option<String>, Option<i64>, String)> = {
+        let mut st = db
+            .prepare("SELECT id, run, kind, worker, attempt, data FROM events WHERE experiment_id = ?1 ORDER BY id")
+            .unwrap();
+        st.query_map([&e.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    for r in &trained {
+        let finished = rows.iter().filter(|x| x.1.as_deref() == Some(&r.name) && x.2 == "run_finished").count();
+        assert_eq!(finished, 1, "run {} finished {finished} times", r.name);
+    }
+    let run_of = |worker: &str| -> String {
+        rows.iter()
+            .find(|x| x.3.as_deref() == Some(worker) && x.4 == Some(1) && x.1.is_some())
+            .unwrap()
+            .1
+            .clone()
+            .unwrap()
+    };
+    let killed_run = run_of(&killed);
+    let resumed_from: Vec<u64> = rows
+        .iter()
+        .filter(|x| x.1.as_deref() == Some(&killed_run) && x.2 == "train_started" && x.4 == Some(2))
+        .map(|x| serde_json::from_str::<serde_json::Value>(&x.5).unwrap()["start_step"].as_u64().unwrap())
+        .collect();
+    assert!(resumed_from.first().is_some_and(|&s| s > 0), "attempt 2 of {killed_run} started at {resumed_from:?}");
+    let stalled_run = run_of(&stalled);
+    let last_of_1 = rows.iter().filter(|x| x.1.as_deref() == Some(&stalled_run) && x.4 == Some(1)).map(|x| x.0).max();
+    let first_of_2 = rows.iter().filter(|x| x.1.as_deref() == Some(&stalled_run) && x.4 == Some(2)).map(|x| x.0).min();
+    assert!(last_of_1 < first_of_2, "a late write of attempt 1 was recorded: {last_of_1:?} vs {first_of_2:?}");
+    assert_eq!(rt.block_on(experiment_of(&c, &s, &e.id)).status, Status::Done);
+
+    // The same comparison without interruptions trains the same adapters, bit for bit.
+    let again: Experiment = rt
+        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let done2 = rt.block_on(wait_for(&c, &s, &again.id, |x| x.status.is_final()));
+    assert_eq!(done2.status, Status::Done, "{:?}", done2.error);
+    let adapters = |id: &str| files_below(&data.join("experiments").join(id).join("out/adapters"));
+    let (a, b) = (adapters(&e.id), adapters(&again.id));
+    assert!(!a.is_empty());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(b[k] == *v, "{} differs from the uninterrupted run's", k.display());
+    }
+    drop(workers);
+}
