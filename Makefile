@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
+.PHONY: run cli-demo test postgres model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -36,8 +36,16 @@ cli-demo: build-release
 
 ## test: everything CI checks (fetches the default model and builds the dashboard first;
 ## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
-test: model ui
+test: model ui postgres
 	$(CARGO) test --workspace
+
+## postgres: PostgreSQL's server programs (Debian's `postgresql`, 15 on bookworm) for the
+## distributed mode's tests, which start a private cluster of their own; skipped when
+## initdb is there. Installing needs root (apt-get), as CI has.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql || \
+		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }; }
 
 ## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when present.
 model: build

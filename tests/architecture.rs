@@ -1,4 +1,4 @@
-//! The module graph of the engine and the server has no cycle: dependencies point down,
+//! The module graphs of the engine, the cluster and the server have no cycle: dependencies point down,
 //! as ARCHITECTURE.md maps them. Read from the sources: every `crate::…` and `super::…`
 //! path outside comments and test modules is an edge to the module it names; a `mod.rs`
 //! declaring or re-exporting its children is not.
@@ -167,11 +167,11 @@ fn the_checker_sees_a_cycle_and_the_edges_it_should() {
 }
 
 #[test]
-fn engine_and_server_modules_have_no_import_cycle() {
+fn engine_cluster_and_server_modules_have_no_import_cycle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for krate in ["app/src", "server/src"] {
+    for (krate, least) in [("app/src", 40), ("cluster/src", 4), ("server/src", 15)] {
         let g = edges(&root.join(krate));
-        assert!(g.len() > 10, "{krate}: read {} modules", g.len());
+        assert!(g.len() >= least, "{krate}: read {} modules", g.len());
         if let Some(c) = cycle(&g) {
             let names: Vec<String> = c.iter().map(|m| m.join("::")).collect();
             panic!("{krate}: import cycle {}", names.join(" → "));

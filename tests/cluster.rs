@@ -150,8 +150,14 @@ impl Drop for Worker {
     }
 }
 
-/// `(job, part, worker, attempt, status, has a checkpoint)` of every job.
-fn jobs_in(pg: &mut postgres::Client) -> Vec<(i64, String, Option<String>, i32, String, bool)> {
+/// `(job, part, worker, attempt, status, has a checkpoint)`.
+type JobRow = (i64, String, Option<String>, i32, String, bool);
+
+/// `(id, run, kind, worker, attempt, data)` of an event the server recorded.
+type EventRow = (i64, Option<String>, String, Option<String>, Option<i64>, String);
+
+/// Every job, oldest first.
+fn jobs_in(pg: &mut postgres::Client) -> Vec<JobRow> {
     pg.query("SELECT id, part, worker, attempt, status, checkpoint IS NOT NULL FROM jobs ORDER BY id", &[])
         .unwrap()
         .iter()
@@ -274,7 +280,7 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
     // continued from a checkpoint (start step > 0); nothing of the stalled worker's
     // attempt 1 after attempt 2 began.
     let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
-    let rows: Vec<(i64, Option<String>, String, Option<String>, Option<i64>, String)> = {
+    let rows: Vec<EventRow> = {
         let mut st = db
             .prepare("SELECT id, run, kind, worker, attempt, data FROM events WHERE experiment_id = ?1 ORDER BY id")
             .unwrap();
@@ -321,4 +327,84 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
         assert!(b[k] == *v, "{} differs from the uninterrupted run's", k.display());
     }
     drop(workers);
+}
+
+/// The README's figures (run by hand: `cargo test --test integration cluster::figures --
+/// --ignored --nocapture`): a four-strategy comparison on the tiny model with the server
+/// training alone (SQLite) and with 1, 2 and 4 workers; the time from killing a worker
+/// to its job's next lease, with another worker idle.
+#[test]
+#[ignore = "measures; prints the README's figures"]
+fn figures() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = reqwest::Client::new();
+    let budget: usize = std::env::var("FIGURES_BUDGET").ok().and_then(|b| b.parse().ok()).unwrap_or(24000);
+    let spec = |ids: &[String]| {
+        json!({
+            "name": "figures", "model": "tiny",
+            "tasks": ids.iter().map(|i| json!({"dataset": i})).collect::<Vec<_>>(),
+            "strategies": [{"strategy": "combined"}, {"strategy": "sequential"},
+                           {"strategy": "separate", "merges": ["linear"]}, {"strategy": "multi_head"}],
+            "budget_tokens": budget,
+            "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 20, "bootstrap": 200, "checkpoint_every": 10}
+        })
+    };
+    for workers in [0, 1, 2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = pg::shared().database();
+        let artifacts = format!("file://{}", dir.path().join("artifacts").display());
+        let flags: Vec<&str> = if workers == 0 { vec![] } else { vec!["--queue", &url, "--artifacts", &artifacts] };
+        let s = Server::start(&dir.path().join("data"), &flags);
+        let _w: Vec<Worker> =
+            (0..workers).map(|i| Worker::start(&format!("w{i}"), &url, &artifacts, dir.path())).collect();
+        let mut ids = Vec::new();
+        for t in multitune::data::demo::TASKS {
+            let d: Dataset = rt.block_on(async {
+                upload(&c, &s, &format!("{t}.jsonl"), demo_file(&format!("{t}.jsonl"))).await.json().await.unwrap()
+            });
+            ids.push(d.id);
+        }
+        let t0 = Instant::now();
+        let e: Experiment = rt.block_on(async {
+            c.post(s.url("/api/experiments")).json(&spec(&ids)).send().await.unwrap().json().await.unwrap()
+        });
+        let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+        assert_eq!(done.status, Status::Done, "{:?}", done.error);
+        let what =
+            if workers == 0 { "server alone (SQLite queue)".to_string() } else { format!("{workers} worker(s)") };
+        eprintln!("figures: {what}: {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    // Redelivery: one job, two workers; kill the one that holds it after a checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::shared().database();
+    let artifacts = format!("file://{}", dir.path().join("artifacts").display());
+    let mut q = Queue::connect(&url).unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--queue", &url, "--artifacts", &artifacts]);
+    let w: Vec<Worker> = (0..2).map(|i| Worker::start(&format!("r{i}"), &url, &artifacts, dir.path())).collect();
+    let d: Dataset = rt.block_on(async {
+        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
+    });
+    let mut one = spec(&[d.id]);
+    one["strategies"] = json!([{"strategy": "combined"}]);
+    one["budget_tokens"] = json!(60000);
+    one["hyper"]["checkpoint_every"] = json!(5);
+    let _e: Experiment =
+        rt.block_on(async { c.post(s.url("/api/experiments")).json(&one).send().await.unwrap().json().await.unwrap() });
+    let mut pgc = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let (job, holder) = poll("a checkpoint", || {
+        jobs_in(&mut pgc)
+            .into_iter()
+            .find(|j| j.1 == "strategy-0" && j.4 == "running" && j.5)
+            .map(|j| (j.0, j.2.unwrap()))
+    });
+    // The base job may still hold the other worker: wait until it is free.
+    poll("the other worker idle", || jobs_in(&mut pgc).into_iter().all(|j| j.0 == job || j.4 == "done").then_some(()));
+    w.iter().find(|x| x.name == holder).unwrap().signal(libc::SIGKILL);
+    let t_kill = Instant::now();
+    poll("the job leased again", || jobs_in(&mut pgc).into_iter().find(|j| j.0 == job && j.3 == 2).map(|_| ()));
+    eprintln!(
+        "figures: redelivery after kill -9 with a 2 s lease and an idle worker: {:.2} s",
+        t_kill.elapsed().as_secs_f64()
+    );
+    drop(q.jobs("x"));
 }

@@ -260,6 +260,8 @@ impl Job<'_> {
         };
         let prefix = attempt_prefix(&l.experiment_id, &l.part, l.attempt);
         let failure: RefCell<Option<anyhow::Error>> = RefCell::default();
+        // This attempt's previous checkpoint, removed once the job points at a newer one.
+        let previous: RefCell<Option<String>> = RefCell::default();
         let mut on_event = |e: &CompareEvent| {
             if self.lost.load(Ordering::Relaxed) || failure.borrow().is_some() {
                 return;
@@ -271,7 +273,13 @@ impl Job<'_> {
                     let at = format!("{prefix}/checkpoint-{step}");
                     self.store.put_dir(&out, &format!("{at}/out"))?;
                     self.store.put_dir(&state, &format!("{at}/state"))?;
-                    return q.set_checkpoint(l, &at);
+                    if !q.set_checkpoint(l, &at)? {
+                        return Ok(false);
+                    }
+                    if let Some(old) = previous.replace(Some(at)) {
+                        self.store.delete_dir(&old)?;
+                    }
+                    return Ok(true);
                 }
                 match experiment::event_of(e) {
                     Some(ev) => q.push_event(l, &self.opts.name, &serde_json::to_string(&ev)?),
@@ -311,7 +319,13 @@ impl Job<'_> {
                 self.store.put(&format!("{at}/state/{name}"), std::fs::read(&p)?)?;
             }
         }
-        Ok(if q.finish(l, &at)? { Outcome::Finished } else { Outcome::Lost })
+        if !q.finish(l, &at)? {
+            return Ok(Outcome::Lost);
+        }
+        if let Some(old) = previous.take() {
+            self.store.delete_dir(&old)?;
+        }
+        Ok(Outcome::Finished)
     }
 }
 

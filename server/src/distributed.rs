@@ -24,16 +24,7 @@ use multitune_cluster::Artifacts;
 
 use crate::db::Db;
 use crate::jobs;
-use crate::state::{AppState, Cluster};
-
-/// What request handlers ask of the coordinator.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    /// Stop an experiment's jobs and mark it cancelled.
-    Cancel(String),
-    /// Remove a deleted experiment's jobs and artifacts.
-    Forget(String),
-}
+use crate::state::{AppState, Cluster, ClusterRequest as Request};
 
 /// Connects to the queue and the artifacts (failing here, at start-up, with the reason),
 /// then starts the coordinator thread and, with `local_worker`, a worker thread.
@@ -202,8 +193,12 @@ impl Coordinator {
                     }
                 };
                 let worker = (e.worker.as_str(), e.attempt);
-                if self.state.publish_remote(&self.db, &e.experiment_id, event.clone(), e.id, worker)?.is_some() {
+                if let Some(envelope) =
+                    self.state.publish_remote(&self.db, &e.experiment_id, event.clone(), e.id, worker)?
+                {
+                    // The runs table first: a page that reloads on this event sees the worker.
                     jobs::track_run(&self.db, &e.experiment_id, &event, Some(worker))?;
+                    let _ = self.state.events.send(envelope);
                 }
             }
             let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();

@@ -211,7 +211,7 @@ pub fn record_report_runs(db: &Db, id: &str, dir: &Path, report: &strategy::Repo
             let dirs: Vec<String> = r
                 .adapter_dirs
                 .iter()
-                .filter_map(|d| Path::new(d).strip_prefix(&dir).ok().map(|p| p.to_string_lossy().into_owned()))
+                .filter_map(|d| Path::new(d).strip_prefix(dir).ok().map(|p| p.to_string_lossy().into_owned()))
                 .collect();
             let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::adapter::heads::HEADS_JSON).exists());
             c.execute(

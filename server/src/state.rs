@@ -115,6 +115,15 @@ impl Config {
     }
 }
 
+/// What request handlers ask of the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterRequest {
+    /// Stop an experiment's jobs and mark it cancelled.
+    Cancel(String),
+    /// Remove a deleted experiment's jobs and artifacts.
+    Forget(String),
+}
+
 /// Shared state (cheap to clone).
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -141,7 +150,7 @@ pub struct Inner {
     pub device_info: multitune::model::DeviceInfo,
     /// Work the distributed mode's coordinator does for request handlers (cancel or
     /// forget an experiment's jobs), taken at its next round.
-    pub cluster_requests: Mutex<Vec<crate::distributed::Request>>,
+    pub cluster_requests: Mutex<Vec<ClusterRequest>>,
     /// Slots for heavy request work (parsing uploads, zipping, merging): one at a time, so
     /// that a burst of requests never takes the CPU from training.
     pub background: tokio::sync::Semaphore,
@@ -179,9 +188,10 @@ impl Inner {
         Ok(id)
     }
 
-    /// Records an event a worker sent (`remote_id` in the queue) and publishes it, once:
-    /// `None` when it was recorded before (the server stopped between recording it and
-    /// telling the queue) or its experiment is gone.
+    /// Records an event a worker sent (`remote_id` in the queue), once: the envelope to
+    /// publish (after the runs table is updated), or `None` when it was recorded before
+    /// (the server stopped between recording it and telling the queue) or its experiment
+    /// is gone.
     pub fn publish_remote(
         &self,
         db: &Db,
@@ -189,7 +199,7 @@ impl Inner {
         event: Event,
         remote_id: i64,
         worker: (&str, i32),
-    ) -> rusqlite::Result<Option<i64>> {
+    ) -> rusqlite::Result<Option<Envelope>> {
         let data = serde_json::to_string(&event).expect("events serialise");
         let id = db.with(|c| {
             let n = c.execute(
@@ -201,10 +211,7 @@ impl Inner {
             )?;
             Ok((n == 1).then(|| c.last_insert_rowid()))
         })?;
-        if let Some(id) = id {
-            let _ = self.events.send(Envelope { id, experiment_id: experiment.into(), event });
-        }
-        Ok(id)
+        Ok(id.map(|id| Envelope { id, experiment_id: experiment.into(), event }))
     }
 
     /// Whether runs go to distributed workers.

@@ -108,6 +108,10 @@ pub fn ExperimentPage() -> impl IntoView {
                         apply(e, &ev);
                     }
                 });
+                if let Event::RunStarted { .. } = ev {
+                    // The server's row names the run's worker (distributed mode).
+                    refresh();
+                }
                 if let Event::Status { status, .. } = ev {
                     if status.is_final() {
                         // The server ends the stream here; do not let the browser reconnect.

@@ -221,7 +221,7 @@ pub async fn experiments_cancel(
             s.cluster_requests
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(crate::distributed::Request::Cancel(id.clone()));
+                .push(crate::state::ClusterRequest::Cancel(id.clone()));
             let _ = s.wake.try_send(());
         }
         Status::Running => {
@@ -263,7 +263,7 @@ pub async fn experiments_delete(State(s): State<AppState>, Path(id): Path<String
     s.db.with(|c| c.execute("DELETE FROM experiments WHERE id = ?1", [&id]))?;
     let _ = tokio::fs::remove_dir_all(s.data.experiment(&id)).await;
     if s.distributed() {
-        s.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()).push(crate::distributed::Request::Forget(id));
+        s.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()).push(crate::state::ClusterRequest::Forget(id));
         let _ = s.wake.try_send(());
     }
     Ok(StatusCode::NO_CONTENT)
