@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test postgres model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
+.PHONY: run cli-demo test cluster-deps model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -36,16 +36,20 @@ cli-demo: build-release
 
 ## test: everything CI checks (fetches the default model and builds the dashboard first;
 ## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
-test: model ui postgres
+test: model ui cluster-deps
 	$(CARGO) test --workspace
 
-## postgres: PostgreSQL's server programs (Debian's `postgresql`, 15 on bookworm) for the
-## distributed mode's tests, which start a private cluster of their own; skipped when
-## initdb is there. Installing needs root (apt-get), as CI has.
-postgres:
+## cluster-deps: what the distributed mode's tests start: PostgreSQL's server programs
+## (Debian's `postgresql`, 15 on bookworm; installing needs root, as CI has) for a private
+## cluster, and an S3-compatible server (PyPI's moto[server], into MOTO_VENV) for the
+## s3:// artifacts; each skipped when present.
+MOTO_VENV ?= $(HOME)/.cache/multitune/moto-venv
+cluster-deps:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql || \
 		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }; }
+	@[ -x $(MOTO_VENV)/bin/moto_server ] || { python3 -m venv $(MOTO_VENV) && \
+		$(MOTO_VENV)/bin/pip install -q "moto[server]==5.2.5"; }
 
 ## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when present.
 model: build

@@ -111,7 +111,12 @@ struct Worker {
 
 impl Worker {
     fn start(name: &str, queue: &str, artifacts: &str, work: &Path) -> Self {
+        Self::start_with_env(name, queue, artifacts, work, &[])
+    }
+
+    fn start_with_env(name: &str, queue: &str, artifacts: &str, work: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(crate::util::bin())
+            .envs(env.iter().copied())
             .args(["worker", "--device", "cpu", "--heartbeat-s", "0.3", "--lease-s", "2", "--name", name])
             .args(["--queue", queue, "--artifacts", artifacts, "--work-dir"])
             .arg(work.join(name))
@@ -327,6 +332,93 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
         assert!(b[k] == *v, "{} differs from the uninterrupted run's", k.display());
     }
     drop(workers);
+}
+
+/// An S3-compatible server on a free loopback port: moto's (PyPI `moto[server]`, which
+/// `make test` and .ci/run install into `~/.cache/multitune/moto-venv`; `MULTITUNE_MOTO`
+/// names another `moto_server`). Stopped on drop.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let bin = std::env::var_os("MULTITUNE_MOTO").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/multitune/moto-venv/bin/moto_server")
+        });
+        assert!(bin.exists(), "{} is missing: `make test` installs it (PyPI moto[server])", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        poll("the S3 server", || std::net::TcpStream::connect(addr).ok().map(drop));
+        Self { child, endpoint: format!("http://{addr}") }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Artifacts in an S3 bucket (`s3://bucket/prefix`, endpoint and credentials from the
+/// `AWS_*` variables): a comparison through the server and a worker ends done, and its
+/// data, checkpoints and results are objects under the prefix.
+#[test]
+fn artifacts_in_an_s3_bucket() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = S3Server::start();
+    let c = reqwest::Client::new();
+    let made = rt.block_on(async { c.put(format!("{}/multitune", s3.endpoint)).send().await.unwrap().status() });
+    assert!(made.is_success(), "creating the bucket: {made}");
+    let env = [
+        ("AWS_ENDPOINT", s3.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "multitune"),
+        ("AWS_SECRET_ACCESS_KEY", "multitune-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let url = pg::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = "s3://multitune/runs";
+    let s = Server::start_with_env(&dir.path().join("data"), &["--queue", &url, "--artifacts", artifacts], &env);
+    let w = Worker::start_with_env("s3", &url, artifacts, dir.path(), &env);
+    let d: Dataset = rt.block_on(async {
+        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
+    });
+    let spec = json!({
+        "name": "s3", "model": "tiny", "tasks": [{"dataset": d.id}],
+        "strategies": [{"strategy": "combined"}, {"strategy": "separate", "merges": []}],
+        "budget_tokens": 2400,
+        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20, "checkpoint_every": 2}
+    });
+    let e: Experiment = rt
+        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert!(done.has_report && done.runs.iter().any(|r| r.has_adapter));
+    assert!(w.said(&["artifacts s3://multitune/runs"]));
+    let listing = rt.block_on(async {
+        c.get(format!("{}/multitune?list-type=2&prefix=runs/experiments/{}/", s3.endpoint, e.id))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for part in
+        ["/data/0/train/", "/jobs/base/attempt-1/result/state/done-base.json", "/jobs/strategy-0/attempt-1/result/out/"]
+    {
+        assert!(listing.contains(part), "no object with {part} in the bucket: {listing}");
+    }
 }
 
 /// The README's figures (run by hand: `cargo test --test integration cluster::figures --

@@ -28,17 +28,23 @@ pub fn server_bin() -> PathBuf {
 impl Server {
     /// Started with `--no-token`: the HTTP tests speak as a CLI client on loopback.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::launch(data, &[&["--no-token"], extra].concat())
+        Self::launch(data, &[&["--no-token"], extra].concat(), &[])
     }
 
     /// Started as `make run` starts it: with the access token made on first start, which
     /// the second start-up line gives in the dashboard's URL.
     pub fn start_with_token(data: &Path, extra: &[&str]) -> Self {
-        Self::launch(data, extra)
+        Self::launch(data, extra, &[])
     }
 
-    fn launch(data: &Path, extra: &[&str]) -> Self {
+    /// Started with `--no-token` and these environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(data, &[&["--no-token"], extra].concat(), env)
+    }
+
+    fn launch(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(server_bin())
+            .envs(env.iter().copied())
             .args(["--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
             .arg(data)
             .arg("--models-dir")

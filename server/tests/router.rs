@@ -126,7 +126,7 @@ async fn health_version_models_and_unknown_routes() {
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, v): (_, Value) = app.json(Method::GET, "/api/version", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], multitune_server::db::schema_version());
     assert_eq!(v["device"], "cpu");
     // The device for people: the CPU's model, threads and memory.
     let d = &v["device_info"];
