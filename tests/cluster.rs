@@ -334,6 +334,31 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
     drop(workers);
 }
 
+/// `--local-worker`: the server is its own worker, through the same queue.
+#[test]
+fn a_server_with_a_local_worker_runs_the_queue_itself() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = pg::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = format!("file://{}", dir.path().join("artifacts").display());
+    let s = Server::start(&dir.path().join("data"), &["--queue", &url, "--artifacts", &artifacts, "--local-worker"]);
+    let c = reqwest::Client::new();
+    let d: Dataset = rt.block_on(async {
+        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
+    });
+    let spec = json!({
+        "name": "local", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
+        "budget_tokens": 2400, "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4}
+    });
+    let e: Experiment = rt
+        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let run = done.runs.iter().find(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).unwrap();
+    let w = run.worker.as_ref().expect("the run names its worker");
+    assert!(w.name.ends_with("-server") && w.attempt == 1, "{w:?}");
+}
+
 /// An S3-compatible server on a free loopback port: moto's (PyPI `moto[server]`, which
 /// `make test` and .ci/run install into `~/.cache/multitune/moto-venv`; `MULTITUNE_MOTO`
 /// names another `moto_server`). Stopped on drop.
