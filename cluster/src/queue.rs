@@ -369,19 +369,6 @@ impl Queue {
         self.client.execute("DELETE FROM jobs WHERE experiment_id = $1", &[&experiment]).map_err(plain)?;
         Ok(())
     }
-
-    /// Workers seen within `within`, with their device: `(name, device, seconds since seen)`.
-    pub fn workers(&mut self, within: Duration) -> anyhow::Result<Vec<(String, String, f64)>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT name, device, extract(epoch FROM now() - seen_at)::float8 FROM workers
-                 WHERE seen_at > now() - make_interval(secs => $1) ORDER BY name",
-                &[&within.as_secs_f64()],
-            )
-            .map_err(plain)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-    }
 }
 
 /// `url` with any password replaced by `***` (for messages and logs).
