@@ -85,6 +85,8 @@ impl std::fmt::Display for Invalid {
     }
 }
 
+impl std::error::Error for Invalid {}
+
 /// The engine configuration of an experiment, every problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> Result<CompareConfig, Invalid> {
     let mut problems = Vec::new();

@@ -93,7 +93,7 @@ pub fn run_cli(
         models_dir: cli.models_dir.clone(),
         timing: Timing { heartbeat: Duration::from_secs_f64(a.heartbeat_s), lease: Duration::from_secs_f64(a.lease_s) },
     };
-    run(&opts, device, &AtomicBool::new(false), &mut |m| eprintln!("worker {}: {m}", opts.name))
+    run(&opts, device, &mut |m| eprintln!("worker {}: {m}", opts.name))
 }
 
 /// The host's name and this process's id.
@@ -110,8 +110,9 @@ struct Current {
     lost: Arc<AtomicBool>,
 }
 
-/// Takes jobs until `stop` is set, reporting what it does through `log`.
-pub fn run(opts: &Options, device: &Device, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+/// Takes jobs until the process stops (or the queue fails), reporting what it does
+/// through `log`.
+pub fn run(opts: &Options, device: &Device, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
     let mut q = Queue::connect(&opts.queue)?;
     let store = Artifacts::open(&opts.artifacts)?;
     let device_info = multitune::model::device_info(device);
@@ -151,7 +152,7 @@ pub fn run(opts: &Options, device: &Device, stop: &AtomicBool, log: &mut dyn FnM
     let poll = (opts.timing.lease / 10).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut models: HashMap<String, Arc<LoadedModel>> = HashMap::new();
     let result = (|| -> anyhow::Result<()> {
-        while !stop.load(Ordering::Relaxed) {
+        loop {
             for id in q.give_up_silent(opts.timing.lease)? {
                 log(&format!("job {id}: its worker went silent on its last attempt; given up"));
             }
@@ -186,7 +187,6 @@ pub fn run(opts: &Options, device: &Device, stop: &AtomicBool, log: &mut dyn FnM
             }
             std::fs::remove_dir_all(job_dir(opts, &lease)).ok();
         }
-        Ok(())
     })();
     beating.store(false, Ordering::Relaxed);
     let _ = heart.join();
@@ -222,7 +222,7 @@ impl Job<'_> {
         let l = self.lease;
         let payload: JobPayload = serde_json::from_str(&l.payload).context("the job's payload does not parse")?;
         let part = Part::parse(&l.part).ok_or_else(|| anyhow::anyhow!("unknown part `{}`", l.part))?;
-        let cfg = experiment::compare_config(&payload.spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = experiment::compare_config(&payload.spec)?;
         let dir = job_dir(self.opts, l);
         std::fs::remove_dir_all(&dir).ok();
         let (out, state, data) = (dir.join("out"), dir.join("state"), dir.join("data"));
@@ -310,14 +310,9 @@ impl Job<'_> {
         // The result: the adapters and the part's records (not the checkpoints).
         let at = format!("{prefix}/result");
         self.store.put_dir(&out, &format!("{at}/out"))?;
-        for name in strategy::part_records(&cfg, part)
-            .into_iter()
-            .chain((0..cfg.strategies.len()).map(|i| format!("lr-search-r{i}.json")))
-        {
-            let p = state.join(&name);
-            if p.exists() {
-                self.store.put(&format!("{at}/state/{name}"), std::fs::read(&p)?)?;
-            }
+        for name in strategy::part_records(&cfg, part) {
+            let bytes = std::fs::read(state.join(&name)).with_context(|| format!("the part's record {name}"))?;
+            self.store.put(&format!("{at}/state/{name}"), bytes)?;
         }
         if !q.finish(l, &at)? {
             return Ok(Outcome::Lost);
@@ -329,11 +324,8 @@ impl Job<'_> {
     }
 }
 
-/// Loads the model a job names, fetching the default model when this machine lacks it.
+/// Loads the model a job names (the default model fetched when this machine lacks it).
 fn load_model(spec: &str, models_dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
-    if source == ModelSource::Default && !multitune::model::fetch::default_model_path(models_dir).exists() {
-        multitune::model::fetch::fetch_default_model(models_dir, &mut |m| eprintln!("{m}"))?;
-    }
     multitune::model::load_model(&source, models_dir, device, true).with_context(|| format!("loading model `{spec}`"))
 }

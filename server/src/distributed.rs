@@ -12,12 +12,12 @@
 //! at any point and, started again, loses or repeats nothing; the workers go on meanwhile.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use multitune::strategy::{self, Base, Control, Part};
-use multitune_api::{Event, ExperimentCreate, Status};
+use multitune_api::{Event, Status};
+use multitune_cluster::experiment;
 use multitune_cluster::queue::{Job, Queue};
 use multitune_cluster::worker::{self, JobPayload, TaskKeys};
 use multitune_cluster::Artifacts;
@@ -81,8 +81,7 @@ pub fn start(state: &AppState, wake: Receiver<()>) -> anyhow::Result<()> {
         };
         let device = state.device.clone();
         std::thread::Builder::new().name("multitune-worker".into()).spawn(move || loop {
-            let stop = AtomicBool::new(false);
-            if let Err(e) = worker::run(&opts, &device, &stop, &mut |m| tracing::info!("worker {}: {m}", opts.name)) {
+            if let Err(e) = worker::run(&opts, &device, &mut |m| tracing::info!("worker {}: {m}", opts.name)) {
                 tracing::error!("local worker: {e:#}; starting again in 5 s");
             }
             std::thread::sleep(Duration::from_secs(5));
@@ -101,9 +100,10 @@ struct Coordinator {
 
 impl Coordinator {
     fn round(&mut self) -> anyhow::Result<()> {
-        let requests: Vec<Request> =
-            std::mem::take(&mut *self.state.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()));
-        for r in requests {
+        // One request at a time, dropped once carried out (a queue error keeps the rest).
+        loop {
+            let next = self.state.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
+            let Some(r) = next else { break };
             match &r {
                 Request::Cancel(id) => {
                     self.queue.cancel(id)?;
@@ -114,8 +114,9 @@ impl Coordinator {
                     self.store.delete_dir(&format!("experiments/{id}"))?;
                 }
             }
+            self.state.cluster_requests.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| *x != r);
         }
-        for id in self.experiments("queued")? {
+        for id in jobs::experiments_with(&self.db, "queued")? {
             if let Err(e) = self.enqueue(&id) {
                 tracing::warn!("experiment {id} could not be queued: {e:#}");
                 jobs::set_status(&self.state, &self.db, &id, Status::Failed, Some(format!("{e:#}")))?;
@@ -123,8 +124,7 @@ impl Coordinator {
         }
         // The jobs' states first, their events second: a job seen done has sent all of
         // its events by then, so the runs table is complete before the report is.
-        let running: Vec<(String, Vec<Job>)> = self
-            .experiments("running")?
+        let running: Vec<(String, Vec<Job>)> = jobs::experiments_with(&self.db, "running")?
             .into_iter()
             .map(|id| Ok((id.clone(), self.queue.jobs(&id)?)))
             .collect::<anyhow::Result<_>>()?;
@@ -138,26 +138,11 @@ impl Coordinator {
         Ok(())
     }
 
-    fn experiments(&self, status: &str) -> rusqlite::Result<Vec<String>> {
-        self.db.with(|c| {
-            let mut st = c.prepare("SELECT id FROM experiments WHERE status = ?1 ORDER BY seq")?;
-            let ids = st.query_map([status], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>();
-            ids
-        })
-    }
-
-    fn spec(&self, id: &str) -> anyhow::Result<ExperimentCreate> {
-        let json: String =
-            self.db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
-        Ok(serde_json::from_str(&json)?)
-    }
-
     /// Puts a queued (or resumed) experiment's data into the artifacts and its parts
     /// into the queue; parts that failed or were cancelled are queued again.
     fn enqueue(&mut self, id: &str) -> anyhow::Result<()> {
-        let spec = self.spec(id)?;
-        let cfg =
-            jobs::compare_config(&spec).map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.join("; ")))?;
+        let spec = jobs::experiment_spec(&self.db, id)?;
+        let cfg = experiment::compare_config(&spec)?;
         let model = self.state.model_source(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?.spec();
         let mut tasks = Vec::new();
         for (i, t) in jobs::task_files(&self.state, &self.db, &spec)?.into_iter().enumerate() {
@@ -246,8 +231,8 @@ impl Coordinator {
     /// Fetches every job's result into the experiment folder and writes the report from
     /// their records (nothing is trained or scored again here).
     fn assemble(&mut self, id: &str, done: &[Job]) -> anyhow::Result<()> {
-        let spec = self.spec(id)?;
-        let cfg = jobs::compare_config(&spec).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let spec = jobs::experiment_spec(&self.db, id)?;
+        let cfg = experiment::compare_config(&spec)?;
         let dir = self.state.data.experiment(id);
         let (out, state_dir) = (dir.join("out"), dir.join("state"));
         for j in done {

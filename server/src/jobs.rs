@@ -169,11 +169,15 @@ fn run_experiment(state: &AppState, db: &Db, id: &str) {
     }
 }
 
+/// An experiment's stored request.
+pub fn experiment_spec(db: &Db, id: &str) -> anyhow::Result<ExperimentCreate> {
+    let json: String = db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
+    Ok(serde_json::from_str(&json)?)
+}
+
 fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let spec_json: String =
-        db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
-    let spec: ExperimentCreate = serde_json::from_str(&spec_json)?;
-    let cfg = compare_config(&spec).map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.join("; ")))?;
+    let spec = experiment_spec(db, id)?;
+    let cfg = experiment::compare_config(&spec)?;
     let tasks = load_tasks(state, db, &spec)?;
     let model = state.model(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let dir = state.data.experiment(id);
@@ -224,13 +228,18 @@ pub fn record_report_runs(db: &Db, id: &str, dir: &Path, report: &strategy::Repo
     })
 }
 
+/// The ids of experiments with `status`, in queue order.
+pub fn experiments_with(db: &Db, status: &str) -> rusqlite::Result<Vec<String>> {
+    db.with(|c| {
+        let mut st = c.prepare("SELECT id FROM experiments WHERE status = ?1 ORDER BY seq")?;
+        let ids = st.query_map([status], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>();
+        ids
+    })
+}
+
 /// Marks experiments left running by a crash as interrupted (at start-up).
 pub fn mark_interrupted(state: &AppState) -> rusqlite::Result<usize> {
-    let ids: Vec<String> = state.db.with(|c| {
-        let mut st = c.prepare("SELECT id FROM experiments WHERE status = 'running'")?;
-        let rows = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>();
-        rows
-    })?;
+    let ids = experiments_with(&state.db, "running")?;
     for id in &ids {
         set_status(
             state,

@@ -174,24 +174,16 @@ impl Inner {
 
     /// Records `event` for `experiment` and publishes it.
     pub fn publish(&self, db: &Db, experiment: &str, event: Event) -> rusqlite::Result<i64> {
-        let data = serde_json::to_string(&event).expect("events serialise");
-        let id = db.with(|c| {
-            c.execute(
-                &format!(
-                    "INSERT INTO events (experiment_id, run, kind, data, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"
-                ),
-                params![experiment, event.run(), event.kind(), data],
-            )?;
-            Ok(c.last_insert_rowid())
-        })?;
-        let _ = self.events.send(Envelope { id, experiment_id: experiment.into(), event });
+        let envelope = self.record(db, experiment, event, None)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        let id = envelope.id;
+        let _ = self.events.send(envelope);
         Ok(id)
     }
 
-    /// Records an event a worker sent (`remote_id` in the queue), once: the envelope to
-    /// publish (after the runs table is updated), or `None` when it was recorded before
-    /// (the server stopped between recording it and telling the queue) or its experiment
-    /// is gone.
+    /// Records an event a worker sent (`remote_id` in the queue, from `worker`'s attempt),
+    /// once: the envelope to publish (after the runs table is updated), or `None` when it
+    /// was recorded before (the server stopped between recording it and telling the
+    /// queue) or its experiment is gone.
     pub fn publish_remote(
         &self,
         db: &Db,
@@ -200,14 +192,27 @@ impl Inner {
         remote_id: i64,
         worker: (&str, i32),
     ) -> rusqlite::Result<Option<Envelope>> {
+        self.record(db, experiment, event, Some((remote_id, worker.0, worker.1)))
+    }
+
+    /// Inserts an event row (with its queue id, worker and attempt when a worker sent
+    /// it); `None` when that queue id is recorded already or the experiment is gone.
+    fn record(
+        &self,
+        db: &Db,
+        experiment: &str,
+        event: Event,
+        remote: Option<(i64, &str, i32)>,
+    ) -> rusqlite::Result<Option<Envelope>> {
         let data = serde_json::to_string(&event).expect("events serialise");
+        let (remote_id, worker, attempt) = (remote.map(|r| r.0), remote.map(|r| r.1), remote.map(|r| r.2));
         let id = db.with(|c| {
             let n = c.execute(
                 &format!(
                     "INSERT OR IGNORE INTO events (experiment_id, run, kind, data, created_at, remote_id, worker, attempt)
                      SELECT ?1, ?2, ?3, ?4, {NOW}, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)"
                 ),
-                params![experiment, event.run(), event.kind(), data, remote_id, worker.0, worker.1],
+                params![experiment, event.run(), event.kind(), data, remote_id, worker, attempt],
             )?;
             Ok((n == 1).then(|| c.last_insert_rowid()))
         })?;

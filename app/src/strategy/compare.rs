@@ -30,6 +30,33 @@ pub fn compare(
     control: Control,
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<Report> {
+    start(tasks, cfg, control)?;
+    let seeds = seeds_of(cfg);
+    let mut runs = vec![score_base(base, tasks, cfg, out, control, on_event)?];
+    let (per_seed, separate_adapters) = run_seeds(base, tasks, cfg, out, control, None, on_event)?;
+    runs.extend(report::aggregate(per_seed, &seeds));
+    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
+        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
+    } else {
+        None
+    };
+    let report = Report::new(tasks, cfg, runs, similarity);
+    report.write(out)?;
+    crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
+    Ok(report)
+}
+
+/// The seeds a comparison runs: its list, or its one training seed.
+fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
+    if cfg.seeds.is_empty() {
+        vec![cfg.train.seed]
+    } else {
+        cfg.seeds.clone()
+    }
+}
+
+/// Checks what every comparison (or part of one) needs and makes the state folder.
+fn start(tasks: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()> {
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
     }
@@ -37,19 +64,39 @@ pub fn compare(
         return Err(Error::Invalid("the token budget must be positive".into()));
     }
     cfg.train.validate()?;
-    let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
     if let Some(d) = control.state_dir {
         std::fs::create_dir_all(d)?;
     }
-    let base_row = {
-        let suffix = String::new();
-        let key = "base".into();
-        let shared = &RefCell::default();
-        let mut ctx =
-            Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, on_event: &mut *on_event };
-        base_run(&mut ctx)?
-    };
-    let mut runs = vec![base_row];
+    Ok(())
+}
+
+/// The base model's row ([`base_run`] in its own context).
+fn score_base(
+    base: &Base,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &Path,
+    control: Control,
+    on_event: &mut dyn FnMut(&CompareEvent),
+) -> Result<RunResult> {
+    let (suffix, key, shared) = (String::new(), "base".into(), &RefCell::default());
+    let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, on_event };
+    base_run(&mut ctx)
+}
+
+/// Runs every strategy (or only strategy `only`) for every seed of `cfg`: each seed's
+/// rows (the seed suffix taken off their names) and the first seed's separate adapters.
+/// A later seed trains into `out/seeds/seed-<seed>`.
+fn run_seeds(
+    base: &Base,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &Path,
+    control: Control,
+    only: Option<usize>,
+    on_event: &mut dyn FnMut(&CompareEvent),
+) -> Result<(Vec<Vec<RunResult>>, Vec<LoraAdapter>)> {
+    let seeds = seeds_of(cfg);
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     let mut searches: Vec<Option<LrSearch>> = vec![None; cfg.strategies.len()];
@@ -70,7 +117,7 @@ pub fn compare(
             on_event: &mut *on_event,
         };
         let n = cfg.strategies.len();
-        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches, None)?;
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches, only)?;
         if k == 0 {
             separate_adapters = adapters;
         }
@@ -87,16 +134,7 @@ pub fn compare(
                 .collect::<Vec<_>>(),
         );
     }
-    runs.extend(report::aggregate(per_seed, &seeds));
-    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
-        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
-    } else {
-        None
-    };
-    let report = Report::new(tasks, cfg, runs, similarity);
-    report.write(out)?;
-    crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
-    Ok(report)
+    Ok((per_seed, separate_adapters))
 }
 
 /// The base model's scores: the reference row (recorded, so a resumed comparison does
@@ -187,7 +225,7 @@ impl Part {
 
 /// The record files (in the state folder) that `part` of `cfg` leaves when it finishes.
 pub fn part_records(cfg: &CompareConfig, part: Part) -> Vec<String> {
-    let seeds = cfg.seeds.len().max(1);
+    let seeds = seeds_of(cfg).len();
     match part {
         Part::Base => vec!["done-base.json".into()],
         Part::Strategy(si) => (0..seeds).map(|k| format!("done-s{k}-r{si}.json")).collect(),
@@ -205,56 +243,19 @@ pub fn compare_part(
     part: Part,
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<()> {
-    let Some(state_dir) = control.state_dir else {
+    if control.state_dir.is_none() {
         return Err(Error::Invalid("a comparison part needs a state folder for its record".into()));
-    };
+    }
     if let Part::Strategy(i) = part {
         if i >= cfg.strategies.len() {
             return Err(Error::Invalid(format!("strategy {i} is not one of the {}", cfg.strategies.len())));
         }
     }
-    if tasks.is_empty() {
-        return Err(Error::Invalid("no tasks to compare".into()));
+    start(tasks, cfg, control)?;
+    match part {
+        Part::Base => score_base(base, tasks, cfg, out, control, on_event).map(drop),
+        Part::Strategy(si) => run_seeds(base, tasks, cfg, out, control, Some(si), on_event).map(drop),
     }
-    cfg.train.validate()?;
-    std::fs::create_dir_all(state_dir)?;
-    let seeds = if cfg.seeds.is_empty() { vec![cfg.train.seed] } else { cfg.seeds.clone() };
-    let shared = &RefCell::default();
-    let Part::Strategy(si) = part else {
-        let mut ctx = Ctx {
-            base,
-            tasks,
-            cfg,
-            out,
-            suffix: String::new(),
-            control,
-            key: "base".into(),
-            score_stages: true,
-            shared,
-            on_event,
-        };
-        return base_run(&mut ctx).map(drop);
-    };
-    let mut searches: Vec<Option<LrSearch>> = vec![None; cfg.strategies.len()];
-    for (k, &seed) in seeds.iter().enumerate() {
-        let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
-        let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
-        let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
-        let mut ctx = Ctx {
-            base,
-            tasks,
-            cfg: &scfg,
-            out: &sout,
-            suffix,
-            control,
-            key: String::new(),
-            score_stages: true,
-            shared: &RefCell::default(),
-            on_event: &mut *on_event,
-        };
-        run_strategies(&mut ctx, k, cfg.strategies.len() * seeds.len(), &mut searches, Some(si))?;
-    }
-    Ok(())
 }
 
 /// A record in the state folder (a finished run's rows, a learning-rate search), if it
