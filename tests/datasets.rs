@@ -24,7 +24,12 @@ fn malformed_corpus_is_rejected_line_by_line_and_twins_accepted() {
                     rej.issues.iter().any(|i| i.line == line && i.to_string().contains(phrase)),
                     "{file}: expected line {line} with {phrase:?}, got:\n{rej}"
                 );
-                assert!(rej.to_string().contains(&format!("line {line}")));
+                let place = match (line, file.ends_with(".parquet")) {
+                    (0, _) => "file: ".to_string(),
+                    (n, true) => format!("row {n}: "),
+                    (n, false) => format!("line {n}"),
+                };
+                assert!(rej.to_string().contains(&place), "{file}: expected {place:?} in:\n{rej}");
             }
             Err(other) => panic!("{file}: wrong error kind: {other}"),
             Ok(_) => panic!("{file}: accepted"),
@@ -35,6 +40,9 @@ fn malformed_corpus_is_rejected_line_by_line_and_twins_accepted() {
     }
     assert!(n >= 100, "only {n} malformed files");
     assert!(kinds.len() >= 12, "only {} kinds: {kinds:?}", kinds.len());
+    for kind in ["json_array", "parquet_truncated", "parquet_not_parquet", "parquet_column_type", "parquet_null"] {
+        assert!(kinds.contains(kind), "no {kind} fixtures");
+    }
 }
 
 #[test]
@@ -53,4 +61,15 @@ fn limits_are_enforced_and_named() {
     let mut opts = LoadOptions::default();
     opts.limits.max_rows = 10;
     assert!(data::load(&p, &opts).unwrap_err().to_string().contains("line 11: the file has 20 rows; the limit is 10"));
+    // Parquet: the row count is refused from the file's metadata, before any row is
+    // read; a field's length names its row.
+    let pq = fixtures().join("valid/parquet_hf_01.parquet");
+    let mut opts = LoadOptions::default();
+    opts.limits.max_rows = 5;
+    let e = data::load(&pq, &opts).unwrap_err().to_string();
+    assert!(e.contains("file: the file has 10 rows; the limit is 5"), "{e}");
+    let mut opts = LoadOptions::default();
+    opts.limits.max_field_chars = 6;
+    let e = data::load(&pq, &opts).unwrap_err().to_string();
+    assert!(e.contains("row 1: column `prompt`: has 8 characters; the limit is 6"), "{e}");
 }

@@ -288,7 +288,9 @@ async fn malformed_and_oversize_uploads_are_refused() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/malformed");
     let manifest = std::fs::read_to_string(fixtures.join("MANIFEST.tsv")).unwrap();
     let mut n = 0;
-    for row in manifest.lines().skip(1).step_by(7) {
+    // Every seventh fixture, and every JSON array and Parquet file.
+    let rows = manifest.lines().skip(1).enumerate();
+    for (_, row) in rows.filter(|(i, r)| i % 7 == 0 || r.contains(".parquet\t") || r.contains(".json\t")) {
         let cols: Vec<&str> = row.split('\t').collect();
         let (file, line, phrase) = (cols[0], cols[1], cols[2]);
         let r = upload(&c, &s, file, std::fs::read(fixtures.join(file)).unwrap()).await;
@@ -298,7 +300,8 @@ async fn malformed_and_oversize_uploads_are_refused() {
         let all = format!("{} {}", body.error.message, body.error.details.join(" | "));
         assert!(all.contains(phrase), "{file}: `{phrase}` not in {all}");
         if line != "0" && status == 422 {
-            assert!(all.contains(&format!("line {line}")), "{file}: line {line} not in {all}");
+            let place = if file.ends_with(".parquet") { "row" } else { "line" };
+            assert!(all.contains(&format!("{place} {line}")), "{file}: {place} {line} not in {all}");
         }
         n += 1;
     }
@@ -313,6 +316,20 @@ async fn malformed_and_oversize_uploads_are_refused() {
     assert_eq!(health.status(), 200);
     let list: Vec<Dataset> = c.get(s.url("/api/datasets")).send().await.unwrap().json().await.unwrap();
     assert!(list.is_empty(), "nothing half-stored: {list:?}");
+    // Their repaired twins are taken: a JSON array, Parquet written by pyarrow (zstd,
+    // nested chat lists) and by Hugging Face `datasets`.
+    let valid = fixtures.parent().unwrap().join("valid");
+    for (file, format) in [
+        ("json_array_01.json", "alpaca"),
+        ("parquet_chat_00.parquet", "chat"),
+        ("parquet_hf_00.parquet", "sharegpt"),
+        ("parquet_column_type_01.parquet", "text/label"),
+    ] {
+        let r = upload(&c, &s, file, std::fs::read(valid.join(file)).unwrap()).await;
+        assert_eq!(r.status(), 201, "{file}");
+        let d: Dataset = r.json().await.unwrap();
+        assert_eq!((d.format.as_str(), d.rows), (format, 10), "{file}");
+    }
 }
 
 /// Started as `make run` starts it, the server wants a token by default (kept in the data

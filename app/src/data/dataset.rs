@@ -51,43 +51,48 @@ pub struct TaskSpec {
 /// One problem with one place of a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
-    /// 1-based line (0: the file as a whole).
+    /// 1-based line (0: the file as a whole); the 1-based row of a Parquet file.
     pub line: usize,
     /// 1-based column, for CSV.
     pub column: Option<usize>,
-    /// The field concerned.
+    /// The field concerned (a Parquet file's column).
     pub field: Option<String>,
     /// What is wrong.
     pub reason: String,
+    /// The file is a Parquet file: `line` counts rows and `field` names a column.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row: bool,
 }
 
 impl Issue {
     /// A problem with a whole line.
     pub fn line(line: usize, reason: impl Into<String>) -> Self {
-        Self { line, column: None, field: None, reason: reason.into() }
+        Self { line, column: None, field: None, reason: reason.into(), row: false }
     }
     /// A problem at a CSV line and column.
     pub fn at(line: usize, column: usize, reason: impl Into<String>) -> Self {
-        Self { line, column: Some(column), field: None, reason: reason.into() }
+        Self { line, column: Some(column), field: None, reason: reason.into(), row: false }
     }
     /// A problem with a named field of a line.
     pub fn field(line: usize, field: &str, reason: String) -> Self {
-        Self { line, column: None, field: Some(field.into()), reason }
+        Self { line, column: None, field: Some(field.into()), reason, row: false }
     }
 }
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "file")?;
-        } else {
-            write!(f, "line {}", self.line)?;
+        match (self.line, self.row) {
+            (0, _) => write!(f, "file")?,
+            (n, true) => write!(f, "row {n}")?,
+            (n, false) => write!(f, "line {n}")?,
         }
         if let Some(c) = self.column {
             write!(f, ", column {c}")?;
         }
-        if let Some(field) = &self.field {
-            write!(f, ": field `{field}`")?;
+        match &self.field {
+            Some(field) if self.row => write!(f, ": column `{field}`")?,
+            Some(field) => write!(f, ": field `{field}`")?,
+            None => {}
         }
         write!(f, ": {}", self.reason)
     }
@@ -201,13 +206,20 @@ impl Dataset {
     }
 }
 
-struct Collector {
+pub(crate) struct Collector {
     issues: Vec<Issue>,
     total: usize,
+    /// Issues count rows, not lines (Parquet).
+    rows: bool,
 }
 
 impl Collector {
-    fn push(&mut self, i: Issue) {
+    /// Issues found so far.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+    pub(crate) fn push(&mut self, mut i: Issue) {
+        i.row = self.rows;
         self.total += 1;
         if self.issues.len() < MAX_LISTED {
             self.issues.push(i);
@@ -246,23 +258,38 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         }));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-    let csv_hint = path.extension().map(|e| e.eq_ignore_ascii_case("csv"));
-    parse(&name, &bytes, csv_hint, opts).map_err(Error::Dataset)
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if ext.as_deref() == Some("parquet") && !super::parquet::is_parquet(&bytes) {
+        return Err(Error::Dataset(Rejection {
+            file: name,
+            issues: vec![Issue::line(0, super::parquet::NOT_PARQUET)],
+            total: 1,
+        }));
+    }
+    parse(&name, &bytes, ext.as_deref(), opts).map_err(Error::Dataset)
 }
 
-/// Judges the bytes of a dataset. `csv` says whether the file is CSV (`None`: guess
-/// from the first character).
+/// Judges the bytes of a dataset: Parquet (found by its magic bytes), CSV, JSON lines,
+/// or a JSON array. `ext` is the file's extension, lower case: `csv` is CSV, `jsonl`
+/// JSON lines, `json` a JSON array when it starts with `[` (else JSON lines); without
+/// one, the first character decides.
 pub fn parse(
     name: &str,
     bytes: &[u8],
-    csv: Option<bool>,
+    ext: Option<&str>,
     opts: &LoadOptions,
 ) -> std::result::Result<Dataset, Rejection> {
-    let mut c = Collector { issues: vec![], total: 0 };
+    let parquet = super::parquet::is_parquet(bytes);
+    let mut c = Collector { issues: vec![], total: 0, rows: parquet };
     let reject = |c: Collector| Rejection { file: name.into(), issues: c.issues, total: c.total };
     if bytes.len() as u64 > opts.limits.max_bytes {
         c.push(Issue::line(0, format!("is {} bytes; the limit is {}", bytes.len(), opts.limits.max_bytes)));
         return Err(reject(c));
+    }
+    if parquet {
+        let rows = super::parquet::read(bytes, opts.format, &opts.limits, &mut c);
+        let rows = rows.map(|rows| read_objects(rows.into_iter().map(|(n, v)| (n, Ok(v))), opts.format, &mut c));
+        return judge(rows, opts, c, "row").map_err(reject);
     }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     check_encoding(bytes, &mut c);
@@ -274,26 +301,46 @@ pub fn parse(
         c.push(Issue::line(0, "is empty"));
         return Err(reject(c));
     }
-    let is_csv = csv.unwrap_or_else(|| !text.trim_start().starts_with('{'));
-    let rows = if is_csv { read_csv(text, opts.format, &mut c) } else { Some(read_jsonl(text, opts.format, &mut c)) };
-    let Some(Rows { format, records, lines }) = rows else { return Err(reject(c)) };
+    let start = text.trim_start();
+    let array = start.starts_with('[') && ext != Some("jsonl");
+    let is_csv = ext.map_or(!start.starts_with('{') && !array, |e| e == "csv");
+    let rows = if is_csv {
+        read_csv(text, opts.format, &mut c)
+    } else if array {
+        let elements = json_array_elements(text, &mut c);
+        Some(read_objects(elements.into_iter(), opts.format, &mut c))
+    } else {
+        Some(read_objects(json_lines(text), opts.format, &mut c))
+    };
+    judge(rows, opts, c, "line").map_err(reject)
+}
+
+/// Limits, the task's kind and label set, and warnings, for the rows read from any
+/// kind of file; `unit` names a record's place (`line`, or `row` in Parquet files).
+fn judge(
+    rows: Option<Rows>,
+    opts: &LoadOptions,
+    mut c: Collector,
+    unit: &str,
+) -> std::result::Result<Dataset, Collector> {
+    let Some(Rows { format, records, lines }) = rows else { return Err(c) };
     check_limits(&records, &lines, &opts.limits, &mut c);
     let Some(format) = format else {
         if c.total == 0 {
             c.push(Issue::line(0, "has no examples"));
         }
-        return Err(reject(c));
+        return Err(c);
     };
     if c.total > 0 {
-        return Err(reject(c));
+        return Err(c);
     }
     let kind = opts.kind.unwrap_or_else(|| infer_kind(format, &records, opts.limits.max_labels));
     let labels =
         if kind == TaskKind::Classification { label_set(&records, &lines, &opts.limits, &mut c) } else { vec![] };
     if c.total > 0 {
-        return Err(reject(c));
+        return Err(c);
     }
-    let warnings = warnings(&records, &lines, kind);
+    let warnings = warnings(&records, &lines, kind, unit);
     Ok(Dataset { format, kind, labels, records, lines, warnings })
 }
 
@@ -374,20 +421,109 @@ fn read_csv(text: &str, format: Option<Format>, c: &mut Collector) -> Option<Row
     Some(Rows { format: Some(fmt), records, lines })
 }
 
-/// Reads JSONL lines: the format is detected per line (or forced), and a line in
-/// another format than the ones before it is an issue.
-fn read_jsonl(text: &str, forced: Option<Format>, c: &mut Collector) -> Rows {
+/// A JSON value read from a file, or why it could not be, with its line (row).
+type JsonItem = (usize, std::result::Result<serde_json::Value, Issue>);
+
+/// The non-blank lines of a JSONL file, parsed.
+fn json_lines(text: &str) -> impl Iterator<Item = JsonItem> + '_ {
+    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, line)| {
+        let n = i + 1;
+        (n, serde_json::from_str(line).map_err(|e| Issue::at(n, e.column(), format!("invalid JSON: {e}"))))
+    })
+}
+
+/// The elements of a JSON array (Alpaca's `alpaca_data.json`, `json.dump` of a list),
+/// each parsed on its own so an error names the line of the element it is in. A file
+/// that ends inside the array (truncated) or has text after it is an issue.
+fn json_array_elements(text: &str, c: &mut Collector) -> Vec<JsonItem> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let (mut i, mut line) = (0usize, 1usize);
+    let skip_ws = |i: &mut usize, line: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *line += usize::from(b[*i] == b'\n');
+            *i += 1;
+        }
+    };
+    skip_ws(&mut i, &mut line);
+    i += 1; // the opening `[`, checked by the caller
+    loop {
+        skip_ws(&mut i, &mut line);
+        if i < b.len() && b[i] == b']' && out.is_empty() {
+            i += 1;
+            break;
+        }
+        let (start, start_line) = (i, line);
+        let (mut depth, mut in_str, mut escaped) = (0i64, false, false);
+        while i < b.len() {
+            let ch = b[i];
+            if in_str && ch == b'\n' {
+                // JSON strings hold no raw line break: the string on this line is not
+                // closed, and where the next element starts cannot be known.
+                c.push(Issue::line(line, "invalid JSON: a string on this line is not closed"));
+                return out;
+            }
+            if in_str {
+                match (escaped, ch) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_str = false,
+                    _ => {}
+                }
+            } else {
+                match ch {
+                    b'"' => in_str = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => depth -= 1,
+                    b',' | b']' if depth == 0 => break,
+                    _ => {}
+                }
+            }
+            line += usize::from(ch == b'\n');
+            i += 1;
+        }
+        if i >= b.len() {
+            c.push(Issue::line(
+                start_line,
+                "the file ends inside this element: the JSON array is not closed (truncated file?)",
+            ));
+            return out;
+        }
+        let element = text[start..i].trim_end();
+        let parsed = if element.is_empty() {
+            Err(Issue::line(start_line, "invalid JSON: an empty element (two commas, or a comma before `]`)"))
+        } else {
+            serde_json::from_str(element).map_err(|e| {
+                let at = start_line + e.line().saturating_sub(1);
+                let message = e.to_string();
+                let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m).to_string();
+                Issue::line(at, format!("invalid JSON: {message}"))
+            })
+        };
+        out.push((start_line, parsed));
+        i += 1;
+        if b[i - 1] == b']' {
+            break;
+        }
+    }
+    skip_ws(&mut i, &mut line);
+    if i < b.len() {
+        c.push(Issue::line(line, "text after the JSON array's closing `]`"));
+    }
+    out
+}
+
+/// Reads JSON objects (JSONL lines, a JSON array's elements, Parquet rows): the format
+/// is detected per object (or forced), and an object in another format than the ones
+/// before it is an issue.
+fn read_objects(items: impl Iterator<Item = JsonItem>, forced: Option<Format>, c: &mut Collector) -> Rows {
     let (mut records, mut lines) = (Vec::new(), Vec::new());
     let mut format = forced;
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = match serde_json::from_str(line) {
+    for (n, v) in items {
+        let v = match v {
             Ok(v) => v,
-            Err(e) => {
-                c.push(Issue::at(n, e.column(), format!("invalid JSON: {e}")));
+            Err(issue) => {
+                c.push(issue);
                 continue;
             }
         };
@@ -398,7 +534,10 @@ fn read_jsonl(text: &str, forced: Option<Format>, c: &mut Collector) -> Rows {
         let detected = Format::detect(|k| obj.contains_key(k));
         let fmt = match (format, detected) {
             (Some(f), Some(d)) if f != d && forced.is_none() => {
-                c.push(Issue::line(n, format!("is {} but earlier lines are {} (mixed formats)", d.name(), f.name())));
+                c.push(Issue::line(
+                    n,
+                    format!("is {} but earlier examples are {} (mixed formats)", d.name(), f.name()),
+                ));
                 continue;
             }
             // Lines that look like no format are read as the file's format, so the
@@ -480,13 +619,13 @@ fn label_set(records: &[Record], lines: &[usize], limits: &Limits, c: &mut Colle
 }
 
 /// What is worth knowing about an accepted dataset: duplicates, class imbalance.
-fn warnings(records: &[Record], lines: &[usize], kind: TaskKind) -> Vec<String> {
+fn warnings(records: &[Record], lines: &[usize], kind: TaskKind, unit: &str) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut seen: HashMap<&Record, usize> = HashMap::new();
     let mut dups = Vec::new();
     for (r, &line) in records.iter().zip(lines) {
         if let Some(&first) = seen.get(r) {
-            dups.push(format!("line {line} repeats line {first}"));
+            dups.push(format!("{unit} {line} repeats {unit} {first}"));
         } else {
             seen.insert(r, line);
         }
@@ -610,7 +749,27 @@ mod tests {
         for t in texts {
             let d = parse("t", t.as_bytes(), None, &opts).unwrap_or_else(|e| panic!("{t}: {e}"));
             assert_eq!(d.records, vec![want.clone()], "{t}");
+            if t.starts_with('{') {
+                // The same row as a JSON array's element, on one line or pretty-printed.
+                for array in [format!("[{t}]"), format!("[\n  {}\n]\n", t.replace(",", ",\n    "))] {
+                    let d =
+                        parse("t", array.as_bytes(), Some("json"), &opts).unwrap_or_else(|e| panic!("{array}: {e}"));
+                    assert_eq!(d.records, vec![want.clone()], "{array}");
+                }
+            }
         }
+        // A `.jsonl` file is JSON lines even when its first line is a list (an error).
+        let e = parse("t", b"[1, 2]\n{\"prompt\":\"a\",\"completion\":\"b\"}", Some("jsonl"), &opts).unwrap_err();
+        assert!(e.to_string().contains("line 1: is not a JSON object"), "{e}");
+        // Array elements on known lines; commas and brackets inside strings do not split.
+        let text = "[\n{\"prompt\": \"a, [b]\", \"completion\": \"c\"},\n\n{\"prompt\": \"d\"}\n]";
+        let e = parse("t", text.as_bytes(), Some("json"), &opts).unwrap_err();
+        assert_eq!(e.issues.len(), 1, "{e}");
+        assert!(e.to_string().contains("line 4: field `completion`: is missing"), "{e}");
+        let e = parse("t", b"[]", Some("json"), &opts).unwrap_err();
+        assert!(e.to_string().contains("has no examples"), "{e}");
+        let e = parse("t", b"[{\"prompt\":\"a\",\"completion\":\"b\"},]", Some("json"), &opts).unwrap_err();
+        assert!(e.to_string().contains("an empty element"), "{e}");
         let alpaca = parse("t", br#"{"instruction":"Add","input":"2 and 3","output":"5"}"#, None, &opts).unwrap();
         let pc = parse("t", br#"{"prompt":"Add\n\n2 and 3","completion":"5"}"#, None, &opts).unwrap();
         assert_eq!(alpaca.records[0], pc.records[0]);

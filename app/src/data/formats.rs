@@ -80,7 +80,7 @@ impl Format {
     }
 }
 
-/// A row's fields, by name, from JSON or CSV.
+/// A row's fields, by name, from JSON (lines, arrays, Parquet rows) or CSV.
 pub trait Fields {
     /// The raw value of `name`: `Ok(None)` if absent; `Err` if present but not text.
     fn text(&self, name: &str) -> Result<Option<String>, String>;
@@ -135,6 +135,7 @@ pub fn extract(format: Format, row: &dyn Fields, line: usize) -> Result<Record, 
     let need = |name: &str| -> Result<String, Issue> {
         match row.text(name) {
             Err(why) => Err(Issue::field(line, name, why)),
+            Ok(None) if matches!(row.json(name), Some(Value::Null)) => Err(Issue::field(line, name, "is null".into())),
             Ok(None) => Err(Issue::field(line, name, "is missing".into())),
             Ok(Some(s)) if s.trim().is_empty() => Err(Issue::field(line, name, "is empty".into())),
             Ok(Some(s)) => Ok(s),

@@ -1,5 +1,5 @@
 //! Task data, from a user's file to the model's batches: the accepted row formats
-//! ([`formats`], [`csv`]), whole-file validation, task kinds, limits and splits
+//! ([`formats`]; files: JSON lines or arrays, [`csv`], [`parquet`]), whole-file validation, task kinds, limits and splits
 //! ([`dataset`]), rendering with the chat template and tokenising ([`example`]),
 //! prefix-shared packing ([`pack`]), and the reproducible demo suite ([`demo`]).
 
@@ -9,6 +9,7 @@ pub mod demo;
 pub mod example;
 pub mod formats;
 pub mod pack;
+pub mod parquet;
 
 pub use dataset::{
     infer_kind, load, overlap_warning, parse, split_indices, task_name, tokenize, Dataset, Issue, Limits, LoadOptions,

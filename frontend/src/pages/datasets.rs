@@ -52,13 +52,13 @@ pub fn DatasetsPage() -> impl IntoView {
     };
     view! {
         <h1>"Datasets"</h1>
-        <p>"One file per task: JSONL, JSON or CSV in prompt/completion, Alpaca, chat, ShareGPT or text/label form."</p>
+        <p>"One file per task: JSONL, a JSON array, CSV or Parquet (what Hugging Face datasets write) in prompt/completion, Alpaca, chat, ShareGPT or text/label form."</p>
         <div class=move || if dragging.get() { "drop active" } else { "drop" }
             on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
             on:dragleave=move |_| dragging.set(false)
             on:drop=on_drop>
             <label for="file">"Drop a dataset here, or choose a file: "</label>
-            <input id="file" type="file" accept=".jsonl,.json,.csv" on:change=on_pick />
+            <input id="file" type="file" accept=".jsonl,.json,.csv,.parquet" on:change=on_pick />
         </div>
         {move || progress.get().map(|p| view! {
             <div class="upload"><progress max="1" value=p.to_string()></progress>" uploading " {format::percent(p)}</div>

@@ -137,6 +137,7 @@ pub async fn datasets_create(
                 let ext = match filename.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
                     Some("csv") => "csv",
                     Some("json") => "json",
+                    Some("parquet") => "parquet",
                     _ => "jsonl",
                 };
                 let path = tmp_dir.join(format!("{}.{ext}", files::new_id()));
