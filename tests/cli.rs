@@ -2,6 +2,14 @@ use std::process::{Command, Output};
 
 use crate::util::{bin, sentiment_task, write_jsonl};
 
+/// Every scalar of the event files in `dir`.
+fn tensorboard_scalars(dir: &std::path::Path) -> Vec<multitune::train::tensorboard::Scalar> {
+    let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
+    multitune::train::tensorboard::read(&files[0]).unwrap()
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("MULTITUNE_DEVICE", "cpu").output().expect("multitune runs")
 }
@@ -52,6 +60,22 @@ fn train_generate_eval_on_the_tiny_model() {
     let steps = log.lines().filter(|l| l.contains("\"event\":\"step\"")).count();
     assert_eq!(steps, 6);
     assert_eq!(log.lines().filter(|l| l.contains("\"event\":\"checkpoint\"")).count(), 2);
+    // The TensorBoard event file holds the same curve as train_log.jsonl (as f32) and the
+    // held-out scores after the last step.
+    let scalars = tensorboard_scalars(&out.join("tensorboard"));
+    let jsonl: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (tag, field) in [("train/loss", "loss"), ("train/learning_rate", "lr"), ("train/grad_norm", "grad_norm")] {
+        let want: Vec<(u64, f32)> = jsonl
+            .iter()
+            .filter(|e| e["event"] == "step")
+            .map(|e| (e["step"].as_u64().unwrap(), e[field].as_f64().unwrap() as f32))
+            .collect();
+        let got: Vec<(u64, f32)> = scalars.iter().filter(|s| s.tag == tag).map(|s| (s.step, s.value)).collect();
+        assert_eq!(got, want, "{tag}");
+    }
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    let acc = scalars.iter().find(|s| s.tag == "eval/task/accuracy").expect("held-out accuracy logged");
+    assert_eq!((acc.step, acc.value), (6, eval["metrics"][0][1]["value"].as_f64().unwrap() as f32));
 
     // Training again into the same folder without --resume is refused, not clobbered.
     let again = run(&["train", "--model", "tiny", "--data", d, "--out", o, "--steps", "6"]);
@@ -214,6 +238,13 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
         text(&r)
     );
     assert!(out.join("report.json").exists() && out.join("charts/scores.png").exists());
+    // One TensorBoard run per run of the comparison: the sequential run's two stages on
+    // one step axis, each task scored after each stage.
+    let seq = tensorboard_scalars(&out.join("tensorboard/sequential-continue"));
+    let steps: Vec<u64> = seq.iter().filter(|s| s.tag == "train/loss").map(|s| s.step).collect();
+    assert!(!steps.is_empty() && steps.windows(2).all(|w| w[1] == w[0] + 1) && steps[0] == 1, "{steps:?}");
+    assert_eq!(seq.iter().filter(|s| s.tag == "eval/sentiment").count(), 2, "{seq:?}");
+    assert!(out.join("tensorboard/base").is_dir() && out.join("tensorboard/multi-head").is_dir());
     // The multi-head run answers through its heads: a classifier task with its labels.
     let heads_dir = out.join("adapters/multi-head");
     let h = heads_dir.to_str().unwrap();

@@ -357,6 +357,12 @@ fn a_server_with_a_local_worker_runs_the_queue_itself() {
     let run = done.runs.iter().find(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).unwrap();
     let w = run.worker.as_ref().expect("the run names its worker");
     assert!(w.name.ends_with("-server") && w.attempt == 1, "{w:?}");
+    // The worker's TensorBoard files came back with its result.
+    let tb = dir.path().join("data/experiments").join(&e.id).join("out/tensorboard");
+    for run in ["base", "combined-proportional"] {
+        let files: Vec<_> = std::fs::read_dir(tb.join(run)).unwrap().map(|f| f.unwrap().path()).collect();
+        assert!(!multitune::train::tensorboard::read(&files[0]).unwrap().is_empty(), "{run}");
+    }
 }
 
 /// An S3-compatible server on a free loopback port: moto's (PyPI `moto[server]`, which

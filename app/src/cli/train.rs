@@ -15,6 +15,7 @@ use crate::data::{self, Example, Limits, LoadOptions, Record, Split, TaskSpec};
 use crate::eval::{self, EvalOptions};
 use crate::model::LoadedModel;
 use crate::persist;
+use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
 use crate::train::{self, CheckpointPlan, TrainConfig, TrainEvent, TrainSummary};
 
 /// A task and its held-out records.
@@ -206,7 +207,7 @@ impl TrainArgs {
             &self.out.join("train_config.json"),
             serde_json::to_string_pretty(&run_info)?.as_bytes(),
         )?;
-        let summary = self.train_with_progress(&m, &mut adapter, &examples, &cfg, &ckpt)?;
+        let (summary, mut curves) = self.train_with_progress(&m, &mut adapter, &examples, &cfg, &ckpt)?;
         peft::save_adapter(&self.out, &adapter, &m.model.cfg, &m.base_name)?;
         persist::write_atomic(&self.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
         let first = summary.losses.first().copied().unwrap_or(f64::NAN);
@@ -224,11 +225,16 @@ impl TrainArgs {
             println!("held-out: {} examples", r.examples);
             print_table(std::slice::from_ref(&r));
             persist::write_atomic(&self.out.join("eval.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
+            for (metric, e) in &r.metrics {
+                curves.eval(&format!("{}/{metric}", task.name), e.value)?;
+            }
+            curves.eval(&format!("{}/loss", task.name), r.loss.value)?;
         }
         Ok(())
     }
 
-    /// The training loop with a progress bar and every event appended to `train_log.jsonl`.
+    /// The training loop with a progress bar, every event appended to `train_log.jsonl`
+    /// and the step scalars to a TensorBoard event file in `tensorboard/`.
     fn train_with_progress(
         &self,
         m: &LoadedModel,
@@ -236,12 +242,14 @@ impl TrainArgs {
         examples: &[Example],
         cfg: &TrainConfig,
         ckpt: &CheckpointPlan,
-    ) -> anyhow::Result<TrainSummary> {
+    ) -> anyhow::Result<(TrainSummary, RunLog)> {
         let log_path = self.out.join("train_log.jsonl");
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut curves = RunLog::create(&self.out.join(TENSORBOARD_DIR))?;
         let pb = bar(0, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}");
         let summary = train::train(&m.model, adapter, examples, cfg, Some(ckpt), None, &mut |ev| {
             let _ = writeln!(log, "{}", serde_json::to_string(ev).unwrap_or_default());
+            let _ = curves.train("train", ev);
             match ev {
                 TrainEvent::Started { total_steps, start_step, trainable_params, examples } => {
                     pb.set_length(*total_steps as u64);
@@ -262,6 +270,6 @@ impl TrainArgs {
             }
         })?;
         pb.finish();
-        Ok(summary)
+        Ok((summary, curves))
     }
 }

@@ -11,12 +11,13 @@ use crate::adapter::lora::LoraAdapter;
 use crate::adapter::peft;
 use crate::eval::EvalOptions;
 use crate::memory::RssSampler;
-use crate::strategy::context::{Base, CompareEvent, Control, Ctx};
+use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
 use crate::strategy::lr_search::{self, LrSearch};
 use crate::strategy::report::{self, Report, RunCost, RunResult};
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
 use crate::strategy::{combined, multi_head, separate, sequential};
+use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
 
@@ -31,6 +32,11 @@ pub fn compare(
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<Report> {
     start(tasks, cfg, control)?;
+    let mut curves = Curves::new(out);
+    let on_event = &mut |e: &CompareEvent| {
+        curves.observe(e);
+        on_event(e)
+    };
     let seeds = seeds_of(cfg);
     let mut runs = vec![score_base(base, tasks, cfg, out, control, on_event)?];
     let (per_seed, separate_adapters) = run_seeds(base, tasks, cfg, out, control, None, on_event)?;
@@ -45,6 +51,46 @@ pub fn compare(
     crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
     Ok(report)
 }
+
+/// Every run's training curves and evaluations as TensorBoard event files, in
+/// `out/tensorboard/<run>/` (`tensorboard --logdir out/tensorboard` shows the runs side by
+/// side). Best effort: a run whose file cannot be written is left out, training goes on.
+struct Curves {
+    dir: std::path::PathBuf,
+    runs: std::collections::HashMap<String, Option<RunLog>>,
+}
+
+impl Curves {
+    fn new(out: &Path) -> Self {
+        Self { dir: out.join(TENSORBOARD_DIR), runs: Default::default() }
+    }
+
+    fn log(&mut self, run: &str) -> Option<&mut RunLog> {
+        let dir = &self.dir;
+        self.runs.entry(run.to_string()).or_insert_with(|| RunLog::create(&dir.join(slug(run))).ok()).as_mut()
+    }
+
+    fn observe(&mut self, e: &CompareEvent) {
+        match e {
+            // The learning-rate search's trials train on the validation split: not the run's curve.
+            CompareEvent::Train { stage, .. } if stage.starts_with(LR_TRIAL_PREFIX) => {}
+            CompareEvent::Train { run, stage, event } => {
+                if let Some(log) = self.log(run) {
+                    let _ = log.train(stage, event);
+                }
+            }
+            CompareEvent::Evaluated { run, task, value, .. } => {
+                if let Some(log) = self.log(run) {
+                    let _ = log.eval(task, *value);
+                }
+            }
+            CompareEvent::RunStarted { .. } | CompareEvent::RunFinished { .. } => {}
+        }
+    }
+}
+
+/// How the stage of a learning-rate trial's training events begins.
+const LR_TRIAL_PREFIX: &str = "lr search ";
 
 /// The seeds a comparison runs: its list, or its one training seed.
 fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
@@ -252,6 +298,11 @@ pub fn compare_part(
         }
     }
     start(tasks, cfg, control)?;
+    let mut curves = Curves::new(out);
+    let on_event = &mut |e: &CompareEvent| {
+        curves.observe(e);
+        on_event(e)
+    };
     match part {
         Part::Base => score_base(base, tasks, cfg, out, control, on_event).map(drop),
         Part::Strategy(si) => run_seeds(base, tasks, cfg, out, control, Some(si), on_event).map(drop),
@@ -385,7 +436,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             lr_search: None,
             strategies: vec![trial_spec.clone()],
         };
-        let prefix = format!("lr search {lr:e} · ");
+        let prefix = format!("{LR_TRIAL_PREFIX}{lr:e} · ");
         let on = &mut *ctx.on_event;
         let mut forward = |e: &CompareEvent| {
             if let CompareEvent::Train { run, stage, event } = e {

@@ -1,8 +1,8 @@
 //! Supervised fine-tuning: the loop ([`trainer`]) over any [`Objective`] ([`objective`]),
 //! its configuration ([`config`]), which examples form each batch ([`batches`]), AdamW
 //! with the warm-up + cosine schedule and gradient clipping ([`optim`]), step checkpoints
-//! that resume bit-for-bit on the CPU ([`checkpoint`]), and what a run reports
-//! ([`events`]).
+//! that resume bit-for-bit on the CPU ([`checkpoint`]), what a run reports
+//! ([`events`]), and its curves as TensorBoard event files ([`tensorboard`]).
 //!
 //! Progress goes out as [`TrainEvent`]s through a callback; the trainer knows nothing
 //! of terminals or HTTP.
@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod objective;
 pub mod optim;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use batches::{batch_indices, GROUP_BUCKET, GROUP_WINDOW};
