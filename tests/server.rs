@@ -255,6 +255,7 @@ async fn path_traversal_payloads_are_refused() {
         ("GET", "/api/runs/{}/adapter"),
         ("GET", "/api/runs/{}/heads"),
         ("GET", "/api/runs/{}/merged"),
+        ("GET", "/api/runs/{}/gguf"),
     ];
     let chart_route = format!("/api/experiments/{}/charts/{{}}", e.id);
     let mut checked = 0;
@@ -270,7 +271,7 @@ async fn path_traversal_payloads_are_refused() {
             checked += 1;
         }
     }
-    assert!(checked >= 50 * 18);
+    assert!(checked >= 50 * 19);
     // The server is still there, and its data is intact.
     let (code, _) = s.raw("GET", &format!("/api/experiments/{}", e.id));
     assert_eq!(code, 200);
@@ -330,6 +331,53 @@ async fn malformed_and_oversize_uploads_are_refused() {
         let d: Dataset = r.json().await.unwrap();
         assert_eq!((d.format.as_str(), d.rows), (format, 10), "{file}");
     }
+}
+
+/// A run on the default model downloads as GGUF for llama.cpp and Ollama: the merged
+/// model (q8_0 here), the LoRA adapter and the Modelfiles in one zip; the merged model
+/// reads back with our GGUF loader and gives the merged model's next token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_the_default_model_downloads_as_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let c = reqwest::Client::new();
+    let d: Dataset = upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap();
+    let spec = json!({
+        "name": "gguf", "model": "default", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
+        "budget_tokens": 300, "hyper": {"learning_rate": 0.001, "batch_size": 2, "max_tokens": 96, "eval_limit": 2, "bootstrap": 0}
+    });
+    let r = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e: Experiment = r.json().await.unwrap();
+    let done = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    let run = done.runs.iter().find(|r| r.name.starts_with("combined")).unwrap();
+    let r = c.get(s.url(&format!("/api/runs/{}/gguf?type=q4", run.id))).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.get(s.url(&format!("/api/runs/{}/gguf?type=q8_0", run.id))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut names: Vec<String> = (0..z.len()).map(|i| z.by_index(i).unwrap().name().to_string()).collect();
+    names.sort();
+    let folder = names[0].split('/').next().unwrap().to_string();
+    let want: Vec<String> = ["Modelfile", "Modelfile.adapter", "adapter.gguf", "model-q8_0.gguf"]
+        .iter()
+        .map(|f| format!("{folder}/{f}"))
+        .collect();
+    assert_eq!(names, want);
+    let out = dir.path().join("unzipped");
+    z.extract(&out).unwrap();
+    let modelfile = std::fs::read_to_string(out.join(&folder).join("Modelfile")).unwrap();
+    assert!(modelfile.contains("FROM ./model-q8_0.gguf") && modelfile.contains("TEMPLATE"), "{modelfile}");
+    let (g, tok) = multitune::model::load_gguf(
+        &out.join(&folder).join("model-q8_0.gguf"),
+        multitune::model::config::RopeLayout::HalfRotation,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(g.cfg.num_hidden_layers, 30);
+    assert!(tok.is_chat());
 }
 
 /// Started as `make run` starts it, the server wants a token by default (kept in the data

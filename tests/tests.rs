@@ -39,6 +39,9 @@ mod specs;
 // PEFT export: names, shapes, config keys, exact round trip, rope-layout permutation.
 mod peft_export;
 
+// GGUF export (f16, q8_0, LoRA) against our loader and quantized_llama.
+mod gguf_export;
+
 // The command line, as a user runs it.
 mod cli;
 

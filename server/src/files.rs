@@ -154,7 +154,7 @@ pub fn zip_folders_where(
                     }
                     let rel = p.strip_prefix(dir).map_err(std::io::Error::other)?;
                     let inner = format!("{name}/{}", rel.to_string_lossy().replace('\\', "/"));
-                    let stored = p.extension().is_some_and(|x| x == "safetensors" || x == "png");
+                    let stored = p.extension().is_some_and(|x| x == "safetensors" || x == "png" || x == "gguf");
                     let opts = SimpleFileOptions::default()
                         .compression_method(if stored {
                             zip::CompressionMethod::Stored

@@ -329,6 +329,12 @@ async fn experiments_validate_run_report_and_serve_artifacts() {
     let routed = done.runs.iter().find(|r| r.name == "separate (routed)").unwrap();
     let (s, _) = app.get(&format!("/api/runs/{}/merged", routed.id)).await;
     assert_eq!(s, StatusCode::CONFLICT);
+    // GGUF needs a GGUF base: the tiny model is not one; the answer says what to do.
+    let (s, body) = app.get(&format!("/api/runs/{}/gguf?type=f16", combined.id)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(String::from_utf8_lossy(&body).contains("convert_hf_to_gguf.py"));
+    let (s, _) = app.get(&format!("/api/runs/{}/gguf?type=q2", combined.id)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, h, _) =
         app.send(Request::get(format!("/api/experiments/{}/download", e.id)).body(Body::empty()).unwrap()).await;
     assert_eq!((s, h[header::CONTENT_TYPE].to_str().unwrap()), (StatusCode::OK, "application/zip"));

@@ -21,6 +21,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::model::gguf_write::{GgufOptions, GgufType};
 use crate::model::{LoadedModel, ModelSource};
 
 /// The command line: global flags and one subcommand.
@@ -101,6 +102,26 @@ pub enum Cmd {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write the base model with an adapter merged in as a GGUF file (llama.cpp, Ollama,
+    /// LM Studio), the adapter as a llama.cpp LoRA GGUF for the base GGUF, and an Ollama
+    /// Modelfile for each. The base must be a GGUF model (the default model is one).
+    ExportGguf {
+        /// The base model.
+        #[command(flatten)]
+        model: args::ModelArg,
+        /// The adapter folder (PEFT layout).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight type of the merged model: f16 or q8_0.
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+        /// The Modelfiles' system prompt (default: the chat template's own, as in training).
+        #[arg(long)]
+        system: Option<String>,
     },
 }
 
@@ -220,6 +241,35 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             let merged = m.model.with_adapter_merged(&ad, 1.0)?;
             crate::model::save_hf_dir(&merged, &m.tokenizer, out)?;
             println!("merged model written to {}", out.display());
+            Ok(())
+        }
+        Cmd::ExportGguf { model, adapter, out, ty, system } => {
+            let ty = GgufType::parse(ty).ok_or_else(|| anyhow::anyhow!("--type `{ty}`: use f16 or q8_0"))?;
+            let source = ModelSource::parse(&model.model)?;
+            let Some(base) = source.gguf_file(&cli.models_dir) else {
+                anyhow::bail!(
+                    "GGUF export needs a GGUF base model (the default model, or --model FILE.gguf), whose tokenizer and chat template it carries; for `{}`, export-merged writes a Hugging Face folder that llama.cpp's convert_hf_to_gguf.py converts",
+                    model.model
+                );
+            };
+            let m = load(&model.model, cli, &device)?;
+            let ad = load_adapter(adapter, &m, &device)?;
+            let name = format!("{} + {}", m.base_name, adapter.file_name().unwrap_or_default().to_string_lossy());
+            let opts = GgufOptions { ty, name, system: system.clone() };
+            let pb = bar(0, "{spinner} [{elapsed_precise}] {msg}");
+            pb.set_message(format!("merging and writing {} GGUF files", ty.name()));
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
+            let e = crate::model::gguf_write::export(&m.model, &m.tokenizer, &ad, &base, out, &opts)?;
+            pb.finish_and_clear();
+            for p in [&e.model, &e.adapter, &e.modelfiles[0], &e.modelfiles[1]] {
+                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                println!("{}  ({:.1} MB)", p.display(), size as f64 / 1e6);
+            }
+            println!(
+                "run it: llama-cli -m {} | ollama create NAME -f {}",
+                e.model.display(),
+                e.modelfiles[0].display()
+            );
             Ok(())
         }
     }

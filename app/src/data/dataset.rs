@@ -206,7 +206,7 @@ impl Dataset {
     }
 }
 
-pub(crate) struct Collector {
+struct Collector {
     issues: Vec<Issue>,
     total: usize,
     /// Issues count rows, not lines (Parquet).
@@ -214,11 +214,7 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
-    /// Issues found so far.
-    pub(crate) fn total(&self) -> usize {
-        self.total
-    }
-    pub(crate) fn push(&mut self, mut i: Issue) {
+    fn push(&mut self, mut i: Issue) {
         i.row = self.rows;
         self.total += 1;
         if self.issues.len() < MAX_LISTED {
@@ -287,7 +283,7 @@ pub fn parse(
         return Err(reject(c));
     }
     if parquet {
-        let rows = super::parquet::read(bytes, opts.format, &opts.limits, &mut c);
+        let rows = super::parquet::read(bytes, opts.format, &opts.limits, &mut |i| c.push(i));
         let rows = rows.map(|rows| read_objects(rows.into_iter().map(|(n, v)| (n, Ok(v))), opts.format, &mut c));
         return judge(rows, opts, c, "row").map_err(reject);
     }

@@ -11,8 +11,8 @@ use parquet::record::{Field, Row};
 use parquet::schema::types::Type;
 use serde_json::{Map, Value};
 
-use super::dataset::{Collector, Issue, Limits};
 use super::Format;
+use super::{Issue, Limits};
 
 /// The magic bytes at both ends of a Parquet file.
 const MAGIC: &[u8; 4] = b"PAR1";
@@ -30,15 +30,15 @@ pub fn is_parquet(bytes: &[u8]) -> bool {
 const MAX_INFLATION: u64 = 8;
 
 /// The rows of a Parquet file as JSON objects with their 1-based row numbers, or `None`
-/// when the file as a whole is refused (the issues say why).
-pub(crate) fn read(
+/// when the file as a whole is refused; every problem found goes to `issue`.
+pub fn read(
     bytes: &[u8],
     forced: Option<Format>,
     limits: &Limits,
-    c: &mut Collector,
+    issue: &mut dyn FnMut(Issue),
 ) -> Option<Vec<(usize, Value)>> {
     if bytes.len() < 12 || !bytes.ends_with(MAGIC) {
-        c.push(Issue::line(
+        issue(Issue::line(
             0,
             "is not a whole Parquet file: it does not end with the bytes `PAR1` (truncated, or still being written?)",
         ));
@@ -47,33 +47,33 @@ pub(crate) fn read(
     let reader = match SerializedFileReader::new(Bytes::copy_from_slice(bytes)) {
         Ok(r) => r,
         Err(e) => {
-            c.push(Issue::line(0, format!("is not a readable Parquet file: {e}")));
+            issue(Issue::line(0, format!("is not a readable Parquet file: {e}")));
             return None;
         }
     };
     let meta = reader.metadata();
     let rows = meta.file_metadata().num_rows().max(0) as usize;
     if rows > limits.max_rows {
-        c.push(Issue::line(0, format!("the file has {rows} rows; the limit is {}", limits.max_rows)));
+        issue(Issue::line(0, format!("the file has {rows} rows; the limit is {}", limits.max_rows)));
         return None;
     }
     let inflated: i64 = meta.row_groups().iter().map(|g| g.total_byte_size()).sum();
     let cap = limits.max_bytes.saturating_mul(MAX_INFLATION);
     if inflated.max(0) as u64 > cap {
-        c.push(Issue::line(
+        issue(Issue::line(
             0,
             format!("decompresses to {inflated} bytes; the limit is {cap} ({MAX_INFLATION} × the file limit)"),
         ));
         return None;
     }
     let columns = meta.file_metadata().schema_descr().root_schema().get_fields().to_vec();
-    if !check_schema(&columns, forced, c) {
+    if !check_schema(&columns, forced, issue) {
         return None;
     }
     let iter = match reader.get_row_iter(None) {
         Ok(i) => i,
         Err(e) => {
-            c.push(Issue::line(0, format!("is not a readable Parquet file: {e}")));
+            issue(Issue::line(0, format!("is not a readable Parquet file: {e}")));
             return None;
         }
     };
@@ -83,11 +83,11 @@ pub(crate) fn read(
         match row {
             Ok(r) => match object(&r) {
                 Ok(v) => out.push((n, v)),
-                Err((column, why)) => c.push(Issue::field(n, &column, why)),
+                Err((column, why)) => issue(Issue::field(n, &column, why)),
             },
             // A page that cannot be decoded ends the file's reading.
             Err(e) => {
-                c.push(Issue::line(n, format!("cannot be read: {e}")));
+                issue(Issue::line(n, format!("cannot be read: {e}")));
                 return None;
             }
         }
@@ -97,10 +97,10 @@ pub(crate) fn read(
 
 /// Checks the type of each column the format reads: text fields must be string
 /// columns (a label may also be an integer), chat columns lists. Issues name the column.
-fn check_schema(columns: &[std::sync::Arc<Type>], forced: Option<Format>, c: &mut Collector) -> bool {
+fn check_schema(columns: &[std::sync::Arc<Type>], forced: Option<Format>, issue: &mut dyn FnMut(Issue)) -> bool {
     let names: Vec<&str> = columns.iter().map(|t| t.name()).collect();
     let Some(format) = forced.or_else(|| Format::detect(|k| names.contains(&k))) else {
-        c.push(Issue::line(
+        issue(Issue::line(
             0,
             format!("columns {names:?} match no known format (prompt+completion, instruction+output, messages, conversations, text+label)"),
         ));
@@ -112,7 +112,7 @@ fn check_schema(columns: &[std::sync::Arc<Type>], forced: Option<Format>, c: &mu
         Format::Classification => &["text", "label"],
         Format::Chat | Format::ShareGpt => &[],
     };
-    let before = c.total();
+    let mut ok = true;
     for t in columns {
         let name = t.name();
         let problem = if text_fields.contains(&name) {
@@ -125,10 +125,11 @@ fn check_schema(columns: &[std::sync::Arc<Type>], forced: Option<Format>, c: &mu
             None
         };
         if let Some(why) = problem {
-            c.push(Issue::field(0, name, why));
+            issue(Issue::field(0, name, why));
+            ok = false;
         }
     }
-    c.total() == before
+    ok
 }
 
 fn is_string(t: &Type) -> bool {

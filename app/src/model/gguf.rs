@@ -24,7 +24,8 @@ pub fn permute_qk_rows(w: &Tensor, heads: usize, to_hf: bool) -> Result<Tensor> 
     Ok(x.reshape(dims)?)
 }
 
-fn gguf_name(hf: &str) -> Option<String> {
+/// The GGUF (llama.cpp) name of a Hugging Face weight name.
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
     let map = |s: &str| -> Option<&'static str> {
         Some(match s {
             "input_layernorm.weight" => "attn_norm.weight",

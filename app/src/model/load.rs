@@ -34,6 +34,16 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// The GGUF file this source loads from (the default model's, or a GGUF file's), if
+    /// it is one.
+    pub fn gguf_file(&self, models_dir: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Default => Some(crate::model::fetch::default_model_path(models_dir)),
+            Self::Gguf(p) => Some(p.clone()),
+            Self::Tiny | Self::Random(_) | Self::HfDir(_) => None,
+        }
+    }
+
     /// The text [`ModelSource::parse`] reads back as this source.
     pub fn spec(&self) -> String {
         match self {

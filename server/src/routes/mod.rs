@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/adapter", get(runs::runs_adapter))
         .route("/api/runs/{id}/heads", get(runs::runs_heads))
         .route("/api/runs/{id}/merged", get(runs::runs_merged))
+        .route("/api/runs/{id}/gguf", get(runs::runs_gguf))
         .route("/api/playground", post(playground::playground_create))
         .layer(DefaultBodyLimit::max(1 << 20));
     let api = json

@@ -209,6 +209,69 @@ pub async fn runs_merged(State(s): State<AppState>, Path(id): Path<String>) -> A
     send_file(&zip, "application/zip", &format!("{}-merged.zip", dir_name(&dirs[0]))).await
 }
 
+/// The query of [`runs_gguf`].
+#[derive(Debug, serde::Deserialize)]
+pub struct GgufQuery {
+    /// `f16` (default) or `q8_0`.
+    #[serde(rename = "type", default = "default_gguf_type")]
+    ty: String,
+}
+
+fn default_gguf_type() -> String {
+    "f16".into()
+}
+
+/// `GET /api/runs/{id}/gguf?type=f16|q8_0`: for llama.cpp, Ollama and LM Studio, a zip of
+/// the base model with this run's adapter merged in as GGUF, the adapter as a llama.cpp
+/// LoRA GGUF, and their Ollama Modelfiles. Only for a GGUF base model (the default
+/// model is one), whose tokenizer and chat template the files carry. Built once, then kept.
+pub async fn runs_gguf(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<GgufQuery>,
+) -> ApiResult<Response> {
+    use multitune::model::gguf_write::{self, GgufOptions, GgufType};
+    let ty = GgufType::parse(&q.ty)
+        .ok_or_else(|| ApiError::bad_request(format!("type `{}`: use f16 or q8_0", files::truncate(&q.ty, 40))))?;
+    let (run, dirs) = adapter_dirs(&s, &id)?;
+    if dirs.len() != 1 {
+        return Err(ApiError::conflict(
+            "a routed run has one adapter per task; download a merged run's model, or one adapter",
+        ));
+    }
+    let spec: String =
+        s.db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [&run.experiment_id], |r| r.get(0)))?;
+    let spec: multitune_api::ExperimentCreate = serde_json::from_str(&spec)?;
+    let Some(base) = s.model_source(&spec.model)?.gguf_file(&s.cfg.models_dir) else {
+        return Err(ApiError::conflict(format!(
+            "GGUF export needs a GGUF base model; `{}` is not one: download the merged model (a Hugging Face folder) and convert it with llama.cpp's convert_hf_to_gguf.py",
+            files::truncate(&spec.model, 80)
+        )));
+    };
+    let cache = s.data.experiment(&run.experiment_id).join("downloads");
+    std::fs::create_dir_all(&cache)?;
+    let zip = cache.join(format!("gguf-{}-{}.zip", ty.name(), run.id));
+    let name = dir_name(&dirs[0]);
+    if !zip.exists() {
+        let state = s.clone();
+        let (dir, dest) = (dirs[0].clone(), zip.clone());
+        let work = cache.join(format!("gguf-{}-{}", run.id, files::new_id()));
+        let folder = format!("{name}-gguf");
+        let opts = GgufOptions { ty, name: format!("{} ({name})", spec.model), system: None };
+        s.background(move || -> ApiResult<()> {
+            let m = state.model(&spec.model)?;
+            let adapter = multitune::adapter::peft::load_adapter(&dir, &m.model.cfg, m.model.device())?;
+            let result = gguf_write::export(&m.model, &m.tokenizer, &adapter, &base, &work, &opts)
+                .map_err(ApiError::from)
+                .and_then(|_| files::zip_folders(&dest, &[(work.clone(), folder)]).map_err(ApiError::from));
+            let _ = std::fs::remove_dir_all(&work);
+            result
+        })
+        .await??;
+    }
+    send_file(&zip, "application/zip", &format!("{name}-{}-gguf.zip", ty.name())).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
