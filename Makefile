@@ -36,8 +36,12 @@ cli-demo: build-release
 
 ## test: everything CI checks (fetches the default model and builds the dashboard first;
 ## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
+## In the release profile with the features `make run` builds with, so the dependency
+## graph `make run` compiled is compiled once for both; the dashboard's native tests run
+## apart, as its dependencies would change features the server's graph shares.
 test: model ui cluster-deps
-	$(CARGO) test --workspace
+	$(CARGO) test --release --workspace --exclude multitune-ui
+	$(CARGO) test --release -p multitune-ui
 
 ## cluster-deps: what the distributed mode's tests start: PostgreSQL's server programs
 ## (Debian's `postgresql`, 15 on bookworm; installing needs root, as CI has) for a private
@@ -51,9 +55,10 @@ cluster-deps:
 	@[ -x $(MOTO_VENV)/bin/moto_server ] || { python3 -m venv $(MOTO_VENV) && \
 		$(MOTO_VENV)/bin/pip install -q "moto[server]==5.2.5"; }
 
-## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when present.
-model: build
-	$(BIN_DEBUG) --models-dir $(MODELS) fetch-model
+## model: the default model (SmolLM2-135M-Instruct GGUF) into $(MODELS)/, skipped when
+## present; by the release binary `make run` builds too.
+model: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 
 build:
 	$(CARGO) build -p multitune-cluster -p multitune-server
