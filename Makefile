@@ -38,10 +38,11 @@ cli-demo: build-release
 ## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
 ## In the release profile with the features `make run` builds with, so the dependency
 ## graph `make run` compiled is compiled once for both; the dashboard's native tests run
-## apart, as its dependencies would change features the server's graph shares.
+## apart and without Leptos (its `app` feature): they test its plain functions, and
+## Leptos's dependencies would change features the server's graph shares.
 test: model ui cluster-deps
 	$(CARGO) test --release --workspace --exclude multitune-ui
-	$(CARGO) test --release -p multitune-ui
+	$(CARGO) test --release -p multitune-ui --no-default-features
 
 ## cluster-deps: what the distributed mode's tests start: PostgreSQL's server programs
 ## (Debian's `postgresql`, 15 on bookworm; installing needs root, as CI has) for a private

@@ -1,7 +1,7 @@
 //! All HTTP: JSON requests, uploads with progress, event streams. Non-2xx answers become
 //! the API's own error type, so pages show the server's message and details.
 
-use multitune_api::{ApiError, Dataset, ErrorBody};
+use multitune_api::{ApiError, Dataset, ErrorBody, PlaygroundChunk};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -237,6 +237,15 @@ pub fn parse_sse(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The final text (and label probabilities) of a playground answer's event stream.
+pub fn answer_of(sse: &str) -> Option<PlaygroundChunk> {
+    parse_sse(sse)
+        .into_iter()
+        .filter(|(e, _)| e == "done")
+        .filter_map(|(_, d)| serde_json::from_str(&d).ok())
+        .next_back()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +274,12 @@ mod tests {
         assert_eq!((e.code.as_str(), e.details.len()), ("invalid_dataset", 1));
         let e = error_from(502, "gateway");
         assert!(e.message.starts_with("HTTP 502"));
+    }
+
+    #[test]
+    fn the_done_event_carries_the_answer() {
+        let t = "event: token\ndata: {\"text\":\"Pa\",\"done\":false}\n\nevent: done\ndata: {\"text\":\"Paris\",\"done\":true,\"labels\":[]}\n\n";
+        assert_eq!(answer_of(t).unwrap().text, "Paris");
+        assert!(answer_of("event: token\ndata: {}\n\n").is_none());
     }
 }

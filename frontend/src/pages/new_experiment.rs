@@ -6,6 +6,7 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_navigate;
 use multitune_api::{ApiError, Dataset, Experiment, ExperimentCreate, Hyper, Model, Power, StrategyChoice, TaskRef};
 
+use crate::forms::{held_out_sizes, measured_tokens_per_s, parse_hyper};
 use crate::{api, format, ErrorView};
 
 fn strategy_label(s: &StrategyChoice) -> String {
@@ -20,86 +21,10 @@ fn strategy_label(s: &StrategyChoice) -> String {
     }
 }
 
-/// Median training throughput reported by earlier runs on `model`.
-pub fn measured_tokens_per_s(experiments: &[Experiment], model: &str) -> Option<f64> {
-    let mut v: Vec<f64> = experiments
-        .iter()
-        .filter(|e| e.spec.model == model)
-        .flat_map(|e| e.runs.iter().filter_map(|r| r.tokens_per_s))
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
-}
-
 /// A text input bound to a signal.
-/// The held-out examples each chosen task will have: its held-out dataset's rows, or the
-/// 20% split off its training rows, at most the held-out limit.
-pub fn held_out_sizes(datasets: &[Dataset], chosen: &[(String, String)], eval_limit: &str) -> Vec<usize> {
-    let limit: Option<usize> = eval_limit.trim().parse().ok().filter(|&l| l > 0);
-    let rows = |id: &str| datasets.iter().find(|d| d.id == id).map(|d| d.rows);
-    chosen
-        .iter()
-        .filter_map(|(d, e)| {
-            let n = if e.is_empty() { rows(d).map(|r| (r as f64 * 0.2).round() as usize) } else { rows(e) }?;
-            Some(limit.map_or(n, |l| n.min(l)).max(1))
-        })
-        .collect()
-}
-
 #[component]
 fn Field(id: &'static str, value: RwSignal<String>) -> impl IntoView {
     view! { <input id=id prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) /> }
-}
-
-/// The hyper-parameters typed into the form; each field that is not a number is named.
-pub fn parse_hyper(
-    lr: &str,
-    rank: &str,
-    batch: &str,
-    max_tokens: &str,
-    eval_limit: &str,
-    seeds: &str,
-) -> Result<Hyper, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut num = |name: &str, v: &str| -> Option<f64> {
-        let r = v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
-        if r.is_none() {
-            errors.push(format!("{name}: `{v}` is not a number"));
-        }
-        r
-    };
-    let h = Hyper {
-        learning_rate: num("learning rate", lr).unwrap_or(0.0),
-        rank: num("LoRA rank", rank).unwrap_or(0.0) as usize,
-        batch_size: num("batch size", batch).unwrap_or(0.0) as usize,
-        max_tokens: num("longest example", max_tokens).unwrap_or(0.0) as usize,
-        eval_limit: if eval_limit.trim().is_empty() {
-            None
-        } else {
-            num("held-out examples", eval_limit).map(|v| v as usize)
-        },
-        seeds: seeds
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .filter_map(|s| {
-                let v = s.trim().parse().ok();
-                if v.is_none() {
-                    errors.push(format!("seeds: `{}` is not a whole number", s.trim()));
-                }
-                v
-            })
-            .collect(),
-        ..Hyper::default()
-    };
-    if errors.is_empty() {
-        Ok(h)
-    } else {
-        Err(errors)
-    }
 }
 
 /// The New experiment page. One component on purpose: every field's signal is read by
@@ -300,93 +225,5 @@ pub fn NewExperimentPage() -> impl IntoView {
             <button type="submit" disabled=move || busy.get()>"Start"</button>
         </form>
         {move || error.get().map(|e| view! { <ErrorView error=e/> })}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use multitune_api::{Run, Status};
-
-    fn exp(model: &str, tps: &[f64]) -> Experiment {
-        Experiment {
-            id: "x".into(),
-            name: "x".into(),
-            status: Status::Done,
-            error: None,
-            spec: ExperimentCreate {
-                name: "x".into(),
-                model: model.into(),
-                tasks: vec![],
-                strategies: vec![],
-                budget_tokens: 1,
-                hyper: Hyper::default(),
-            },
-            created_at: String::new(),
-            started_at: None,
-            finished_at: None,
-            queue_position: None,
-            runs: tps
-                .iter()
-                .map(|&t| Run {
-                    id: 1,
-                    experiment_id: "x".into(),
-                    name: "r".into(),
-                    index: 0,
-                    status: Status::Done,
-                    stage: None,
-                    step: 0,
-                    total_steps: 0,
-                    loss: None,
-                    tokens_per_s: Some(t),
-                    elapsed_s: 0.0,
-                    eta_s: None,
-                    has_adapter: true,
-                    has_heads: false,
-                    worker: None,
-                })
-                .collect(),
-            has_report: true,
-        }
-    }
-
-    #[test]
-    fn typed_settings_parse_or_name_the_bad_field() {
-        let h = parse_hyper("0.005", "8", "4", "192", "", "1, 2").unwrap();
-        assert_eq!((h.learning_rate, h.rank, h.batch_size, h.max_tokens, h.eval_limit), (0.005, 8, 4, 192, None));
-        assert_eq!(h.seeds, vec![1, 2]);
-        let e = parse_hyper("fast", "8", "4", "192", "x", "1,a").unwrap_err();
-        assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("learning rate") && e[1].starts_with("held-out") && e[2].starts_with("seeds"));
-    }
-
-    #[test]
-    fn throughput_comes_from_runs_of_the_same_model() {
-        let h = vec![exp("default", &[100.0, 120.0, 90.0]), exp("tiny", &[9000.0])];
-        assert_eq!(measured_tokens_per_s(&h, "default"), Some(100.0));
-        assert_eq!(measured_tokens_per_s(&h, "tiny"), Some(9000.0));
-        assert_eq!(measured_tokens_per_s(&h, "other"), None);
-    }
-
-    #[test]
-    fn held_out_sizes_follow_the_split_the_file_and_the_limit() {
-        let d = |id: &str, rows: usize| Dataset {
-            id: id.into(),
-            name: id.into(),
-            filename: String::new(),
-            format: "jsonl".into(),
-            kind: "classification".into(),
-            rows,
-            bytes: 0,
-            labels: vec![],
-            warnings: vec![],
-            created_at: String::new(),
-        };
-        let ds = [d("a", 96), d("b", 500), d("ae", 37)];
-        let chosen =
-            [("a".to_string(), String::new()), ("b".to_string(), String::new()), ("a".to_string(), "ae".to_string())];
-        assert_eq!(held_out_sizes(&ds, &chosen, ""), vec![19, 100, 37]);
-        assert_eq!(held_out_sizes(&ds, &chosen, "50"), vec![19, 50, 37]);
-        assert!(held_out_sizes(&ds, &[("zz".to_string(), String::new())], "").is_empty());
     }
 }

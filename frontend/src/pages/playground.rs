@@ -3,16 +3,8 @@
 use leptos::prelude::*;
 use multitune_api::{ApiError, Experiment, PlaygroundChunk, PlaygroundRequest, Status};
 
+use crate::api::answer_of;
 use crate::{api, ErrorView};
-
-/// The final text (and label probabilities) of a playground answer's event stream.
-pub fn answer_of(sse: &str) -> Option<PlaygroundChunk> {
-    api::parse_sse(sse)
-        .into_iter()
-        .filter(|(e, _)| e == "done")
-        .filter_map(|(_, d)| serde_json::from_str(&d).ok())
-        .next_back()
-}
 
 #[component]
 pub fn PlaygroundPage() -> impl IntoView {
@@ -92,17 +84,5 @@ pub fn PlaygroundPage() -> impl IntoView {
             <section><h2>"Base model"</h2>{show(base_out)}</section>
             <section><h2>"Tuned"</h2>{show(tuned_out)}</section>
         </div>
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_done_event_carries_the_answer() {
-        let t = "event: token\ndata: {\"text\":\"Pa\",\"done\":false}\n\nevent: done\ndata: {\"text\":\"Paris\",\"done\":true,\"labels\":[]}\n\n";
-        assert_eq!(answer_of(t).unwrap().text, "Paris");
-        assert!(answer_of("event: token\ndata: {}\n\n").is_none());
     }
 }
