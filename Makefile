@@ -40,7 +40,11 @@ cli-demo: build-release
 ## graph `make run` compiled is compiled once for both; the dashboard's native tests run
 ## apart and without Leptos (its `app` feature): they test its plain functions, and
 ## Leptos's dependencies would change features the server's graph shares.
-test: model ui cluster-deps
+## The distributed mode's programs install (where missing) while the tests compile.
+test: model ui
+	@$(MAKE) --no-print-directory cluster-deps & deps=$$!; \
+	$(CARGO) test --release --workspace --exclude multitune-ui --no-run; built=$$?; \
+	wait $$deps || { echo "cluster-deps failed"; exit 1; }; exit $$built
 	$(CARGO) test --release --workspace --exclude multitune-ui
 	$(CARGO) test --release -p multitune-ui --no-default-features
 
