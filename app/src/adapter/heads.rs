@@ -446,16 +446,19 @@ pub fn evaluate_task(
     let n = records.len();
     let mut predictions = Vec::with_capacity(n);
     let mut nll = Vec::with_capacity(n);
-    for chunk in records.chunks(opts.batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|r| {
-                let e: Example = data::encode(tok, r, system, opts.max_seq_len)?;
-                Ok(e.ids[..e.prompt_len].to_vec())
-            })
-            .collect::<Result<_>>()?;
-        let logp: Vec<Vec<f32>> = mh.classify(model, t, &prompts, tok.pad_id)?.to_vec2()?;
-        for (r, row) in chunk.iter().zip(logp) {
+    let prompts: Vec<Vec<u32>> = records
+        .iter()
+        .map(|r| {
+            let e: Example = data::encode(tok, r, system, opts.max_seq_len)?;
+            Ok(e.ids[..e.prompt_len].to_vec())
+        })
+        .collect::<Result<_>>()?;
+    let order: Vec<usize> = (0..n).collect();
+    let len = |i: usize| prompts[i].len();
+    for chunk in eval::token_batches(&order, len, opts.batch_size, eval::SCORING_BATCH_TOKENS, eval::Fill::Padded) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        let logp: Vec<Vec<f32>> = mh.classify(model, t, &batch, tok.pad_id)?.to_vec2()?;
+        for (r, row) in chunk.iter().map(|&i| &records[i]).zip(logp) {
             let best = row.iter().enumerate().fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
             let truth = labels.iter().position(|l| *l == r.completion);
             nll.push(truth.map_or(f64::NAN, |j| -f64::from(row[j])));

@@ -1,6 +1,8 @@
 //! The flags several subcommands share, and the one place they become validated engine
 //! settings: `--model`, and the data flags as [`LoadOptions`].
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context};
 use clap::Args;
 
@@ -13,6 +15,20 @@ pub struct ModelArg {
     /// that model's shape), a .gguf file or a Hugging Face model folder.
     #[arg(long, default_value = "default")]
     pub model: String,
+}
+
+/// What an export reads and where it writes: the base model, the adapter, the folder.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The base model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The adapter folder (PEFT layout).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// How a data file is read and limited: the flags every command that reads data shares.

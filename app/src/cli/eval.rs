@@ -27,8 +27,8 @@ pub struct EvalArgs {
     /// System prompt for chat models.
     #[arg(long)]
     system: Option<String>,
-    /// Batch size (loss and label ranking).
-    #[arg(long, default_value_t = 16)]
+    /// Most examples per batch of label ranking and loss (fewer when they are long).
+    #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Most prompts decoded together in a generation task (fewer when prompts are long).
     #[arg(long, default_value_t = 64)]

@@ -93,29 +93,17 @@ pub enum Cmd {
     Worker(worker::WorkerArgs),
     /// Write the base model with an adapter merged in, as a Hugging Face folder.
     ExportMerged {
-        /// The base model.
+        /// The base model, the adapter and the output folder.
         #[command(flatten)]
-        model: args::ModelArg,
-        /// The adapter folder (PEFT layout).
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Output folder.
-        #[arg(long)]
-        out: PathBuf,
+        export: args::ExportArgs,
     },
     /// Write the base model with an adapter merged in as a GGUF file (llama.cpp, Ollama,
     /// LM Studio), the adapter as a llama.cpp LoRA GGUF for the base GGUF, and an Ollama
     /// Modelfile for each. The base must be a GGUF model (the default model is one).
     ExportGguf {
-        /// The base model.
+        /// The base model, the adapter and the output folder.
         #[command(flatten)]
-        model: args::ModelArg,
-        /// The adapter folder (PEFT layout).
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Output folder.
-        #[arg(long)]
-        out: PathBuf,
+        export: args::ExportArgs,
         /// Weight type of the merged model: f16 or q8_0.
         #[arg(long = "type", default_value = "f16")]
         ty: String,
@@ -235,7 +223,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::ExportMerged { model, adapter, out } => {
+        Cmd::ExportMerged { export: args::ExportArgs { model, adapter, out } } => {
             let m = load(&model.model, cli, &device)?;
             let ad = load_adapter(adapter, &m, &device)?;
             let merged = m.model.with_adapter_merged(&ad, 1.0)?;
@@ -243,7 +231,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             println!("merged model written to {}", out.display());
             Ok(())
         }
-        Cmd::ExportGguf { model, adapter, out, ty, system } => {
+        Cmd::ExportGguf { export: args::ExportArgs { model, adapter, out }, ty, system } => {
             let ty = GgufType::parse(ty).ok_or_else(|| anyhow::anyhow!("--type `{ty}`: use f16 or q8_0"))?;
             let source = ModelSource::parse(&model.model)?;
             let Some(base) = source.gguf_file(&cli.models_dir) else {

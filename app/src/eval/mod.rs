@@ -10,5 +10,6 @@ pub mod task;
 pub use metrics::normalize_answer;
 pub use task::{
     classification_metrics, completion_loss, completion_nll, evaluate_task, generation_batches, label_log_likelihoods,
-    label_token_ids, EvalOptions, Prediction, TaskEval, GENERATION_BATCH_TOKENS,
+    label_token_ids, token_batches, EvalOptions, Fill, Prediction, TaskEval, GENERATION_BATCH_TOKENS,
+    SCORING_BATCH_TOKENS,
 };

@@ -48,7 +48,10 @@ pub struct EvalOptions {
     pub system: Option<String>,
     /// Longest example, in tokens.
     pub max_seq_len: usize,
-    /// Examples per batch (loss and label ranking).
+    /// Most examples per batch of label ranking and of the loss pass (fewer when they are
+    /// long: a batch holds at most [`SCORING_BATCH_TOKENS`] tokens). Each batch runs the
+    /// prompts' shared template once and reads every weight once, so wide batches are
+    /// cheap (the README's *Evaluation throughput* has the figures).
     pub batch_size: usize,
     /// Most prompts decoded together in a generation task (fewer when they are long: a
     /// batch holds at most [`GENERATION_BATCH_TOKENS`] prompt tokens). Decoding reads
@@ -67,7 +70,7 @@ impl Default for EvalOptions {
         Self {
             system: None,
             max_seq_len: 256,
-            batch_size: 16,
+            batch_size: 128,
             generation_batch: 64,
             length_normalise: false,
             bootstrap: 1000,
@@ -78,6 +81,11 @@ impl Default for EvalOptions {
 
 /// The most prompt tokens (rows × longest prompt) one generation batch prefills.
 pub const GENERATION_BATCH_TOKENS: usize = 8192;
+
+/// The most tokens one label-ranking or loss batch holds: every example's tokens (a
+/// ranked prompt with the tokens of all its labels) before prefix sharing, or rows ×
+/// longest where batches are padded.
+pub const SCORING_BATCH_TOKENS: usize = 8192;
 
 /// Scores on one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +141,8 @@ pub fn completion_nll(
         order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
     }
     let mut out = vec![(0.0, 0); examples.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
+    let fill = if model.can_pack() { Fill::Packed } else { Fill::Padded };
+    for chunk in token_batches(&order, |i| examples[i].ids.len(), batch_size, SCORING_BATCH_TOKENS, fill) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let batch = data::make_batch(&refs, 0, model.device())?;
         if batch.loss_tokens == 0 {
@@ -281,25 +290,52 @@ pub fn classification_metrics(
     (metrics, c)
 }
 
-/// Generation batches over `order` (prompts sorted by length): consecutive runs of at
-/// most `rows` prompts and [`GENERATION_BATCH_TOKENS`] padded prompt tokens.
-pub fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, rows: usize) -> Vec<Vec<usize>> {
+/// How a batch's tokens are counted against its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Every item's own tokens (packed batches: no padding).
+    Packed,
+    /// Rows × the longest item (padded batches).
+    Padded,
+}
+
+/// Batches over `order`: consecutive runs of at most `rows` items and `tokens` tokens
+/// (`len(i)` each, counted as `fill` says); an item longer than `tokens` is a batch of
+/// its own.
+pub fn token_batches(
+    order: &[usize],
+    len: impl Fn(usize) -> usize,
+    rows: usize,
+    tokens: usize,
+    fill: Fill,
+) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
-    let mut longest = 0;
+    let (mut longest, mut sum) = (0, 0);
     for &i in order {
-        let l = longest.max(prompt_len(i));
-        if !cur.is_empty() && (cur.len() >= rows.max(1) || (cur.len() + 1) * l > GENERATION_BATCH_TOKENS) {
+        let l = len(i);
+        let size = match fill {
+            Fill::Packed => sum + l,
+            Fill::Padded => (cur.len() + 1) * longest.max(l),
+        };
+        if !cur.is_empty() && (cur.len() >= rows.max(1) || size > tokens) {
             out.push(std::mem::take(&mut cur));
-            longest = 0;
+            (longest, sum) = (0, 0);
         }
-        longest = longest.max(prompt_len(i));
+        longest = longest.max(l);
+        sum += l;
         cur.push(i);
     }
     if !cur.is_empty() {
         out.push(cur);
     }
     out
+}
+
+/// Generation batches over `order` (prompts sorted by length): consecutive runs of at
+/// most `rows` prompts and [`GENERATION_BATCH_TOKENS`] padded prompt tokens.
+pub fn generation_batches(order: &[usize], prompt_len: impl Fn(usize) -> usize, rows: usize) -> Vec<Vec<usize>> {
+    token_batches(order, prompt_len, rows, GENERATION_BATCH_TOKENS, Fill::Padded)
 }
 
 /// Evaluates one task on `records`.
@@ -369,11 +405,16 @@ fn score_task(what: &Scoring, opts: &EvalOptions, on_progress: &mut dyn FnMut(us
             // A label's tokens are what training teaches after the prompt: the label and
             // the end-of-turn marker.
             let label_ids = label_token_ids(tok, labels, system, opts.max_seq_len)?;
-            for (ci, chunk) in examples.chunks(bs).enumerate() {
-                let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
-                let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, bs)?;
-                for (i, row) in scores.into_iter().enumerate() {
-                    let at = ci * bs + i;
+            // A ranked prompt brings every label's tokens along.
+            let label_tokens: usize = label_ids.iter().map(Vec::len).sum();
+            let fill = if model.can_pack() { Fill::Packed } else { Fill::Padded };
+            let order: Vec<usize> = (0..n).collect();
+            let len = |i: usize| examples[i].prompt_len + label_tokens;
+            for chunk in token_batches(&order, len, bs, SCORING_BATCH_TOKENS, fill) {
+                let prompts: Vec<Vec<u32>> =
+                    chunk.iter().map(|&i| examples[i].ids[..examples[i].prompt_len].to_vec()).collect();
+                let scores = label_log_likelihoods(model, adapter, &prompts, &label_ids, tok.pad_id, chunk.len())?;
+                for (&at, row) in chunk.iter().zip(scores) {
                     let r = &records[at];
                     if let Some(c) = completion(&examples[at]) {
                         if let Some(j) = label_ids.iter().position(|l| *l == c) {
@@ -531,5 +572,50 @@ mod tests {
             vec![vec![0, 1], vec![2, 3], vec![4]]
         );
         assert_eq!(generation_batches(&[0, 1], |_| 5000, 64), vec![vec![0], vec![1]]);
+    }
+
+    /// Batches hold at most `rows` items and `tokens` tokens, counted packed (the sum) or
+    /// padded (rows × longest); an item over the budget goes alone; order is kept.
+    #[test]
+    fn token_batches_respect_rows_and_tokens() {
+        let lens = [30, 30, 50, 10, 200, 5];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let len = |i: usize| lens[i];
+        assert_eq!(token_batches(&order, len, 128, 90, Fill::Packed), vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+        assert_eq!(
+            token_batches(&order, len, 128, 90, Fill::Padded),
+            vec![vec![0, 1], vec![2], vec![3], vec![4], vec![5]]
+        );
+        assert_eq!(token_batches(&order, len, 2, 1000, Fill::Packed), vec![vec![0, 1], vec![2, 3], vec![4, 5]]);
+        assert_eq!(token_batches(&[5, 3, 0], len, 128, 1000, Fill::Packed), vec![vec![5, 3, 0]]);
+        assert!(token_batches(&[], len, 4, 10, Fill::Packed).is_empty());
+    }
+
+    /// Scores do not depend on how examples are batched: one example at a time and the
+    /// default (every example in one batch) give the same predictions and losses.
+    #[test]
+    fn scores_do_not_depend_on_batching() {
+        let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
+        let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
+        crate::adapter::lora::randomize(&ad, 7, 0.1);
+        let labels = vec!["yes".to_string(), "no".to_string(), "maybe".to_string()];
+        let recs: Vec<Record> =
+            (0..9).map(|i| Record::new(format!("is {i} a prime number?"), labels[i % 3].clone())).collect();
+        let spec = TaskSpec { name: "t".into(), kind: TaskKind::Classification, labels };
+        let score = |batch_size| {
+            let opts = EvalOptions { bootstrap: 0, batch_size, ..Default::default() };
+            evaluate_task(&model, &tok, Some(&ad), &spec, &recs, &opts, &mut |_, _| {}).unwrap()
+        };
+        let (one, all) = (score(1), score(EvalOptions::default().batch_size));
+        assert_eq!(
+            one.predictions.iter().map(|p| &p.output).collect::<Vec<_>>(),
+            all.predictions.iter().map(|p| &p.output).collect::<Vec<_>>()
+        );
+        for (a, b) in one.predictions.iter().zip(&all.predictions) {
+            for (x, y) in a.label_scores.iter().zip(&b.label_scores) {
+                assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "{x} one at a time, {y} batched");
+            }
+        }
+        assert!((one.loss.value - all.loss.value).abs() < 1e-5 * one.loss.value.abs().max(1.0));
     }
 }
