@@ -42,7 +42,8 @@ pub fn DownloadsPage() -> impl IntoView {
                     } else {
                         view! {
                             <table class="downloads">
-                                <thead><tr><th>"run"</th><th>"adapter"</th><th>"heads"</th><th>"merged model"</th><th>"GGUF (llama.cpp, Ollama)"</th></tr></thead>
+                                <thead><tr><th>"run"</th><th>"adapter"</th><th>"heads"</th><th>"merged model"</th>
+                                    {gguf_base.then(|| view! { <th>"GGUF (llama.cpp, Ollama)"</th> })}</tr></thead>
                                 <tbody>{runs.into_iter().map(|r| view! {
                                     <tr>
                                         <td>{r.name.clone()}</td>
@@ -51,13 +52,17 @@ pub fn DownloadsPage() -> impl IntoView {
                                         <td>{(r.name != "separate (routed)").then(|| view! {
                                             <a href=api::url(&format!("/api/runs/{}/merged", r.id))>"merged (zip)"</a>
                                         })}</td>
-                                        <td>{(r.name != "separate (routed)" && gguf_base).then(|| view! {
+                                        {gguf_base.then(|| view! { <td>{(r.name != "separate (routed)").then(|| view! {
                                             <a href=api::url(&format!("/api/runs/{}/gguf?type=f16", r.id))>"f16"</a>" · "
                                             <a href=api::url(&format!("/api/runs/{}/gguf?type=q8_0", r.id))>"q8_0"</a>
-                                        })}</td>
+                                        })}</td> })}
                                     </tr>
                                 }).collect_view()}</tbody>
                             </table>
+                            {(!gguf_base).then(|| view! {
+                                <p class="note">"GGUF: this experiment's base model is not a GGUF file, whose tokenizer and chat template a GGUF export carries; "
+                                   "turn a merged model into GGUF with llama.cpp's "<code>"convert_hf_to_gguf.py"</code>"."</p>
+                            })}
                         }.into_any()
                     }}
                 }.into_any()
