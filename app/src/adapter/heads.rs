@@ -11,11 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::lora::LoraAdapter;
+use crate::data::pack::Pack;
 use crate::data::{self, Batch, Example, Record};
 use crate::data::{TaskKind, TaskSpec};
 use crate::eval::metrics::bootstrap::{bootstrap_interval, mean_of, Estimate};
@@ -306,11 +308,21 @@ impl MultiHead {
             .collect()
     }
 
-    /// The classifier's log-probabilities `(N, labels)` for prompts (token ids).
+    /// The classifier's log-probabilities `(N, labels)` for prompts (token ids). Where the
+    /// model packs, the prompts run prefix-shared (their common system prompt and
+    /// instruction once) and unpadded; otherwise as a left-padded batch.
     pub fn classify(&self, model: &Llama, t: usize, prompts: &[Vec<u32>], pad: u32) -> Result<Tensor> {
-        let (ids, mask) = model.pad_batch(prompts, pad, true)?;
-        let h = model.hidden_states(&ids, &mask, &Forward::eval(Some(&self.adapter)), None)?;
-        let logits = self.heads[t].classify(&last_position(&h)?)?;
+        let fwd = Forward::eval(Some(&self.adapter));
+        let last = if model.can_pack() && prompts.iter().all(|p| !p.is_empty()) {
+            let pack = Arc::new(Pack::new(prompts, true));
+            let at: Vec<u32> = pack.rows.iter().filter_map(|r| r.path.last().copied()).collect();
+            let n = at.len();
+            model.packed_hidden_states(&pack, &fwd)?.index_select(&Tensor::from_vec(at, n, model.device())?, 0)?
+        } else {
+            let (ids, mask) = model.pad_batch(prompts, pad, true)?;
+            last_position(&model.hidden_states(&ids, &mask, &fwd, None)?)?
+        };
+        let logits = self.heads[t].classify(&last)?;
         ops::log_softmax_last_dim(&logits.to_dtype(DType::F32)?)
     }
 }
@@ -455,7 +467,8 @@ pub fn evaluate_task(
         .collect::<Result<_>>()?;
     let order: Vec<usize> = (0..n).collect();
     let len = |i: usize| prompts[i].len();
-    for chunk in eval::token_batches(&order, len, opts.batch_size, eval::SCORING_BATCH_TOKENS, eval::Fill::Padded) {
+    let fill = if model.can_pack() { eval::Fill::Packed } else { eval::Fill::Padded };
+    for chunk in eval::token_batches(&order, len, opts.batch_size, eval::SCORING_BATCH_TOKENS, fill) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
         let logp: Vec<Vec<f32>> = mh.classify(model, t, &batch, tok.pad_id)?.to_vec2()?;
         for (r, row) in chunk.iter().map(|&i| &records[i]).zip(logp) {
@@ -521,4 +534,33 @@ pub fn routes(
             Ok(Route { task: t, label, completion_len: e.completion_len() })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::adapter::lora::{randomize, LoraConfig};
+
+    /// A classifier head scores prefix-shared, unpadded prompts as it scores them one
+    /// left-padded batch.
+    #[test]
+    fn packed_classification_matches_the_padded_batch() {
+        let (model, _) = crate::model::tiny_model(4, &Device::Cpu).unwrap();
+        assert!(model.can_pack());
+        let adapter = LoraAdapter::new(&model.cfg, LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        randomize(&adapter, 2, 0.05);
+        let labels = vec!["no".to_string(), "yes".to_string(), "maybe".to_string()];
+        let head = TaskHead::classifier(&model, "t", &labels, &[7, 9, 11]).unwrap();
+        let mh = MultiHead { adapter, heads: vec![head], routes: vec![] };
+        let prompts = vec![vec![1, 2, 3, 4, 5], vec![1, 2, 3, 9], vec![1, 2, 8, 8, 8, 8, 8], vec![6]];
+        let packed = mh.classify(&model, 0, &prompts, 0).unwrap();
+        let (ids, mask) = model.pad_batch(&prompts, 0, true).unwrap();
+        let h = model.hidden_states(&ids, &mask, &Forward::eval(Some(&mh.adapter)), None).unwrap();
+        let logits = mh.heads[0].classify(&last_position(&h).unwrap()).unwrap();
+        let padded = ops::log_softmax_last_dim(&logits).unwrap();
+        assert_eq!(packed.dims(), &[4, 3]);
+        assert!(crate::model::max_abs_diff(&packed, &padded).unwrap() < 1e-4);
+    }
 }
