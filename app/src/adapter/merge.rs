@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::lora::{LoraAdapter, LoraConfig, LoraPair, Target};
@@ -132,7 +133,9 @@ pub fn concat_weighted(adapters: &[&LoraAdapter], weights: &[f64]) -> Result<Lor
     Ok(LoraAdapter { config, layers })
 }
 
-/// TIES on one set of task deltas (all the same shape).
+/// TIES on one set of task deltas (all the same shape). Each task is trimmed on its own
+/// and the entries are elected independently, so both run on the thread pool (the result
+/// does not depend on how the work is split).
 pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
     let shape = deltas[0].shape().clone();
     let vals: Vec<Vec<f32>> =
@@ -141,46 +144,49 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
     // 1. Trim: keep each task's top-k entries by magnitude.
     let k = ((density * n as f64).round() as usize).clamp(1, n);
     let trimmed: Vec<Vec<f32>> = vals
-        .iter()
-        .map(|v| {
+        .into_par_iter()
+        .map(|mut v| {
             let mut mags: Vec<f32> = v.iter().map(|x| x.abs()).collect();
             let cut = n - k;
             mags.select_nth_unstable_by(cut, f32::total_cmp);
             let threshold = mags[cut];
-            let mut kept = 0usize;
             // Ties at the threshold are broken by position, so exactly k survive.
             let above = v.iter().filter(|x| x.abs() > threshold).count();
             let mut room = k - above;
-            v.iter()
-                .map(|&x| {
-                    if x.abs() > threshold
-                        || (x.abs() == threshold && room > 0 && {
-                            room -= 1;
-                            true
-                        })
-                    {
-                        kept += 1;
-                        x
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
+            for x in v.iter_mut() {
+                let keep = x.abs() > threshold
+                    || (x.abs() == threshold && room > 0 && {
+                        room -= 1;
+                        true
+                    });
+                if !keep {
+                    *x = 0.0;
+                }
+            }
+            v
         })
         .collect();
     // 2. Elect a sign per entry by total mass; 3. disjoint mean over agreeing tasks.
     let mut out = vec![0f32; n];
-    for (i, o) in out.iter_mut().enumerate() {
-        let mass: f32 = trimmed.iter().map(|t| t[i]).sum();
-        if mass == 0.0 {
-            continue;
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        for (j, o) in o.iter_mut().enumerate() {
+            let i = c * CHUNK + j;
+            let mass: f32 = trimmed.iter().map(|t| t[i]).sum();
+            if mass == 0.0 {
+                continue;
+            }
+            let sign = mass.signum();
+            let (mut sum, mut count) = (0f32, 0usize);
+            for x in trimmed.iter().map(|t| t[i]).filter(|&x| x != 0.0 && x.signum() == sign) {
+                sum += x;
+                count += 1;
+            }
+            if count > 0 {
+                *o = sum / count as f32 * lambda as f32;
+            }
         }
-        let sign = mass.signum();
-        let agree: Vec<f32> = trimmed.iter().map(|t| t[i]).filter(|&x| x != 0.0 && x.signum() == sign).collect();
-        if !agree.is_empty() {
-            *o = agree.iter().sum::<f32>() / agree.len() as f32 * lambda as f32;
-        }
-    }
+    });
     Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
 }
 
@@ -188,14 +194,26 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
 pub fn dare(deltas: &[Tensor], drop: f64, lambda: f64, seed: u64, stream: u64) -> Result<Tensor> {
     let shape = deltas[0].shape().clone();
     let keep_scale = (1.0 / (1.0 - drop)) as f32;
-    let mut out: Vec<f32> = vec![0.0; shape.elem_count()];
-    for (ti, d) in deltas.iter().enumerate() {
-        let v: Vec<f32> = d.flatten_all()?.to_vec1()?;
-        let mut r = rng::stream(seed, 20 + ti as u64, stream);
-        for (o, x) in out.iter_mut().zip(v) {
-            if r.random::<f64>() >= drop {
-                *o += x * keep_scale * lambda as f32;
+    // Each task's draws come from its own stream, so the tasks are masked in parallel
+    // and summed in task order (the same sums as one task after the other).
+    let kept: Vec<Vec<f32>> = deltas
+        .iter()
+        .map(|d| d.flatten_all()?.to_vec1::<f32>())
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_par_iter()
+        .enumerate()
+        .map(|(ti, mut v)| {
+            let mut r = rng::stream(seed, 20 + ti as u64, stream);
+            for x in v.iter_mut() {
+                *x = if r.random::<f64>() >= drop { *x * keep_scale * lambda as f32 } else { 0.0 };
             }
+            v
+        })
+        .collect();
+    let mut out: Vec<f32> = vec![0.0; shape.elem_count()];
+    for v in &kept {
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += x;
         }
     }
     Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
