@@ -105,11 +105,12 @@ pub fn generate_batch(
 
 /// [`generate_batch`] that also scores a reference continuation of every prompt: the
 /// negative log-likelihood of `references[i]` after `prompts[i]` (its sum and token
-/// count). Where the answer reproduces the whole reference, the decode's own steps
-/// scored it (same context, same log-probabilities); the other references are
-/// teacher-forced from the prompt's cache after decoding — so the completion loss of a
-/// generation task costs at most the reference's tokens, and nothing for the answers
-/// that are right.
+/// count). The references are teacher-forced in one pass after the prompts, and each
+/// answer is walked along its reference from that pass's logits for as long as it picks
+/// the reference's tokens (the same context a decoding step would see, so the same
+/// answer); only the answers that leave their reference decode on, step by step, from
+/// there. A tuned model's right answers thus cost one batched pass over the reference
+/// and no decoding step, and the completion loss comes from the same logits.
 pub fn generate_and_score(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -196,135 +197,210 @@ fn decode(
         return Ok((vec![], vec![]));
     }
     let fwd = Forward::eval(adapter);
+    let mut d = Decoding {
+        model,
+        fwd: &fwd,
+        cfg,
+        stop,
+        out: vec![vec![]; b],
+        rngs: (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect(),
+        on_token,
+    };
+    let (mut cache, hidden) = prefill(model, &fwd, prompts, pad)?;
+    let first = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
+    // A sliding window counts cached positions, and the walk leaves masked ones behind:
+    // there the references are teacher-forced on a copy of the prompts' cache instead.
+    let walk = model.cfg.sliding_window.is_none();
+    let (active, next, scores) = match job.references {
+        Some(refs) if walk => along_references(&mut d, &mut cache, &first, refs, pad)?,
+        refs => {
+            let scores = match refs {
+                Some(refs) => score_references(model, &fwd, &cache, &first, refs, pad)?,
+                None => vec![],
+            };
+            let (keep, next) = d.pick(&first.to_vec2()?, &(0..b).collect::<Vec<_>>());
+            if keep.len() < b {
+                cache.retain(&keep)?;
+            }
+            (keep, next, scores)
+        }
+    };
+    d.run(cache, active, next)?;
+    Ok((d.out, scores))
+}
+
+/// The prompts' cache and final hidden states: the prefix every prompt shares (a chat
+/// template's system prompt and a task's instruction) runs once and its cache is copied
+/// to every row, then the rest of each prompt, left-padded.
+fn prefill(model: &Llama, fwd: &Forward, prompts: &[Vec<u32>], pad: u32) -> Result<(KvCache, Tensor)> {
+    let b = prompts.len();
     // A prefix of one token is not worth a pass of its own.
     let shared = if b > 1 { shared_prefix(prompts) } else { 0 };
     let shared = if shared >= 2 { shared } else { 0 };
     let mut cache = if shared > 0 {
         let mut one = KvCache::new(model, 1);
         let (ids, mask) = model.pad_batch(&[prompts[0][..shared].to_vec()], pad, true)?;
-        model.hidden_states(&ids, &mask, &fwd, Some(&mut one))?;
+        model.hidden_states(&ids, &mask, fwd, Some(&mut one))?;
         one.repeated(b)?
     } else {
         KvCache::new(model, b)
     };
     let rest: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
     let (ids, mask) = model.pad_batch(&rest, pad, true)?;
-    let mut out: Vec<Vec<u32>> = vec![vec![]; b];
-    let mut rngs: Vec<_> = (0..b).map(|i| rng::stream(cfg.seed, streams::SAMPLING, i as u64)).collect();
-    let mut hidden = model.hidden_states(&ids, &mask, &fwd, Some(&mut cache))?;
-    // References are scored from the decode itself while a row's answer follows its
-    // reference (the same context, so the same log-probabilities); the rows whose answer
-    // leaves it are teacher-forced afterwards from the prompt's cache and first logits,
-    // kept for that.
-    let mut follow = job.references.map(|refs| Follow::new(refs, &cache));
-    // The prompts still decoding, by their index in `prompts`; row r of `hidden` and of
-    // the cache is prompt active[r].
-    let mut active: Vec<usize> = (0..b).collect();
-    while !active.is_empty() {
-        let logits = model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?;
-        if let Some(f) = follow.as_mut().filter(|f| f.first_logits.is_none()) {
-            f.first_logits = Some(logits.clone());
+    let hidden = model.hidden_states(&ids, &mask, fwd, Some(&mut cache))?;
+    Ok((cache, hidden))
+}
+
+/// One decode's state: every prompt's answer so far and its sampling stream.
+struct Decoding<'a> {
+    model: &'a Llama,
+    fwd: &'a Forward<'a>,
+    cfg: &'a GenerateConfig,
+    stop: &'a [u32],
+    out: Vec<Vec<u32>>,
+    rngs: Vec<rand_chacha::ChaCha8Rng>,
+    on_token: &'a mut dyn FnMut(usize, u32),
+}
+
+impl Decoding<'_> {
+    /// Prompt `i` picks its next token from `logits`: `None` when it has finished (a
+    /// stop token, or the cap reached with this token), else the token it goes on from.
+    fn pick_one(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
+        let id = pick(logits, self.cfg, &mut self.rngs[i]);
+        if self.stop.contains(&id) {
+            return None;
         }
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        self.out[i].push(id);
+        (self.on_token)(i, id);
+        (self.out[i].len() < self.cfg.max_new_tokens).then_some(id)
+    }
+
+    /// One step of the rows `active` (row `r` of `logits` is prompt `active[r]`): the
+    /// rows that go on (indices into `active`) and their tokens.
+    fn pick(&mut self, logits: &[Vec<f32>], active: &[usize]) -> (Vec<usize>, Vec<u32>) {
         let (mut keep, mut next) = (Vec::new(), Vec::new());
         for (r, &i) in active.iter().enumerate() {
-            let id = pick(&rows[r], cfg, &mut rngs[i]);
-            if let Some(f) = follow.as_mut() {
-                f.step(i, out[i].len(), &rows[r], id);
-            }
-            if stop.contains(&id) {
-                continue;
-            }
-            out[i].push(id);
-            on_token(i, id);
-            if out[i].len() < cfg.max_new_tokens {
+            if let Some(id) = self.pick_one(i, &logits[r]) {
                 keep.push(r);
                 next.push(id);
             }
         }
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() < active.len() {
-            cache.retain(&keep)?;
+        (keep, next)
+    }
+
+    /// Decodes the prompts `active` (row `r` of `cache` is prompt `active[r]`), each
+    /// fed its token in `next` first, until every one has finished; a row that finishes
+    /// leaves the batch (its cache rows are dropped) instead of decoding padding.
+    fn run(&mut self, mut cache: KvCache, mut active: Vec<usize>, mut next: Vec<u32>) -> Result<()> {
+        let dev = self.model.device().clone();
+        while !active.is_empty() {
+            let ids = Tensor::from_vec(next, (active.len(), 1), &dev)?;
+            let hidden = self.model.hidden_states(&ids, &vec![vec![1u8]; active.len()], self.fwd, Some(&mut cache))?;
+            let logits: Vec<Vec<f32>> = self.model.logits(&last_position(&hidden)?)?.to_dtype(DType::F32)?.to_vec2()?;
+            let (keep, picked) = self.pick(&logits, &active);
+            if keep.len() < active.len() && !keep.is_empty() {
+                cache.retain(&keep)?;
+            }
             active = keep.iter().map(|&r| active[r]).collect();
+            next = picked;
         }
-        let step_ids = Tensor::from_vec(next, (active.len(), 1), model.device())?;
-        hidden = model.hidden_states(&step_ids, &vec![vec![1u8]; active.len()], &fwd, Some(&mut cache))?;
+        Ok(())
     }
-    let scores = match follow {
-        Some(f) => f.finish(model, &fwd, pad)?,
-        None => vec![],
-    };
-    Ok((out, scores))
 }
 
-/// The reference scores of a decode: rows whose answer follows the reference are scored
-/// from the decode's own logits; the others are teacher-forced at the end.
-struct Follow<'a> {
-    references: &'a [Vec<u32>],
-    /// The cache after the prompts (every row).
-    prompt_cache: KvCache,
-    /// The logits after each prompt (the first step's).
-    first_logits: Option<Tensor>,
-    /// Per prompt: reference tokens the answer has matched so far (each scored); the
-    /// answer still follows while this equals the tokens it has produced.
-    matched: Vec<usize>,
-    /// Per prompt: the negative log-likelihood of the matched tokens.
-    nll: Vec<f64>,
+/// Where a prompt's answer stands in [`along_references`].
+#[derive(Clone, Copy, PartialEq)]
+enum Walk {
+    /// Its answer has followed the reference so far.
+    Following,
+    /// It finished inside the reference's pass.
+    Finished,
+    /// It left the reference (or went past its end) after accepting `visible` of its
+    /// tokens; it goes on decoding from `next`.
+    Left { visible: usize, next: u32 },
 }
 
-impl<'a> Follow<'a> {
-    fn new(references: &'a [Vec<u32>], prompt_cache: &KvCache) -> Self {
-        let b = references.len();
-        Self {
-            references,
-            prompt_cache: prompt_cache.clone(),
-            first_logits: None,
-            matched: vec![0; b],
-            nll: vec![0.0; b],
-        }
-    }
+/// The rows that go on decoding (prompt indices) with the token each is fed next, and
+/// every reference's score.
+type GoingOn = (Vec<usize>, Vec<u32>, Vec<(f64, usize)>);
 
-    /// Prompt `i` picked `id` as its answer's token `j` from `logits`: while the answer
-    /// has followed the reference, these logits predict reference token `j` from exactly
-    /// the context teacher forcing would give it.
-    fn step(&mut self, i: usize, j: usize, logits: &[f32], id: u32) {
-        let r = &self.references[i];
-        if j >= r.len() || self.matched[i] != j {
+/// Positions whose logits [`along_references`] forms at once.
+const WALK_CHUNK: usize = 256;
+
+/// Teacher-forces every reference after its prompt in one pass on the prompts' cache and
+/// walks each answer along it: while the token the decode picks is the reference's, the
+/// pass has already computed what the decoding step would (the same context), so the
+/// answer moves on without a step of its own; the reference's negative log-likelihood
+/// (sum, tokens) comes from the same logits. A row whose answer leaves the reference (or
+/// goes past its end) keeps only the reference tokens it accepted visible in the cache
+/// and goes on decoding from its own token: returns those rows (and their tokens), which
+/// the cache is reduced to, and every reference's score. For a tuned model most answers
+/// are their reference, so most of a generation task's answers cost one batched pass
+/// instead of a decoding step per token.
+fn along_references(
+    d: &mut Decoding,
+    cache: &mut KvCache,
+    first: &Tensor,
+    refs: &[Vec<u32>],
+    pad: u32,
+) -> Result<GoingOn> {
+    let (model, dev) = (d.model, d.model.device().clone());
+    let b = refs.len();
+    let before: Vec<usize> = (0..b).map(|i| cache.real_len(i)).collect();
+    let k = refs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * k);
+    let mut mask = Vec::with_capacity(b);
+    for r in refs {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, k - r.len()));
+        mask.push([vec![1u8; r.len()], vec![0u8; k - r.len()]].concat());
+    }
+    let hidden = model.hidden_states(&Tensor::from_vec(ids, (b, k), &dev)?, &mask, d.fwd, Some(cache))?;
+    let hidden = hidden.reshape((b * k, model.cfg.hidden_size))?;
+    let mut walk = vec![Walk::Following; b];
+    let mut nll = vec![0f64; b];
+    // The logits for answer token j of prompt i: the prompt's last ones for j = 0, the
+    // pass's position j - 1 after that.
+    let mut see = |d: &mut Decoding, i: usize, j: usize, logits: &[f32]| {
+        let r = &refs[i];
+        if j < r.len() {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+            nll[i] += f64::from(max) + sum.ln() - f64::from(logits[r[j] as usize]);
+        }
+        if walk[i] != Walk::Following {
             return;
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-        self.nll[i] += f64::from(max) + sum.ln() - f64::from(logits[r[j] as usize]);
-        if id == r[j] {
-            self.matched[i] = j + 1;
-        }
-    }
-
-    /// Every reference's (negative log-likelihood, tokens): from the decode where the
-    /// answer matched the whole reference, teacher-forced for the rest.
-    fn finish(self, model: &Llama, fwd: &Forward, pad: u32) -> Result<Vec<(f64, usize)>> {
-        let refs = self.references;
-        let mut out: Vec<(f64, usize)> = self.nll.iter().zip(refs).map(|(&n, r)| (n, r.len())).collect();
-        let rest: Vec<usize> = (0..refs.len()).filter(|&i| self.matched[i] < refs[i].len()).collect();
-        if rest.is_empty() {
-            return Ok(out);
-        }
-        let first = self.first_logits.ok_or_else(|| crate::Error::Invalid("no decoding step ran".into()))?;
-        let mut cache = self.prompt_cache;
-        let (first, forced) = if rest.len() == refs.len() {
-            (first, refs.to_vec())
-        } else {
-            cache.retain(&rest)?;
-            let idx = Tensor::from_vec(rest.iter().map(|&i| i as u32).collect::<Vec<_>>(), rest.len(), first.device())?;
-            (first.index_select(&idx, 0)?, rest.iter().map(|&i| refs[i].clone()).collect())
+        walk[i] = match d.pick_one(i, logits) {
+            None => Walk::Finished,
+            Some(id) if j < r.len() && id == r[j] => Walk::Following,
+            Some(id) => Walk::Left { visible: j, next: id },
         };
-        for (&i, scored) in rest.iter().zip(score_references(model, fwd, &cache, &first, &forced, pad)?) {
-            out[i] = scored;
-        }
-        Ok(out)
+    };
+    for (i, row) in first.to_vec2::<f32>()?.iter().enumerate() {
+        see(d, i, 0, row);
     }
+    let at: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..refs[i].len()).map(move |j| (i, j))).collect();
+    for chunk in at.chunks(WALK_CHUNK) {
+        let rows: Vec<u32> = chunk.iter().map(|&(i, j)| (i * k + j) as u32).collect();
+        let n = rows.len();
+        let picked = hidden.index_select(&Tensor::from_vec(rows, n, &dev)?, 0)?;
+        let logits: Vec<Vec<f32>> = model.logits(&picked)?.to_dtype(DType::F32)?.to_vec2()?;
+        for (&(i, j), row) in chunk.iter().zip(&logits) {
+            see(d, i, j + 1, row);
+        }
+    }
+    let scores = nll.into_iter().zip(refs).map(|(n, r)| (n, r.len())).collect();
+    let (mut keep, mut next) = (Vec::new(), Vec::new());
+    for (i, w) in walk.iter().enumerate() {
+        if let Walk::Left { visible, next: id } = *w {
+            keep.push(i);
+            next.push(id);
+            cache.keep_first(i, before[i] + visible);
+        }
+    }
+    cache.retain(&keep)?;
+    Ok((keep, next, scores))
 }
 
 /// Answers a user `prompt` (chat-templated for chat models) and returns the text.
@@ -456,8 +532,9 @@ mod tests {
     }
 
     /// References the greedy answer follows — wholly, or for a while and then not — are
-    /// scored from the decode's own steps where it matched them all, teacher-forced
-    /// otherwise: either way the completion loss of the loss pass.
+    /// walked along (the answer accepted from one teacher-forced pass, decoding going on
+    /// where it leaves them): the same answers as a decode without references, and the
+    /// completion loss of the loss pass.
     #[test]
     fn references_the_answer_follows_score_as_the_loss_pass() {
         let (model, _) = crate::model::tiny_model(7, &Device::Cpu).unwrap();
@@ -480,6 +557,21 @@ mod tests {
         let (outs, scores) = generate_and_score(&model, Some(&ad), &prompts, &refs, &[], 0, &cfg).unwrap();
         assert_eq!(outs, plain);
         assert_loss_pass(&model, &ad, &prompts, &refs, &scores);
+        // A stop token the answers meet inside their references, sampling (each row's
+        // draws in the same order), and a model with a sliding window (references
+        // teacher-forced on a copy of the prompts' cache instead): the answers of a
+        // decode without references, the loss pass's scores.
+        let stop = [plain[0][2]];
+        let sampled = GenerateConfig { temperature: 1.0, top_p: 0.9, seed: 3, ..cfg };
+        let mut windowed = model.clone();
+        windowed.cfg.sliding_window = Some(64);
+        for (m, stop, cfg) in [(&model, &stop[..], cfg), (&model, &[][..], sampled), (&windowed, &stop[..], cfg)] {
+            let want = generate_batch(m, Some(&ad), &prompts, stop, 0, &cfg, &mut |_, _| {}).unwrap();
+            let (outs, scores) = generate_and_score(m, Some(&ad), &prompts, &refs, stop, 0, &cfg).unwrap();
+            assert_eq!(outs, want);
+            assert_loss_pass(m, &ad, &prompts, &refs, &scores);
+        }
+        assert!(generate_batch(&model, Some(&ad), &prompts, &stop, 0, &cfg, &mut |_, _| {}).unwrap()[0].len() <= 2);
     }
 
     /// `scores` (of `refs` after `prompts`) equal the completion loss that the loss pass

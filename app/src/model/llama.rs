@@ -143,6 +143,27 @@ impl KvCache {
         self.key_mask.len()
     }
 
+    /// Real (not padding) positions of row `row` cached so far.
+    pub fn real_len(&self, row: usize) -> usize {
+        self.next_pos[row]
+    }
+
+    /// Hides row `row`'s cached positions after its first `keep` real ones: they stay in
+    /// the cache, masked, and the row's next token takes position `keep`. A decode that
+    /// teacher-forced a reference goes on from the reference tokens its answer accepted.
+    pub fn keep_first(&mut self, row: usize, keep: usize) {
+        let mut seen = 0;
+        for m in self.key_mask[row].iter_mut() {
+            if *m != 0 {
+                if seen >= keep {
+                    *m = 0;
+                }
+                seen += 1;
+            }
+        }
+        self.next_pos[row] = keep.min(seen);
+    }
+
     /// A cache of `rows` rows that each hold this one-row cache's contents: a prefix
     /// computed once and shared by every row of a batch.
     pub fn repeated(&self, rows: usize) -> Result<Self> {
