@@ -447,8 +447,7 @@ fn score_task(what: &Scoring, opts: &EvalOptions, on_progress: &mut dyn FnMut(us
             order.sort_by_key(|&i| examples[i].prompt_len);
             let mut outputs: Vec<Option<String>> = vec![None; n];
             let mut done = 0;
-            let rows = opts.generation_batch.max(bs);
-            for chunk in generation_batches(&order, |i| examples[i].prompt_len, rows) {
+            for chunk in generation_batches(&order, |i| examples[i].prompt_len, opts.generation_batch.max(1)) {
                 let prompts: Vec<Vec<u32>> =
                     chunk.iter().map(|&i| examples[i].ids[..examples[i].prompt_len].to_vec()).collect();
                 // Rows whose reference the decode scores (single-turn ones).
