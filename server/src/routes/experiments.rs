@@ -127,8 +127,10 @@ pub async fn experiments_create(
         tx.commit()
     })?;
     s.publish(&s.db, &id, Event::Status { status: Status::Queued, message: None })?;
+    // Read before waking the worker: the answer is the experiment as created (queued).
+    let created = load(&s, &id)?;
     let _ = s.wake.try_send(());
-    Ok((StatusCode::CREATED, Json(load(&s, &id)?)))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Everything wrong with an experiment request (its fields, its datasets, its model, its
@@ -250,8 +252,11 @@ pub async fn experiments_resume(
     // Room for the disk-full record first: resuming onto a full disk would only stop again.
     s.data.ensure_reserve()?;
     jobs::set_status(&s, &s.db, &id, Status::Queued, None)?;
+    // The answer is the experiment as this request left it (queued): read before the
+    // worker is woken, which may start it at once.
+    let queued = load(&s, &id)?;
     let _ = s.wake.try_send(());
-    Ok((StatusCode::ACCEPTED, Json(load(&s, &id)?)))
+    Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 /// `DELETE /api/experiments/{id}`: refused while it runs.
