@@ -8,9 +8,9 @@
 //!
 //! Libraries looked up: `MULTITUNE_BLAS=path` (only that one), or the OpenBLAS that
 //! `multitune fetch-model` unpacks from PyPI's `scipy-openblas32` (the build numpy ships:
-//! current, with run-time CPU detection) into `<models>/lib/`, MKL (`libmkl_rt`) and —
-//! only where that fetched one is missing — the system's OpenBLAS (`libopenblas.so.0`,
-//! e.g. Debian's `libopenblas0-pthread`), by the dynamic loader's usual search. `MULTITUNE_BLAS=off` keeps `gemm` without measuring.
+//! current, with run-time CPU detection) into `<models>/lib/`, and MKL (`libmkl_rt`), by
+//! the dynamic loader's usual search. The system's OpenBLAS is not looked up (Debian's
+//! 0.3.21 can deadlock at process exit); `MULTITUNE_BLAS=path` loads any library. `MULTITUNE_BLAS=off` keeps `gemm` without measuring.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::path::{Path, PathBuf};
@@ -205,16 +205,14 @@ fn candidates(wanted: Option<&str>) -> Vec<String> {
     }
     let mut out = Vec::new();
     let dir = SEARCH_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let fetched = dir.map(|d| d.join(FETCHED_NAME)).filter(|p| p.exists());
-    out.extend(["libmkl_rt.so.2", "libmkl_rt.so"].map(String::from));
-    match fetched {
-        // With the fetched OpenBLAS at hand the system's is not loaded at all: a second
-        // copy of the same library only adds a thread pool, and Debian's 0.3.21 can
-        // deadlock at process exit joining its threads (`blas_thread_shutdown_`; seen in
-        // a test binary that had finished every test).
-        Some(p) => out.insert(0, p.display().to_string()),
-        None => out.push("libopenblas.so.0".to_string()),
+    if let Some(p) = dir.map(|d| d.join(FETCHED_NAME)).filter(|p| p.exists()) {
+        out.push(p.display().to_string());
     }
+    // Not the system's `libopenblas.so.0`: Debian's 0.3.21 deadlocks at process exit
+    // joining its threads (`blas_thread_shutdown_`; a finished test binary hung there),
+    // and the fetched OpenBLAS measured as fast or faster wherever both were timed.
+    // `MULTITUNE_BLAS=path` still loads any library asked for.
+    out.extend(["libmkl_rt.so.2", "libmkl_rt.so"].map(String::from));
     out
 }
 
