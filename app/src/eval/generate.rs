@@ -160,19 +160,15 @@ fn score_references(
     if k == 0 {
         return Ok(out);
     }
-    let mut ids = Vec::with_capacity(b * k);
-    let mut mask = Vec::with_capacity(b);
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     for (i, r) in references.iter().enumerate() {
-        let n = r.len() - 1;
-        ids.extend_from_slice(&r[..n]);
-        ids.extend(std::iter::repeat_n(pad, k - n));
-        mask.push([vec![1u8; n], vec![0u8; k - n]].concat());
-        rows.extend((0..n).map(|j| (i * k + j) as u32));
+        rows.extend((0..r.len() - 1).map(|j| (i * k + j) as u32));
         targets.extend_from_slice(&r[1..]);
     }
+    let fed: Vec<Vec<u32>> = references.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+    let (ids, mask) = model.pad_batch(&fed, pad, false)?;
     let mut teacher = cache.clone();
-    let hidden = model.hidden_states(&Tensor::from_vec(ids, (b, k), dev)?, &mask, fwd, Some(&mut teacher))?;
+    let hidden = model.hidden_states(&ids, &mask, fwd, Some(&mut teacher))?;
     let n = rows.len();
     let picked = hidden.reshape((b * k, model.cfg.hidden_size))?.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
     let nll: Vec<f32> =
@@ -347,16 +343,9 @@ fn along_references(
     let (model, dev) = (d.model, d.model.device().clone());
     let b = refs.len();
     let before: Vec<usize> = (0..b).map(|i| cache.real_len(i)).collect();
-    let k = refs.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * k);
-    let mut mask = Vec::with_capacity(b);
-    for r in refs {
-        ids.extend_from_slice(r);
-        ids.extend(std::iter::repeat_n(pad, k - r.len()));
-        mask.push([vec![1u8; r.len()], vec![0u8; k - r.len()]].concat());
-    }
-    let hidden = model.hidden_states(&Tensor::from_vec(ids, (b, k), &dev)?, &mask, d.fwd, Some(cache))?;
-    let hidden = hidden.reshape((b * k, model.cfg.hidden_size))?;
+    let (ids, mask) = model.pad_batch(refs, pad, false)?;
+    let k = ids.dim(1)?;
+    let hidden = model.hidden_states(&ids, &mask, d.fwd, Some(cache))?.reshape((b * k, model.cfg.hidden_size))?;
     let mut walk = vec![Walk::Following; b];
     let mut nll = vec![0f64; b];
     // The logits for answer token j of prompt i: the prompt's last ones for j = 0, the
