@@ -46,18 +46,26 @@ fn a_job_is_leased_once_and_a_silent_workers_writes_are_refused() {
     assert!(!w1.heartbeat(&a1, "w1").unwrap());
     assert!(!w1.push_event(&a1, "w1", "{\"kind\":\"late\"}").unwrap());
     assert!(!w1.set_checkpoint(&a1, "late").unwrap());
-    assert!(!w1.finish(&a1, "late-result").unwrap());
+    assert!(!w1.finish(&a1, "w1", "late-result", &["{\"kind\":\"run_finished\"}".into()]).unwrap());
     assert!(!w1.fail(&a1, "late failure").unwrap());
     let events = w1.events(10).unwrap();
     assert_eq!(events.iter().map(|e| (e.attempt, e.data.as_str())).collect::<Vec<_>>(), [(1, "{\"kind\":\"x\"}")]);
     // The job finishes once, with attempt 2's result.
-    assert!(w2.finish(&a2, "experiments/e1/jobs/base/attempt-2/result").unwrap());
-    assert!(!w2.finish(&a2, "again").unwrap(), "a job finishes exactly once");
+    let closing = ["{\"kind\":\"run_finished\"}".to_string()];
+    assert!(w2.finish(&a2, "w2", "experiments/e1/jobs/base/attempt-2/result", &closing).unwrap());
+    assert!(!w2.finish(&a2, "w2", "again", &closing).unwrap(), "a job finishes exactly once");
     let jobs = w1.jobs("e1").unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!((jobs[0].status.as_str(), jobs[0].attempt), ("done", 2));
     assert_eq!(jobs[0].result.as_deref(), Some("experiments/e1/jobs/base/attempt-2/result"));
     assert_eq!(jobs[0].worker.as_deref(), Some("w2"));
+    // The finishing attempt's closing event came with its finish, once; the late
+    // finish of attempt 1 recorded none.
+    let events = w1.events(10).unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.attempt, e.worker.as_str(), e.data.as_str())).collect::<Vec<_>>(),
+        [(1, "w1", "{\"kind\":\"x\"}"), (2, "w2", "{\"kind\":\"run_finished\"}")]
+    );
     // The server takes the events, then the queue forgets them.
     w1.forget_events(&events.iter().map(|e| e.id).collect::<Vec<_>>()).unwrap();
     assert!(w1.events(10).unwrap().is_empty());
@@ -84,7 +92,7 @@ fn a_job_whose_workers_keep_dying_is_given_up_with_the_reason() {
     assert_eq!(q.retry("e2", 3).unwrap(), 1);
     let a3 = q.lease("w3", lease).unwrap().unwrap();
     assert_eq!(a3.attempt, 3);
-    assert!(!q.finish(&a2, "late").unwrap());
+    assert!(!q.finish(&a2, "w2", "late", &[]).unwrap());
     // Cancelled: the worker's next heartbeat says so.
     assert_eq!(q.cancel("e2").unwrap(), 1);
     assert!(!q.heartbeat(&a3, "w3").unwrap());

@@ -264,10 +264,32 @@ impl Queue {
         self.fenced(l, "checkpoint = $3, heartbeat_at = now()", &[&prefix])
     }
 
-    /// Finishes the job with the files under `result`; false (and nothing changed) once
-    /// the lease is lost. A job finishes once: only the running attempt can.
-    pub fn finish(&mut self, l: &Lease, result: &str) -> anyhow::Result<bool> {
-        self.fenced(l, "status = 'done', result = $3, finished_at = now()", &[&result])
+    /// Finishes the job with the files under `result`, recording `events` (JSON, sent by
+    /// `worker`) in the same transaction; false (and nothing changed, nothing recorded)
+    /// once the lease is lost. A job finishes once: only the running attempt can, so the
+    /// events that say a run finished are sent here, by the attempt whose result counts
+    /// (an attempt that lost its lease after its runs ended sends none).
+    pub fn finish(&mut self, l: &Lease, worker: &str, result: &str, events: &[String]) -> anyhow::Result<bool> {
+        let mut tx = self.client.transaction().map_err(plain)?;
+        let n = tx
+            .execute(
+                "UPDATE jobs SET status = 'done', result = $3, finished_at = now()
+                 WHERE id = $1 AND attempt = $2 AND status = 'running'",
+                &[&l.job, &l.attempt, &result],
+            )
+            .map_err(plain)?;
+        if n != 1 {
+            return Ok(false);
+        }
+        for data in events {
+            tx.execute(
+                "INSERT INTO job_events (job_id, attempt, worker, data) VALUES ($1, $2, $3, $4)",
+                &[&l.job, &l.attempt, &worker, data],
+            )
+            .map_err(plain)?;
+        }
+        tx.commit().map_err(plain)?;
+        Ok(true)
     }
 
     /// Fails the job for good with `error` (an error that another attempt would repeat);

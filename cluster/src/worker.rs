@@ -1,7 +1,7 @@
 //! `multitune worker`: leases a job, fetches its data (and the newest checkpoint of an
 //! earlier attempt), runs its part of the comparison on this machine's device, sends
-//! every progress event through the queue, uploads each checkpoint and the result, and
-//! finishes the job — every write naming its (job, attempt), so that once the lease is
+//! every progress event through the queue (a run's "finished" with the job's finish),
+//! uploads each checkpoint and the result, and finishes the job — every write naming its (job, attempt), so that once the lease is
 //! lost (this worker stalled, another took the job over) nothing more it writes counts:
 //! it stops at its next step and drops the attempt.
 
@@ -262,6 +262,10 @@ impl Job<'_> {
         let failure: RefCell<Option<anyhow::Error>> = RefCell::default();
         // This attempt's previous checkpoint, removed once the job points at a newer one.
         let previous: RefCell<Option<String>> = RefCell::default();
+        // The runs' "finished" events, sent with the job's finish: a run whose attempt
+        // loses its lease before the job is done is run again by the next attempt, and
+        // must not have said it finished.
+        let closing: RefCell<Vec<String>> = RefCell::default();
         let mut on_event = |e: &CompareEvent| {
             if self.lost.load(Ordering::Relaxed) || failure.borrow().is_some() {
                 return;
@@ -282,6 +286,10 @@ impl Job<'_> {
                     return Ok(true);
                 }
                 match experiment::event_of(e) {
+                    Some(ev) if matches!(e, CompareEvent::RunFinished { .. }) => {
+                        closing.borrow_mut().push(serde_json::to_string(&ev)?);
+                        Ok(true)
+                    }
                     Some(ev) => q.push_event(l, &self.opts.name, &serde_json::to_string(&ev)?),
                     None => Ok(true),
                 }
@@ -314,7 +322,7 @@ impl Job<'_> {
             let bytes = std::fs::read(state.join(&name)).with_context(|| format!("the part's record {name}"))?;
             self.store.put(&format!("{at}/state/{name}"), bytes)?;
         }
-        if !q.finish(l, &at)? {
+        if !q.finish(l, &self.opts.name, &at, &closing.into_inner())? {
             return Ok(Outcome::Lost);
         }
         if let Some(old) = previous.take() {
