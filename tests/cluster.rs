@@ -342,6 +342,60 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
     drop(workers);
 }
 
+/// A run says it finished only with its job's finish: an attempt that trains and scores
+/// its run but cannot store the result (a file where its result folder goes) fails its
+/// job without reporting the run finished; resumed, attempt 2 finishes it, once.
+#[test]
+fn a_run_is_reported_finished_only_by_the_attempt_that_finishes_its_job() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = pg::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = dir.path().join("artifacts");
+    let artifacts = format!("file://{}", store.display());
+    let s = Server::start(&data, &["--queue", &url, "--artifacts", &artifacts]);
+    let c = reqwest::Client::new();
+    let d: Dataset = rt.block_on(async {
+        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
+    });
+    let spec = json!({
+        "name": "closing", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
+        "budget_tokens": 2400, "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4}
+    });
+    let e: Experiment = rt
+        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    // No worker yet: once the jobs are queued, block the strategy's attempt 1 result folder.
+    let mut q = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    poll("the jobs queued", || (jobs_in(&mut q).len() == 2).then_some(()));
+    let blocked = store.join(format!("experiments/{}/jobs/strategy-0/attempt-1/result", e.id));
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, "in the way").unwrap();
+    let w = Worker::start("w1", &url, &artifacts, dir.path());
+    let failed = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+    assert_eq!(failed.status, Status::Failed);
+    assert!(
+        failed.error.as_deref().is_some_and(|m| m.contains("attempt 1") && m.contains("result")),
+        "{:?}",
+        failed.error
+    );
+    let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
+    let kinds = |kind: &str| -> Vec<(String, i64)> {
+        let mut st =
+            db.prepare("SELECT run, attempt FROM events WHERE experiment_id = ?1 AND kind = ?2 ORDER BY id").unwrap();
+        st.query_map([&e.id, kind], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let run = "combined (proportional)".to_string();
+    assert!(kinds("evaluated").contains(&(run.clone(), 1)), "attempt 1 trained and scored its run");
+    assert!(kinds("run_finished").is_empty(), "{:?}", kinds("run_finished"));
+    // Resumed: attempt 2 stores its result under its own prefix and finishes the run.
+    let r = rt.block_on(async { c.post(s.url(&format!("/api/experiments/{}/resume", e.id))).send().await.unwrap() });
+    assert!(r.status().is_success(), "{}", r.status());
+    let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
+    assert_eq!(done.status, Status::Done, "{:?}", done.error);
+    assert_eq!(kinds("run_finished"), [(run, 2)]);
+    drop(w);
+}
+
 /// `--local-worker`: the server is its own worker, through the same queue.
 #[test]
 fn a_server_with_a_local_worker_runs_the_queue_itself() {
