@@ -106,8 +106,9 @@ async fn upload_train_follow_and_download_over_http() {
     assert!(downloaded.num_parameters() > 0);
 }
 
-/// `kill -9` during training: on restart the experiment is interrupted, resumes from its
-/// checkpoint and finishes; the database is intact and no temporary file is left.
+/// `kill -9` during the second run's training: on restart the experiment is interrupted,
+/// resumes from its checkpoint (the first run restored from its record, announced
+/// once) and finishes; the database is intact and no temporary file is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_resumes_the_interrupted_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +123,7 @@ async fn killed_server_resumes_the_interrupted_run() {
         "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20, "checkpoint_every": 3}
     });
     let e: Experiment = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap();
-    wait_for(&c, &s, &e.id, |x| x.runs.first().is_some_and(|r| r.step >= 7)).await;
+    wait_for(&c, &s, &e.id, |x| x.runs.len() == 2 && x.runs[1].step >= 7).await;
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     let s = Server::start(&data, &[]);
@@ -134,8 +135,23 @@ async fn killed_server_resumes_the_interrupted_run() {
     let done = wait_for(&c, &s, &e.id, |x| x.status.is_final()).await;
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     let starts = train_starts(&c, &s, &e.id).await;
-    assert_eq!(starts[0], 0);
-    assert!(starts[1] >= 6, "the resumed training continued from a checkpoint: {starts:?}");
+    assert_eq!(starts[..2], [0, 0]);
+    assert!(starts.len() == 3 && starts[2] >= 6, "the resumed training continued from a checkpoint: {starts:?}");
+    let db = rusqlite::Connection::open(data.join("multitune.sqlite")).unwrap();
+    let (first, second) = ("combined (proportional)", "sequential (continue)");
+    for (kind, run, n) in
+        [("run_started", first, 1), ("run_finished", first, 1), ("run_started", second, 2), ("run_finished", second, 1)]
+    {
+        let count: i64 = db
+            .query_row(
+                "SELECT count(*) FROM events WHERE experiment_id = ?1 AND kind = ?2 AND run = ?3",
+                [&e.id, kind, run],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, n, "{kind} of {run}");
+    }
+    drop(db);
     let report: serde_json::Value =
         c.get(s.url(&format!("/api/experiments/{}/report", e.id))).send().await.unwrap().json().await.unwrap();
     assert_eq!(report["runs"][1]["tokens"], 30000);

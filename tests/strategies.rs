@@ -409,14 +409,23 @@ fn cancelled_comparison_resumes_to_the_same_result() {
     assert!(matches!(err, multitune::Error::Cancelled), "{err}");
     assert!(!out.path().join("report.json").exists(), "no report from a cancelled comparison");
     cancel.store(false, Ordering::Relaxed);
-    let mut starts = Vec::new();
+    let (mut starts, mut runs) = (Vec::new(), Vec::new());
     let got =
         compare(&Base { model: &model, tokenizer: &tok, name: "tiny" }, &tasks, &cfg, out.path(), control, &mut |e| {
-            if let CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } = e {
-                starts.push(*start_step);
+            match e {
+                CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } => starts.push(*start_step),
+                CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
+                CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {run} {index}/{of}")),
+                CompareEvent::RunFinished { run, .. } => runs.push(format!("finished {run}")),
+                _ => {}
             }
         })
         .unwrap();
+    // The finished run is restored from its record, announced neither started nor finished.
+    assert_eq!(
+        runs,
+        ["restored combined (proportional) 0/2", "started sequential (continue)", "finished sequential (continue)"]
+    );
     // The combined run is not trained again; both sequential stages continue from their
     // last checkpoints (the first from its final step, the second from step 2 of 3+).
     assert_eq!(starts.len(), 2, "{starts:?}");

@@ -134,7 +134,21 @@ pub fn load_tasks(spec: &ExperimentCreate, files: &[TaskFiles], max_bytes: u64) 
         .collect()
 }
 
-/// The API event of an engine event (checkpoints are not shown).
+/// The `run_finished` of a run that finished, or was restored from its record (see
+/// [`CompareEvent::RunRestored`]): a restored run's own may never have been recorded
+/// (a worker's attempt that lost its lease; a server stopped between the record and the
+/// event), so the caller decides whether to send it.
+pub fn finished_event(e: &CompareEvent) -> Option<Event> {
+    match e {
+        CompareEvent::RunFinished { run, wall_s } | CompareEvent::RunRestored { run, wall_s, .. } => {
+            Some(Event::RunFinished { run: run.clone(), wall_s: *wall_s })
+        }
+        _ => None,
+    }
+}
+
+/// The API event of an engine event (checkpoints are not shown; a restored run is not
+/// announced again, see [`finished_event`]).
 pub fn event_of(e: &CompareEvent) -> Option<Event> {
     Some(match e {
         CompareEvent::RunStarted { run, index, of } => Event::RunStarted { run: run.clone(), index: *index, of: *of },
@@ -165,5 +179,6 @@ pub fn event_of(e: &CompareEvent) -> Option<Event> {
             Event::Evaluated { run: run.clone(), stage: stage.clone(), task: task.clone(), value: *value }
         }
         CompareEvent::RunFinished { run, wall_s } => Event::RunFinished { run: run.clone(), wall_s: *wall_s },
+        CompareEvent::RunRestored { .. } => return None,
     })
 }

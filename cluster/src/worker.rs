@@ -285,11 +285,13 @@ impl Job<'_> {
                     }
                     return Ok(true);
                 }
+                // Held back until the job's finish; a restored run too: the earlier
+                // attempt that finished it lost its lease, so it never said so.
+                if let Some(ev) = experiment::finished_event(e) {
+                    closing.borrow_mut().push(serde_json::to_string(&ev)?);
+                    return Ok(true);
+                }
                 match experiment::event_of(e) {
-                    Some(ev) if matches!(e, CompareEvent::RunFinished { .. }) => {
-                        closing.borrow_mut().push(serde_json::to_string(&ev)?);
-                        Ok(true)
-                    }
                     Some(ev) => q.push_event(l, &self.opts.name, &serde_json::to_string(&ev)?),
                     None => Ok(true),
                 }

@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitune::strategy::{self, Base, CompareConfig, Control, TaskData};
+use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, TaskData};
 use multitune_api::{Event, ExperimentCreate, Status};
-use multitune_cluster::experiment::{self, event_of, TaskFiles};
+use multitune_cluster::experiment::{self, event_of, finished_event, TaskFiles};
 use rusqlite::{params, OptionalExtension};
 
 use crate::db::{Db, NOW};
@@ -186,7 +186,20 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     let control = Control { cancel: Some(cancel), state_dir: Some(&state_dir) };
     let mut db_error = None;
     let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |e| {
-        if let Some(ev) = event_of(e) {
+        let ev = match e {
+            // A run that finished before an interruption said so then (unless the
+            // server stopped between its record and its event): once is enough.
+            CompareEvent::RunRestored { run, .. } => match finished_recorded(db, id, run) {
+                Ok(true) => None,
+                Ok(false) => finished_event(e),
+                Err(err) => {
+                    db_error.get_or_insert(err);
+                    None
+                }
+            },
+            _ => event_of(e),
+        };
+        if let Some(ev) = ev {
             if let Err(err) = track_run(db, id, &ev, None).and_then(|_| state.publish(db, id, ev).map(|_| ())) {
                 // Training on without a record of it would lose what clients follow:
                 // stop at the next step, resumable from the last checkpoint.
@@ -205,6 +218,17 @@ fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::
     record_report_runs(db, id, &dir, &report?)?;
     std::fs::remove_dir_all(&state_dir).ok();
     Ok(())
+}
+
+/// Whether experiment `id` has recorded that `run` finished.
+fn finished_recorded(db: &Db, id: &str, run: &str) -> rusqlite::Result<bool> {
+    db.with(|c| {
+        c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE experiment_id = ?1 AND run = ?2 AND kind = 'run_finished')",
+            params![id, run],
+            |r| r.get(0),
+        )
+    })
 }
 
 /// Records every row of a finished experiment's report as a run (merges included), with

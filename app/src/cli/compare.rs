@@ -195,6 +195,11 @@ impl CompareArgs {
                         pb.set_message(format!("scored {task} after {stage}: {:.1}%", 100.0 * value));
                     }
                 }
+                CompareEvent::RunRestored { run, index, of, wall_s } => {
+                    let pb = bars.add(bar(0, "{prefix:36} {msg}"));
+                    pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
+                    pb.finish_with_message(format!("done before the interruption ({wall_s:.0}s)"));
+                }
                 CompareEvent::RunFinished { wall_s, .. } => {
                     if let Some(pb) = current.take() {
                         pb.finish_with_message(format!("done in {wall_s:.0}s"));

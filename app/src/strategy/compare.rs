@@ -84,7 +84,7 @@ impl Curves {
                     let _ = log.eval(task, *value);
                 }
             }
-            CompareEvent::RunStarted { .. } | CompareEvent::RunFinished { .. } => {}
+            CompareEvent::RunStarted { .. } | CompareEvent::RunFinished { .. } | CompareEvent::RunRestored { .. } => {}
         }
     }
 }
@@ -340,7 +340,6 @@ fn run_strategies(
         }
         let name = format!("{}{}", spec.name(), ctx.suffix);
         ctx.key = format!("s{k}-r{si}");
-        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
         let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
         if let Some(done) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
             // Finished before an interruption: take its results, and reload the per-task
@@ -357,9 +356,10 @@ fn run_strategies(
             }
             let wall_s = done[0].wall_s;
             runs.extend(done);
-            (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
+            (ctx.on_event)(&CompareEvent::RunRestored { run: name.clone(), index: first + si, of, wall_s });
             continue;
         }
+        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
         let rss = RssSampler::start();
         if let Some(grid) = ctx.cfg.lr_search.clone() {
             if searches[si].is_none() {

@@ -81,6 +81,19 @@ pub enum CompareEvent {
         /// Wall seconds.
         wall_s: f64,
     },
+    /// A run that finished before the comparison was interrupted, taken from its record
+    /// in the state folder (nothing is trained or scored again; no `RunStarted` or
+    /// `RunFinished` is sent for it this time).
+    RunRestored {
+        /// Run name.
+        run: String,
+        /// Its position.
+        index: usize,
+        /// Strategies in all.
+        of: usize,
+        /// Its wall seconds when it ran.
+        wall_s: f64,
+    },
 }
 
 /// How a comparison can be stopped and picked up again.
