@@ -92,7 +92,7 @@ demo-data: build
 
 ## demo: every strategy on the default model and the demo suite, scored on all 100
 ## held-out examples per task (budget sized for a 2-core machine; 14 minutes measured
-## 2026-12-01 on a fast one; 17 minutes on a slower one on 2026-12-02, after later cuts),
+## 2026-12-01 on a fast one; 17–19 minutes on a slower one on 2026-12-02, after later cuts),
 ## into runs/demo-compare.
 demo: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model

@@ -342,6 +342,27 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
     drop(workers);
 }
 
+/// Uploads the demo sentiment task and submits a comparison of `strategies` on it (the
+/// tiny model, 2,400 tokens, 4 held-out examples); `hyper` adds to those settings.
+fn submit_on_sentiment(
+    rt: &tokio::runtime::Runtime,
+    c: &reqwest::Client,
+    s: &Server,
+    name: &str,
+    strategies: serde_json::Value,
+    hyper: serde_json::Value,
+) -> Experiment {
+    let d: Dataset = rt
+        .block_on(async { upload(c, s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap() });
+    let mut h = json!({"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4});
+    h.as_object_mut().unwrap().extend(hyper.as_object().unwrap().clone());
+    let spec = json!({
+        "name": name, "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": strategies,
+        "budget_tokens": 2400, "hyper": h
+    });
+    rt.block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() })
+}
+
 /// A run says it finished only with its job's finish: an attempt that trains and scores
 /// its run but cannot store the result (a file where its result folder goes) fails its
 /// job without reporting the run finished; resumed, attempt 2 finishes it, once.
@@ -355,15 +376,7 @@ fn a_run_is_reported_finished_only_by_the_attempt_that_finishes_its_job() {
     let artifacts = format!("file://{}", store.display());
     let s = Server::start(&data, &["--queue", &url, "--artifacts", &artifacts]);
     let c = reqwest::Client::new();
-    let d: Dataset = rt.block_on(async {
-        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
-    });
-    let spec = json!({
-        "name": "closing", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
-        "budget_tokens": 2400, "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4}
-    });
-    let e: Experiment = rt
-        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let e = submit_on_sentiment(&rt, &c, &s, "closing", json!([{"strategy": "combined"}]), json!({}));
     // No worker yet: once the jobs are queued, block the strategy's attempt 1 result folder.
     let mut q = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     poll("the jobs queued", || (jobs_in(&mut q).len() == 2).then_some(()));
@@ -405,15 +418,7 @@ fn a_server_with_a_local_worker_runs_the_queue_itself() {
     let artifacts = format!("file://{}", dir.path().join("artifacts").display());
     let s = Server::start(&dir.path().join("data"), &["--queue", &url, "--artifacts", &artifacts, "--local-worker"]);
     let c = reqwest::Client::new();
-    let d: Dataset = rt.block_on(async {
-        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
-    });
-    let spec = json!({
-        "name": "local", "model": "tiny", "tasks": [{"dataset": d.id}], "strategies": [{"strategy": "combined"}],
-        "budget_tokens": 2400, "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4}
-    });
-    let e: Experiment = rt
-        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let e = submit_on_sentiment(&rt, &c, &s, "local", json!([{"strategy": "combined"}]), json!({}));
     let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     let run = done.runs.iter().find(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).unwrap();
@@ -483,17 +488,8 @@ fn artifacts_in_an_s3_bucket() {
     let artifacts = "s3://multitune/runs";
     let s = Server::start_with_env(&dir.path().join("data"), &["--queue", &url, "--artifacts", artifacts], &env);
     let w = Worker::start_with_env("s3", &url, artifacts, dir.path(), &env);
-    let d: Dataset = rt.block_on(async {
-        upload(&c, &s, "sentiment.jsonl", demo_file("sentiment.jsonl")).await.json().await.unwrap()
-    });
-    let spec = json!({
-        "name": "s3", "model": "tiny", "tasks": [{"dataset": d.id}],
-        "strategies": [{"strategy": "combined"}, {"strategy": "separate", "merges": []}],
-        "budget_tokens": 2400,
-        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20, "checkpoint_every": 2}
-    });
-    let e: Experiment = rt
-        .block_on(async { c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap().json().await.unwrap() });
+    let strategies = json!([{"strategy": "combined"}, {"strategy": "separate", "merges": []}]);
+    let e = submit_on_sentiment(&rt, &c, &s, "s3", strategies, json!({"bootstrap": 20, "checkpoint_every": 2}));
     let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
     assert!(done.has_report && done.runs.iter().any(|r| r.has_adapter));

@@ -10,7 +10,8 @@
 //! `multitune fetch-model` unpacks from PyPI's `scipy-openblas32` (the build numpy ships:
 //! current, with run-time CPU detection) into `<models>/lib/`, and MKL (`libmkl_rt`), by
 //! the dynamic loader's usual search. The system's OpenBLAS is not looked up (Debian's
-//! 0.3.21 can deadlock at process exit); `MULTITUNE_BLAS=path` loads any library. `MULTITUNE_BLAS=off` keeps `gemm` without measuring.
+//! 0.3.21 can deadlock at process exit). `MULTITUNE_BLAS=off` keeps `gemm` without
+//! measuring.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::path::{Path, PathBuf};
