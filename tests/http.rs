@@ -81,7 +81,7 @@ impl Server {
     /// A raw request with exactly these headers (a `Host` among them or not).
     pub fn raw_with(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_read_timeout(Some(crate::util::HANG)).unwrap();
         let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         write!(s, "{method} {target} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
         let mut out = Vec::new();
@@ -119,17 +119,48 @@ pub async fn wait_for(c: &reqwest::Client, s: &Server, id: &str, what: impl Fn(&
         if what(&e) {
             return e;
         }
-        assert!(t0.elapsed() < Duration::from_secs(600), "timed out: {e:?}");
+        assert!(t0.elapsed() < crate::util::HANG, "timed out: {e:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// Follows an experiment's events from its first until `what` says one is the awaited one,
+/// and returns that one: the moment something happens in training, with no polling lag.
+pub async fn wait_for_event(
+    c: &reqwest::Client,
+    s: &Server,
+    id: &str,
+    mut what: impl FnMut(&multitune_api::Event) -> bool,
+) -> Envelope {
+    let resp = c.get(s.url(&format!("/api/experiments/{id}/events"))).send().await.unwrap();
+    let mut found = None;
+    let follow = follow_events(resp, |e| {
+        if what(&e.event) {
+            found = Some(e);
+        }
+        found.is_none()
+    });
+    tokio::time::timeout(crate::util::HANG, follow).await.expect("timed out waiting for an event");
+    found.expect("the event stream ended first")
+}
+
 /// Reads server-sent events until the stream ends or `stop_after` arrive.
 pub async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    follow_events(resp, |e| {
+        out.push(e);
+        stop_after.is_none_or(|n| out.len() < n)
+    })
+    .await;
+    out
+}
+
+/// Hands each server-sent event to `on_event` as it arrives, until the stream ends or
+/// `on_event` says to stop (false).
+pub async fn follow_events(resp: reqwest::Response, mut on_event: impl FnMut(Envelope) -> bool) {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
-    let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
         while let Some(end) = buf.find("\n\n") {
@@ -143,12 +174,11 @@ pub async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> 
                 }
             }
             if let (Some(id), Some(d)) = (id, data) {
-                out.push(Envelope { id, experiment_id: String::new(), event: serde_json::from_str(&d).unwrap() });
-                if stop_after.is_some_and(|n| out.len() >= n) {
-                    return out;
+                let e = Envelope { id, experiment_id: String::new(), event: serde_json::from_str(&d).unwrap() };
+                if !on_event(e) {
+                    return;
                 }
             }
         }
     }
-    out
 }

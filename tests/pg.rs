@@ -72,8 +72,10 @@ impl Postgres {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
             dir.path().display()
         );
+        // Waits until the server accepts connections; the limit only bounds a hang.
+        let hang = crate::util::HANG.as_secs().to_string();
         let out = pg_command(&bin, "pg_ctl")
-            .args(["-w", "-t", "60", "-D"])
+            .args(["-w", "-t", &hang, "-D"])
             .arg(&data)
             .arg("-l")
             .arg(dir.path().join("log"))

@@ -6,6 +6,11 @@ use candle_core::Device;
 use multitune::data::Record;
 use multitune::model::{self as load, LoadedModel, ModelSource};
 
+/// How long a test waits for something it can observe before calling it a hang: far
+/// beyond what any wait in the suite takes on a machine several times slower than ours
+/// (or on one core beside a CPU hog), so it bounds a hang and never races the code.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The models folder: `$MULTITUNE_MODELS` or `models/` at the workspace root.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("MULTITUNE_MODELS")
@@ -25,6 +30,12 @@ pub fn default_model() -> &'static LoadedModel {
         );
         load::load_model(&ModelSource::Default, &dir, &Device::Cpu, false).expect("default model loads")
     })
+}
+
+/// Sends `sig` to a child process of the test.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
 /// The `multitune` binary built beside this test binary.

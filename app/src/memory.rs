@@ -48,10 +48,13 @@ impl RssSampler {
         let handle = std::thread::spawn(move || {
             let mut peak = rss_mib();
             loop {
+                // Read before the sample: once stopping, the last sample is one taken after
+                // `stop` was called, however late this thread was scheduled.
+                let stopping = flag.load(Ordering::Acquire);
                 if let Some(now) = rss_mib() {
                     peak = Some(peak.map_or(now, |p: f64| p.max(now)));
                 }
-                if flag.load(Ordering::Relaxed) {
+                if stopping {
                     return peak;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -62,7 +65,7 @@ impl RssSampler {
 
     /// Stops sampling and returns the peak seen, MiB.
     pub fn stop(mut self) -> Option<f64> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         self.handle.take().and_then(|h| h.join().ok().flatten())
     }
 }
@@ -84,7 +87,7 @@ mod tests {
         let s = RssSampler::start();
         // black_box: an allocation nobody reads may be optimised away.
         let block = std::hint::black_box(vec![1u8; 64 << 20]);
-        std::thread::sleep(std::time::Duration::from_millis(60));
+        // No wait needed: `stop` always takes one more sample, after it was called.
         let seen = s.stop().expect("a sample");
         assert!(seen >= now + 32.0, "sampled {seen} MiB after allocating 64 MiB on top of {now}");
         drop(block);
