@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run cli-demo test cluster-deps model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
+.PHONY: run build-all cli-demo test test-build test-run test-stress test-deps browser-deps cluster-deps model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -15,11 +15,21 @@ BIN_RELEASE := target/release/multitune
 DATA ?= data
 GPU := $(if $(MULTITUNE_GPU),$(MULTITUNE_GPU),$(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0))
 RUN_DIR := $(if $(filter 1,$(GPU)),target/cuda/release,target/release)
-run: $(if $(filter 1,$(GPU)),build-cuda,build-release) ui
+run: build-all
 	@if [ "$(GPU)" = 1 ]; then echo "GPU: $$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader -i 0 2>/dev/null || echo 'none seen by the driver') - starting the CUDA build (MULTITUNE_GPU=0 for the CPU one)"; \
 	else echo "No GPU seen - starting the CPU build (MULTITUNE_GPU=1 for the CUDA one)"; fi
 	$(RUN_DIR)/multitune --models-dir $(MODELS) fetch-model
 	$(RUN_DIR)/multitune-server --data-dir $(DATA) --models-dir $(MODELS) --demo assets/demo --dist dist
+
+## build-all: the binaries (build-release, or build-cuda with a GPU) and the dashboard
+## (ui, its lines marked [dashboard]) built at the same time, the dashboard at a lower
+## priority: the binaries' long chain of crates (gemm, candle, the engine, the server)
+## keeps the CPU, and the dashboard takes what that chain leaves idle. Their profiles
+## lock apart, so neither waits for the other's lock.
+build-all:
+	@{ nice -n 10 $(MAKE) --no-print-directory ui 2>&1 | sed -u 's/^/[dashboard] /'; exit $${PIPESTATUS[0]}; } & ui=$$!; \
+	$(MAKE) --no-print-directory $(if $(filter 1,$(GPU)),build-cuda,build-release); built=$$?; \
+	wait $$ui || { echo "the dashboard did not build (make ui says why)"; exit 1; }; exit $$built
 
 ## cli-demo: the CLI tour: score the base model, fine-tune on sentiment, generate.
 cli-demo: build-release
@@ -35,18 +45,46 @@ cli-demo: build-release
 		--prompt $$'Classify the sentiment of this review as positive or negative.\nReview: The hotel was not lovely.'
 
 ## test: everything CI checks (fetches the default model and builds the dashboard first;
-## the browser test needs Debian's chromium and chromium-driver, which .ci/run installs).
+## installs, where missing, what the tests start: see test-deps).
 ## In the release profile with the features `make run` builds with, so the dependency
 ## graph `make run` compiled is compiled once for both; the dashboard's native tests run
 ## apart and without Leptos (its `app` feature): they test its plain functions, and
 ## Leptos's dependencies would change features the server's graph shares.
-## The distributed mode's programs install (where missing) while the tests compile.
-test: model ui
-	@$(MAKE) --no-print-directory cluster-deps & deps=$$!; \
-	$(CARGO) test --release --workspace --exclude multitune-ui --no-run; built=$$?; \
-	wait $$deps || { echo "cluster-deps failed"; exit 1; }; exit $$built
-	$(CARGO) test --release --workspace --exclude multitune-ui
-	$(CARGO) test --release -p multitune-ui --no-default-features
+test: test-build
+	@$(MAKE) --no-print-directory test-run
+
+## test-build: everything `test-run` needs, built: the model, the dashboard, the test
+## binaries; test-deps install (where missing) while the tests compile.
+test-build:
+	@$(MAKE) --no-print-directory build-all GPU=0
+	@$(MAKE) --no-print-directory model
+	@$(MAKE) --no-print-directory test-deps & deps=$$!; \
+	$(CARGO) test --release --workspace --exclude multitune-ui --no-run && \
+	$(CARGO) test --release -p multitune-ui --no-default-features --no-run; built=$$?; \
+	wait $$deps || { echo "test-deps failed"; exit 1; }; exit $$built
+
+## test-run: the suite, built (every test binary runs even when one fails).
+test-run:
+	@$(CARGO) test --release --no-fail-fast --workspace --exclude multitune-ui; ws=$$?; \
+	$(CARGO) test --release -p multitune-ui --no-default-features; ui=$$?; \
+	[ $$ws = 0 ] && [ $$ui = 0 ]
+
+## test-stress: the suite on a slow and a fast machine: test-run on one core, beside a
+## CPU hog, then plainly three times (scripts/test-stress.sh; logs and a summary in
+## target/test-stress/). About 40 minutes on a 2-core machine.
+test-stress: test-build
+	scripts/test-stress.sh
+
+## test-deps: what the tests start and drive, installed where missing (apt needs root, as
+## CI has): the distributed mode's (cluster-deps) and the browser test's (browser-deps).
+## One after the other: two apt-get installs at once would fight over dpkg's lock.
+test-deps: cluster-deps browser-deps
+
+## browser-deps: Debian's chromium and chromium-driver, which the browser test drives.
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver || \
+		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }; }
 
 ## cluster-deps: what the distributed mode's tests start: PostgreSQL's server programs
 ## (Debian's `postgresql`, 15 on bookworm; installing needs root, as CI has) for a private
@@ -54,6 +92,9 @@ test: model ui
 ## s3:// artifacts; each skipped when present.
 MOTO_VENV ?= $(HOME)/.cache/multitune/moto-venv
 cluster-deps:
+	@python3 -c 'import ensurepip' 2>/dev/null || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv || \
+		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; }; }
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql || \
 		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }; }
@@ -68,20 +109,24 @@ model: build-release
 build:
 	$(CARGO) build -p multitune-cluster -p multitune-server
 
-## ui-tools: what building the dashboard needs, installed when missing: the wasm32
-## target, trunk 0.21.14 and wasm-bindgen-cli at the Cargo.lock version.
+## ui-tools: what building the dashboard needs: the wasm32 target (added when missing)
+## and tools/ui-bindgen, wasm-bindgen's library at the Cargo.lock version behind a small
+## command (its own workspace; unoptimised: it runs for a second per build), built into
+## $(TOOLS_DIR). No `cargo install`: the wasm-bindgen CLI's test runner, server and
+## downloader made up about half of its compile work.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+TOOLS_DIR ?= $(or $(CARGO_TARGET_DIR),target)/tools
+UI_BINDGEN := $(abspath $(TOOLS_DIR))/debug/ui-bindgen
 ui-tools:
 	@rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-	@command -v trunk >/dev/null && trunk --version | grep -q 0.21.14 || $(CARGO) install --locked trunk --version 0.21.14
-	@command -v wasm-bindgen >/dev/null && wasm-bindgen --version | grep -q "$(WASM_BINDGEN_VERSION)" || \
-		$(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
-	@grep -q 'wasm_bindgen = "$(WASM_BINDGEN_VERSION)"' Trunk.toml || \
-		{ echo "Trunk.toml must pin wasm_bindgen = \"$(WASM_BINDGEN_VERSION)\" (the Cargo.lock version)"; exit 1; }
+	@grep -q 'wasm-bindgen-cli-support = "=$(WASM_BINDGEN_VERSION)"' tools/ui-bindgen/Cargo.toml || \
+		{ echo "tools/ui-bindgen/Cargo.toml must pin wasm-bindgen-cli-support = \"=$(WASM_BINDGEN_VERSION)\" (the Cargo.lock version of wasm-bindgen)"; exit 1; }
+	$(CARGO) build --locked --manifest-path tools/ui-bindgen/Cargo.toml --target-dir $(TOOLS_DIR)
 
-## ui: build the dashboard into dist/ (release wasm; trunk never downloads a tool).
+## ui: build the dashboard into dist/ (scripts/build-ui.py: cargo in the `ui` profile,
+## ui-bindgen, content-hashed file names; nothing is downloaded).
 ui: ui-tools
-	TRUNK_OFFLINE=true trunk build
+	UI_BINDGEN=$(UI_BINDGEN) scripts/build-ui.py
 
 build-release:
 	$(CARGO) build --release -p multitune-cluster -p multitune-server

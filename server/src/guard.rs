@@ -105,7 +105,8 @@ pub async fn check_origin(req: Request, next: Next) -> Response {
 
 /// The dashboard's content security policy: everything from this origin only, wasm
 /// allowed to compile (`'wasm-unsafe-eval'`), and of inline scripts only those the built
-/// `index.html` holds (Trunk's loader), by their SHA-256, read from `index` at start-up.
+/// `index.html` holds (the loader `scripts/build-ui.py` writes), by their SHA-256, read from
+/// `index` at start-up.
 pub fn content_security_policy(index: Option<&str>) -> String {
     use base64::Engine;
     use sha2::Digest;
