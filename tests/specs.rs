@@ -1,7 +1,9 @@
-//! One comparison, asked for twice: as `multitune compare` flags and as the server's
-//! experiment JSON. Both go through the engine's `strategy::spec`, so the strategies and
-//! the runs' training configuration must come out equal (they once differed: the CLI
-//! refit merges at rank 16 whatever the rank, the server at twice the rank).
+//! One comparison, asked for through each front door: `multitune compare` flags, the
+//! server's experiment JSON and the dashboard's form. All go through the contract
+//! (`multitune_api`, with its one set of defaults) and the engine's `strategy::request`,
+//! so the strategies and the runs' training configuration must come out equal (they
+//! once differed: the CLI refit merges at rank 16 whatever the rank, the server at twice
+//! the rank; the learning rate's default was 2e-4 in three places and 0.001 in the form).
 
 use clap::Parser;
 use multitune::cli::{Cli, Cmd};
@@ -26,10 +28,43 @@ fn tasks(n: usize) -> serde_json::Value {
     serde_json::Value::Array((0..n).map(|i| serde_json::json!({ "dataset": format!("{i:016x}") })).collect())
 }
 
+/// The dashboard's form, untouched, with `n` tasks ticked: the request it sends, as the
+/// server reads it.
+fn from_form(n: usize) -> multitune::strategy::CompareConfig {
+    let tasks: Vec<(String, String)> = (0..n).map(|i| (format!("{i:016x}"), String::new())).collect();
+    let sent = multitune_ui::forms::FormFields::default().request(&tasks).expect("the untouched form is valid");
+    from_server(serde_json::to_value(sent).unwrap())
+}
+
+#[test]
+fn every_front_door_left_at_its_defaults_asks_for_the_same_comparison() {
+    // No option passed anywhere: the CLI without flags (but the tasks and the output
+    // folder it needs), the API with only its required fields, the form untouched.
+    let Cmd::Compare(args) =
+        Cli::try_parse_from(["multitune", "compare", "--tasks", "a", "b", "--out", "unused"]).unwrap().cmd
+    else {
+        panic!("not the compare command")
+    };
+    assert_eq!(args.model.model, multitune_api::defaults::MODEL);
+    let cli = args.config(2).expect("a valid comparison");
+    let api = from_server(serde_json::json!({ "name": "x", "tasks": tasks(2) }));
+    let form = from_form(2);
+    assert_eq!(cli, api);
+    assert_eq!(cli, form);
+    // And they are the contract's defaults, down to the trainer's.
+    let d = multitune_api::Hyper::default();
+    assert_eq!(cli.budget_tokens, multitune_api::defaults::BUDGET_TOKENS);
+    assert_eq!((cli.train.learning_rate, cli.train.lora.rank, cli.train.batch_size), (d.learning_rate, d.rank, d.batch_size));
+    let trainer = multitune::train::TrainConfig::default();
+    assert_eq!((trainer.learning_rate, trainer.lora.rank, trainer.lora.alpha), (d.learning_rate, d.rank, cli.train.lora.alpha));
+    assert_eq!(cli.strategies.len(), multitune_api::STRATEGY_NAMES.len());
+}
+
 #[test]
 fn cli_flags_and_experiment_json_give_the_same_comparison() {
     // Every strategy with its defaults, at a rank other than 8 (where the old CLI's fixed
-    // merge rank 16 happened to agree with the server's 2 × rank).
+    // merge rank 16 happened to agree with the server's 2 × rank, and the API's head rank 8
+    // with the CLI's `--rank`): the heads follow the rank on both sides.
     let cli = from_cli(&["--tasks", "a", "b", "c", "--strategies", "all", "--budget-tokens", "9000", "--rank", "4"], 3);
     let server = from_server(serde_json::json!({
         "name": "x", "model": "tiny", "tasks": tasks(3), "budget_tokens": 9000,
@@ -38,7 +73,7 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             {"strategy": "sequential", "variant": "continue"},
             {"strategy": "sequential", "variant": "merge_then_new"},
             {"strategy": "separate"},
-            {"strategy": "multi_head", "head_rank": 4}
+            {"strategy": "multi_head"}
         ],
         "hyper": {"rank": 4}
     }));

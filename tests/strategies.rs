@@ -4,7 +4,9 @@ use multitune::data::Record;
 use multitune::data::{self, LoadOptions, TaskKind};
 use multitune::eval::EvalOptions;
 use multitune::model::tiny_model;
-use multitune::strategy::{compare, Base, CompareConfig, SequentialVariant, StrategyOptions, StrategySpec, TaskData};
+use multitune::strategy::request::strategy_specs;
+use multitune::strategy::{compare, Base, CompareConfig, SequentialVariant, StrategySpec, TaskData};
+use multitune_api::StrategyChoice;
 use multitune::train::TrainConfig;
 
 fn demo_tasks(eval_n: usize) -> Vec<TaskData> {
@@ -63,7 +65,7 @@ fn run_tiny(
 fn every_strategy_runs_end_to_end_under_one_budget() {
     let (model, tok) = tiny_model(0, &Device::Cpu).unwrap();
     let tasks = demo_tasks(8);
-    let mut specs = StrategySpec::all(&StrategyOptions::for_rank(8));
+    let mut specs = strategy_specs(&StrategyChoice::all(), 8);
     specs.push(StrategySpec::Combined { mixing: multitune::strategy::Mixing::Temperature { t: 2.0 }, task_tag: true });
     specs.push(StrategySpec::Sequential {
         variant: SequentialVariant::Continue,
@@ -181,8 +183,8 @@ fn runs_sharing_a_first_stage_train_it_once_and_score_as_alone() {
     use multitune::train::TrainEvent;
     let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
     let tasks = demo_tasks(6);
-    let specs =
-        StrategySpec::parse_list("sequential,sequential-merge,separate", &StrategyOptions::for_rank(8)).unwrap();
+    let named = ["sequential", "sequential-merge", "separate"].map(|n| StrategyChoice::named(n).unwrap());
+    let specs = strategy_specs(&named, 8);
     let specs: Vec<StrategySpec> = specs
         .into_iter()
         .map(|s| match s {

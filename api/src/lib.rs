@@ -206,6 +206,35 @@ pub struct TaskRef {
     pub eval_dataset: Option<String>,
 }
 
+/// The one set of defaults of a comparison's settings: the API's serde defaults, the
+/// CLI's flags, the dashboard's form and the engine's configurations all read them here.
+pub mod defaults {
+    /// Base model id.
+    pub const MODEL: &str = "default";
+    /// Training tokens every strategy gets.
+    pub const BUDGET_TOKENS: usize = 16_000;
+    /// Peak learning rate. Measured on the demo tasks (default model, 8,000 tokens,
+    /// `--tune-lr` over 3e-4, 1e-3, 3e-3 on a validation split, 2026-12-01): the combined,
+    /// sequential and separate strategies each chose 1e-3 (see README, *Fair learning rates*).
+    pub const LEARNING_RATE: f64 = 1e-3;
+    /// LoRA rank (alpha is twice the rank).
+    pub const RANK: usize = 8;
+    /// Examples per micro-batch.
+    pub const BATCH_SIZE: usize = 8;
+    /// Longest example, tokens.
+    pub const MAX_TOKENS: usize = 256;
+    /// Training (and bootstrap) seed.
+    pub const SEED: u64 = 42;
+    /// Held-out share of a task without a held-out dataset.
+    pub const EVAL_SPLIT: f64 = 0.2;
+    /// Bootstrap resamples for the intervals.
+    pub const BOOTSTRAP: usize = 1000;
+    /// Steps between checkpoints (resume points).
+    pub const CHECKPOINT_EVERY: usize = 10;
+    /// The learning rates `tune_lr` searches.
+    pub const LR_GRID: [f64; 3] = [3e-4, 1e-3, 3e-3];
+}
+
 /// Task sampling of mixture-trained strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -220,6 +249,70 @@ pub enum MixingChoice {
         /// Temperature (1 = proportional, large = uniform).
         t: f64,
     },
+}
+
+impl MixingChoice {
+    /// Parses the command line's `proportional`, `uniform` or `temperature:T` (T > 0).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "proportional" => Some(MixingChoice::Proportional),
+            "uniform" => Some(MixingChoice::Uniform),
+            _ => s
+                .strip_prefix("temperature:")
+                .and_then(|t| t.parse().ok())
+                .filter(|t: &f64| *t > 0.0)
+                .map(|t| MixingChoice::Temperature { t }),
+        }
+    }
+}
+
+/// How a sequential run carries what it learned from one task to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SequentialVariant {
+    /// One adapter keeps training.
+    #[default]
+    Continue,
+    /// After each task the adapter is merged into the base and a fresh one starts.
+    MergeThenNew,
+}
+
+/// A way to merge the separate strategy's per-task adapters into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeChoice {
+    /// The mean of the adapters' deltas.
+    Linear,
+    /// Task arithmetic: the scaled sum of the deltas.
+    TaskArithmetic,
+    /// TIES: trim, elect signs, disjoint mean.
+    Ties,
+    /// DARE: drop at random and rescale.
+    Dare,
+    /// Concatenation: the exact sum, at the summed rank.
+    Concat,
+}
+
+impl MergeChoice {
+    /// Every method, in the order reports list them (the default set).
+    pub const ALL: [MergeChoice; 5] =
+        [MergeChoice::Linear, MergeChoice::TaskArithmetic, MergeChoice::Ties, MergeChoice::Dare, MergeChoice::Concat];
+
+    /// Its name on the wire and on the command line (`task_arithmetic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeChoice::Linear => "linear",
+            MergeChoice::TaskArithmetic => "task_arithmetic",
+            MergeChoice::Ties => "ties",
+            MergeChoice::Dare => "dare",
+            MergeChoice::Concat => "concat",
+        }
+    }
+
+    /// The method called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// A strategy and its options, as a client asks for it.
@@ -237,9 +330,9 @@ pub enum StrategyChoice {
     },
     /// Task after task.
     Sequential {
-        /// `continue` or `merge_then_new`.
-        #[serde(default = "default_variant")]
-        variant: String,
+        /// How one task's adapter carries on into the next.
+        #[serde(default)]
+        variant: SequentialVariant,
         /// Task order by position (empty: as listed).
         #[serde(default)]
         order: Vec<usize>,
@@ -249,40 +342,46 @@ pub enum StrategyChoice {
     },
     /// One adapter per task, scored routed and merged.
     Separate {
-        /// Merge methods: `linear`, `task_arithmetic`, `ties`, `dare`, `concat` (default: all).
-        #[serde(default = "default_merges")]
-        merges: Vec<String>,
+        /// Merge methods (default: all).
+        #[serde(default = "all_merges")]
+        merges: Vec<MergeChoice>,
     },
     /// A shared adapter and a head per task.
     MultiHead {
-        /// Rank of generation tasks' LM-head deltas.
-        #[serde(default = "default_head_rank")]
-        head_rank: usize,
+        /// Task sampling of the shared adapter's mixture.
+        #[serde(default)]
+        mixing: MixingChoice,
+        /// Rank of generation tasks' LM-head deltas (default: the LoRA rank).
+        #[serde(default)]
+        head_rank: Option<usize>,
     },
 }
 
-fn default_variant() -> String {
-    "continue".into()
+fn all_merges() -> Vec<MergeChoice> {
+    MergeChoice::ALL.to_vec()
 }
 
-fn default_merges() -> Vec<String> {
-    ["linear", "task_arithmetic", "ties", "dare", "concat"].map(String::from).to_vec()
-}
-
-fn default_head_rank() -> usize {
-    8
-}
+/// The strategy names of the command line, in the order `all` lists them.
+pub const STRATEGY_NAMES: [&str; 5] = ["combined", "sequential", "sequential-merge", "separate", "multi-head"];
 
 impl StrategyChoice {
-    /// Every strategy with its defaults (what `all` means on the command line).
+    /// The strategy a [`STRATEGY_NAMES`] name stands for, with its default options.
+    pub fn named(name: &str) -> Option<StrategyChoice> {
+        let sequential = |variant| StrategyChoice::Sequential { variant, order: vec![], replay: 0.0 };
+        Some(match name {
+            "combined" => StrategyChoice::Combined { mixing: MixingChoice::default(), task_tag: false },
+            "sequential" => sequential(SequentialVariant::Continue),
+            "sequential-merge" => sequential(SequentialVariant::MergeThenNew),
+            "separate" => StrategyChoice::Separate { merges: all_merges() },
+            "multi-head" => StrategyChoice::MultiHead { mixing: MixingChoice::default(), head_rank: None },
+            _ => return None,
+        })
+    }
+
+    /// Every strategy with its defaults (what `all` means on the command line, and what
+    /// an experiment without `strategies` runs).
     pub fn all() -> Vec<StrategyChoice> {
-        vec![
-            StrategyChoice::Combined { mixing: MixingChoice::Proportional, task_tag: false },
-            StrategyChoice::Sequential { variant: "continue".into(), order: vec![], replay: 0.0 },
-            StrategyChoice::Sequential { variant: "merge_then_new".into(), order: vec![], replay: 0.0 },
-            StrategyChoice::Separate { merges: default_merges() },
-            StrategyChoice::MultiHead { head_rank: 8 },
-        ]
+        STRATEGY_NAMES.iter().map(|n| Self::named(n).expect("every listed name is a strategy")).collect()
     }
 
     /// One line on what the strategy answers.
@@ -302,7 +401,7 @@ impl StrategyChoice {
     }
 }
 
-/// Training and evaluation settings of an experiment (defaults as the CLI's).
+/// Training and evaluation settings of an experiment (defaults: [`defaults`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Hyper {
@@ -329,45 +428,57 @@ pub struct Hyper {
     /// Pick each strategy's peak learning rate from `lr_grid` by successive halving on a
     /// validation split of the training data (`learning_rate` is then unused).
     pub tune_lr: bool,
-    /// The rates searched (empty: 3e-4, 1e-3, 3e-3).
+    /// The rates searched (empty: [`defaults::LR_GRID`]).
     pub lr_grid: Vec<f64>,
 }
 
 impl Default for Hyper {
     fn default() -> Self {
         Self {
-            learning_rate: 2e-4,
-            rank: 8,
-            batch_size: 8,
-            max_tokens: 256,
-            seed: 42,
+            learning_rate: defaults::LEARNING_RATE,
+            rank: defaults::RANK,
+            batch_size: defaults::BATCH_SIZE,
+            max_tokens: defaults::MAX_TOKENS,
+            seed: defaults::SEED,
             seeds: vec![],
-            eval_split: 0.2,
+            eval_split: defaults::EVAL_SPLIT,
             eval_limit: None,
-            bootstrap: 1000,
-            checkpoint_every: 10,
+            bootstrap: defaults::BOOTSTRAP,
+            checkpoint_every: defaults::CHECKPOINT_EVERY,
             tune_lr: false,
             lr_grid: vec![],
         }
     }
 }
 
-/// `POST /api/experiments`.
+/// `POST /api/experiments`. Only `name` and `tasks` are required; the rest defaults as
+/// the CLI and the dashboard's form do ([`defaults`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentCreate {
     /// Display name.
     pub name: String,
     /// Model id (see `GET /api/models`).
+    #[serde(default = "default_model")]
     pub model: String,
     /// Tasks, one dataset each.
     pub tasks: Vec<TaskRef>,
-    /// Strategies to compare.
+    /// Strategies to compare (default: every one, [`StrategyChoice::all`]).
+    #[serde(default = "StrategyChoice::all")]
     pub strategies: Vec<StrategyChoice>,
     /// Training tokens every strategy gets.
+    #[serde(default = "default_budget")]
     pub budget_tokens: usize,
     /// Hyper-parameters.
     #[serde(default)]
     pub hyper: Hyper,
+}
+
+fn default_model() -> String {
+    defaults::MODEL.into()
+}
+
+fn default_budget() -> usize {
+    defaults::BUDGET_TOKENS
 }
 
 /// Where an experiment is.
@@ -686,16 +797,47 @@ mod tests {
     fn experiment_request_fills_defaults() {
         let e: ExperimentCreate = serde_json::from_str(
             r#"{"name":"x","model":"tiny","tasks":[{"dataset":"ab"}],
-                "strategies":[{"strategy":"separate"},{"strategy":"sequential","replay":0.1}],
+                "strategies":[{"strategy":"separate"},{"strategy":"sequential","replay":0.1},
+                              {"strategy":"sequential","variant":"merge_then_new"},{"strategy":"multi_head"}],
                 "budget_tokens":1000}"#,
         )
         .unwrap();
         assert_eq!(e.hyper, Hyper::default());
-        assert_eq!(e.strategies[0], StrategyChoice::Separate { merges: default_merges() });
+        assert_eq!(e.strategies[0], StrategyChoice::Separate { merges: MergeChoice::ALL.to_vec() });
         assert_eq!(
             e.strategies[1],
-            StrategyChoice::Sequential { variant: "continue".into(), order: vec![], replay: 0.1 }
+            StrategyChoice::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.1 }
         );
+        assert_eq!(
+            e.strategies[2],
+            StrategyChoice::Sequential { variant: SequentialVariant::MergeThenNew, order: vec![], replay: 0.0 }
+        );
+        assert_eq!(e.strategies[3], StrategyChoice::MultiHead { mixing: MixingChoice::Proportional, head_rank: None });
+        // Only the name and the tasks are required.
+        let e: ExperimentCreate = serde_json::from_str(r#"{"name":"x","tasks":[{"dataset":"ab"}]}"#).unwrap();
+        assert_eq!((e.model.as_str(), e.budget_tokens), (defaults::MODEL, defaults::BUDGET_TOKENS));
+        assert_eq!(e.strategies, StrategyChoice::all());
+        // Options are closed sets: a name outside one is refused, naming what is allowed.
+        let bad = serde_json::from_str::<ExperimentCreate>(
+            r#"{"name":"x","tasks":[],"strategies":[{"strategy":"sequential","variant":"sideways"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("sideways") && bad.contains("merge_then_new"), "{bad}");
+    }
+
+    #[test]
+    fn command_line_names_and_mixing_parse() {
+        assert_eq!(StrategyChoice::all().len(), STRATEGY_NAMES.len());
+        assert_eq!(StrategyChoice::named("sequential-merge"), Some(StrategyChoice::all()[2].clone()));
+        assert_eq!(StrategyChoice::named("mixed"), None);
+        assert_eq!(MixingChoice::parse("temperature:2"), Some(MixingChoice::Temperature { t: 2.0 }));
+        assert_eq!(MixingChoice::parse("temperature:-1"), None);
+        assert_eq!(MixingChoice::parse("uniform"), Some(MixingChoice::Uniform));
+        for m in MergeChoice::ALL {
+            assert_eq!(MergeChoice::parse(m.name()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+        }
     }
 
     #[test]

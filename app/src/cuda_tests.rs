@@ -126,7 +126,8 @@ fn gpu_generation_and_label_ranking_match_the_cpu() {
 /// training step's loss is the CPU's within bf16 tolerance.
 #[test]
 fn gpu_comparison_runs_every_strategy() {
-    use crate::strategy::{compare, Base, CompareConfig, CompareEvent, StrategyOptions, StrategySpec, TaskData};
+    use crate::strategy::request::strategy_specs;
+    use crate::strategy::{compare, Base, CompareConfig, CompareEvent, TaskData};
     use crate::train::{TrainConfig, TrainEvent};
     let dev = gpu();
     let tasks: Vec<TaskData> = ["sentiment", "arithmetic"]
@@ -139,7 +140,7 @@ fn gpu_comparison_runs_every_strategy() {
         })
         .collect();
     let cfg = CompareConfig {
-        strategies: StrategySpec::all(&StrategyOptions::for_rank(4)),
+        strategies: strategy_specs(&multitune_api::StrategyChoice::all(), 4),
         budget_tokens: 3_000,
         train: TrainConfig {
             lora: LoraConfig { rank: 4, alpha: 8.0, ..Default::default() },

@@ -1,74 +1,15 @@
 //! An experiment as the server stores it (`multitune_api::ExperimentCreate`) turned into
-//! what the engine runs: its `CompareConfig`, its tasks loaded from files, and the
-//! engine's progress as API events. The server's local worker and the distributed
+//! what the engine runs: its `CompareConfig` (through the engine's one conversion,
+//! `strategy::request`), its tasks loaded from files, and the engine's progress as API
+//! events. The server's local worker and the distributed
 //! workers both go through here.
 
 use std::path::PathBuf;
 
-use multitune::adapter::MergeMethod;
 use multitune::data::{self, LoadOptions};
-use multitune::strategy::{
-    CompareConfig, CompareEvent, CompareSettings, HeldOut, Mixing, StrategyOptions, StrategySpec, TaskData,
-};
+use multitune::strategy::{self, CompareConfig, CompareEvent, HeldOut, TaskData};
 use multitune::train::TrainEvent;
-use multitune_api::{Event, ExperimentCreate, MixingChoice, StrategyChoice};
-
-/// The engine's options for one strategy choice of a request (validated by the engine).
-fn strategy_spec(choice: &StrategyChoice, rank: usize) -> Result<StrategySpec, String> {
-    let mut opts = StrategyOptions::for_rank(rank);
-    let name = match choice {
-        StrategyChoice::Combined { mixing, task_tag } => {
-            opts.mixing = match *mixing {
-                MixingChoice::Proportional => Mixing::Proportional,
-                MixingChoice::Uniform => Mixing::Uniform,
-                MixingChoice::Temperature { t } => Mixing::Temperature { t },
-            };
-            opts.task_tag = *task_tag;
-            "combined"
-        }
-        StrategyChoice::Sequential { variant, order, replay } => {
-            (opts.order, opts.replay) = (order.clone(), *replay);
-            match variant.as_str() {
-                "continue" => "sequential",
-                "merge_then_new" => "sequential-merge",
-                other => return Err(format!("variant `{other}` is not `continue` or `merge_then_new`")),
-            }
-        }
-        StrategyChoice::Separate { merges } => {
-            opts.merges = merges
-                .iter()
-                .map(|m| {
-                    MergeMethod::from_name(m)
-                        .ok_or_else(|| format!("merge `{m}` is not linear, task_arithmetic, ties, dare or concat"))
-                })
-                .collect::<Result<_, _>>()?;
-            "separate"
-        }
-        StrategyChoice::MultiHead { head_rank } => {
-            opts.head_rank = *head_rank;
-            "multi-head"
-        }
-    };
-    StrategySpec::from_name(name, &opts).map_err(|e| e.to_string())
-}
-
-/// The engine's settings for an experiment's hyper-parameters.
-pub fn compare_settings(spec: &ExperimentCreate) -> CompareSettings {
-    let h = &spec.hyper;
-    CompareSettings {
-        budget_tokens: spec.budget_tokens,
-        learning_rate: h.learning_rate,
-        rank: h.rank,
-        batch_size: h.batch_size,
-        max_tokens: h.max_tokens,
-        seed: h.seed,
-        seeds: h.seeds.clone(),
-        bootstrap: h.bootstrap,
-        checkpoint_every: h.checkpoint_every,
-        tune_lr: h.tune_lr,
-        lr_grid: h.lr_grid.clone(),
-    }
-}
+use multitune_api::{Event, ExperimentCreate};
 
 /// What is wrong with an experiment's settings: a summary and every problem.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,24 +28,11 @@ impl std::fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// The engine configuration of an experiment, every problem listed at once.
+/// The engine configuration of an experiment ([`multitune::strategy::request`]), every
+/// problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> Result<CompareConfig, Invalid> {
-    let mut problems = Vec::new();
-    let mut specs = Vec::new();
-    for (i, c) in spec.strategies.iter().enumerate() {
-        match strategy_spec(c, spec.hyper.rank) {
-            Ok(s) => specs.push(s),
-            Err(e) => problems.push(format!("strategies[{i}]: {e}")),
-        }
-    }
-    match compare_settings(spec).config(specs, spec.tasks.len()) {
-        Ok(cfg) if problems.is_empty() => Ok(cfg),
-        Ok(_) => Err(Invalid { message: "the experiment's strategies are not valid", problems }),
-        Err(more) => {
-            problems.extend(more);
-            Err(Invalid { message: "the experiment's settings are not valid", problems })
-        }
-    }
+    strategy::compare_config(&spec.strategies, spec.budget_tokens, &spec.hyper, spec.tasks.len())
+        .map_err(|problems| Invalid { message: "the experiment's settings are not valid", problems })
 }
 
 /// One task's files: its name, training file and optional held-out file.

@@ -1,8 +1,87 @@
 //! The New experiment form's logic in plain functions (tested natively, built without
-//! the `app` feature): the hyper-parameters typed in, the held-out sizes, the measured
-//! throughput behind the time estimate.
+//! the `app` feature): its fields and their starting values (the contract's defaults),
+//! the request they make, the held-out sizes, the measured throughput behind the time
+//! estimate.
 
-use multitune_api::{Dataset, Experiment, Hyper};
+use multitune_api::{defaults, Dataset, Experiment, ExperimentCreate, Hyper, StrategyChoice, TaskRef};
+
+/// The form's fields as typed (numbers are edited as text and parsed on submit, so
+/// typing "0.0" is not rewritten). [`Default`] is the untouched form: the contract's
+/// defaults ([`multitune_api::defaults`]), every strategy ticked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormFields {
+    /// Experiment name.
+    pub name: String,
+    /// Base model id.
+    pub model: String,
+    /// Which of [`StrategyChoice::all`] are ticked.
+    pub picked: Vec<bool>,
+    /// Training tokens per strategy.
+    pub budget: String,
+    /// Peak learning rate.
+    pub lr: String,
+    /// LoRA rank.
+    pub rank: String,
+    /// Examples per micro-batch.
+    pub batch: String,
+    /// Longest example, tokens.
+    pub max_tokens: String,
+    /// Held-out examples per task (blank: all).
+    pub eval_limit: String,
+    /// Seeds to repeat over (blank: once).
+    pub seeds: String,
+    /// Tune each strategy's learning rate.
+    pub tune_lr: bool,
+}
+
+impl Default for FormFields {
+    fn default() -> Self {
+        let h = Hyper::default();
+        Self {
+            name: "comparison".into(),
+            model: defaults::MODEL.into(),
+            picked: vec![true; StrategyChoice::all().len()],
+            budget: defaults::BUDGET_TOKENS.to_string(),
+            lr: h.learning_rate.to_string(),
+            rank: h.rank.to_string(),
+            batch: h.batch_size.to_string(),
+            max_tokens: h.max_tokens.to_string(),
+            eval_limit: h.eval_limit.map(|l| l.to_string()).unwrap_or_default(),
+            seeds: h.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            tune_lr: h.tune_lr,
+        }
+    }
+}
+
+impl FormFields {
+    /// The request these fields make for the chosen tasks (dataset id, held-out dataset
+    /// id or ""); every field that is not a number is named.
+    pub fn request(&self, tasks: &[(String, String)]) -> Result<ExperimentCreate, Vec<String>> {
+        let hyper = parse_hyper(&self.lr, &self.rank, &self.batch, &self.max_tokens, &self.eval_limit, &self.seeds);
+        let budget = self.budget.trim().parse::<usize>();
+        let (hyper, budget_tokens) = match (hyper, budget) {
+            (Ok(h), Ok(b)) => (h, b),
+            (h, b) => {
+                let mut errors = h.err().unwrap_or_default();
+                if b.is_err() {
+                    errors.insert(0, format!("training tokens: `{}` is not a whole number", self.budget.trim()));
+                }
+                return Err(errors);
+            }
+        };
+        Ok(ExperimentCreate {
+            name: self.name.clone(),
+            model: self.model.clone(),
+            tasks: tasks
+                .iter()
+                .map(|(d, e)| TaskRef { dataset: d.clone(), eval_dataset: Some(e.clone()).filter(|e| !e.is_empty()) })
+                .collect(),
+            strategies: StrategyChoice::all().into_iter().zip(&self.picked).filter(|(_, p)| **p).map(|(s, _)| s).collect(),
+            budget_tokens,
+            hyper: Hyper { tune_lr: self.tune_lr, ..hyper },
+        })
+    }
+}
 
 /// Median training throughput reported by earlier runs on `model`.
 pub fn measured_tokens_per_s(experiments: &[Experiment], model: &str) -> Option<f64> {
@@ -20,14 +99,14 @@ pub fn measured_tokens_per_s(experiments: &[Experiment], model: &str) -> Option<
 }
 
 /// The held-out examples each chosen task will have: its held-out dataset's rows, or the
-/// 20% split off its training rows, at most the held-out limit.
+/// share split off its training rows ([`defaults::EVAL_SPLIT`]), at most the held-out limit.
 pub fn held_out_sizes(datasets: &[Dataset], chosen: &[(String, String)], eval_limit: &str) -> Vec<usize> {
     let limit: Option<usize> = eval_limit.trim().parse().ok().filter(|&l| l > 0);
     let rows = |id: &str| datasets.iter().find(|d| d.id == id).map(|d| d.rows);
     chosen
         .iter()
         .filter_map(|(d, e)| {
-            let n = if e.is_empty() { rows(d).map(|r| (r as f64 * 0.2).round() as usize) } else { rows(e) }?;
+            let n = if e.is_empty() { rows(d).map(|r| (r as f64 * defaults::EVAL_SPLIT).round() as usize) } else { rows(e) }?;
             Some(limit.map_or(n, |l| n.min(l)).max(1))
         })
         .collect()
@@ -135,6 +214,23 @@ mod tests {
         let e = parse_hyper("fast", "8", "4", "192", "x", "1,a").unwrap_err();
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e[0].starts_with("learning rate") && e[1].starts_with("held-out") && e[2].starts_with("seeds"));
+    }
+
+    #[test]
+    fn the_untouched_form_asks_for_the_contracts_defaults() {
+        let f = FormFields::default();
+        let r = f.request(&[("ab".into(), String::new())]).unwrap();
+        assert_eq!(r.hyper, Hyper::default());
+        assert_eq!((r.budget_tokens, r.model.as_str()), (defaults::BUDGET_TOKENS, defaults::MODEL));
+        assert_eq!(r.strategies, StrategyChoice::all());
+        let mut some = FormFields { budget: "12k".into(), lr: "x".into(), ..f };
+        some.picked[0] = false;
+        let e = some.request(&[]).unwrap_err();
+        assert!(e[0].starts_with("training tokens") && e[1].starts_with("learning rate"), "{e:?}");
+        some.budget = "12000".into();
+        some.lr = "0.005".into();
+        let r = some.request(&[]).unwrap();
+        assert_eq!((r.budget_tokens, r.hyper.learning_rate, r.strategies.len()), (12000, 0.005, 4));
     }
 
     #[test]

@@ -144,7 +144,9 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false }
+        // The contract's rank, alpha twice the rank (as a comparison sets it).
+        let rank = multitune_api::defaults::RANK;
+        Self { rank, alpha: 2.0 * rank as f64, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false }
     }
 }
 

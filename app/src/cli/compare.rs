@@ -1,6 +1,7 @@
 //! `multitune compare`: train every chosen strategy on several tasks under one token
-//! budget and write the report. Strategy names, their options and the runs' training
-//! configuration come from the engine's [`crate::strategy::spec`], as the server's do.
+//! budget and write the report. The flags become the contract's request (strategy
+//! choices and hyper-parameters, with `multitune_api::defaults` as their defaults) and go
+//! through [`crate::strategy::request`], as the server's experiments do.
 
 use std::path::{Path, PathBuf};
 
@@ -10,12 +11,10 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use super::{args, bar, load, task_name, Cli};
-use crate::adapter::MergeMethod;
+use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
+
 use crate::data::{Limits, LoadOptions};
-use crate::strategy::{
-    self, Base, CompareConfig, CompareEvent, CompareSettings, Control, HeldOut, Mixing, StrategyOptions, StrategySpec,
-    TaskData,
-};
+use crate::strategy::{self, Base, CompareConfig, CompareEvent, Control, HeldOut, TaskData};
 use crate::train::TrainEvent;
 
 /// `multitune compare`: every chosen strategy under one budget, and the report.
@@ -32,7 +31,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub eval_dir: Option<PathBuf>,
     /// Held-out share of each task without an eval file.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = defaults::EVAL_SPLIT)]
     pub eval_split: f64,
     /// Use at most this many held-out examples per task.
     #[arg(long)]
@@ -41,9 +40,10 @@ pub struct CompareArgs {
     #[arg(long, default_value = "all")]
     pub strategies: String,
     /// Training tokens every strategy gets.
-    #[arg(long)]
+    #[arg(long, default_value_t = defaults::BUDGET_TOKENS)]
     pub budget_tokens: usize,
-    /// Combined mixing: proportional, uniform or temperature:T.
+    /// Task sampling of the combined and multi-head runs: proportional, uniform or
+    /// temperature:T.
     #[arg(long, default_value = "proportional")]
     pub mixing: String,
     /// Tag prompts with their task in the combined run.
@@ -53,9 +53,9 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 0.0)]
     pub replay: f64,
     /// Separate: merge methods to score, comma-separated (linear, task_arithmetic, ties,
-    /// dare, concat).
-    #[arg(long, default_value = "linear,task_arithmetic,ties,dare,concat")]
-    pub merges: String,
+    /// dare, concat) [default: all of them].
+    #[arg(long)]
+    pub merges: Option<String>,
     /// Multi-head: rank of the LM-head deltas of generation tasks (default: --rank).
     #[arg(long)]
     pub head_rank: Option<usize>,
@@ -63,26 +63,26 @@ pub struct CompareArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Examples per micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
     pub lr: f64,
     /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::RANK)]
     pub rank: usize,
     /// Longest example, in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults::MAX_TOKENS)]
     pub max_tokens: usize,
     /// Seed.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Repeat every strategy over these training seeds (comma-separated) and report the
     /// mean ± spread; default: just --seed.
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Bootstrap resamples.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::BOOTSTRAP)]
     pub bootstrap: usize,
     /// Pick each strategy's peak learning rate from --lr-grid by successive halving on a
     /// validation split of the training data (7/8 of a budget more training per strategy,
@@ -95,51 +95,66 @@ pub struct CompareArgs {
 }
 
 impl CompareArgs {
-    /// The settings these flags give (defaults: the engine's).
-    pub fn settings(&self) -> CompareSettings {
-        CompareSettings {
-            budget_tokens: self.budget_tokens,
+    /// The hyper-parameters these flags give.
+    pub fn hyper(&self) -> Hyper {
+        Hyper {
             learning_rate: self.lr,
             rank: self.rank,
             batch_size: self.batch_size,
             max_tokens: self.max_tokens,
             seed: self.seed,
             seeds: self.seeds.clone(),
+            eval_split: self.eval_split,
+            eval_limit: self.eval_limit,
             bootstrap: self.bootstrap,
-            checkpoint_every: CompareSettings::default().checkpoint_every,
             tune_lr: self.tune_lr,
             lr_grid: self.lr_grid.clone(),
+            ..Hyper::default()
         }
     }
 
-    /// The strategies' options these flags give.
-    pub fn strategy_options(&self) -> anyhow::Result<StrategyOptions> {
-        let mixing = Mixing::parse(&self.mixing)
+    /// The strategies these flags ask for, each with the option flags that apply to it.
+    pub fn strategies(&self) -> anyhow::Result<Vec<StrategyChoice>> {
+        let mixing = MixingChoice::parse(&self.mixing)
             .with_context(|| format!("unknown mixing `{}` (proportional, uniform, temperature:T)", self.mixing))?;
-        let merges = self
-            .merges
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|m| {
-                MergeMethod::from_name(m)
-                    .with_context(|| format!("unknown merge `{m}` (linear, task_arithmetic, ties, dare, concat)"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(StrategyOptions {
-            mixing,
-            task_tag: self.task_tag,
-            replay: self.replay,
-            merges,
-            head_rank: self.head_rank.unwrap_or(self.rank),
-            ..StrategyOptions::for_rank(self.rank)
-        })
+        let merges = match &self.merges {
+            None => MergeChoice::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|m| {
+                    MergeChoice::parse(m)
+                        .with_context(|| format!("unknown merge `{m}` (linear, task_arithmetic, ties, dare, concat)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        let with_options = |choice: StrategyChoice| match choice {
+            StrategyChoice::Combined { .. } => StrategyChoice::Combined { mixing, task_tag: self.task_tag },
+            StrategyChoice::Sequential { variant, .. } => {
+                StrategyChoice::Sequential { variant, order: vec![], replay: self.replay }
+            }
+            StrategyChoice::Separate { .. } => StrategyChoice::Separate { merges: merges.clone() },
+            StrategyChoice::MultiHead { .. } => StrategyChoice::MultiHead { mixing, head_rank: self.head_rank },
+        };
+        let mut out = Vec::new();
+        for name in self.strategies.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == "all" {
+                out.extend(StrategyChoice::all().into_iter().map(with_options));
+            } else {
+                let choice = StrategyChoice::named(name).with_context(|| {
+                    format!("unknown strategy `{name}` (all, {})", STRATEGY_NAMES.join(", "))
+                })?;
+                out.push(with_options(choice));
+            }
+        }
+        Ok(out)
     }
 
     /// The comparison these flags describe for `n_tasks` tasks, checked whole.
     pub fn config(&self, n_tasks: usize) -> anyhow::Result<CompareConfig> {
-        let specs = StrategySpec::parse_list(&self.strategies, &self.strategy_options()?)?;
-        self.settings().config(specs, n_tasks).map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))
+        strategy::compare_config(&self.strategies()?, self.budget_tokens, &self.hyper(), n_tasks)
+            .map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))
     }
 
     /// Every task file with its held-out examples: `--eval-dir/<task>.jsonl`, else an

@@ -69,11 +69,11 @@ impl Default for EvalOptions {
     fn default() -> Self {
         Self {
             system: None,
-            max_seq_len: 256,
+            max_seq_len: multitune_api::defaults::MAX_TOKENS,
             batch_size: 128,
             generation_batch: 64,
             length_normalise: false,
-            bootstrap: 1000,
+            bootstrap: multitune_api::defaults::BOOTSTRAP,
             seed: 0,
         }
     }

@@ -17,7 +17,7 @@ use crate::strategy::task::TaskData;
 use crate::{Error, Result};
 
 /// The rates tried when none are given.
-pub const DEFAULT_GRID: [f64; 3] = [3e-4, 1e-3, 3e-3];
+pub const DEFAULT_GRID: [f64; 3] = multitune_api::defaults::LR_GRID;
 
 /// Share of each task's training examples held out for validation during the search.
 pub const VALIDATION_SHARE: f64 = 0.2;

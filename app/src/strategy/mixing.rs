@@ -31,19 +31,6 @@ impl Mixing {
         let s: f64 = w.iter().sum();
         w.iter().map(|x| x / s).collect()
     }
-
-    /// Parses `proportional`, `uniform` or `temperature:T`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "proportional" => Some(Mixing::Proportional),
-            "uniform" => Some(Mixing::Uniform),
-            _ => s
-                .strip_prefix("temperature:")
-                .and_then(|t| t.parse().ok())
-                .filter(|t: &f64| *t > 0.0)
-                .map(|t| Mixing::Temperature { t }),
-        }
-    }
 }
 
 /// A seeded sequence of `(task, example)` draws of length `n`: tasks by `probs`, and
@@ -85,8 +72,6 @@ mod tests {
         // T = 2: sqrt(100) = 10, sqrt(400) = 20 -> 1/3, 2/3.
         let p = Mixing::Temperature { t: 2.0 }.probabilities(&sizes);
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(Mixing::parse("temperature:2"), Some(Mixing::Temperature { t: 2.0 }));
-        assert_eq!(Mixing::parse("temperature:-1"), None);
     }
 
     #[test]

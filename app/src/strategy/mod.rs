@@ -5,8 +5,8 @@
 //! shared adapter plus a head per task). The report says which wins, per task and
 //! overall, at what cost.
 //!
-//! [`spec`] turns names and options into [`StrategySpec`]s (for the CLI and the server
-//! alike), [`compare()`] runs them, one module per strategy ([`lr_search`] first picks
+//! [`request`] turns what users ask for (the `multitune_api` contract, for the CLI and
+//! the server alike) into [`StrategySpec`]s and a [`CompareConfig`], [`compare()`] runs them, one module per strategy ([`lr_search`] first picks
 //! each one's learning rate when asked), and [`report`] and
 //! [`charts`] present the result.
 
@@ -18,6 +18,7 @@ pub mod lr_search;
 pub mod mixing;
 mod multi_head;
 pub mod report;
+pub mod request;
 pub mod separate;
 mod sequential;
 pub mod spec;
@@ -27,7 +28,6 @@ pub use compare::{compare, compare_part, part_records, Part};
 pub use context::{slug, Base, CompareEvent, Control};
 pub use mixing::Mixing;
 pub use report::{Report, RunCost, RunResult, TaskScore};
-pub use spec::{
-    strategy_problems, CompareConfig, CompareSettings, SequentialVariant, StrategyOptions, StrategySpec, STRATEGY_NAMES,
-};
+pub use request::compare_config;
+pub use spec::{strategy_problems, CompareConfig, SequentialVariant, StrategySpec};
 pub use task::{HeldOut, TaskData};

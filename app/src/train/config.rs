@@ -46,20 +46,23 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The contract's defaults ([`multitune_api::defaults`]) where a comparison sets the
+    /// same knob; PEFT's and `transformers`' for the rest.
     fn default() -> Self {
+        use multitune_api::defaults;
         Self {
             lora: LoraConfig::default(),
-            learning_rate: 2e-4,
+            learning_rate: defaults::LEARNING_RATE,
             warmup_ratio: 0.05,
             adamw: AdamWConfig::default(),
             max_grad_norm: 1.0,
-            batch_size: 8,
+            batch_size: defaults::BATCH_SIZE,
             grad_accum: 1,
             epochs: 1.0,
             max_steps: None,
-            max_seq_len: 256,
-            seed: 42,
-            checkpoint_every: 50,
+            max_seq_len: defaults::MAX_TOKENS,
+            seed: defaults::SEED,
+            checkpoint_every: defaults::CHECKPOINT_EVERY,
             token_budget: None,
             group_by_length: false,
         }

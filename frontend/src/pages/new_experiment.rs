@@ -4,15 +4,15 @@
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_navigate;
-use multitune_api::{ApiError, Dataset, Experiment, ExperimentCreate, Hyper, Model, Power, StrategyChoice, TaskRef};
+use multitune_api::{defaults, ApiError, Dataset, Experiment, Model, Power, SequentialVariant, StrategyChoice};
 
-use crate::forms::{held_out_sizes, measured_tokens_per_s, parse_hyper};
+use crate::forms::{held_out_sizes, measured_tokens_per_s, FormFields};
 use crate::{api, format, ErrorView};
 
 fn strategy_label(s: &StrategyChoice) -> String {
     match s {
         StrategyChoice::Combined { .. } => "Combined".into(),
-        StrategyChoice::Sequential { variant, .. } if variant == "merge_then_new" => {
+        StrategyChoice::Sequential { variant: SequentialVariant::MergeThenNew, .. } => {
             "Sequential (merge-then-new)".into()
         }
         StrategyChoice::Sequential { .. } => "Sequential (continue)".into(),
@@ -47,22 +47,22 @@ pub fn NewExperimentPage() -> impl IntoView {
             history.set(h);
         }
     });
-    let name = RwSignal::new("comparison".to_string());
-    let model = RwSignal::new("default".to_string());
+    // The untouched form: the contract's defaults (`FormFields::default`).
+    let start = FormFields::default();
+    let name = RwSignal::new(start.name);
+    let model = RwSignal::new(start.model);
     // Chosen tasks: dataset id → held-out dataset id ("" = split off the training set).
     let chosen = RwSignal::new(Vec::<(String, String)>::new());
     let all = StrategyChoice::all();
-    let picked = RwSignal::new(vec![true; all.len()]);
-    let budget = RwSignal::new("16000".to_string());
-    // Numbers are edited as text and parsed on submit, so typing "0.0" is not rewritten.
-    let d = Hyper::default();
-    let lr = RwSignal::new("0.001".to_string());
-    let rank = RwSignal::new(d.rank.to_string());
-    let batch = RwSignal::new(d.batch_size.to_string());
-    let max_tokens = RwSignal::new(d.max_tokens.to_string());
-    let eval_limit = RwSignal::new("50".to_string());
-    let seeds = RwSignal::new(String::new());
-    let tune_lr = RwSignal::new(false);
+    let picked = RwSignal::new(start.picked);
+    let budget = RwSignal::new(start.budget);
+    let lr = RwSignal::new(start.lr);
+    let rank = RwSignal::new(start.rank);
+    let batch = RwSignal::new(start.batch);
+    let max_tokens = RwSignal::new(start.max_tokens);
+    let eval_limit = RwSignal::new(start.eval_limit);
+    let seeds = RwSignal::new(start.seeds);
+    let tune_lr = RwSignal::new(start.tune_lr);
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
     let all_for_view = all.clone();
@@ -101,32 +101,29 @@ pub fn NewExperimentPage() -> impl IntoView {
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let strategies: Vec<StrategyChoice> =
-            all.iter().zip(picked.get()).filter(|(_, p)| *p).map(|(s, _)| s.clone()).collect();
-        let h =
-            match parse_hyper(&lr.get(), &rank.get(), &batch.get(), &max_tokens.get(), &eval_limit.get(), &seeds.get())
-            {
-                Ok(h) => Hyper { tune_lr: tune_lr.get(), ..h },
-                Err(details) => {
-                    error.set(Some(ApiError {
-                        code: "invalid".into(),
-                        message: "Some settings are not numbers".into(),
-                        details,
-                    }));
-                    return;
-                }
-            };
-        let spec = ExperimentCreate {
+        let fields = FormFields {
             name: name.get(),
             model: model.get(),
-            tasks: chosen
-                .get()
-                .into_iter()
-                .map(|(d, e)| TaskRef { dataset: d, eval_dataset: Some(e).filter(|e| !e.is_empty()) })
-                .collect(),
-            strategies,
-            budget_tokens: budget.get().trim().parse().unwrap_or(0),
-            hyper: h,
+            picked: picked.get(),
+            budget: budget.get(),
+            lr: lr.get(),
+            rank: rank.get(),
+            batch: batch.get(),
+            max_tokens: max_tokens.get(),
+            eval_limit: eval_limit.get(),
+            seeds: seeds.get(),
+            tune_lr: tune_lr.get(),
+        };
+        let spec = match fields.request(&chosen.get()) {
+            Ok(spec) => spec,
+            Err(details) => {
+                error.set(Some(ApiError {
+                    code: "invalid".into(),
+                    message: "Some settings are not numbers".into(),
+                    details,
+                }));
+                return;
+            }
         };
         busy.set(true);
         let navigate = navigate.clone();
@@ -173,7 +170,7 @@ pub fn NewExperimentPage() -> impl IntoView {
                                     let v = event_target_value(&ev);
                                     chosen.update(|c| if let Some(x) = c.iter_mut().find(|x| x.0 == id3) { x.1 = v.clone(); });
                                 }>
-                                    <option value="">"split 20% off"</option>
+                                    <option value="">{format!("split {:.0}% off", 100.0 * defaults::EVAL_SPLIT)}</option>
                                     {options.iter().filter(|o| o.id != d.id).map(|o| view! {
                                         <option value=o.id.clone()>{o.name.clone()}</option>
                                     }).collect_view()}
@@ -208,7 +205,10 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <div class="tune-lr">
                     <input type="checkbox" id="tune-lr" prop:checked=move || tune_lr.get()
                         on:change=move |ev| tune_lr.set(event_target_checked(&ev)) />
-                    <label for="tune-lr">"Tune each strategy's learning rate (3e-4, 1e-3, 3e-3, chosen on a validation split of the training data; the rate above is then unused)"</label>
+                    <label for="tune-lr">{format!(
+                        "Tune each strategy's learning rate ({}, chosen on a validation split of the training data; the rate above is then unused)",
+                        defaults::LR_GRID.map(|r| format!("{r:e}")).join(", ")
+                    )}</label>
                 </div>
                 <label for="rank">"LoRA rank"</label><Field id="rank" value=rank />
                 <label for="batch">"Batch size"</label><Field id="batch" value=batch />

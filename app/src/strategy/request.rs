@@ -1,0 +1,161 @@
+//! The one conversion between the contract ([`multitune_api`]: what the dashboard's form,
+//! an HTTP client and `multitune compare` ask for, with the one set of defaults in
+//! [`multitune_api::defaults`]) and the engine's comparison ([`CompareConfig`]). The
+//! server, the distributed workers and the CLI all call [`compare_config`], so the same
+//! request gives the same runs whichever door it came through.
+
+use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice};
+
+use crate::adapter::lora::LoraConfig;
+use crate::adapter::merge::MergeMethod;
+use crate::eval::EvalOptions;
+use crate::strategy::mixing::Mixing;
+use crate::strategy::spec::{strategy_problems, CompareConfig, StrategySpec};
+use crate::strategy::lr_search;
+use crate::train::TrainConfig;
+
+impl From<MixingChoice> for Mixing {
+    fn from(m: MixingChoice) -> Self {
+        match m {
+            MixingChoice::Proportional => Mixing::Proportional,
+            MixingChoice::Uniform => Mixing::Uniform,
+            MixingChoice::Temperature { t } => Mixing::Temperature { t },
+        }
+    }
+}
+
+impl From<MergeChoice> for MergeMethod {
+    /// The method with its default parameters ([`MergeMethod::defaults`]).
+    fn from(m: MergeChoice) -> Self {
+        MergeMethod::from_name(m.name()).expect("every merge choice is a merge method")
+    }
+}
+
+/// The engine's strategy for a choice, for adapters of rank `rank`: merges refit at
+/// twice the rank, LM-head deltas default to the rank.
+pub fn strategy_spec(choice: &StrategyChoice, rank: usize) -> StrategySpec {
+    match choice {
+        StrategyChoice::Combined { mixing, task_tag } => {
+            StrategySpec::Combined { mixing: (*mixing).into(), task_tag: *task_tag }
+        }
+        StrategyChoice::Sequential { variant, order, replay } => {
+            StrategySpec::Sequential { variant: *variant, order: order.clone(), replay: *replay }
+        }
+        StrategyChoice::Separate { merges } => StrategySpec::Separate {
+            merges: merges.iter().map(|&m| m.into()).collect(),
+            merge_rank: rank.saturating_mul(2),
+        },
+        StrategyChoice::MultiHead { mixing, head_rank } => {
+            StrategySpec::MultiHead { mixing: (*mixing).into(), head_rank: head_rank.unwrap_or(rank) }
+        }
+    }
+}
+
+/// The engine's strategies for `choices` at rank `rank`.
+pub fn strategy_specs(choices: &[StrategyChoice], rank: usize) -> Vec<StrategySpec> {
+    choices.iter().map(|c| strategy_spec(c, rank)).collect()
+}
+
+/// The training configuration every run of a comparison starts from.
+pub fn train_config(h: &Hyper) -> TrainConfig {
+    TrainConfig {
+        lora: LoraConfig { rank: h.rank, alpha: 2.0 * h.rank as f64, ..Default::default() },
+        learning_rate: h.learning_rate,
+        batch_size: h.batch_size,
+        max_seq_len: h.max_tokens,
+        seed: h.seed,
+        checkpoint_every: h.checkpoint_every,
+        ..Default::default()
+    }
+}
+
+/// How every run of a comparison is scored.
+pub fn eval_options(h: &Hyper) -> EvalOptions {
+    EvalOptions { max_seq_len: h.max_tokens, bootstrap: h.bootstrap, seed: h.seed, ..Default::default() }
+}
+
+/// The comparison of `strategies` with `budget_tokens` training tokens each under `h`,
+/// checked whole for `n_tasks` tasks: every problem is listed, each naming its field
+/// (`hyper: …`, `strategies[i]: …`).
+pub fn compare_config(
+    strategies: &[StrategyChoice],
+    budget_tokens: usize,
+    h: &Hyper,
+    n_tasks: usize,
+) -> Result<CompareConfig, Vec<String>> {
+    let specs = strategy_specs(strategies, h.rank);
+    let train = train_config(h);
+    let mut problems = Vec::new();
+    if let Err(e) = train.validate() {
+        problems.push(format!("hyper: {e}"));
+    }
+    let grid = if h.lr_grid.is_empty() { defaults::LR_GRID.to_vec() } else { h.lr_grid.clone() };
+    if h.tune_lr {
+        problems.extend(lr_search::grid_problems(&grid).into_iter().map(|p| format!("hyper: {p}")));
+    } else if !h.lr_grid.is_empty() {
+        problems.push("hyper: lr_grid is only used with tune_lr".into());
+    }
+    problems.extend(strategy_problems(&specs, n_tasks));
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(CompareConfig {
+        strategies: specs,
+        budget_tokens,
+        train,
+        eval: eval_options(h),
+        seeds: h.seeds.clone(),
+        lr_search: h.tune_lr.then_some(grid),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multitune_api::SequentialVariant;
+
+    #[test]
+    fn every_choice_becomes_its_strategy_with_the_shared_defaults() {
+        let all = strategy_specs(&StrategyChoice::all(), 4);
+        assert_eq!(all.len(), multitune_api::STRATEGY_NAMES.len());
+        assert_eq!(all[0], StrategySpec::Combined { mixing: Mixing::Proportional, task_tag: false });
+        assert_eq!(
+            all[2],
+            StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, order: vec![], replay: 0.0 }
+        );
+        assert_eq!(all[3], StrategySpec::Separate { merges: MergeMethod::defaults(), merge_rank: 8 });
+        assert_eq!(all[4], StrategySpec::MultiHead { mixing: Mixing::Proportional, head_rank: 4 });
+        assert_eq!(all[2].name(), "sequential (merge-then-new)");
+        let tagged = StrategyChoice::Combined { mixing: MixingChoice::Temperature { t: 2.0 }, task_tag: true };
+        assert_eq!(strategy_spec(&tagged, 8).name(), "combined (T=2, tagged)");
+        let head = StrategyChoice::MultiHead { mixing: MixingChoice::Uniform, head_rank: Some(2) };
+        assert_eq!(strategy_spec(&head, 8), StrategySpec::MultiHead { mixing: Mixing::Uniform, head_rank: 2 });
+    }
+
+    #[test]
+    fn problems_are_listed_whole() {
+        let seq = StrategyChoice::Sequential { variant: SequentialVariant::Continue, order: vec![0, 0], replay: 1.5 };
+        let head = StrategyChoice::MultiHead { mixing: MixingChoice::Proportional, head_rank: Some(0) };
+        let h = Hyper { batch_size: 0, ..Hyper::default() };
+        let p = compare_config(&[seq.clone(), head, seq], 100, &h, 2).unwrap_err();
+        assert!(p[0].starts_with("hyper: "), "{p:?}");
+        assert!(p.iter().any(|s| s.starts_with("strategies[0]: order [0, 0]")), "{p:?}");
+        assert!(p.iter().any(|s| s.starts_with("strategies[0]: replay must be between 0 and 1")), "{p:?}");
+        assert!(p.iter().any(|s| s.starts_with("strategies[1]: head_rank must be 1 to 256")), "{p:?}");
+        assert!(p.iter().any(|s| s == "strategies: the same strategy is listed twice"), "{p:?}");
+        let p = compare_config(&[], 100, &Hyper::default(), 2).unwrap_err();
+        assert!(p.contains(&"strategies: pick at least one".to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn hyper_parameters_become_the_runs_train_config() {
+        let h = Hyper { rank: 4, learning_rate: 5e-4, seed: 7, ..Hyper::default() };
+        let c = compare_config(&StrategyChoice::all()[..1], 9000, &h, 1).unwrap();
+        assert_eq!((c.train.lora.rank, c.train.lora.alpha), (4, 8.0));
+        assert_eq!((c.train.learning_rate, c.train.seed, c.eval.seed), (5e-4, 7, 7));
+        assert_eq!((c.budget_tokens, c.train.checkpoint_every), (9000, defaults::CHECKPOINT_EVERY));
+        assert_eq!(c.lr_search, None);
+        let tuned = compare_config(&StrategyChoice::all()[..1], 9000, &Hyper { tune_lr: true, ..h }, 1).unwrap();
+        assert_eq!(tuned.lr_search, Some(defaults::LR_GRID.to_vec()));
+    }
+}
