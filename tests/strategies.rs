@@ -167,9 +167,14 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     ] {
         assert!(md.contains(section), "report.md lacks {section}");
     }
-    let json: serde_json::Value =
+    // report.json reads as the contract's report, the type the dashboard renders (the
+    // engine's settings left as plain JSON).
+    let json: multitune_api::report::Report =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["runs"].as_array().unwrap().len(), report.runs.len());
+    assert_eq!(json.runs.len(), report.runs.len());
+    assert_eq!(json.recommendation, report.recommendation);
+    assert_eq!(json.pairwise, report.pairwise);
+    assert_eq!(json.config["budget_tokens"], report.config.budget_tokens);
 }
 
 /// The first stage of both sequential variants and the separate strategy's adapter for

@@ -3,6 +3,8 @@
 //! to WebAssembly.
 #![warn(missing_docs)]
 
+pub mod report;
+
 use serde::{Deserialize, Serialize};
 
 /// Every error response: `{ "error": { "code", "message", "details" } }`.

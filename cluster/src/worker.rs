@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use candle_core::Device;
 use multitune::model::{LoadedModel, ModelSource};
-use multitune::strategy::{self, Base, CompareEvent, Control, Part};
+use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, Part};
 use multitune::train::TrainEvent;
 use multitune_api::ExperimentCreate;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,9 @@ use crate::queue::{Lease, Queue, Timing};
 pub struct JobPayload {
     /// The experiment.
     pub spec: ExperimentCreate,
+    /// Its comparison, as the server read it from the request (the worker does not
+    /// convert the request again).
+    pub config: CompareConfig,
     /// The model.
     pub model: String,
     /// Each task's files, in order.
@@ -222,7 +225,7 @@ impl Job<'_> {
         let l = self.lease;
         let payload: JobPayload = serde_json::from_str(&l.payload).context("the job's payload does not parse")?;
         let part = Part::parse(&l.part).ok_or_else(|| anyhow::anyhow!("unknown part `{}`", l.part))?;
-        let cfg = experiment::compare_config(&payload.spec)?;
+        let cfg = &payload.config;
         let dir = job_dir(self.opts, l);
         std::fs::remove_dir_all(&dir).ok();
         let (out, state, data) = (dir.join("out"), dir.join("state"), dir.join("data"));
@@ -309,7 +312,7 @@ impl Job<'_> {
             }
         };
         let control = Control { cancel: Some(self.cancel), state_dir: Some(&state) };
-        let ran = strategy::compare_part(&Base::of(&model), &tasks, &cfg, &out, control, part, &mut on_event);
+        let ran = strategy::compare_part(&Base::of(&model), &tasks, cfg, &out, control, part, &mut on_event);
         if self.lost.load(Ordering::Relaxed) {
             return Ok(Outcome::Lost);
         }
@@ -320,7 +323,7 @@ impl Job<'_> {
         // The result: the adapters and the part's records (not the checkpoints).
         let at = format!("{prefix}/result");
         self.store.put_dir(&out, &format!("{at}/out"))?;
-        for name in strategy::part_records(&cfg, part) {
+        for name in strategy::part_records(cfg, part) {
             let bytes = std::fs::read(state.join(&name)).with_context(|| format!("the part's record {name}"))?;
             self.store.put(&format!("{at}/state/{name}"), bytes)?;
         }

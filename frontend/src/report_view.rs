@@ -1,8 +1,9 @@
 //! The report's shaping for the Compare page, in plain functions (tested natively,
 //! built without the `app` feature): the per-task table, the pairwise matrix, each
-//! task's standing, the learning-rate search cell.
+//! task's standing, the learning-rate search cell. The report is the contract's type
+//! ([`multitune_api::report::Report`]), as the engine wrote it.
 
-use serde_json::Value;
+use multitune_api::report::{std_dev, Estimate, LrSearch, Report, Verdict};
 
 use crate::format;
 
@@ -19,69 +20,45 @@ pub struct ScoreRow {
     pub best: Vec<bool>,
 }
 
-fn est(v: &Value) -> (f64, f64, f64) {
-    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    (f("value"), f("lo"), f("hi"))
+/// The report's task names, in its order.
+pub fn task_names(report: &Report) -> Vec<String> {
+    report.tasks.iter().map(|t| t.0.clone()).collect()
 }
 
 /// The per-task table of a report, best value per task marked.
-pub fn score_rows(report: &Value) -> (Vec<String>, Vec<ScoreRow>) {
-    let tasks: Vec<String> = report["tasks"]
-        .as_array()
-        .map(|t| t.iter().filter_map(|x| x[0].as_str().map(String::from)).collect())
-        .unwrap_or_default();
-    let runs = report["runs"].as_array().cloned().unwrap_or_default();
-    let value = |r: &Value, i: usize| est(&r["scores"][i]["value"]).0;
+pub fn score_rows(report: &Report) -> (Vec<String>, Vec<ScoreRow>) {
+    let tasks = task_names(report);
+    let value = |r: &multitune_api::report::RunResult, i: usize| r.scores.get(i).map_or(f64::NAN, |s| s.value.value);
     let best: Vec<f64> = (0..tasks.len())
-        .map(|i| runs.iter().filter(|r| r["strategy"] != "base").map(|r| value(r, i)).fold(f64::NEG_INFINITY, f64::max))
+        .map(|i| report.runs.iter().filter(|r| !r.is_base()).map(|r| value(r, i)).fold(f64::NEG_INFINITY, f64::max))
         .collect();
     // Where the report says which tasks' best runs are significantly ahead, only those
     // are marked; an older report without the field marks every task's best.
-    let significant: Vec<bool> = report["recommendation"]["per_task_significant"]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_bool().unwrap_or(false)).collect())
-        .unwrap_or_else(|| vec![true; tasks.len()]);
-    let rows = runs
+    let significant = &report.recommendation.per_task_significant;
+    let rows = report
+        .runs
         .iter()
         .map(|r| {
-            let scores = r["scores"].as_array().cloned().unwrap_or_default();
-            let cells = scores
+            let cells = r
+                .scores
                 .iter()
                 .map(|s| {
-                    let (v, lo, hi) = est(&s["value"]);
-                    let seeds: Vec<f64> = s["seed_values"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                        .unwrap_or_default();
-                    let spread = if seeds.len() > 1 {
-                        let m = seeds.iter().sum::<f64>() / seeds.len() as f64;
-                        let sd = (seeds.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (seeds.len() - 1) as f64).sqrt();
-                        format!(" ± {:.1}", 100.0 * sd)
+                    let Estimate { value: v, lo, hi } = s.value;
+                    let spread = if s.seed_values.len() > 1 {
+                        format!(" ± {:.1}", 100.0 * std_dev(&s.seed_values))
                     } else {
                         String::new()
                     };
                     format!("{}{spread} [{:.1}, {:.1}]", format::percent(v), 100.0 * lo, 100.0 * hi)
                 })
                 .collect();
-            let n = scores.len().max(1) as f64;
-            let mean = |k: usize| {
-                scores
-                    .iter()
-                    .map(|s| {
-                        let e = est(&s["value"]);
-                        [e.0, e.1, e.2][k]
-                    })
-                    .sum::<f64>()
-                    / n
-            };
+            let m = r.macro_average();
             ScoreRow {
-                run: r["name"].as_str().unwrap_or("").to_string(),
+                run: r.name.clone(),
                 cells,
-                macro_avg: format::with_interval(mean(0), mean(1), mean(2)),
+                macro_avg: format::with_interval(m.value, m.lo, m.hi),
                 best: (0..tasks.len())
-                    .map(|i| {
-                        r["strategy"] != "base" && value(r, i) == best[i] && significant.get(i).copied().unwrap_or(true)
-                    })
+                    .map(|i| !r.is_base() && value(r, i) == best[i] && significant.get(i).copied().unwrap_or(true))
                     .collect(),
             }
         })
@@ -98,27 +75,43 @@ pub struct PairCell {
     pub class: &'static str,
 }
 
+/// A verdict's CSS class.
+fn class(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Better => "better",
+        Verdict::Worse => "worse",
+        Verdict::Tied => "tied",
+        Verdict::Undecided => "undecided",
+    }
+}
+
+/// The verdict seen from the other side.
+fn reversed(v: Verdict) -> Verdict {
+    match v {
+        Verdict::Better => Verdict::Worse,
+        Verdict::Worse => Verdict::Better,
+        v => v,
+    }
+}
+
 /// The report's pairwise comparisons as a matrix over its runs (rows minus columns);
 /// the diagonal is empty.
-pub fn pair_matrix(report: &Value) -> (Vec<String>, Vec<Vec<Option<PairCell>>>) {
-    let pairs = report["pairwise"].as_array().cloned().unwrap_or_default();
+pub fn pair_matrix(report: &Report) -> (Vec<String>, Vec<Vec<Option<PairCell>>>) {
     let mut names: Vec<String> = Vec::new();
-    for c in &pairs {
-        for k in ["run", "against"] {
-            let n = c[k].as_str().unwrap_or("").to_string();
-            if !names.contains(&n) {
-                names.push(n);
+    for c in &report.pairwise {
+        for n in [&c.run, &c.against] {
+            if !names.contains(n) {
+                names.push(n.clone());
             }
         }
     }
     let at = |n: &str| names.iter().position(|x| x == n).unwrap_or(0);
     let mut m = vec![vec![None; names.len()]; names.len()];
-    for c in &pairs {
-        let (i, j) = (at(c["run"].as_str().unwrap_or("")), at(c["against"].as_str().unwrap_or("")));
-        let (v, lo, hi) = est(&c["difference"]);
-        let p = c["p_adjusted"].as_f64().unwrap_or(1.0);
-        let verdict = c["verdict"].as_str().unwrap_or("undecided");
-        let cell = |sign: f64, class: &'static str| PairCell {
+    for c in &report.pairwise {
+        let (i, j) = (at(&c.run), at(&c.against));
+        let Estimate { value: v, lo, hi } = c.difference;
+        let p = c.p_adjusted;
+        let cell = |sign: f64, verdict: Verdict| PairCell {
             text: format!(
                 "{:+.1} [{:.1}, {:.1}] p {}",
                 100.0 * sign * v + 0.0,
@@ -126,43 +119,31 @@ pub fn pair_matrix(report: &Value) -> (Vec<String>, Vec<Vec<Option<PairCell>>>) 
                 100.0 * (if sign > 0.0 { hi } else { -lo }) + 0.0,
                 if p < 0.001 { "< 0.001".to_string() } else { format!("{p:.3}") }
             ),
-            class,
+            class: class(verdict),
         };
-        let (fwd, back) = match verdict {
-            "better" => ("better", "worse"),
-            "worse" => ("worse", "better"),
-            "tied" => ("tied", "tied"),
-            _ => ("undecided", "undecided"),
-        };
-        m[i][j] = Some(cell(1.0, fwd));
-        m[j][i] = Some(cell(-1.0, back));
+        m[i][j] = Some(cell(1.0, c.verdict));
+        m[j][i] = Some(cell(-1.0, reversed(c.verdict)));
     }
     (names, m)
 }
 
 /// Per task, the best run's standing against every other: who it significantly beats,
 /// who it ties with, where the data cannot tell.
-pub fn task_standings(report: &Value) -> Vec<(String, String)> {
-    let best = report["recommendation"]["best"].as_str().unwrap_or("").to_string();
-    let tasks: Vec<String> = report["tasks"]
-        .as_array()
-        .map(|t| t.iter().filter_map(|x| x[0].as_str().map(String::from)).collect())
-        .unwrap_or_default();
-    let cs = report["comparisons"].as_array().cloned().unwrap_or_default();
-    tasks
+pub fn task_standings(report: &Report) -> Vec<(String, String)> {
+    let best = &report.recommendation.best;
+    task_names(report)
         .into_iter()
         .map(|t| {
             let mut by: [Vec<String>; 4] = Default::default();
-            for c in cs.iter().filter(|c| c["task"] == t.as_str() && c["against"] == best.as_str()) {
-                let run = c["run"].as_str().unwrap_or("").to_string();
+            for c in report.comparisons.iter().filter(|c| c.task.as_ref() == Some(&t) && &c.against == best) {
                 // The comparison is run − best: "worse" means the best beats it.
-                let k = match c["verdict"].as_str() {
-                    Some("worse") => 0,
-                    Some("better") => 1,
-                    Some("tied") => 2,
-                    _ => 3,
+                let k = match c.verdict {
+                    Verdict::Worse => 0,
+                    Verdict::Better => 1,
+                    Verdict::Tied => 2,
+                    Verdict::Undecided => 3,
                 };
-                by[k].push(run);
+                by[k].push(c.run.clone());
             }
             let mut parts = Vec::new();
             for (k, label) in [
@@ -187,48 +168,74 @@ pub fn plain(text: &str) -> String {
 
 /// A run's learning-rate search in a cell: the rates tried with their validation
 /// scores, and what it cost (empty without a search).
-pub fn lr_search_text(search: &serde_json::Value) -> String {
-    let Some(trials) = search["trials"].as_array() else { return String::new() };
-    let cost: f64 = trials.iter().filter_map(|t| t["wall_s"].as_f64()).sum();
-    let tried: Vec<String> = trials
+pub fn lr_search_text(search: Option<&LrSearch>) -> String {
+    let Some(search) = search else { return String::new() };
+    let tried: Vec<String> = search
+        .trials
         .iter()
-        .map(|t| {
-            format!(
-                "{} {:.0}%",
-                format::learning_rate(t["learning_rate"].as_f64().unwrap_or(0.0)),
-                100.0 * t["score"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
+        .map(|t| format!("{} {:.0}%", format::learning_rate(t.learning_rate), 100.0 * t.score))
         .collect();
-    format!("{} ({})", tried.join(", "), format::duration(cost))
+    format!("{} ({})", tried.join(", "), format::duration(search.wall_s()))
 }
 
 #[cfg(test)]
 mod tests {
+    use multitune_api::report::{Comparison, Recommendation, RunResult, TaskScore, Trial};
+
     use super::*;
-    use serde_json::json;
+
+    fn est(v: f64, half: f64) -> Estimate {
+        Estimate { value: v, lo: v - half, hi: v + half }
+    }
+
+    fn score(v: f64) -> TaskScore {
+        TaskScore { value: est(v, 0.1), ..Default::default() }
+    }
+
+    fn run(name: &str, strategy: &str, values: &[f64]) -> RunResult {
+        RunResult { name: name.into(), strategy: strategy.into(), scores: values.iter().map(|&v| score(v)).collect(), ..Default::default() }
+    }
+
+    fn tasks(kinds: &[(&str, &str)]) -> Vec<multitune_api::report::TaskInfo> {
+        kinds.iter().map(|(n, k)| (n.to_string(), k.to_string(), 10, 5)).collect()
+    }
+
+    fn comparison(run: &str, against: &str, task: Option<&str>, d: f64, p: f64, verdict: Verdict) -> Comparison {
+        Comparison {
+            run: run.into(),
+            against: against.into(),
+            task: task.map(String::from),
+            difference: est(d, 0.05),
+            discordant: (0, 0),
+            p_value: p,
+            p_adjusted: p,
+            verdict,
+        }
+    }
 
     #[test]
     fn a_learning_rate_search_reads_in_one_cell() {
-        let s = json!({"trials": [
-            {"learning_rate": 0.0003, "score": 0.5, "wall_s": 10.0},
-            {"learning_rate": 0.001, "score": 0.6, "wall_s": 12.0}
-        ]});
-        assert_eq!(lr_search_text(&s), "3e-4 50%, 1e-3 60% (22 s)");
-        assert_eq!(lr_search_text(&serde_json::Value::Null), "");
+        let trial = |learning_rate: f64, score: f64, wall_s: f64| Trial {
+            learning_rate,
+            rung: 0,
+            budget_tokens: 0,
+            tokens: 0,
+            score,
+            loss: 0.0,
+            wall_s,
+        };
+        let s = LrSearch { grid: vec![], chosen: 0.001, validation: vec![], trials: vec![trial(0.0003, 0.5, 10.0), trial(0.001, 0.6, 12.0)] };
+        assert_eq!(lr_search_text(Some(&s)), "3e-4 50%, 1e-3 60% (22 s)");
+        assert_eq!(lr_search_text(None), "");
     }
 
     #[test]
     fn the_table_marks_the_best_run_per_task() {
-        let e = |v: f64| json!({"value": {"value": v, "lo": v - 0.1, "hi": v + 0.1}, "seed_values": []});
-        let r = json!({
-            "tasks": [["a", "classification", 10, 5], ["b", "generation", 10, 5]],
-            "runs": [
-                {"name": "base model", "strategy": "base", "scores": [e(0.9), e(0.1)]},
-                {"name": "x", "strategy": "combined", "scores": [e(0.5), e(0.7)]},
-                {"name": "y", "strategy": "separate", "scores": [e(0.6), e(0.3)]},
-            ]
-        });
+        let r: Report = Report {
+            tasks: tasks(&[("a", "classification"), ("b", "generation")]),
+            runs: vec![run("base model", "base", &[0.9, 0.1]), run("x", "combined", &[0.5, 0.7]), run("y", "separate", &[0.6, 0.3])],
+            ..Default::default()
+        };
         let (tasks, rows) = score_rows(&r);
         assert_eq!(tasks, ["a", "b"]);
         assert_eq!(rows[1].cells[0], "50.0% [40.0, 60.0]");
@@ -242,21 +249,17 @@ mod tests {
 
     #[test]
     fn only_significant_bests_are_marked_and_pairs_fill_a_matrix() {
-        let e = |v: f64| json!({"value": {"value": v, "lo": v - 0.1, "hi": v + 0.1}, "seed_values": []});
-        let d = |v: f64| json!({"value": v, "lo": v - 0.05, "hi": v + 0.05});
-        let r = json!({
-            "tasks": [["a", "classification", 10, 5], ["b", "generation", 10, 5]],
-            "runs": [
-                {"name": "x", "strategy": "combined", "scores": [e(0.5), e(0.7)]},
-                {"name": "y", "strategy": "separate", "scores": [e(0.6), e(0.3)]},
+        let r: Report = Report {
+            tasks: tasks(&[("a", "classification"), ("b", "generation")]),
+            runs: vec![run("x", "combined", &[0.5, 0.7]), run("y", "separate", &[0.6, 0.3])],
+            recommendation: Recommendation { best: "x".into(), per_task_significant: vec![false, true], ..Default::default() },
+            pairwise: vec![comparison("x", "y", None, 0.15, 0.002, Verdict::Better)],
+            comparisons: vec![
+                comparison("y", "x", Some("a"), 0.1, 0.5, Verdict::Undecided),
+                comparison("y", "x", Some("b"), -0.4, 0.001, Verdict::Worse),
             ],
-            "recommendation": {"best": "x", "per_task_significant": [false, true]},
-            "pairwise": [{"run": "x", "against": "y", "difference": d(0.15), "p_adjusted": 0.002, "verdict": "better"}],
-            "comparisons": [
-                {"run": "y", "against": "x", "task": "a", "difference": d(0.1), "p_adjusted": 0.5, "verdict": "undecided"},
-                {"run": "y", "against": "x", "task": "b", "difference": d(-0.4), "p_adjusted": 0.001, "verdict": "worse"}
-            ]
-        });
+            ..Default::default()
+        };
         let (_, rows) = score_rows(&r);
         assert_eq!((rows[0].best.clone(), rows[1].best.clone()), (vec![false, true], vec![false, false]));
         let (names, m) = pair_matrix(&r);
@@ -271,8 +274,9 @@ mod tests {
 
     #[test]
     fn seeds_show_their_spread() {
-        let r = json!({"tasks": [["a", "c", 1, 1]], "runs": [{"name": "x", "strategy": "combined",
-            "scores": [{"value": {"value": 0.6, "lo": 0.5, "hi": 0.7}, "seed_values": [0.5, 0.7]}]}]});
+        let mut x = run("x", "combined", &[0.6]);
+        x.scores[0].seed_values = vec![0.5, 0.7];
+        let r: Report = Report { tasks: tasks(&[("a", "c")]), runs: vec![x], ..Default::default() };
         assert_eq!(score_rows(&r).1[0].cells[0], "60.0% ± 14.1 [50.0, 70.0]");
         assert_eq!(plain("**x** is best"), "x is best");
     }

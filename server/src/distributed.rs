@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use multitune::strategy::{self, Base, Control, Part};
 use multitune_api::{Event, Status};
-use multitune_cluster::experiment;
 use multitune_cluster::queue::{Job, Queue};
 use multitune_cluster::worker::{self, JobPayload, TaskKeys};
 use multitune_cluster::Artifacts;
@@ -141,8 +140,7 @@ impl Coordinator {
     /// Puts a queued (or resumed) experiment's data into the artifacts and its parts
     /// into the queue; parts that failed or were cancelled are queued again.
     fn enqueue(&mut self, id: &str) -> anyhow::Result<()> {
-        let spec = jobs::experiment_spec(&self.db, id)?;
-        let cfg = experiment::compare_config(&spec)?;
+        let jobs::Stored { spec, config: cfg } = jobs::stored(&self.db, id)?;
         let model = self.state.model_source(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?.spec();
         let mut tasks = Vec::new();
         for (i, t) in jobs::task_files(&self.state, &self.db, &spec)?.into_iter().enumerate() {
@@ -156,7 +154,7 @@ impl Coordinator {
             tasks.push(TaskKeys { name: t.name, data: put(&t.data, "train")?, eval });
         }
         let payload =
-            serde_json::to_string(&JobPayload { spec, model, tasks, max_bytes: self.state.cfg.max_upload_bytes })?;
+            serde_json::to_string(&JobPayload { spec, config: cfg.clone(), model, tasks, max_bytes: self.state.cfg.max_upload_bytes })?;
         let parts: Vec<(String, String)> = Part::all(&cfg).iter().map(|p| (p.name(), payload.clone())).collect();
         let added = self.queue.enqueue(id, &parts, self.cluster.max_attempts)?;
         let again = self.queue.retry(id, self.cluster.max_attempts)?;
@@ -231,8 +229,7 @@ impl Coordinator {
     /// Fetches every job's result into the experiment folder and writes the report from
     /// their records (nothing is trained or scored again here).
     fn assemble(&mut self, id: &str, done: &[Job]) -> anyhow::Result<()> {
-        let spec = jobs::experiment_spec(&self.db, id)?;
-        let cfg = experiment::compare_config(&spec)?;
+        let jobs::Stored { spec, config: cfg } = jobs::stored(&self.db, id)?;
         let dir = self.state.data.experiment(id);
         let (out, state_dir) = (dir.join("out"), dir.join("state"));
         for j in done {

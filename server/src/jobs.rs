@@ -169,15 +169,25 @@ fn run_experiment(state: &AppState, db: &Db, id: &str) {
     }
 }
 
-/// An experiment's stored request.
-pub fn experiment_spec(db: &Db, id: &str) -> anyhow::Result<ExperimentCreate> {
+/// An experiment's stored request, read into its typed settings once: the request as
+/// submitted (its name, tasks and model) and the engine's comparison it asks for.
+pub struct Stored {
+    /// The request.
+    pub spec: ExperimentCreate,
+    /// The comparison ([`compare_config`] of the request).
+    pub config: CompareConfig,
+}
+
+/// Experiment `id`'s stored request and its comparison.
+pub fn stored(db: &Db, id: &str) -> anyhow::Result<Stored> {
     let json: String = db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
-    Ok(serde_json::from_str(&json)?)
+    let spec: ExperimentCreate = serde_json::from_str(&json)?;
+    let config = experiment::compare_config(&spec)?;
+    Ok(Stored { spec, config })
 }
 
 fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let spec = experiment_spec(db, id)?;
-    let cfg = experiment::compare_config(&spec)?;
+    let Stored { spec, config: cfg } = stored(db, id)?;
     let tasks = load_tasks(state, db, &spec)?;
     let model = state.model(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let dir = state.data.experiment(id);

@@ -186,7 +186,7 @@ impl CompareArgs {
         let tasks = self.tasks()?;
         // Before any training: what these held-out sets can tell apart.
         let sizes: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
-        eprintln!("{}", strategy::report::Power::of(&sizes).text);
+        eprintln!("{}", strategy::report::power(&sizes).text);
         let m = load(&self.model.model, cli, device)?;
         std::fs::create_dir_all(&self.out)?;
         let bars = indicatif::MultiProgress::new();
@@ -225,7 +225,7 @@ impl CompareArgs {
                 }
                 _ => {}
             })?;
-        println!("{}", report.markdown());
+        println!("{}", strategy::report::markdown(&report));
         println!("report: {}", self.out.join("report.md").display());
         Ok(())
     }

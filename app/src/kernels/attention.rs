@@ -13,38 +13,31 @@ use crate::Result;
 /// `k`, `v` `(len, d)`; `softmax` masks and normalises the scaled scores in place.
 /// Writes the probabilities `p` `(rows, len)` (kept for [`attention_block_bwd`]) and the
 /// output `o` `(rows, d)`.
-#[allow(clippy::too_many_arguments)] // the block's dims, operands, scale and outputs, as a BLAS call lists them
 pub(super) fn attention_block(
     (rows, len, d): (usize, usize, usize),
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
     scale: f32,
     softmax: impl FnOnce(&mut [f32]),
-    p: &mut [f32],
-    o: &mut [f32],
+    (p, o): (&mut [f32], &mut [f32]),
 ) {
-    mm_gemm((rows, len, d), p, false, q, (d, 1), k, (1, d), scale, false);
+    mm_gemm((rows, len, d), p, false, Mat::new(q, (d, 1)), Mat::new(k, (1, d)), scale, false);
     softmax(p);
-    mm_gemm((rows, d, len), o, false, p, (len, 1), v, (d, 1), 1.0, false);
+    mm_gemm((rows, d, len), o, false, Mat::new(p, (len, 1)), Mat::new(v, (d, 1)), 1.0, false);
 }
 
 /// The backward of [`attention_block`] from its probabilities `p` and the output
 /// gradient `dout`: writes `dq` `(rows, d)`, `dk` and `dv` `(len, d)`.
-#[allow(clippy::too_many_arguments)] // the block's dims, operands, scale and outputs, as a BLAS call lists them
 pub(super) fn attention_block_bwd(
     (rows, len, d): (usize, usize, usize),
     (q, k, v): (&[f32], &[f32], &[f32]),
     p: &[f32],
     dout: &[f32],
     scale: f32,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
     let mut ds = vec![0f32; rows * len];
-    mm_gemm((rows, len, d), &mut ds, false, dout, (d, 1), v, (1, d), 1.0, false);
+    mm_gemm((rows, len, d), &mut ds, false, Mat::new(dout, (d, 1)), Mat::new(v, (1, d)), 1.0, false);
     if len > 0 {
         for (dr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
             let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
@@ -53,9 +46,9 @@ pub(super) fn attention_block_bwd(
             }
         }
     }
-    mm_gemm((rows, d, len), dq, false, &ds, (len, 1), k, (d, 1), 1.0, false);
-    mm_gemm((len, d, rows), dk, false, &ds, (1, len), q, (d, 1), 1.0, false);
-    mm_gemm((len, d, rows), dv, false, p, (1, len), dout, (d, 1), 1.0, false);
+    mm_gemm((rows, d, len), dq, false, Mat::new(&ds, (len, 1)), Mat::new(k, (d, 1)), 1.0, false);
+    mm_gemm((len, d, rows), dk, false, Mat::new(&ds, (1, len)), Mat::new(q, (d, 1)), 1.0, false);
+    mm_gemm((len, d, rows), dv, false, Mat::new(p, (1, len)), Mat::new(dout, (d, 1)), 1.0, false);
 }
 
 pub(super) struct Attention {
@@ -126,7 +119,7 @@ impl CustomOp3 for Attention {
             let bi = task / hkv;
             let (qs, ks, vs) =
                 (&q[task * qb..(task + 1) * qb], &k[task * kvb..(task + 1) * kvb], &v[task * kvb..(task + 1) * kvb]);
-            attention_block((g * t, tk, d), qs, ks, vs, self.scale, |p| self.softmax_rows(p, t, tk, bi), p, o);
+            attention_block((g * t, tk, d), (qs, ks, vs), self.scale, |p| self.softmax_rows(p, t, tk, bi), (p, o));
         });
         *self.probs.lock().expect("attention probabilities") = Some(probs);
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
@@ -163,7 +156,7 @@ impl CustomOp3 for Attention {
                                 let vs = &vv[task * kvb..(task + 1) * kvb];
                                 let dos = &go[task * qb..(task + 1) * qb];
                                 let p = &probs[task * pb..(task + 1) * pb];
-                                attention_block_bwd((g * t, tk, d), (qs, ks, vs), p, dos, scale, dqs, dks, dvs);
+                                attention_block_bwd((g * t, tk, d), (qs, ks, vs), p, dos, scale, (dqs, dks, dvs));
                             });
                         Ok((dq, dk, dv))
                     })

@@ -313,22 +313,37 @@ fn stamp(sgemm: Sgemm, name: &str) -> String {
     }
 }
 
+/// An operand of a matrix product: `data[i, p]` at `i·strides.0 + p·strides.1` (row-major
+/// with its leading dimension, `(ld, 1)`, or its transpose stored so, `(1, ld)`).
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Row and column strides.
+    pub strides: (usize, usize),
+}
+
+impl<'a> Mat<'a> {
+    /// `data` with these (row, column) strides.
+    pub fn new(data: &'a [f32], strides: (usize, usize)) -> Self {
+        Self { data, strides }
+    }
+}
+
 impl Blas {
     /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs` with `lhs[i, p]` at
     /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`; one stride of each operand
     /// must be 1. Returns `false` (doing nothing) when the shapes do not fit CBLAS.
-    #[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
     pub fn sgemm(
         &self,
         (m, n, k): (usize, usize, usize),
         dst: &mut [f32],
         accumulate: bool,
-        lhs: &[f32],
-        (lrs, lcs): (usize, usize),
-        rhs: &[f32],
-        (rrs, rcs): (usize, usize),
+        lhs: Mat,
+        rhs: Mat,
         scale: f32,
     ) -> bool {
+        let (Mat { data: lhs, strides: (lrs, lcs) }, Mat { data: rhs, strides: (rrs, rcs) }) = (lhs, rhs);
         // Row-major `rows × cols` with leading dimension `rs`, or its transpose stored
         // row-major with leading dimension `cs`.
         let operand = |rs: usize, cs: usize, rows: usize, cols: usize| {
@@ -542,9 +557,9 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
                 for _ in 0..*repeat {
                     for (&(m, n, k, weight_out_in), (a, b, c)) in prods.iter().zip(buffers.iter_mut()) {
                         let rs = if weight_out_in { (1, k) } else { (n, 1) };
-                        let done = engine.is_some_and(|l| l.sgemm((m, n, k), c, false, a, (k, 1), b, rs, 1.0));
+                        let done = engine.is_some_and(|l| l.sgemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0));
                         if !done {
-                            mm_gemm((m, n, k), c, false, a, (k, 1), b, rs, 1.0, true);
+                            mm_gemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0, true);
                         }
                     }
                 }
@@ -573,15 +588,8 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
 /// Panics unless every index the strides reach lies inside the slices (the safety
 /// condition of the unsafe products); handles empty products (zeroing `dst` unless
 /// accumulating) and returns whether a product remains to be computed.
-pub(super) fn operands_fit(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-) -> bool {
+pub(super) fn operands_fit((m, n, k): (usize, usize, usize), dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) -> bool {
+    let (Mat { data: lhs, strides: (lrs, lcs) }, Mat { data: rhs, strides: (rrs, rcs) }) = (lhs, rhs);
     assert!(dst.len() >= m * n);
     assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
     assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
@@ -595,21 +603,19 @@ pub(super) fn operands_fit(
 }
 
 /// `common::mm` on the `gemm` crate; `parallel` lets it use the thread pool for big products.
-#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
 pub(super) fn mm_gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
+    lhs: Mat,
+    rhs: Mat,
     scale: f32,
     parallel: bool,
 ) {
-    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
+    if !operands_fit((m, n, k), dst, accumulate, lhs, rhs) {
         return;
     }
+    let (Mat { data: lhs, strides: (lrs, lcs) }, Mat { data: rhs, strides: (rrs, rcs) }) = (lhs, rhs);
     let t = candle_core::utils::get_num_threads();
     let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
         gemm::Parallelism::Rayon(t)

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 
-pub(super) use super::blas::{mm_gemm, operands_fit};
+pub(super) use super::blas::{mm_gemm, operands_fit, Mat};
 
 pub(super) type CResult<T> = candle_core::Result<T>;
 
@@ -38,26 +38,16 @@ pub(super) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> CResult<Tensor> {
 
 /// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
 /// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
-#[allow(clippy::too_many_arguments)] // CBLAS sgemm's operand list: dims, output, operands with strides, scale
-pub(super) fn mm(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-    scale: f32,
-) {
-    if !operands_fit((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs)) {
+pub(super) fn mm((m, n, k): (usize, usize, usize), dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, scale: f32) {
+    if !operands_fit((m, n, k), dst, accumulate, lhs, rhs) {
         return;
     }
     if let Some(b) = crate::kernels::blas::for_rows(m) {
-        if b.sgemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale) {
+        if b.sgemm((m, n, k), dst, accumulate, lhs, rhs, scale) {
             return;
         }
     }
-    mm_gemm((m, n, k), dst, accumulate, lhs, (lrs, lcs), rhs, (rrs, rcs), scale, true);
+    mm_gemm((m, n, k), dst, accumulate, lhs, rhs, scale, true);
 }
 
 pub(super) fn dims2(l: &Layout, op: &str) -> CResult<(usize, usize)> {
@@ -84,8 +74,8 @@ mod tests {
             for accumulate in [false, true] {
                 let mut a = vec![1f32; m * n];
                 let mut b = a.clone();
-                assert!(blas.sgemm((m, n, k), &mut a, accumulate, &lhs, ls, &rhs, rs, 0.5));
-                mm_gemm((m, n, k), &mut b, accumulate, &lhs, ls, &rhs, rs, 0.5, true);
+                assert!(blas.sgemm((m, n, k), &mut a, accumulate, Mat::new(&lhs, ls), Mat::new(&rhs, rs), 0.5));
+                mm_gemm((m, n, k), &mut b, accumulate, Mat::new(&lhs, ls), Mat::new(&rhs, rs), 0.5, true);
                 assert_eq!(a, b, "strides {ls:?} {rs:?}, accumulate {accumulate}");
             }
         }

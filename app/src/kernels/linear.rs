@@ -37,7 +37,7 @@ pub(super) fn base_forward(
         }
     }
     with_f32(weight, "fused linear", |w| {
-        mm((n, fout, fin), &mut y, bias.is_some(), x, (fin, 1), w, (1, fin), 1.0);
+        mm((n, fout, fin), &mut y, bias.is_some(), Mat::new(x, (fin, 1)), Mat::new(w, (1, fin)), 1.0);
         Ok(())
     })?;
     Ok(y)
@@ -48,7 +48,7 @@ pub(super) fn base_backward(g: &[f32], n: usize, weight: &Tensor) -> CResult<Vec
     let (fout, fin) = weight.dims2()?;
     let mut gx = vec![0f32; n * fin];
     with_f32(weight, "fused linear", |w| {
-        mm((n, fin, fout), &mut gx, false, g, (fout, 1), w, (fin, 1), 1.0);
+        mm((n, fin, fout), &mut gx, false, Mat::new(g, (fout, 1)), Mat::new(w, (fin, 1)), 1.0);
         Ok(())
     })?;
     Ok(gx)
@@ -102,8 +102,8 @@ impl CustomOp3 for LoraLinear {
         }
         let mut y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
         let mut h = vec![0f32; n * r];
-        mm((n, r, fin), &mut h, false, x, (fin, 1), a, (1, fin), 1.0);
-        mm((n, fout, r), &mut y, true, &h, (r, 1), b, (1, r), self.scale);
+        mm((n, r, fin), &mut h, false, Mat::new(x, (fin, 1)), Mat::new(a, (1, fin)), 1.0);
+        mm((n, fout, r), &mut y, true, Mat::new(&h, (r, 1)), Mat::new(b, (1, r)), self.scale);
         Ok((CpuStorage::F32(y), Shape::from((n, fout))))
     }
 
@@ -126,14 +126,14 @@ impl CustomOp3 for LoraLinear {
                         let mut gx = base_backward(g, n, &self.weight)?;
                         // gh = g B (n × r); ∂x += s·gh A; ∂A = s·ghᵀ x; ∂B = s·gᵀ (x Aᵀ).
                         let mut gh = vec![0f32; n * r];
-                        mm((n, r, fout), &mut gh, false, g, (fout, 1), bv, (r, 1), 1.0);
-                        mm((n, fin, r), &mut gx, true, &gh, (r, 1), av, (fin, 1), s);
+                        mm((n, r, fout), &mut gh, false, Mat::new(g, (fout, 1)), Mat::new(bv, (r, 1)), 1.0);
+                        mm((n, fin, r), &mut gx, true, Mat::new(&gh, (r, 1)), Mat::new(av, (fin, 1)), s);
                         let mut ga = vec![0f32; r * fin];
-                        mm((r, fin, n), &mut ga, false, &gh, (1, r), xv, (fin, 1), s);
+                        mm((r, fin, n), &mut ga, false, Mat::new(&gh, (1, r)), Mat::new(xv, (fin, 1)), s);
                         let mut h = vec![0f32; n * r];
-                        mm((n, r, fin), &mut h, false, xv, (fin, 1), av, (1, fin), 1.0);
+                        mm((n, r, fin), &mut h, false, Mat::new(xv, (fin, 1)), Mat::new(av, (1, fin)), 1.0);
                         let mut gb = vec![0f32; fout * r];
-                        mm((fout, r, n), &mut gb, false, g, (1, fout), &h, (r, 1), s);
+                        mm((fout, r, n), &mut gb, false, Mat::new(g, (1, fout)), Mat::new(&h, (r, 1)), s);
                         Ok((gx, ga, gb))
                     })
                 })

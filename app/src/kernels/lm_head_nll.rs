@@ -59,7 +59,7 @@ impl CustomOp1 for LmHeadNll {
                 let vc = block.min(v - c0);
                 let wb = &w[c0 * d..(c0 + vc) * d];
                 let z = &mut z[..n * vc];
-                mm((n, vc, d), z, false, h, (d, 1), wb, (1, d), 1.0);
+                mm((n, vc, d), z, false, Mat::new(h, (d, 1)), Mat::new(wb, (1, d)), 1.0);
                 // Per row: fold the block into the running max and sum; where a gradient
                 // is wanted, turn the logits into exp(z − max) and rescale the row's
                 // accumulated gradient to the new max.
@@ -88,7 +88,7 @@ impl CustomOp1 for LmHeadNll {
                     }
                 });
                 if want_grad {
-                    mm((n, d, vc), &mut grad, true, z, (vc, 1), wb, (d, 1), 1.0);
+                    mm((n, d, vc), &mut grad, true, Mat::new(z, (vc, 1)), Mat::new(wb, (d, 1)), 1.0);
                 }
             }
             // Normalise: Σ softmax·W, minus the target's row of W.

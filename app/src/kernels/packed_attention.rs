@@ -145,13 +145,10 @@ impl CustomOp3 for PackedAttention {
                 let mut o = vec![0f32; g * b.n * d];
                 attention_block(
                     (g * b.n, len, d),
-                    &b.q,
-                    &b.k,
-                    &b.v,
+                    (&b.q, &b.k, &b.v),
                     self.scale,
                     |p| self.softmax(p, row),
-                    &mut p,
-                    &mut o,
+                    (&mut p, &mut o),
                 );
                 (o, p)
             })
@@ -207,9 +204,7 @@ impl CustomOp3 for PackedAttention {
                                     p,
                                     &dout,
                                     scale,
-                                    &mut dqb,
-                                    &mut dkb,
-                                    &mut dvb,
+                                    (&mut dqb, &mut dkb, &mut dvb),
                                 );
                                 (dqb, dkb, dvb)
                             })

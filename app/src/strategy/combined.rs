@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::adapter::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::mixing::Mixing;
-use crate::strategy::report::{RunCost, RunResult};
+use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -29,7 +29,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, task_tag: bool) -> 
         trainable_params: adapter.num_parameters(),
         adapter_bytes: bytes,
     };
-    let mut r = RunResult::new(name, "combined", &scores, cost);
+    let mut r = run_result(name, "combined", &scores, cost);
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

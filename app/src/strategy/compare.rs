@@ -42,12 +42,12 @@ pub fn compare(
     let (per_seed, separate_adapters) = run_seeds(base, tasks, cfg, out, control, None, on_event)?;
     runs.extend(report::aggregate(per_seed, &seeds));
     let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
-        Some(report::Similarity::of(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
+        Some(report::similarity(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
     } else {
         None
     };
-    let report = Report::new(tasks, cfg, runs, similarity);
-    report.write(out)?;
+    let report = report::build(tasks, cfg, runs, similarity);
+    report::write(&report, out)?;
     crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
     Ok(report)
 }
@@ -197,7 +197,7 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
         wall_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    let r = RunResult::new("base model", "base", &scores, cost);
+    let r = report::run_result("base model", "base", &scores, cost);
     if let Some(p) = &record {
         write_rows(p, std::slice::from_ref(&r), ctx.out)?;
     }

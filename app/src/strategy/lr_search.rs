@@ -10,7 +10,7 @@
 //! trial trains from scratch with its own schedule. The chosen rate then trains the real
 //! run on all the training data; what the search cost is reported apart from it.
 
-use serde::{Deserialize, Serialize};
+pub use multitune_api::report::{LrSearch, Trial};
 
 use crate::data::{split_indices, Split};
 use crate::strategy::task::TaskData;
@@ -33,51 +33,6 @@ pub const FIRST_RUNG_SHARE: f64 = 0.125;
 
 /// Most rates in a grid.
 pub const MAX_GRID: usize = 8;
-
-/// One trial of the search: a candidate rate trained on a rung's budget and scored on the
-/// validation split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trial {
-    /// The peak learning rate tried.
-    pub learning_rate: f64,
-    /// Its rung (0 first).
-    pub rung: usize,
-    /// Training tokens it was given.
-    pub budget_tokens: usize,
-    /// Training tokens it used.
-    pub tokens: usize,
-    /// Macro average of the headline metric on the validation split (0–1).
-    pub score: f64,
-    /// Mean validation loss over the tasks (breaks ties).
-    pub loss: f64,
-    /// Wall seconds, training and scoring.
-    pub wall_s: f64,
-}
-
-/// A strategy's search: what it tried, what it chose and what that cost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LrSearch {
-    /// The grid searched.
-    pub grid: Vec<f64>,
-    /// The rate chosen.
-    pub chosen: f64,
-    /// Validation examples per task.
-    pub validation: Vec<usize>,
-    /// Every trial, in order.
-    pub trials: Vec<Trial>,
-}
-
-impl LrSearch {
-    /// Training tokens of every trial.
-    pub fn tokens(&self) -> usize {
-        self.trials.iter().map(|t| t.tokens).sum()
-    }
-
-    /// Wall seconds of every trial.
-    pub fn wall_s(&self) -> f64 {
-        self.trials.iter().map(|t| t.wall_s).sum()
-    }
-}
 
 /// What is wrong with a grid (empty when it is fine).
 pub fn grid_problems(grid: &[f64]) -> Vec<String> {

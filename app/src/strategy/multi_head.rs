@@ -9,7 +9,7 @@ use crate::adapter::lora::LoraAdapter;
 use crate::data::{Record, TaskKind, TaskSpec};
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::mixing::Mixing;
-use crate::strategy::report::{RunCost, RunResult};
+use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -55,7 +55,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, head_rank: usize) -
         trainable_params: mh.num_parameters(),
         adapter_bytes: bytes + head_bytes,
     };
-    let mut r = RunResult::new(name, "multi_head", &scores, cost);
+    let mut r = run_result(name, "multi_head", &scores, cost);
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

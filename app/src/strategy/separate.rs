@@ -8,7 +8,7 @@ use crate::adapter::lora::LoraAdapter;
 use crate::adapter::merge::{self, MergeMethod};
 use crate::eval;
 use crate::strategy::context::{slug, Ctx};
-use crate::strategy::report::{RunCost, RunResult};
+use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -64,7 +64,7 @@ pub(super) fn run(
     }
     let params: usize = adapters.iter().map(LoraAdapter::num_parameters).sum();
     let cost = RunCost { tokens, task_tokens, wall_s: train_s, trainable_params: params, adapter_bytes: bytes_all };
-    let mut r = RunResult::new(name, "separate", &routed, cost.clone());
+    let mut r = run_result(name, "separate", &routed, cost.clone());
     r.losses = losses;
     r.adapter_dirs = dirs;
     let mut rows = vec![r];
@@ -77,7 +77,7 @@ pub(super) fn run(
         let scores = ctx.eval_all(&mname, "merged", model, Some(&merged), false)?;
         let (dir, bytes) = ctx.export(&slug(&mname), &merged)?;
         let cost = RunCost { wall_s: train_s + merge_s, adapter_bytes: bytes, ..cost.clone() };
-        let mut r = RunResult::new(&mname, "separate+merge", &scores, cost);
+        let mut r = run_result(&mname, "separate+merge", &scores, cost);
         r.exported_params = merged.num_parameters();
         r.adapter_dirs.push(dir.display().to_string());
         rows.push(r);

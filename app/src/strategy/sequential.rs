@@ -9,7 +9,7 @@ use crate::adapter::lora::LoraAdapter;
 use crate::adapter::merge::{self, MergeMethod};
 use crate::data::Record;
 use crate::strategy::context::{slug, Ctx};
-use crate::strategy::report::{Forgetting, RunCost, RunResult};
+use crate::strategy::report::{run_result, Forgetting, RunCost, RunResult};
 use crate::strategy::spec::SequentialVariant;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
@@ -109,7 +109,7 @@ pub(super) fn run(
     // One adapter trains at a time; the export concatenates every stage's.
     let trainable_params = stage_adapters.first().map_or(final_adapter.num_parameters(), LoraAdapter::num_parameters);
     let cost = RunCost { tokens, task_tokens, wall_s, trainable_params, adapter_bytes: bytes };
-    let mut r = RunResult::new(name, "sequential", &last_scores, cost);
+    let mut r = run_result(name, "sequential", &last_scores, cost);
     r.exported_params = final_adapter.num_parameters();
     r.losses = losses;
     // Without every stage scored (a learning-rate search's trial) there is no matrix.

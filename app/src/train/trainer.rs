@@ -256,7 +256,7 @@ fn accumulate(
             continue;
         }
         let weight = items as f64 / step_items.max(1) as f64;
-        match micro_grads(model, objective, vars, &batch, idx, seed, micro, weight) {
+        match micro_grads(model, objective, vars, Pass { batch: &batch, examples: idx, seed, micro, weight }) {
             Ok((loss, grads)) => acc.add(loss, grads)?,
             Err(e) if e.is_out_of_memory() => {
                 if rows.len() == 1 {
@@ -318,18 +318,24 @@ impl Accumulated {
     }
 }
 
+/// One forward and backward pass's examples: their batch, their indices, the dropout
+/// seed and global micro-batch index, and the pass's share of the step's loss terms.
+struct Pass<'a> {
+    batch: &'a data::Batch,
+    examples: &'a [usize],
+    seed: u64,
+    micro: u64,
+    weight: f64,
+}
+
 /// One forward and backward pass: the weighted loss and each variable's gradient.
-#[allow(clippy::too_many_arguments)]
 fn micro_grads(
     model: &Llama,
     objective: &dyn Objective,
     vars: &[Var],
-    batch: &data::Batch,
-    examples: &[usize],
-    seed: u64,
-    micro: u64,
-    weight: f64,
+    pass: Pass,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let Pass { batch, examples, seed, micro, weight } = pass;
     let loss = objective.loss(model, batch, examples, seed, micro)?;
     let weighted = (loss * weight)?;
     let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;

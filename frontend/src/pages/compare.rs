@@ -3,8 +3,8 @@
 //! and exports.
 
 use leptos::prelude::*;
+use multitune_api::report::Report;
 use multitune_api::ApiError;
-use serde_json::Value;
 
 use super::route_id;
 use crate::report_view::{lr_search_text, pair_matrix, plain, score_rows, task_standings};
@@ -13,7 +13,7 @@ use crate::{api, format, ErrorView};
 #[component]
 pub fn ComparePage() -> impl IntoView {
     let id = route_id();
-    let report = RwSignal::new(None::<Result<Value, ApiError>>);
+    let report = RwSignal::new(None::<Result<Report, ApiError>>);
     let charts = RwSignal::new(Vec::<String>::new());
     Effect::new(move |_| {
         let id = id.get();
@@ -32,8 +32,8 @@ pub fn ComparePage() -> impl IntoView {
             Some(Ok(r)) => {
                 let id = id.get();
                 let (tasks, rows) = score_rows(&r);
-                let rec = plain(r["recommendation"]["text"].as_str().unwrap_or(""));
-                let sim = r["similarity"].clone();
+                let rec = plain(&r.recommendation.text);
+                let sim = r.similarity.clone();
                 view! {
                     <section class="recommendation">
                         <h2>"Recommendation"</h2>
@@ -81,8 +81,8 @@ pub fn ComparePage() -> impl IntoView {
                             view! { <figure><img src=src.clone() alt=c.trim_end_matches(".svg").replace('-', " ") /><figcaption><a href=src download>{c.clone()}</a></figcaption></figure> }
                         }).collect_view()}
                     </div>
-                    {(!sim.is_null()).then(|| {
-                        let names: Vec<String> = sim["tasks"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+                    {sim.map(|sim| {
+                        let names = sim.tasks.clone();
                         view! {
                             <h2>"Task similarity"</h2>
                             <p>"Cosine of the per-task adapter deltas / TIES sign-conflict rate."</p>
@@ -90,7 +90,7 @@ pub fn ComparePage() -> impl IntoView {
                                 <thead><tr><th></th>{names.iter().map(|n| view! { <th>{n.clone()}</th> }).collect_view()}</tr></thead>
                                 <tbody>{names.iter().enumerate().map(|(i, n)| view! {
                                     <tr><th>{n.clone()}</th>{(0..names.len()).map(|j| view! {
-                                        <td>{format!("{:.3} / {:.2}", sim["cosine"][i][j].as_f64().unwrap_or(f64::NAN), sim["sign_conflict"][i][j].as_f64().unwrap_or(f64::NAN))}</td>
+                                        <td>{format!("{:.3} / {:.2}", sim.cosine[i][j], sim.sign_conflict[i][j])}</td>
                                     }).collect_view()}</tr>
                                 }).collect_view()}</tbody>
                             </table>
@@ -99,17 +99,17 @@ pub fn ComparePage() -> impl IntoView {
                     <h2>"Cost"</h2>
                     <table class="cost">
                         <thead><tr><th>"run"</th><th>"learning rate"</th><th>"lr search"</th><th>"tokens"</th><th>"wall"</th><th>"trainable"</th><th>"exported"</th><th>"adapter"</th><th>"peak memory"</th></tr></thead>
-                        <tbody>{r["runs"].as_array().cloned().unwrap_or_default().into_iter().filter(|x| x["strategy"] != "base").map(|x| view! {
+                        <tbody>{r.runs.iter().filter(|x| !x.is_base()).map(|x| view! {
                             <tr>
-                                <td>{x["name"].as_str().unwrap_or("").to_string()}</td>
-                                <td>{format::learning_rate(x["learning_rate"].as_f64().unwrap_or(0.0))}</td>
-                                <td>{lr_search_text(&x["lr_search"])}</td>
-                                <td>{x["tokens"].as_u64().unwrap_or(0)}</td>
-                                <td>{format::duration(x["wall_s"].as_f64().unwrap_or(f64::NAN))}</td>
-                                <td>{format::count(x["trainable_params"].as_u64().unwrap_or(0))}</td>
-                                <td>{format::count(x["exported_params"].as_u64().unwrap_or(0))}</td>
-                                <td>{format::bytes(x["adapter_bytes"].as_u64().unwrap_or(0))}</td>
-                                <td>{x["peak_rss_mib"].as_f64().map(|m| format!("{m:.0} MiB")).unwrap_or_default()}</td>
+                                <td>{x.name.clone()}</td>
+                                <td>{format::learning_rate(x.learning_rate)}</td>
+                                <td>{lr_search_text(x.lr_search.as_ref())}</td>
+                                <td>{x.tokens}</td>
+                                <td>{format::duration(x.wall_s)}</td>
+                                <td>{format::count(x.trainable_params as u64)}</td>
+                                <td>{format::count(x.exported_params as u64)}</td>
+                                <td>{format::bytes(x.adapter_bytes)}</td>
+                                <td>{x.peak_rss_mib.map(|m| format!("{m:.0} MiB")).unwrap_or_default()}</td>
                             </tr>
                         }).collect_view()}</tbody>
                     </table>

@@ -56,7 +56,7 @@ pub struct PowerQuery {
 }
 
 /// `GET /api/power?examples=N,N,…`: the smallest macro-average difference held-out sets
-/// of these sizes detect (the engine's `strategy::report::Power`), so the New-experiment
+/// of these sizes detect (`strategy::report::power`), so the New-experiment
 /// page can say it before anything is trained.
 pub async fn power(ApiQuery(q): ApiQuery<PowerQuery>) -> ApiResult<Json<Power>> {
     let sizes: Vec<usize> = q
@@ -68,6 +68,5 @@ pub async fn power(ApiQuery(q): ApiQuery<PowerQuery>) -> ApiResult<Json<Power>> 
         .ok_or_else(|| {
             ApiError::bad_request("examples: give 1 to 16 comma-separated held-out sizes, each 1 to 10^7")
         })?;
-    let p = multitune::strategy::report::Power::of(&sizes);
-    Ok(Json(Power { examples_per_task: p.examples_per_task, detectable: p.detectable, text: p.text }))
+    Ok(Json(multitune::strategy::report::power(&sizes)))
 }

@@ -2,20 +2,10 @@
 //! recompute the metric, take the 2.5th and 97.5th percentiles.
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::rng;
 
-/// A metric's value with its 95% interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    /// The value on the full set.
-    pub value: f64,
-    /// Lower end of the 95% interval.
-    pub lo: f64,
-    /// Upper end of the 95% interval.
-    pub hi: f64,
-}
+pub use multitune_api::report::Estimate;
 
 /// The interval of `metric` (computed on a list of example indices) over `n` examples,
 /// from `reps` resamples seeded by `seed`.

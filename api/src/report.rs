@@ -1,0 +1,323 @@
+//! The comparison's report, as `report.json` holds it and the dashboard renders it: every
+//! run's per-task scores with their intervals, forgetting matrices, cost, task
+//! similarity, the paired comparisons and the recommendation. The engine computes it
+//! (`multitune::strategy::report`); these are its types.
+
+use serde::{Deserialize, Serialize};
+
+/// A metric's value with its 95% interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The value on the full set.
+    pub value: f64,
+    /// Lower end of the 95% interval.
+    pub lo: f64,
+    /// Upper end of the 95% interval.
+    pub hi: f64,
+}
+
+/// A task as the report lists it: name, kind, train and eval sizes.
+pub type TaskInfo = (String, String, usize, usize);
+
+/// One task's score in one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    /// Task.
+    pub task: String,
+    /// Headline metric name.
+    pub metric: String,
+    /// Its value and interval.
+    pub value: Estimate,
+    /// Every metric.
+    pub metrics: Vec<(String, Estimate)>,
+    /// Completion loss.
+    pub loss: Estimate,
+    /// The headline value of each seed, when the run was repeated over several.
+    #[serde(default)]
+    pub seed_values: Vec<f64>,
+    /// The headline metric of every held-out example, in the task's order (1 right, 0
+    /// wrong; over several seeds, the share of seeds that got it right): what the paired
+    /// comparisons are computed from, kept so anyone can recompute them.
+    #[serde(default)]
+    pub per_example: Vec<f64>,
+}
+
+/// Sequential runs: the headline metric of every task after every stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forgetting {
+    /// Stage names (the task trained in that stage).
+    pub stages: Vec<String>,
+    /// Task names (columns).
+    pub tasks: Vec<String>,
+    /// `matrix[stage][task]`.
+    pub matrix: Vec<Vec<f64>>,
+    /// Backward transfer: mean over earlier tasks of (final − just after own stage).
+    pub backward_transfer: f64,
+    /// Mean over earlier tasks of (best before the last stage − final).
+    pub average_forgetting: f64,
+}
+
+impl Forgetting {
+    /// Builds the matrix summary; `order[k]` is the index (in `tasks`) of the task trained
+    /// in stage `k`.
+    pub fn new(stages: Vec<String>, tasks: Vec<String>, matrix: Vec<Vec<f64>>, order: &[usize]) -> Self {
+        let last = matrix.len() - 1;
+        let (mut bwt, mut fgt, mut n) = (0.0, 0.0, 0);
+        for (k, &ti) in order.iter().enumerate().take(last) {
+            bwt += matrix[last][ti] - matrix[k][ti];
+            let best = (0..last).map(|j| matrix[j][ti]).fold(f64::NEG_INFINITY, f64::max);
+            fgt += best - matrix[last][ti];
+            n += 1;
+        }
+        let d = n.max(1) as f64;
+        Self { stages, tasks, matrix, backward_transfer: bwt / d, average_forgetting: fgt / d }
+    }
+}
+
+
+/// One row of the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Display name.
+    pub name: String,
+    /// Strategy family.
+    pub strategy: String,
+    /// Scores per task.
+    pub scores: Vec<TaskScore>,
+    /// Training tokens in all.
+    pub tokens: usize,
+    /// Training tokens per task.
+    pub task_tokens: Vec<usize>,
+    /// Training wall time, seconds.
+    pub wall_s: f64,
+    /// Parameters trained at any one time.
+    pub trainable_params: usize,
+    /// Parameters of what is exported (larger than `trainable_params` where adapters are
+    /// concatenated, as merge-then-new's final adapter is).
+    #[serde(default)]
+    pub exported_params: usize,
+    /// Training seeds this row averages (one unless repeated).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    /// Exported adapter bytes.
+    pub adapter_bytes: u64,
+    /// Peak resident memory during the run, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Loss per step.
+    pub losses: Vec<f64>,
+    /// Forgetting (sequential runs).
+    pub forgetting: Option<Forgetting>,
+    /// Exported adapter folders.
+    pub adapter_dirs: Vec<String>,
+    /// The peak learning rate it trained at (0 in reports from before it was recorded).
+    #[serde(default)]
+    pub learning_rate: f64,
+    /// How that rate was chosen, when the comparison searched it; its cost is apart from
+    /// `wall_s` and `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_search: Option<LrSearch>,
+}
+
+impl RunResult {
+    /// Standard deviation over seeds of the macro average (None with one seed).
+    pub fn seed_spread(&self) -> Option<f64> {
+        let k = self.scores.first().map_or(0, |s| s.seed_values.len());
+        if k < 2 {
+            return None;
+        }
+        let macros: Vec<f64> = (0..k)
+            .map(|j| self.scores.iter().map(|s| s.seed_values[j]).sum::<f64>() / self.scores.len() as f64)
+            .collect();
+        Some(std_dev(&macros))
+    }
+
+    /// Macro average of the headline metric, with the mean of the task intervals.
+    pub fn macro_average(&self) -> Estimate {
+        let n = self.scores.len().max(1) as f64;
+        let s = |f: fn(&Estimate) -> f64| self.scores.iter().map(|x| f(&x.value)).sum::<f64>() / n;
+        Estimate { value: s(|e| e.value), lo: s(|e| e.lo), hi: s(|e| e.hi) }
+    }
+
+    /// Whether this row is the base model's (scored, not trained).
+    pub fn is_base(&self) -> bool {
+        self.strategy == "base"
+    }
+}
+
+/// Sample standard deviation (n − 1); 0 for fewer than two values.
+pub fn std_dev(xs: &[f64]) -> f64 {
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let m = xs.iter().sum::<f64>() / xs.len() as f64;
+    (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
+
+/// How alike the per-task adapters are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Similarity {
+    /// Task names.
+    pub tasks: Vec<String>,
+    /// Cosine similarity of the full adapter deltas.
+    pub cosine: Vec<Vec<f64>>,
+    /// Share of entries, among those both tasks keep after TIES trimming (top 20%),
+    /// whose signs disagree.
+    pub sign_conflict: Vec<Vec<f64>>,
+}
+
+/// What the numbers say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// Best run by macro average.
+    pub best: String,
+    /// Runner-up.
+    pub runner_up: Option<String>,
+    /// Macro-average margin over the runner-up.
+    pub margin: f64,
+    /// Whether the paired comparison cannot separate the runner-up from the best (it is
+    /// tied or undecided, not significantly behind), or the gap is within the spread
+    /// over seeds.
+    pub within_noise: bool,
+    /// Best run per task.
+    pub per_task: Vec<(String, String, f64)>,
+    /// Per task: whether its best run is significantly ahead of the task's runner-up
+    /// (paired, McNemar, Holm-adjusted over the tasks).
+    #[serde(default)]
+    pub per_task_significant: Vec<bool>,
+    /// The recommendation in words.
+    pub text: String,
+}
+
+/// What a paired comparison says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Significantly better (adjusted p < 0.05).
+    Better,
+    /// Significantly worse.
+    Worse,
+    /// Not significant, and the interval lies within ±[`TIE_MARGIN`]: equal for practical
+    /// purposes.
+    Tied,
+    /// Not significant, and the interval is too wide to call it a tie: the held-out data
+    /// cannot tell.
+    Undecided,
+}
+
+/// A difference (headline metric, fraction) that counts as no practical difference.
+pub const TIE_MARGIN: f64 = 0.05;
+
+/// Two runs compared on the same held-out examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The run.
+    pub run: String,
+    /// What it is compared with (the best run or the base model).
+    pub against: String,
+    /// The task; `None` for the macro average over tasks.
+    pub task: Option<String>,
+    /// `run − against` of the headline metric, with its paired 95% bootstrap interval.
+    pub difference: Estimate,
+    /// Discordant examples: right in `run` only, right in `against` only.
+    pub discordant: (usize, usize),
+    /// Exact McNemar two-sided p-value (for the macro average, over the discordant pairs
+    /// of all tasks).
+    pub p_value: f64,
+    /// Holm-adjusted over the comparisons of its family (the macro ones; the per-task
+    /// ones).
+    pub p_adjusted: f64,
+    /// What it says.
+    pub verdict: Verdict,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report<C = serde_json::Value> {
+    /// Tasks: name, kind, headline metric, train/eval sizes.
+    pub tasks: Vec<(String, String, usize, usize)>,
+    /// The settings compared under, as the engine ran them (`multitune::strategy::
+    /// CompareConfig`; the dashboard reads the report with `C` left as plain JSON).
+    pub config: C,
+    /// Every run, the base model first.
+    pub runs: Vec<RunResult>,
+    /// Task similarity (when separate adapters were trained).
+    pub similarity: Option<Similarity>,
+    /// The recommendation.
+    pub recommendation: Recommendation,
+    /// Every trained run against the best one and against the base model, paired: the
+    /// macro average first, then each task.
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    /// What the held-out sets can detect.
+    #[serde(default)]
+    pub power: Option<crate::Power>,
+    /// Every pair of runs (the base model included), on the macro average, paired and
+    /// Holm-adjusted over all pairs: the compare page's matrix.
+    #[serde(default)]
+    pub pairwise: Vec<Comparison>,
+}
+
+/// One trial of the search: a candidate rate trained on a rung's budget and scored on the
+/// validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The peak learning rate tried.
+    pub learning_rate: f64,
+    /// Its rung (0 first).
+    pub rung: usize,
+    /// Training tokens it was given.
+    pub budget_tokens: usize,
+    /// Training tokens it used.
+    pub tokens: usize,
+    /// Macro average of the headline metric on the validation split (0–1).
+    pub score: f64,
+    /// Mean validation loss over the tasks (breaks ties).
+    pub loss: f64,
+    /// Wall seconds, training and scoring.
+    pub wall_s: f64,
+}
+
+/// A strategy's search: what it tried, what it chose and what that cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrSearch {
+    /// The grid searched.
+    pub grid: Vec<f64>,
+    /// The rate chosen.
+    pub chosen: f64,
+    /// Validation examples per task.
+    pub validation: Vec<usize>,
+    /// Every trial, in order.
+    pub trials: Vec<Trial>,
+}
+
+impl LrSearch {
+    /// Training tokens of every trial.
+    pub fn tokens(&self) -> usize {
+        self.trials.iter().map(|t| t.tokens).sum()
+    }
+
+    /// Wall seconds of every trial.
+    pub fn wall_s(&self) -> f64 {
+        self.trials.iter().map(|t| t.wall_s).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_and_backward_transfer_by_hand() {
+        // Two tasks A then B. After A: [0.9, 0.1]; after B: [0.5, 0.8].
+        // BWT = 0.5 - 0.9 = -0.4; forgetting = max(0.9) - 0.5 = 0.4.
+        let f = Forgetting::new(
+            vec!["a".into(), "b".into()],
+            vec!["a".into(), "b".into()],
+            vec![vec![0.9, 0.1], vec![0.5, 0.8]],
+            &[0, 1],
+        );
+        assert!((f.backward_transfer + 0.4).abs() < 1e-12);
+        assert!((f.average_forgetting - 0.4).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,180 @@
+//! `report.md`: the report in Markdown, for reading without the dashboard.
+
+use std::fmt::Write as _;
+
+use super::recommend::{lr_text, pct, points};
+use super::{std_dev, LrSearch, Report};
+
+/// `report.md`.
+pub fn markdown(report: &Report) -> String {
+    let mut s = String::from("# Multitune comparison\n\n");
+    let _ = writeln!(s, "Budget: {} training tokens per strategy.\n", report.config.budget_tokens);
+    let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation.text);
+    s.push_str("## Per-task scores (headline metric, %, 95% interval)\n\n| run |");
+    for (t, _, _, _) in &report.tasks {
+        let _ = write!(s, " {t} |");
+    }
+    s.push_str(" macro avg |\n|---|");
+    for _ in &report.tasks {
+        s.push_str("---|");
+    }
+    s.push_str("---|\n");
+    for r in &report.runs {
+        let _ = write!(s, "| {} |", r.name);
+        for sc in &r.scores {
+            let spread = if sc.seed_values.len() > 1 {
+                format!(" ± {}", pct(std_dev(&sc.seed_values)))
+            } else {
+                String::new()
+            };
+            let _ = write!(s, " {}{spread} [{}, {}] |", pct(sc.value.value), pct(sc.value.lo), pct(sc.value.hi));
+        }
+        let m = r.macro_average();
+        let spread = r.seed_spread().map(|x| format!(" ± {}", pct(x))).unwrap_or_default();
+        let _ = writeln!(s, " {}{spread} [{}, {}] |", pct(m.value), pct(m.lo), pct(m.hi));
+    }
+    if report.config.seeds.len() > 1 {
+        let _ = writeln!(
+            s,
+            "\nMean over {} training seeds ({}); ± is the standard deviation over seeds, the interval the mean of the per-seed 95% bootstrap intervals.",
+            report.config.seeds.len(),
+            report.config.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !report.comparisons.is_empty() {
+        s.push_str(
+            "\n## Paired comparisons\n\nEach run against the best and against the base model on the same held-out \
+             examples: the difference of the headline metric (points, paired bootstrap 95% interval), the \
+             discordant examples (right only in the run / only in the other), the exact McNemar p-value and \
+             its Holm adjustment over the comparisons of the table.\n\n",
+        );
+        for (title, per_task) in [("Macro average", false), ("Per task, against the best run", true)] {
+            let _ = writeln!(
+                s,
+                "**{title}**\n\n| run | against |{} difference | discordant | p | p (Holm) | verdict |\n|---|---|{}---|---|---|---|---|",
+                if per_task { " task |" } else { "" },
+                if per_task { "---|" } else { "" }
+            );
+            let best = &report.recommendation.best;
+            for c in report
+                .comparisons
+                .iter()
+                .filter(|c| c.task.is_some() == per_task && (!per_task || &c.against == best))
+            {
+                let task = c.task.as_deref().map(|t| format!(" {t} |")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "| {} | {} |{task} {} | {} / {} | {:.3} | {:.3} | {:?} |",
+                    c.run,
+                    c.against,
+                    points(&c.difference),
+                    c.discordant.0,
+                    c.discordant.1,
+                    c.p_value,
+                    c.p_adjusted,
+                    c.verdict
+                );
+            }
+            s.push('\n');
+        }
+    }
+    s.push_str("\n## Cost\n\n| run | learning rate | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n");
+    for r in report.runs.iter().filter(|r| r.strategy != "base") {
+        let per: Vec<String> = r.task_tokens.iter().map(|t| t.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} |",
+            r.name,
+            lr_text(r.learning_rate),
+            r.tokens,
+            per.join(" / "),
+            r.wall_s,
+            r.trainable_params,
+            r.exported_params,
+            r.adapter_bytes as f64 / (1 << 20) as f64,
+            r.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    s.push_str(&lr_search_markdown(report));
+    for r in &report.runs {
+        if let Some(f) = &r.forgetting {
+            let _ = writeln!(
+                s,
+                "\n## Forgetting: {}\n\nHeadline metric (%) of each task (columns) after each stage (rows).\n",
+                r.name
+            );
+            let _ = writeln!(s, "| after stage | {} |", f.tasks.join(" | "));
+            let _ = writeln!(s, "|---|{}", "---|".repeat(f.tasks.len()));
+            for (st, row) in f.stages.iter().zip(&f.matrix) {
+                let cells: Vec<String> = row.iter().map(|v| pct(*v)).collect();
+                let _ = writeln!(s, "| {st} | {} |", cells.join(" | "));
+            }
+            let _ = writeln!(
+                s,
+                "\nBackward transfer {:+.1} points; average forgetting {:.1} points.",
+                100.0 * f.backward_transfer,
+                100.0 * f.average_forgetting
+            );
+        }
+    }
+    if let Some(sim) = &report.similarity {
+        let _ = writeln!(
+            s,
+            "\n## Task similarity (per-task adapters)\n\nCosine of the adapter deltas / TIES sign-conflict rate.\n"
+        );
+        let _ = writeln!(s, "| | {} |", sim.tasks.join(" | "));
+        let _ = writeln!(s, "|---|{}", "---|".repeat(sim.tasks.len()));
+        for (i, t) in sim.tasks.iter().enumerate() {
+            let cells: Vec<String> = (0..sim.tasks.len())
+                .map(|j| format!("{:.3} / {:.2}", sim.cosine[i][j], sim.sign_conflict[i][j]))
+                .collect();
+            let _ = writeln!(s, "| {t} | {} |", cells.join(" | "));
+        }
+    }
+    s
+}
+
+/// The learning-rate search section of `report.md` (empty without a search): one
+/// row per search (a separate run's merges share its search, the same trials).
+fn lr_search_markdown(report: &Report) -> String {
+    let mut seen: Vec<&LrSearch> = Vec::new();
+    let mut rows = String::new();
+    for r in &report.runs {
+        let Some(search) = &r.lr_search else { continue };
+        if seen.contains(&search) {
+            continue;
+        }
+        seen.push(search);
+        let trials: Vec<String> = search
+            .trials
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {}% / {:.3} ({} tokens)",
+                    lr_text(t.learning_rate),
+                    pct(t.score),
+                    t.loss,
+                    t.budget_tokens
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            rows,
+            "| {} | {} | {} | {} | {:.0} |",
+            r.name,
+            lr_text(search.chosen),
+            trials.join("; "),
+            search.tokens(),
+            search.wall_s()
+        );
+    }
+    let Some(first) = seen.first() else { return String::new() };
+    format!(
+        "\n## Learning-rate search\n\nEach strategy's peak learning rate, chosen from {} by successive halving on a \
+         validation split carved from the training data ({} examples per task; the held-out examples scored above \
+         were not used). Each trial: validation macro average / loss (training tokens). The search's cost is not \
+         in the cost table.\n\n| run | chosen | trials | search tokens | search s |\n|---|---|---|---|---|\n{rows}",
+        first.grid.iter().map(|&x| lr_text(x)).collect::<Vec<_>>().join(", "),
+        first.validation.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
+    )
+}
