@@ -1,7 +1,8 @@
-//! The module graphs of the engine, the cluster and the server have no cycle: dependencies point down,
-//! as ARCHITECTURE.md maps them. Read from the sources: every `crate::…` and `super::…`
-//! path outside comments and test modules is an edge to the module it names; a `mod.rs`
-//! declaring or re-exporting its children is not.
+//! The module graphs of the engine, the cluster and the server have no cycle, and the
+//! engine's modules keep the layer order ARCHITECTURE.md states: dependencies point down.
+//! Read from the sources: every `crate::…` and `super::…` path outside comments and test
+//! modules is an edge to the module it names; a `mod.rs` declaring or re-exporting its
+//! children is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -177,4 +178,69 @@ fn engine_cluster_and_server_modules_have_no_import_cycle() {
             panic!("{krate}: import cycle {}", names.join(" → "));
         }
     }
+}
+
+/// The engine's layers, lowest first (ARCHITECTURE.md's order): a module may use its own
+/// top-level module and those of lower layers, never one of its own layer or above. The
+/// foundation (the crate root's re-exports, errors, atomic files, memory figures, seeded
+/// streams) may use itself.
+const ENGINE_LAYERS: &[&[&str]] = &[
+    &["", "error", "persist", "memory", "rng"],
+    &["kernels"],
+    &["ops"],
+    &["model"],
+    &["data"],
+    &["train", "eval"],
+    &["adapter"],
+    &["strategy", "bench"],
+    &["cli", "cuda_tests"],
+];
+
+/// Every edge of `g` that does not point down `layers` (by top-level module), and the
+/// top-level modules `layers` does not place.
+fn layer_violations(g: &BTreeMap<Module, BTreeSet<Module>>, layers: &[&[&str]]) -> (Vec<String>, BTreeSet<String>) {
+    let top = |m: &Module| m.first().cloned().unwrap_or_default();
+    let layer = |t: &str| layers.iter().position(|l| l.contains(&t));
+    let mut unplaced = BTreeSet::new();
+    let mut wrong = Vec::new();
+    for (from, deps) in g {
+        let (a, la) = (top(from), layer(&top(from)));
+        if la.is_none() {
+            unplaced.insert(a.clone());
+        }
+        for to in deps {
+            let b = top(to);
+            let (Some(la), Some(lb)) = (la, layer(&b)) else { continue };
+            if a != b && !(lb < la || (la == 0 && lb == 0)) {
+                wrong.push(format!("{} → {}", from.join("::"), to.join("::")));
+            }
+        }
+    }
+    (wrong, unplaced)
+}
+
+#[test]
+fn the_layer_check_sees_an_upward_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("model")).unwrap();
+    std::fs::write(dir.path().join("lib.rs"), "pub mod model;\npub mod data;\npub mod kernels;\n").unwrap();
+    std::fs::write(dir.path().join("model/mod.rs"), "pub mod llama;\n").unwrap();
+    std::fs::write(dir.path().join("model/llama.rs"), "use crate::kernels::pack::Pack;\n").unwrap();
+    std::fs::write(dir.path().join("kernels.rs"), "").unwrap();
+    std::fs::write(dir.path().join("data.rs"), "use crate::model::llama;\n").unwrap();
+    let layers: &[&[&str]] = &[&[""], &["kernels"], &["model"], &["data"]];
+    assert_eq!(layer_violations(&edges(dir.path()), layers), (vec![], BTreeSet::new()), "every edge points down");
+    std::fs::write(dir.path().join("model/llama.rs"), "use crate::data::Batch;\n").unwrap();
+    let (wrong, _) = layer_violations(&edges(dir.path()), layers);
+    assert_eq!(wrong, ["model::llama → data"]);
+    let (_, unplaced) = layer_violations(&edges(dir.path()), &[&[""], &["kernels"], &["model"]]);
+    assert_eq!(unplaced, ["data".to_string()].into_iter().collect());
+}
+
+#[test]
+fn engine_modules_only_point_down_the_layers() {
+    let g = edges(&Path::new(env!("CARGO_MANIFEST_DIR")).join("app/src"));
+    let (wrong, unplaced) = layer_violations(&g, ENGINE_LAYERS);
+    assert!(unplaced.is_empty(), "top-level modules with no layer in ENGINE_LAYERS: {unplaced:?}");
+    assert!(wrong.is_empty(), "imports that point up or across the engine's layers:\n{}", wrong.join("\n"));
 }

@@ -17,7 +17,6 @@ use crate::http::{demo_file, experiment_of, upload, wait_for, Server};
 use crate::pg;
 use crate::util::HANG;
 
-
 fn one_job(q: &mut Queue, experiment: &str, max_attempts: i32) {
     assert_eq!(q.enqueue(experiment, &[("base".into(), "{}".into())], max_attempts).unwrap(), 1);
 }
@@ -295,7 +294,11 @@ fn workers_killed_or_stalled_and_a_killed_server_lose_nothing() {
     });
     // How soon depends on when a worker is free to take it (they all train), so it is only
     // printed; `figures` measures redelivery with an idle worker.
-    eprintln!("job {killed_job}: worker {} killed, leased again by {taker} after {:.1?}", killed.name, t_kill.elapsed());
+    eprintln!(
+        "job {killed_job}: worker {} killed, leased again by {taker} after {:.1?}",
+        killed.name,
+        t_kill.elapsed()
+    );
 
     // Stop another worker (SIGSTOP) while it trains after a checkpoint, until the job is
     // taken over; then let it go on: what it writes late must be refused.

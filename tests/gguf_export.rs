@@ -8,10 +8,10 @@
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use multitune::adapter::lora::{LoraAdapter, LoraConfig};
 use multitune::data::render_prompt;
 use multitune::model::config::RopeLayout;
 use multitune::model::gguf_write::{export, GgufOptions, GgufType};
+use multitune::model::lora::{LoraAdapter, LoraConfig};
 use multitune::model::{last_position, max_abs_diff, Forward, Llama};
 use multitune::model::{load_gguf, load_hf_dir, permute_qk_rows, save_hf_dir};
 use multitune::rng;

@@ -1,6 +1,6 @@
 use candle_core::{DType, Device, Tensor};
-use multitune::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use multitune::data::{make_batch, Example};
+use multitune::model::lora::{LoraAdapter, LoraConfig, Target};
 use multitune::model::tiny_model;
 use multitune::model::{max_abs_diff, Forward};
 use multitune::rng;

@@ -1,9 +1,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{Device, Tensor};
-use multitune::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use multitune::adapter::peft::{load_adapter, save_adapter, CONFIG_FILE, WEIGHTS_FILE};
 use multitune::model::config::RopeLayout;
+use multitune::model::lora::{LoraAdapter, LoraConfig, Target};
 use multitune::model::{max_abs_diff, Forward, Llama};
 use multitune::model::{permute_qk_rows, tiny_model};
 use multitune::persist::read_safetensors;

@@ -499,7 +499,8 @@ async fn slow_clients_are_dropped_and_block_no_one() {
     // timeout is 2 s.)
     for c in &slow {
         c.set_nonblocking(true).unwrap();
-        let e = (&*c).read(&mut [0u8; 16]).expect_err("a slow client was dropped before an ordinary request was answered");
+        let e =
+            (&*c).read(&mut [0u8; 16]).expect_err("a slow client was dropped before an ordinary request was answered");
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
         c.set_nonblocking(false).unwrap();
     }

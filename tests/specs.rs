@@ -54,9 +54,15 @@ fn every_front_door_left_at_its_defaults_asks_for_the_same_comparison() {
     // And they are the contract's defaults, down to the trainer's.
     let d = multitune_api::Hyper::default();
     assert_eq!(cli.budget_tokens, multitune_api::defaults::BUDGET_TOKENS);
-    assert_eq!((cli.train.learning_rate, cli.train.lora.rank, cli.train.batch_size), (d.learning_rate, d.rank, d.batch_size));
+    assert_eq!(
+        (cli.train.learning_rate, cli.train.lora.rank, cli.train.batch_size),
+        (d.learning_rate, d.rank, d.batch_size)
+    );
     let trainer = multitune::train::TrainConfig::default();
-    assert_eq!((trainer.learning_rate, trainer.lora.rank, trainer.lora.alpha), (d.learning_rate, d.rank, cli.train.lora.alpha));
+    assert_eq!(
+        (trainer.learning_rate, trainer.lora.rank, trainer.lora.alpha),
+        (d.learning_rate, d.rank, cli.train.lora.alpha)
+    );
     assert_eq!(cli.strategies.len(), multitune_api::STRATEGY_NAMES.len());
 }
 

@@ -1,13 +1,13 @@
 use candle_core::Device;
-use multitune::adapter::lora::LoraConfig;
 use multitune::data::Record;
 use multitune::data::{self, LoadOptions, TaskKind};
 use multitune::eval::EvalOptions;
+use multitune::model::lora::LoraConfig;
 use multitune::model::tiny_model;
 use multitune::strategy::request::strategy_specs;
 use multitune::strategy::{compare, Base, CompareConfig, SequentialVariant, StrategySpec, TaskData};
-use multitune_api::StrategyChoice;
 use multitune::train::TrainConfig;
+use multitune_api::StrategyChoice;
 
 fn demo_tasks(eval_n: usize) -> Vec<TaskData> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
@@ -284,7 +284,7 @@ fn sequential_continue_shows_forgetting_on_conflicting_tasks() {
 /// to the same predictions.
 #[test]
 fn multi_head_classifier_learns_a_separable_task() {
-    use multitune::adapter::heads::{self, MultiHead};
+    use multitune::strategy::heads::{self, MultiHead};
     let (model, tok) = tiny_model(2, &Device::Cpu).unwrap();
     let warm = ["red", "orange", "yellow"];
     let cold = ["blue", "green", "purple"];

@@ -1,10 +1,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
-use multitune::adapter::lora::{LoraAdapter, LoraConfig};
 use multitune::data::Record;
 use multitune::data::{TaskKind, TaskSpec};
 use multitune::eval::{evaluate_task, EvalOptions};
+use multitune::model::lora::{LoraAdapter, LoraConfig};
 use multitune::model::tiny_model;
 use multitune::train::{self, encode_all, CheckpointPlan, TrainConfig, TrainEvent};
 use multitune::Error;
@@ -298,7 +298,7 @@ impl train::Objective for SmallDevice {
     fn loss(
         &self,
         model: &multitune::model::Llama,
-        batch: &multitune::data::Batch,
+        batch: &multitune::model::Batch,
         examples: &[usize],
         seed: u64,
         micro: u64,

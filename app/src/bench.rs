@@ -11,9 +11,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use crate::data::{self, Example};
 use crate::model::config::ModelConfig;
+use crate::model::lora::{LoraAdapter, LoraConfig, Target};
 use crate::model::{Forward, Llama};
 use crate::rng;
 use crate::train::optim::{self, AdamW, AdamWConfig};
@@ -347,7 +347,13 @@ pub fn matmul_flops(
 /// The matrix-multiply FLOPs our packed forward (and backward) really does for `batch`:
 /// the count of [`item_flops`] over the packed tokens (each shared prefix once), the
 /// attention pairs of each row's own queries against its whole path, and the loss rows.
-pub fn packed_flops(cfg: &ModelConfig, rank: usize, targets: &[Target], mode: Mode, batch: &data::Batch) -> f64 {
+pub fn packed_flops(
+    cfg: &ModelConfig,
+    rank: usize,
+    targets: &[Target],
+    mode: Mode,
+    batch: &crate::model::Batch,
+) -> f64 {
     let pairs: usize = batch.pack.rows.iter().map(|r| (r.len() - r.owned_from) * r.len()).sum();
     matmul_flops(cfg, rank, targets, mode, (batch.pack.len() as f64, pairs as f64, batch.loss_tokens as f64))
 }
@@ -418,7 +424,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
     let warm = workload.warmup.min(workload.batches.len());
     // What the timed steps compute: packed on the CPU, padded rows elsewhere.
     let (mut flops, mut computed) = (0.0, 0);
-    let mut count = |i: usize, b: &data::Batch| {
+    let mut count = |i: usize, b: &crate::model::Batch| {
         if i < warm {
             return;
         }
@@ -529,7 +535,7 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
 /// trainer's default does that ([`TrainConfig::group_by_length`]).
 fn run_batches(
     workload: &Workload,
-    mut step: impl FnMut(usize, &data::Batch) -> Result<()>,
+    mut step: impl FnMut(usize, &crate::model::Batch) -> Result<()>,
     dev: &Device,
 ) -> Result<Vec<f64>> {
     let warm = workload.warmup.min(workload.batches.len());

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::adapter::lora::{LoraAdapter, LoraConfig};
 use crate::data::{make_batch, Example};
+use crate::model::lora::{LoraAdapter, LoraConfig};
 use crate::model::{max_abs_diff, Forward};
 use crate::model::{random_model, tiny_config};
 use crate::train::batch_loss;
@@ -25,7 +25,7 @@ fn examples() -> Vec<Example> {
 /// One adapter with non-zero B on both devices (same values).
 fn adapters(cfg: &crate::model::config::ModelConfig, dev: &Device) -> (LoraAdapter, LoraAdapter) {
     let cpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, &Device::Cpu).unwrap();
-    crate::adapter::lora::randomize(&cpu, 5, 0.05);
+    crate::model::lora::randomize(&cpu, 5, 0.05);
     let gpu = LoraAdapter::new(cfg, LoraConfig::default(), 1, dev).unwrap();
     for (g, c) in gpu.vars().iter().zip(cpu.vars()) {
         g.set(&c.as_tensor().to_device(dev).unwrap()).unwrap();

@@ -1,6 +1,9 @@
-//! The crate's one error type.
+//! The crate's one error type, and what a rejected dataset file carries (its issues).
 
+use std::fmt;
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,7 @@ pub enum Error {
     },
     /// A dataset file was rejected; every problem found is listed.
     #[error("{0}")]
-    Dataset(crate::data::Rejection),
+    Dataset(Rejection),
     /// An adapter or checkpoint does not match the model or is malformed.
     #[error("adapter: {0}")]
     Adapter(String),
@@ -80,5 +83,80 @@ impl Error {
     pub fn is_out_of_memory(&self) -> bool {
         let text = format!("{self} {self:?}");
         text.contains("OUT_OF_MEMORY") || text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+    }
+}
+
+/// One problem with one place of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    /// 1-based line (0: the file as a whole); the 1-based row of a Parquet file.
+    pub line: usize,
+    /// 1-based column, for CSV.
+    pub column: Option<usize>,
+    /// The field concerned (a Parquet file's column).
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+    /// The file is a Parquet file: `line` counts rows and `field` names a column.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row: bool,
+}
+
+impl Issue {
+    /// A problem with a whole line.
+    pub fn line(line: usize, reason: impl Into<String>) -> Self {
+        Self { line, column: None, field: None, reason: reason.into(), row: false }
+    }
+    /// A problem at a CSV line and column.
+    pub fn at(line: usize, column: usize, reason: impl Into<String>) -> Self {
+        Self { line, column: Some(column), field: None, reason: reason.into(), row: false }
+    }
+    /// A problem with a named field of a line.
+    pub fn field(line: usize, field: &str, reason: String) -> Self {
+        Self { line, column: None, field: Some(field.into()), reason, row: false }
+    }
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.row) {
+            (0, _) => write!(f, "file")?,
+            (n, true) => write!(f, "row {n}")?,
+            (n, false) => write!(f, "line {n}")?,
+        }
+        if let Some(c) = self.column {
+            write!(f, ", column {c}")?;
+        }
+        match &self.field {
+            Some(field) if self.row => write!(f, ": column `{field}`")?,
+            Some(field) => write!(f, ": field `{field}`")?,
+            None => {}
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Why a dataset file was rejected: the first `data::MAX_LISTED` issues and how many
+/// there were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The file's name.
+    pub file: String,
+    /// Listed issues.
+    pub issues: Vec<Issue>,
+    /// All issues found.
+    pub total: usize,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: rejected, {} problem{}", self.file, self.total, if self.total == 1 { "" } else { "s" })?;
+        for i in &self.issues {
+            write!(f, "\n  {i}")?;
+        }
+        if self.total > self.issues.len() {
+            write!(f, "\n  … and {} more", self.total - self.issues.len())?;
+        }
+        Ok(())
     }
 }

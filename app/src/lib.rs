@@ -26,8 +26,8 @@ pub mod rng;
 pub mod strategy;
 pub mod train;
 
-pub use adapter::{LoraAdapter, LoraConfig, Target};
 pub use error::{Error, Result};
+pub use model::lora::{LoraAdapter, LoraConfig, Target};
 pub use model::{load_model, Llama, LoadedModel, ModelSource, TextTokenizer};
 
 /// Process-wide CPU settings; call once at start-up, before any tensor work.

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::model::config::RopeLayout;
+use crate::kernels::RopeLayout;
 use crate::Result;
 
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32 (the
@@ -260,7 +260,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     Ok(probs.matmul(v)?.reshape((b, nh, t, hd))?)
 }
 
-/// The packed path (prefix-shared batches, [`crate::data::pack`]) has CPU f32 kernels
+/// The packed path (prefix-shared batches, [`crate::kernels::pack`]) has CPU f32 kernels
 /// only; [`crate::model::Llama::can_pack`] says when it runs.
 pub use crate::kernels::{packed_attention, rope_cos_sin, rope_rows, rope_tables};
 

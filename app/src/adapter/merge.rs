@@ -9,7 +9,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::{LoraAdapter, LoraConfig, LoraPair, Target};
+use crate::model::lora::{LoraAdapter, LoraConfig, LoraPair, Target};
 use crate::rng;
 use crate::{Error, Result};
 

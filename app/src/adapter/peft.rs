@@ -8,9 +8,9 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use serde_json::json;
 
-use crate::adapter::lora::{LoraAdapter, LoraConfig, Target};
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::gguf::permute_qk_rows;
+use crate::model::lora::{LoraAdapter, LoraConfig, Target};
 use crate::persist;
 use crate::{Error, Result};
 

@@ -142,9 +142,8 @@ impl CompareArgs {
             if name == "all" {
                 out.extend(StrategyChoice::all().into_iter().map(with_options));
             } else {
-                let choice = StrategyChoice::named(name).with_context(|| {
-                    format!("unknown strategy `{name}` (all, {})", STRATEGY_NAMES.join(", "))
-                })?;
+                let choice = StrategyChoice::named(name)
+                    .with_context(|| format!("unknown strategy `{name}` (all, {})", STRATEGY_NAMES.join(", ")))?;
                 out.push(with_options(choice));
             }
         }

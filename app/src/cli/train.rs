@@ -10,9 +10,10 @@ use clap::Args;
 
 use super::eval::print_table;
 use super::{args, bar, load, task_name, Cli};
-use crate::adapter::{lora, peft, LoraAdapter};
+use crate::adapter::peft;
 use crate::data::{self, Example, Limits, LoadOptions, Record, Split, TaskSpec};
 use crate::eval::{self, EvalOptions};
+use crate::model::lora::{self, LoraAdapter};
 use crate::model::LoadedModel;
 use crate::persist;
 use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};

@@ -3,7 +3,6 @@
 //! imbalance, overlap with the eval split) are reported with an accepted dataset.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::path::Path;
 
 use rand::SeedableRng;
@@ -48,82 +47,10 @@ pub struct TaskSpec {
     pub labels: Vec<String>,
 }
 
-/// One problem with one place of a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Issue {
-    /// 1-based line (0: the file as a whole); the 1-based row of a Parquet file.
-    pub line: usize,
-    /// 1-based column, for CSV.
-    pub column: Option<usize>,
-    /// The field concerned (a Parquet file's column).
-    pub field: Option<String>,
-    /// What is wrong.
-    pub reason: String,
-    /// The file is a Parquet file: `line` counts rows and `field` names a column.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub row: bool,
-}
-
-impl Issue {
-    /// A problem with a whole line.
-    pub fn line(line: usize, reason: impl Into<String>) -> Self {
-        Self { line, column: None, field: None, reason: reason.into(), row: false }
-    }
-    /// A problem at a CSV line and column.
-    pub fn at(line: usize, column: usize, reason: impl Into<String>) -> Self {
-        Self { line, column: Some(column), field: None, reason: reason.into(), row: false }
-    }
-    /// A problem with a named field of a line.
-    pub fn field(line: usize, field: &str, reason: String) -> Self {
-        Self { line, column: None, field: Some(field.into()), reason, row: false }
-    }
-}
-
-impl fmt::Display for Issue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.row) {
-            (0, _) => write!(f, "file")?,
-            (n, true) => write!(f, "row {n}")?,
-            (n, false) => write!(f, "line {n}")?,
-        }
-        if let Some(c) = self.column {
-            write!(f, ", column {c}")?;
-        }
-        match &self.field {
-            Some(field) if self.row => write!(f, ": column `{field}`")?,
-            Some(field) => write!(f, ": field `{field}`")?,
-            None => {}
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
+pub use crate::error::{Issue, Rejection};
 
 /// At most this many issues are listed; the rest are counted.
 pub const MAX_LISTED: usize = 50;
-
-/// Why a file was rejected: the first [`MAX_LISTED`] issues and how many there were.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejection {
-    /// The file's name.
-    pub file: String,
-    /// Listed issues.
-    pub issues: Vec<Issue>,
-    /// All issues found.
-    pub total: usize,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: rejected, {} problem{}", self.file, self.total, if self.total == 1 { "" } else { "s" })?;
-        for i in &self.issues {
-            write!(f, "\n  {i}")?;
-        }
-        if self.total > self.issues.len() {
-            write!(f, "\n  … and {} more", self.total - self.issues.len())?;
-        }
-        Ok(())
-    }
-}
 
 /// Size limits, all configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

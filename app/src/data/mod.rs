@@ -8,12 +8,11 @@ pub mod dataset;
 pub mod demo;
 pub mod example;
 pub mod formats;
-pub mod pack;
 pub mod parquet;
 
 pub use dataset::{
     infer_kind, load, overlap_warning, parse, split_indices, task_name, tokenize, Dataset, Issue, Limits, LoadOptions,
     OverlongPolicy, Rejection, Split, TaskKind, TaskSpec, TokenReport, MAX_LISTED,
 };
-pub use example::{encode, make_batch, render_prompt, render_record_prompt, Batch, Example, Record};
+pub use example::{encode, make_batch, render_prompt, render_record_prompt, Example, Record};
 pub use formats::Format;

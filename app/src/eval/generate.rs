@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::LoraAdapter;
+use crate::model::lora::LoraAdapter;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{last_position, Forward, KvCache, Llama};
 use crate::rng::{self, streams};
@@ -504,8 +504,8 @@ mod tests {
     #[test]
     fn scored_references_match_the_loss_pass() {
         let (model, _) = crate::model::tiny_model(7, &Device::Cpu).unwrap();
-        let ad = LoraAdapter::new(&model.cfg, crate::adapter::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
-        crate::adapter::lora::randomize(&ad, 2, 0.1);
+        let ad = LoraAdapter::new(&model.cfg, crate::model::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        crate::model::lora::randomize(&ad, 2, 0.1);
         let prefix: Vec<u32> = vec![3, 14, 15, 92, 65];
         let prompts: Vec<Vec<u32>> = [vec![89u32, 79], vec![32], vec![38, 46, 26, 43]]
             .into_iter()
@@ -527,8 +527,8 @@ mod tests {
     #[test]
     fn references_the_answer_follows_score_as_the_loss_pass() {
         let (model, _) = crate::model::tiny_model(7, &Device::Cpu).unwrap();
-        let ad = LoraAdapter::new(&model.cfg, crate::adapter::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
-        crate::adapter::lora::randomize(&ad, 3, 0.1);
+        let ad = LoraAdapter::new(&model.cfg, crate::model::lora::LoraConfig::default(), 1, &Device::Cpu).unwrap();
+        crate::model::lora::randomize(&ad, 3, 0.1);
         let prefix: Vec<u32> = vec![3, 14, 15, 92, 65];
         let prompts: Vec<Vec<u32>> = [vec![89u32, 79], vec![32], vec![38, 46, 26, 43], vec![7, 7]]
             .into_iter()

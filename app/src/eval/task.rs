@@ -12,13 +12,13 @@
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::LoraAdapter;
-use crate::data::pack::Pack;
 use crate::data::{self, Example, Record};
 use crate::data::{TaskKind, TaskSpec};
 use crate::eval::generate::{generate_and_score, generate_batch, GenerateConfig};
 use crate::eval::metrics::bootstrap::mean_of;
 use crate::eval::metrics::{bootstrap_interval, Confusion, Estimate, ExactMatch, Metric, RougeL, TokenF1};
+use crate::kernels::pack::Pack;
+use crate::model::lora::LoraAdapter;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{last_position, Forward, KvCache, Llama};
 use crate::ops;
@@ -174,7 +174,7 @@ pub fn completion_loss(
 
 /// Log-likelihood of each label's completion tokens after each prompt: `out[i][l]` is
 /// `(sum of log-probabilities, token count)`. Each prompt runs once per batch: packed
-/// with shared prefixes ([`crate::data::pack`]) where the model can — every label a row after
+/// with shared prefixes ([`crate::kernels::pack`]) where the model can — every label a row after
 /// its prompt, the prompts' common template once as well — else through a KV cache
 /// that every label continues from.
 pub fn label_log_likelihoods(
@@ -520,7 +520,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::adapter::lora::LoraConfig;
+    use crate::model::lora::LoraConfig;
     use crate::model::tiny_model;
 
     /// Label ranking packed (each prompt and the shared template once) against the KV-
@@ -529,7 +529,7 @@ mod tests {
     fn packed_label_ranking_matches_the_cached_path() {
         let (model, _) = tiny_model(4, &Device::Cpu).unwrap();
         let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
-        crate::adapter::lora::randomize(&ad, 3, 0.1);
+        crate::model::lora::randomize(&ad, 3, 0.1);
         let prompts = vec![vec![5u32, 6, 7, 8], vec![5, 6, 9], vec![40, 41, 42, 43, 44], vec![5, 6, 7]];
         let labels = vec![vec![100u32], vec![101, 102, 103], vec![100, 104]];
         assert!(model.can_pack());
@@ -551,7 +551,7 @@ mod tests {
     fn the_loss_from_scoring_equals_a_loss_pass() {
         let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
         let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
-        crate::adapter::lora::randomize(&ad, 5, 0.1);
+        crate::model::lora::randomize(&ad, 5, 0.1);
         let opts = EvalOptions { bootstrap: 0, batch_size: 3, generation_batch: 4, ..Default::default() };
         let labels = vec!["yes".to_string(), "no".to_string(), "maybe".to_string()];
         let class: Vec<Record> = (0..7).map(|i| Record::new(format!("is {i} even?"), labels[i % 3].clone())).collect();
@@ -596,7 +596,7 @@ mod tests {
     fn scores_do_not_depend_on_batching() {
         let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
         let ad = LoraAdapter::new(&model.cfg, LoraConfig::default(), 2, &Device::Cpu).unwrap();
-        crate::adapter::lora::randomize(&ad, 7, 0.1);
+        crate::model::lora::randomize(&ad, 7, 0.1);
         let labels = vec!["yes".to_string(), "no".to_string(), "maybe".to_string()];
         let recs: Vec<Record> =
             (0..9).map(|i| Record::new(format!("is {i} a prime number?"), labels[i % 3].clone())).collect();

@@ -557,7 +557,8 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
                 for _ in 0..*repeat {
                     for (&(m, n, k, weight_out_in), (a, b, c)) in prods.iter().zip(buffers.iter_mut()) {
                         let rs = if weight_out_in { (1, k) } else { (n, 1) };
-                        let done = engine.is_some_and(|l| l.sgemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0));
+                        let done = engine
+                            .is_some_and(|l| l.sgemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0));
                         if !done {
                             mm_gemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0, true);
                         }
@@ -588,7 +589,13 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
 /// Panics unless every index the strides reach lies inside the slices (the safety
 /// condition of the unsafe products); handles empty products (zeroing `dst` unless
 /// accumulating) and returns whether a product remains to be computed.
-pub(super) fn operands_fit((m, n, k): (usize, usize, usize), dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) -> bool {
+pub(super) fn operands_fit(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+) -> bool {
     let (Mat { data: lhs, strides: (lrs, lcs) }, Mat { data: rhs, strides: (rrs, rcs) }) = (lhs, rhs);
     assert!(dst.len() >= m * n);
     assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::*;
-use crate::model::config::RopeLayout;
+use super::RopeLayout;
 use crate::Result;
 
 pub(super) struct Heads {

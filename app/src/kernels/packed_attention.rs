@@ -1,4 +1,4 @@
-//! Attention over a prefix-shared pack ([`crate::data::pack`]): each row's own queries
+//! Attention over a prefix-shared pack ([`crate::kernels::pack`]): each row's own queries
 //! attend along that row's path; gradients of shared keys and values are summed over
 //! the rows that share them.
 
@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::attention::{attention_block, attention_block_bwd};
 use super::common::*;
-use crate::data::pack::Pack;
+use crate::kernels::pack::Pack;
 use crate::Result;
 
 pub(super) struct PackedAttention {
@@ -61,7 +61,7 @@ impl PackedAttention {
     }
 
     /// Masks (causal, sliding window) and normalises the `(g·n, L)` scores of `row`.
-    fn softmax(&self, p: &mut [f32], row: &crate::data::pack::PackedRow) {
+    fn softmax(&self, p: &mut [f32], row: &crate::kernels::pack::PackedRow) {
         let len = row.len();
         let n = len - row.owned_from;
         for (r, s) in p.chunks_mut(len).enumerate() {

@@ -5,11 +5,23 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::common::*;
 use super::heads::rotate;
-use crate::model::config::RopeLayout;
 use crate::Result;
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeLayout {
+    /// Hugging Face: dimension `i` pairs with `i + head_dim/2`.
+    #[default]
+    HalfRotation,
+    /// GGUF / Meta original: dimension `2i` pairs with `2i+1` (llama.cpp permutes the
+    /// q/k rows of Hugging Face checkpoints into this order on conversion).
+    Interleaved,
+}
 
 /// Rotary embedding of `(T, H·d)` rows, row `t` at the angles of table row `t`.
 pub(super) struct RopeRows {

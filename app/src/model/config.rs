@@ -5,17 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// How rotary embeddings pair the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RopeLayout {
-    /// Hugging Face: dimension `i` pairs with `i + head_dim/2`.
-    #[default]
-    HalfRotation,
-    /// GGUF / Meta original: dimension `2i` pairs with `2i+1` (llama.cpp permutes the
-    /// q/k rows of Hugging Face checkpoints into this order on conversion).
-    Interleaved,
-}
+pub use crate::kernels::RopeLayout;
 
 /// Llama 3.x frequency-dependent rope scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

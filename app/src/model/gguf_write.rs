@@ -11,10 +11,10 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::DType;
 
-use crate::adapter::lora::LoraAdapter;
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::gguf::{gguf_name, permute_qk_rows};
 use crate::model::llama::Llama;
+use crate::model::lora::LoraAdapter;
 use crate::model::tokenizer::{ChatMessage, TextTokenizer};
 use crate::{Error, Result};
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::adapter::lora::{LoraAdapter, Target};
-use crate::data::pack::Pack;
-use crate::data::Batch;
+use crate::kernels::pack::Pack;
 use crate::model::config::ModelConfig;
+use crate::model::lora::{LoraAdapter, Target};
+use crate::model::Batch;
 use crate::ops::{self, RopeTables};
 use crate::rng::{self, streams};
 use crate::{Error, Result};
@@ -379,7 +379,7 @@ impl Llama {
     }
 
     /// Final hidden states `(T, hidden)` of the packed tokens of `pack` (see
-    /// [`crate::data::pack`]): every distinct prefix of its rows runs once, without padding.
+    /// [`crate::kernels::pack`]): every distinct prefix of its rows runs once, without padding.
     pub fn packed_hidden_states(&self, pack: &Arc<Pack>, fwd: &Forward) -> Result<Tensor> {
         if !self.can_pack() {
             return Err(Error::Invalid("packed forward needs f32 weights on the CPU".into()));
@@ -533,7 +533,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::adapter::lora::{randomize, LoraConfig};
+    use crate::model::lora::{randomize, LoraConfig};
 
     /// A merged model's weights are plain tensors that remember no operation (otherwise
     /// every activation computed from them would keep the adapter's factors and the whole

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::adapter::lora::Target;
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::llama::Llama;
+use crate::model::lora::Target;
 use crate::model::tokenizer::TextTokenizer;
 use crate::rng::{self, streams};
 use crate::Result;

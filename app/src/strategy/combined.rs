@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::adapter::lora::LoraAdapter;
+use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::mixing::Mixing;
 use crate::strategy::report::{run_result, RunCost, RunResult};

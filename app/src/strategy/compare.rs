@@ -7,10 +7,10 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::adapter::lora::LoraAdapter;
 use crate::adapter::peft;
 use crate::eval::EvalOptions;
 use crate::memory::RssSampler;
+use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
 use crate::strategy::lr_search::{self, LrSearch};
 use crate::strategy::report::{self, Report, RunCost, RunResult};

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::LoraAdapter;
 use crate::adapter::peft;
 use crate::data::{Example, Record};
 use crate::eval::{self, TaskEval};
+use crate::model::lora::LoraAdapter;
 use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
 use crate::strategy::spec::CompareConfig;

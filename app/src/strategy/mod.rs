@@ -6,14 +6,17 @@
 //! overall, at what cost.
 //!
 //! [`request`] turns what users ask for (the `multitune_api` contract, for the CLI and
-//! the server alike) into [`StrategySpec`]s and a [`CompareConfig`], [`compare()`] runs them, one module per strategy ([`lr_search`] first picks
-//! each one's learning rate when asked), and [`report`] and
-//! [`charts`] present the result.
+//! the server alike) into [`StrategySpec`]s and a [`CompareConfig`], [`compare()`] runs
+//! them, one module per strategy ([`lr_search`] first picks each one's learning rate
+//! when asked; [`heads`] is the multi-head strategy's model: its per-task heads, their
+//! training objective, inference and files), and [`report`] and [`charts`] present the
+//! result.
 
 pub mod charts;
 mod combined;
 pub mod compare;
 mod context;
+pub mod heads;
 pub mod lr_search;
 pub mod mixing;
 mod multi_head;

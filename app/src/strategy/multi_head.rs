@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use crate::adapter::heads::{self, MultiHead};
-use crate::adapter::lora::LoraAdapter;
 use crate::data::{Record, TaskKind, TaskSpec};
+use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
+use crate::strategy::heads::{self, MultiHead};
 use crate::strategy::mixing::Mixing;
 use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;

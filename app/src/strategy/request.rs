@@ -6,12 +6,12 @@
 
 use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice};
 
-use crate::adapter::lora::LoraConfig;
 use crate::adapter::merge::MergeMethod;
 use crate::eval::EvalOptions;
+use crate::model::lora::LoraConfig;
+use crate::strategy::lr_search;
 use crate::strategy::mixing::Mixing;
 use crate::strategy::spec::{strategy_problems, CompareConfig, StrategySpec};
-use crate::strategy::lr_search;
 use crate::train::TrainConfig;
 
 impl From<MixingChoice> for Mixing {

@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use crate::adapter::lora::LoraAdapter;
 use crate::adapter::merge::{self, MergeMethod};
 use crate::eval;
+use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;

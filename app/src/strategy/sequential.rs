@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use crate::adapter::lora::LoraAdapter;
 use crate::adapter::merge::{self, MergeMethod};
 use crate::data::Record;
+use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::report::{run_result, Forgetting, RunCost, RunResult};
 use crate::strategy::spec::SequentialVariant;

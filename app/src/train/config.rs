@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::LoraConfig;
+use crate::model::lora::LoraConfig;
 use crate::train::optim::AdamWConfig;
 use crate::{Error, Result};
 

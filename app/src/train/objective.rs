@@ -1,17 +1,16 @@
 //! What a run optimises: the [`Objective`] trait (variables, checkpoint names, the loss
 //! of a batch), the completion-token loss of a batch, and a LoRA adapter as the plain
-//! objective. The multi-head strategy's heads are another ([`crate::adapter::heads`]).
+//! objective. The multi-head strategy's heads are another ([`crate::strategy::heads`]).
 
 use candle_core::{Tensor, Var};
 
-use crate::adapter::lora::LoraAdapter;
-use crate::data;
+use crate::model::lora::LoraAdapter;
 use crate::model::{Forward, Llama};
 
 use crate::Result;
 
 /// Mean completion-token loss of a batch and the number of tokens it averages.
-pub fn batch_loss(model: &Llama, batch: &data::Batch, fwd: &Forward) -> Result<Tensor> {
+pub fn batch_loss(model: &Llama, batch: &crate::model::Batch, fwd: &Forward) -> Result<Tensor> {
     let (hidden, at) = model.batch_hidden(batch, fwd)?;
     // The LM head only where the loss is taken: it is the largest matmul of a small
     // model, and most positions of an SFT batch are prompt.
@@ -27,12 +26,19 @@ pub trait Objective {
     /// The variables' tensors by checkpoint name, in the order of [`Objective::vars`].
     fn named_tensors(&self) -> Vec<(String, Tensor)>;
     /// How many loss terms a batch holds (its weight when micro-batches accumulate).
-    fn loss_items(&self, batch: &data::Batch, _examples: &[usize]) -> usize {
+    fn loss_items(&self, batch: &crate::model::Batch, _examples: &[usize]) -> usize {
         batch.loss_tokens
     }
     /// The mean loss of `batch`, built from the examples at indices `examples` (dropout
     /// seeded by `seed` and `micro`, the global micro-batch index).
-    fn loss(&self, model: &Llama, batch: &data::Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor>;
+    fn loss(
+        &self,
+        model: &Llama,
+        batch: &crate::model::Batch,
+        examples: &[usize],
+        seed: u64,
+        micro: u64,
+    ) -> Result<Tensor>;
 }
 
 impl Objective for LoraAdapter {
@@ -44,7 +50,14 @@ impl Objective for LoraAdapter {
         LoraAdapter::named_tensors(self)
     }
 
-    fn loss(&self, model: &Llama, batch: &data::Batch, _examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
+    fn loss(
+        &self,
+        model: &Llama,
+        batch: &crate::model::Batch,
+        _examples: &[usize],
+        seed: u64,
+        micro: u64,
+    ) -> Result<Tensor> {
         batch_loss(model, batch, &Forward::train(self, seed, micro))
     }
 }
@@ -54,8 +67,8 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::adapter::lora::LoraConfig;
     use crate::data::Example;
+    use crate::model::lora::LoraConfig;
 
     /// The packed path (shared prefixes, no padding) against the padded one: same loss,
     /// same gradient for every adapter factor, on rows that share prefixes in every way
@@ -72,7 +85,7 @@ mod tests {
             Example { ids: vec![1, 2, 3, 4, 5, 6, 7], prompt_len: 5, ..Default::default() },
         ];
         let refs: Vec<&Example> = examples.iter().collect();
-        let batch = data::make_batch(&refs, 0, &Device::Cpu).unwrap();
+        let batch = crate::data::make_batch(&refs, 0, &Device::Cpu).unwrap();
         assert!(batch.pack.len() < batch.tokens, "the rows share prefixes");
         let mut cfgs = vec![tiny_config()];
         let mut c = tiny_config();
@@ -89,7 +102,7 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            crate::adapter::lora::randomize(&ad, 9, 0.1);
+            crate::model::lora::randomize(&ad, 9, 0.1);
             // Training mode (evaluation records no graph), without dropout: both passes
             // see the same function.
             let fwd = Forward::train(&ad, 0, 0);

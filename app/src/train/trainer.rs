@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use crate::adapter::lora::LoraAdapter;
 use crate::data::{self, Example};
+use crate::model::lora::LoraAdapter;
 use crate::model::Llama;
 use crate::train::batches::batch_indices;
 use crate::train::checkpoint::{self, CheckpointPlan, Progress};
@@ -294,7 +294,7 @@ struct Piece<'a> {
     rows: &'a [Example],
     idx: &'a [usize],
     micro: u64,
-    batch: Option<data::Batch>,
+    batch: Option<crate::model::Batch>,
 }
 
 /// The step's loss and gradients so far.
@@ -321,7 +321,7 @@ impl Accumulated {
 /// One forward and backward pass's examples: their batch, their indices, the dropout
 /// seed and global micro-batch index, and the pass's share of the step's loss terms.
 struct Pass<'a> {
-    batch: &'a data::Batch,
+    batch: &'a crate::model::Batch,
     examples: &'a [usize],
     seed: u64,
     micro: u64,

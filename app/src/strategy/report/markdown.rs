@@ -22,11 +22,8 @@ pub fn markdown(report: &Report) -> String {
     for r in &report.runs {
         let _ = write!(s, "| {} |", r.name);
         for sc in &r.scores {
-            let spread = if sc.seed_values.len() > 1 {
-                format!(" ± {}", pct(std_dev(&sc.seed_values)))
-            } else {
-                String::new()
-            };
+            let spread =
+                if sc.seed_values.len() > 1 { format!(" ± {}", pct(std_dev(&sc.seed_values))) } else { String::new() };
             let _ = write!(s, " {}{spread} [{}, {}] |", pct(sc.value.value), pct(sc.value.lo), pct(sc.value.hi));
         }
         let m = r.macro_average();
@@ -56,10 +53,8 @@ pub fn markdown(report: &Report) -> String {
                 if per_task { "---|" } else { "" }
             );
             let best = &report.recommendation.best;
-            for c in report
-                .comparisons
-                .iter()
-                .filter(|c| c.task.is_some() == per_task && (!per_task || &c.against == best))
+            for c in
+                report.comparisons.iter().filter(|c| c.task.is_some() == per_task && (!per_task || &c.against == best))
             {
                 let task = c.task.as_deref().map(|t| format!(" {t} |")).unwrap_or_default();
                 let _ = writeln!(
@@ -149,13 +144,7 @@ fn lr_search_markdown(report: &Report) -> String {
             .trials
             .iter()
             .map(|t| {
-                format!(
-                    "{}: {}% / {:.3} ({} tokens)",
-                    lr_text(t.learning_rate),
-                    pct(t.score),
-                    t.loss,
-                    t.budget_tokens
-                )
+                format!("{}: {}% / {:.3} ({} tokens)", lr_text(t.learning_rate), pct(t.score), t.loss, t.budget_tokens)
             })
             .collect();
         let _ = writeln!(

@@ -84,7 +84,12 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
 /// Assembles the report: every trained run against the best one and against the base
 /// model (macro average and per task), every pair of runs on the macro average, what the
 /// held-out sets can detect, and the recommendation.
-pub fn build(tasks: &[TaskData], config: &CompareConfig, runs: Vec<RunResult>, similarity: Option<Similarity>) -> Report {
+pub fn build(
+    tasks: &[TaskData],
+    config: &CompareConfig,
+    runs: Vec<RunResult>,
+    similarity: Option<Similarity>,
+) -> Report {
     let standing = Standing::of(&runs);
     let (reps, seed) = (config.eval.bootstrap.max(200), config.eval.seed);
     let comparisons = standing

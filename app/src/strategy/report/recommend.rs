@@ -125,8 +125,8 @@ pub(super) fn recommend(
                 };
             }
         }
-        if let Some(c) = base
-            .and_then(|bm| comparisons.iter().find(|c| c.task.is_none() && c.run == b.name && c.against == bm.name))
+        if let Some(c) =
+            base.and_then(|bm| comparisons.iter().find(|c| c.task.is_none() && c.run == b.name && c.against == bm.name))
         {
             let _ = write!(
                 text,
@@ -210,4 +210,3 @@ pub fn lr_text(lr: f64) -> String {
 pub(super) fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }
-

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use candle_core::DType;
 
-use crate::adapter::lora::LoraAdapter;
 use crate::eval::metrics::{paired, Estimate};
+use crate::model::lora::LoraAdapter;
 use crate::Result;
 
 use super::{Comparison, Forgetting, Power, RunResult, Similarity, TaskScore, Verdict, TIE_MARGIN};
@@ -85,7 +85,6 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
         })
         .collect()
 }
-
 
 /// The paired comparisons of `runs` against `best` and against `base`: one family of
 /// macro-average comparisons and one of per-task ones, each Holm-adjusted.
@@ -240,7 +239,7 @@ pub fn similarity(tasks: &[String], adapters: &[LoraAdapter]) -> Result<Similari
     let matrix = |a: &LoraAdapter, li: usize, t| -> Result<Vec<f32>> {
         Ok(a.delta(li, t)?.expect("present").to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     };
-    let keys = |a: &LoraAdapter| -> Vec<(usize, crate::adapter::Target)> {
+    let keys = |a: &LoraAdapter| -> Vec<(usize, crate::model::lora::Target)> {
         a.layers.iter().enumerate().flat_map(|(li, m)| m.keys().map(move |&t| (li, t))).collect()
     };
     // Per-task magnitude thresholds for the top 20% of entries.

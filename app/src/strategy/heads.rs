@@ -16,13 +16,14 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::lora::LoraAdapter;
-use crate::data::pack::Pack;
-use crate::data::{self, Batch, Example, Record};
+use crate::data::{self, Example, Record};
 use crate::data::{TaskKind, TaskSpec};
 use crate::eval::metrics::bootstrap::{bootstrap_interval, mean_of, Estimate};
 use crate::eval::{self, EvalOptions, Prediction, TaskEval};
+use crate::kernels::pack::Pack;
+use crate::model::lora::LoraAdapter;
 use crate::model::tokenizer::TextTokenizer;
+use crate::model::Batch;
 use crate::model::{last_position, Forward, Llama};
 use crate::ops;
 use crate::persist;
@@ -541,7 +542,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::adapter::lora::{randomize, LoraConfig};
+    use crate::model::lora::{randomize, LoraConfig};
 
     /// A classifier head scores prefix-shared, unpadded prompts as it scores them one
     /// left-padded batch.
