@@ -107,7 +107,7 @@ model: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 
 build:
-	$(CARGO) build -p multitune-cluster -p multitune-server
+	$(CARGO) build -p multitune-cli -p multitune-server
 
 ## ui-tools: what building the dashboard needs: the wasm32 target (added when missing)
 ## and tools/ui-bindgen, wasm-bindgen's library at the Cargo.lock version behind a small
@@ -129,7 +129,7 @@ ui: ui-tools
 	UI_BINDGEN=$(UI_BINDGEN) scripts/build-ui.py
 
 build-release:
-	$(CARGO) build --release -p multitune-cluster -p multitune-server
+	$(CARGO) build --release -p multitune-cli -p multitune-server
 
 ## demo-data: regenerate assets/demo (byte-identical; a test checks it).
 demo-data: build
@@ -172,7 +172,7 @@ else
 		nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
 endif
 build-cuda: cuda-toolkit
-	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune-cluster -p multitune-server
+	$(CUDA_CARGO) build --release --features cuda --target-dir target/cuda -p multitune-cli -p multitune-server
 
 ## test-cuda: the GPU checks (app/src/cuda_tests.rs: f32 loss and gradients against the CPU,
 ## bf16 logits, a short training run) on CUDA device 0; needs a machine with a GPU.

@@ -6,7 +6,7 @@
 //! the rank; the learning rate's default was 2e-4 in three places and 0.001 in the form).
 
 use clap::Parser;
-use multitune::cli::{Cli, Cmd};
+use multitune_cli::{Cli, Cmd};
 use multitune_api::ExperimentCreate;
 
 /// The CLI's comparison for these flags (after `multitune compare --model tiny`).

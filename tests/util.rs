@@ -43,7 +43,7 @@ pub fn bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|p| p.parent()).expect("target/<profile>");
     let b = dir.join("multitune");
-    assert!(b.exists(), "{} is missing: build it with `cargo build -p multitune-cluster`", b.display());
+    assert!(b.exists(), "{} is missing: build it with `cargo build -p multitune-cli`", b.display());
     b
 }
 

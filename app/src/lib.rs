@@ -2,16 +2,17 @@
 //! fine-tune them on task data, evaluate, compare multi-task strategies, and export the
 //! adapters in PEFT layout. `ARCHITECTURE.md` at the repository root maps the modules.
 //!
-//! Dependencies point down: [`cli`] → [`strategy`] → [`train`] / [`eval`] →
-//! [`adapter`] / [`model`] → [`ops`] → [`kernels`], with [`data`] beside them and
-//! [`persist`], [`rng`], [`error`] at the bottom. The crate never knows about HTTP or
-//! the browser: training reports progress through [`train::TrainEvent`] callbacks that
-//! the CLI and the server turn into progress bars or streamed events.
+//! Dependencies point down the layers (`ARCHITECTURE.md` states them; a test checks
+//! them): [`strategy`] / [`bench`] → [`adapter`] → [`train`] / [`eval`] → [`data`] →
+//! [`model`] → [`ops`] → [`kernels`], with [`persist`], [`memory`], [`rng`] and
+//! [`error`] at the bottom. The crate knows nothing of the command line, HTTP or the
+//! browser: training reports progress through [`train::TrainEvent`] callbacks that the
+//! CLI (the `multitune-cli` crate) and the server turn into progress bars or streamed
+//! events.
 #![warn(missing_docs)]
 
 pub mod adapter;
 pub mod bench;
-pub mod cli;
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
 pub mod data;

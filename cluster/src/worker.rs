@@ -75,30 +75,6 @@ pub struct Options {
     pub timing: Timing,
 }
 
-/// `multitune worker`: runs until the process is stopped.
-pub fn run_cli(
-    cli: &multitune::cli::Cli,
-    a: &multitune::cli::worker::WorkerArgs,
-    device: &Device,
-) -> anyhow::Result<()> {
-    if !(a.heartbeat_s > 0.0 && a.lease_s > a.heartbeat_s) {
-        anyhow::bail!(
-            "--lease-s ({}) must be longer than --heartbeat-s ({}), which must be positive",
-            a.lease_s,
-            a.heartbeat_s
-        );
-    }
-    let opts = Options {
-        queue: a.queue.clone(),
-        artifacts: a.artifacts.clone(),
-        name: a.name.clone().unwrap_or_else(default_name),
-        work_dir: a.work_dir.clone(),
-        models_dir: cli.models_dir.clone(),
-        timing: Timing { heartbeat: Duration::from_secs_f64(a.heartbeat_s), lease: Duration::from_secs_f64(a.lease_s) },
-    };
-    run(&opts, device, &mut |m| eprintln!("worker {}: {m}", opts.name))
-}
-
 /// The host's name and this process's id.
 pub fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -3,7 +3,7 @@
 //! its `Args` and a `run`. Raw flags become validated engine settings in one place per
 //! concern: [`args`] for the model and data flags every command shares, and each
 //! command's `Args` for its own (`compare` goes through the engine's
-//! [`crate::strategy::spec`], like the server).
+//! [`multitune::strategy::spec`], like the server).
 
 pub mod args;
 mod bench;
@@ -21,8 +21,8 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model::gguf_write::{GgufOptions, GgufType};
-use crate::model::{LoadedModel, ModelSource};
+use multitune::model::gguf_write::{GgufOptions, GgufType};
+use multitune::model::{LoadedModel, ModelSource};
 
 /// The command line: global flags and one subcommand.
 #[derive(Parser)]
@@ -116,18 +116,18 @@ pub enum Cmd {
 /// Loads model `spec` (fetching the default model if it is missing).
 fn load(spec: &str, cli: &Cli, device: &Device) -> anyhow::Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
-    if source == ModelSource::Default && !crate::model::fetch::default_model_path(&cli.models_dir).exists() {
+    if source == ModelSource::Default && !multitune::model::fetch::default_model_path(&cli.models_dir).exists() {
         eprintln!("the default model is not in {}; fetching it", cli.models_dir.display());
-        crate::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
+        multitune::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
     }
-    let m = crate::model::load_model(&source, &cli.models_dir, device, false)
+    let m = multitune::model::load_model(&source, &cli.models_dir, device, false)
         .with_context(|| format!("loading model `{spec}`"))?;
     Ok(m)
 }
 
 /// Loads a PEFT adapter folder for `m`.
-fn load_adapter(dir: &Path, m: &LoadedModel, device: &Device) -> anyhow::Result<crate::LoraAdapter> {
-    crate::adapter::peft::load_adapter(dir, &m.model.cfg, device)
+fn load_adapter(dir: &Path, m: &LoadedModel, device: &Device) -> anyhow::Result<multitune::LoraAdapter> {
+    multitune::adapter::peft::load_adapter(dir, &m.model.cfg, device)
         .with_context(|| format!("loading adapter {}", dir.display()))
 }
 
@@ -140,33 +140,30 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 /// A task's name on the command line: its file's name, as the server names uploads.
 fn task_name(p: &Path) -> String {
-    crate::data::task_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+    multitune::data::task_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
-/// Runs `multitune worker` (given by the crate that builds the binary).
-pub type Worker = fn(&Cli, &worker::WorkerArgs, &Device) -> anyhow::Result<()>;
-
-/// Parses the process's arguments and runs them with `worker` for `multitune worker`;
-/// prints an error and exits 1 on failure.
-pub fn main(worker: Worker) {
-    crate::tune_runtime();
+/// Parses the process's arguments and runs them; prints an error and exits 1 on
+/// failure.
+pub fn main() {
+    multitune::tune_runtime();
     let cli = Cli::parse();
-    if let Err(e) = run(&cli, worker) {
+    if let Err(e) = run(&cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 /// Runs the command `cli` names.
-pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
-    let device = crate::model::pick_device(&cli.device)?;
-    crate::kernels::blas::look_in(&cli.models_dir);
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    let device = multitune::model::pick_device(&cli.device)?;
+    multitune::kernels::blas::look_in(&cli.models_dir);
     match &cli.cmd {
         Cmd::FetchModel => {
-            let p = crate::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
+            let p = multitune::model::fetch::fetch_default_model(&cli.models_dir, &mut |m| eprintln!("{m}"))?;
             println!("{}", p.display());
             // The BLAS is a speed-up, not a need: without it the built-in gemm runs.
-            match crate::model::fetch::fetch_blas(&cli.models_dir, &mut |m| eprintln!("{m}")) {
+            match multitune::model::fetch::fetch_blas(&cli.models_dir, &mut |m| eprintln!("{m}")) {
                 Ok(Some(lib)) => println!("{}", lib.display()),
                 Ok(None) => {}
                 Err(e) => eprintln!("warning: {e}; the built-in gemm (and any system BLAS) computes the products"),
@@ -174,7 +171,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Matmul { model, remeasure } => {
-            use crate::kernels::blas;
+            use multitune::kernels::blas;
             if *remeasure {
                 blas::remeasure();
             }
@@ -201,12 +198,12 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
         Cmd::Bench(a) => a.run(cli),
         Cmd::BenchWorker(a) => a.run(cli, &device),
         Cmd::Compare(a) => a.run(cli, &device),
-        Cmd::Worker(a) => worker(cli, a, &device),
+        Cmd::Worker(a) => a.run(cli, &device),
         Cmd::Charts { report, out } => {
             let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
-            let r: crate::strategy::Report =
+            let r: multitune::strategy::Report =
                 serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
-            for p in crate::strategy::charts::write_charts(&r, out)? {
+            for p in multitune::strategy::charts::write_charts(&r, out)? {
                 println!("{}", p.display());
             }
             Ok(())
@@ -218,7 +215,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::DemoData { out } => {
-            for p in crate::data::demo::write_demo(out)? {
+            for p in multitune::data::demo::write_demo(out)? {
                 println!("{}", p.display());
             }
             Ok(())
@@ -227,7 +224,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             let m = load(&model.model, cli, &device)?;
             let ad = load_adapter(adapter, &m, &device)?;
             let merged = m.model.with_adapter_merged(&ad, 1.0)?;
-            crate::model::save_hf_dir(&merged, &m.tokenizer, out)?;
+            multitune::model::save_hf_dir(&merged, &m.tokenizer, out)?;
             println!("merged model written to {}", out.display());
             Ok(())
         }
@@ -247,7 +244,7 @@ pub fn run(cli: &Cli, worker: Worker) -> anyhow::Result<()> {
             let pb = bar(0, "{spinner} [{elapsed_precise}] {msg}");
             pb.set_message(format!("merging and writing {} GGUF files", ty.name()));
             pb.enable_steady_tick(std::time::Duration::from_millis(200));
-            let e = crate::model::gguf_write::export(&m.model, &m.tokenizer, &ad, &base, out, &opts)?;
+            let e = multitune::model::gguf_write::export(&m.model, &m.tokenizer, &ad, &base, out, &opts)?;
             pb.finish_and_clear();
             for p in [&e.model, &e.adapter, &e.modelfiles[0], &e.modelfiles[1]] {
                 let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

@@ -10,14 +10,14 @@ use clap::Args;
 
 use super::eval::print_table;
 use super::{args, bar, load, task_name, Cli};
-use crate::adapter::peft;
-use crate::data::{self, Example, Limits, LoadOptions, Record, Split, TaskSpec};
-use crate::eval::{self, EvalOptions};
-use crate::model::lora::{self, LoraAdapter};
-use crate::model::LoadedModel;
-use crate::persist;
-use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
-use crate::train::{self, CheckpointPlan, TrainConfig, TrainEvent, TrainSummary};
+use multitune::adapter::peft;
+use multitune::data::{self, Example, Limits, LoadOptions, Record, Split, TaskSpec};
+use multitune::eval::{self, EvalOptions};
+use multitune::model::lora::{self, LoraAdapter};
+use multitune::model::LoadedModel;
+use multitune::persist;
+use multitune::train::tensorboard::{RunLog, TENSORBOARD_DIR};
+use multitune::train::{self, CheckpointPlan, TrainConfig, TrainEvent, TrainSummary};
 
 /// A task and its held-out records.
 type HeldOutSet = (TaskSpec, Vec<Record>);

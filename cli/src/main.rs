@@ -1,5 +1,5 @@
-//! The `multitune` binary: the engine's command line ([`multitune::cli`]) with
-//! `multitune worker` from this crate.
+//! The `multitune` binary: the command line ([`multitune_cli`]), `multitune worker`
+//! included.
 
 /// mimalloc keeps freed memory for reuse: the training step allocates and frees the same
 /// large buffers every step, which glibc's allocator maps and unmaps each time (page
@@ -8,5 +8,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    multitune::cli::main(multitune_cluster::worker::run_cli);
+    multitune_cli::main();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::data::{Format, Limits, LoadOptions, OverlongPolicy, TaskKind};
+use multitune::data::{Format, Limits, LoadOptions, OverlongPolicy, TaskKind};
 
 /// `--model`: which base model.
 #[derive(Args)]

@@ -9,8 +9,8 @@ use candle_core::Device;
 use clap::Args;
 
 use super::{args, load, load_adapter, Cli};
-use crate::eval::generate::{generate_text, GenerateConfig};
-use crate::strategy::heads::{Answer, MultiHead, HEADS_JSON};
+use multitune::eval::generate::{generate_text, GenerateConfig};
+use multitune::strategy::heads::{Answer, MultiHead, HEADS_JSON};
 
 /// `multitune generate`: answer a prompt.
 #[derive(Args)]

@@ -7,7 +7,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 
 use super::{args, load, Cli};
-use crate::data::{self, TaskKind};
+use multitune::data::{self, TaskKind};
 
 /// `multitune data …`.
 #[derive(Subcommand)]
@@ -40,7 +40,7 @@ impl DataCheckArgs {
         let opts = self.data_opts.options()?;
         let ds = match data::load(&self.file, &opts) {
             Ok(d) => d,
-            Err(crate::Error::Dataset(rej)) => {
+            Err(multitune::Error::Dataset(rej)) => {
                 println!("{rej}");
                 return Ok(false);
             }

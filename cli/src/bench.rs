@@ -9,10 +9,10 @@ use candle_core::Device;
 use clap::Args;
 
 use super::{load, Cli};
-use crate::bench::{self, Measurement, Mode, Workload};
-use crate::data::{self, LoadOptions, TaskKind};
-use crate::eval;
-use crate::model::LoadedModel;
+use multitune::bench::{self, Measurement, Mode, Workload};
+use multitune::data::{self, LoadOptions, TaskKind};
+use multitune::eval;
+use multitune::model::LoadedModel;
 
 /// `multitune bench`: ours against the reference, workload by workload.
 #[derive(Args)]
@@ -138,7 +138,7 @@ fn bench_child(mut cmd: std::process::Command, what: &str, gpu: Option<usize>) -
 
 /// The memory in use on GPU `n` now, MiB, as `nvidia-smi` reports it.
 fn gpu_used_mib(n: usize) -> Option<f64> {
-    crate::model::nvidia_smi(n, "memory.used")?.first()?.parse().ok()
+    multitune::model::nvidia_smi(n, "memory.used")?.first()?.parse().ok()
 }
 
 #[derive(serde::Serialize)]
@@ -284,7 +284,7 @@ impl BenchArgs {
     /// Measures every model, workload and mode, printing a row each, and writes the JSON.
     pub(super) fn run(&self, cli: &Cli) -> anyhow::Result<()> {
         let threads = self.threads.max(1).to_string();
-        let gpu = match crate::model::pick_device(&cli.device)?.location() {
+        let gpu = match multitune::model::pick_device(&cli.device)?.location() {
             candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
             _ => None,
         };
@@ -293,7 +293,7 @@ impl BenchArgs {
         println!(
             "threads: {threads}, device: {}, matmul: {}, warm-up {} + {} timed steps",
             cli.device,
-            crate::kernels::blas::describe(),
+            multitune::kernels::blas::describe(),
             self.warmup,
             self.steps
         );
@@ -308,13 +308,13 @@ impl BenchArgs {
         for name in self.models.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let m = load(name, cli, &Device::Cpu)?;
             let hf_dir = cli.models_dir.join("bench").join(format!("{}-hf", name.replace(':', "-")));
-            if let (Some(_), crate::model::ModelSource::Random(_)) = (&self.reference, &m.source) {
+            if let (Some(_), multitune::model::ModelSource::Random(_)) = (&self.reference, &m.source) {
                 // Random weights: the reference builds its own from the config (the same
                 // shapes, so the same work), instead of reading gigabytes of noise.
-                crate::model::hf::save_hf_config(&m.model.cfg, &m.tokenizer, &hf_dir)
+                multitune::model::hf::save_hf_config(&m.model.cfg, &m.tokenizer, &hf_dir)
                     .with_context(|| format!("writing {} for the reference", hf_dir.display()))?;
             } else if self.reference.is_some() && !hf_dir.join("model.safetensors").exists() {
-                crate::model::save_hf_dir(&m.model, &m.tokenizer, &hf_dir)
+                multitune::model::save_hf_dir(&m.model, &m.tokenizer, &hf_dir)
                     .with_context(|| format!("writing {} for the reference", hf_dir.display()))?;
             }
             for (w, wmodes) in &self.workloads(&m, &modes)? {
@@ -348,10 +348,10 @@ impl BenchArgs {
             }
         );
         if let Some(p) = &self.json {
-            let sel = crate::kernels::blas::selection();
+            let sel = multitune::kernels::blas::selection();
             let matmul = serde_json::json!({
-                "many_rows": crate::kernels::blas::engine_name(sel.many_rows),
-                "few_rows": crate::kernels::blas::engine_name(sel.few_rows),
+                "many_rows": multitune::kernels::blas::engine_name(sel.many_rows),
+                "few_rows": multitune::kernels::blas::engine_name(sel.few_rows),
                 "how": sel.how,
                 "calibration": sel.figures,
             });
@@ -456,8 +456,8 @@ fn generation_workloads(m: &LoadedModel, dir: &Path) -> anyhow::Result<Vec<Workl
             continue;
         }
         let enc: Vec<_> =
-            d.records.iter().map(|r| crate::data::encode(&m.tokenizer, r, None, 256)).collect::<crate::Result<_>>()?;
-        let max_new = enc.iter().map(crate::data::Example::completion_len).max().unwrap_or(1) + 16;
+            d.records.iter().map(|r| multitune::data::encode(&m.tokenizer, r, None, 256)).collect::<multitune::Result<_>>()?;
+        let max_new = enc.iter().map(multitune::data::Example::completion_len).max().unwrap_or(1) + 16;
         let prompts = enc.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
         let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         let (stop, pad) = (m.tokenizer.eos_ids.clone(), m.tokenizer.pad_id);
@@ -485,7 +485,7 @@ fn demo_workloads(
     for f in &files {
         let d = data::load(f, &LoadOptions::default()).with_context(|| format!("loading {}", f.display()))?;
         let enc: Vec<_> =
-            d.records.iter().map(|r| crate::data::encode(&m.tokenizer, r, None, 256)).collect::<crate::Result<_>>()?;
+            d.records.iter().map(|r| multitune::data::encode(&m.tokenizer, r, None, 256)).collect::<multitune::Result<_>>()?;
         if d.kind == TaskKind::Classification && rank.is_none() {
             let labels = eval::label_token_ids(&m.tokenizer, &d.labels, None, 256)?;
             let prompts: Vec<Vec<u32>> =

@@ -1,7 +1,7 @@
 //! `multitune compare`: train every chosen strategy on several tasks under one token
 //! budget and write the report. The flags become the contract's request (strategy
 //! choices and hyper-parameters, with `multitune_api::defaults` as their defaults) and go
-//! through [`crate::strategy::request`], as the server's experiments do.
+//! through [`multitune::strategy::request`], as the server's experiments do.
 
 use std::path::{Path, PathBuf};
 
@@ -13,9 +13,9 @@ use indicatif::ProgressBar;
 use super::{args, bar, load, task_name, Cli};
 use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
 
-use crate::data::{Limits, LoadOptions};
-use crate::strategy::{self, Base, CompareConfig, CompareEvent, Control, HeldOut, TaskData};
-use crate::train::TrainEvent;
+use multitune::data::{Limits, LoadOptions};
+use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, HeldOut, TaskData};
+use multitune::train::TrainEvent;
 
 /// `multitune compare`: every chosen strategy under one budget, and the report.
 #[derive(Args)]

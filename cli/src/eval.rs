@@ -7,9 +7,9 @@ use candle_core::Device;
 use clap::Args;
 
 use super::{args, bar, load, load_adapter, task_name, Cli};
-use crate::data::{self, TaskKind, TaskSpec};
-use crate::eval::metrics::Estimate;
-use crate::eval::{self, EvalOptions, TaskEval};
+use multitune::data::{self, TaskKind, TaskSpec};
+use multitune::eval::metrics::Estimate;
+use multitune::eval::{self, EvalOptions, TaskEval};
 
 /// `multitune eval`: score held-out files, one per task.
 #[derive(Args)]
