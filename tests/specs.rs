@@ -6,8 +6,8 @@
 //! the rank; the learning rate's default was 2e-4 in three places and 0.001 in the form).
 
 use clap::Parser;
-use multitune_cli::{Cli, Cmd};
 use multitune_api::ExperimentCreate;
+use multitune_cli::{Cli, Cmd};
 
 /// The CLI's comparison for these flags (after `multitune compare --model tiny`).
 fn from_cli(flags: &[&str], n_tasks: usize) -> multitune::strategy::CompareConfig {

@@ -74,7 +74,6 @@ impl Forgetting {
     }
 }
 
-
 /// One row of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
@@ -152,7 +151,6 @@ pub fn std_dev(xs: &[f64]) -> f64 {
     let m = xs.iter().sum::<f64>() / xs.len() as f64;
     (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }
-
 
 /// How alike the per-task adapters are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -583,10 +583,10 @@ pub fn length_groups(examples: &[Example], batch: usize) -> Vec<Vec<usize>> {
 }
 
 /// The best matrix-multiply rate our products reach here in the compute dtype (f32 on
-/// the CPU, with the engine the calibration chose, see [`crate::kernels::blas`]; bf16 on
+/// the CPU, on the engines `products`, see [`crate::kernels::blas`]; bf16 on
 /// a GPU, cuBLAS), GFLOP/s (median of 10 runs of each of a few shapes, the best shape; a
 /// GPU also gets large ones, which it needs to fill up).
-pub fn matmul_peak_gflops(device: &Device) -> Result<f64> {
+pub fn matmul_peak_gflops(device: &Device, products: crate::kernels::blas::Products) -> Result<f64> {
     let mut best = 0f64;
     let dtype = crate::model::compute_dtype(device);
     let mut shapes = vec![(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)];
@@ -598,12 +598,12 @@ pub fn matmul_peak_gflops(device: &Device) -> Result<f64> {
         // `(n, k)`: the product is `a · bᵀ`, a linear layer's layout.
         let b = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(dtype)?;
         for _ in 0..3 {
-            crate::ops::frozen_matmul(&a, &b)?.device().synchronize()?;
+            crate::ops::frozen_matmul(&a, &b, products)?.device().synchronize()?;
         }
         let mut times = Vec::new();
         for _ in 0..10 {
             let t0 = Instant::now();
-            let c = crate::ops::frozen_matmul(&a, &b)?;
+            let c = crate::ops::frozen_matmul(&a, &b, products)?;
             c.device().synchronize()?;
             times.push(t0.elapsed().as_secs_f64());
         }

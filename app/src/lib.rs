@@ -31,7 +31,8 @@ pub use error::{Error, Result};
 pub use model::lora::{LoraAdapter, LoraConfig, Target};
 pub use model::{load_model, Llama, LoadedModel, ModelSource, TextTokenizer};
 
-/// Process-wide CPU settings; call once at start-up, before any tensor work.
+/// Process-wide CPU settings, as environment variables the thread pools read when they
+/// start: call once, first thing in `main`, before any thread exists (both binaries do).
 ///
 /// candle's pool for elementwise ops spins 25 000 times before a worker parks; with as
 /// many busy threads as cores, that spinning takes time from the matrix-multiply

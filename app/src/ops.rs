@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::kernels::blas::Products;
 use crate::kernels::RopeLayout;
 use crate::Result;
 
@@ -168,11 +169,11 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Per-row negative log-likelihood of `targets` under the logits `hidden · weightᵀ` of a
 /// frozen LM head: the fused kernel on the CPU in f32 (no `(N, vocab)` logits), else the
 /// logits and [`token_nll`].
-pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor, products: Products) -> Result<Tensor> {
     if crate::kernels::eligible(hidden) && weight.dtype() == DType::F32 {
-        return crate::kernels::lm_head_nll(hidden, weight, targets);
+        return crate::kernels::lm_head_nll(hidden, weight, targets, products);
     }
-    token_nll(&frozen_matmul(hidden, weight)?, targets)
+    token_nll(&frozen_matmul(hidden, weight, products)?, targets)
 }
 
 /// [`token_nll`] from basic ops (any device and dtype).
@@ -181,14 +182,15 @@ pub fn token_nll_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
 
-/// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`.
+/// `x · Wᵀ` for a frozen weight `W` `(out, in)`, `x` `(N, in)`, on the engines `products`
+/// (the model's, see [`crate::kernels::blas::select`]).
 ///
 /// candle's matmul backward always computes the gradient of both operands; for a frozen
 /// base weight that is a wasted matmul per layer and a weight-sized buffer kept until the
 /// step ends. The fused kernel computes only `∂x = ∂y · W`.
-pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor, products: Products) -> Result<Tensor> {
     if crate::kernels::eligible(x) && weight.dtype() == DType::F32 {
-        return crate::kernels::linear(x, weight, None, None);
+        return crate::kernels::linear(x, weight, None, None, products);
     }
     Ok(x.matmul(&weight.t()?)?)
 }
@@ -205,11 +207,12 @@ pub fn linear(
     bias: Option<&Tensor>,
     lora: Option<LoraTerm>,
     lora_input: Option<&Tensor>,
+    products: Products,
 ) -> Result<Tensor> {
     if crate::kernels::eligible(x) && weight.dtype() == DType::F32 && lora_input.is_none() {
-        return crate::kernels::linear(x, weight, bias, lora);
+        return crate::kernels::linear(x, weight, bias, lora, products);
     }
-    let mut y = frozen_matmul(x, weight)?;
+    let mut y = frozen_matmul(x, weight, products)?;
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
@@ -277,13 +280,13 @@ mod tests {
     fn frozen_matmul_gives_input_gradient_only() {
         let x = candle_core::Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[[1f32, 0., -1.], [2., 1., 0.]], &Device::Cpu).unwrap();
-        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &w, Products::GEMM).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
         // Non-contiguous input takes the strided path.
         let wide = candle_core::Var::new(&[[1f32, 2., 3., 9.], [4., 5., 6., 9.]], &Device::Cpu).unwrap();
         let narrow = wide.as_tensor().narrow(1, 0, 3).unwrap();
         assert!(!narrow.is_contiguous());
-        let y2 = frozen_matmul(&narrow, &w).unwrap();
+        let y2 = frozen_matmul(&narrow, &w, Products::GEMM).unwrap();
         assert_eq!(y2.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
         let g = y.sum_all().unwrap().backward().unwrap();
         // d sum(x Wᵀ) / dx = 1ᵀ W = column sums of W for every row.

@@ -12,6 +12,7 @@ use super::{load, Cli};
 use multitune::bench::{self, Measurement, Mode, Workload};
 use multitune::data::{self, LoadOptions, TaskKind};
 use multitune::eval;
+use multitune::kernels::blas::Dims;
 use multitune::model::LoadedModel;
 
 /// `multitune bench`: ours against the reference, workload by workload.
@@ -77,7 +78,10 @@ impl BenchWorkerArgs {
     /// Measures one mode of one workload and prints the JSON line `bench` reads.
     pub(super) fn run(&self, cli: &Cli, device: &Device) -> anyhow::Result<()> {
         if self.mode == "peak" {
-            let g = bench::matmul_peak_gflops(device)?;
+            // The default model's shapes choose the engines (a product's engine depends
+            // on its shapes; on a GPU, cuBLAS computes them whatever the choice).
+            let products = multitune::kernels::blas::select(&cli.models_dir, Dims::DEFAULT).products();
+            let g = bench::matmul_peak_gflops(device, products)?;
             println!("{}", serde_json::json!({ "impl": "multitune", "matmul_gflops": g }));
             return Ok(());
         }
@@ -291,9 +295,12 @@ impl BenchArgs {
         let children = Children { exe: std::env::current_exe()?, threads: threads.clone(), gpu, cli, args: self };
         let modes = self.modes()?;
         println!(
-            "threads: {threads}, device: {}, matmul: {}, warm-up {} + {} timed steps",
+            "threads: {threads}, device: {}, matmul (the default model's shapes): {}, warm-up {} + {} timed steps",
             cli.device,
-            multitune::kernels::blas::describe(),
+            multitune::kernels::blas::describe_selection(multitune::kernels::blas::select(
+                &cli.models_dir,
+                Dims::DEFAULT
+            )),
             self.warmup,
             self.steps
         );
@@ -348,7 +355,7 @@ impl BenchArgs {
             }
         );
         if let Some(p) = &self.json {
-            let sel = multitune::kernels::blas::selection();
+            let sel = multitune::kernels::blas::select(&cli.models_dir, Dims::DEFAULT);
             let matmul = serde_json::json!({
                 "many_rows": multitune::kernels::blas::engine_name(sel.many_rows),
                 "few_rows": multitune::kernels::blas::engine_name(sel.few_rows),
@@ -455,8 +462,11 @@ fn generation_workloads(m: &LoadedModel, dir: &Path) -> anyhow::Result<Vec<Workl
         if d.kind != TaskKind::Generation {
             continue;
         }
-        let enc: Vec<_> =
-            d.records.iter().map(|r| multitune::data::encode(&m.tokenizer, r, None, 256)).collect::<multitune::Result<_>>()?;
+        let enc: Vec<_> = d
+            .records
+            .iter()
+            .map(|r| multitune::data::encode(&m.tokenizer, r, None, 256))
+            .collect::<multitune::Result<_>>()?;
         let max_new = enc.iter().map(multitune::data::Example::completion_len).max().unwrap_or(1) + 16;
         let prompts = enc.iter().map(|e| e.ids[..e.prompt_len].to_vec()).collect();
         let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
@@ -484,8 +494,11 @@ fn demo_workloads(
     let mut rank = None;
     for f in &files {
         let d = data::load(f, &LoadOptions::default()).with_context(|| format!("loading {}", f.display()))?;
-        let enc: Vec<_> =
-            d.records.iter().map(|r| multitune::data::encode(&m.tokenizer, r, None, 256)).collect::<multitune::Result<_>>()?;
+        let enc: Vec<_> = d
+            .records
+            .iter()
+            .map(|r| multitune::data::encode(&m.tokenizer, r, None, 256))
+            .collect::<multitune::Result<_>>()?;
         if d.kind == TaskKind::Classification && rank.is_none() {
             let labels = eval::label_token_ids(&m.tokenizer, &d.labels, None, 256)?;
             let prompts: Vec<Vec<u32>> =

@@ -175,11 +175,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             if *remeasure {
                 blas::remeasure();
             }
-            match model {
-                Some(spec) => drop(load(spec, cli, &Device::Cpu)?),
-                None => drop(blas::select(&cli.models_dir, blas::Dims::DEFAULT)),
-            }
-            let s = blas::selection();
+            // The engines for this model's shapes (the default model's without `--model`).
+            let s = match model {
+                Some(spec) => {
+                    drop(load(spec, cli, &Device::Cpu)?);
+                    blas::latest().context("loading a model on the CPU selects its engines")?
+                }
+                None => blas::select(&cli.models_dir, blas::Dims::DEFAULT),
+            };
             println!("products of more than {} rows: {}", blas::FEW_ROWS, blas::engine_name(s.many_rows));
             println!("products of up to {} rows: {}", blas::FEW_ROWS, blas::engine_name(s.few_rows));
             let d = s.dims;

@@ -76,7 +76,12 @@ impl FormFields {
                 .iter()
                 .map(|(d, e)| TaskRef { dataset: d.clone(), eval_dataset: Some(e.clone()).filter(|e| !e.is_empty()) })
                 .collect(),
-            strategies: StrategyChoice::all().into_iter().zip(&self.picked).filter(|(_, p)| **p).map(|(s, _)| s).collect(),
+            strategies: StrategyChoice::all()
+                .into_iter()
+                .zip(&self.picked)
+                .filter(|(_, p)| **p)
+                .map(|(s, _)| s)
+                .collect(),
             budget_tokens,
             hyper: Hyper { tune_lr: self.tune_lr, ..hyper },
         })
@@ -106,7 +111,11 @@ pub fn held_out_sizes(datasets: &[Dataset], chosen: &[(String, String)], eval_li
     chosen
         .iter()
         .filter_map(|(d, e)| {
-            let n = if e.is_empty() { rows(d).map(|r| (r as f64 * defaults::EVAL_SPLIT).round() as usize) } else { rows(e) }?;
+            let n = if e.is_empty() {
+                rows(d).map(|r| (r as f64 * defaults::EVAL_SPLIT).round() as usize)
+            } else {
+                rows(e)
+            }?;
             Some(limit.map_or(n, |l| n.min(l)).max(1))
         })
         .collect()

@@ -193,7 +193,12 @@ mod tests {
     }
 
     fn run(name: &str, strategy: &str, values: &[f64]) -> RunResult {
-        RunResult { name: name.into(), strategy: strategy.into(), scores: values.iter().map(|&v| score(v)).collect(), ..Default::default() }
+        RunResult {
+            name: name.into(),
+            strategy: strategy.into(),
+            scores: values.iter().map(|&v| score(v)).collect(),
+            ..Default::default()
+        }
     }
 
     fn tasks(kinds: &[(&str, &str)]) -> Vec<multitune_api::report::TaskInfo> {
@@ -224,7 +229,12 @@ mod tests {
             loss: 0.0,
             wall_s,
         };
-        let s = LrSearch { grid: vec![], chosen: 0.001, validation: vec![], trials: vec![trial(0.0003, 0.5, 10.0), trial(0.001, 0.6, 12.0)] };
+        let s = LrSearch {
+            grid: vec![],
+            chosen: 0.001,
+            validation: vec![],
+            trials: vec![trial(0.0003, 0.5, 10.0), trial(0.001, 0.6, 12.0)],
+        };
         assert_eq!(lr_search_text(Some(&s)), "3e-4 50%, 1e-3 60% (22 s)");
         assert_eq!(lr_search_text(None), "");
     }
@@ -233,7 +243,11 @@ mod tests {
     fn the_table_marks_the_best_run_per_task() {
         let r: Report = Report {
             tasks: tasks(&[("a", "classification"), ("b", "generation")]),
-            runs: vec![run("base model", "base", &[0.9, 0.1]), run("x", "combined", &[0.5, 0.7]), run("y", "separate", &[0.6, 0.3])],
+            runs: vec![
+                run("base model", "base", &[0.9, 0.1]),
+                run("x", "combined", &[0.5, 0.7]),
+                run("y", "separate", &[0.6, 0.3]),
+            ],
             ..Default::default()
         };
         let (tasks, rows) = score_rows(&r);
@@ -252,7 +266,11 @@ mod tests {
         let r: Report = Report {
             tasks: tasks(&[("a", "classification"), ("b", "generation")]),
             runs: vec![run("x", "combined", &[0.5, 0.7]), run("y", "separate", &[0.6, 0.3])],
-            recommendation: Recommendation { best: "x".into(), per_task_significant: vec![false, true], ..Default::default() },
+            recommendation: Recommendation {
+                best: "x".into(),
+                per_task_significant: vec![false, true],
+                ..Default::default()
+            },
             pairwise: vec![comparison("x", "y", None, 0.15, 0.002, Verdict::Better)],
             comparisons: vec![
                 comparison("y", "x", Some("a"), 0.1, 0.5, Verdict::Undecided),

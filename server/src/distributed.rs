@@ -153,8 +153,13 @@ impl Coordinator {
             let eval = t.eval.as_deref().map(|p| put(p, "eval")).transpose()?;
             tasks.push(TaskKeys { name: t.name, data: put(&t.data, "train")?, eval });
         }
-        let payload =
-            serde_json::to_string(&JobPayload { spec, config: cfg.clone(), model, tasks, max_bytes: self.state.cfg.max_upload_bytes })?;
+        let payload = serde_json::to_string(&JobPayload {
+            spec,
+            config: cfg.clone(),
+            model,
+            tasks,
+            max_bytes: self.state.cfg.max_upload_bytes,
+        })?;
         let parts: Vec<(String, String)> = Part::all(&cfg).iter().map(|p| (p.name(), payload.clone())).collect();
         let added = self.queue.enqueue(id, &parts, self.cluster.max_attempts)?;
         let again = self.queue.retry(id, self.cluster.max_attempts)?;

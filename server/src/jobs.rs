@@ -251,7 +251,7 @@ pub fn record_report_runs(db: &Db, id: &str, dir: &Path, report: &strategy::Repo
                 .iter()
                 .filter_map(|d| Path::new(d).strip_prefix(dir).ok().map(|p| p.to_string_lossy().into_owned()))
                 .collect();
-            let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::adapter::heads::HEADS_JSON).exists());
+            let heads = r.adapter_dirs.iter().any(|d| Path::new(d).join(multitune::strategy::heads::HEADS_JSON).exists());
             c.execute(
                 "INSERT INTO runs (experiment_id, idx, name, status, adapter_dirs, has_heads) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
                  ON CONFLICT (experiment_id, name) DO UPDATE SET status = 'done', adapter_dirs = ?4, has_heads = ?5",

@@ -58,6 +58,12 @@ pub struct Blas {
     stamp: String,
 }
 
+impl std::fmt::Debug for Blas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blas").field("path", &self.path).field("label", &self.label).finish()
+    }
+}
+
 /// Products with at most this many rows form the "few rows" class (decoding batches).
 pub const FEW_ROWS: usize = 64;
 
@@ -115,17 +121,66 @@ pub struct Selection {
     pub dims: Dims,
 }
 
+impl Selection {
+    /// The engines this selection runs products on: the value a model carries and its
+    /// kernels are given.
+    pub fn products(&self) -> Products {
+        let engine = |e: Engine| match e {
+            Engine::Gemm => None,
+            Engine::Blas(i) => libraries().get(i),
+        };
+        Products { few_rows: engine(self.few_rows), many_rows: engine(self.many_rows) }
+    }
+}
+
+/// The engines a model's matrix products run on, chosen for its shapes ([`select`]) and
+/// passed down to the kernels with the model: products of at most [`FEW_ROWS`] rows on
+/// `few_rows`, larger ones on `many_rows` (`None`: the built-in `gemm`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Products {
+    few_rows: Option<&'static Blas>,
+    many_rows: Option<&'static Blas>,
+}
+
+impl Products {
+    /// Every product on the built-in `gemm` (a model no selection was made for: the
+    /// tiny test model, a GPU model).
+    pub const GEMM: Products = Products { few_rows: None, many_rows: None };
+
+    /// The library that computes a product of `rows` rows, or `None` for `gemm`.
+    pub fn for_rows(&self, rows: usize) -> Option<&'static Blas> {
+        if rows <= FEW_ROWS {
+            self.few_rows
+        } else {
+            self.many_rows
+        }
+    }
+}
+
 static SEARCH_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 static REMEASURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static LIBRARIES: OnceLock<Vec<Blas>> = OnceLock::new();
-static SELECTION: OnceLock<Selection> = OnceLock::new();
+/// The selections made in this process, one per shape, the latest last.
+static SELECTIONS: Mutex<Vec<&'static Selection>> = Mutex::new(Vec::new());
 
 /// Chooses the engines for a model with product shapes `dims` (measuring them unless
-/// cached), looking for a fetched library in `models_dir`. The first call in a process
-/// decides; later ones (another model) keep that choice.
+/// cached on disk), looking for a fetched library in `models_dir`: once per shape in a
+/// process; a model of other shapes gets its own choice.
 pub fn select(models_dir: &Path, dims: Dims) -> &'static Selection {
     look_in(models_dir);
-    SELECTION.get_or_init(|| choose(dims))
+    let mut made = SELECTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let s = match made.iter().position(|s| s.dims == dims) {
+        Some(i) => made.remove(i),
+        // Leaked on purpose: a handful per process at most (one per model shape).
+        None => &*Box::leak(Box::new(choose(dims))),
+    };
+    made.push(s);
+    s
+}
+
+/// The latest selection made in this process (`/api/version` reports it), if any.
+pub fn latest() -> Option<&'static Selection> {
+    SELECTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last().copied()
 }
 
 /// Makes the coming selection measure again, replacing what the cache holds for this
@@ -143,28 +198,9 @@ pub fn look_in(models_dir: &Path) {
     }
 }
 
-/// The selection in force (chosen for the default model's shapes if no model chose).
-pub fn selection() -> &'static Selection {
-    SELECTION.get_or_init(|| choose(Dims::DEFAULT))
-}
-
-/// The selection, if one was made in this process.
-pub fn chosen() -> Option<&'static Selection> {
-    SELECTION.get()
-}
-
 /// The loaded libraries (loaded on first call).
 pub fn libraries() -> &'static [Blas] {
     LIBRARIES.get_or_init(load_all)
-}
-
-/// The library that computes a product of `rows` rows, or `None` for `gemm`.
-pub fn for_rows(rows: usize) -> Option<&'static Blas> {
-    let s = selection();
-    match if rows <= FEW_ROWS { s.few_rows } else { s.many_rows } {
-        Engine::Gemm => None,
-        Engine::Blas(i) => libraries().get(i),
-    }
 }
 
 /// An engine's name.
@@ -176,11 +212,6 @@ pub fn engine_name(e: Engine) -> String {
 }
 
 /// One line for logs, the bench and `/api/version`: what computes the products and why.
-pub fn describe() -> String {
-    describe_selection(selection())
-}
-
-/// [`describe`] of a given selection.
 pub fn describe_selection(s: &Selection) -> String {
     let engines = if s.few_rows == s.many_rows {
         engine_name(s.many_rows)
@@ -665,6 +696,33 @@ fn median(xs: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_shape_gets_its_own_selection_once() {
+        // Two models of different shapes in one process: each gets a selection measured
+        // on its own shapes (the first no longer decides for the second), made once.
+        let dir = tempfile::tempdir().unwrap();
+        let a = Dims { hidden: 24, intermediate: 40, kv: 8 };
+        let b = Dims { hidden: 32, intermediate: 48, kv: 16 };
+        let sa = select(dir.path(), a);
+        let sb = select(dir.path(), b);
+        assert_eq!((sa.dims, sb.dims), (a, b));
+        assert!(std::ptr::eq(select(dir.path(), a), sa), "a shape is selected once per process");
+        assert!(latest().is_some());
+        let p = sa.products();
+        for rows in [1, FEW_ROWS, FEW_ROWS + 1] {
+            let engine = if rows <= FEW_ROWS { sa.few_rows } else { sa.many_rows };
+            assert_eq!(p.for_rows(rows).map(|l| l.path.clone()), engine_path(engine));
+        }
+        assert!(Products::GEMM.for_rows(1).is_none() && Products::GEMM.for_rows(1000).is_none());
+    }
+
+    fn engine_path(e: Engine) -> Option<String> {
+        match e {
+            Engine::Gemm => None,
+            Engine::Blas(i) => libraries().get(i).map(|l| l.path.clone()),
+        }
+    }
 
     fn fig(path: Option<&str>, few: f64, many: f64) -> Figure {
         Figure {

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 
-pub(super) use super::blas::{mm_gemm, operands_fit, Mat};
+pub(super) use super::blas::{mm_gemm, operands_fit, Mat, Products};
 
 pub(super) type CResult<T> = candle_core::Result<T>;
 
@@ -36,13 +36,21 @@ pub(super) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> CResult<Tensor> {
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
-/// `dst (m×n, row-major) = [dst +] scale · lhs · rhs`, where `lhs[i, p]` sits at
-/// `i·lrs + p·lcs` and `rhs[p, j]` at `p·rrs + j·rcs`.
-pub(super) fn mm((m, n, k): (usize, usize, usize), dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, scale: f32) {
+/// `dst (m×n, row-major) = [dst +] scale · lhs · rhs` (the operands' strides in [`Mat`]),
+/// on the engine `products` gives a product of `m` rows.
+pub(super) fn mm(
+    products: Products,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
     if !operands_fit((m, n, k), dst, accumulate, lhs, rhs) {
         return;
     }
-    if let Some(b) = crate::kernels::blas::for_rows(m) {
+    if let Some(b) = products.for_rows(m) {
         if b.sgemm((m, n, k), dst, accumulate, lhs, rhs, scale) {
             return;
         }

@@ -10,19 +10,21 @@ use crate::Result;
 pub(super) struct FrozenLinear {
     weight: Tensor,
     bias: Option<Vec<f32>>,
+    products: Products,
 }
 
 pub(super) struct LoraLinear {
     weight: Tensor,
     bias: Option<Vec<f32>>,
     scale: f32,
+    products: Products,
 }
 
 /// `x Wᵀ (+ b)` into a fresh `(n, out)` buffer.
 pub(super) fn base_forward(
+    products: Products,
     x: &[f32],
-    n: usize,
-    fin: usize,
+    (n, fin): (usize, usize),
     weight: &Tensor,
     bias: Option<&[f32]>,
 ) -> CResult<Vec<f32>> {
@@ -37,18 +39,18 @@ pub(super) fn base_forward(
         }
     }
     with_f32(weight, "fused linear", |w| {
-        mm((n, fout, fin), &mut y, bias.is_some(), Mat::new(x, (fin, 1)), Mat::new(w, (1, fin)), 1.0);
+        mm(products, (n, fout, fin), &mut y, bias.is_some(), Mat::new(x, (fin, 1)), Mat::new(w, (1, fin)), 1.0);
         Ok(())
     })?;
     Ok(y)
 }
 
 /// `g W`: the input gradient of a frozen linear layer.
-pub(super) fn base_backward(g: &[f32], n: usize, weight: &Tensor) -> CResult<Vec<f32>> {
+pub(super) fn base_backward(products: Products, g: &[f32], n: usize, weight: &Tensor) -> CResult<Vec<f32>> {
     let (fout, fin) = weight.dims2()?;
     let mut gx = vec![0f32; n * fin];
     with_f32(weight, "fused linear", |w| {
-        mm((n, fin, fout), &mut gx, false, Mat::new(g, (fout, 1)), Mat::new(w, (fin, 1)), 1.0);
+        mm(products, (n, fin, fout), &mut gx, false, Mat::new(g, (fout, 1)), Mat::new(w, (fin, 1)), 1.0);
         Ok(())
     })?;
     Ok(gx)
@@ -62,13 +64,13 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
         let (n, fin) = dims2(l, self.name())?;
-        let y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
+        let y = base_forward(self.products, x, (n, fin), &self.weight, self.bias.as_deref())?;
         Ok((CpuStorage::F32(y), Shape::from((n, self.weight.dim(0)?))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         let (n, fin) = arg.dims2()?;
-        let gx = with_f32(grad, self.name(), |g| base_backward(g, n, &self.weight))?;
+        let gx = with_f32(grad, self.name(), |g| base_backward(self.products, g, n, &self.weight))?;
         Ok(Some(tensor(gx, (n, fin))?))
     }
 }
@@ -100,10 +102,10 @@ impl CustomOp3 for LoraLinear {
                 l1.dims()
             );
         }
-        let mut y = base_forward(x, n, fin, &self.weight, self.bias.as_deref())?;
+        let mut y = base_forward(self.products, x, (n, fin), &self.weight, self.bias.as_deref())?;
         let mut h = vec![0f32; n * r];
-        mm((n, r, fin), &mut h, false, Mat::new(x, (fin, 1)), Mat::new(a, (1, fin)), 1.0);
-        mm((n, fout, r), &mut y, true, Mat::new(&h, (r, 1)), Mat::new(b, (1, r)), self.scale);
+        mm(self.products, (n, r, fin), &mut h, false, Mat::new(x, (fin, 1)), Mat::new(a, (1, fin)), 1.0);
+        mm(self.products, (n, fout, r), &mut y, true, Mat::new(&h, (r, 1)), Mat::new(b, (1, r)), self.scale);
         Ok((CpuStorage::F32(y), Shape::from((n, fout))))
     }
 
@@ -123,17 +125,49 @@ impl CustomOp3 for LoraLinear {
             with_f32(x, self.name(), |xv| {
                 with_f32(a, self.name(), |av| {
                     with_f32(b, self.name(), |bv| {
-                        let mut gx = base_backward(g, n, &self.weight)?;
+                        let mut gx = base_backward(self.products, g, n, &self.weight)?;
                         // gh = g B (n × r); ∂x += s·gh A; ∂A = s·ghᵀ x; ∂B = s·gᵀ (x Aᵀ).
                         let mut gh = vec![0f32; n * r];
-                        mm((n, r, fout), &mut gh, false, Mat::new(g, (fout, 1)), Mat::new(bv, (r, 1)), 1.0);
-                        mm((n, fin, r), &mut gx, true, Mat::new(&gh, (r, 1)), Mat::new(av, (fin, 1)), s);
+                        mm(
+                            self.products,
+                            (n, r, fout),
+                            &mut gh,
+                            false,
+                            Mat::new(g, (fout, 1)),
+                            Mat::new(bv, (r, 1)),
+                            1.0,
+                        );
+                        mm(self.products, (n, fin, r), &mut gx, true, Mat::new(&gh, (r, 1)), Mat::new(av, (fin, 1)), s);
                         let mut ga = vec![0f32; r * fin];
-                        mm((r, fin, n), &mut ga, false, Mat::new(&gh, (1, r)), Mat::new(xv, (fin, 1)), s);
+                        mm(
+                            self.products,
+                            (r, fin, n),
+                            &mut ga,
+                            false,
+                            Mat::new(&gh, (1, r)),
+                            Mat::new(xv, (fin, 1)),
+                            s,
+                        );
                         let mut h = vec![0f32; n * r];
-                        mm((n, r, fin), &mut h, false, Mat::new(xv, (fin, 1)), Mat::new(av, (1, fin)), 1.0);
+                        mm(
+                            self.products,
+                            (n, r, fin),
+                            &mut h,
+                            false,
+                            Mat::new(xv, (fin, 1)),
+                            Mat::new(av, (1, fin)),
+                            1.0,
+                        );
                         let mut gb = vec![0f32; fout * r];
-                        mm((fout, r, n), &mut gb, false, Mat::new(g, (1, fout)), Mat::new(&h, (r, 1)), s);
+                        mm(
+                            self.products,
+                            (fout, r, n),
+                            &mut gb,
+                            false,
+                            Mat::new(g, (1, fout)),
+                            Mat::new(&h, (r, 1)),
+                            s,
+                        );
                         Ok((gx, ga, gb))
                     })
                 })
@@ -150,15 +184,16 @@ pub fn linear(
     weight: &Tensor,
     bias: Option<&Tensor>,
     lora: Option<(&Tensor, &Tensor, f64)>,
+    products: Products,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
     Ok(match lora {
-        None => x.apply_op1(FrozenLinear { weight: weight.clone(), bias })?,
+        None => x.apply_op1(FrozenLinear { weight: weight.clone(), bias, products })?,
         Some((a, b, scale)) => x.apply_op3(
             &a.contiguous()?,
             &b.contiguous()?,
-            LoraLinear { weight: weight.clone(), bias, scale: scale as f32 },
+            LoraLinear { weight: weight.clone(), bias, scale: scale as f32, products },
         )?,
     })
 }
@@ -176,7 +211,7 @@ mod tests {
             (randn(&[5, 12], 1), randn(&[7, 12], 2), randn(&[7], 3), randn(&[3, 12], 4), randn(&[7, 3], 5));
         check(
             &[x.clone(), a, b],
-            |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5))).unwrap(),
+            |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5)), Products::GEMM).unwrap(),
             |t| {
                 let base = t[0].matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
                 let low = t[0].matmul(&t[1].t().unwrap()).unwrap().matmul(&t[2].t().unwrap()).unwrap();
@@ -184,6 +219,11 @@ mod tests {
             },
             1e-5,
         );
-        check(&[x], |t| linear(&t[0], &w, None, None).unwrap(), |t| t[0].matmul(&w.t().unwrap()).unwrap(), 1e-5);
+        check(
+            &[x],
+            |t| linear(&t[0], &w, None, None, Products::GEMM).unwrap(),
+            |t| t[0].matmul(&w.t().unwrap()).unwrap(),
+            1e-5,
+        );
     }
 }

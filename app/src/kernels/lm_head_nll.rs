@@ -26,6 +26,7 @@ pub(super) struct LmHeadNll {
     /// `Some` when a gradient is wanted: filled by the forward pass with each row's
     /// `(softmax − onehot) · W`.
     input_grad: Option<Mutex<Vec<f32>>>,
+    products: Products,
 }
 
 impl CustomOp1 for LmHeadNll {
@@ -59,7 +60,7 @@ impl CustomOp1 for LmHeadNll {
                 let vc = block.min(v - c0);
                 let wb = &w[c0 * d..(c0 + vc) * d];
                 let z = &mut z[..n * vc];
-                mm((n, vc, d), z, false, Mat::new(h, (d, 1)), Mat::new(wb, (1, d)), 1.0);
+                mm(self.products, (n, vc, d), z, false, Mat::new(h, (d, 1)), Mat::new(wb, (1, d)), 1.0);
                 // Per row: fold the block into the running max and sum; where a gradient
                 // is wanted, turn the logits into exp(z − max) and rescale the row's
                 // accumulated gradient to the new max.
@@ -88,7 +89,7 @@ impl CustomOp1 for LmHeadNll {
                     }
                 });
                 if want_grad {
-                    mm((n, d, vc), &mut grad, true, Mat::new(z, (vc, 1)), Mat::new(wb, (d, 1)), 1.0);
+                    mm(self.products, (n, d, vc), &mut grad, true, Mat::new(z, (vc, 1)), Mat::new(wb, (d, 1)), 1.0);
                 }
             }
             // Normalise: Σ softmax·W, minus the target's row of W.
@@ -129,10 +130,10 @@ impl CustomOp1 for LmHeadNll {
 
 /// Per-row negative log-likelihood of `targets` under the logits `hidden · weightᵀ`
 /// (`hidden` `(N, hidden)`, `weight` `(vocab, hidden)`, frozen), without forming them.
-pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn lm_head_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor, products: Products) -> Result<Tensor> {
     let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     let input_grad = hidden.track_op().then(|| Mutex::new(Vec::new()));
-    let op = LmHeadNll { weight: weight.contiguous()?, targets, input_grad };
+    let op = LmHeadNll { weight: weight.contiguous()?, targets, input_grad, products };
     Ok(hidden.contiguous()?.apply_op1(op)?)
 }
 
@@ -153,7 +154,7 @@ mod tests {
             let t: Vec<u32> = (0..n as u32).map(|i| (i * 997 + 5) % v as u32).collect();
             let targets = Tensor::new(t.as_slice(), &candle_core::Device::Cpu).unwrap();
             let h = Var::from_tensor(&(randn(&[n, 16], 1) * 2.0).unwrap()).unwrap();
-            let fused = lm_head_nll(h.as_tensor(), &w, &targets).unwrap();
+            let fused = lm_head_nll(h.as_tensor(), &w, &targets, Products::GEMM).unwrap();
             let composed = ops::token_nll_composed(&h.as_tensor().matmul(&w.t().unwrap()).unwrap(), &targets).unwrap();
             assert!(max_diff(&fused, &composed) < 1e-4, "{n} rows: values differ by {}", max_diff(&fused, &composed));
             let up = randn(&[n], 9);
@@ -169,10 +170,10 @@ mod tests {
         let w = randn(&[50, 8], 3);
         let h = randn(&[4, 8], 1);
         let targets = Tensor::new(&[1u32, 2, 3, 49], &candle_core::Device::Cpu).unwrap();
-        let y = lm_head_nll(&h, &w, &targets).unwrap();
+        let y = lm_head_nll(&h, &w, &targets, Products::GEMM).unwrap();
         assert!(!y.track_op());
         let bad = Tensor::new(&[1u32, 2, 3, 50], &candle_core::Device::Cpu).unwrap();
-        let e = lm_head_nll(&h, &w, &bad).unwrap_err().to_string();
+        let e = lm_head_nll(&h, &w, &bad, Products::GEMM).unwrap_err().to_string();
         assert!(e.contains("do not fit"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::kernels::blas::Products;
 use crate::kernels::pack::Pack;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{LoraAdapter, Target};
@@ -66,7 +67,7 @@ impl<'a> Forward<'a> {
         Self { adapter: Some(adapter), dropout: Some((seed, step)), calls: Cell::new(0) }
     }
 
-    fn project(&self, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    fn project(&self, products: Products, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
         let pair = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p)));
         let dropout_active = self.dropout.is_some() && pair.is_some_and(|(ad, _)| ad.config.dropout > 0.0);
         if self.dropout.is_none() {
@@ -75,11 +76,11 @@ impl<'a> Forward<'a> {
             // hold the whole decode's activations).
             let lora = pair.map(|(ad, p)| (p.a.as_tensor().detach(), p.b.as_tensor().detach(), ad.scale()));
             let lora = lora.as_ref().map(|(a, b, s)| (a, b, *s));
-            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None);
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None, products);
         }
         let lora = pair.map(|(ad, p)| (p.a.as_tensor(), p.b.as_tensor(), ad.scale()));
         let Some((ad, _)) = pair.filter(|_| dropout_active) else {
-            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None);
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None, products);
         };
         let p = ad.config.dropout;
         let xin = match self.dropout {
@@ -95,7 +96,7 @@ impl<'a> Forward<'a> {
             }
             None => x.clone(),
         };
-        ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, Some(&xin))
+        ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, Some(&xin), products)
     }
 }
 
@@ -214,6 +215,9 @@ pub struct Llama {
     pub norm: Tensor,
     /// Untied LM head `(vocab, hidden)`; `None` reuses the embedding.
     pub lm_head: Option<Tensor>,
+    /// The engines its matrix products run on: the built-in `gemm` until a selection for
+    /// its shapes is made ([`crate::model::load_model`] makes it on the CPU).
+    pub products: Products,
     inv_freq: Vec<f32>,
 }
 
@@ -265,7 +269,7 @@ impl Llama {
         let norm = need("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(need("lm_head.weight", &[cfg.vocab_size, h])?) };
         let inv_freq = cfg.rope_inv_freq();
-        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, inv_freq })
+        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, products: Products::GEMM, inv_freq })
     }
 
     /// Every weight by its Hugging Face name (the inverse of [`Llama::from_weights`]).
@@ -294,7 +298,9 @@ impl Llama {
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let mut weights: std::collections::HashMap<String, Tensor> =
             self.named_weights().into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype)?))).collect::<Result<_>>()?;
-        Self::from_weights(self.cfg.clone(), |n| Ok(weights.remove(n)))
+        let mut m = Self::from_weights(self.cfg.clone(), |n| Ok(weights.remove(n)))?;
+        m.products = self.products;
+        Ok(m)
     }
 
     /// The device the weights live on.
@@ -341,10 +347,10 @@ impl Llama {
             let a = self.attention(li, block, &h, &pass, layer_cache)?;
             x = (x + a)?;
             let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
-            let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
+            let gate = fwd.project(self.products, li, Target::Gate, block.linear(Target::Gate), &h)?;
+            let up = fwd.project(self.products, li, Target::Up, block.linear(Target::Up), &h)?;
             let act = ops::silu_mul(&gate, &up)?;
-            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &act)?;
+            let m = fwd.project(self.products, li, Target::Down, block.linear(Target::Down), &act)?;
             x = (x + m)?;
         }
         if let Some(c) = cache {
@@ -393,17 +399,18 @@ impl Llama {
         let mut x = self.embed_tokens.index_select(&ids, 0)?; // (T, H)
         for (li, block) in self.blocks.iter().enumerate() {
             let h = ops::rms_norm(&x, &block.input_layernorm, cfg.rms_norm_eps)?;
-            let q = fwd.project(li, Target::Q, block.linear(Target::Q), &h)?;
-            let k = fwd.project(li, Target::K, block.linear(Target::K), &h)?;
-            let v = fwd.project(li, Target::V, block.linear(Target::V), &h)?;
+            let q = fwd.project(self.products, li, Target::Q, block.linear(Target::Q), &h)?;
+            let k = fwd.project(self.products, li, Target::K, block.linear(Target::K), &h)?;
+            let v = fwd.project(self.products, li, Target::V, block.linear(Target::V), &h)?;
             let q = ops::rope_rows(&q, nh, hd, &tables, cfg.rope_layout)?;
             let k = ops::rope_rows(&k, nkv, hd, &tables, cfg.rope_layout)?;
             let a = ops::packed_attention(&q, &k, &v, pack, (nh, nkv, hd), scale, cfg.sliding_window)?;
-            x = (x + fwd.project(li, Target::O, block.linear(Target::O), &a)?)?;
+            x = (x + fwd.project(self.products, li, Target::O, block.linear(Target::O), &a)?)?;
             let h = ops::rms_norm(&x, &block.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let gate = fwd.project(li, Target::Gate, block.linear(Target::Gate), &h)?;
-            let up = fwd.project(li, Target::Up, block.linear(Target::Up), &h)?;
-            let m = fwd.project(li, Target::Down, block.linear(Target::Down), &ops::silu_mul(&gate, &up)?)?;
+            let gate = fwd.project(self.products, li, Target::Gate, block.linear(Target::Gate), &h)?;
+            let up = fwd.project(self.products, li, Target::Up, block.linear(Target::Up), &h)?;
+            let m =
+                fwd.project(self.products, li, Target::Down, block.linear(Target::Down), &ops::silu_mul(&gate, &up)?)?;
             x = (x + m)?;
         }
         ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
@@ -422,9 +429,9 @@ impl Llama {
         let Pass { b, t, rope, mask, fwd } = *pass;
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let q = fwd.project(li, Target::Q, block.linear(Target::Q), x)?;
-        let k = fwd.project(li, Target::K, block.linear(Target::K), x)?;
-        let v = fwd.project(li, Target::V, block.linear(Target::V), x)?;
+        let q = fwd.project(self.products, li, Target::Q, block.linear(Target::Q), x)?;
+        let k = fwd.project(self.products, li, Target::K, block.linear(Target::K), x)?;
+        let v = fwd.project(self.products, li, Target::V, block.linear(Target::V), x)?;
         let r = Some((rope, cfg.rope_layout));
         let q = ops::split_heads(&q, (b, t, nh, hd), r)?;
         let mut k = ops::split_heads(&k, (b, t, nkv, hd), r)?;
@@ -438,7 +445,7 @@ impl Llama {
         }
         let out = ops::attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
         let out = out.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        fwd.project(li, Target::O, block.linear(Target::O), &out)
+        fwd.project(self.products, li, Target::O, block.linear(Target::O), &out)
     }
 
     /// The LM head's weight `(vocab, hidden)`.
@@ -451,7 +458,7 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let n: usize = dims[..dims.len() - 1].iter().product();
         let flat = hidden.reshape((n, self.cfg.hidden_size))?;
-        let l = ops::frozen_matmul(&flat, self.lm_head_weight())?;
+        let l = ops::frozen_matmul(&flat, self.lm_head_weight(), self.products)?;
         let mut out = dims.clone();
         *out.last_mut().expect("hidden states have a last dimension") = self.cfg.vocab_size;
         Ok(l.reshape(out)?)
@@ -461,7 +468,7 @@ impl Llama {
     /// in f32 for half-precision models, the model's type otherwise (through
     /// [`ops::lm_head_nll`]: on the CPU the logits are never formed).
     pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        ops::lm_head_nll(hidden, self.lm_head_weight(), targets)
+        ops::lm_head_nll(hidden, self.lm_head_weight(), targets, self.products)
     }
 
     /// Logits of every position, `(B, T, vocab)`.

@@ -118,19 +118,18 @@ pub fn load_model(
     fetch_missing: bool,
 ) -> Result<LoadedModel> {
     let mut m = load_model_f32(source, models_dir, device, fetch_missing)?;
-    if device.is_cpu() {
-        // Which engine computes this model's products on this machine: measured on its
-        // own shapes the first time, then read from the cache.
-        let c = &m.model.cfg;
-        let kv = c.num_key_value_heads * c.head_dim;
-        crate::kernels::blas::select(
-            models_dir,
-            crate::kernels::blas::Dims { hidden: c.hidden_size, intermediate: c.intermediate_size, kv },
-        );
-    }
     let dtype = compute_dtype(device);
     if m.model.dtype() != dtype {
         m.model = m.model.to_dtype(dtype)?;
+    }
+    if device.is_cpu() {
+        // Which engines compute this model's products on this machine: measured on its
+        // own shapes the first time, then read from the cache; the model carries them
+        // to its kernels.
+        let c = &m.model.cfg;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let dims = crate::kernels::blas::Dims { hidden: c.hidden_size, intermediate: c.intermediate_size, kv };
+        m.model.products = crate::kernels::blas::select(models_dir, dims).products();
     }
     Ok(m)
 }

@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use multitune::adapter::heads::{Answer, MultiHead};
 use multitune::eval::generate::{generate_text, GenerateConfig};
+use multitune::strategy::heads::{Answer, MultiHead};
 use multitune_api::{ExperimentCreate, PlaygroundChunk, PlaygroundRequest};
 
 use crate::error::{ApiError, ApiJson, ApiResult};

@@ -163,7 +163,7 @@ pub async fn runs_heads(State(s): State<AppState>, Path(id): Path<String>) -> Ap
         s.background(move || {
             files::zip_folders_where(&dest, &folders, &|p| {
                 p.file_name().is_some_and(|n| {
-                    n == multitune::adapter::heads::HEADS_FILE || n == multitune::adapter::heads::HEADS_JSON
+                    n == multitune::strategy::heads::HEADS_FILE || n == multitune::strategy::heads::HEADS_JSON
                 })
             })
         })

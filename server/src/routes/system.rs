@@ -32,7 +32,7 @@ pub async fn version(State(s): State<AppState>) -> Json<Version> {
             summary: s.device_info.to_string(),
         }),
         auth: s.cfg.token.is_some(),
-        matmul: blas::chosen().map(|c| Matmul {
+        matmul: blas::latest().map(|c| Matmul {
             many_rows: blas::engine_name(c.many_rows),
             few_rows: blas::engine_name(c.few_rows),
             how: c.how.clone(),
