@@ -295,7 +295,7 @@ impl BenchArgs {
         let children = Children { exe: std::env::current_exe()?, threads: threads.clone(), gpu, cli, args: self };
         let modes = self.modes()?;
         println!(
-            "threads: {threads}, device: {}, matmul (the default model's shapes): {}, warm-up {} + {} timed steps",
+            "threads: {threads}, device: {}, matmul: {} (for the default model's shapes), warm-up {} + {} timed steps",
             cli.device,
             multitune::kernels::blas::describe_selection(multitune::kernels::blas::select(
                 &cli.models_dir,

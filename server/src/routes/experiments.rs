@@ -100,9 +100,11 @@ pub async fn experiments_show(State(s): State<AppState>, Path(id): Path<String>)
 /// `POST /api/experiments`: validates everything it can before queueing.
 pub async fn experiments_create(
     State(s): State<AppState>,
-    ApiJson(spec): ApiJson<ExperimentCreate>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Experiment>)> {
-    let (errors, used) = check_experiment(&s, &spec)?;
+    let (spec, mut errors) = read_request(body)?;
+    let (more, used) = check_experiment(&s, &spec)?;
+    errors.extend(more);
     if !errors.is_empty() {
         return Err(ApiError::invalid("the experiment is not valid", errors));
     }
@@ -131,6 +133,37 @@ pub async fn experiments_create(
     let created = load(&s, &id)?;
     let _ = s.wake.try_send(());
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The request read into its typed settings. A strategy whose options do not parse (an
+/// unknown `variant`, merge method or mixing) is named with its index and left out, so
+/// that the rest is still checked and every problem is listed at once; JSON that does not
+/// parse otherwise is refused as it stands.
+fn read_request(body: serde_json::Value) -> ApiResult<(ExperimentCreate, Vec<String>)> {
+    // The field it fails at is named, as axum's `Json` names it.
+    let whole = match serde_path_to_error::deserialize::<_, ExperimentCreate>(body.clone()) {
+        Ok(spec) => return Ok((spec, Vec::new())),
+        Err(e) => e,
+    };
+    let refused = || {
+        let message = format!("Failed to deserialize the JSON body into the target type: {whole}");
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_json", message)
+    };
+    let mut body = body;
+    let Some(strategies) = body.get_mut("strategies").and_then(|v| v.as_array_mut()) else { return Err(refused()) };
+    let mut errors = Vec::new();
+    let mut kept = Vec::new();
+    for (i, choice) in strategies.drain(..).enumerate() {
+        match serde_json::from_value::<multitune_api::StrategyChoice>(choice.clone()) {
+            Ok(_) => kept.push(choice),
+            Err(e) => errors.push(format!("strategies[{i}]: {e}")),
+        }
+    }
+    *strategies = kept;
+    match serde_json::from_value::<ExperimentCreate>(body) {
+        Ok(spec) if !errors.is_empty() => Ok((spec, errors)),
+        _ => Err(refused()),
+    }
 }
 
 /// Everything wrong with an experiment request (its fields, its datasets, its model, its
