@@ -3,7 +3,7 @@
 //! adapters in PEFT layout. `ARCHITECTURE.md` at the repository root maps the modules.
 //!
 //! Dependencies point down the layers (`ARCHITECTURE.md` states them; a test checks
-//! them): [`strategy`] / [`bench`] → [`adapter`] → [`train`] / [`eval`] → [`data`] →
+//! them): [`strategy`] / [`mod@bench`] → [`adapter`] → [`train`] / [`eval`] → [`data`] →
 //! [`model`] → [`ops`] → [`kernels`], with [`persist`], [`memory`], [`rng`] and
 //! [`error`] at the bottom. The crate knows nothing of the command line, HTTP or the
 //! browser: training reports progress through [`train::TrainEvent`] callbacks that the

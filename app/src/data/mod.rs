@@ -1,7 +1,8 @@
 //! Task data, from a user's file to the model's batches: the accepted row formats
 //! ([`formats`]; files: JSON lines or arrays, [`csv`], [`parquet`]), whole-file validation, task kinds, limits and splits
-//! ([`dataset`]), rendering with the chat template and tokenising ([`example`]),
-//! prefix-shared packing ([`pack`]), and the reproducible demo suite ([`demo`]).
+//! ([`dataset`]), rendering with the chat template, tokenising and batching
+//! ([`example`]; the packing is [`crate::kernels::pack`]), and the reproducible demo
+//! suite ([`demo`]).
 
 pub mod csv;
 pub mod dataset;
