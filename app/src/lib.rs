@@ -33,6 +33,8 @@ pub use model::{load_model, Llama, LoadedModel, ModelSource, TextTokenizer};
 
 /// Process-wide CPU settings, as environment variables the thread pools read when they
 /// start: call once, first thing in `main`, before any thread exists (both binaries do).
+/// The thread count it fixes is read once per model after that: a matrix-product
+/// selection records it and the model passes it down to the kernels (`Products`).
 ///
 /// candle's pool for elementwise ops spins 25 000 times before a worker parks; with as
 /// many busy threads as cores, that spinning takes time from the matrix-multiply

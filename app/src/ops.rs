@@ -280,13 +280,13 @@ mod tests {
     fn frozen_matmul_gives_input_gradient_only() {
         let x = candle_core::Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[[1f32, 0., -1.], [2., 1., 0.]], &Device::Cpu).unwrap();
-        let y = frozen_matmul(x.as_tensor(), &w, Products::GEMM).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &w, Products::gemm(1)).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
         // Non-contiguous input takes the strided path.
         let wide = candle_core::Var::new(&[[1f32, 2., 3., 9.], [4., 5., 6., 9.]], &Device::Cpu).unwrap();
         let narrow = wide.as_tensor().narrow(1, 0, 3).unwrap();
         assert!(!narrow.is_contiguous());
-        let y2 = frozen_matmul(&narrow, &w, Products::GEMM).unwrap();
+        let y2 = frozen_matmul(&narrow, &w, Products::gemm(1)).unwrap();
         assert_eq!(y2.to_vec2::<f32>().unwrap(), vec![vec![-2., 4.], vec![-2., 13.]]);
         let g = y.sum_all().unwrap().backward().unwrap();
         // d sum(x Wᵀ) / dx = 1ᵀ W = column sums of W for every row.

@@ -20,9 +20,9 @@ pub(super) fn attention_block(
     softmax: impl FnOnce(&mut [f32]),
     (p, o): (&mut [f32], &mut [f32]),
 ) {
-    mm_gemm((rows, len, d), p, false, Mat::new(q, (d, 1)), Mat::new(k, (1, d)), scale, false);
+    mm_gemm((rows, len, d), p, false, Mat::new(q, (d, 1)), Mat::new(k, (1, d)), scale, 1);
     softmax(p);
-    mm_gemm((rows, d, len), o, false, Mat::new(p, (len, 1)), Mat::new(v, (d, 1)), 1.0, false);
+    mm_gemm((rows, d, len), o, false, Mat::new(p, (len, 1)), Mat::new(v, (d, 1)), 1.0, 1);
 }
 
 /// The backward of [`attention_block`] from its probabilities `p` and the output
@@ -37,7 +37,7 @@ pub(super) fn attention_block_bwd(
 ) {
     // dP = dO Vᵀ; dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)).
     let mut ds = vec![0f32; rows * len];
-    mm_gemm((rows, len, d), &mut ds, false, Mat::new(dout, (d, 1)), Mat::new(v, (1, d)), 1.0, false);
+    mm_gemm((rows, len, d), &mut ds, false, Mat::new(dout, (d, 1)), Mat::new(v, (1, d)), 1.0, 1);
     if len > 0 {
         for (dr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
             let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
@@ -46,9 +46,9 @@ pub(super) fn attention_block_bwd(
             }
         }
     }
-    mm_gemm((rows, d, len), dq, false, Mat::new(&ds, (len, 1)), Mat::new(k, (d, 1)), 1.0, false);
-    mm_gemm((len, d, rows), dk, false, Mat::new(&ds, (1, len)), Mat::new(q, (d, 1)), 1.0, false);
-    mm_gemm((len, d, rows), dv, false, Mat::new(p, (1, len)), Mat::new(dout, (d, 1)), 1.0, false);
+    mm_gemm((rows, d, len), dq, false, Mat::new(&ds, (len, 1)), Mat::new(k, (d, 1)), 1.0, 1);
+    mm_gemm((len, d, rows), dk, false, Mat::new(&ds, (1, len)), Mat::new(q, (d, 1)), 1.0, 1);
+    mm_gemm((len, d, rows), dv, false, Mat::new(p, (1, len)), Mat::new(dout, (d, 1)), 1.0, 1);
 }
 
 pub(super) struct Attention {

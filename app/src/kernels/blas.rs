@@ -119,6 +119,9 @@ pub struct Selection {
     pub figures: Vec<Figure>,
     /// The shapes measured on.
     pub dims: Dims,
+    /// Threads a product may use (the process's count, set once at start:
+    /// `multitune::tune_runtime`), as measured with.
+    pub threads: usize,
 }
 
 impl Selection {
@@ -129,23 +132,27 @@ impl Selection {
             Engine::Gemm => None,
             Engine::Blas(i) => libraries().get(i),
         };
-        Products { few_rows: engine(self.few_rows), many_rows: engine(self.many_rows) }
+        Products { few_rows: engine(self.few_rows), many_rows: engine(self.many_rows), threads: self.threads }
     }
 }
 
 /// The engines a model's matrix products run on, chosen for its shapes ([`select`]) and
 /// passed down to the kernels with the model: products of at most [`FEW_ROWS`] rows on
 /// `few_rows`, larger ones on `many_rows` (`None`: the built-in `gemm`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Products {
     few_rows: Option<&'static Blas>,
     many_rows: Option<&'static Blas>,
+    /// Threads the built-in `gemm` may use for a large product.
+    pub threads: usize,
 }
 
 impl Products {
-    /// Every product on the built-in `gemm` (a model no selection was made for: the
-    /// tiny test model, a GPU model).
-    pub const GEMM: Products = Products { few_rows: None, many_rows: None };
+    /// Every product on the built-in `gemm` with `threads` threads (a model no selection
+    /// was made for: the tiny test model, a GPU model).
+    pub fn gemm(threads: usize) -> Products {
+        Products { few_rows: None, many_rows: None, threads }
+    }
 
     /// The library that computes a product of `rows` rows, or `None` for `gemm`.
     pub fn for_rows(&self, rows: usize) -> Option<&'static Blas> {
@@ -475,7 +482,9 @@ fn choose(dims: Dims) -> Selection {
     let libs = libraries();
     let wanted = wanted();
     let off = matches!(wanted.as_deref(), Some("off" | "none" | "gemm"));
-    let single = |e: Engine, how: String| Selection { few_rows: e, many_rows: e, how, figures: Vec::new(), dims };
+    let threads = candle_core::utils::get_num_threads();
+    let single =
+        |e: Engine, how: String| Selection { few_rows: e, many_rows: e, how, figures: Vec::new(), dims, threads };
     if off {
         return single(Engine::Gemm, "MULTITUNE_BLAS=off".into());
     }
@@ -543,7 +552,8 @@ fn from_figures(figures: Vec<Figure>, how: String, dims: Dims) -> Selection {
         }
         out.0
     };
-    Selection { few_rows: best(|f| f.few_rows_gflops), many_rows: best(|f| f.many_rows_gflops), how, figures, dims }
+    let (few_rows, many_rows) = (best(|f| f.few_rows_gflops), best(|f| f.many_rows_gflops));
+    Selection { few_rows, many_rows, how, figures, dims, threads: candle_core::utils::get_num_threads() }
 }
 
 /// One product of the calibration: rows, columns, depth, and whether the right operand is
@@ -567,6 +577,7 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
     const FEW: usize = 16;
     const MANY: usize = 384;
     const ROUNDS: usize = 7;
+    let threads = candle_core::utils::get_num_threads();
     let classes = [(products(dims, FEW, false), 8usize), (products(dims, MANY, true), 1usize)];
     let engines: Vec<Option<&Blas>> = std::iter::once(None).chain(libs.iter().map(Some)).collect();
     let mut rates = vec![[0f64; 2]; engines.len()];
@@ -591,7 +602,7 @@ fn calibrate(dims: Dims, libs: &[Blas]) -> Vec<Figure> {
                         let done = engine
                             .is_some_and(|l| l.sgemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0));
                         if !done {
-                            mm_gemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0, true);
+                            mm_gemm((m, n, k), c, false, Mat::new(a, (k, 1)), Mat::new(b, rs), 1.0, threads);
                         }
                     }
                 }
@@ -640,7 +651,8 @@ pub(super) fn operands_fit(
     true
 }
 
-/// `common::mm` on the `gemm` crate; `parallel` lets it use the thread pool for big products.
+/// `common::mm` on the `gemm` crate; a big product uses `threads` threads of the pool (1:
+/// none).
 pub(super) fn mm_gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -648,15 +660,14 @@ pub(super) fn mm_gemm(
     lhs: Mat,
     rhs: Mat,
     scale: f32,
-    parallel: bool,
+    threads: usize,
 ) {
     if !operands_fit((m, n, k), dst, accumulate, lhs, rhs) {
         return;
     }
     let (Mat { data: lhs, strides: (lrs, lcs) }, Mat { data: rhs, strides: (rrs, rcs) }) = (lhs, rhs);
-    let t = candle_core::utils::get_num_threads();
-    let par = if parallel && t > 1 && m * n * k >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(t)
+    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
@@ -714,7 +725,7 @@ mod tests {
             let engine = if rows <= FEW_ROWS { sa.few_rows } else { sa.many_rows };
             assert_eq!(p.for_rows(rows).map(|l| l.path.clone()), engine_path(engine));
         }
-        assert!(Products::GEMM.for_rows(1).is_none() && Products::GEMM.for_rows(1000).is_none());
+        assert!(Products::gemm(1).for_rows(1).is_none() && Products::gemm(1).for_rows(1000).is_none());
     }
 
     fn engine_path(e: Engine) -> Option<String> {

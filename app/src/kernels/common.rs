@@ -55,7 +55,7 @@ pub(super) fn mm(
             return;
         }
     }
-    mm_gemm((m, n, k), dst, accumulate, lhs, rhs, scale, true);
+    mm_gemm((m, n, k), dst, accumulate, lhs, rhs, scale, products.threads);
 }
 
 pub(super) fn dims2(l: &Layout, op: &str) -> CResult<(usize, usize)> {
@@ -83,7 +83,7 @@ mod tests {
                 let mut a = vec![1f32; m * n];
                 let mut b = a.clone();
                 assert!(blas.sgemm((m, n, k), &mut a, accumulate, Mat::new(&lhs, ls), Mat::new(&rhs, rs), 0.5));
-                mm_gemm((m, n, k), &mut b, accumulate, Mat::new(&lhs, ls), Mat::new(&rhs, rs), 0.5, true);
+                mm_gemm((m, n, k), &mut b, accumulate, Mat::new(&lhs, ls), Mat::new(&rhs, rs), 0.5, 2);
                 assert_eq!(a, b, "strides {ls:?} {rs:?}, accumulate {accumulate}");
             }
         }

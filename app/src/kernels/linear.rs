@@ -211,7 +211,7 @@ mod tests {
             (randn(&[5, 12], 1), randn(&[7, 12], 2), randn(&[7], 3), randn(&[3, 12], 4), randn(&[7, 3], 5));
         check(
             &[x.clone(), a, b],
-            |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5)), Products::GEMM).unwrap(),
+            |t| linear(&t[0], &w, Some(&bias), Some((&t[1], &t[2], 2.5)), Products::gemm(1)).unwrap(),
             |t| {
                 let base = t[0].matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
                 let low = t[0].matmul(&t[1].t().unwrap()).unwrap().matmul(&t[2].t().unwrap()).unwrap();
@@ -221,7 +221,7 @@ mod tests {
         );
         check(
             &[x],
-            |t| linear(&t[0], &w, None, None, Products::GEMM).unwrap(),
+            |t| linear(&t[0], &w, None, None, Products::gemm(1)).unwrap(),
             |t| t[0].matmul(&w.t().unwrap()).unwrap(),
             1e-5,
         );

@@ -154,7 +154,7 @@ mod tests {
             let t: Vec<u32> = (0..n as u32).map(|i| (i * 997 + 5) % v as u32).collect();
             let targets = Tensor::new(t.as_slice(), &candle_core::Device::Cpu).unwrap();
             let h = Var::from_tensor(&(randn(&[n, 16], 1) * 2.0).unwrap()).unwrap();
-            let fused = lm_head_nll(h.as_tensor(), &w, &targets, Products::GEMM).unwrap();
+            let fused = lm_head_nll(h.as_tensor(), &w, &targets, Products::gemm(1)).unwrap();
             let composed = ops::token_nll_composed(&h.as_tensor().matmul(&w.t().unwrap()).unwrap(), &targets).unwrap();
             assert!(max_diff(&fused, &composed) < 1e-4, "{n} rows: values differ by {}", max_diff(&fused, &composed));
             let up = randn(&[n], 9);
@@ -170,10 +170,10 @@ mod tests {
         let w = randn(&[50, 8], 3);
         let h = randn(&[4, 8], 1);
         let targets = Tensor::new(&[1u32, 2, 3, 49], &candle_core::Device::Cpu).unwrap();
-        let y = lm_head_nll(&h, &w, &targets, Products::GEMM).unwrap();
+        let y = lm_head_nll(&h, &w, &targets, Products::gemm(1)).unwrap();
         assert!(!y.track_op());
         let bad = Tensor::new(&[1u32, 2, 3, 50], &candle_core::Device::Cpu).unwrap();
-        let e = lm_head_nll(&h, &w, &bad, Products::GEMM).unwrap_err().to_string();
+        let e = lm_head_nll(&h, &w, &bad, Products::gemm(1)).unwrap_err().to_string();
         assert!(e.contains("do not fit"), "{e}");
     }
 }

@@ -269,7 +269,15 @@ impl Llama {
         let norm = need("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(need("lm_head.weight", &[cfg.vocab_size, h])?) };
         let inv_freq = cfg.rope_inv_freq();
-        Ok(Self { cfg, embed_tokens, blocks, norm, lm_head, products: Products::GEMM, inv_freq })
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            products: Products::gemm(candle_core::utils::get_num_threads()),
+            inv_freq,
+        })
     }
 
     /// Every weight by its Hugging Face name (the inverse of [`Llama::from_weights`]).
