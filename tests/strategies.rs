@@ -99,9 +99,24 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+    // Each training ends on whole examples within one example of its budget (the step
+    // that reaches it cuts none): a run trains at most the budget, and short of it by less
+    // than one example per training (four for the per-task strategies) and the division
+    // of the budget into stages.
+    let longest = tasks
+        .iter()
+        .flat_map(|t| multitune::train::encode_all(&tok, &t.train, None, cfg.train.max_seq_len).unwrap())
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap();
     for r in report.runs.iter().filter(|r| r.strategy != "base") {
-        let err = (r.tokens as f64 - budget as f64).abs() / budget as f64;
-        assert!(err <= 0.01, "{}: trained {} tokens for a budget of {budget}", r.name, r.tokens);
+        let trainings = if matches!(r.strategy.as_str(), "combined" | "multi_head") { 1 } else { tasks.len() };
+        assert!(
+            r.tokens <= budget && budget - r.tokens < trainings * (longest + 1),
+            "{}: trained {} tokens for a budget of {budget}",
+            r.name,
+            r.tokens
+        );
         assert_eq!(r.task_tokens.iter().sum::<usize>(), r.tokens, "{}", r.name);
         assert_eq!(r.scores.len(), 4);
         assert!(r.trainable_params > 0 && r.adapter_bytes > 0);

@@ -106,6 +106,51 @@ fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
     assert!(err.to_string().contains("different training settings"), "{err}");
 }
 
+/// A token budget ends on whole examples: the step that reaches it takes only examples
+/// that fit (its batch's, then those of the batches that would follow), none cut — a cut
+/// prompt once trained a run's last step on an answer without its question (issue 33's
+/// loss spike) —, ending within one example of the budget; training stops there, and a
+/// resume from that step's checkpoint trains nothing more.
+#[test]
+fn a_token_budget_ends_on_whole_examples() {
+    let (model, tok) = tiny_model(3, &Device::Cpu).unwrap();
+    let recs: Vec<Record> = (0..12)
+        .map(|i| Record::new(format!("code {i} {}", "x".repeat(3 * i)), format!("w{}", "y".repeat(i))))
+        .collect();
+    let ex = encode_all(&tok, &recs, None, 96).unwrap();
+    let lens: Vec<usize> = ex.iter().map(|e| e.ids.len() - 1).collect();
+    let longest = *lens.iter().max().unwrap();
+    for budget in [lens.iter().sum::<usize>() / 2 + 7, 2 * lens.iter().sum::<usize>() + 3] {
+        let cfg = TrainConfig {
+            token_budget: Some(budget),
+            max_steps: None,
+            checkpoint_every: 1,
+            max_seq_len: 96,
+            ..tiny_cfg(1)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let plan = CheckpointPlan { path: dir.path().join("ckpt.safetensors"), resume: true };
+        let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+        let s = train::train(&model, &mut ad, &ex, &cfg, Some(&plan), None, &mut |_| {}).unwrap();
+        assert!(s.tokens <= budget && budget - s.tokens < longest, "{} tokens for a budget of {budget}", s.tokens);
+        // Every example trained whole, every time (a multiple of its length).
+        for (i, (&t, &n)) in s.tokens_per_example.iter().zip(&lens).enumerate() {
+            assert_eq!(t % n, 0, "example {i} ({n} tokens) trained on {t} tokens: cut");
+        }
+        assert_eq!(s.tokens_per_example.iter().sum::<usize>(), s.tokens);
+        // The run is over: resuming from its last checkpoint trains no further step.
+        let mut again = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+        let mut steps = 0;
+        let r = train::train(&model, &mut again, &ex, &cfg, Some(&plan), None, &mut |e| {
+            if matches!(e, TrainEvent::Step(_)) {
+                steps += 1
+            }
+        })
+        .unwrap();
+        assert_eq!((steps, r.steps, r.tokens), (0, s.steps, s.tokens));
+    }
+}
+
 /// A checkpoint that meets a full disk: training fails with the disk's error naming the
 /// checkpoint, the previous checkpoint is byte-for-byte intact, no temporary file is left;
 /// once space is back, training resumes from it and ends as an uninterrupted run.

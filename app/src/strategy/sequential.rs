@@ -11,18 +11,18 @@ use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::report::{run_result, Forgetting, RunCost, RunResult};
 use crate::strategy::spec::SequentialVariant;
+use crate::strategy::TaskData;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
 
 /// The training records of stage `k` (task `order[k]`): its own examples plus, with
-/// `replay`, that share of them drawn (seeded) from the tasks before it.
-fn stage_records(ctx: &Ctx, order: &[usize], k: usize, replay: f64) -> Vec<Record> {
-    let tasks = ctx.tasks;
+/// `replay`, that share of them drawn (seeded by `seed`) from the tasks before it.
+fn stage_records(tasks: &[TaskData], seed: u64, order: &[usize], k: usize, replay: f64) -> Vec<Record> {
     let mut recs = tasks[order[k]].train.clone();
     if replay > 0.0 && k > 0 {
         let extra = (recs.len() as f64 * replay).round() as usize;
         let earlier: Vec<&Record> = order[..k].iter().flat_map(|&j| tasks[j].train.iter()).collect();
-        let mut r = crate::rng::stream(ctx.cfg.train.seed, 42, k as u64);
+        let mut r = crate::rng::stream(seed, 42, k as u64);
         let perm = crate::rng::permutation(&mut r, earlier.len());
         recs.extend(perm.iter().take(extra).map(|&i| earlier[i].clone()));
     }
@@ -68,7 +68,7 @@ pub(super) fn run(
             if variant == SequentialVariant::MergeThenNew {
                 adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), tc.seed, model.device())?;
             }
-            let ex = ctx.encode(&stage_records(ctx, &order, k, replay))?;
+            let ex = ctx.encode(&stage_records(tasks, cfg.train.seed, &order, k, replay))?;
             ctx.train(name, &tasks[ti].name, &stage_model, &mut adapter, &ex, &tc)?
         };
         tokens += s.tokens;
@@ -118,4 +118,37 @@ pub(super) fn run(
         .then(|| Forgetting::new(names(&mut order.iter().copied()), names(&mut (0..tasks.len())), matrix, &order));
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TaskKind;
+
+    fn task(name: &str, n: usize) -> TaskData {
+        let train = (0..n).map(|i| Record::new(format!("{name} question {i}"), format!("{name} {i}"))).collect();
+        TaskData { name: name.into(), kind: TaskKind::Generation, labels: vec![], train, eval: vec![] }
+    }
+
+    #[test]
+    fn a_stage_trains_on_its_task_and_its_replay_share_only() {
+        let tasks = [task("a", 10), task("b", 8), task("c", 12)];
+        let order = [2, 0, 1];
+        let of = |recs: &[Record], t: &TaskData| recs.iter().filter(|r| t.train.contains(r)).count();
+        for (k, &ti) in order.iter().enumerate() {
+            // Without replay: exactly the stage's task, every example once.
+            assert_eq!(stage_records(&tasks, 7, &order, k, 0.0), tasks[ti].train, "stage {k}");
+            // With replay: the task's examples, then round(share × its size) examples of
+            // the tasks trained before it (none of the later ones), each at most once.
+            let recs = stage_records(&tasks, 7, &order, k, 0.25);
+            assert_eq!(recs[..tasks[ti].train.len()], tasks[ti].train[..]);
+            let replayed = &recs[tasks[ti].train.len()..];
+            let want = if k == 0 { 0 } else { (tasks[ti].train.len() as f64 * 0.25).round() as usize };
+            assert_eq!(replayed.len(), want, "stage {k}");
+            let earlier: usize = order[..k].iter().map(|&j| of(replayed, &tasks[j])).sum();
+            assert_eq!(earlier, replayed.len(), "stage {k}: replay only from earlier stages");
+            let unique: std::collections::HashSet<&Record> = replayed.iter().collect();
+            assert_eq!(unique.len(), replayed.len(), "stage {k}: each replayed example once");
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub struct Progress {
     pub loss_tokens: usize,
     /// Tokens trained on from each example (by index).
     pub per_example: Vec<usize>,
+    /// The token budget is met as far as whole examples allow: the last step took every
+    /// example that still fitted, and training ends here (a resume too).
+    pub budget_met: bool,
 }
 
 /// Restores `objective`'s variables and the optimizer from `plan`'s checkpoint and
@@ -79,6 +82,7 @@ pub fn restore(
         tokens: meta.get("tokens").and_then(|s| s.parse().ok()).unwrap_or(0),
         loss_tokens: meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0),
         per_example: meta.get("per_example").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
+        budget_met: meta.get("budget_met").is_some_and(|s| s == "true"),
     })
 }
 
@@ -101,6 +105,7 @@ pub fn save(
         ("tokens".to_string(), progress.tokens.to_string()),
         ("loss_tokens".to_string(), progress.loss_tokens.to_string()),
         ("per_example".to_string(), serde_json::to_string(&progress.per_example)?),
+        ("budget_met".to_string(), progress.budget_met.to_string()),
     ]);
     persist::write_safetensors(&plan.path, &all, Some(meta))
 }

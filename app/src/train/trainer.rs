@@ -81,7 +81,7 @@ pub fn train_objective(
     // With a token budget the loop runs until the budget is met (the schedule's length
     // is an estimate, so it may run a step or two past it, at the final learning rate).
     while progress.step < total || cfg.token_budget.is_some_and(|b| progress.tokens < b && progress.step < 2 * total) {
-        if cfg.token_budget.is_some_and(|b| progress.tokens >= b) {
+        if progress.budget_met || cfg.token_budget.is_some_and(|b| progress.tokens >= b) {
             break;
         }
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -90,10 +90,11 @@ pub fn train_objective(
         let t0 = Instant::now();
         let step = progress.step;
         let room = cfg.token_budget.map(|b| b.saturating_sub(progress.tokens));
-        let (parts, used) = step_parts(examples, cfg, step, room, &mut perms, lengths);
+        let (parts, used, complete) = step_parts(examples, cfg, step, room, &mut perms, lengths);
         if parts.is_empty() {
             break;
         }
+        progress.budget_met = !complete;
         for (i, n) in used {
             progress.per_example[i] += n;
         }
@@ -124,7 +125,8 @@ pub fn train_objective(
             elapsed_s: began.elapsed().as_secs_f64(),
         }));
         let done = progress.step;
-        let last = if let Some(b) = cfg.token_budget { progress.tokens >= b } else { done == total };
+        let last =
+            if let Some(b) = cfg.token_budget { progress.budget_met || progress.tokens >= b } else { done == total };
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
             if let Some(plan) = ckpt {
                 checkpoint::save(plan, cfg, &progress, &opt, objective)?;
@@ -152,11 +154,14 @@ struct Micro<'a> {
 }
 
 /// The examples of optimizer step `step`, micro-batch by micro-batch (with the indices
-/// of its examples and its position `k` in the step), and every `(example, tokens)`
-/// taken. With a token budget (`room` tokens left), the step that reaches it takes only
-/// what fits: whole examples, then the next one cut from its prompt's start to fill the
-/// remainder exactly (if at least its completion fits), so runs end on the budget.
-#[allow(clippy::type_complexity)] // (examples, their indices, k) per micro-batch, and (index, tokens)
+/// of its examples and its position `k` in the step), every `(example, tokens)` taken,
+/// and whether the step is whole. With a token budget (`room` tokens left), the step that
+/// reaches it takes only whole examples that fit: its own batch's, then — to end as close
+/// to the budget as whole examples allow — those of the batches that would follow, up to
+/// an epoch ahead, into its last micro-batch. Such a step is not whole, and training ends
+/// after it. No example is ever cut: a cut prompt (an answer without its question)
+/// trained the last step of a run on examples unlike every other's.
+#[allow(clippy::type_complexity)] // (examples, their indices, k) per micro-batch, (index, tokens), whole
 fn step_parts(
     examples: &[Example],
     cfg: &TrainConfig,
@@ -164,44 +169,64 @@ fn step_parts(
     mut room: Option<usize>,
     perms: &mut HashMap<usize, Vec<usize>>,
     lengths: Option<&[usize]>,
-) -> (Vec<(Vec<Example>, Vec<usize>, usize)>, Vec<(usize, usize)>) {
-    let mut parts = Vec::with_capacity(cfg.grad_accum);
+) -> (Vec<(Vec<Example>, Vec<usize>, usize)>, Vec<(usize, usize)>, bool) {
+    let mut parts: Vec<(Vec<Example>, Vec<usize>, usize)> = Vec::with_capacity(cfg.grad_accum);
     let mut used: Vec<(usize, usize)> = Vec::new();
+    let mut whole = true;
+    let tokens = |i: usize| examples[i].ids.len() - 1;
     for k in 0..cfg.grad_accum {
         let micro = step * cfg.grad_accum + k;
         let idx = batch_indices(examples.len(), (cfg.batch_size, cfg.grad_accum), micro, cfg.seed, perms, lengths);
         let mut part = Vec::with_capacity(idx.len());
-        let from = used.len();
+        let mut taken = Vec::with_capacity(idx.len());
         for i in idx {
-            let e = &examples[i];
-            let n = e.ids.len() - 1;
-            match room.as_mut() {
-                None => part.push(e.clone()),
-                Some(r) if n <= *r => {
-                    *r -= n;
-                    part.push(e.clone());
-                }
-                Some(r) => {
-                    let cut = n - *r;
-                    if *r > 0 && cut < e.prompt_len && e.extra_loss.is_empty() {
-                        part.push(Example {
-                            ids: e.ids[cut..].to_vec(),
-                            prompt_len: e.prompt_len - cut,
-                            extra_loss: vec![],
-                        });
-                        used.push((i, *r));
-                        *r = 0;
-                    }
+            let n = tokens(i);
+            if let Some(r) = room.as_mut() {
+                if n > *r {
+                    whole = false;
                     continue;
                 }
+                *r -= n;
             }
+            part.push(examples[i].clone());
+            taken.push(i);
             used.push((i, n));
         }
         if !part.is_empty() {
-            parts.push((part, used[from..].iter().map(|u| u.0).collect(), k));
+            parts.push((part, taken, k));
         }
     }
-    (parts, used)
+    if let (false, Some(r)) = (whole, room.as_mut()) {
+        // The batches that would follow, up to an epoch ahead: their whole examples that
+        // still fit, each once.
+        let first = (step + 1) * cfg.grad_accum;
+        let epoch = examples.len().div_ceil(cfg.batch_size.max(1));
+        let mut extra = (Vec::new(), Vec::new());
+        for micro in first..first + epoch {
+            if *r == 0 {
+                break;
+            }
+            for i in batch_indices(examples.len(), (cfg.batch_size, cfg.grad_accum), micro, cfg.seed, perms, lengths) {
+                let n = tokens(i);
+                if n <= *r && !used.iter().any(|u| u.0 == i) {
+                    *r -= n;
+                    extra.0.push(examples[i].clone());
+                    extra.1.push(i);
+                    used.push((i, n));
+                }
+            }
+        }
+        if !extra.0.is_empty() {
+            match parts.last_mut() {
+                Some(last) => {
+                    last.0.extend(extra.0);
+                    last.1.extend(extra.1);
+                }
+                None => parts.push((extra.0, extra.1, cfg.grad_accum - 1)),
+            }
+        }
+    }
+    (parts, used, whole)
 }
 
 /// Forward and backward of every micro-batch, each loss weighted by its share of the
