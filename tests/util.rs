@@ -118,3 +118,20 @@ pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The most tokens one training example of these demo tasks has for the tiny model
+/// (template, prompt and answer, cut at `max_tokens`): a training that ends on whole
+/// examples ends less than this short of its budget.
+pub fn longest_demo_example(tasks: &[&str], max_tokens: usize) -> usize {
+    let (_, tok) = multitune::model::tiny_model(0, &Device::Cpu).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    tasks
+        .iter()
+        .flat_map(|t| {
+            let d = multitune::data::load(&dir.join(format!("{t}.jsonl")), &Default::default()).unwrap();
+            multitune::train::encode_all(&tok, &d.records, None, max_tokens).unwrap()
+        })
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap()
+}

@@ -97,28 +97,28 @@ pub struct RunLog {
     stage: Option<String>,
     /// Steps of the stages before the current one.
     offset: u64,
-    stage_steps: u64,
     step: u64,
 }
 
 impl RunLog {
     /// A log writing into `dir`.
     pub fn create(dir: &Path) -> Result<Self> {
-        Ok(Self { writer: EventWriter::create(dir)?, stage: None, offset: 0, stage_steps: 0, step: 0 })
+        Ok(Self { writer: EventWriter::create(dir)?, stage: None, offset: 0, step: 0 })
     }
 
     /// Logs a training event of stage `stage` (step scalars; the rest only moves the
     /// step axis).
     pub fn train(&mut self, stage: &str, e: &TrainEvent) -> Result<()> {
         match e {
-            TrainEvent::Started { total_steps, start_step, .. } => {
+            TrainEvent::Started { start_step, .. } => {
+                // A new stage continues from the last step the previous one took (its
+                // schedule's `total_steps` is an estimate: a budget may end it sooner).
                 if self.stage.as_deref() != Some(stage) {
                     if self.stage.is_some() {
-                        self.offset += self.stage_steps;
+                        self.offset = self.step;
                     }
                     self.stage = Some(stage.to_string());
                 }
-                self.stage_steps = *total_steps as u64;
                 self.step = self.offset + *start_step as u64;
                 Ok(())
             }
@@ -349,8 +349,9 @@ mod tests {
                 elapsed_s: 0.1,
             })
         };
-        for (stage, losses) in [("a", [2.0, 1.5]), ("b", [1.25, 1.0])] {
-            log.train(stage, &started(2)).unwrap();
+        // Stage a's schedule said 3 steps, its budget ended it after 2: b follows at 3.
+        for (stage, losses, total) in [("a", [2.0, 1.5], 3), ("b", [1.25, 1.0], 2)] {
+            log.train(stage, &started(total)).unwrap();
             for (i, l) in losses.into_iter().enumerate() {
                 log.train(stage, &step(i + 1, l)).unwrap();
             }
