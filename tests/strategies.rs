@@ -118,6 +118,17 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
             r.tokens
         );
         assert_eq!(r.task_tokens.iter().sum::<usize>(), r.tokens, "{}", r.name);
+        // Where each later stage begins on the loss curve (one task after another).
+        let stages = if matches!(r.strategy.as_str(), "sequential" | "separate") { tasks.len() - 1 } else { 0 };
+        assert_eq!(r.stage_starts.len(), stages, "{}: {:?}", r.name, r.stage_starts);
+        assert!(
+            r.stage_starts.windows(2).all(|w| w[0] < w[1])
+                && r.stage_starts.iter().all(|&s| s > 0 && s < r.losses.len()),
+            "{}: {:?} of {} steps",
+            r.name,
+            r.stage_starts,
+            r.losses.len()
+        );
         assert_eq!(r.scores.len(), 4);
         assert!(r.trainable_params > 0 && r.adapter_bytes > 0);
         assert!(r.peak_rss_mib.is_some_and(|m| m > 10.0), "{}: per-run peak memory {:?}", r.name, r.peak_rss_mib);

@@ -104,6 +104,10 @@ pub struct RunResult {
     pub peak_rss_mib: Option<f64>,
     /// Loss per step.
     pub losses: Vec<f64>,
+    /// Where each stage after the first begins in `losses` (its first step's index):
+    /// the stages of sequential and separate runs, one task after another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_starts: Vec<usize>,
     /// Forgetting (sequential runs).
     pub forgetting: Option<Forgetting>,
     /// Exported adapter folders.

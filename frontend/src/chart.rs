@@ -41,6 +41,17 @@ impl Curves {
             .collect()
     }
 
+    /// Each run's stage starts: the x (between two steps) where a stage after its first
+    /// begins, for the chart's marks.
+    pub fn stage_starts(&self) -> Vec<Vec<f64>> {
+        self.runs
+            .iter()
+            .map(|(_, pts)| {
+                pts.windows(2).enumerate().filter(|(_, w)| w[0].0 != w[1].0).map(|(i, _)| i as f64 + 1.5).collect()
+            })
+            .collect()
+    }
+
     /// Points in all.
     pub fn len(&self) -> usize {
         self.runs.iter().map(|r| r.1.len()).sum()
@@ -78,8 +89,9 @@ fn register_font() {
 #[cfg(target_arch = "wasm32")]
 fn register_font() {}
 
-/// The loss chart as SVG text.
-pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], size: (u32, u32)) -> String {
+/// The loss chart as SVG text; `marks[i]` are the x where run `i`'s stages begin (a
+/// faint vertical line in its colour).
+pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], marks: &[Vec<f64>], size: (u32, u32)) -> String {
     register_font();
     let mut svg = String::new();
     {
@@ -97,6 +109,12 @@ pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], size: (u32, u32)) -> Strin
         let _ = chart.configure_mesh().x_desc("step").y_desc("loss").label_style(("sans-serif", 12)).draw();
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
+            let at = marks.get(i).map(Vec::as_slice).unwrap_or_default();
+            let _ =
+                chart
+                    .draw_series(at.iter().map(|&x| {
+                        PathElement::new(vec![(x, 0.0), (x, max_y * 1.05)], color.mix(0.45).stroke_width(1))
+                    }));
             if let Ok(a) = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))) {
                 a.label(name.clone())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
@@ -151,11 +169,26 @@ mod tests {
 
     #[test]
     fn the_chart_has_a_line_per_run() {
-        let svg = loss_svg(&[("a".into(), vec![(1.0, 2.0), (2.0, 1.0)]), ("b".into(), vec![(1.0, 3.0)])], (600, 300));
+        let series = [("a".to_string(), vec![(1.0, 2.0), (2.0, 1.0)]), ("b".to_string(), vec![(1.0, 3.0)])];
+        let svg = loss_svg(&series, &[], (600, 300));
         assert!(svg.starts_with("<svg"));
         // Each run is a line (and a legend swatch) in its own colour.
         assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
         assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2, "{svg}");
         assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"), "legend labels: {svg}");
+    }
+
+    #[test]
+    fn a_new_stage_is_marked_where_it_begins() {
+        let mut c = Curves::default();
+        for e in [step("a", "t1", 1, 3.0), step("a", "t1", 2, 2.0), step("a", "t2", 1, 1.5), step("b", "all", 1, 5.0)] {
+            c.push(&e);
+        }
+        // Run a's second stage begins between its steps 2 and 3; b has one stage.
+        assert_eq!(c.stage_starts(), vec![vec![2.5], vec![]]);
+        let plain = loss_svg(&c.series(), &[], (600, 300));
+        let marked = loss_svg(&c.series(), &c.stage_starts(), (600, 300));
+        let blue = |svg: &str| svg.matches("stroke=\"#1F77B4\"").count();
+        assert_eq!(blue(&marked), blue(&plain) + 1, "one mark in run a's colour: {marked}");
     }
 }

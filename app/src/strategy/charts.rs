@@ -114,8 +114,13 @@ fn category(v: f64, names: &[String], top_down: bool) -> String {
     names[if top_down { names.len() - 1 - i } else { i }].clone()
 }
 
-/// Loss per step of every run.
-pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, Vec<f64>)]) -> Drawn {
+/// A run's loss curve: its name, the loss per step, and where each stage after the
+/// first begins (an index into the losses).
+pub type LossCurve = (String, Vec<f64>, Vec<usize>);
+
+/// Loss per step of every run, a faint line in the run's colour where each of its stages
+/// begins.
+pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[LossCurve]) -> Drawn {
     let max_x = runs.iter().map(|r| r.1.len()).max().unwrap_or(1).max(2) as f64;
     let max_y =
         runs.iter().flat_map(|r| r.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
@@ -128,14 +133,21 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(S
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("optimizer step (stages of sequential and separate runs follow each other)")
+        .x_desc(
+            "optimizer step (stages of sequential and separate runs follow each other; a faint line where one begins)",
+        )
         .y_desc("loss")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (name, losses)) in runs.iter().enumerate() {
+    for (i, (name, losses, starts)) in runs.iter().enumerate() {
         let c = color(i);
+        // Between the last step of a stage and the first of the next.
+        let marks = starts.iter().map(|&s| {
+            PathElement::new(vec![(s as f64 + 0.5, 0.0), (s as f64 + 0.5, max_y)], c.mix(0.45).stroke_width(1))
+        });
+        chart.draw_series(marks).map_err(|e| e.to_string())?;
         chart
             .draw_series(LineSeries::new(
                 losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)),
@@ -346,8 +358,11 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         out.push(p);
         Ok(())
     };
-    let losses: Vec<(String, Vec<f64>)> =
-        trained.iter().filter(|r| !r.losses.is_empty()).map(|r| (r.name.clone(), r.losses.clone())).collect();
+    let losses: Vec<LossCurve> = trained
+        .iter()
+        .filter(|r| !r.losses.is_empty())
+        .map(|r| (r.name.clone(), r.losses.clone(), r.stage_starts.clone()))
+        .collect();
     save("loss", both!(|a| loss_curves(a, &losses))?)?;
     let scores: Vec<(String, Vec<Estimate>)> =
         report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();

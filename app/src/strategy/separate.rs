@@ -28,6 +28,7 @@ pub(super) fn run(
     let (model, tasks, cfg) = (ctx.base.model, ctx.tasks, ctx.cfg);
     let stage_budget = cfg.budget_tokens / tasks.len();
     let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
+    let mut stage_starts = Vec::new();
     let (mut routed, mut dirs, mut adapters) = (Vec::new(), Vec::new(), Vec::new());
     let mut bytes_all = 0;
     let mut train_s = 0.0;
@@ -40,6 +41,9 @@ pub(super) fn run(
         let (adapter, s) = (first.adapter, first.summary);
         tokens += s.tokens;
         task_tokens[ti] = s.tokens;
+        if !losses.is_empty() {
+            stage_starts.push(losses.len());
+        }
         losses.extend(s.losses);
         ctx.check_cancel()?;
         let known = ctx.shared_scores(ti, &tc)?.map(|mut all| all.swap_remove(ti));
@@ -66,6 +70,7 @@ pub(super) fn run(
     let cost = RunCost { tokens, task_tokens, wall_s: train_s, trainable_params: params, adapter_bytes: bytes_all };
     let mut r = run_result(name, "separate", &routed, cost.clone());
     r.losses = losses;
+    r.stage_starts = stage_starts;
     r.adapter_dirs = dirs;
     let mut rows = vec![r];
     let refs: Vec<&LoraAdapter> = adapters.iter().collect();

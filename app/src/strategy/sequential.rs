@@ -48,6 +48,7 @@ pub(super) fn run(
     let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
     let mut stage_adapters: Vec<LoraAdapter> = Vec::new();
     let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
+    let mut stage_starts = Vec::new();
     let mut matrix: Vec<Vec<f64>> = Vec::new();
     let mut last_scores = Vec::new();
     // Seconds spent scoring (not training), and seconds of a shared first stage that
@@ -73,6 +74,9 @@ pub(super) fn run(
         };
         tokens += s.tokens;
         task_tokens[ti] += s.tokens;
+        if !losses.is_empty() {
+            stage_starts.push(losses.len());
+        }
         losses.extend(s.losses);
         if variant == SequentialVariant::MergeThenNew {
             stage_model = stage_model.with_adapter_merged(&adapter, 1.0)?;
@@ -112,6 +116,7 @@ pub(super) fn run(
     let mut r = run_result(name, "sequential", &last_scores, cost);
     r.exported_params = final_adapter.num_parameters();
     r.losses = losses;
+    r.stage_starts = stage_starts;
     // Without every stage scored (a learning-rate search's trial) there is no matrix.
     let names = |idx: &mut dyn Iterator<Item = usize>| idx.map(|i| tasks[i].name.clone()).collect::<Vec<_>>();
     r.forgetting = (matrix.len() == order.len())

@@ -207,7 +207,7 @@ pub fn ExperimentPage() -> impl IntoView {
         <div class="chart" id="loss-chart" data-points=move || curves.get().len().to_string()
             inner_html=move || {
                 let c = curves.get();
-                if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg(&c.series(), (900, 360)) }
+                if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg(&c.series(), &c.stage_starts(), (900, 360)) }
             }>
         </div>
         <h2>"Scores so far"</h2>

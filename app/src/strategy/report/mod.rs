@@ -74,6 +74,7 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         adapter_bytes,
         peak_rss_mib: None,
         losses: vec![],
+        stage_starts: vec![],
         forgetting: None,
         adapter_dirs: vec![],
         learning_rate: 0.0,
