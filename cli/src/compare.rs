@@ -124,8 +124,10 @@ impl CompareArgs {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|m| {
-                    MergeChoice::parse(m)
-                        .with_context(|| format!("unknown merge `{m}` (linear, task_arithmetic, ties, dare, concat)"))
+                    MergeChoice::parse(m).with_context(|| {
+                        let known: Vec<&str> = MergeChoice::ALL.iter().map(|c| c.name()).collect();
+                        format!("unknown merge `{m}` ({})", known.join(", "))
+                    })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         };

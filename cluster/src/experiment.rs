@@ -1,39 +1,14 @@
 //! An experiment as the server stores it (`multitune_api::ExperimentCreate`) turned into
-//! what the engine runs: its `CompareConfig` (through the engine's one conversion,
-//! `strategy::request`), its tasks loaded from files, and the engine's progress as API
-//! events. The server's local worker and the distributed
-//! workers both go through here.
+//! what the engine runs: its tasks loaded from files, and the engine's progress as API
+//! events. The server's local worker and the distributed workers both go through here
+//! (its `CompareConfig` is the server's to make, once: `jobs::Stored`).
 
 use std::path::PathBuf;
 
 use multitune::data::{self, LoadOptions};
-use multitune::strategy::{self, CompareConfig, CompareEvent, HeldOut, TaskData};
+use multitune::strategy::{CompareEvent, HeldOut, TaskData};
 use multitune::train::TrainEvent;
 use multitune_api::{Event, ExperimentCreate};
-
-/// What is wrong with an experiment's settings: a summary and every problem.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Invalid {
-    /// One line.
-    pub message: &'static str,
-    /// Each problem, naming its field.
-    pub problems: Vec<String>,
-}
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.message, self.problems.join("; "))
-    }
-}
-
-impl std::error::Error for Invalid {}
-
-/// The engine configuration of an experiment ([`multitune::strategy::request`]), every
-/// problem listed at once.
-pub fn compare_config(spec: &ExperimentCreate) -> Result<CompareConfig, Invalid> {
-    strategy::compare_config(&spec.strategies, spec.budget_tokens, &spec.hyper, spec.tasks.len())
-        .map_err(|problems| Invalid { message: "the experiment's settings are not valid", problems })
-}
 
 /// One task's files: its name, training file and optional held-out file.
 #[derive(Debug, Clone)]

@@ -22,9 +22,11 @@ use crate::state::AppState;
 pub const DISK_FULL: &str = "the disk holding Multitune's data folder is full: training stopped; \
     its last checkpoint is intact. Free some space, then resume the experiment: it continues from that checkpoint";
 
-/// The engine configuration of an experiment, every problem listed at once.
+/// The engine configuration of an experiment (the engine's one conversion,
+/// `strategy::request`), every problem listed at once.
 pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
-    experiment::compare_config(spec).map_err(|e| ApiError::invalid(e.message, e.problems))
+    strategy::compare_config(&spec.strategies, spec.budget_tokens, &spec.hyper, spec.tasks.len())
+        .map_err(|problems| ApiError::invalid("the experiment's settings are not valid", problems))
 }
 
 /// An experiment's task files in the data folder, in task order.
@@ -182,7 +184,7 @@ pub struct Stored {
 pub fn stored(db: &Db, id: &str) -> anyhow::Result<Stored> {
     let json: String = db.with(|c| c.query_row("SELECT spec FROM experiments WHERE id = ?1", [id], |r| r.get(0)))?;
     let spec: ExperimentCreate = serde_json::from_str(&json)?;
-    let config = experiment::compare_config(&spec)?;
+    let config = compare_config(&spec).map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.join("; ")))?;
     Ok(Stored { spec, config })
 }
 
@@ -245,7 +247,7 @@ fn finished_recorded(db: &Db, id: &str, run: &str) -> rusqlite::Result<bool> {
 /// its adapter folders relative to the experiment folder `dir`.
 pub fn record_report_runs(db: &Db, id: &str, dir: &Path, report: &strategy::Report) -> rusqlite::Result<()> {
     db.with(|c| {
-        for (i, r) in report.runs.iter().enumerate().filter(|(_, r)| r.strategy != "base") {
+        for (i, r) in report.runs.iter().enumerate().filter(|(_, r)| !r.is_base()) {
             let dirs: Vec<String> = r
                 .adapter_dirs
                 .iter()

@@ -346,7 +346,7 @@ pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(Str
 
 /// Writes every chart of `report` into `dir` as SVG and PNG; returns the files.
 pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
-    let trained: Vec<_> = report.runs.iter().filter(|r| r.strategy != "base").collect();
+    let trained: Vec<_> = report.runs.iter().filter(|r| !r.is_base()).collect();
     let tasks: Vec<String> = report.tasks.iter().map(|t| t.0.clone()).collect();
     let mut out = Vec::new();
     let mut save = |name: &str, (svg, png): (String, Vec<u8>)| -> Result<()> {
@@ -379,7 +379,7 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             .collect()
     };
     let best = report.recommendation.best.clone();
-    let base = report.runs.iter().find(|r| r.strategy == "base").map(|r| r.name.clone()).unwrap_or_default();
+    let base = report.runs.iter().find(|r| r.is_base()).map(|r| r.name.clone()).unwrap_or_default();
     let (to_best, to_base) = (rows(&best), rows(&base));
     if !to_best.is_empty() || !to_base.is_empty() {
         let panels = [(format!("against the best ({best})"), to_best), ("against the base model".to_string(), to_base)];

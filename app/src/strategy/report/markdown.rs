@@ -74,7 +74,7 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     s.push_str("\n## Cost\n\n| run | learning rate | tokens | tokens per task | wall s | trainable params | exported params | adapter MiB | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n");
-    for r in report.runs.iter().filter(|r| r.strategy != "base") {
+    for r in report.runs.iter().filter(|r| !r.is_base()) {
         let per: Vec<String> = r.task_tokens.iter().map(|t| t.to_string()).collect();
         let _ = writeln!(
             s,
