@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run build-all cli-demo test test-build test-run test-stress test-deps browser-deps cluster-deps model build build-release ui ui-tools demo-data demo bench bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
+.PHONY: run build-all cli-demo test test-build test-run test-stress test-deps browser-deps cluster-deps model build build-release ui ui-tools demo-data demo bench bench-sizes bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -209,6 +209,13 @@ bench: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) bench --models tiny,default --threads 2 --steps 10 \
 		$$( [ -x $(BENCH_VENV)/bin/python ] && echo --reference $(BENCH_VENV)/bin/python ) \
 		--json target/bench-$(REF).json $(BENCH_ARGS)
+
+## bench-sizes: what the data-size curves cost: the demo comparison (every strategy), then
+## the same with three data sizes, timed one after the other; prints both and the ratio.
+## BENCH_ARGS adds compare flags (e.g. --eval-limit 50); BUDGET, FRACTIONS as in the script.
+bench-sizes: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	scripts/bench-sizes.sh $(BIN_RELEASE) $(MODELS) $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -243,8 +243,17 @@ async fn dashboard_end_to_end_in_chromium() {
     b.click(&tune).await;
     // What the chosen held-out sets can tell apart, before anything is trained.
     b.wait_text("#power", "will look like ties").await;
-    b.screenshot("new-experiment").await;
+    // Data-size curves: a share listed twice is refused by the server, the field named;
+    // then one smaller size (half the data), which the compare page shows.
+    let sizes = b.wait("#data-fractions").await;
+    b.send_keys(&sizes, "0.5,0.5").await;
+    b.wait_text(".estimate", "tokens/s").await;
     let start = b.wait("button[type='submit']").await;
+    b.click(&start).await;
+    b.wait_text(".error", "hyper.data_fractions: 0.5 is listed twice").await;
+    b.clear(&sizes).await;
+    b.send_keys(&sizes, "0.5").await;
+    b.screenshot("new-experiment").await;
     b.click(&start).await;
 
     // Live: the loss chart gains points. Seen growing on any machine: the runs train
@@ -280,6 +289,12 @@ async fn dashboard_end_to_end_in_chromium() {
     b.wait_text("#pair-matrix", "base model").await;
     b.wait_text("ul.standings", "sentiment").await;
     b.wait("img[src*='scores.svg']").await;
+    // The data-size curves: where the winner changes, a column per size, the chart.
+    b.wait_text("#data-sizes", "50% · ~").await;
+    b.wait_text("#data-sizes", "100% · ~").await;
+    let said = b.text(&b.wait("#data-sizes-text").await).await;
+    assert!(said.contains("examples per task"), "{said}");
+    b.wait("img[src*='curves.svg']").await;
     b.screenshot("compare").await;
 
     // Downloads: an adapter zip that loads back.

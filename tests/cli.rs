@@ -126,6 +126,30 @@ fn bad_input_gets_a_clear_error() {
         "q,lm_head",
     ]);
     assert!(text(&r).contains("`lm_head`"), "{}", text(&r));
+    // Data sizes: a share leaving a task fewer than 4 training examples is refused
+    // before any model is loaded or file written, naming the flag and the task.
+    let small = dir.path().join("small.jsonl");
+    let lines: Vec<String> = (0..20).map(|i| format!("{{\"prompt\":\"q{i}\",\"completion\":\"a{i}\"}}")).collect();
+    std::fs::write(&small, lines.join("\n")).unwrap();
+    let out = dir.path().join("sizes");
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--data-fractions",
+        "0.1,0.5",
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        text(&r).contains("--data-fractions: 0.1 leaves task `small` 2 training examples of its 16"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists(), "nothing written");
     let r = run(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
     let r = run(&["generate", "--model", "tiny", "--adapter", dir.path().to_str().unwrap(), "--prompt", "x"]);

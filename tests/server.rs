@@ -45,6 +45,23 @@ async fn upload_train_follow_and_download_over_http() {
         "budget_tokens": 2400,
         "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20}
     });
+    // Data sizes that are no shares, or that leave a task too few examples: refused
+    // before anything is queued, each problem naming the field.
+    let mut bad = spec.clone();
+    bad["hyper"]["data_fractions"] = json!([0.01, 0.5, 0.5, 0]);
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    for want in [
+        "hyper.data_fractions: 0 is not a share of the training data (each must be in (0, 1])",
+        "hyper.data_fractions: 0.5 is listed twice",
+        "hyper.data_fractions: 0.01 leaves task `sentiment` 2 training examples of its 240 (at least 4 are needed)",
+    ] {
+        assert!(details.contains(&want), "{want} not in {details:?}");
+    }
+    let listed: Vec<Experiment> = c.get(s.url("/api/experiments")).send().await.unwrap().json().await.unwrap();
+    assert!(listed.is_empty(), "nothing was queued");
     let r = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let e: Experiment = r.json().await.unwrap();

@@ -126,6 +126,8 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             "--tune-lr",
             "--lr-grid",
             "1e-4,5e-4",
+            "--data-fractions",
+            "0.25,0.5,1",
         ],
         2,
     );
@@ -137,9 +139,10 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             {"strategy": "separate", "merges": ["ties", "dare"]}
         ],
         "hyper": {"learning_rate": 0.001, "batch_size": 4, "max_tokens": 128, "seed": 7, "seeds": [1, 2], "bootstrap": 50,
-                  "tune_lr": true, "lr_grid": [0.0001, 0.0005]}
+                  "tune_lr": true, "lr_grid": [0.0001, 0.0005], "data_fractions": [0.25, 0.5, 1.0]}
     }));
     assert_eq!(cli.lr_search, Some(vec![1e-4, 5e-4]));
+    assert_eq!(cli.data_fractions, vec![0.25, 0.5, 1.0]);
     assert_eq!(cli, server);
 }
 
@@ -148,16 +151,21 @@ fn both_sides_refuse_the_same_bad_options() {
     let mut argv =
         vec!["multitune", "compare", "--model", "tiny", "--out", "x", "--tasks", "a", "--budget-tokens", "9"];
     argv.extend(["--strategies", "sequential", "--replay", "2", "--tune-lr", "--lr-grid", "1e-3,1e-3"]);
+    argv.extend(["--data-fractions", "0.5,0.5,1.5"]);
     let Cmd::Compare(args) = Cli::try_parse_from(&argv).unwrap().cmd else { panic!() };
     let cli_err = args.config(1).unwrap_err().to_string();
     let spec: ExperimentCreate = serde_json::from_value(serde_json::json!({
         "name": "x", "model": "tiny", "tasks": tasks(1), "budget_tokens": 9,
         "strategies": [{"strategy": "sequential", "variant": "continue", "replay": 2.0}],
-        "hyper": {"tune_lr": true, "lr_grid": [0.001, 0.001]}
+        "hyper": {"tune_lr": true, "lr_grid": [0.001, 0.001], "data_fractions": [0.5, 0.5, 1.5]}
     }))
     .unwrap();
     let server_err = multitune_server::jobs::compare_config(&spec).unwrap_err().details.join("; ");
     assert!(cli_err.contains("replay must be between 0 and 1, not 2"), "{cli_err}");
     assert!(cli_err.contains("hyper: lr_grid: a rate is listed twice"), "{cli_err}");
-    assert_eq!(cli_err, server_err);
+    // Each door names the field as its users write it.
+    assert!(cli_err.contains("--data-fractions: 1.5 is not a share of the training data"), "{cli_err}");
+    assert!(cli_err.contains("--data-fractions: 0.5 is listed twice"), "{cli_err}");
+    assert!(server_err.contains("hyper.data_fractions: 0.5 is listed twice"), "{server_err}");
+    assert_eq!(cli_err, server_err.replace("hyper.data_fractions", "--data-fractions"));
 }

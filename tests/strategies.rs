@@ -44,6 +44,7 @@ fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfi
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![],
         lr_search: None,
+        data_fractions: vec![],
     }
 }
 
@@ -485,6 +486,8 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
     let cfg = CompareConfig {
         seeds: vec![1, 2],
         lr_search: Some(grid.clone()),
+        // The search at the full data is every size's: a smaller size searches nothing.
+        data_fractions: vec![0.5],
         ..quick_compare(
             vec![
                 StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
@@ -524,6 +527,11 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
         }
     }
     assert_eq!(trained[1].lr_search, trained[2].lr_search, "the merge shares the separate run's search");
+    let half = &report.data_sizes.as_ref().unwrap().sizes[0];
+    assert_eq!(half.runs.len(), trained.len());
+    for (a, b) in half.runs.iter().zip(&trained) {
+        assert_eq!((&a.name, &a.lr_search, a.learning_rate), (&b.name, &b.lr_search, b.learning_rate));
+    }
     let left: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -535,4 +543,148 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
     let section = md.split("## Learning-rate search").nth(1).unwrap().split("\n## ").next().unwrap();
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| run |")).collect();
     assert_eq!(rows.len(), 3, "one row per search (the merge shares separate's): {rows:?}");
+}
+
+/// `--data-fractions`: every strategy trains again on nested shares of each task's
+/// training set with the budget scaled to match, scored on the same held-out examples;
+/// the base model is scored once; the report has the curves and says where the winner
+/// changes; an interrupted comparison resumes inside a smaller size.
+#[test]
+fn data_size_curves_train_every_strategy_at_every_size() {
+    use multitune::strategy::{CompareEvent, Control};
+    use multitune::train::TrainEvent;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
+    let mut tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    tasks[1].train.truncate(120);
+    let budget = 4_000;
+    let cfg = CompareConfig {
+        data_fractions: vec![0.25, 0.5, 1.0],
+        ..quick_compare(
+            vec![
+                StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
+                StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
+            ],
+            budget,
+            TrainConfig { checkpoint_every: 2, ..quick_train(5e-3) },
+        )
+    };
+    let base = Base { model: &model, tokenizer: &tok, name: "tiny" };
+    let whole = tempfile::tempdir().unwrap();
+    let (mut started, mut base_scored) = (Vec::new(), 0);
+    let want = run_tiny(&model, &tok, &tasks, &cfg, whole.path(), &mut |e| match e {
+        CompareEvent::RunStarted { run, index, of } => started.push(format!("{index}/{of} {run}")),
+        CompareEvent::Evaluated { run, .. } if run == "base" => base_scored += 1,
+        _ => {}
+    })
+    .unwrap();
+    // The full data first (the comparison itself), then the smaller sizes, largest first.
+    assert_eq!(
+        started,
+        [
+            "0/6 combined (proportional)",
+            "1/6 sequential (continue)",
+            "2/6 combined (proportional) [50% data]",
+            "3/6 sequential (continue) [50% data]",
+            "4/6 combined (proportional) [25% data]",
+            "5/6 sequential (continue) [25% data]",
+        ]
+    );
+    assert_eq!(base_scored, tasks.len(), "the base model is scored once, for every size");
+    let curves = want.data_sizes.as_ref().expect("data-size curves");
+    let fractions: Vec<f64> = curves.sizes.iter().map(|s| s.fraction).collect();
+    assert_eq!(fractions, [0.25, 0.5, 1.0]);
+    let longest = tasks
+        .iter()
+        .flat_map(|t| multitune::train::encode_all(&tok, &t.train, None, cfg.train.max_seq_len).unwrap())
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap();
+    let full: Vec<_> = want.runs.iter().filter(|r| !r.is_base()).collect();
+    for (k, size) in curves.sizes.iter().enumerate() {
+        let want_examples: Vec<usize> =
+            [300, 120].iter().map(|&n| (n as f64 * size.fraction).round() as usize).collect();
+        assert_eq!(size.examples, want_examples, "{}", size.fraction);
+        let runs = want.runs_at(k);
+        assert_eq!(runs.len(), full.len());
+        let scaled = (budget as f64 * size.fraction).round() as usize;
+        for (r, f) in runs.iter().zip(&full) {
+            assert_eq!(r.name, f.name, "the same run names at every size");
+            let trainings = if r.strategy == "combined" { 1 } else { tasks.len() };
+            assert!(
+                r.tokens <= scaled && scaled - r.tokens < trainings * (longest + 1),
+                "{} at {}: {} tokens for a budget of {scaled}",
+                r.name,
+                size.fraction,
+                r.tokens
+            );
+            for (a, b) in r.scores.iter().zip(&f.scores) {
+                assert_eq!(a.per_example.len(), b.per_example.len(), "the same held-out examples");
+            }
+            if size.fraction < 1.0 {
+                assert!(r.forgetting.is_none(), "a smaller size scores its runs' final models only");
+                assert!(r.adapter_dirs.iter().all(|d| d.contains("/sizes/")), "{:?}", r.adapter_dirs);
+            }
+        }
+        let best = runs.iter().map(|r| r.macro_average().value).fold(f64::NEG_INFINITY, f64::max);
+        let leader = runs.iter().find(|r| r.name == size.leader).expect("the leader is one of the size's runs");
+        assert_eq!(leader.macro_average().value, best, "the leader has the best macro average");
+        let lead = size.lead.as_ref().expect("a paired lead");
+        assert_eq!(lead.run, size.leader);
+        assert!(lead.difference.value >= 0.0);
+    }
+    assert!(!curves.text.is_empty());
+    let md = std::fs::read_to_string(whole.path().join("report.md")).unwrap();
+    assert!(md.contains("## Data-size curves") && md.contains(&curves.text), "{md}");
+    assert!(whole.path().join("charts/curves.svg").exists());
+
+    // Interrupted inside the 50% size: resumed, every finished run (of every size) comes
+    // from its record, and the curves are the uninterrupted ones.
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let cancel = AtomicBool::new(false);
+    let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
+    let mut steps = 0;
+    let err = compare(&base, &tasks, &cfg, out.path(), control, &mut |e| {
+        if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
+            if run == "sequential (continue) [50% data]" {
+                steps += 1;
+                if steps == 3 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, multitune::Error::Cancelled), "{err}");
+    cancel.store(false, Ordering::Relaxed);
+    let mut runs = Vec::new();
+    let got = compare(&base, &tasks, &cfg, out.path(), control, &mut |e| match e {
+        CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
+        CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {index}/{of} {run}")),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(
+        runs,
+        [
+            "restored 0/6 combined (proportional)",
+            "restored 1/6 sequential (continue)",
+            "restored 2/6 combined (proportional) [50% data]",
+            "started sequential (continue) [50% data]",
+            "started combined (proportional) [25% data]",
+            "started sequential (continue) [25% data]",
+        ]
+    );
+    let (a, b) = (want.data_sizes.unwrap(), got.data_sizes.unwrap());
+    assert_eq!(a.text, b.text);
+    for (x, y) in a.sizes.iter().zip(&b.sizes) {
+        assert_eq!(x.leader, y.leader);
+        for (p, q) in x.runs.iter().zip(&y.runs) {
+            assert_eq!((&p.name, p.tokens, &p.losses), (&q.name, q.tokens, &q.losses));
+            let (sp, sq): (Vec<f64>, Vec<f64>) =
+                (p.scores.iter().map(|s| s.value.value).collect(), q.scores.iter().map(|s| s.value.value).collect());
+            assert_eq!(sp, sq, "{}", p.name);
+        }
+    }
 }

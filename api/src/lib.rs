@@ -432,6 +432,10 @@ pub struct Hyper {
     pub tune_lr: bool,
     /// The rates searched (empty: [`defaults::LR_GRID`]).
     pub lr_grid: Vec<f64>,
+    /// Data-size curves: also train every strategy on these shares of each task's
+    /// training set, each in (0, 1] (1, the full data, is always run: it is the
+    /// comparison itself). Empty: the full data only.
+    pub data_fractions: Vec<f64>,
 }
 
 impl Default for Hyper {
@@ -449,6 +453,7 @@ impl Default for Hyper {
             checkpoint_every: defaults::CHECKPOINT_EVERY,
             tune_lr: false,
             lr_grid: vec![],
+            data_fractions: vec![],
         }
     }
 }

@@ -258,6 +258,55 @@ pub struct Report<C = serde_json::Value> {
     /// Holm-adjusted over all pairs: the compare page's matrix.
     #[serde(default)]
     pub pairwise: Vec<Comparison>,
+    /// Data-size curves, when the comparison trained at several sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sizes: Option<DataSizes>,
+}
+
+/// Data-size curves: every strategy trained again on nested, seeded shares of each task's
+/// training set (the budget scaled with the share, so every size trains the same number
+/// of epochs), scored on the same held-out examples as the full comparison.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSizes {
+    /// Every size, smallest first; the last is the full data.
+    pub sizes: Vec<DataSize>,
+    /// Where the winner changes, or that it does not, in words.
+    pub text: String,
+}
+
+/// The runs of one data size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSize {
+    /// The share of every task's training set (1 for the full data).
+    pub fraction: f64,
+    /// Training examples of each task at this size, in the report's task order.
+    pub examples: Vec<usize>,
+    /// The trained runs at this size, named as in the report's `runs`; empty for the full
+    /// data, whose runs are the report's `runs` (see [`Report::runs_at`]).
+    pub runs: Vec<RunResult>,
+    /// The run with the best macro average at this size.
+    pub leader: String,
+    /// The leader against the runner-up on the macro average, paired on the held-out
+    /// examples (Holm-adjusted over the sizes); `None` with one trained run.
+    pub lead: Option<Comparison>,
+}
+
+impl DataSize {
+    /// Mean training examples per task.
+    pub fn mean_examples(&self) -> f64 {
+        self.examples.iter().sum::<usize>() as f64 / self.examples.len().max(1) as f64
+    }
+}
+
+impl<C> Report<C> {
+    /// The trained runs at data size `k` of [`Report::data_sizes`] (the report's own runs
+    /// for the full data).
+    pub fn runs_at(&self, k: usize) -> Vec<&RunResult> {
+        match self.data_sizes.as_ref().and_then(|d| d.sizes.get(k)) {
+            Some(s) if s.fraction < 1.0 => s.runs.iter().collect(),
+            _ => self.runs.iter().filter(|r| !r.is_base()).collect(),
+        }
+    }
 }
 
 /// One trial of the search: a candidate rate trained on a rung's budget and scored on the

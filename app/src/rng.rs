@@ -62,6 +62,8 @@ pub mod streams {
     pub const SPLIT: u64 = 6;
     /// Micro-batch order inside a length-grouping window.
     pub const GROUPING: u64 = 7;
+    /// The nested subsets of a comparison's data sizes.
+    pub const DATA_SIZE: u64 = 8;
 }
 
 #[cfg(test)]

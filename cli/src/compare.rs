@@ -92,6 +92,12 @@ pub struct CompareArgs {
     /// The rates --tune-lr tries, comma-separated [default: 3e-4,1e-3,3e-3].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Vec<f64>,
+    /// Data-size curves: also train every strategy on these shares of each task's
+    /// training set, comma-separated, each in (0, 1] (e.g. 0.25,0.5,1; the full data
+    /// always runs). Nested seeded subsets, the budget scaled with the share, the same
+    /// held-out examples; the report says where the winner changes.
+    #[arg(long, value_delimiter = ',')]
+    pub data_fractions: Vec<f64>,
 }
 
 impl CompareArgs {
@@ -109,6 +115,7 @@ impl CompareArgs {
             bootstrap: self.bootstrap,
             tune_lr: self.tune_lr,
             lr_grid: self.lr_grid.clone(),
+            data_fractions: self.data_fractions.clone(),
             ..Hyper::default()
         }
     }
@@ -155,7 +162,19 @@ impl CompareArgs {
     /// The comparison these flags describe for `n_tasks` tasks, checked whole.
     pub fn config(&self, n_tasks: usize) -> anyhow::Result<CompareConfig> {
         strategy::compare_config(&self.strategies()?, self.budget_tokens, &self.hyper(), n_tasks)
-            .map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))
+            .map_err(|problems| flag_problems(&problems))
+    }
+
+    /// What is wrong with the data fractions for these tasks (a size leaving a task too
+    /// few training examples).
+    fn check_sizes(&self, tasks: &[TaskData]) -> anyhow::Result<()> {
+        let sized: Vec<(&str, usize)> = tasks.iter().map(|t| (t.name.as_str(), t.train.len())).collect();
+        let problems = strategy::request::size_problems(&self.hyper(), &sized);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(flag_problems(&problems))
+        }
     }
 
     /// Every task file with its held-out examples: `--eval-dir/<task>.jsonl`, else an
@@ -185,6 +204,7 @@ impl CompareArgs {
     pub(super) fn run(&self, cli: &Cli, device: &Device) -> anyhow::Result<()> {
         let cfg = self.config(self.tasks.len())?;
         let tasks = self.tasks()?;
+        self.check_sizes(&tasks)?;
         // Before any training: what these held-out sets can tell apart.
         let sizes: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
         eprintln!("{}", strategy::report::power(&sizes).text);
@@ -230,4 +250,11 @@ impl CompareArgs {
         println!("report: {}", self.out.join("report.md").display());
         Ok(())
     }
+}
+
+/// The contract's problems as one error naming the flags (`--data-fractions`, not the
+/// API's `hyper.data_fractions`).
+fn flag_problems(problems: &[String]) -> anyhow::Error {
+    let text = problems.join("; ").replace(strategy::request::FRACTIONS, "--data-fractions");
+    anyhow::anyhow!("{text}")
 }

@@ -32,6 +32,8 @@ pub struct FormFields {
     pub seeds: String,
     /// Tune each strategy's learning rate.
     pub tune_lr: bool,
+    /// Data-size curves: shares of the training data (blank: the full data only).
+    pub data_fractions: String,
 }
 
 impl Default for FormFields {
@@ -47,17 +49,23 @@ impl Default for FormFields {
             batch: h.batch_size.to_string(),
             max_tokens: h.max_tokens.to_string(),
             eval_limit: h.eval_limit.map(|l| l.to_string()).unwrap_or_default(),
-            seeds: h.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            seeds: list(&h.seeds),
             tune_lr: h.tune_lr,
+            data_fractions: list(&h.data_fractions),
         }
     }
+}
+
+/// Numbers as the form shows a list of them: `0.25,0.5`.
+fn list<T: ToString>(xs: &[T]) -> String {
+    xs.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
 impl FormFields {
     /// The request these fields make for the chosen tasks (dataset id, held-out dataset
     /// id or ""); every field that is not a number is named.
     pub fn request(&self, tasks: &[(String, String)]) -> Result<ExperimentCreate, Vec<String>> {
-        let hyper = parse_hyper(&self.lr, &self.rank, &self.batch, &self.max_tokens, &self.eval_limit, &self.seeds);
+        let hyper = self.hyper();
         let budget = self.budget.trim().parse::<usize>();
         let (hyper, budget_tokens) = match (hyper, budget) {
             (Ok(h), Ok(b)) => (h, b),
@@ -83,9 +91,78 @@ impl FormFields {
                 .map(|(s, _)| s)
                 .collect(),
             budget_tokens,
-            hyper: Hyper { tune_lr: self.tune_lr, ..hyper },
+            hyper,
         })
     }
+
+    /// The hyper-parameters typed into the form; each field that is not a number is named.
+    pub fn hyper(&self) -> Result<Hyper, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut num = |name: &str, v: &str| -> Option<f64> {
+            let r = v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+            if r.is_none() {
+                errors.push(format!("{name}: `{v}` is not a number"));
+            }
+            r
+        };
+        let learning_rate = num("learning rate", &self.lr).unwrap_or(0.0);
+        let rank = num("LoRA rank", &self.rank).unwrap_or(0.0) as usize;
+        let batch_size = num("batch size", &self.batch).unwrap_or(0.0) as usize;
+        let max_tokens = num("longest example", &self.max_tokens).unwrap_or(0.0) as usize;
+        let eval_limit = if self.eval_limit.trim().is_empty() {
+            None
+        } else {
+            num("held-out examples", &self.eval_limit).map(|v| v as usize)
+        };
+        let seeds = parse_list(&self.seeds, "seeds", "a whole number", &mut errors);
+        let data_fractions = parse_list(&self.data_fractions, "data sizes", "a number", &mut errors);
+        let h = Hyper {
+            learning_rate,
+            rank,
+            batch_size,
+            max_tokens,
+            eval_limit,
+            seeds,
+            tune_lr: self.tune_lr,
+            data_fractions,
+            ..Hyper::default()
+        };
+        if errors.is_empty() {
+            Ok(h)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// How many comparisons' worth of training the data sizes add up to: 1 for the full
+    /// data, plus each smaller share (the budget scales with it).
+    pub fn size_factor(&self) -> f64 {
+        let mut f: Vec<f64> = self
+            .data_fractions
+            .split(',')
+            .filter_map(|s| s.trim().parse::<f64>().ok())
+            .filter(|f| *f > 0.0 && *f < 1.0)
+            .collect();
+        f.sort_by(f64::total_cmp);
+        f.dedup();
+        1.0 + f.iter().sum::<f64>()
+    }
+}
+
+/// A comma-separated list typed into the form; each item that does not parse is named
+/// (`seeds: `x` is not a whole number`).
+fn parse_list<T: std::str::FromStr>(text: &str, field: &str, what: &str, errors: &mut Vec<String>) -> Vec<T> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let v = s.parse().ok();
+            if v.is_none() {
+                errors.push(format!("{field}: `{s}` is not {what}"));
+            }
+            v
+        })
+        .collect()
 }
 
 /// Median training throughput reported by earlier runs on `model`.
@@ -119,53 +196,6 @@ pub fn held_out_sizes(datasets: &[Dataset], chosen: &[(String, String)], eval_li
             Some(limit.map_or(n, |l| n.min(l)).max(1))
         })
         .collect()
-}
-
-/// The hyper-parameters typed into the form; each field that is not a number is named.
-pub fn parse_hyper(
-    lr: &str,
-    rank: &str,
-    batch: &str,
-    max_tokens: &str,
-    eval_limit: &str,
-    seeds: &str,
-) -> Result<Hyper, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut num = |name: &str, v: &str| -> Option<f64> {
-        let r = v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
-        if r.is_none() {
-            errors.push(format!("{name}: `{v}` is not a number"));
-        }
-        r
-    };
-    let h = Hyper {
-        learning_rate: num("learning rate", lr).unwrap_or(0.0),
-        rank: num("LoRA rank", rank).unwrap_or(0.0) as usize,
-        batch_size: num("batch size", batch).unwrap_or(0.0) as usize,
-        max_tokens: num("longest example", max_tokens).unwrap_or(0.0) as usize,
-        eval_limit: if eval_limit.trim().is_empty() {
-            None
-        } else {
-            num("held-out examples", eval_limit).map(|v| v as usize)
-        },
-        seeds: seeds
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .filter_map(|s| {
-                let v = s.trim().parse().ok();
-                if v.is_none() {
-                    errors.push(format!("seeds: `{}` is not a whole number", s.trim()));
-                }
-                v
-            })
-            .collect(),
-        ..Hyper::default()
-    };
-    if errors.is_empty() {
-        Ok(h)
-    } else {
-        Err(errors)
-    }
 }
 
 #[cfg(test)]
@@ -217,12 +247,26 @@ mod tests {
 
     #[test]
     fn typed_settings_parse_or_name_the_bad_field() {
-        let h = parse_hyper("0.005", "8", "4", "192", "", "1, 2").unwrap();
+        let typed = |lr: &str, eval_limit: &str, seeds: &str, data_fractions: &str| FormFields {
+            lr: lr.into(),
+            rank: "8".into(),
+            batch: "4".into(),
+            max_tokens: "192".into(),
+            eval_limit: eval_limit.into(),
+            seeds: seeds.into(),
+            data_fractions: data_fractions.into(),
+            ..FormFields::default()
+        };
+        let f = typed("0.005", "", "1, 2", "0.25, 0.5,1");
+        let h = f.hyper().unwrap();
         assert_eq!((h.learning_rate, h.rank, h.batch_size, h.max_tokens, h.eval_limit), (0.005, 8, 4, 192, None));
         assert_eq!(h.seeds, vec![1, 2]);
-        let e = parse_hyper("fast", "8", "4", "192", "x", "1,a").unwrap_err();
-        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(h.data_fractions, vec![0.25, 0.5, 1.0]);
+        assert_eq!(f.size_factor(), 1.75, "the full data and the two smaller shares");
+        let e = typed("fast", "x", "1,a", "half").hyper().unwrap_err();
+        assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].starts_with("learning rate") && e[1].starts_with("held-out") && e[2].starts_with("seeds"));
+        assert_eq!(e[3], "data sizes: `half` is not a number");
     }
 
     #[test]

@@ -66,6 +66,36 @@ pub fn score_rows(report: &Report) -> (Vec<String>, Vec<ScoreRow>) {
     (tasks, rows)
 }
 
+/// A row of the data-size table: the run, and at each size its macro average and whether
+/// it leads there (`None` where a size lacks the run).
+pub type SizeRow = (String, Vec<Option<(String, bool)>>);
+
+/// The data-size curves as a table: one column per size (`25% · ~75 per task`), one row
+/// per run. Empty without curves.
+pub fn size_rows(report: &Report) -> (Vec<String>, Vec<SizeRow>) {
+    let Some(d) = &report.data_sizes else { return (vec![], vec![]) };
+    let headers = d
+        .sizes
+        .iter()
+        .map(|s| format!("{}% · ~{:.0} per task", (s.fraction * 1000.0).round() / 10.0, s.mean_examples()))
+        .collect();
+    let names: Vec<String> = report.runs_at(d.sizes.len().saturating_sub(1)).iter().map(|r| r.name.clone()).collect();
+    let rows = names
+        .into_iter()
+        .map(|name| {
+            let cells = (0..d.sizes.len())
+                .map(|k| {
+                    let r = report.runs_at(k).into_iter().find(|r| r.name == name)?;
+                    let m = r.macro_average();
+                    Some((format::with_interval(m.value, m.lo, m.hi), d.sizes[k].leader == name))
+                })
+                .collect();
+            (name, cells)
+        })
+        .collect();
+    (headers, rows)
+}
+
 /// One cell of the pairwise matrix: the text and the CSS class of its verdict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairCell {
@@ -288,6 +318,38 @@ mod tests {
         let s = task_standings(&r);
         assert_eq!(s[0], ("a".to_string(), "cannot tell against: y".to_string()));
         assert_eq!(s[1], ("b".to_string(), "x beats: y".to_string()));
+    }
+
+    #[test]
+    fn data_sizes_become_a_table_with_each_sizes_leader() {
+        use multitune_api::report::{DataSize, DataSizes};
+        let size = |fraction: f64, examples: usize, leader: &str, runs: Vec<RunResult>| DataSize {
+            fraction,
+            examples: vec![examples, examples + 2],
+            runs,
+            leader: leader.into(),
+            lead: None,
+        };
+        let r: Report = Report {
+            tasks: tasks(&[("a", "c")]),
+            runs: vec![run("base model", "base", &[0.2]), run("x", "combined", &[0.8]), run("y", "separate", &[0.6])],
+            data_sizes: Some(DataSizes {
+                sizes: vec![
+                    size(0.25, 10, "y", vec![run("x", "combined", &[0.3]), run("y", "separate", &[0.5])]),
+                    size(1.0, 40, "x", vec![]),
+                ],
+                text: "Up to ~11 examples per task y leads".into(),
+            }),
+            ..Default::default()
+        };
+        let (headers, rows) = size_rows(&r);
+        assert_eq!(headers, ["25% · ~11 per task", "100% · ~41 per task"]);
+        assert_eq!(rows.len(), 2, "the trained runs, not the base model");
+        assert_eq!(rows[0].0, "x");
+        assert_eq!(rows[0].1[0], Some(("30.0% [20.0, 40.0]".to_string(), false)));
+        assert_eq!(rows[0].1[1], Some(("80.0% [70.0, 90.0]".to_string(), true)));
+        assert_eq!(rows[1].1[0].as_ref().map(|c| c.1), Some(true));
+        assert_eq!(size_rows(&Report::default()), (vec![], vec![]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Report charts drawn with plotters, each as SVG and PNG: loss curves of every run,
 //! grouped bars of per-task scores with their 95% intervals, a forest plot of the paired
-//! differences to the best run and to the base model, forgetting heatmaps and cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
+//! differences to the best run and to the base model, the data-size curves, forgetting
+//! heatmaps and cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -159,6 +160,55 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Lo
     }
     chart
         .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// Learning curves: each run's macro average (its 95% interval as a band) against the
+/// training examples per task, on a logarithmic axis (the sizes are shares of the data).
+pub fn learning_curves<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    examples: &[f64],
+    runs: &[(String, Vec<Estimate>)],
+) -> Drawn {
+    let lo = examples.iter().copied().fold(f64::INFINITY, f64::min).max(1.0);
+    let hi = examples.iter().copied().fold(0.0, f64::max).max(lo * 1.5);
+    let mut chart = ChartBuilder::on(area)
+        .caption("Score by data size", (FONT, 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((lo / 1.15..hi * 1.15).log_scale(), 0.0..100.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("training examples per task (mean over tasks)")
+        .y_desc("macro average, % (band: 95% interval)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (name, points)) in runs.iter().enumerate() {
+        let c = color(i);
+        let upper = examples.iter().zip(points).map(|(&x, e)| (x, 100.0 * e.hi));
+        let lower = examples.iter().zip(points).rev().map(|(&x, e)| (x, 100.0 * e.lo));
+        chart
+            .draw_series(std::iter::once(Polygon::new(upper.chain(lower).collect::<Vec<_>>(), c.mix(0.15).filled())))
+            .map_err(|e| e.to_string())?;
+        let line: Vec<(f64, f64)> = examples.iter().zip(points).map(|(&x, e)| (x, 100.0 * e.value)).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+        chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, c.filled()))).map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .label_font((FONT, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -385,6 +435,17 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         let panels = [(format!("against the best ({best})"), to_best), ("against the base model".to_string(), to_base)];
         let panels: Vec<(&str, Vec<ForestRow>)> = panels.iter().map(|(t, r)| (t.as_str(), r.clone())).collect();
         save("differences", both!(|a| forest(a, &panels))?)?;
+    }
+    if let Some(d) = &report.data_sizes {
+        let examples: Vec<f64> = d.sizes.iter().map(|s| s.mean_examples()).collect();
+        let curves: Vec<(String, Vec<Estimate>)> = trained
+            .iter()
+            .map(|r| {
+                let at = |k: usize| report.runs_at(k).into_iter().find(|x| x.name == r.name).map(|x| x.macro_average());
+                (r.name.clone(), (0..d.sizes.len()).map(|k| at(k).unwrap_or_default()).collect())
+            })
+            .collect();
+        save("curves", both!(|a| learning_curves(a, &examples, &curves))?)?;
     }
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;

@@ -4,7 +4,7 @@
 //! stages checkpoint in the state folder, so a comparison started again continues.
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::adapter::peft;
@@ -14,6 +14,7 @@ use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
 use crate::strategy::lr_search::{self, LrSearch};
 use crate::strategy::report::{self, Report, RunCost, RunResult};
+use crate::strategy::sizes;
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
 use crate::strategy::{combined, multi_head, separate, sequential};
@@ -22,7 +23,9 @@ use crate::train::TrainConfig;
 use crate::{Error, Result};
 
 /// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
-/// adapters (under `out/adapters`) into `out`.
+/// adapters (under `out/adapters`) into `out`. With data fractions, every strategy then
+/// trains again at each smaller size (its runs, adapters and records under
+/// `out/sizes/<percent>`), and the report gains the data-size curves.
 pub fn compare(
     base: &Base,
     tasks: &[TaskData],
@@ -37,19 +40,91 @@ pub fn compare(
         curves.observe(e);
         on_event(e)
     };
+    let setup = Setup { base, tasks, cfg, out, control };
+    let mut runs = vec![score_base(setup, on_event)?];
+    let mut searches = vec![None; cfg.strategies.len()];
+    let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
     let seeds = seeds_of(cfg);
-    let mut runs = vec![score_base(base, tasks, cfg, out, control, on_event)?];
-    let (per_seed, separate_adapters) = run_seeds(base, tasks, cfg, out, control, None, on_event)?;
     runs.extend(report::aggregate(per_seed, &seeds));
+    let mut smaller = Vec::new();
+    for size in Size::smaller(cfg) {
+        let (sub, scfg, sout) = size.setup(tasks, cfg, out);
+        let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
+        let (per_seed, _) = run_seeds(at, size, None, &mut searches, on_event)?;
+        smaller.push(report::SizeRows {
+            fraction: size.fraction,
+            examples: sub.iter().map(|t| t.train.len()).collect(),
+            runs: report::aggregate(per_seed, &seeds),
+        });
+    }
     let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
         Some(report::similarity(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
     } else {
         None
     };
-    let report = report::build(tasks, cfg, runs, similarity);
+    let report = report::build(tasks, cfg, runs, similarity, smaller);
     report::write(&report, out)?;
     crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
     Ok(report)
+}
+
+/// What every part of a comparison runs on: the base model, the tasks, the settings, the
+/// output folder and how it is stopped and resumed.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    base: &'a Base<'a>,
+    tasks: &'a [TaskData],
+    cfg: &'a CompareConfig,
+    out: &'a Path,
+    control: Control<'a>,
+}
+
+/// One data size of a comparison: its position (0: the full data, the comparison
+/// itself; then the smaller ones, largest first), how many there are, and its share.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    index: usize,
+    count: usize,
+    fraction: f64,
+}
+
+impl Size {
+    fn full(cfg: &CompareConfig) -> Self {
+        Self { index: 0, count: 1 + sizes::smaller(cfg).len(), fraction: 1.0 }
+    }
+
+    /// The sizes below the full data.
+    fn smaller(cfg: &CompareConfig) -> Vec<Self> {
+        let fractions = sizes::smaller(cfg);
+        let count = 1 + fractions.len();
+        fractions.into_iter().enumerate().map(|(i, fraction)| Self { index: i + 1, count, fraction }).collect()
+    }
+
+    /// Appended to its run names (nothing for the full data).
+    fn suffix(&self) -> String {
+        if self.index == 0 {
+            String::new()
+        } else {
+            sizes::suffix(self.fraction)
+        }
+    }
+
+    /// Begins its records' and checkpoints' keys (nothing for the full data, so the
+    /// full comparison's files are named as without sizes).
+    fn key(&self) -> String {
+        if self.index == 0 {
+            String::new()
+        } else {
+            format!("f{}-", self.index)
+        }
+    }
+
+    /// Its tasks (the training sets cut to its share), settings (the budget scaled) and
+    /// output folder.
+    fn setup(&self, tasks: &[TaskData], cfg: &CompareConfig, out: &Path) -> (Vec<TaskData>, CompareConfig, PathBuf) {
+        let dir = out.join("sizes").join(slug(&sizes::percent(self.fraction)));
+        (sizes::subset(tasks, self.fraction, cfg.eval.seed), sizes::scaled(cfg, self.fraction), dir)
+    }
 }
 
 /// Every run's training curves and evaluations as TensorBoard event files, in
@@ -110,60 +185,60 @@ fn start(tasks: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()
         return Err(Error::Invalid("the token budget must be positive".into()));
     }
     cfg.train.validate()?;
+    let sized: Vec<(&str, usize)> = tasks.iter().map(|t| (t.name.as_str(), t.train.len())).collect();
+    let problems = [sizes::fraction_problems(&cfg.data_fractions), sizes::size_problems(&cfg.data_fractions, &sized)];
+    if let Some(p) = problems.iter().flatten().next() {
+        return Err(Error::Invalid(format!("data fractions: {p}")));
+    }
     if let Some(d) = control.state_dir {
         std::fs::create_dir_all(d)?;
     }
     Ok(())
 }
 
-/// The base model's row ([`base_run`] in its own context).
-fn score_base(
-    base: &Base,
-    tasks: &[TaskData],
-    cfg: &CompareConfig,
-    out: &Path,
-    control: Control,
-    on_event: &mut dyn FnMut(&CompareEvent),
-) -> Result<RunResult> {
+/// The base model's row ([`base_run`] in its own context). The held-out examples are the
+/// same at every data size: it is scored once.
+fn score_base(setup: Setup, on_event: &mut dyn FnMut(&CompareEvent)) -> Result<RunResult> {
+    let Setup { base, tasks, cfg, out, control } = setup;
     let (suffix, key, shared) = (String::new(), "base".into(), &RefCell::default());
     let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, on_event };
     base_run(&mut ctx)
 }
 
-/// Runs every strategy (or only strategy `only`) for every seed of `cfg`: each seed's
-/// rows (the seed suffix taken off their names) and the first seed's separate adapters.
-/// A later seed trains into `out/seeds/seed-<seed>`.
+/// Runs every strategy (or only strategy `only`) at data size `size` for every seed of
+/// `setup.cfg`: each seed's rows (the size's and seed's suffixes taken off their names)
+/// and the first seed's separate adapters. A later seed trains into
+/// `out/seeds/seed-<seed>`. `searches[i]` is strategy i's learning-rate search, once done
+/// (the first size's is every size's).
 fn run_seeds(
-    base: &Base,
-    tasks: &[TaskData],
-    cfg: &CompareConfig,
-    out: &Path,
-    control: Control,
+    setup: Setup,
+    size: Size,
     only: Option<usize>,
+    searches: &mut [Option<LrSearch>],
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<(Vec<Vec<RunResult>>, Vec<LoraAdapter>)> {
+    let Setup { base, tasks, cfg, out, control } = setup;
     let seeds = seeds_of(cfg);
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
-    let mut searches: Vec<Option<LrSearch>> = vec![None; cfg.strategies.len()];
     for (k, &seed) in seeds.iter().enumerate() {
         let scfg = CompareConfig { train: TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() };
         let sout = if k == 0 { out.to_path_buf() } else { out.join("seeds").join(format!("seed-{seed}")) };
-        let suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
+        let seed_suffix = if seeds.len() > 1 { format!(" [seed {seed}]") } else { String::new() };
         let mut ctx = Ctx {
             base,
             tasks,
             cfg: &scfg,
             out: &sout,
-            suffix,
+            suffix: format!("{}{seed_suffix}", size.suffix()),
             control,
             key: String::new(),
-            score_stages: true,
+            // A smaller size's runs are its curve's points: their final scores only.
+            score_stages: size.index == 0,
             shared: &RefCell::default(),
             on_event: &mut *on_event,
         };
-        let n = cfg.strategies.len();
-        let (seed_runs, adapters) = run_strategies(&mut ctx, k, n * seeds.len(), &mut searches, only)?;
+        let (seed_runs, adapters) = run_strategies(&mut ctx, k, size, searches, only)?;
         if k == 0 {
             separate_adapters = adapters;
         }
@@ -269,12 +344,16 @@ impl Part {
     }
 }
 
-/// The record files (in the state folder) that `part` of `cfg` leaves when it finishes.
+/// The record files (in the state folder) that `part` of `cfg` leaves when it finishes
+/// (a strategy's: one per data size and seed).
 pub fn part_records(cfg: &CompareConfig, part: Part) -> Vec<String> {
     let seeds = seeds_of(cfg).len();
     match part {
         Part::Base => vec!["done-base.json".into()],
-        Part::Strategy(si) => (0..seeds).map(|k| format!("done-s{k}-r{si}.json")).collect(),
+        Part::Strategy(si) => std::iter::once(Size::full(cfg))
+            .chain(Size::smaller(cfg))
+            .flat_map(|size| (0..seeds).map(move |k| format!("done-{}s{k}-r{si}.json", size.key())))
+            .collect(),
     }
 }
 
@@ -303,9 +382,19 @@ pub fn compare_part(
         curves.observe(e);
         on_event(e)
     };
+    let setup = Setup { base, tasks, cfg, out, control };
     match part {
-        Part::Base => score_base(base, tasks, cfg, out, control, on_event).map(drop),
-        Part::Strategy(si) => run_seeds(base, tasks, cfg, out, control, Some(si), on_event).map(drop),
+        Part::Base => score_base(setup, on_event).map(drop),
+        Part::Strategy(si) => {
+            let mut searches = vec![None; cfg.strategies.len()];
+            run_seeds(setup, Size::full(cfg), Some(si), &mut searches, on_event)?;
+            for size in Size::smaller(cfg) {
+                let (sub, scfg, sout) = size.setup(tasks, cfg, out);
+                let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
+                run_seeds(at, size, Some(si), &mut searches, on_event)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -319,19 +408,21 @@ fn write_record<T: serde::Serialize + ?Sized>(path: &Path, record: &T) -> Result
     crate::persist::write_atomic(path, serde_json::to_string(record)?.as_bytes())
 }
 
-/// Runs every strategy once for seed number `k`; events number runs out of `of`.
-/// Returns the rows (a separate run adds one per merge) and the per-task adapters of the
+/// Runs every strategy once for seed number `k` at data size `size` (events number the
+/// runs of every size and seed). Returns the rows (a separate run adds one per merge) and the per-task adapters of the
 /// separate strategy, which the similarity matrix compares. With a learning-rate search,
 /// `searches[i]` is strategy i's (searched for the first seed, reused for the others).
 fn run_strategies(
     ctx: &mut Ctx,
     k: usize,
-    of: usize,
+    size: Size,
     searches: &mut [Option<LrSearch>],
     only: Option<usize>,
 ) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
     let model = ctx.base.model;
-    let first = k * ctx.cfg.strategies.len();
+    let (n, seeds) = (ctx.cfg.strategies.len(), seeds_of(ctx.cfg).len());
+    let first = (size.index * seeds + k) * n;
+    let of = n * seeds * size.count;
     let mut runs: Vec<RunResult> = Vec::new();
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
     for (si, spec) in ctx.cfg.strategies.iter().enumerate() {
@@ -339,7 +430,7 @@ fn run_strategies(
             continue;
         }
         let name = format!("{}{}", spec.name(), ctx.suffix);
-        ctx.key = format!("s{k}-r{si}");
+        ctx.key = format!("{}s{k}-r{si}", size.key());
         let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
         if let Some(done) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
             // Finished before an interruption: take its results, and reload the per-task
@@ -435,6 +526,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             seeds: vec![],
             lr_search: None,
             strategies: vec![trial_spec.clone()],
+            data_fractions: vec![],
         };
         let prefix = format!("{LR_TRIAL_PREFIX}{lr:e} · ");
         let on = &mut *ctx.on_event;

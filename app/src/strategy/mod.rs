@@ -9,8 +9,8 @@
 //! the server alike) into [`StrategySpec`]s and a [`CompareConfig`], [`compare()`] runs
 //! them, one module per strategy ([`lr_search`] first picks each one's learning rate
 //! when asked; [`heads`] is the multi-head strategy's model: its per-task heads, their
-//! training objective, inference and files), and [`report`] and [`charts`] present the
-//! result.
+//! training objective, inference and files; [`sizes`] cuts the training sets for the
+//! data-size curves), and [`report`] and [`charts`] present the result.
 
 pub mod charts;
 mod combined;
@@ -24,6 +24,7 @@ pub mod report;
 pub mod request;
 pub mod separate;
 mod sequential;
+pub mod sizes;
 pub mod spec;
 pub mod task;
 

@@ -11,6 +11,7 @@ use crate::eval::EvalOptions;
 use crate::model::lora::LoraConfig;
 use crate::strategy::lr_search;
 use crate::strategy::mixing::Mixing;
+use crate::strategy::sizes;
 use crate::strategy::spec::{strategy_problems, CompareConfig, StrategySpec};
 use crate::train::TrainConfig;
 
@@ -96,6 +97,7 @@ pub fn compare_config(
         problems.push("hyper: lr_grid is only used with tune_lr".into());
     }
     problems.extend(strategy_problems(&specs, n_tasks));
+    problems.extend(sizes::fraction_problems(&h.data_fractions).into_iter().map(|p| format!("{FRACTIONS}: {p}")));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -106,7 +108,17 @@ pub fn compare_config(
         eval: eval_options(h),
         seeds: h.seeds.clone(),
         lr_search: h.tune_lr.then_some(grid),
+        data_fractions: h.data_fractions.clone(),
     })
+}
+
+/// How problems with the data fractions name their field.
+pub const FRACTIONS: &str = "hyper.data_fractions";
+
+/// What is wrong with `h`'s data fractions for tasks of these training sizes
+/// (`(name, examples)`): a size leaving a task too few examples, each naming the field.
+pub fn size_problems(h: &Hyper, tasks: &[(&str, usize)]) -> Vec<String> {
+    sizes::size_problems(&h.data_fractions, tasks).into_iter().map(|p| format!("{FRACTIONS}: {p}")).collect()
 }
 
 #[cfg(test)]
@@ -145,6 +157,17 @@ mod tests {
         assert!(p.iter().any(|s| s == "strategies: the same strategy is listed twice"), "{p:?}");
         let p = compare_config(&[], 100, &Hyper::default(), 2).unwrap_err();
         assert!(p.contains(&"strategies: pick at least one".to_string()), "{p:?}");
+        let h = Hyper { data_fractions: vec![0.5, 0.5, 1.2], ..Hyper::default() };
+        let p = compare_config(&StrategyChoice::all()[..1], 100, &h, 2).unwrap_err();
+        assert!(p.contains(&"hyper.data_fractions: 0.5 is listed twice".to_string()), "{p:?}");
+        assert!(p.iter().any(|s| s.starts_with("hyper.data_fractions: 1.2 is not a share")), "{p:?}");
+        let h = Hyper { data_fractions: vec![0.1, 1.0], ..Hyper::default() };
+        assert_eq!(compare_config(&StrategyChoice::all()[..1], 100, &h, 2).unwrap().data_fractions, vec![0.1, 1.0]);
+        let p = size_problems(&h, &[("a", 100), ("b", 20)]);
+        assert_eq!(
+            p,
+            vec!["hyper.data_fractions: 0.1 leaves task `b` 2 training examples of its 20 (at least 4 are needed)"]
+        );
     }
 
     #[test]

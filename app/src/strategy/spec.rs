@@ -96,6 +96,11 @@ pub struct CompareConfig {
     /// ([`crate::strategy::lr_search`]); `None`: every run trains at `train.learning_rate`.
     #[serde(default)]
     pub lr_search: Option<Vec<f64>>,
+    /// Data-size curves: the shares of every task's training set that every strategy
+    /// also trains at ([`crate::strategy::sizes`]); the full data always runs. Empty: the
+    /// full data only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_fractions: Vec<f64>,
 }
 
 impl StrategySpec {

@@ -7,7 +7,7 @@ use multitune_api::report::Report;
 use multitune_api::ApiError;
 
 use super::route_id;
-use crate::report_view::{lr_search_text, pair_matrix, plain, score_rows, task_standings};
+use crate::report_view::{lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings};
 use crate::{api, format, ErrorView};
 
 #[component]
@@ -52,6 +52,24 @@ pub fn ComparePage() -> impl IntoView {
                             </tr>
                         }).collect_view()}</tbody>
                     </table>
+                    {
+                        let (sizes, size_table) = size_rows(&r);
+                        let text = r.data_sizes.as_ref().map(|d| d.text.clone()).unwrap_or_default();
+                        (!sizes.is_empty()).then(|| view! {
+                            <h2>"When the winner changes (data size)"</h2>
+                            <p id="data-sizes-text">{text}</p>
+                            <p class="hint">"Macro average [95% interval] of every run trained on a share of each task's training data (nested subsets, the budget scaled with the share, the same held-out examples); the leader at each size in bold. The chart is under Charts (curves)."</p>
+                            <table class="compare" id="data-sizes">
+                                <thead><tr><th>"run"</th>{sizes.iter().map(|h| view! { <th>{h.clone()}</th> }).collect_view()}</tr></thead>
+                                <tbody>{size_table.into_iter().map(|(name, cells)| view! {
+                                    <tr><td>{name}</td>{cells.into_iter().map(|c| match c {
+                                        Some((text, lead)) => view! { <td class=if lead { "best" } else { "" }>{text}</td> }.into_any(),
+                                        None => view! { <td>"—"</td> }.into_any(),
+                                    }).collect_view()}</tr>
+                                }).collect_view()}</tbody>
+                            </table>
+                        })
+                    }
                     {
                         let (names, m) = pair_matrix(&r);
                         (!names.is_empty()).then(|| view! {

@@ -63,6 +63,7 @@ pub fn NewExperimentPage() -> impl IntoView {
     let eval_limit = RwSignal::new(start.eval_limit);
     let seeds = RwSignal::new(start.seeds);
     let tune_lr = RwSignal::new(start.tune_lr);
+    let data_fractions = RwSignal::new(start.data_fractions);
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
     let all_for_view = all.clone();
@@ -78,9 +79,10 @@ pub fn NewExperimentPage() -> impl IntoView {
         // The learning-rate search trains 3 rates on 1/8 of the budget, then the better
         // 2 on 1/4 (the engine's schedule for the default grid): 7/8 of a budget more.
         let search = if tune_lr.get() { 1.875 } else { 1.0 };
+        let sizes = FormFields { data_fractions: data_fractions.get(), ..FormFields::default() }.size_factor();
         format!(
             "About {} of training at ~{:.0} tokens/s (plus evaluation{}).",
-            format::duration(format::estimate_seconds(b, trainings(), tps) * search),
+            format::duration(format::estimate_seconds(b, trainings(), tps) * search * sizes),
             tps,
             if tune_lr.get() { "; with the learning-rate search" } else { "" }
         )
@@ -113,6 +115,7 @@ pub fn NewExperimentPage() -> impl IntoView {
             eval_limit: eval_limit.get(),
             seeds: seeds.get(),
             tune_lr: tune_lr.get(),
+            data_fractions: data_fractions.get(),
         };
         let spec = match fields.request(&chosen.get()) {
             Ok(spec) => spec,
@@ -216,6 +219,8 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <label for="eval-limit">"Held-out examples per task (blank: all)"</label><Field id="eval-limit" value=eval_limit />
                 <label for="seeds">"Repeat over seeds (e.g. 1,2,3; blank: once)"</label>
                 <input id="seeds" prop:value=move || seeds.get() on:input=move |ev| seeds.set(event_target_value(&ev)) />
+                <label for="data-fractions">"Data-size curves: also train on these shares of each task's training data (e.g. 0.25,0.5; blank: the full data only)"</label>
+                <input id="data-fractions" prop:value=move || data_fractions.get() on:input=move |ev| data_fractions.set(event_target_value(&ev)) />
             </fieldset>
             <p class="estimate" role="status">{estimate}</p>
             {move || power.get().map(|p| {

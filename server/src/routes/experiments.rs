@@ -206,6 +206,9 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     }
     // Datasets must exist, and tasks need distinct names.
     let mut names = Vec::new();
+    // Each task's training examples (its dataset's, less the held-out share without an
+    // eval dataset), for the data fractions' check.
+    let mut sized: Vec<(String, usize)> = Vec::new();
     let mut used = Vec::new();
     for (i, t) in spec.tasks.iter().enumerate() {
         for (field, id) in [("dataset", Some(&t.dataset)), ("eval_dataset", t.eval_dataset.as_ref())] {
@@ -214,15 +217,19 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
                 errors.push(format!("tasks[{i}].{field}: `{}` is not a dataset id", files::truncate(id, 40)));
                 continue;
             }
-            let found: Option<(String, String)> = s.db.with(|c| {
-                c.query_row("SELECT name, kind FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let found: Option<(String, i64)> = s.db.with(|c| {
+                c.query_row("SELECT name, rows FROM datasets WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })?;
             match found {
                 None => errors.push(format!("tasks[{i}].{field}: no dataset with id `{id}`")),
-                Some((name, _)) => {
+                Some((name, rows)) => {
                     used.push(id.clone());
                     if field == "dataset" {
+                        let rows = rows.max(0) as usize;
+                        let held_out =
+                            if t.eval_dataset.is_some() { 0 } else { (rows as f64 * h.eval_split).round() as usize };
+                        sized.push((name.clone(), rows.saturating_sub(held_out)));
                         if names.contains(&name) {
                             errors.push(format!(
                                 "tasks[{i}]: a second task named `{name}`; upload it under another name"
@@ -240,6 +247,8 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     if let Err(e) = jobs::compare_config(spec) {
         errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details });
     }
+    let sized: Vec<(&str, usize)> = sized.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    errors.extend(multitune::strategy::request::size_problems(h, &sized));
     Ok((errors, used))
 }
 

@@ -38,6 +38,7 @@ pub fn markdown(report: &Report) -> String {
             report.config.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
         );
     }
+    s.push_str(&curves_markdown(report));
     if !report.comparisons.is_empty() {
         s.push_str(
             "\n## Paired comparisons\n\nEach run against the best and against the base model on the same held-out \
@@ -125,6 +126,48 @@ pub fn markdown(report: &Report) -> String {
                 .collect();
             let _ = writeln!(s, "| {t} | {} |", cells.join(" | "));
         }
+    }
+    s
+}
+
+/// The data-size curves section of `report.md` (empty without them): where the winner
+/// changes, then each run's macro average at every size.
+fn curves_markdown(report: &Report) -> String {
+    let Some(d) = &report.data_sizes else { return String::new() };
+    let mut s = format!(
+        "\n## Data-size curves\n\n{}\n\nMacro average of the headline metric (%, 95% interval) of every run trained on a \
+         share of each task's training set (nested, seeded subsets; the budget scaled with the share, so every size \
+         trains the same epochs; the same held-out examples). The leader's lead over the runner-up is paired, \
+         Holm-adjusted over the sizes.\n\n| run |",
+        d.text
+    );
+    for size in &d.sizes {
+        let _ =
+            write!(s, " {} (~{:.0} per task) |", crate::strategy::sizes::percent(size.fraction), size.mean_examples());
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(d.sizes.len()));
+    let names: Vec<String> = report.runs_at(d.sizes.len() - 1).iter().map(|r| r.name.clone()).collect();
+    for name in &names {
+        let _ = write!(s, "| {name} |");
+        for k in 0..d.sizes.len() {
+            match report.runs_at(k).into_iter().find(|r| &r.name == name) {
+                Some(r) => {
+                    let m = r.macro_average();
+                    let lead = if &d.sizes[k].leader == name { "**" } else { "" };
+                    let _ = write!(s, " {lead}{}{lead} [{}, {}] |", pct(m.value), pct(m.lo), pct(m.hi));
+                }
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str("\n| size | leader | lead over the runner-up | p (Holm) |\n|---|---|---|---|\n");
+    for size in &d.sizes {
+        let (lead, p) = match &size.lead {
+            Some(c) => (format!("{} ({})", points(&c.difference), c.against), format!("{:.3}", c.p_adjusted)),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(s, "| {} | {} | {lead} | {p} |", crate::strategy::sizes::percent(size.fraction), size.leader);
     }
     s
 }

@@ -6,15 +6,18 @@
 //! comparisons, seeds, power, adapter similarity), its recommendation in words
 //! (`recommend`) and its Markdown (`markdown`).
 
+mod curves;
 mod markdown;
 mod recommend;
 mod stats;
 
 use std::path::Path;
 
+pub use curves::SizeRows;
 pub use markdown::markdown;
 pub use multitune_api::report::{
-    std_dev, Comparison, Forgetting, LrSearch, Recommendation, RunResult, Similarity, TaskScore, Verdict, TIE_MARGIN,
+    std_dev, Comparison, DataSize, DataSizes, Forgetting, LrSearch, Recommendation, RunResult, Similarity, TaskScore,
+    Verdict, TIE_MARGIN,
 };
 pub use multitune_api::Power;
 pub use recommend::lr_text;
@@ -84,12 +87,14 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
 
 /// Assembles the report: every trained run against the best one and against the base
 /// model (macro average and per task), every pair of runs on the macro average, what the
-/// held-out sets can detect, and the recommendation.
+/// held-out sets can detect, the recommendation, and the data-size curves of the
+/// `smaller` sizes' runs (if any).
 pub fn build(
     tasks: &[TaskData],
     config: &CompareConfig,
     runs: Vec<RunResult>,
     similarity: Option<Similarity>,
+    smaller: Vec<SizeRows>,
 ) -> Report {
     let standing = Standing::of(&runs);
     let (reps, seed) = (config.eval.bootstrap.max(200), config.eval.seed);
@@ -102,11 +107,13 @@ pub fn build(
     let n_eval: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
     let power = (!n_eval.is_empty()).then(|| power(&n_eval));
     let recommendation = recommend::recommend(tasks, &standing, &comparisons, power.as_ref());
+    let examples = tasks.iter().map(|t| t.train.len()).collect();
+    let data_sizes = curves::data_sizes(&runs, examples, smaller, reps, seed);
     let tasks = tasks
         .iter()
         .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
         .collect();
-    Report { tasks, config: config.clone(), runs, similarity, recommendation, comparisons, power, pairwise }
+    Report { tasks, config: config.clone(), runs, similarity, recommendation, comparisons, power, pairwise, data_sizes }
 }
 
 /// Writes `report.json` and `report.md` into `dir`.

@@ -113,7 +113,12 @@ pub(super) fn pairwise(runs: &[&RunResult], reps: usize, seed: u64) -> Vec<Compa
 /// Paired comparisons of `pairs` (first against second): the macro average, and each
 /// task when `per_task`; the macro ones and the per-task ones each Holm-adjusted as a
 /// family.
-fn compare_pairs(pairs: Vec<(&RunResult, &RunResult)>, reps: usize, seed: u64, per_task: bool) -> Vec<Comparison> {
+pub(super) fn compare_pairs(
+    pairs: Vec<(&RunResult, &RunResult)>,
+    reps: usize,
+    seed: u64,
+    per_task: bool,
+) -> Vec<Comparison> {
     let paired_ok = |a: &RunResult, b: &RunResult| {
         a.scores.len() == b.scores.len()
             && a.scores

@@ -1,0 +1,33 @@
+#!/bin/sh
+# The data-size curves' cost, measured in one run: one comparison of the demo tasks, then
+# the same comparison with --data-fractions (the full data and the smaller shares), one
+# after the other on this machine; prints both wall times and their ratio (the target:
+# three sizes in at most twice one comparison's time).
+# Usage: scripts/bench-sizes.sh BIN MODELS_DIR [compare flags...]
+#   FRACTIONS (default 0.25,0.5,1), BUDGET (16000), OUT (target/bench-sizes)
+set -eu
+bin=$1 models=$2
+shift 2
+fractions=${FRACTIONS:-0.25,0.5,1}
+budget=${BUDGET:-16000}
+out=${OUT:-target/bench-sizes}
+rm -rf "$out"
+mkdir -p "$out"
+run() {
+    name=$1
+    shift
+    start=$(date +%s.%N)
+    "$bin" --models-dir "$models" compare --model default --tasks assets/demo/*.jsonl --strategies all \
+        --budget-tokens "$budget" --out "$out/$name" "$@" >"$out/$name.log" 2>&1 || {
+        tail -20 "$out/$name.log"
+        exit 1
+    }
+    end=$(date +%s.%N)
+    awk "BEGIN { print $end - $start }"
+}
+date -u +"%Y-%m-%d %H:%M UTC, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+one=$(run one "$@")
+printf 'one comparison (all strategies, %s tokens%s): %.0f s\n' "$budget" "${*:+, $*}" "$one"
+sizes=$(run sizes --data-fractions "$fractions" "$@")
+printf 'with --data-fractions %s: %.0f s\n' "$fractions" "$sizes"
+printf 'ratio: %.2f (target: at most 2)\n' "$(awk "BEGIN { print $sizes / $one }")"
