@@ -277,6 +277,9 @@ async fn dashboard_end_to_end_in_chromium() {
     b.wait_text("#status", "done").await;
     let polylines = b.find_all("#loss-chart svg polyline").await;
     assert!(polylines.len() > 5, "the loss chart has lines");
+    // The mixed runs' loss per task: a line per (run, task).
+    let per_task = b.find_all("#task-loss-chart svg polyline").await;
+    assert!(per_task.len() >= 4, "a line per task of each mixed run: {}", per_task.len());
     b.screenshot("experiment-done").await;
 
     // Compare: a filled table.

@@ -89,6 +89,16 @@ async fn upload_train_follow_and_download_over_http() {
     let all = read_events(c.get(s.url(&format!("/api/experiments/{}/events", e.id))).send().await.unwrap(), None).await;
     assert_eq!(followed, all.iter().map(|x| x.id).collect::<Vec<_>>(), "reconnecting lost nothing");
     assert!(all.iter().any(|x| matches!(x.event, Event::Step { .. })));
+    // A mixed run's steps carry each task's loss, named; other runs' carry none.
+    for x in &all {
+        if let Event::Step { run, task_losses, .. } = &x.event {
+            let mixed = run.starts_with("combined") || run == "multi-head";
+            assert_eq!(!task_losses.is_empty(), mixed, "{run}: {task_losses:?}");
+            assert!(task_losses
+                .iter()
+                .all(|(t, l)| multitune::data::demo::TASKS.contains(&t.as_str()) && l.is_finite()));
+        }
+    }
     // The report.
     let report: serde_json::Value =
         c.get(s.url(&format!("/api/experiments/{}/report", e.id))).send().await.unwrap().json().await.unwrap();

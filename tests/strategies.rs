@@ -152,6 +152,24 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     assert_eq!(kinds, ["classifier", "classifier", "lm_head_delta", "lm_head_delta"]);
     let combined = report.runs.iter().find(|r| r.name == "combined (proportional)").unwrap();
     assert!(combined.task_tokens.iter().all(|&t| t > 0), "every task is in the mixture: {:?}", combined.task_tokens);
+    // Mixed runs report each task's loss at every step (from the same forward passes):
+    // the step's loss is a weighted mean of the tasks' trained in it, so it lies between
+    // them. Runs on one task at a time report none.
+    for r in report.runs.iter().filter(|r| r.strategy != "base") {
+        if !matches!(r.strategy.as_str(), "combined" | "multi_head") {
+            assert!(r.task_losses.is_empty(), "{}", r.name);
+            continue;
+        }
+        let names: Vec<&str> = r.task_losses.iter().map(|t| t.0.as_str()).collect();
+        assert_eq!(names, multitune::data::demo::TASKS, "{}", r.name);
+        for (s, &loss) in r.losses.iter().enumerate() {
+            let at: Vec<f64> = r.task_losses.iter().filter_map(|t| t.1[s]).collect();
+            assert!(!at.is_empty(), "{}: step {s} trained some task", r.name);
+            let (lo, hi) = at.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            assert!(lo - 1e-6 <= loss && loss <= hi + 1e-6, "{}: step {s}: {loss} outside {at:?}", r.name);
+        }
+    }
+    assert!(out.path().join("charts/task-loss.svg").exists());
     let sim = report.similarity.as_ref().expect("separate adapters give a similarity matrix");
     assert_eq!(sim.cosine.len(), 4);
     assert!(sim.cosine[0][1].abs() <= 1.0 && sim.sign_conflict[0][1] >= 0.0);
@@ -191,6 +209,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         "## Cost",
         "## Forgetting",
         "## Task similarity",
+        "## Loss per task inside mixed runs",
     ] {
         assert!(md.contains(section), "report.md lacks {section}");
     }
@@ -467,6 +486,7 @@ fn cancelled_comparison_resumes_to_the_same_result() {
     for (a, b) in want.runs.iter().zip(&got.runs) {
         assert_eq!(a.name, b.name);
         assert_eq!((a.tokens, &a.task_tokens, &a.losses), (b.tokens, &b.task_tokens, &b.losses), "{}", a.name);
+        assert_eq!(a.task_losses, b.task_losses, "{}", a.name);
         let (sa, sb): (Vec<f64>, Vec<f64>) =
             (a.scores.iter().map(|s| s.value.value).collect(), b.scores.iter().map(|s| s.value.value).collect());
         assert_eq!(sa, sb, "{}", a.name);

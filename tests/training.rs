@@ -229,6 +229,66 @@ fn gradient_accumulation_equals_one_large_batch() {
     }
 }
 
+/// Examples of several groups (a mixture's tasks): each step's loss is also reported per
+/// group, from the same forward passes — at the first step, exactly each group's mean
+/// completion-token loss under the initial adapter computed apart (a second pass, the
+/// evaluator's), and the step's loss is their token-weighted mean. A run of one group
+/// reports none; a resumed run reports the same.
+#[test]
+fn a_steps_loss_splits_by_group_from_the_same_pass() {
+    let (model, tok) = tiny_model(4, &Device::Cpu).unwrap();
+    let mut ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    for (i, e) in ex.iter_mut().enumerate() {
+        e.group = i % 3;
+    }
+    // One step per epoch (two micro-batches of 4), no dropout: step 1 sees every example
+    // under the initial adapter.
+    let lora = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, ..Default::default() };
+    let cfg = TrainConfig { batch_size: 4, grad_accum: 2, lora: lora.clone(), ..tiny_cfg(3) };
+    let fresh = || LoraAdapter::new(&model.cfg, lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let mut steps = Vec::new();
+    let mut ad = fresh();
+    let s = train::train(&model, &mut ad, &ex, &cfg, None, None, &mut |e| {
+        if let TrainEvent::Step(st) = e {
+            steps.push(st.clone());
+        }
+    })
+    .unwrap();
+    assert_eq!(s.group_losses.len(), 3, "one entry per step");
+    assert_eq!(s.group_losses[0].iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(steps[0].group_losses, s.group_losses[0], "the step event carries the same");
+    let nll = multitune::eval::completion_nll(&model, Some(&fresh()), &ex, 4).unwrap();
+    let (mut all_sum, mut all_n) = (0.0, 0);
+    for &(g, got) in &s.group_losses[0] {
+        let (sum, n) =
+            ex.iter().zip(&nll).filter(|(e, _)| e.group == g).fold((0.0, 0), |(s, n), (_, &(x, k))| (s + x, n + k));
+        assert!((got - sum / n as f64).abs() < 1e-4, "group {g}: {got} in training, {} apart", sum / n as f64);
+        (all_sum, all_n) = (all_sum + sum, all_n + n);
+    }
+    assert!((s.losses[0] - all_sum / all_n as f64).abs() < 1e-4, "the step's loss is their token-weighted mean");
+    // One group: nothing split.
+    let plain = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    let one = train::train(&model, &mut fresh(), &plain, &cfg, None, None, &mut |_| {}).unwrap();
+    assert!(one.group_losses.is_empty());
+    // Stopped after step 2 and resumed: the same per-group losses.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = CheckpointPlan { path: dir.path().join("ckpt.safetensors"), resume: true };
+    let first = TrainConfig { checkpoint_every: 1, ..cfg.clone() };
+    let cancel = AtomicBool::new(false);
+    let mut seen = 0;
+    let r = train::train(&model, &mut fresh(), &ex, &first, Some(&plan), Some(&cancel), &mut |e| {
+        if let TrainEvent::Checkpoint { .. } = e {
+            seen += 1;
+            if seen == 2 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    assert!(matches!(r, Err(Error::Cancelled)));
+    let resumed = train::train(&model, &mut fresh(), &ex, &first, Some(&plan), None, &mut |_| {}).unwrap();
+    assert_eq!(resumed.group_losses, s.group_losses);
+}
+
 /// A real fine-tune of the default model: 12 steps on a one-word sentiment task lift
 /// held-out exact match well above the base model's (measured here: 0.0 -> 1.0, in
 /// about a minute and a half of training).
@@ -347,7 +407,7 @@ impl train::Objective for SmallDevice {
         examples: &[usize],
         seed: u64,
         micro: u64,
-    ) -> multitune::Result<candle_core::Tensor> {
+    ) -> multitune::Result<train::BatchLoss> {
         if examples.len() > self.max_rows {
             return Err(
                 candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into()).into()

@@ -685,6 +685,10 @@ pub enum Event {
         tokens_per_s: f64,
         /// Seconds since the stage started.
         elapsed_s: f64,
+        /// Mixed runs (combined, multi-head): each task's mean loss in this step, from the
+        /// same forward pass (tasks without an example in the step are left out).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        task_losses: Vec<(String, f64)>,
     },
     /// Something that changed how a run goes, not its result (out of GPU memory:
     /// continuing with smaller forward passes).
@@ -875,6 +879,7 @@ mod tests {
                 tokens: 1,
                 tokens_per_s: 1.0,
                 elapsed_s: 1.0,
+                task_losses: vec![],
             },
             Event::Notice { run: run.clone(), stage: stage.clone(), message: "m".into() },
             Event::Evaluated { run: run.clone(), stage, task: "t".into(), value: 0.5 },

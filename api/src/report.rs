@@ -108,6 +108,10 @@ pub struct RunResult {
     /// the stages of sequential and separate runs, one task after another.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stage_starts: Vec<usize>,
+    /// Mixed runs (combined, multi-head): each task's mean loss at every step, from the
+    /// same forward passes as `losses` (`None` at a step without an example of the task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_losses: Vec<(String, Vec<Option<f64>>)>,
     /// Forgetting (sequential runs).
     pub forgetting: Option<Forgetting>,
     /// Exported adapter folders.

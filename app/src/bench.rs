@@ -99,7 +99,7 @@ impl Item {
     }
 
     fn example(&self) -> Example {
-        Example { ids: self.ids.clone(), prompt_len: self.prompt_len, extra_loss: vec![] }
+        Example { ids: self.ids.clone(), prompt_len: self.prompt_len, ..Default::default() }
     }
 }
 
@@ -642,7 +642,7 @@ mod tests {
 
     #[test]
     fn workloads_count_tokens_and_padding() {
-        let ex = |n: usize| Example { ids: vec![1; n + 1], prompt_len: 1, extra_loss: vec![] };
+        let ex = |n: usize| Example { ids: vec![1; n + 1], prompt_len: 1, ..Default::default() };
         let examples = vec![ex(20), ex(2), ex(20), ex(2)];
         let w = Workload::from_examples("t", &examples, 0, 2, 0, 2, 0).unwrap();
         assert_eq!(w.timed_tokens(), 44);

@@ -72,6 +72,7 @@ pub fn event_of(e: &CompareEvent) -> Option<Event> {
                 tokens: s.tokens,
                 tokens_per_s: s.tokens_per_s,
                 elapsed_s: s.elapsed_s,
+                task_losses: s.task_losses.clone(),
             },
             TrainEvent::Notice { message, .. } => {
                 Event::Notice { run: run.clone(), stage: stage.clone(), message: message.clone() }

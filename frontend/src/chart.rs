@@ -1,5 +1,5 @@
-//! Live charts drawn with plotters into SVG: the loss curve of every run, fed by the
-//! experiment's event stream.
+//! Live charts drawn with plotters into SVG: the loss curve of every run and, for mixed
+//! runs, of every task inside it, fed by the experiment's event stream.
 
 use multitune_api::Event;
 use plotters::prelude::*;
@@ -13,12 +13,29 @@ pub type Point = (String, usize, f64);
 pub struct Curves {
     /// Run name → (stage, step within stage, loss), ordered by first appearance.
     pub runs: Vec<(String, Vec<Point>)>,
+    /// Mixed runs: (run, task) → that task's loss at the run's steps, ordered by first
+    /// appearance.
+    pub tasks: Vec<(String, String, Vec<Point>)>,
 }
 
 impl Curves {
     /// Adds a step event (other events are ignored).
     pub fn push(&mut self, e: &Event) {
-        let Event::Step { run, stage, step, loss, .. } = e else { return };
+        let Event::Step { run, stage, step, loss, task_losses, .. } = e else { return };
+        for (task, l) in task_losses {
+            let i = match self.tasks.iter().position(|(r, t, _)| r == run && t == task) {
+                Some(i) => i,
+                None => {
+                    self.tasks.push((run.clone(), task.clone(), vec![]));
+                    self.tasks.len() - 1
+                }
+            };
+            let pts = &mut self.tasks[i].2;
+            match pts.iter().position(|(s, k, _)| s == stage && k == step) {
+                Some(j) => pts[j].2 = *l,
+                None => pts.push((stage.clone(), *step, *l)),
+            }
+        }
         let i = match self.runs.iter().position(|(r, _)| r == run) {
             Some(i) => i,
             None => {
@@ -41,6 +58,19 @@ impl Curves {
             .collect()
     }
 
+    /// Each mixed run's tasks' curves, `run · task`, as (the run's global step, loss): a
+    /// task's point sits at the run's step it was trained in.
+    pub fn task_series(&self) -> Vec<(String, Vec<(f64, f64)>)> {
+        self.tasks
+            .iter()
+            .map(|(run, task, pts)| {
+                let steps = self.runs.iter().find(|r| &r.0 == run).map(|r| r.1.as_slice()).unwrap_or_default();
+                let at = |p: &Point| steps.iter().position(|q| q.0 == p.0 && q.1 == p.1).map(|i| (i + 1) as f64);
+                (format!("{run} · {task}"), pts.iter().filter_map(|p| Some((at(p)?, p.2))).collect())
+            })
+            .collect()
+    }
+
     /// Each run's stage starts: the x (between two steps) where a stage after its first
     /// begins, for the chart's marks.
     pub fn stage_starts(&self) -> Vec<Vec<f64>> {
@@ -55,6 +85,11 @@ impl Curves {
     /// Points in all.
     pub fn len(&self) -> usize {
         self.runs.iter().map(|r| r.1.len()).sum()
+    }
+
+    /// Per-task points in all (mixed runs).
+    pub fn task_len(&self) -> usize {
+        self.tasks.iter().map(|t| t.2.len()).sum()
     }
 
     /// Whether there is nothing to draw.
@@ -89,9 +124,9 @@ fn register_font() {
 #[cfg(target_arch = "wasm32")]
 fn register_font() {}
 
-/// The loss chart as SVG text; `marks[i]` are the x where run `i`'s stages begin (a
-/// faint vertical line in its colour).
-pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], marks: &[Vec<f64>], size: (u32, u32)) -> String {
+/// The loss chart as SVG text, captioned `caption`; `marks[i]` are the x where run `i`'s
+/// stages begin (a faint vertical line in its colour).
+pub fn loss_svg(caption: &str, series: &[(String, Vec<(f64, f64)>)], marks: &[Vec<f64>], size: (u32, u32)) -> String {
     register_font();
     let mut svg = String::new();
     {
@@ -103,7 +138,7 @@ pub fn loss_svg(series: &[(String, Vec<(f64, f64)>)], marks: &[Vec<f64>], size: 
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(48)
-            .caption("training loss", ("sans-serif", 16))
+            .caption(caption, ("sans-serif", 16))
             .build_cartesian_2d(0.0..max_x * 1.02, 0.0..max_y * 1.05);
         let Ok(mut chart) = chart else { return svg_fallback() };
         let _ = chart.configure_mesh().x_desc("step").y_desc("loss").label_style(("sans-serif", 12)).draw();
@@ -150,6 +185,7 @@ mod tests {
             tokens: 100,
             tokens_per_s: 50.0,
             elapsed_s: 1.0,
+            task_losses: vec![],
         }
     }
 
@@ -170,12 +206,43 @@ mod tests {
     #[test]
     fn the_chart_has_a_line_per_run() {
         let series = [("a".to_string(), vec![(1.0, 2.0), (2.0, 1.0)]), ("b".to_string(), vec![(1.0, 3.0)])];
-        let svg = loss_svg(&series, &[], (600, 300));
+        let svg = loss_svg("training loss", &series, &[], (600, 300));
         assert!(svg.starts_with("<svg"));
         // Each run is a line (and a legend swatch) in its own colour.
         assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
         assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2, "{svg}");
         assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"), "legend labels: {svg}");
+    }
+
+    #[test]
+    fn a_mixed_runs_tasks_get_their_own_curves_at_the_runs_steps() {
+        let mixed = |step: usize, loss: f64, tasks: &[(&str, f64)]| Event::Step {
+            run: "combined".into(),
+            stage: "all".into(),
+            step,
+            total_steps: 10,
+            loss,
+            lr: 1e-3,
+            tokens: 100,
+            tokens_per_s: 50.0,
+            elapsed_s: 1.0,
+            task_losses: tasks.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
+        };
+        let mut c = Curves::default();
+        c.push(&mixed(1, 2.0, &[("a", 3.0), ("b", 1.0)]));
+        c.push(&mixed(2, 1.5, &[("b", 1.5)])); // no example of a in step 2
+        c.push(&mixed(3, 1.0, &[("a", 1.2), ("b", 0.8)]));
+        c.push(&step("plain", "t1", 1, 4.0));
+        assert_eq!(
+            c.task_series(),
+            vec![
+                ("combined · a".to_string(), vec![(1.0, 3.0), (3.0, 1.2)]),
+                ("combined · b".to_string(), vec![(1.0, 1.0), (2.0, 1.5), (3.0, 0.8)]),
+            ]
+        );
+        assert_eq!(c.series().len(), 2, "the runs' own curves are unchanged");
+        let svg = loss_svg("loss per task", &c.task_series(), &[], (600, 300));
+        assert!(svg.contains("loss per task") && svg.contains("combined · a"), "{svg}");
     }
 
     #[test]
@@ -186,8 +253,8 @@ mod tests {
         }
         // Run a's second stage begins between its steps 2 and 3; b has one stage.
         assert_eq!(c.stage_starts(), vec![vec![2.5], vec![]]);
-        let plain = loss_svg(&c.series(), &[], (600, 300));
-        let marked = loss_svg(&c.series(), &c.stage_starts(), (600, 300));
+        let plain = loss_svg("training loss", &c.series(), &[], (600, 300));
+        let marked = loss_svg("training loss", &c.series(), &c.stage_starts(), (600, 300));
         let blue = |svg: &str| svg.matches("stroke=\"#1F77B4\"").count();
         assert_eq!(blue(&marked), blue(&plain) + 1, "one mark in run a's colour: {marked}");
     }

@@ -43,6 +43,9 @@ pub struct Example {
     pub prompt_len: usize,
     /// Token ranges `[start, end)` inside the prompt that also carry loss.
     pub extra_loss: Vec<(usize, usize)>,
+    /// The group its loss is reported under: a mixture's task (0 elsewhere). Training
+    /// reports each step's loss per group when a run's examples span several.
+    pub group: usize,
 }
 
 impl Example {
@@ -156,7 +159,7 @@ pub fn encode(tok: &TextTokenizer, rec: &Record, system: Option<&str>, max_len: 
     }
     let prompt_len = p.len();
     p.extend(c);
-    Ok(Example { ids: p, prompt_len, extra_loss: extra })
+    Ok(Example { ids: p, prompt_len, extra_loss: extra, group: 0 })
 }
 
 /// Builds a [`Batch`] from examples, right-padding with `pad`.
@@ -169,6 +172,7 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
     let mut targets = Vec::new();
     let mut tokens = 0;
     let mut per_example = Vec::with_capacity(b);
+    let groups = examples.iter().map(|e| e.group).collect();
     let pack = Pack::new(&examples.iter().map(|e| &e.ids[..e.ids.len() - 1]).collect::<Vec<_>>(), true);
     let mut packed_loss_index = Vec::new();
     for (bi, e) in examples.iter().enumerate() {
@@ -201,6 +205,7 @@ pub fn make_batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Ba
         tokens,
         loss_tokens,
         per_example,
+        groups,
         packed_loss_index: Tensor::from_vec(packed_loss_index, loss_tokens, device)?,
         pack: Arc::new(pack),
     })

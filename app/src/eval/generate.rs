@@ -578,7 +578,7 @@ mod tests {
             .map(|(p, r)| crate::data::Example {
                 ids: [p.clone(), r.clone()].concat(),
                 prompt_len: p.len(),
-                extra_loss: vec![],
+                ..Default::default()
             })
             .collect();
         let want = crate::eval::completion_nll(model, Some(ad), &examples, 2).unwrap();

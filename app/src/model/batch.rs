@@ -27,6 +27,8 @@ pub struct Batch {
     pub loss_tokens: usize,
     /// Loss tokens of each example, in order (the loss positions are grouped by example).
     pub per_example: Vec<usize>,
+    /// The group of each example ([`crate::data::Example::group`]), in order.
+    pub groups: Vec<usize>,
     /// The input rows packed, each distinct prefix once.
     pub pack: Arc<Pack>,
     /// The packed indices of the positions of `loss_index`, in the same order.

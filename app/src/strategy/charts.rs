@@ -1,4 +1,5 @@
-//! Report charts drawn with plotters, each as SVG and PNG: loss curves of every run,
+//! Report charts drawn with plotters, each as SVG and PNG: loss curves of every run (and
+//! of every task inside a mixed run),
 //! grouped bars of per-task scores with their 95% intervals, a forest plot of the paired
 //! differences to the best run and to the base model, the data-size curves, forgetting
 //! heatmaps and cost bars. Text uses the bundled DejaVu Sans, so nothing depends on system fonts.
@@ -115,18 +116,25 @@ fn category(v: f64, names: &[String], top_down: bool) -> String {
     names[if top_down { names.len() - 1 - i } else { i }].clone()
 }
 
-/// A run's loss curve: its name, the loss per step, and where each stage after the
-/// first begins (an index into the losses).
-pub type LossCurve = (String, Vec<f64>, Vec<usize>);
+/// A run's loss curve: its name, its (step, loss) points (1-based steps; a mixed run's
+/// task has none at steps without its examples), and where each stage after the first
+/// begins (an index into the steps).
+pub type LossCurve = (String, Vec<(f64, f64)>, Vec<usize>);
 
-/// Loss per step of every run, a faint line in the run's colour where each of its stages
-/// begins.
-pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[LossCurve]) -> Drawn {
-    let max_x = runs.iter().map(|r| r.1.len()).max().unwrap_or(1).max(2) as f64;
+/// Every point of a loss per step (1-based).
+fn steps(losses: &[f64]) -> Vec<(f64, f64)> {
+    losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)).collect()
+}
+
+/// Loss per step of every run, captioned `title`, a faint line in the run's colour where
+/// each of its stages begins.
+pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, runs: &[LossCurve]) -> Drawn {
+    let max_x = runs.iter().flat_map(|r| r.1.iter().map(|p| p.0)).fold(2.0, f64::max);
     let max_y =
-        runs.iter().flat_map(|r| r.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
+        runs.iter().flat_map(|r| r.1.iter().map(|p| p.1)).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3)
+            * 1.05;
     let mut chart = ChartBuilder::on(area)
-        .caption("Training loss", (FONT, 24))
+        .caption(title, (FONT, 24))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
@@ -142,7 +150,7 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Lo
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (name, losses, starts)) in runs.iter().enumerate() {
+    for (i, (name, points, starts)) in runs.iter().enumerate() {
         let c = color(i);
         // Between the last step of a stage and the first of the next.
         let marks = starts.iter().map(|&s| {
@@ -150,10 +158,7 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Lo
         });
         chart.draw_series(marks).map_err(|e| e.to_string())?;
         chart
-            .draw_series(LineSeries::new(
-                losses.iter().enumerate().map(|(s, &l)| ((s + 1) as f64, l)),
-                c.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
@@ -411,9 +416,22 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let losses: Vec<LossCurve> = trained
         .iter()
         .filter(|r| !r.losses.is_empty())
-        .map(|r| (r.name.clone(), r.losses.clone(), r.stage_starts.clone()))
+        .map(|r| (r.name.clone(), steps(&r.losses), r.stage_starts.clone()))
         .collect();
-    save("loss", both!(|a| loss_curves(a, &losses))?)?;
+    save("loss", both!(|a| loss_curves(a, "Training loss", &losses))?)?;
+    // Mixed runs: each task's loss inside the run, at the steps it was trained in.
+    let per_task: Vec<LossCurve> = trained
+        .iter()
+        .flat_map(|r| {
+            r.task_losses.iter().map(move |(task, at)| {
+                let points = at.iter().enumerate().filter_map(|(s, l)| Some(((s + 1) as f64, (*l)?))).collect();
+                (format!("{} · {task}", r.name), points, vec![])
+            })
+        })
+        .collect();
+    if !per_task.is_empty() {
+        save("task-loss", both!(|a| loss_curves(a, "Training loss per task inside mixed runs", &per_task))?)?;
+    }
     let scores: Vec<(String, Vec<Estimate>)> =
         report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
     save("scores", both!(|a| metric_bars(a, &tasks, &scores))?)?;

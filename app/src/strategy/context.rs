@@ -19,7 +19,7 @@ use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
 use crate::strategy::spec::CompareConfig;
 use crate::strategy::task::TaskData;
-use crate::train::{self, TrainConfig, TrainEvent, TrainSummary};
+use crate::train::{self, StepStats, TrainConfig, TrainEvent, TrainSummary};
 use crate::{Error, Result};
 
 /// The base model a comparison trains on: the decoder, its tokenizer, and the name that
@@ -278,7 +278,8 @@ impl Ctx<'_> {
         let tc = &self.cfg.train;
         let n = ((self.cfg.budget_tokens as f64 / mean.max(1.0)) * 1.2) as usize + tc.batch_size * tc.grad_accum;
         let draws = mixing::draw(&sizes, &probs, n, tc.seed);
-        let mix = draws.iter().map(|&(t, i)| per_task[t][i].clone()).collect();
+        // Each example's loss is reported under its task.
+        let mix = draws.iter().map(|&(t, i)| Example { group: t, ..per_task[t][i].clone() }).collect();
         Ok((draws, mix))
     }
 
@@ -310,9 +311,32 @@ impl Ctx<'_> {
         let plan = self.checkpoint(stage);
         let cancel = self.control.cancel;
         let on = &mut *self.on_event;
+        let tasks = self.tasks;
         train::train_objective(model, objective, ex, tc, plan.as_ref(), cancel, &mut |e| {
-            on(&CompareEvent::Train { run: r.clone(), stage: s.clone(), event: e.clone() })
+            let event = match e {
+                // A mixture's groups are its tasks: named for everyone who reads the event.
+                TrainEvent::Step(st) if !st.group_losses.is_empty() => TrainEvent::Step(StepStats {
+                    task_losses: st.group_losses.iter().map(|&(g, l)| (task_name(tasks, g), l)).collect(),
+                    ..st.clone()
+                }),
+                e => e.clone(),
+            };
+            on(&CompareEvent::Train { run: r.clone(), stage: s.clone(), event })
         })
+    }
+
+    /// Each task's loss at every step of a mixed run's training (`None` at a step without
+    /// an example of the task); empty when the run did not train on a mixture.
+    pub(super) fn task_losses(&self, s: &TrainSummary) -> Vec<(String, Vec<Option<f64>>)> {
+        if s.group_losses.is_empty() {
+            return vec![];
+        }
+        (0..self.tasks.len())
+            .map(|t| {
+                let at = s.group_losses.iter().map(|step| step.iter().find(|g| g.0 == t).map(|g| g.1)).collect();
+                (self.tasks[t].name.clone(), at)
+            })
+            .collect()
     }
 
     pub(super) fn eval_all(
@@ -368,6 +392,11 @@ impl Ctx<'_> {
         let bytes = std::fs::metadata(dir.join(peft::WEIGHTS_FILE)).map(|m| m.len()).unwrap_or(0);
         Ok((dir, bytes))
     }
+}
+
+/// The name of task `t` (a group index), or the index itself if there is no such task.
+fn task_name(tasks: &[TaskData], t: usize) -> String {
+    tasks.get(t).map_or_else(|| t.to_string(), |x| x.name.clone())
 }
 
 /// A run or task name as a folder name: ASCII letters, digits and dots, other runs of

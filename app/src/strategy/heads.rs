@@ -28,7 +28,7 @@ use crate::model::{last_position, Forward, Llama};
 use crate::ops;
 use crate::persist;
 use crate::rng::{self, streams};
-use crate::train::Objective;
+use crate::train::{BatchLoss, GroupTerms, Objective};
 use crate::{Error, Result};
 
 /// File of the head tensors inside an exported adapter folder.
@@ -349,7 +349,8 @@ impl Objective for MultiHead {
         examples.iter().zip(&batch.per_example).map(|(&i, &k)| if self.routes[i].label.is_some() { 1 } else { k }).sum()
     }
 
-    fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<Tensor> {
+    /// Each head's terms are its task's: the groups are the heads.
+    fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<BatchLoss> {
         let (flat, at) = model.batch_hidden(batch, &Forward::train(&self.adapter, seed, micro))?;
         let positions: Vec<u32> = at.to_vec1()?;
         let targets: Vec<u32> = batch.targets.to_vec1()?;
@@ -375,7 +376,8 @@ impl Objective for MultiHead {
         let dev = model.device();
         let mut total: Option<Tensor> = None;
         let mut items = 0usize;
-        for (head, (rows, want)) in self.heads.iter().zip(per_head) {
+        let mut groups = Vec::new();
+        for (task, (head, (rows, want))) in self.heads.iter().zip(per_head).enumerate() {
             if rows.is_empty() {
                 continue;
             }
@@ -386,6 +388,8 @@ impl Objective for MultiHead {
                 HeadKind::LmHeadDelta { .. } => (model.logits(&hs)? + head.lm_delta(&hs)?)?,
             };
             let ce = (ops::cross_entropy(&logits, &Tensor::from_vec(want, n, dev)?)? * n as f64)?;
+            let sum = ce.detach().to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            groups.push(GroupTerms { group: task, sum, terms: n });
             items += n;
             total = Some(match total {
                 Some(t) => (t + ce)?,
@@ -393,7 +397,7 @@ impl Objective for MultiHead {
             });
         }
         let total = total.ok_or_else(|| Error::Invalid("a batch with no loss terms".into()))?;
-        Ok((total / items as f64)?)
+        Ok(BatchLoss { mean: (total / items as f64)?, groups })
     }
 }
 

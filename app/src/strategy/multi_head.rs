@@ -56,6 +56,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, head_rank: usize) -
         adapter_bytes: bytes + head_bytes,
     };
     let mut r = run_result(name, "multi_head", &scores, cost);
+    r.task_losses = ctx.task_losses(&s);
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

@@ -46,6 +46,8 @@ pub struct Progress {
     /// The token budget is met as far as whole examples allow: the last step took every
     /// example that still fitted, and training ends here (a resume too).
     pub budget_met: bool,
+    /// Each step's loss per group (when the examples span several).
+    pub group_losses: Vec<Vec<(usize, f64)>>,
 }
 
 /// Restores `objective`'s variables and the optimizer from `plan`'s checkpoint and
@@ -83,6 +85,7 @@ pub fn restore(
         loss_tokens: meta.get("loss_tokens").and_then(|s| s.parse().ok()).unwrap_or(0),
         per_example: meta.get("per_example").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
         budget_met: meta.get("budget_met").is_some_and(|s| s == "true"),
+        group_losses: meta.get("group_losses").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
     })
 }
 
@@ -106,6 +109,7 @@ pub fn save(
         ("loss_tokens".to_string(), progress.loss_tokens.to_string()),
         ("per_example".to_string(), serde_json::to_string(&progress.per_example)?),
         ("budget_met".to_string(), progress.budget_met.to_string()),
+        ("group_losses".to_string(), serde_json::to_string(&progress.group_losses)?),
     ]);
     persist::write_safetensors(&plan.path, &all, Some(meta))
 }

@@ -24,6 +24,14 @@ pub struct StepStats {
     pub tokens_per_s: f64,
     /// Seconds since the run (or its resumption) started.
     pub elapsed_s: f64,
+    /// When the run's examples span several groups (a mixture's tasks): each group's
+    /// mean loss in this step, from the same forward pass (groups without an example in
+    /// the step are left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_losses: Vec<(usize, f64)>,
+    /// The same, named: a comparison names each group by its task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_losses: Vec<(String, f64)>,
 }
 
 /// Progress of a run.
@@ -77,4 +85,7 @@ pub struct TrainSummary {
     pub trainable_params: usize,
     /// Tokens trained on from each example (by index), over all passes.
     pub tokens_per_example: Vec<usize>,
+    /// Each step's loss per group (see [`StepStats::group_losses`]); empty when the
+    /// examples were of one group.
+    pub group_losses: Vec<Vec<(usize, f64)>>,
 }

@@ -20,5 +20,5 @@ pub use batches::{batch_indices, GROUP_BUCKET, GROUP_WINDOW};
 pub use checkpoint::{checkpoint_path, CheckpointPlan};
 pub use config::TrainConfig;
 pub use events::{StepStats, TrainEvent, TrainSummary};
-pub use objective::{batch_loss, Objective};
+pub use objective::{batch_loss, BatchLoss, GroupTerms, Objective};
 pub use trainer::{encode_all, train, train_objective};

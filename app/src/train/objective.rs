@@ -1,20 +1,72 @@
 //! What a run optimises: the [`Objective`] trait (variables, checkpoint names, the loss
-//! of a batch), the completion-token loss of a batch, and a LoRA adapter as the plain
-//! objective. The multi-head strategy's heads are another ([`crate::strategy::heads`]).
+//! of a batch with its terms summed per group of examples), the completion-token loss of
+//! a batch, and a LoRA adapter as the plain objective. The multi-head strategy's heads
+//! are another ([`crate::strategy::heads`]).
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::model::lora::LoraAdapter;
-use crate::model::{Forward, Llama};
+use crate::model::{Batch, Forward, Llama};
 
 use crate::Result;
 
+/// A batch's loss: the mean over its loss terms (what is optimised) and, per group of its
+/// examples (a mixture's tasks: [`crate::data::Example::group`]), the sum and count of
+/// their terms — read from the same forward pass, for reporting only.
+pub struct BatchLoss {
+    /// Mean over the loss terms.
+    pub mean: Tensor,
+    /// Per group present in the batch, in order of first appearance.
+    pub groups: Vec<GroupTerms>,
+}
+
+/// The loss terms of one group of examples in a batch (or a step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupTerms {
+    /// The group.
+    pub group: usize,
+    /// Sum of its terms' losses.
+    pub sum: f64,
+    /// How many terms.
+    pub terms: usize,
+}
+
+/// Adds `t` into `all` (summed with the same group's terms already there).
+pub fn add_terms(all: &mut Vec<GroupTerms>, t: GroupTerms) {
+    match all.iter_mut().find(|x| x.group == t.group) {
+        Some(x) => {
+            x.sum += t.sum;
+            x.terms += t.terms;
+        }
+        None => all.push(t),
+    }
+}
+
+/// Per-token losses `nll` (in the batch's order: grouped by example) summed by the group
+/// of their example.
+pub fn group_terms(nll: &Tensor, batch: &Batch) -> Result<Vec<GroupTerms>> {
+    let values: Vec<f32> = nll.detach().to_dtype(DType::F32)?.to_vec1()?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (&group, &k) in batch.groups.iter().zip(&batch.per_example) {
+        let sum = values[at..at + k].iter().map(|&v| f64::from(v)).sum();
+        at += k;
+        add_terms(&mut out, GroupTerms { group, sum, terms: k });
+    }
+    Ok(out)
+}
+
 /// Mean completion-token loss of a batch and the number of tokens it averages.
-pub fn batch_loss(model: &Llama, batch: &crate::model::Batch, fwd: &Forward) -> Result<Tensor> {
+pub fn batch_loss(model: &Llama, batch: &Batch, fwd: &Forward) -> Result<Tensor> {
+    Ok(token_losses(model, batch, fwd)?.mean_all()?)
+}
+
+/// The loss of every completion token of a batch, in the batch's order.
+fn token_losses(model: &Llama, batch: &Batch, fwd: &Forward) -> Result<Tensor> {
     let (hidden, at) = model.batch_hidden(batch, fwd)?;
     // The LM head only where the loss is taken: it is the largest matmul of a small
     // model, and most positions of an SFT batch are prompt.
-    Ok(model.token_nll(&hidden.index_select(&at, 0)?, &batch.targets)?.mean_all()?)
+    model.token_nll(&hidden.index_select(&at, 0)?, &batch.targets)
 }
 
 /// What a training run optimises: its variables, how they are named in a checkpoint, and
@@ -26,19 +78,13 @@ pub trait Objective {
     /// The variables' tensors by checkpoint name, in the order of [`Objective::vars`].
     fn named_tensors(&self) -> Vec<(String, Tensor)>;
     /// How many loss terms a batch holds (its weight when micro-batches accumulate).
-    fn loss_items(&self, batch: &crate::model::Batch, _examples: &[usize]) -> usize {
+    fn loss_items(&self, batch: &Batch, _examples: &[usize]) -> usize {
         batch.loss_tokens
     }
-    /// The mean loss of `batch`, built from the examples at indices `examples` (dropout
-    /// seeded by `seed` and `micro`, the global micro-batch index).
-    fn loss(
-        &self,
-        model: &Llama,
-        batch: &crate::model::Batch,
-        examples: &[usize],
-        seed: u64,
-        micro: u64,
-    ) -> Result<Tensor>;
+    /// The loss of `batch` (its mean, and its terms by group), built from the examples at
+    /// indices `examples` (dropout seeded by `seed` and `micro`, the global micro-batch
+    /// index).
+    fn loss(&self, model: &Llama, batch: &Batch, examples: &[usize], seed: u64, micro: u64) -> Result<BatchLoss>;
 }
 
 impl Objective for LoraAdapter {
@@ -50,15 +96,10 @@ impl Objective for LoraAdapter {
         LoraAdapter::named_tensors(self)
     }
 
-    fn loss(
-        &self,
-        model: &Llama,
-        batch: &crate::model::Batch,
-        _examples: &[usize],
-        seed: u64,
-        micro: u64,
-    ) -> Result<Tensor> {
-        batch_loss(model, batch, &Forward::train(self, seed, micro))
+    fn loss(&self, model: &Llama, batch: &Batch, _examples: &[usize], seed: u64, micro: u64) -> Result<BatchLoss> {
+        let nll = token_losses(model, batch, &Forward::train(self, seed, micro))?;
+        let groups = group_terms(&nll, batch)?;
+        Ok(BatchLoss { mean: nll.mean_all()?, groups })
     }
 }
 
@@ -80,7 +121,7 @@ mod tests {
         let examples = [
             Example { ids: vec![1, 2, 3, 4, 5, 6, 7], prompt_len: 4, ..Default::default() },
             Example { ids: vec![1, 2, 3, 4, 9, 8], prompt_len: 4, ..Default::default() },
-            Example { ids: vec![1, 2, 3, 10, 11, 12, 13, 14], prompt_len: 3, extra_loss: vec![(1, 2)] },
+            Example { ids: vec![1, 2, 3, 10, 11, 12, 13, 14], prompt_len: 3, extra_loss: vec![(1, 2)], group: 0 },
             Example { ids: vec![20, 21, 22], prompt_len: 1, ..Default::default() },
             Example { ids: vec![1, 2, 3, 4, 5, 6, 7], prompt_len: 5, ..Default::default() },
         ];

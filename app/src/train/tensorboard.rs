@@ -125,7 +125,10 @@ impl RunLog {
             TrainEvent::Step(s) => {
                 self.step = self.offset + s.step as u64;
                 let values = [s.loss, s.lr, s.grad_norm, s.tokens_per_s];
-                let tagged: Vec<(&str, f64)> = STEP_TAGS.iter().copied().zip(values).collect();
+                let mut tagged: Vec<(String, f64)> = STEP_TAGS.iter().map(|t| t.to_string()).zip(values).collect();
+                // A mixed run's loss per task, from the same step (`train/loss/<task>`).
+                tagged.extend(s.task_losses.iter().map(|(t, l)| (format!("train/loss/{t}"), *l)));
+                let tagged: Vec<(&str, f64)> = tagged.iter().map(|(t, v)| (t.as_str(), *v)).collect();
                 self.writer.scalars(self.step, &tagged)
             }
             TrainEvent::Notice { .. } | TrainEvent::Checkpoint { .. } => Ok(()),
@@ -347,6 +350,9 @@ mod tests {
                 tokens: 10,
                 tokens_per_s: 100.0,
                 elapsed_s: 0.1,
+                group_losses: vec![],
+                // A mixed run's tasks, named.
+                task_losses: vec![("x".into(), loss + 1.0)],
             })
         };
         // Stage a's schedule said 3 steps, its budget ended it after 2: b follows at 3.
@@ -364,6 +370,8 @@ mod tests {
             got.iter().filter(|s| s.tag.starts_with("eval/")).map(|s| (s.step, s.tag.as_str())).collect();
         assert_eq!(evals, vec![(2, "eval/a"), (4, "eval/b")]);
         assert_eq!(got.iter().filter(|s| s.tag == "train/learning_rate").count(), 4);
+        let task: Vec<(u64, f32)> = got.iter().filter(|s| s.tag == "train/loss/x").map(|s| (s.step, s.value)).collect();
+        assert_eq!(task, vec![(1, 3.0), (2, 2.5), (3, 2.25), (4, 2.0)]);
         // A flipped byte fails the checksum.
         let mut bytes = std::fs::read(log.path()).unwrap();
         let n = bytes.len();

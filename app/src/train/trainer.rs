@@ -16,7 +16,7 @@ use crate::train::batches::batch_indices;
 use crate::train::checkpoint::{self, CheckpointPlan, Progress};
 use crate::train::config::TrainConfig;
 use crate::train::events::{StepStats, TrainEvent, TrainSummary};
-use crate::train::objective::Objective;
+use crate::train::objective::{add_terms, GroupTerms, Objective};
 use crate::train::optim::{self, AdamW};
 use crate::{Error, Result};
 
@@ -65,6 +65,9 @@ pub fn train_objective(
         progress.per_example = vec![0; examples.len()];
     }
     let trainable_params: usize = vars.iter().map(|v| v.elem_count()).sum();
+    // Examples of several groups (a mixture's tasks): each step's loss is reported per
+    // group too.
+    let grouped = examples.iter().any(|e| e.group != examples[0].group);
     on_event(&TrainEvent::Started {
         total_steps: total,
         start_step: progress.step,
@@ -103,13 +106,17 @@ pub fn train_objective(
             .map(|(rows, idx, k)| Micro { rows, examples: idx, micro: step * cfg.grad_accum + k })
             .collect();
         let mut notice = |message: String| on_event(&TrainEvent::Notice { step: step + 1, message });
-        let (step_loss, mut grads, counts) =
+        let (step_loss, mut grads, counts, groups) =
             accumulate(model, objective, &vars, &micro, cfg.seed, &mut row_cap, &mut notice)?;
         let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = optim::lr_at(step.min(total - 1), total, warmup, cfg.learning_rate);
         opt.step(&vars, &grads, lr)?;
         let (step_tokens, step_loss_tokens) = counts;
         progress.losses.push(step_loss);
+        let group_losses = if grouped { group_means(groups) } else { vec![] };
+        if grouped {
+            progress.group_losses.push(group_losses.clone());
+        }
         progress.tokens += step_tokens;
         progress.loss_tokens += step_loss_tokens;
         progress.step += 1;
@@ -123,6 +130,8 @@ pub fn train_objective(
             tokens: step_tokens,
             tokens_per_s: step_tokens as f64 / secs.max(1e-9),
             elapsed_s: began.elapsed().as_secs_f64(),
+            group_losses,
+            task_losses: vec![],
         }));
         let done = progress.step;
         let last =
@@ -142,7 +151,14 @@ pub fn train_objective(
         wall_s: began.elapsed().as_secs_f64(),
         trainable_params,
         tokens_per_example: progress.per_example,
+        group_losses: progress.group_losses,
     })
+}
+
+/// Each group's mean loss over its terms in a step, by group.
+fn group_means(mut groups: Vec<GroupTerms>) -> Vec<(usize, f64)> {
+    groups.sort_by_key(|g| g.group);
+    groups.into_iter().filter(|g| g.terms > 0).map(|g| (g.group, g.sum / g.terms as f64)).collect()
 }
 
 /// One micro-batch of a step: its examples, their indices and its global index (which
@@ -231,8 +247,8 @@ fn step_parts(
 
 /// Forward and backward of every micro-batch, each loss weighted by its share of the
 /// step's loss terms (so accumulation equals one big batch). Returns the step's loss, the
-/// summed gradient of every variable (zeros where none reached it) and the step's
-/// (tokens, loss tokens).
+/// summed gradient of every variable (zeros where none reached it), the step's
+/// (tokens, loss tokens) and its loss terms by group.
 ///
 /// A forward pass holds at most `row_cap` examples. When the device runs out of memory
 /// on one, the cap is halved (saying so through `notice`) and the micro-batch computed in
@@ -247,7 +263,7 @@ fn accumulate(
     seed: u64,
     row_cap: &mut usize,
     notice: &mut dyn FnMut(String),
-) -> Result<(f64, Vec<Tensor>, (usize, usize))> {
+) -> Result<(f64, Vec<Tensor>, (usize, usize), Vec<GroupTerms>)> {
     let device = model.device();
     // Loss terms of the whole step: each piece's weight is its share of them.
     let mut step_items = 0;
@@ -261,7 +277,7 @@ fn accumulate(
         queue.push(Piece { rows: m.rows, idx: m.examples, micro: m.micro as u64, batch: Some(batch) });
     }
     queue.reverse();
-    let mut acc = Accumulated { grads: vec![None; vars.len()], loss: 0.0 };
+    let mut acc = Accumulated { grads: vec![None; vars.len()], loss: 0.0, groups: vec![] };
     while let Some(Piece { rows, idx, micro, batch }) = queue.pop() {
         if rows.len() > *row_cap {
             // Computed in pieces of at most the cap, in order.
@@ -282,7 +298,7 @@ fn accumulate(
         }
         let weight = items as f64 / step_items.max(1) as f64;
         match micro_grads(model, objective, vars, Pass { batch: &batch, examples: idx, seed, micro, weight }) {
-            Ok((loss, grads)) => acc.add(loss, grads)?,
+            Ok((loss, grads, groups)) => acc.add(loss, grads, groups)?,
             Err(e) if e.is_out_of_memory() => {
                 if rows.len() == 1 {
                     return Err(Error::Invalid(format!(
@@ -311,7 +327,7 @@ fn accumulate(
         .zip(vars)
         .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
         .collect::<candle_core::Result<_>>()?;
-    Ok((acc.loss, grads, counts))
+    Ok((acc.loss, grads, counts, acc.groups))
 }
 
 /// Examples computed in one forward pass, and their batch once made.
@@ -322,15 +338,19 @@ struct Piece<'a> {
     batch: Option<crate::model::Batch>,
 }
 
-/// The step's loss and gradients so far.
+/// The step's loss, gradients and loss terms by group so far.
 struct Accumulated {
     grads: Vec<Option<Tensor>>,
     loss: f64,
+    groups: Vec<GroupTerms>,
 }
 
 impl Accumulated {
-    fn add(&mut self, loss: f64, grads: Vec<Option<Tensor>>) -> Result<()> {
+    fn add(&mut self, loss: f64, grads: Vec<Option<Tensor>>, groups: Vec<GroupTerms>) -> Result<()> {
         self.loss += loss;
+        for g in groups {
+            add_terms(&mut self.groups, g);
+        }
         for (slot, g) in self.grads.iter_mut().zip(grads) {
             if let Some(g) = g {
                 *slot = Some(match slot.take() {
@@ -353,19 +373,21 @@ struct Pass<'a> {
     weight: f64,
 }
 
-/// One forward and backward pass: the weighted loss and each variable's gradient.
+/// One forward and backward pass: the weighted loss, each variable's gradient and the
+/// pass's loss terms by group.
+#[allow(clippy::type_complexity)] // (loss, a gradient per variable, terms by group)
 fn micro_grads(
     model: &Llama,
     objective: &dyn Objective,
     vars: &[Var],
     pass: Pass,
-) -> Result<(f64, Vec<Option<Tensor>>)> {
+) -> Result<(f64, Vec<Option<Tensor>>, Vec<GroupTerms>)> {
     let Pass { batch, examples, seed, micro, weight } = pass;
     let loss = objective.loss(model, batch, examples, seed, micro)?;
-    let weighted = (loss * weight)?;
+    let weighted = (loss.mean * weight)?;
     let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     let g = weighted.backward()?;
-    Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect()))
+    Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect(), loss.groups))
 }
 
 /// Tokenises records for training, reporting how many were truncated.

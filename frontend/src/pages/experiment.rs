@@ -207,9 +207,16 @@ pub fn ExperimentPage() -> impl IntoView {
         <div class="chart" id="loss-chart" data-points=move || curves.get().len().to_string()
             inner_html=move || {
                 let c = curves.get();
-                if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg(&c.series(), &c.stage_starts(), (900, 360)) }
+                if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg("training loss", &c.series(), &c.stage_starts(), (900, 360)) }
             }>
         </div>
+        {move || (!curves.get().tasks.is_empty()).then(|| view! {
+            <h2>"Loss per task inside mixed runs"</h2>
+            <p class="hint">"Combined and multi-head runs train on a mixture: each step's loss split by task, from the same forward pass (a task without an example in a step has no point there)."</p>
+            <div class="chart" id="task-loss-chart" data-points=move || curves.get().task_len().to_string()
+                inner_html=move || loss_svg("training loss per task", &curves.get().task_series(), &[], (900, 360))>
+            </div>
+        })}
         <h2>"Scores so far"</h2>
         <table class="scores">
             <thead><tr><th>"run"</th><th>"after"</th><th>"task"</th><th>"score"</th></tr></thead>

@@ -92,6 +92,7 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     s.push_str(&lr_search_markdown(report));
+    s.push_str(&task_loss_markdown(report));
     for r in &report.runs {
         if let Some(f) = &r.forgetting {
             let _ = writeln!(
@@ -170,6 +171,43 @@ fn curves_markdown(report: &Report) -> String {
         let _ = writeln!(s, "| {} | {} | {lead} | {p} |", crate::strategy::sizes::percent(size.fraction), size.leader);
     }
     s
+}
+
+/// The mixed runs' loss per task (empty without mixed runs): each task's mean loss over
+/// the run's first and last tenth of steps it was trained in — a task the mixture
+/// neglects shows as a loss that stays high.
+fn task_loss_markdown(report: &Report) -> String {
+    let mut rows = String::new();
+    for r in report.runs.iter().filter(|r| !r.task_losses.is_empty()) {
+        for (task, at) in &r.task_losses {
+            let n = at.len();
+            let tenth = (n / 10).max(1);
+            let mean = |xs: &[Option<f64>]| {
+                let v: Vec<f64> = xs.iter().flatten().copied().collect();
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.3}", v.iter().sum::<f64>() / v.len() as f64)
+                }
+            };
+            let trained = at.iter().flatten().count();
+            let _ = writeln!(
+                rows,
+                "| {} | {task} | {trained} of {n} | {} | {} |",
+                r.name,
+                mean(&at[..tenth.min(n)]),
+                mean(&at[n.saturating_sub(tenth)..])
+            );
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Loss per task inside mixed runs\n\nEach step's training loss split by task, from the same forward pass: \
+         the steps with examples of the task, and its mean loss over the first and the last tenth of the run's steps \
+         (chart: `task-loss`).\n\n| run | task | steps trained | first tenth | last tenth |\n|---|---|---|---|---|\n{rows}"
+    )
 }
 
 /// The learning-rate search section of `report.md` (empty without a search): one

@@ -78,6 +78,7 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         peak_rss_mib: None,
         losses: vec![],
         stage_starts: vec![],
+        task_losses: vec![],
         forgetting: None,
         adapter_dirs: vec![],
         learning_rate: 0.0,
