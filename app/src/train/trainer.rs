@@ -106,8 +106,9 @@ pub fn train_objective(
             .map(|(rows, idx, k)| Micro { rows, examples: idx, micro: step * cfg.grad_accum + k })
             .collect();
         let mut notice = |message: String| on_event(&TrainEvent::Notice { step: step + 1, message });
-        let (step_loss, mut grads, counts, groups) =
+        let Accumulated { loss: step_loss, grads, counts, groups } =
             accumulate(model, objective, &vars, &micro, cfg.seed, &mut row_cap, &mut notice)?;
+        let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
         let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = optim::lr_at(step.min(total - 1), total, warmup, cfg.learning_rate);
         opt.step(&vars, &grads, lr)?;
@@ -246,9 +247,9 @@ fn step_parts(
 }
 
 /// Forward and backward of every micro-batch, each loss weighted by its share of the
-/// step's loss terms (so accumulation equals one big batch). Returns the step's loss, the
-/// summed gradient of every variable (zeros where none reached it), the step's
-/// (tokens, loss tokens) and its loss terms by group.
+/// step's loss terms (so accumulation equals one big batch): the step's loss, the summed
+/// gradient of every variable (zeros where none reached it), the step's (tokens, loss
+/// tokens) and its loss terms by group.
 ///
 /// A forward pass holds at most `row_cap` examples. When the device runs out of memory
 /// on one, the cap is halved (saying so through `notice`) and the micro-batch computed in
@@ -263,7 +264,7 @@ fn accumulate(
     seed: u64,
     row_cap: &mut usize,
     notice: &mut dyn FnMut(String),
-) -> Result<(f64, Vec<Tensor>, (usize, usize), Vec<GroupTerms>)> {
+) -> Result<Accumulated> {
     let device = model.device();
     // Loss terms of the whole step: each piece's weight is its share of them.
     let mut step_items = 0;
@@ -277,7 +278,7 @@ fn accumulate(
         queue.push(Piece { rows: m.rows, idx: m.examples, micro: m.micro as u64, batch: Some(batch) });
     }
     queue.reverse();
-    let mut acc = Accumulated { grads: vec![None; vars.len()], loss: 0.0, groups: vec![] };
+    let mut acc = Accumulated { grads: vec![None; vars.len()], loss: 0.0, counts: (0, 0), groups: vec![] };
     while let Some(Piece { rows, idx, micro, batch }) = queue.pop() {
         if rows.len() > *row_cap {
             // Computed in pieces of at most the cap, in order.
@@ -325,9 +326,9 @@ fn accumulate(
         .grads
         .into_iter()
         .zip(vars)
-        .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+        .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok).map(Some))
         .collect::<candle_core::Result<_>>()?;
-    Ok((acc.loss, grads, counts, acc.groups))
+    Ok(Accumulated { grads, counts, ..acc })
 }
 
 /// Examples computed in one forward pass, and their batch once made.
@@ -338,10 +339,12 @@ struct Piece<'a> {
     batch: Option<crate::model::Batch>,
 }
 
-/// The step's loss, gradients and loss terms by group so far.
+/// A step's loss, gradients (one per variable, once every micro-batch is in), (tokens,
+/// loss tokens) and loss terms by group so far.
 struct Accumulated {
     grads: Vec<Option<Tensor>>,
     loss: f64,
+    counts: (usize, usize),
     groups: Vec<GroupTerms>,
 }
 
