@@ -282,9 +282,23 @@ async fn dashboard_end_to_end_in_chromium() {
     assert!(per_task.len() >= 4, "a line per task of each mixed run: {}", per_task.len());
     b.screenshot("experiment-done").await;
 
-    // Compare: a filled table.
+    // Compare, one screen first: the answer in one sentence, the compact table marked
+    // against the best run, the forest plot with its figures on hover; the rest folded.
     let compare = b.wait("a[href$='/compare']").await;
     b.click(&compare).await;
+    b.wait_text("#answer", "Use ").await;
+    b.wait_text("#compact-table", "combined (proportional)").await;
+    let compact = b.find_all("#compact-table tbody tr").await;
+    assert!(compact.len() >= 8, "base + every run: {}", compact.len());
+    let cell = b.wait("#compact-table tbody tr td[title]").await;
+    assert!(b.attr(&cell, "title").await.contains('['), "a cell's interval on hover");
+    let bars = b.find_all("#forest .forest-row").await;
+    assert_eq!(bars.len(), compact.len() - 1, "every run but the best, the base model included");
+    assert!(b.attr(&bars[0], "title").await.contains("points, p (Holm)"));
+    let details = b.wait("details#details").await;
+    assert!(b.attr(&details, "open").await.is_empty(), "the details start folded");
+    b.screenshot("compare").await;
+    b.click(&b.wait("details#details > summary").await).await;
     b.wait_text("#compare-table", "combined (proportional)").await;
     let rows = b.find_all("#compare-table tbody tr").await;
     assert!(rows.len() >= 8, "base + every run: {}", rows.len());
@@ -298,7 +312,7 @@ async fn dashboard_end_to_end_in_chromium() {
     let said = b.text(&b.wait("#data-sizes-text").await).await;
     assert!(said.contains("examples per task"), "{said}");
     b.wait("img[src*='curves.svg']").await;
-    b.screenshot("compare").await;
+    b.screenshot("compare-details").await;
 
     // Downloads: an adapter zip that loads back.
     let url = b.cmd("GET", "/url", None).await.as_str().unwrap().to_string();

@@ -139,8 +139,22 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         if r.strategy == "sequential" {
             let f = r.forgetting.as_ref().expect("sequential runs have a forgetting matrix");
             assert_eq!((f.matrix.len(), f.matrix[0].len()), (4, 4));
+            // What the model keeps of the base after each stage; the last is the run's.
+            assert_eq!(f.retention.len(), 4, "{}", r.name);
+            assert_eq!(f.retention.last().copied(), r.retention, "{}", r.name);
         }
     }
+    // Every run is measured against the base model's answers to the retention probe.
+    for r in &report.runs {
+        let k = r.retention.unwrap_or_else(|| panic!("{} has no retention", r.name));
+        assert!(k.prompts > 0 && (0.0..=1.0).contains(&k.same_answer) && k.kl >= 0.0, "{}: {k:?}", r.name);
+        if r.is_base() {
+            assert_eq!((k.kl, k.same_answer), (0.0, 1.0), "the base model keeps all of itself");
+        } else {
+            assert!(k.kl > 0.0, "{}: trained, yet no KL from the base model", r.name);
+        }
+    }
+    assert!(out.path().join("charts/retention.svg").exists());
     let mtn = report.runs.iter().find(|r| r.name == "sequential (merge-then-new)").unwrap();
     assert_eq!(mtn.exported_params, 4 * mtn.trainable_params, "the export concatenates four stage adapters");
     let mh = report.runs.iter().find(|r| r.name == "multi-head").unwrap();
@@ -210,6 +224,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         "## Forgetting",
         "## Task similarity",
         "## Loss per task inside mixed runs",
+        "## What each run keeps of the base model",
     ] {
         assert!(md.contains(section), "report.md lacks {section}");
     }
@@ -643,6 +658,7 @@ fn data_size_curves_train_every_strategy_at_every_size() {
             }
             if size.fraction < 1.0 {
                 assert!(r.forgetting.is_none(), "a smaller size scores its runs' final models only");
+                assert!(r.retention.is_none(), "and does not measure retention");
                 assert!(r.adapter_dirs.iter().all(|d| d.contains("/sizes/")), "{:?}", r.adapter_dirs);
             }
         }

@@ -29,6 +29,9 @@ mod datasets;
 // Training: overfitting, exact resume, accumulation, a real fine-tune of the default model.
 mod training;
 
+// The retention probe against a direct computation of its KL and real greedy decoding.
+mod retention;
+
 // Strategies: every strategy end to end on the tiny model, budgets, report sections,
 // forgetting.
 mod strategies;

@@ -55,6 +55,23 @@ pub struct Forgetting {
     pub backward_transfer: f64,
     /// Mean over earlier tasks of (best before the last stage − final).
     pub average_forgetting: f64,
+    /// What the model kept of the base model after each stage (the retention probe), when
+    /// measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<Retention>,
+}
+
+/// What a model keeps of the base model's general ability, on the retention probe (our
+/// own varied prompts, answered once by the base model, greedy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Mean per-token KL divergence (nats) from the base model's next-token distributions
+    /// along the base answers (teacher-forced): 0 for the base model.
+    pub kl: f64,
+    /// Share of probe prompts whose greedy answer is still exactly the base model's.
+    pub same_answer: f64,
+    /// Probe prompts measured.
+    pub prompts: usize,
 }
 
 impl Forgetting {
@@ -70,7 +87,7 @@ impl Forgetting {
             n += 1;
         }
         let d = n.max(1) as f64;
-        Self { stages, tasks, matrix, backward_transfer: bwt / d, average_forgetting: fgt / d }
+        Self { stages, tasks, matrix, backward_transfer: bwt / d, average_forgetting: fgt / d, retention: vec![] }
     }
 }
 
@@ -114,6 +131,11 @@ pub struct RunResult {
     pub task_losses: Vec<(String, Vec<Option<f64>>)>,
     /// Forgetting (sequential runs).
     pub forgetting: Option<Forgetting>,
+    /// What the run keeps of the base model (the retention probe; a separate run's
+    /// routed row: the mean over its per-task adapters; a multi-head run: its shared
+    /// adapter), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
     /// Exported adapter folders.
     pub adapter_dirs: Vec<String>,
     /// The peak learning rate it trained at (0 in reports from before it was recorded).

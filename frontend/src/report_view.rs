@@ -66,6 +66,178 @@ pub fn score_rows(report: &Report) -> (Vec<String>, Vec<ScoreRow>) {
     (tasks, rows)
 }
 
+/// The comparison of `run` against the best run on `task` (`None`: the macro average),
+/// seen from `run`'s side; the base model's comes from the best run's comparison with it.
+fn against_best<'a>(report: &'a Report, run: &str, task: Option<&str>) -> Option<(Estimate, Verdict, f64)> {
+    let best = &report.recommendation.best;
+    let same_task = |c: &&'a multitune_api::report::Comparison| c.task.as_deref() == task;
+    if let Some(c) = report.comparisons.iter().filter(same_task).find(|c| c.run == run && &c.against == best) {
+        return Some((c.difference, c.verdict, c.p_adjusted));
+    }
+    let c = report.comparisons.iter().filter(same_task).find(|c| &c.run == best && c.against == run)?;
+    let d = c.difference;
+    Some((Estimate { value: -d.value, lo: -d.hi, hi: -d.lo }, reversed(c.verdict), c.p_adjusted))
+}
+
+/// `+11.2 [4.0, 18.5]`: a difference in points with its interval.
+fn points(d: &Estimate) -> String {
+    format!("{:+.1} [{:.1}, {:.1}]", 100.0 * d.value + 0.0, 100.0 * d.lo + 0.0, 100.0 * d.hi + 0.0)
+}
+
+/// The answer in one sentence: the run to use, its macro average against the base
+/// model's, and how many of the other runs it is significantly ahead of (naming those it
+/// cannot be told from). Empty without a trained run.
+pub fn answer(report: &Report) -> String {
+    let best = &report.recommendation.best;
+    let Some(b) = report.runs.iter().find(|r| &r.name == best) else { return String::new() };
+    let base = report.runs.iter().find(|r| r.is_base()).map(|r| r.macro_average().value);
+    let others: Vec<&str> =
+        report.runs.iter().filter(|r| !r.is_base() && &r.name != best).map(|r| r.name.as_str()).collect();
+    let mut beaten = 0;
+    let mut close = Vec::new();
+    for o in &others {
+        match against_best(report, o, None) {
+            Some((_, Verdict::Worse, _)) => beaten += 1,
+            _ => close.push(*o),
+        }
+    }
+    let mut text = format!("Use {best}: {} macro average", format::percent(b.macro_average().value));
+    if let Some(v) = base {
+        text.push_str(&format!(" (the base model: {})", format::percent(v)));
+    }
+    match (others.len(), close.len()) {
+        (0, _) => {}
+        (n, 0) => text.push_str(&format!(", significantly ahead of {} other run{}", n, if n == 1 { "" } else { "s" })),
+        (n, _) if beaten > 0 => text.push_str(&format!(
+            ", significantly ahead of {beaten} of the {n} other runs; not told apart from {} on these held-out examples",
+            close.join(", ")
+        )),
+        _ => text.push_str(&format!(
+            ", but not told apart from any other run on these held-out examples ({})",
+            close.join(", ")
+        )),
+    }
+    text.push('.');
+    text
+}
+
+/// A cell of the compact table: the value, its mark against the best run and, for
+/// hovering, the full figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactCell {
+    /// `76.8`.
+    pub text: String,
+    /// `▼` significantly below the best run, `▲` above it, `≈` tied with it (within ±5
+    /// points), empty when the data cannot tell (and in the best run's own row).
+    pub mark: &'static str,
+    /// `76.8% [71.2, 81.2]; against the best: −1.5 [−3.8, 0.8], p (Holm) 0.412`.
+    pub title: String,
+}
+
+/// A row of the compact table: the run, whether it is the best one, a cell per task and
+/// the macro average.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactRow {
+    /// Run.
+    pub run: String,
+    /// The recommendation's best run.
+    pub best: bool,
+    /// One per task, then the macro average.
+    pub cells: Vec<CompactCell>,
+    /// What it keeps of the base model (% of the retention probe answered as the base
+    /// model does), when measured.
+    pub kept: Option<CompactCell>,
+}
+
+/// The strategy × task table read at a glance: every run's headline metric per task and
+/// macro average, each marked by its paired comparison with the best run.
+pub fn compact_rows(report: &Report) -> (Vec<String>, Vec<CompactRow>) {
+    let tasks = task_names(report);
+    let best = &report.recommendation.best;
+    let cell = |run: &str, task: Option<&str>, v: Estimate| {
+        let vs = (run != best.as_str()).then(|| against_best(report, run, task)).flatten();
+        let mark = match vs.map(|x| x.1) {
+            Some(Verdict::Worse) => "▼",
+            Some(Verdict::Better) => "▲",
+            Some(Verdict::Tied) => "≈",
+            _ => "",
+        };
+        let mut title = format::with_interval(v.value, v.lo, v.hi);
+        if let Some((d, _, p)) = vs {
+            title.push_str(&format!("; against the best: {} points, p (Holm) {p:.3}", points(&d)));
+        }
+        CompactCell { text: format!("{:.1}", 100.0 * v.value), mark, title }
+    };
+    let rows = report
+        .runs
+        .iter()
+        .map(|r| {
+            let mut cells: Vec<CompactCell> =
+                r.scores.iter().zip(&tasks).map(|(s, t)| cell(&r.name, Some(t), s.value)).collect();
+            cells.push(cell(&r.name, None, r.macro_average()));
+            let kept = r.retention.map(|k| CompactCell {
+                text: format!("{:.0}", 100.0 * k.same_answer),
+                mark: "",
+                title: format!(
+                    "{} of {} probe prompts answered as the base model does; KL {:.4} nats/token from its distributions",
+                    format::percent(k.same_answer),
+                    k.prompts,
+                    k.kl
+                ),
+            });
+            CompactRow { run: r.name.clone(), best: &r.name == best, cells, kept }
+        })
+        .collect();
+    (tasks, rows)
+}
+
+/// A row of the forest plot drawn in the page: a run's paired difference to the best run
+/// (macro average), placed on a common axis as percentages of its width.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForestBar {
+    /// Run.
+    pub run: String,
+    /// Where the interval begins, % of the axis.
+    pub left: f64,
+    /// Its width, % of the axis.
+    pub width: f64,
+    /// Where the difference itself lies, % of the axis.
+    pub at: f64,
+    /// Its verdict's class (`worse`, `tied`, …).
+    pub class: &'static str,
+    /// `−1.5 points [−3.8, 0.8], p (Holm) 0.412: tied` for hovering.
+    pub title: String,
+}
+
+/// The forest plot of every run against the best (macro average, paired), and where
+/// zero lies on its axis (%). The axis spans every interval and zero, with a margin.
+pub fn forest(report: &Report) -> (f64, Vec<ForestBar>) {
+    let best = &report.recommendation.best;
+    let rows: Vec<(&str, Estimate, Verdict, f64)> = report
+        .runs
+        .iter()
+        .filter(|r| &r.name != best)
+        .filter_map(|r| against_best(report, &r.name, None).map(|(d, v, p)| (r.name.as_str(), d, v, p)))
+        .collect();
+    let lo = rows.iter().map(|r| r.1.lo).fold(0.0, f64::min);
+    let hi = rows.iter().map(|r| r.1.hi).fold(0.0, f64::max);
+    let pad = ((hi - lo) * 0.05).max(0.01);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let x = |v: f64| 100.0 * (v - lo) / (hi - lo);
+    let bars = rows
+        .into_iter()
+        .map(|(run, d, v, p)| ForestBar {
+            run: run.to_string(),
+            left: x(d.lo),
+            width: x(d.hi) - x(d.lo),
+            at: x(d.value),
+            class: class(v),
+            title: format!("{} points, p (Holm) {p:.3}: {}", points(&d), class(v)),
+        })
+        .collect();
+    (x(0.0), bars)
+}
+
 /// A row of the data-size table: the run, and at each size its macro average and whether
 /// it leads there (`None` where a size lacks the run).
 pub type SizeRow = (String, Vec<Option<(String, bool)>>);
@@ -318,6 +490,54 @@ mod tests {
         let s = task_standings(&r);
         assert_eq!(s[0], ("a".to_string(), "cannot tell against: y".to_string()));
         assert_eq!(s[1], ("b".to_string(), "x beats: y".to_string()));
+    }
+
+    #[test]
+    fn the_answer_table_and_forest_read_at_a_glance() {
+        let r: Report = Report {
+            tasks: tasks(&[("a", "classification"), ("b", "generation")]),
+            runs: vec![
+                run("base model", "base", &[0.2, 0.0]),
+                run("x", "combined", &[0.9, 0.7]),
+                run("y", "separate", &[0.6, 0.6]),
+                run("z", "multi_head", &[0.85, 0.7]),
+            ],
+            recommendation: Recommendation { best: "x".into(), ..Default::default() },
+            comparisons: vec![
+                comparison("y", "x", None, -0.2, 0.001, Verdict::Worse),
+                comparison("z", "x", None, -0.025, 0.4, Verdict::Tied),
+                comparison("x", "base model", None, 0.7, 0.001, Verdict::Better),
+                comparison("y", "x", Some("a"), -0.3, 0.001, Verdict::Worse),
+                comparison("y", "x", Some("b"), -0.1, 0.2, Verdict::Undecided),
+                comparison("x", "base model", Some("a"), 0.7, 0.001, Verdict::Better),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            answer(&r),
+            "Use x: 80.0% macro average (the base model: 10.0%), significantly ahead of 1 of the 2 other runs; \
+             not told apart from z on these held-out examples."
+        );
+        let (tasks, rows) = compact_rows(&r);
+        assert_eq!(tasks, ["a", "b"]);
+        let marks = |i: usize| rows[i].cells.iter().map(|c| c.mark).collect::<Vec<_>>();
+        assert_eq!(marks(0), ["▼", "", "▼"], "the base model, from the best run's comparisons with it");
+        assert_eq!(marks(1), ["", "", ""], "the best run is the reference");
+        assert!(rows[1].best && !rows[2].best);
+        assert_eq!(marks(2), ["▼", "", "▼"]);
+        assert_eq!(marks(3), ["", "", "≈"]);
+        assert_eq!(rows[2].cells[0].text, "60.0");
+        assert_eq!(
+            rows[2].cells[0].title,
+            "60.0% [50.0, 70.0]; against the best: -30.0 [-35.0, -25.0] points, p (Holm) 0.001"
+        );
+        let (zero, bars) = forest(&r);
+        assert_eq!(bars.iter().map(|b| b.run.as_str()).collect::<Vec<_>>(), ["base model", "y", "z"]);
+        assert_eq!(bars.iter().map(|b| b.class).collect::<Vec<_>>(), ["worse", "worse", "tied"]);
+        // On one axis: every interval and zero inside it, in order.
+        assert!(bars.iter().all(|b| b.left >= 0.0 && b.left + b.width <= 100.0 && b.left <= b.at));
+        assert!(bars[0].at < bars[1].at && bars[1].at < bars[2].at && bars[2].at < zero && zero < 100.0);
+        assert!(bars[2].title.starts_with("-2.5 [-7.5, 2.5] points"), "{}", bars[2].title);
     }
 
     #[test]

@@ -371,11 +371,21 @@ pub fn forgetting_heatmap<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, tit
 
 /// Horizontal bars of training wall time per run.
 pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(String, f64)]) -> Drawn {
+    bars(area, "Training wall time per run (s)", "seconds", runs)
+}
+
+/// Horizontal bars, one per run in its colour, captioned `title`, the axis in `unit`.
+pub fn bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    unit: &str,
+    runs: &[(String, f64)],
+) -> Drawn {
     let n = runs.len().max(1);
     let max = runs.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-3) * 1.1;
     let names: Vec<String> = runs.iter().map(|r| r.0.clone()).collect();
     let mut chart = ChartBuilder::on(area)
-        .caption("Training wall time per run (s)", (FONT, 24))
+        .caption(title, (FONT, 24))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(260)
@@ -386,7 +396,7 @@ pub fn cost_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[(Str
         .disable_y_mesh()
         .y_labels(n * 2 + 1)
         .y_label_formatter(&|y| category(*y, &names, true))
-        .x_desc("seconds")
+        .x_desc(unit)
         .label_style((FONT, 13))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -464,6 +474,12 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             })
             .collect();
         save("curves", both!(|a| learning_curves(a, &examples, &curves))?)?;
+    }
+    let kept: Vec<(String, f64)> =
+        report.runs.iter().filter_map(|r| Some((r.name.clone(), 100.0 * r.retention?.same_answer))).collect();
+    if !kept.is_empty() {
+        let title = "Kept of the base model: probe prompts answered as the base model does (%)";
+        save("retention", both!(|a| bars(a, title, "% of the probe's prompts", &kept))?)?;
     }
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;

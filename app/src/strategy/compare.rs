@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::adapter::peft;
+use crate::eval::retention::{self, Probe};
 use crate::eval::EvalOptions;
 use crate::memory::RssSampler;
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
 use crate::strategy::lr_search::{self, LrSearch};
-use crate::strategy::report::{self, Report, RunCost, RunResult};
+use crate::strategy::report::{self, Report, Retention, RunCost, RunResult};
 use crate::strategy::sizes;
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
@@ -40,7 +41,8 @@ pub fn compare(
         curves.observe(e);
         on_event(e)
     };
-    let setup = Setup { base, tasks, cfg, out, control };
+    let probe = answer_probe(base, cfg)?;
+    let setup = Setup { base, tasks, cfg, out, control, probe: Some(&probe) };
     let mut runs = vec![score_base(setup, on_event)?];
     let mut searches = vec![None; cfg.strategies.len()];
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
@@ -49,7 +51,8 @@ pub fn compare(
     let mut smaller = Vec::new();
     for size in Size::smaller(cfg) {
         let (sub, scfg, sout) = size.setup(tasks, cfg, out);
-        let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
+        // A smaller size's runs are its curve's points: scores only, no retention.
+        let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, probe: None, ..setup };
         let (per_seed, _) = run_seeds(at, size, None, &mut searches, on_event)?;
         smaller.push(report::SizeRows {
             fraction: size.fraction,
@@ -69,7 +72,8 @@ pub fn compare(
 }
 
 /// What every part of a comparison runs on: the base model, the tasks, the settings, the
-/// output folder and how it is stopped and resumed.
+/// output folder, how it is stopped and resumed, and the base model's answers to the
+/// retention probe (when its runs are measured against them).
 #[derive(Clone, Copy)]
 struct Setup<'a> {
     base: &'a Base<'a>,
@@ -77,6 +81,13 @@ struct Setup<'a> {
     cfg: &'a CompareConfig,
     out: &'a Path,
     control: Control<'a>,
+    probe: Option<&'a Probe>,
+}
+
+/// The base model's greedy answers to the retention probe (the same every time: a resumed
+/// comparison or a worker answers it again rather than storing it).
+fn answer_probe(base: &Base, cfg: &CompareConfig) -> Result<Probe> {
+    Probe::answer(base.model, base.tokenizer, cfg.eval.system.as_deref(), &retention::probe_prompts()?)
 }
 
 /// One data size of a comparison: its position (0: the full data, the comparison
@@ -199,9 +210,9 @@ fn start(tasks: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()
 /// The base model's row ([`base_run`] in its own context). The held-out examples are the
 /// same at every data size: it is scored once.
 fn score_base(setup: Setup, on_event: &mut dyn FnMut(&CompareEvent)) -> Result<RunResult> {
-    let Setup { base, tasks, cfg, out, control } = setup;
+    let Setup { base, tasks, cfg, out, control, probe } = setup;
     let (suffix, key, shared) = (String::new(), "base".into(), &RefCell::default());
-    let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, on_event };
+    let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, probe, on_event };
     base_run(&mut ctx)
 }
 
@@ -217,7 +228,7 @@ fn run_seeds(
     searches: &mut [Option<LrSearch>],
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<(Vec<Vec<RunResult>>, Vec<LoraAdapter>)> {
-    let Setup { base, tasks, cfg, out, control } = setup;
+    let Setup { base, tasks, cfg, out, control, probe } = setup;
     let seeds = seeds_of(cfg);
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
@@ -236,6 +247,7 @@ fn run_seeds(
             // A smaller size's runs are its curve's points: their final scores only.
             score_stages: size.index == 0,
             shared: &RefCell::default(),
+            probe,
             on_event: &mut *on_event,
         };
         let (seed_runs, adapters) = run_strategies(&mut ctx, k, size, searches, only)?;
@@ -272,7 +284,9 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
         wall_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    let r = report::run_result("base model", "base", &scores, cost);
+    let mut r = report::run_result("base model", "base", &scores, cost);
+    // The reference: the base model keeps all of itself.
+    r.retention = ctx.probe.map(|p| Retention { kl: 0.0, same_answer: 1.0, prompts: p.examples.len() });
     if let Some(p) = &record {
         write_rows(p, std::slice::from_ref(&r), ctx.out)?;
     }
@@ -382,12 +396,16 @@ pub fn compare_part(
         curves.observe(e);
         on_event(e)
     };
-    let setup = Setup { base, tasks, cfg, out, control };
+    let setup = Setup { base, tasks, cfg, out, control, probe: None };
     match part {
-        Part::Base => score_base(setup, on_event).map(drop),
+        Part::Base => {
+            let probe = answer_probe(base, cfg)?;
+            score_base(Setup { probe: Some(&probe), ..setup }, on_event).map(drop)
+        }
         Part::Strategy(si) => {
             let mut searches = vec![None; cfg.strategies.len()];
-            run_seeds(setup, Size::full(cfg), Some(si), &mut searches, on_event)?;
+            let probe = answer_probe(base, cfg)?;
+            run_seeds(Setup { probe: Some(&probe), ..setup }, Size::full(cfg), Some(si), &mut searches, on_event)?;
             for size in Size::smaller(cfg) {
                 let (sub, scfg, sout) = size.setup(tasks, cfg, out);
                 let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
@@ -546,6 +564,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             score_stages: false,
             // The trials train on the validation split: nothing to share with the runs.
             shared: &RefCell::default(),
+            probe: None,
             on_event: &mut forward,
         };
         let (rows, _) = run_spec(&mut sub, &trial_spec, name)?;

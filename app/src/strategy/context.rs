@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::peft;
 use crate::data::{Example, Record};
+use crate::eval::retention::Probe;
 use crate::eval::{self, TaskEval};
 use crate::model::lora::LoraAdapter;
 use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
+use crate::strategy::report::Retention;
 use crate::strategy::spec::CompareConfig;
 use crate::strategy::task::TaskData;
 use crate::train::{self, StepStats, TrainConfig, TrainEvent, TrainSummary};
@@ -130,6 +132,10 @@ pub(super) struct Ctx<'a> {
     pub(super) score_stages: bool,
     /// Training stages that several runs of this comparison (and seed) share.
     pub(super) shared: &'a RefCell<SharedStages>,
+    /// The base model's answers to the retention probe: each run's model is measured
+    /// against them (`None`: not measured, as in a learning-rate trial or a smaller data
+    /// size).
+    pub(super) probe: Option<&'a Probe>,
     pub(super) on_event: &'a mut dyn FnMut(&CompareEvent),
 }
 
@@ -173,6 +179,7 @@ impl Ctx<'_> {
             key: self.key.clone(),
             score_stages: self.score_stages,
             shared: self.shared,
+            probe: self.probe,
             on_event: &mut *self.on_event,
         }
     }
@@ -323,6 +330,15 @@ impl Ctx<'_> {
             };
             on(&CompareEvent::Train { run: r.clone(), stage: s.clone(), event })
         })
+    }
+
+    /// What `tuned` (with `adapter` applied, if given) keeps of the base model on the
+    /// retention probe; `None` when this comparison does not measure it.
+    pub(super) fn retention(&self, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Option<Retention>> {
+        let Some(probe) = self.probe else { return Ok(None) };
+        self.check_cancel()?;
+        let k = probe.measure(self.base.model, tuned, adapter)?;
+        Ok(Some(Retention { kl: k.kl, same_answer: k.same_answer, prompts: k.prompts }))
     }
 
     /// Each task's loss at every step of a mixed run's training (`None` at a step without

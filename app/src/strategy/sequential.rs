@@ -50,6 +50,7 @@ pub(super) fn run(
     let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
     let mut stage_starts = Vec::new();
     let mut matrix: Vec<Vec<f64>> = Vec::new();
+    let mut stage_retention = Vec::new();
     let mut last_scores = Vec::new();
     // Seconds spent scoring (not training), and seconds of a shared first stage that
     // another run spent (training it is this run's cost all the same).
@@ -96,6 +97,12 @@ pub(super) fn run(
                 ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?
             }
         };
+        // What the model after this stage keeps of the base model.
+        let kept = match variant {
+            SequentialVariant::Continue => ctx.retention(model, Some(&adapter))?,
+            SequentialVariant::MergeThenNew => ctx.retention(&stage_model, None)?,
+        };
+        stage_retention.extend(kept);
         eval_s += te.elapsed().as_secs_f64();
         matrix.push(scores.iter().map(|s| s.headline().1.value).collect());
         last_scores = scores;
@@ -119,8 +126,12 @@ pub(super) fn run(
     r.stage_starts = stage_starts;
     // Without every stage scored (a learning-rate search's trial) there is no matrix.
     let names = |idx: &mut dyn Iterator<Item = usize>| idx.map(|i| tasks[i].name.clone()).collect::<Vec<_>>();
-    r.forgetting = (matrix.len() == order.len())
-        .then(|| Forgetting::new(names(&mut order.iter().copied()), names(&mut (0..tasks.len())), matrix, &order));
+    // The final model is the last stage's: its retention is the run's.
+    r.retention = stage_retention.last().copied();
+    r.forgetting = (matrix.len() == order.len()).then(|| Forgetting {
+        retention: stage_retention,
+        ..Forgetting::new(names(&mut order.iter().copied()), names(&mut (0..tasks.len())), matrix, &order)
+    });
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)
 }

@@ -1,13 +1,18 @@
-//! Compare: the report — recommendation, per-task table with intervals, charts (drawn
-//! by the server's plotters report code), forgetting matrices, task similarity, cost —
-//! and exports.
+//! Compare: the report, one screen first — the answer in one sentence, a compact
+//! strategy × task table marked against the best run, the forest plot of every run's
+//! paired difference to it (values on hover) — then the data-size curves, the details
+//! folded (the recommendation in full, per-task scores with intervals, every pair of
+//! runs, per-task standings), the charts at full width (drawn by the server's plotters
+//! report code), task similarity, cost, and exports.
 
 use leptos::prelude::*;
 use multitune_api::report::Report;
 use multitune_api::ApiError;
 
 use super::route_id;
-use crate::report_view::{lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings};
+use crate::report_view::{
+    answer, compact_rows, forest, lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings,
+};
 use crate::{api, format, ErrorView};
 
 #[component]
@@ -34,7 +39,45 @@ pub fn ComparePage() -> impl IntoView {
                 let (tasks, rows) = score_rows(&r);
                 let rec = plain(&r.recommendation.text);
                 let sim = r.similarity.clone();
+                let (compact_tasks, compact) = compact_rows(&r);
+                let has_kept = compact.iter().any(|row| row.kept.is_some());
+                let (zero, bars) = forest(&r);
                 view! {
+                    <p class="answer" id="answer">{answer(&r)}</p>
+                    <table class="compact" id="compact-table">
+                        <thead><tr><th>"run"</th>{compact_tasks.iter().map(|t| view! { <th>{t.clone()}</th> }).collect_view()}<th>"macro avg"</th>{has_kept.then(|| view! { <th title="% of the retention probe's prompts answered exactly as the base model does">"kept of base"</th> })}</tr></thead>
+                        <tbody>{compact.into_iter().map(|row| view! {
+                            <tr class=if row.best { "best" } else { "" }>
+                                <td>{row.run.clone()}</td>
+                                {row.cells.into_iter().map(|c| view! {
+                                    <td title=c.title>{c.text}<span class="mark">{c.mark}</span></td>
+                                }).collect_view()}
+                                {has_kept.then(|| match row.kept.clone() {
+                                    Some(k) => view! { <td class="kept" title=k.title>{k.text}</td> }.into_any(),
+                                    None => view! { <td>"—"</td> }.into_any(),
+                                })}
+                            </tr>
+                        }).collect_view()}</tbody>
+                    </table>
+                    <p class="hint">"Headline metric, %. Against the best run (bold), paired on the same held-out examples: ▼ significantly below it, ▲ above it, ≈ tied (within ±5 points), no mark: the data cannot tell. Kept of base: % of the retention probe's prompts still answered exactly as the base model does. Hover a cell for its interval and the comparison."</p>
+                    {(!bars.is_empty()).then(|| view! {
+                        <h2>"Every run against the best (macro average, paired difference in points)"</h2>
+                        <div class="forest" id="forest">
+                            {bars.into_iter().map(|b| view! {
+                                <div class="forest-row" title=format!("{}: {}", b.run, b.title)>
+                                    <span class="forest-name">{b.run.clone()}</span>
+                                    <span class="forest-axis">
+                                        <span class="forest-zero" style=format!("left: {zero:.2}%")></span>
+                                        <span class=format!("forest-bar {}", b.class) style=format!("left: {:.2}%; width: {:.2}%", b.left, b.width.max(0.3))></span>
+                                        <span class=format!("forest-dot {}", b.class) style=format!("left: {:.2}%", b.at)></span>
+                                    </span>
+                                </div>
+                            }).collect_view()}
+                        </div>
+                        <p class="hint">"Each bar is a run's 95% paired bootstrap interval of (run − best), the dot its difference; the line is zero. Red: significantly worse; grey: tied; blue: the data cannot tell. Hover a row for the figures."</p>
+                    })}
+                    <details id="details">
+                    <summary>"Details: the recommendation in full, per-task scores with intervals, every pair of runs, each task's standings"</summary>
                     <section class="recommendation">
                         <h2>"Recommendation"</h2>
                         {rec.lines().map(|l| view! { <p>{l.to_string()}</p> }).collect_view()}
@@ -52,24 +95,6 @@ pub fn ComparePage() -> impl IntoView {
                             </tr>
                         }).collect_view()}</tbody>
                     </table>
-                    {
-                        let (sizes, size_table) = size_rows(&r);
-                        let text = r.data_sizes.as_ref().map(|d| d.text.clone()).unwrap_or_default();
-                        (!sizes.is_empty()).then(|| view! {
-                            <h2>"When the winner changes (data size)"</h2>
-                            <p id="data-sizes-text">{text}</p>
-                            <p class="hint">"Macro average [95% interval] of every run trained on a share of each task's training data (nested subsets, the budget scaled with the share, the same held-out examples); the leader at each size in bold. The chart is under Charts (curves)."</p>
-                            <table class="compare" id="data-sizes">
-                                <thead><tr><th>"run"</th>{sizes.iter().map(|h| view! { <th>{h.clone()}</th> }).collect_view()}</tr></thead>
-                                <tbody>{size_table.into_iter().map(|(name, cells)| view! {
-                                    <tr><td>{name}</td>{cells.into_iter().map(|c| match c {
-                                        Some((text, lead)) => view! { <td class=if lead { "best" } else { "" }>{text}</td> }.into_any(),
-                                        None => view! { <td>"—"</td> }.into_any(),
-                                    }).collect_view()}</tr>
-                                }).collect_view()}</tbody>
-                            </table>
-                        })
-                    }
                     {
                         let (names, m) = pair_matrix(&r);
                         (!names.is_empty()).then(|| view! {
@@ -90,6 +115,25 @@ pub fn ComparePage() -> impl IntoView {
                             <ul class="standings">{task_standings(&r).into_iter().map(|(t, s)| view! {
                                 <li><strong>{t}</strong>": "{s}</li>
                             }).collect_view()}</ul>
+                        })
+                    }
+                    </details>
+                    {
+                        let (sizes, size_table) = size_rows(&r);
+                        let text = r.data_sizes.as_ref().map(|d| d.text.clone()).unwrap_or_default();
+                        (!sizes.is_empty()).then(|| view! {
+                            <h2>"When the winner changes (data size)"</h2>
+                            <p id="data-sizes-text">{text}</p>
+                            <p class="hint">"Macro average [95% interval] of every run trained on a share of each task's training data (nested subsets, the budget scaled with the share, the same held-out examples); the leader at each size in bold. The chart is under Charts (curves)."</p>
+                            <table class="compare" id="data-sizes">
+                                <thead><tr><th>"run"</th>{sizes.iter().map(|h| view! { <th>{h.clone()}</th> }).collect_view()}</tr></thead>
+                                <tbody>{size_table.into_iter().map(|(name, cells)| view! {
+                                    <tr><td>{name}</td>{cells.into_iter().map(|c| match c {
+                                        Some((text, lead)) => view! { <td class=if lead { "best" } else { "" }>{text}</td> }.into_any(),
+                                        None => view! { <td>"—"</td> }.into_any(),
+                                    }).collect_view()}</tr>
+                                }).collect_view()}</tbody>
+                            </table>
                         })
                     }
                     <h2>"Charts"</h2>

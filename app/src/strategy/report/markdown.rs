@@ -38,6 +38,7 @@ pub fn markdown(report: &Report) -> String {
             report.config.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
         );
     }
+    s.push_str(&retention_markdown(report));
     s.push_str(&curves_markdown(report));
     if !report.comparisons.is_empty() {
         s.push_str(
@@ -100,11 +101,19 @@ pub fn markdown(report: &Report) -> String {
                 "\n## Forgetting: {}\n\nHeadline metric (%) of each task (columns) after each stage (rows).\n",
                 r.name
             );
-            let _ = writeln!(s, "| after stage | {} |", f.tasks.join(" | "));
-            let _ = writeln!(s, "|---|{}", "---|".repeat(f.tasks.len()));
-            for (st, row) in f.stages.iter().zip(&f.matrix) {
+            let kept = !f.retention.is_empty();
+            let _ = writeln!(
+                s,
+                "| after stage | {} |{}",
+                f.tasks.join(" | "),
+                if kept { " kept of the base model (same answers / KL) |" } else { "" }
+            );
+            let _ = writeln!(s, "|---|{}{}", "---|".repeat(f.tasks.len()), if kept { "---|" } else { "" });
+            for (k, (st, row)) in f.stages.iter().zip(&f.matrix).enumerate() {
                 let cells: Vec<String> = row.iter().map(|v| pct(*v)).collect();
-                let _ = writeln!(s, "| {st} | {} |", cells.join(" | "));
+                let retention =
+                    f.retention.get(k).map(|r| format!(" {}% / {:.3} |", pct(r.same_answer), r.kl)).unwrap_or_default();
+                let _ = writeln!(s, "| {st} | {} |{retention}", cells.join(" | "));
             }
             let _ = writeln!(
                 s,
@@ -129,6 +138,30 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     s
+}
+
+/// What each run keeps of the base model (empty when not measured): the share of the
+/// retention probe's prompts whose greedy answer is unchanged, and the mean per-token KL
+/// divergence from the base model along its answers.
+fn retention_markdown(report: &Report) -> String {
+    let rows: Vec<String> = report
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let k = r.retention?;
+            Some(format!("| {} | {}% | {:.4} |", r.name, pct(k.same_answer), k.kl))
+        })
+        .collect();
+    let Some(n) = report.runs.iter().find_map(|r| r.retention).map(|k| k.prompts) else { return String::new() };
+    format!(
+        "\n## What each run keeps of the base model\n\nOn the retention probe ({n} varied prompts shipped with \
+         Multitune — facts, arithmetic, rewriting, advice, small talk — answered once by the base model, greedy): the \
+         share of prompts whose greedy answer is still exactly the base model's, and the mean per-token KL divergence \
+         (nats) from the base model's next-token distributions along its answers. A separate run's routed row is the \
+         mean over its per-task adapters; a multi-head run is measured through its shared adapter.\n\n\
+         | run | same answers | KL |\n|---|---|---|\n{}\n",
+        rows.join("\n")
+    )
 }
 
 /// The data-size curves section of `report.md` (empty without them): where the winner

@@ -16,8 +16,8 @@ use std::path::Path;
 pub use curves::SizeRows;
 pub use markdown::markdown;
 pub use multitune_api::report::{
-    std_dev, Comparison, DataSize, DataSizes, Forgetting, LrSearch, Recommendation, RunResult, Similarity, TaskScore,
-    Verdict, TIE_MARGIN,
+    std_dev, Comparison, DataSize, DataSizes, Forgetting, LrSearch, Recommendation, Retention, RunResult, Similarity,
+    TaskScore, Verdict, TIE_MARGIN,
 };
 pub use multitune_api::Power;
 pub use recommend::lr_text;
@@ -80,6 +80,7 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         stage_starts: vec![],
         task_losses: vec![],
         forgetting: None,
+        retention: None,
         adapter_dirs: vec![],
         learning_rate: 0.0,
         lr_search: None,

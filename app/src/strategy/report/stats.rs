@@ -11,7 +11,7 @@ use crate::eval::metrics::{paired, Estimate};
 use crate::model::lora::LoraAdapter;
 use crate::Result;
 
-use super::{Comparison, Forgetting, Power, RunResult, Similarity, TaskScore, Verdict, TIE_MARGIN};
+use super::{Comparison, Forgetting, Power, Retention, RunResult, Similarity, TaskScore, Verdict, TIE_MARGIN};
 
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len().max(1) as f64
@@ -79,7 +79,19 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
                             .collect()
                     })
                     .collect();
-                r.forgetting = Some(Forgetting::new(f.stages.clone(), f.tasks.clone(), matrix, &order));
+                let retention = f.retention.clone();
+                r.forgetting = Some(Forgetting {
+                    retention,
+                    ..Forgetting::new(f.stages.clone(), f.tasks.clone(), matrix, &order)
+                });
+            }
+            let kept: Vec<Retention> = all.iter().filter_map(|x| x.retention).collect();
+            if kept.len() == all.len() {
+                r.retention = Some(Retention {
+                    kl: mean(&kept.iter().map(|k| k.kl).collect::<Vec<_>>()),
+                    same_answer: mean(&kept.iter().map(|k| k.same_answer).collect::<Vec<_>>()),
+                    prompts: kept[0].prompts,
+                });
             }
             r
         })
