@@ -128,6 +128,7 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             "1e-4,5e-4",
             "--data-fractions",
             "0.25,0.5,1",
+            "--retention",
         ],
         2,
     );
@@ -139,10 +140,11 @@ fn cli_flags_and_experiment_json_give_the_same_comparison() {
             {"strategy": "separate", "merges": ["ties", "dare"]}
         ],
         "hyper": {"learning_rate": 0.001, "batch_size": 4, "max_tokens": 128, "seed": 7, "seeds": [1, 2], "bootstrap": 50,
-                  "tune_lr": true, "lr_grid": [0.0001, 0.0005], "data_fractions": [0.25, 0.5, 1.0]}
+                  "tune_lr": true, "lr_grid": [0.0001, 0.0005], "data_fractions": [0.25, 0.5, 1.0], "retention": true}
     }));
     assert_eq!(cli.lr_search, Some(vec![1e-4, 5e-4]));
     assert_eq!(cli.data_fractions, vec![0.25, 0.5, 1.0]);
+    assert!(cli.retention);
     assert_eq!(cli, server);
 }
 

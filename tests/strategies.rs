@@ -44,6 +44,7 @@ fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfi
         eval: EvalOptions { max_seq_len: 192, bootstrap: 20, ..Default::default() },
         seeds: vec![],
         lr_search: None,
+        retention: false,
         data_fractions: vec![],
     }
 }
@@ -76,6 +77,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     let budget = 8_000;
     let cfg = CompareConfig {
         eval: EvalOptions { max_seq_len: 192, bootstrap: 50, ..Default::default() },
+        retention: true,
         ..quick_compare(specs, budget, quick_train(5e-3))
     };
     let out = tempfile::tempdir().unwrap();
@@ -562,6 +564,7 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
         }
     }
     assert_eq!(trained[1].lr_search, trained[2].lr_search, "the merge shares the separate run's search");
+    assert!(report.runs.iter().all(|r| r.retention.is_none()), "retention is measured only when asked");
     let half = &report.data_sizes.as_ref().unwrap().sizes[0];
     assert_eq!(half.runs.len(), trained.len());
     for (a, b) in half.runs.iter().zip(&trained) {
@@ -595,6 +598,7 @@ fn data_size_curves_train_every_strategy_at_every_size() {
     let budget = 4_000;
     let cfg = CompareConfig {
         data_fractions: vec![0.25, 0.5, 1.0],
+        retention: true,
         ..quick_compare(
             vec![
                 StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },

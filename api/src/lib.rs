@@ -432,6 +432,10 @@ pub struct Hyper {
     pub tune_lr: bool,
     /// The rates searched (empty: [`defaults::LR_GRID`]).
     pub lr_grid: Vec<f64>,
+    /// Measure what every run keeps of the base model on the retention probe (KL from
+    /// the base model along its answers, the share of unchanged answers): an extra scoring
+    /// pass per run and per sequential stage.
+    pub retention: bool,
     /// Data-size curves: also train every strategy on these shares of each task's
     /// training set, each in (0, 1] (1, the full data, is always run: it is the
     /// comparison itself). Empty: the full data only.
@@ -453,6 +457,7 @@ impl Default for Hyper {
             checkpoint_every: defaults::CHECKPOINT_EVERY,
             tune_lr: false,
             lr_grid: vec![],
+            retention: false,
             data_fractions: vec![],
         }
     }

@@ -92,6 +92,11 @@ pub struct CompareArgs {
     /// The rates --tune-lr tries, comma-separated [default: 3e-4,1e-3,3e-3].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Vec<f64>,
+    /// Measure what every run keeps of the base model on the retention probe (120 varied
+    /// prompts: KL from the base model along its answers, the share of unchanged answers;
+    /// an extra scoring pass per run and per sequential stage).
+    #[arg(long)]
+    pub retention: bool,
     /// Data-size curves: also train every strategy on these shares of each task's
     /// training set, comma-separated, each in (0, 1] (e.g. 0.25,0.5,1; the full data
     /// always runs). Nested seeded subsets, the budget scaled with the share, the same
@@ -116,6 +121,7 @@ impl CompareArgs {
             tune_lr: self.tune_lr,
             lr_grid: self.lr_grid.clone(),
             data_fractions: self.data_fractions.clone(),
+            retention: self.retention,
             ..Hyper::default()
         }
     }

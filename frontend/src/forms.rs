@@ -34,6 +34,8 @@ pub struct FormFields {
     pub tune_lr: bool,
     /// Data-size curves: shares of the training data (blank: the full data only).
     pub data_fractions: String,
+    /// Measure what every run keeps of the base model.
+    pub retention: bool,
 }
 
 impl Default for FormFields {
@@ -52,6 +54,7 @@ impl Default for FormFields {
             seeds: list(&h.seeds),
             tune_lr: h.tune_lr,
             data_fractions: list(&h.data_fractions),
+            retention: h.retention,
         }
     }
 }
@@ -124,6 +127,7 @@ impl FormFields {
             eval_limit,
             seeds,
             tune_lr: self.tune_lr,
+            retention: self.retention,
             data_fractions,
             ..Hyper::default()
         };

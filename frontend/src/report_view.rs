@@ -110,15 +110,20 @@ pub fn answer(report: &Report) -> String {
         (n, 0) => text.push_str(&format!(", significantly ahead of {} other run{}", n, if n == 1 { "" } else { "s" })),
         (n, _) if beaten > 0 => text.push_str(&format!(
             ", significantly ahead of {beaten} of the {n} other runs; not told apart from {} on these held-out examples",
-            close.join(", ")
+            names_in_short(&close)
         )),
-        _ => text.push_str(&format!(
-            ", but not told apart from any other run on these held-out examples ({})",
-            close.join(", ")
-        )),
+        _ => text.push_str(", but not told apart from any other run on these held-out examples"),
     }
     text.push('.');
     text
+}
+
+/// Up to three names, then how many more: `a, b, c and 4 more`.
+fn names_in_short(names: &[&str]) -> String {
+    match names.len() {
+        0..=3 => names.join(", "),
+        n => format!("{} and {} more", names[..3].join(", "), n - 3),
+    }
 }
 
 /// A cell of the compact table: the value, its mark against the best run and, for
@@ -518,6 +523,7 @@ mod tests {
             "Use x: 80.0% macro average (the base model: 10.0%), significantly ahead of 1 of the 2 other runs; \
              not told apart from z on these held-out examples."
         );
+        assert_eq!(names_in_short(&["a", "b", "c", "d", "e"]), "a, b, c and 2 more");
         let (tasks, rows) = compact_rows(&r);
         assert_eq!(tasks, ["a", "b"]);
         let marks = |i: usize| rows[i].cells.iter().map(|c| c.mark).collect::<Vec<_>>();

@@ -62,6 +62,10 @@ pub struct Probe {
     pub stop: Vec<u32>,
     /// Padding.
     pub pad: u32,
+    /// The base model's final hidden states at every answer position, per batch of
+    /// [`BATCH`] prompts: its next-token distributions are the LM head of these, so
+    /// measuring a tuned model runs the base model's layers no more.
+    base_hidden: Vec<Tensor>,
 }
 
 impl Probe {
@@ -101,8 +105,17 @@ impl Probe {
             stopped.push(ended && !tok.eos_ids.is_empty());
             examples.push(Example { prompt_len: p.len(), ids: all, ..Default::default() });
         }
-        let mut probe = Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id };
+        let mut probe = Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, base_hidden: vec![] };
         probe.agree_with(base)?;
+        probe.base_hidden = probe
+            .examples
+            .chunks(BATCH)
+            .map(|chunk| {
+                let batch = make_batch(&chunk.iter().collect::<Vec<_>>(), probe.pad, base.device())?;
+                let (hidden, at) = base.batch_hidden(&batch, &Forward::eval(None))?;
+                Ok(hidden.index_select(&at, 0)?)
+            })
+            .collect::<Result<_>>()?;
         if probe.examples.is_empty() {
             return Err(Error::Invalid("the base model answered no probe prompt".into()));
         }
@@ -149,10 +162,11 @@ impl Probe {
     /// keeps, against `base`, along the base answers.
     pub fn measure(&self, base: &Llama, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Kept> {
         let (mut kl_sum, mut positions, mut same) = (0.0f64, 0usize, 0usize);
-        for (chunk, stopped) in self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)) {
+        let chunks = self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)).zip(&self.base_hidden);
+        for ((chunk, stopped), base_hidden) in chunks {
             let refs: Vec<&Example> = chunk.iter().collect();
             let batch = make_batch(&refs, self.pad, base.device())?;
-            let lb = log_probs(base, &batch, &Forward::eval(None))?;
+            let lb = candle_nn::ops::log_softmax(&base.logits(base_hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
             let lt = log_probs(tuned, &batch, &Forward::eval(adapter))?;
             // KL(base ‖ tuned) at every answer position.
             let kl: Vec<f32> = (lb.exp()? * (&lb - &lt)?)?.sum(D::Minus1)?.to_vec1()?;

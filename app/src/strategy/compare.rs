@@ -42,7 +42,7 @@ pub fn compare(
         on_event(e)
     };
     let probe = answer_probe(base, cfg)?;
-    let setup = Setup { base, tasks, cfg, out, control, probe: Some(&probe) };
+    let setup = Setup { base, tasks, cfg, out, control, probe: probe.as_ref() };
     let mut runs = vec![score_base(setup, on_event)?];
     let mut searches = vec![None; cfg.strategies.len()];
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
@@ -84,10 +84,15 @@ struct Setup<'a> {
     probe: Option<&'a Probe>,
 }
 
-/// The base model's greedy answers to the retention probe (the same every time: a resumed
-/// comparison or a worker answers it again rather than storing it).
-fn answer_probe(base: &Base, cfg: &CompareConfig) -> Result<Probe> {
-    Probe::answer(base.model, base.tokenizer, cfg.eval.system.as_deref(), &retention::probe_prompts()?)
+/// The base model's greedy answers to the retention probe, when `cfg` measures retention
+/// (the same every time: a resumed comparison or a worker answers it again rather than
+/// storing it).
+fn answer_probe(base: &Base, cfg: &CompareConfig) -> Result<Option<Probe>> {
+    if !cfg.retention {
+        return Ok(None);
+    }
+    let prompts = retention::probe_prompts()?;
+    Probe::answer(base.model, base.tokenizer, cfg.eval.system.as_deref(), &prompts).map(Some)
 }
 
 /// One data size of a comparison: its position (0: the full data, the comparison
@@ -400,12 +405,12 @@ pub fn compare_part(
     match part {
         Part::Base => {
             let probe = answer_probe(base, cfg)?;
-            score_base(Setup { probe: Some(&probe), ..setup }, on_event).map(drop)
+            score_base(Setup { probe: probe.as_ref(), ..setup }, on_event).map(drop)
         }
         Part::Strategy(si) => {
             let mut searches = vec![None; cfg.strategies.len()];
             let probe = answer_probe(base, cfg)?;
-            run_seeds(Setup { probe: Some(&probe), ..setup }, Size::full(cfg), Some(si), &mut searches, on_event)?;
+            run_seeds(Setup { probe: probe.as_ref(), ..setup }, Size::full(cfg), Some(si), &mut searches, on_event)?;
             for size in Size::smaller(cfg) {
                 let (sub, scfg, sout) = size.setup(tasks, cfg, out);
                 let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
@@ -544,6 +549,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             seeds: vec![],
             lr_search: None,
             strategies: vec![trial_spec.clone()],
+            retention: false,
             data_fractions: vec![],
         };
         let prefix = format!("{LR_TRIAL_PREFIX}{lr:e} · ");

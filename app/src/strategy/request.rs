@@ -108,6 +108,7 @@ pub fn compare_config(
         eval: eval_options(h),
         seeds: h.seeds.clone(),
         lr_search: h.tune_lr.then_some(grid),
+        retention: h.retention,
         data_fractions: h.data_fractions.clone(),
     })
 }

@@ -96,6 +96,9 @@ pub struct CompareConfig {
     /// ([`crate::strategy::lr_search`]); `None`: every run trains at `train.learning_rate`.
     #[serde(default)]
     pub lr_search: Option<Vec<f64>>,
+    /// Measure every run against the base model's answers to the retention probe.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retention: bool,
     /// Data-size curves: the shares of every task's training set that every strategy
     /// also trains at ([`crate::strategy::sizes`]); the full data always runs. Empty: the
     /// full data only.

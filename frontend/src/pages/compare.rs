@@ -50,7 +50,7 @@ pub fn ComparePage() -> impl IntoView {
                             <tr class=if row.best { "best" } else { "" }>
                                 <td>{row.run.clone()}</td>
                                 {row.cells.into_iter().map(|c| view! {
-                                    <td title=c.title>{c.text}<span class="mark">{c.mark}</span></td>
+                                    <td title=c.title>{c.text}<span class=match c.mark { "▼" => "mark worse", "▲" => "mark better", _ => "mark" }>{c.mark}</span></td>
                                 }).collect_view()}
                                 {has_kept.then(|| match row.kept.clone() {
                                     Some(k) => view! { <td class="kept" title=k.title>{k.text}</td> }.into_any(),

@@ -64,6 +64,7 @@ pub fn NewExperimentPage() -> impl IntoView {
     let seeds = RwSignal::new(start.seeds);
     let tune_lr = RwSignal::new(start.tune_lr);
     let data_fractions = RwSignal::new(start.data_fractions);
+    let retention = RwSignal::new(start.retention);
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
     let all_for_view = all.clone();
@@ -116,6 +117,7 @@ pub fn NewExperimentPage() -> impl IntoView {
             seeds: seeds.get(),
             tune_lr: tune_lr.get(),
             data_fractions: data_fractions.get(),
+            retention: retention.get(),
         };
         let spec = match fields.request(&chosen.get()) {
             Ok(spec) => spec,
@@ -219,6 +221,11 @@ pub fn NewExperimentPage() -> impl IntoView {
                 <label for="eval-limit">"Held-out examples per task (blank: all)"</label><Field id="eval-limit" value=eval_limit />
                 <label for="seeds">"Repeat over seeds (e.g. 1,2,3; blank: once)"</label>
                 <input id="seeds" prop:value=move || seeds.get() on:input=move |ev| seeds.set(event_target_value(&ev)) />
+                <div class="tune-lr">
+                    <input type="checkbox" id="retention" prop:checked=move || retention.get()
+                        on:change=move |ev| retention.set(event_target_checked(&ev)) />
+                    <label for="retention">"Measure what each run keeps of the base model (a probe of 120 varied prompts: KL from the base model and the share of unchanged answers; adds scoring time)"</label>
+                </div>
                 <label for="data-fractions">"Data-size curves: also train on these shares of each task's training data (e.g. 0.25,0.5; blank: the full data only)"</label>
                 <input id="data-fractions" prop:value=move || data_fractions.get() on:input=move |ev| data_fractions.set(event_target_value(&ev)) />
             </fieldset>
