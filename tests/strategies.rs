@@ -49,6 +49,16 @@ fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfi
     }
 }
 
+/// The longest training example of `tasks`, in tokens, encoded at `max_len`.
+fn longest_example(tok: &multitune::model::TextTokenizer, tasks: &[TaskData], max_len: usize) -> usize {
+    tasks
+        .iter()
+        .flat_map(|t| multitune::train::encode_all(tok, &t.train, None, max_len).unwrap())
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap()
+}
+
 /// Runs `cfg` on the tiny base model into `out`, without a state folder.
 fn run_tiny(
     model: &multitune::model::Llama,
@@ -106,12 +116,7 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
     // that reaches it cuts none): a run trains at most the budget, and short of it by less
     // than one example per training (four for the per-task strategies) and the division
     // of the budget into stages.
-    let longest = tasks
-        .iter()
-        .flat_map(|t| multitune::train::encode_all(&tok, &t.train, None, cfg.train.max_seq_len).unwrap())
-        .map(|e| e.ids.len())
-        .max()
-        .unwrap();
+    let longest = longest_example(&tok, &tasks, cfg.train.max_seq_len);
     for r in report.runs.iter().filter(|r| r.strategy != "base") {
         let trainings = if matches!(r.strategy.as_str(), "combined" | "multi_head") { 1 } else { tasks.len() };
         assert!(
@@ -633,12 +638,7 @@ fn data_size_curves_train_every_strategy_at_every_size() {
     let curves = want.data_sizes.as_ref().expect("data-size curves");
     let fractions: Vec<f64> = curves.sizes.iter().map(|s| s.fraction).collect();
     assert_eq!(fractions, [0.25, 0.5, 1.0]);
-    let longest = tasks
-        .iter()
-        .flat_map(|t| multitune::train::encode_all(&tok, &t.train, None, cfg.train.max_seq_len).unwrap())
-        .map(|e| e.ids.len())
-        .max()
-        .unwrap();
+    let longest = longest_example(&tok, &tasks, cfg.train.max_seq_len);
     let full: Vec<_> = want.runs.iter().filter(|r| !r.is_base()).collect();
     for (k, size) in curves.sizes.iter().enumerate() {
         let want_examples: Vec<usize> =

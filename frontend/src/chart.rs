@@ -175,6 +175,11 @@ mod tests {
     use super::*;
 
     fn step(run: &str, stage: &str, step: usize, loss: f64) -> Event {
+        mixed_step(run, stage, step, loss, &[])
+    }
+
+    /// A step with each task's loss (a mixed run's).
+    fn mixed_step(run: &str, stage: &str, step: usize, loss: f64, tasks: &[(&str, f64)]) -> Event {
         Event::Step {
             run: run.into(),
             stage: stage.into(),
@@ -185,7 +190,7 @@ mod tests {
             tokens: 100,
             tokens_per_s: 50.0,
             elapsed_s: 1.0,
-            task_losses: vec![],
+            task_losses: tasks.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
         }
     }
 
@@ -216,18 +221,7 @@ mod tests {
 
     #[test]
     fn a_mixed_runs_tasks_get_their_own_curves_at_the_runs_steps() {
-        let mixed = |step: usize, loss: f64, tasks: &[(&str, f64)]| Event::Step {
-            run: "combined".into(),
-            stage: "all".into(),
-            step,
-            total_steps: 10,
-            loss,
-            lr: 1e-3,
-            tokens: 100,
-            tokens_per_s: 50.0,
-            elapsed_s: 1.0,
-            task_losses: tasks.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
-        };
+        let mixed = |step: usize, loss: f64, tasks: &[(&str, f64)]| mixed_step("combined", "all", step, loss, tasks);
         let mut c = Curves::default();
         c.push(&mixed(1, 2.0, &[("a", 3.0), ("b", 1.0)]));
         c.push(&mixed(2, 1.5, &[("b", 1.5)])); // no example of a in step 2
