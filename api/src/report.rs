@@ -74,6 +74,19 @@ pub struct Retention {
     pub prompts: usize,
 }
 
+impl Retention {
+    /// The mean of several measurements on the same probe (`None` for none).
+    pub fn mean(all: &[Retention]) -> Option<Retention> {
+        let first = all.first()?;
+        let n = all.len() as f64;
+        Some(Retention {
+            kl: all.iter().map(|k| k.kl).sum::<f64>() / n,
+            same_answer: all.iter().map(|k| k.same_answer).sum::<f64>() / n,
+            prompts: first.prompts,
+        })
+    }
+}
+
 impl Forgetting {
     /// Builds the matrix summary; `order[k]` is the index (in `tasks`) of the task trained
     /// in stage `k`.

@@ -75,6 +75,18 @@ pub fn render_prompt(tok: &TextTokenizer, system: Option<&str>, prompt: &str) ->
     render_record_prompt(tok, system, &Record::new(prompt, ""))
 }
 
+/// The token ids a generation starts from for `prompt`: rendered as [`render_prompt`]
+/// does, a plain prompt led by BOS.
+pub fn prompt_ids(tok: &TextTokenizer, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(&render_prompt(tok, system, prompt)?)?;
+    if let Some(bos) = tok.bos_id {
+        if !tok.is_chat() && ids.first() != Some(&bos) {
+            ids.insert(0, bos);
+        }
+    }
+    Ok(ids)
+}
+
 /// A record's prompt (history included) as the model sees it.
 pub fn render_record_prompt(tok: &TextTokenizer, system: Option<&str>, rec: &Record) -> Result<String> {
     if !tok.is_chat() {

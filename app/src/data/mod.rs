@@ -15,5 +15,5 @@ pub use dataset::{
     infer_kind, load, overlap_warning, parse, split_indices, task_name, tokenize, Dataset, Issue, Limits, LoadOptions,
     OverlongPolicy, Rejection, Split, TaskKind, TaskSpec, TokenReport, MAX_LISTED,
 };
-pub use example::{encode, make_batch, render_prompt, render_record_prompt, Example, Record};
+pub use example::{encode, make_batch, prompt_ids, render_prompt, render_record_prompt, Example, Record};
 pub use formats::Format;

@@ -402,13 +402,7 @@ pub fn generate_text(
     cfg: &GenerateConfig,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<String> {
-    let text = crate::data::render_prompt(tok, system, prompt)?;
-    let mut ids = tok.encode(&text)?;
-    if let Some(bos) = tok.bos_id {
-        if !tok.is_chat() && ids.first() != Some(&bos) {
-            ids.insert(0, bos);
-        }
-    }
+    let ids = crate::data::prompt_ids(tok, system, prompt)?;
     let mut produced: Vec<u32> = Vec::new();
     let mut shown = 0usize;
     let out = generate_batch(model, adapter, &[ids], &tok.eos_ids, tok.pad_id, cfg, &mut |_, id| {

@@ -13,7 +13,7 @@
 use candle_core::{DType, Tensor, D};
 use serde::Deserialize;
 
-use crate::data::{make_batch, render_prompt, Example};
+use crate::data::{make_batch, prompt_ids, Example};
 use crate::eval::generate::{generate_batch, GenerateConfig};
 use crate::model::lora::LoraAdapter;
 use crate::model::{Forward, Llama, TextTokenizer};
@@ -71,18 +71,7 @@ pub struct Probe {
 impl Probe {
     /// Answers `prompts` with `base` (greedy, at most [`ANSWER_TOKENS`] tokens each).
     pub fn answer(base: &Llama, tok: &TextTokenizer, system: Option<&str>, prompts: &[String]) -> Result<Self> {
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut ids = tok.encode(&render_prompt(tok, system, p)?)?;
-                if let Some(bos) = tok.bos_id {
-                    if !tok.is_chat() && ids.first() != Some(&bos) {
-                        ids.insert(0, bos);
-                    }
-                }
-                Ok(ids)
-            })
-            .collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, system, p)).collect::<Result<_>>()?;
         let cfg = GenerateConfig { max_new_tokens: ANSWER_TOKENS, ..Default::default() };
         // The answers come without their stop token: one shorter than the limit stopped.
         let answers = generate_batch(base, None, &ids, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
@@ -134,14 +123,8 @@ impl Probe {
             let targets: Vec<u32> = batch.targets.to_vec1()?;
             let mut at = 0;
             for ((e, &k), &ended) in chunk.iter().zip(&batch.per_example).zip(stopped) {
-                let agrees = |i: usize| {
-                    if ended && i + 1 == at + k {
-                        self.stop.contains(&picked[i])
-                    } else {
-                        picked[i] == targets[i]
-                    }
-                };
-                let same = (at..at + k).take_while(|&i| agrees(i)).count();
+                let same =
+                    (at..at + k).take_while(|&i| self.agrees(&picked, &targets, i, ended && i + 1 == at + k)).count();
                 keep.push(if same == k {
                     (e.clone(), ended)
                 } else {
@@ -156,6 +139,17 @@ impl Probe {
         self.examples = examples;
         self.stopped = stopped;
         Ok(())
+    }
+
+    /// Whether the model's most likely token at loss position `i` (`picked`) is the
+    /// answer's (`targets`) — or, at the position after an answer that stopped, any stop
+    /// token (which one the base model chose is not kept).
+    fn agrees(&self, picked: &[u32], targets: &[u32], i: usize, stop_position: bool) -> bool {
+        if stop_position {
+            self.stop.contains(&picked[i])
+        } else {
+            picked[i] == targets[i]
+        }
     }
 
     /// How much of the base model `tuned` (a model, with `adapter` applied if given)
@@ -179,14 +173,7 @@ impl Probe {
                 let example_kl = kls.iter().map(|&x| f64::from(x.max(0.0))).sum::<f64>();
                 kl_sum += example_kl;
                 positions += k;
-                let keeps = span.clone().all(|i| {
-                    let stop_position = ended && i + 1 == at + k;
-                    if stop_position {
-                        self.stop.contains(&picked[i])
-                    } else {
-                        picked[i] == targets[i]
-                    }
-                });
+                let keeps = span.clone().all(|i| self.agrees(&picked, &targets, i, ended && i + 1 == at + k));
                 same += usize::from(keeps);
                 at += k;
             }

@@ -78,10 +78,8 @@ pub(super) fn run(
         .into_iter()
         .flatten()
         .collect();
-    if !kept.is_empty() && kept.len() == adapters.len() {
-        let mean = |f: fn(&Retention) -> f64| kept.iter().map(f).sum::<f64>() / kept.len() as f64;
-        r.retention =
-            Some(Retention { kl: mean(|k| k.kl), same_answer: mean(|k| k.same_answer), prompts: kept[0].prompts });
+    if kept.len() == adapters.len() {
+        r.retention = Retention::mean(&kept);
     }
     r.losses = losses;
     r.stage_starts = stage_starts;

@@ -16,7 +16,9 @@ use crate::Result;
 pub struct BatchLoss {
     /// Mean over the loss terms.
     pub mean: Tensor,
-    /// Per group present in the batch, in order of first appearance.
+    /// Per group present in the batch, in order of first appearance; empty when every
+    /// example is of one group (its terms are then the whole batch's: the trainer takes
+    /// them from the mean it reads anyway, so a plain run reads nothing more back).
     pub groups: Vec<GroupTerms>,
 }
 
@@ -43,8 +45,11 @@ pub fn add_terms(all: &mut Vec<GroupTerms>, t: GroupTerms) {
 }
 
 /// Per-token losses `nll` (in the batch's order: grouped by example) summed by the group
-/// of their example.
+/// of their example; empty when the batch holds one group (see [`BatchLoss::groups`]).
 pub fn group_terms(nll: &Tensor, batch: &Batch) -> Result<Vec<GroupTerms>> {
+    if batch.groups.windows(2).all(|w| w[0] == w[1]) {
+        return Ok(vec![]);
+    }
     let values: Vec<f32> = nll.detach().to_dtype(DType::F32)?.to_vec1()?;
     let mut out = Vec::new();
     let mut at = 0;

@@ -390,7 +390,15 @@ fn micro_grads(
     let weighted = (loss.mean * weight)?;
     let value = weighted.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     let g = weighted.backward()?;
-    Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect(), loss.groups))
+    let groups = match (loss.groups.is_empty(), batch.groups.first()) {
+        // One group: its terms are the batch's, their mean the loss just read.
+        (true, Some(&group)) => {
+            let terms = objective.loss_items(batch, examples);
+            vec![GroupTerms { group, sum: value / weight * terms as f64, terms }]
+        }
+        _ => loss.groups,
+    };
+    Ok((value, vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect(), groups))
 }
 
 /// Tokenises records for training, reporting how many were truncated.

@@ -87,11 +87,7 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
             }
             let kept: Vec<Retention> = all.iter().filter_map(|x| x.retention).collect();
             if kept.len() == all.len() {
-                r.retention = Some(Retention {
-                    kl: mean(&kept.iter().map(|k| k.kl).collect::<Vec<_>>()),
-                    same_answer: mean(&kept.iter().map(|k| k.same_answer).collect::<Vec<_>>()),
-                    prompts: kept[0].prompts,
-                });
+                r.retention = Retention::mean(&kept);
             }
             r
         })
