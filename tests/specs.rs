@@ -32,7 +32,8 @@ fn tasks(n: usize) -> serde_json::Value {
 /// server reads it.
 fn from_form(n: usize) -> multitune::strategy::CompareConfig {
     let tasks: Vec<(String, String)> = (0..n).map(|i| (format!("{i:016x}"), String::new())).collect();
-    let sent = multitune_ui::forms::FormFields::default().request(&tasks).expect("the untouched form is valid");
+    let sent =
+        multitune_ui::forms::FormFields::default().request(&tasks, &[], &[]).expect("the untouched form is valid");
     from_server(serde_json::to_value(sent).unwrap())
 }
 

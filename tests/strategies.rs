@@ -68,7 +68,7 @@ fn run_tiny(
     out: &std::path::Path,
     on_event: &mut dyn FnMut(&multitune::strategy::CompareEvent),
 ) -> multitune::Result<multitune::strategy::Report> {
-    compare(&Base { model, tokenizer: tok, name: "tiny" }, tasks, cfg, out, Default::default(), on_event)
+    compare(&Base { model, tokenizer: tok, name: "tiny" }, tasks, &[], cfg, out, Default::default(), on_event)
 }
 
 /// Every strategy and variant on the tiny model and the demo suite: the report has
@@ -469,8 +469,14 @@ fn cancelled_comparison_resumes_to_the_same_result() {
     let cancel = AtomicBool::new(false);
     let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
     let mut steps_in_second = 0;
-    let err =
-        compare(&Base { model: &model, tokenizer: &tok, name: "tiny" }, &tasks, &cfg, out.path(), control, &mut |e| {
+    let err = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &[],
+        &cfg,
+        out.path(),
+        control,
+        &mut |e| {
             if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
                 if run.starts_with("sequential") {
                     steps_in_second += 1;
@@ -479,23 +485,29 @@ fn cancelled_comparison_resumes_to_the_same_result() {
                     }
                 }
             }
-        })
-        .unwrap_err();
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, multitune::Error::Cancelled), "{err}");
     assert!(!out.path().join("report.json").exists(), "no report from a cancelled comparison");
     cancel.store(false, Ordering::Relaxed);
     let (mut starts, mut runs) = (Vec::new(), Vec::new());
-    let got =
-        compare(&Base { model: &model, tokenizer: &tok, name: "tiny" }, &tasks, &cfg, out.path(), control, &mut |e| {
-            match e {
-                CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } => starts.push(*start_step),
-                CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
-                CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {run} {index}/{of}")),
-                CompareEvent::RunFinished { run, .. } => runs.push(format!("finished {run}")),
-                _ => {}
-            }
-        })
-        .unwrap();
+    let got = compare(
+        &Base { model: &model, tokenizer: &tok, name: "tiny" },
+        &tasks,
+        &[],
+        &cfg,
+        out.path(),
+        control,
+        &mut |e| match e {
+            CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } => starts.push(*start_step),
+            CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
+            CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {run} {index}/{of}")),
+            CompareEvent::RunFinished { run, .. } => runs.push(format!("finished {run}")),
+            _ => {}
+        },
+    )
+    .unwrap();
     // The finished run is restored from its record, announced neither started nor finished.
     assert_eq!(
         runs,
@@ -685,7 +697,7 @@ fn data_size_curves_train_every_strategy_at_every_size() {
     let cancel = AtomicBool::new(false);
     let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
     let mut steps = 0;
-    let err = compare(&base, &tasks, &cfg, out.path(), control, &mut |e| {
+    let err = compare(&base, &tasks, &[], &cfg, out.path(), control, &mut |e| {
         if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
             if run == "sequential (continue) [50% data]" {
                 steps += 1;
@@ -699,7 +711,7 @@ fn data_size_curves_train_every_strategy_at_every_size() {
     assert!(matches!(err, multitune::Error::Cancelled), "{err}");
     cancel.store(false, Ordering::Relaxed);
     let mut runs = Vec::new();
-    let got = compare(&base, &tasks, &cfg, out.path(), control, &mut |e| match e {
+    let got = compare(&base, &tasks, &[], &cfg, out.path(), control, &mut |e| match e {
         CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
         CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {index}/{of} {run}")),
         _ => {}
@@ -727,4 +739,100 @@ fn data_size_curves_train_every_strategy_at_every_size() {
             assert_eq!(sp, sq, "{}", p.name);
         }
     }
+}
+
+/// Keep sets (datasets that must not get worse): every run's final model and the base
+/// model are scored on all their examples — a run's score is its exported model's,
+/// a routed run's the mean over its per-task adapters — and they are never trained on;
+/// the report compares every run with the base model on them. One named like a task is
+/// refused before anything runs.
+#[test]
+fn keep_sets_are_scored_for_every_run_and_never_trained_on() {
+    use multitune::adapter::peft;
+    use multitune::eval::{self, TaskEval};
+    use multitune::strategy::{CompareEvent, KEEP_STAGE};
+    let (model, tok) = tiny_model(3, &Device::Cpu).unwrap();
+    let demo = demo_tasks(16);
+    let tasks = vec![demo[0].clone(), demo[2].clone()];
+    // Keep sets: the topic task (classification) and the dates task (generation), whole.
+    let keep_set = |t: &TaskData, n: usize| TaskData { train: vec![], eval: t.eval[..n].to_vec(), ..t.clone() };
+    let keep = vec![keep_set(&demo[1], 16), keep_set(&demo[3], 6)];
+    let cfg = quick_compare(
+        vec![
+            StrategySpec::Combined { mixing: multitune::strategy::Mixing::Proportional, task_tag: false },
+            StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, order: vec![], replay: 0.0 },
+            StrategySpec::Separate { merges: vec![multitune::adapter::merge::MergeMethod::Linear], merge_rank: 8 },
+            StrategySpec::MultiHead { mixing: multitune::strategy::Mixing::Proportional, head_rank: 4 },
+        ],
+        2_400,
+        quick_train(5e-3),
+    );
+    let base = Base { model: &model, tokenizer: &tok, name: "tiny" };
+    let out = tempfile::tempdir().unwrap();
+    let (mut stages, mut keep_events) = (std::collections::BTreeSet::new(), Vec::new());
+    let report = compare(&base, &tasks, &keep, &cfg, out.path(), Default::default(), &mut |e| match e {
+        CompareEvent::Train { stage, .. } => {
+            stages.insert(stage.clone());
+        }
+        CompareEvent::Evaluated { run, stage, task, .. } if stage == KEEP_STAGE => {
+            keep_events.push(format!("{run}: {task}"))
+        }
+        _ => {}
+    })
+    .unwrap();
+    // Trained on the tasks only: no stage is a keep set, no run spent a token on one.
+    let trained_on: Vec<&str> = stages.iter().map(String::as_str).collect();
+    assert_eq!(trained_on, ["all", "arithmetic", "sentiment"]);
+    let direct =
+        |adapter: Option<&multitune::model::lora::LoraAdapter>, m: &multitune::model::Llama| -> Vec<TaskEval> {
+            keep.iter()
+                .map(|t| eval::evaluate_task(m, &tok, adapter, &t.spec(), &t.eval, &cfg.eval, &mut |_, _| {}).unwrap())
+                .collect()
+        };
+    let values = |es: &[TaskEval]| es.iter().map(|e| e.headline().1.value).collect::<Vec<_>>();
+    let load = |dir: &str| peft::load_adapter(std::path::Path::new(dir), &model.cfg, &Device::Cpu).unwrap();
+    for r in &report.runs {
+        assert_eq!(r.keep.len(), 2, "{}", r.name);
+        assert_eq!(r.task_tokens.len(), tasks.len(), "{}", r.name);
+        for (sc, t) in r.keep.iter().zip(&keep) {
+            assert_eq!(sc.task, t.name);
+            assert_eq!(sc.per_example.len(), t.eval.len(), "{}: every keep-set example scored", r.name);
+        }
+        let got: Vec<f64> = r.keep.iter().map(|s| s.value.value).collect();
+        let want: Vec<f64> = match r.strategy.as_str() {
+            "base" => values(&direct(None, &model)),
+            // Routed: the mean over its per-task adapters.
+            "separate" => {
+                let each: Vec<Vec<f64>> =
+                    r.adapter_dirs.iter().map(|d| values(&direct(Some(&load(d)), &model))).collect();
+                (0..keep.len()).map(|k| each.iter().map(|v| v[k]).sum::<f64>() / each.len() as f64).collect()
+            }
+            // Its shared adapter, with the base model's head.
+            _ => values(&direct(Some(&load(&r.adapter_dirs[0])), &model)),
+        };
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-9, "{}: keep scores {got:?}, its exported model scores {want:?}", r.name);
+        }
+    }
+    // One keep-set event per keep set and run, the base model's included.
+    assert_eq!(keep_events.len(), 2 * report.runs.len(), "{keep_events:?}");
+    let k = report.keep.as_ref().expect("the report's keep sets");
+    assert_eq!(k.sets, vec![("topic".into(), "classification".into(), 16), ("dates".into(), "generation".into(), 6)]);
+    let trained = report.runs.iter().filter(|r| !r.is_base()).count();
+    assert_eq!(k.comparisons.len(), 2 * trained, "every trained run against the base model on each keep set");
+    assert!(k.comparisons.iter().all(|c| c.against == "base model" && c.p_adjusted >= c.p_value));
+    assert!(!k.text.is_empty());
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Keep sets (must not get worse)") && md.contains(&k.text), "{md}");
+    assert!(out.path().join("charts/keep.svg").exists());
+    let json: multitune_api::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json.keep.as_ref(), Some(k));
+
+    // A keep set named like a task is refused at once, naming it.
+    let clash = vec![TaskData { name: "sentiment".into(), ..keep[0].clone() }];
+    let err =
+        compare(&base, &tasks, &clash, &cfg, tempfile::tempdir().unwrap().path(), Default::default(), &mut |_| {})
+            .unwrap_err();
+    assert!(err.to_string().contains("keep set `sentiment`"), "{err}");
 }

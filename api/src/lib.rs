@@ -483,6 +483,41 @@ pub struct ExperimentCreate {
     /// Hyper-parameters.
     #[serde(default)]
     pub hyper: Hyper,
+    /// Keep sets: dataset ids that must not get worse. Each is scored on all its rows
+    /// (at most `hyper.eval_limit`) with the base model and every run's final model, and
+    /// never trained on; none may be a task's dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
+}
+
+/// Most keep sets a comparison scores.
+pub const MAX_KEEP_SETS: usize = 8;
+
+/// What is wrong with keep sets given as `(source, name)` — a dataset id or a file, and
+/// the name it would be reported under — beside the tasks' (`tasks`: every source a task
+/// reads, its held-out files included): a keep set that is also a task, named like one,
+/// listed twice, or too many. Each problem with the index of the keep set it is about
+/// (`None`: the list), for the caller to name its field.
+pub fn keep_problems<S: AsRef<str>, K: AsRef<str>>(tasks: &[(S, S)], keep: &[(K, K)]) -> Vec<(Option<usize>, String)> {
+    let tasks: Vec<(&str, &str)> = tasks.iter().map(|(a, b)| (a.as_ref(), b.as_ref())).collect();
+    let keep: Vec<(&str, &str)> = keep.iter().map(|(a, b)| (a.as_ref(), b.as_ref())).collect();
+    let mut out = Vec::new();
+    if keep.len() > MAX_KEEP_SETS {
+        out.push((None, format!("at most {MAX_KEEP_SETS} keep sets, not {}", keep.len())));
+    }
+    for (i, &(source, name)) in keep.iter().enumerate() {
+        let problem = if tasks.iter().any(|t| t.0 == source) {
+            format!("`{name}` is also a task; a keep set is scored, never trained on: take it out of one of the two")
+        } else if tasks.iter().any(|t| t.1 == name) {
+            format!("`{name}` is named like a task; upload it under another name")
+        } else if keep[..i].iter().any(|k| k.0 == source || k.1 == name) {
+            format!("`{name}` is listed twice")
+        } else {
+            continue;
+        };
+        out.push((Some(i), problem));
+    }
+    out
 }
 
 fn default_model() -> String {
@@ -807,6 +842,26 @@ pub struct PlaygroundChunk {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_keep_set_that_is_a_task_or_named_like_one_is_refused() {
+        let tasks = [("d1", "qa"), ("d2", "sentiment"), ("d3", "sentiment")];
+        assert!(keep_problems(&tasks, &[("d9", "support")]).is_empty());
+        let p = keep_problems(
+            &tasks,
+            &[("d9", "support"), ("d1", "qa"), ("d3", "sentiment"), ("d8", "qa2"), ("d9", "support")],
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p[0].0, Some(1));
+        assert!(p[0].1.starts_with("`qa` is also a task"), "{p:?}");
+        // A held-out dataset of a task is a task's too.
+        assert!(p[1].1.starts_with("`sentiment` is also a task"), "{p:?}");
+        assert_eq!(p[2], (Some(4), "`support` is listed twice".to_string()));
+        let p = keep_problems(&tasks, &[("d7", "qa")]);
+        assert_eq!(p, vec![(Some(0), "`qa` is named like a task; upload it under another name".to_string())]);
+        let many: Vec<(String, String)> = (0..9).map(|i| (format!("k{i}"), format!("keep{i}"))).collect();
+        assert_eq!(keep_problems(&tasks, &many), vec![(None, "at most 8 keep sets, not 9".to_string())]);
+    }
+
     use super::*;
 
     #[test]

@@ -149,6 +149,11 @@ pub struct RunResult {
     /// adapter), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// Its final model's scores on the keep sets (datasets that must not get worse,
+    /// never trained on), in [`KeepSets::sets`]' order (a separate run's routed row: the
+    /// mean over its per-task adapters, example by example).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<TaskScore>,
     /// Exported adapter folders.
     pub adapter_dirs: Vec<String>,
     /// The peak learning rate it trained at (0 in reports from before it was recorded).
@@ -300,6 +305,35 @@ pub struct Report<C = serde_json::Value> {
     /// Data-size curves, when the comparison trained at several sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_sizes: Option<DataSizes>,
+    /// The keep sets, when the comparison had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<KeepSets>,
+}
+
+/// Keep sets: datasets marked "must not get worse", scored with every run's final model
+/// (and the base model) on all their examples, never trained on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeepSets {
+    /// Each keep set: name, kind and the examples scored.
+    pub sets: Vec<(String, String, usize)>,
+    /// Every trained run against the base model on each keep set (`task` names the keep
+    /// set), paired on its examples, Holm-adjusted over all of them.
+    pub comparisons: Vec<Comparison>,
+    /// Which runs make a keep set worse than the base model, in words.
+    pub text: String,
+}
+
+impl KeepSets {
+    /// The comparisons of runs that make a keep set significantly worse than the base
+    /// model.
+    pub fn worse(&self) -> impl Iterator<Item = &Comparison> {
+        self.comparisons.iter().filter(|c| c.verdict == Verdict::Worse)
+    }
+
+    /// Run `run` against the base model on keep set `set`.
+    pub fn of(&self, run: &str, set: &str) -> Option<&Comparison> {
+        self.comparisons.iter().find(|c| c.run == run && c.task.as_deref() == Some(set))
+    }
 }
 
 /// Data-size curves: every strategy trained again on nested, seeded shares of each task's

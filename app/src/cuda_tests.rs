@@ -153,6 +153,8 @@ fn gpu_comparison_runs_every_strategy() {
         eval: crate::eval::EvalOptions { max_seq_len: 128, bootstrap: 20, ..Default::default() },
         seeds: vec![],
         lr_search: None,
+        retention: false,
+        data_fractions: vec![],
     };
     let first_loss = |device: &Device, dtype: DType| {
         let model = random_model(tiny_config(), 0, device).unwrap().to_dtype(dtype).unwrap();
@@ -162,6 +164,7 @@ fn gpu_comparison_runs_every_strategy() {
         let report = compare(
             &Base { model: &model, tokenizer: &tok, name: "tiny" },
             &tasks,
+            &[],
             &cfg,
             out.path(),
             Default::default(),

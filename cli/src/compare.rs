@@ -26,6 +26,11 @@ pub struct CompareArgs {
     /// One training file per task.
     #[arg(long, num_args = 1.., required = true)]
     pub tasks: Vec<PathBuf>,
+    /// Keep sets: files that must not get worse, each scored (every example, at most
+    /// --eval-limit) with the base model and every run's final model, never trained on;
+    /// the report says which runs make one worse. None may be a task's file.
+    #[arg(long, num_args = 1..)]
+    pub keep: Vec<PathBuf>,
     /// Held-out files are `<DIR>/<task>.jsonl`; default: an `eval/` folder beside each
     /// task file if it has one, else --eval-split of the task.
     #[arg(long)]
@@ -183,34 +188,74 @@ impl CompareArgs {
         }
     }
 
-    /// Every task file with its held-out examples: `--eval-dir/<task>.jsonl`, else an
-    /// `eval/` file beside it, else a seeded `--eval-split` share.
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions { limits: Limits { max_tokens: self.max_tokens, ..Limits::default() }, ..LoadOptions::default() }
+    }
+
+    /// Task file `p`'s held-out file: `--eval-dir/<task>.jsonl`, else an `eval/` file
+    /// beside it (if there is one).
+    fn eval_file(&self, p: &Path) -> Option<PathBuf> {
+        let beside = p.parent().unwrap_or(Path::new(".")).join("eval").join(p.file_name().unwrap_or_default());
+        self.eval_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.jsonl", task_name(p))))
+            .or_else(|| beside.exists().then_some(beside))
+    }
+
+    /// Every task file with its held-out examples: [`CompareArgs::eval_file`], else a
+    /// seeded `--eval-split` share.
     fn tasks(&self) -> anyhow::Result<Vec<TaskData>> {
-        let opts = LoadOptions {
-            limits: Limits { max_tokens: self.max_tokens, ..Limits::default() },
-            ..LoadOptions::default()
-        };
+        let opts = self.load_options();
         let mut tasks = Vec::new();
         for p in &self.tasks {
-            let name = task_name(p);
-            let beside = p.parent().unwrap_or(Path::new(".")).join("eval").join(p.file_name().unwrap_or_default());
-            let eval_file = self
-                .eval_dir
-                .as_ref()
-                .map(|d| d.join(format!("{name}.jsonl")))
-                .or_else(|| beside.exists().then_some(beside));
+            let eval_file = self.eval_file(p);
             let held_out =
                 HeldOut { file: eval_file.as_deref(), split: self.eval_split, seed: self.seed, limit: self.eval_limit };
-            tasks.push(TaskData::load(&name, p, &held_out, &opts)?);
+            tasks.push(TaskData::load(&task_name(p), p, &held_out, &opts)?);
         }
         Ok(tasks)
+    }
+
+    /// What is wrong with `--keep` beside `--tasks` (a keep file that is a task's, named
+    /// like one, given twice, too many), before anything is read.
+    fn check_keep(&self) -> anyhow::Result<()> {
+        let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let tasks: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .flat_map(|p| std::iter::once(p.clone()).chain(self.eval_file(p)).map(move |f| (same(&f), task_name(p))))
+            .collect();
+        let keep: Vec<(String, String)> = self.keep.iter().map(|p| (same(p), task_name(p))).collect();
+        let problems: Vec<String> = strategy::request::keep_problems(&tasks, &keep)
+            .into_iter()
+            .map(|(at, p)| match at {
+                Some(i) => format!("--keep {}: {p}", self.keep[i].display()),
+                None => format!("--keep: {p}"),
+            })
+            .collect();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(())
+    }
+
+    /// The keep sets: every example of each `--keep` file (at most `--eval-limit`).
+    fn keep_sets(&self) -> anyhow::Result<Vec<TaskData>> {
+        let opts = self.load_options();
+        self.keep
+            .iter()
+            .map(|p| {
+                TaskData::keep_set(&task_name(p), p, self.eval_limit, &opts)
+                    .with_context(|| format!("--keep {}", p.display()))
+            })
+            .collect()
     }
 
     /// Runs the comparison with a progress bar per run and prints the report.
     pub(super) fn run(&self, cli: &Cli, device: &Device) -> anyhow::Result<()> {
         let cfg = self.config(self.tasks.len())?;
+        self.check_keep()?;
         let tasks = self.tasks()?;
         self.check_sizes(&tasks)?;
+        let keep = self.keep_sets()?;
         // Before any training: what these held-out sets can tell apart.
         let sizes: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
         eprintln!("{}", strategy::report::power(&sizes).text);
@@ -219,7 +264,7 @@ impl CompareArgs {
         let bars = indicatif::MultiProgress::new();
         let mut current: Option<ProgressBar> = None;
         let report =
-            strategy::compare(&Base::of(&m), &tasks, &cfg, &self.out, Control::default(), &mut |ev| match ev {
+            strategy::compare(&Base::of(&m), &tasks, &keep, &cfg, &self.out, Control::default(), &mut |ev| match ev {
                 CompareEvent::RunStarted { run, index, of } => {
                     let pb = bars.add(bar(0, "{prefix:36} {bar:24} {pos}/{len} steps  {msg}  ETA {eta}"));
                     pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
@@ -234,7 +279,11 @@ impl CompareArgs {
                 }
                 CompareEvent::Evaluated { stage, task, value, .. } => {
                     if let Some(pb) = &current {
-                        pb.set_message(format!("scored {task} after {stage}: {:.1}%", 100.0 * value));
+                        pb.set_message(if stage == strategy::KEEP_STAGE {
+                            format!("scored keep set {task}: {:.1}%", 100.0 * value)
+                        } else {
+                            format!("scored {task} after {stage}: {:.1}%", 100.0 * value)
+                        });
                     }
                 }
                 CompareEvent::RunRestored { run, index, of, wall_s } => {

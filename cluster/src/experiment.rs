@@ -10,31 +10,47 @@ use multitune::strategy::{CompareEvent, HeldOut, TaskData};
 use multitune::train::TrainEvent;
 use multitune_api::{Event, ExperimentCreate};
 
-/// One task's files: its name, training file and optional held-out file.
+/// One task's files (or a keep set's): its name, training file and optional held-out
+/// file.
 #[derive(Debug, Clone)]
 pub struct TaskFiles {
     /// The task's name.
     pub name: String,
-    /// Its training data.
+    /// Its training data (a keep set's examples, every one scored).
     pub data: PathBuf,
     /// Its held-out data, if uploaded apart.
     pub eval: Option<PathBuf>,
+    /// A keep set (scored, never trained on), not a task.
+    pub keep: bool,
 }
 
-/// Loads an experiment's tasks from their files (uploads of at most `max_bytes`).
-pub fn load_tasks(spec: &ExperimentCreate, files: &[TaskFiles], max_bytes: u64) -> anyhow::Result<Vec<TaskData>> {
+/// An experiment's data as the engine reads it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The tasks.
+    pub tasks: Vec<TaskData>,
+    /// The keep sets.
+    pub keep: Vec<TaskData>,
+}
+
+/// Loads an experiment's tasks and keep sets from their files (uploads of at most
+/// `max_bytes`).
+pub fn load_tasks(spec: &ExperimentCreate, files: &[TaskFiles], max_bytes: u64) -> anyhow::Result<Loaded> {
     let opts = LoadOptions {
         limits: data::Limits { max_tokens: spec.hyper.max_tokens, max_bytes, ..Default::default() },
         ..Default::default()
     };
     let h = &spec.hyper;
-    files
-        .iter()
-        .map(|t| {
+    let mut loaded = Loaded { tasks: vec![], keep: vec![] };
+    for t in files {
+        if t.keep {
+            loaded.keep.push(TaskData::keep_set(&t.name, &t.data, h.eval_limit, &opts)?);
+        } else {
             let held_out = HeldOut { file: t.eval.as_deref(), split: h.eval_split, seed: h.seed, limit: h.eval_limit };
-            Ok(TaskData::load(&t.name, &t.data, &held_out, &opts)?)
-        })
-        .collect()
+            loaded.tasks.push(TaskData::load(&t.name, &t.data, &held_out, &opts)?);
+        }
+    }
+    Ok(loaded)
 }
 
 /// The `run_finished` of a run that finished, or was restored from its record (see

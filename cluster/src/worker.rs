@@ -51,6 +51,9 @@ pub struct TaskKeys {
     pub data: String,
     /// Its held-out file, if any.
     pub eval: Option<String>,
+    /// A keep set's file (scored, never trained on), not a task's.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// Where an attempt's files go in the artifacts.
@@ -217,7 +220,7 @@ impl Job<'_> {
                 Ok(p)
             };
             let eval = t.eval.as_deref().map(|k| fetch(k, "eval")).transpose()?;
-            files.push(TaskFiles { name: t.name.clone(), data: fetch(&t.data, "train")?, eval });
+            files.push(TaskFiles { name: t.name.clone(), data: fetch(&t.data, "train")?, eval, keep: t.keep });
         }
         if let Some(ckpt) = &l.checkpoint {
             let n = self.store.get_dir(ckpt, &dir)?;
@@ -228,7 +231,7 @@ impl Job<'_> {
                 l.job, l.part, l.experiment_id, l.attempt
             ));
         }
-        let tasks = experiment::load_tasks(&payload.spec, &files, payload.max_bytes)?;
+        let data = experiment::load_tasks(&payload.spec, &files, payload.max_bytes)?;
         let model = match models.get(&payload.model) {
             Some(m) => m.clone(),
             None => {
@@ -288,7 +291,8 @@ impl Job<'_> {
             }
         };
         let control = Control { cancel: Some(self.cancel), state_dir: Some(&state) };
-        let ran = strategy::compare_part(&Base::of(&model), &tasks, cfg, &out, control, part, &mut on_event);
+        let ran =
+            strategy::compare_part(&Base::of(&model), &data.tasks, &data.keep, cfg, &out, control, part, &mut on_event);
         if self.lost.load(Ordering::Relaxed) {
             return Ok(Outcome::Lost);
         }

@@ -66,17 +66,35 @@ fn list<T: ToString>(xs: &[T]) -> String {
 
 impl FormFields {
     /// The request these fields make for the chosen tasks (dataset id, held-out dataset
-    /// id or ""); every field that is not a number is named.
-    pub fn request(&self, tasks: &[(String, String)]) -> Result<ExperimentCreate, Vec<String>> {
+    /// id or "") and keep sets (dataset ids) among `datasets`; every field that is not a
+    /// number is named, and a keep set that is also a task (or named like one) refused.
+    pub fn request(
+        &self,
+        tasks: &[(String, String)],
+        keep: &[String],
+        datasets: &[Dataset],
+    ) -> Result<ExperimentCreate, Vec<String>> {
         let hyper = self.hyper();
         let budget = self.budget.trim().parse::<usize>();
+        let name = |id: &str| datasets.iter().find(|d| d.id == id).map_or_else(|| id.to_string(), |d| d.name.clone());
+        let sources: Vec<(String, String)> = tasks
+            .iter()
+            .flat_map(|(d, e)| [(d.clone(), name(d)), (e.clone(), String::new())])
+            .filter(|(id, _)| !id.is_empty())
+            .collect();
+        let keep_sets: Vec<(String, String)> = keep.iter().map(|k| (k.clone(), name(k))).collect();
+        let keep_errors: Vec<String> = multitune_api::keep_problems(&sources, &keep_sets)
+            .into_iter()
+            .map(|(_, p)| format!("keep sets: {p}"))
+            .collect();
         let (hyper, budget_tokens) = match (hyper, budget) {
-            (Ok(h), Ok(b)) => (h, b),
+            (Ok(h), Ok(b)) if keep_errors.is_empty() => (h, b),
             (h, b) => {
                 let mut errors = h.err().unwrap_or_default();
                 if b.is_err() {
                     errors.insert(0, format!("training tokens: `{}` is not a whole number", self.budget.trim()));
                 }
+                errors.extend(keep_errors);
                 return Err(errors);
             }
         };
@@ -95,6 +113,7 @@ impl FormFields {
                 .collect(),
             budget_tokens,
             hyper,
+            keep: keep.to_vec(),
         })
     }
 
@@ -220,6 +239,7 @@ mod tests {
                 strategies: vec![],
                 budget_tokens: 1,
                 hyper: Hyper::default(),
+                keep: vec![],
             },
             created_at: String::new(),
             started_at: None,
@@ -276,18 +296,33 @@ mod tests {
     #[test]
     fn the_untouched_form_asks_for_the_contracts_defaults() {
         let f = FormFields::default();
-        let r = f.request(&[("ab".into(), String::new())]).unwrap();
+        let r = f.request(&[("ab".into(), String::new())], &[], &[]).unwrap();
         assert_eq!(r.hyper, Hyper::default());
         assert_eq!((r.budget_tokens, r.model.as_str()), (defaults::BUDGET_TOKENS, defaults::MODEL));
         assert_eq!(r.strategies, StrategyChoice::all());
         let mut some = FormFields { budget: "12k".into(), lr: "x".into(), ..f };
         some.picked[0] = false;
-        let e = some.request(&[]).unwrap_err();
+        let e = some.request(&[], &[], &[]).unwrap_err();
         assert!(e[0].starts_with("training tokens") && e[1].starts_with("learning rate"), "{e:?}");
         some.budget = "12000".into();
         some.lr = "0.005".into();
-        let r = some.request(&[]).unwrap();
+        let r = some.request(&[], &[], &[]).unwrap();
         assert_eq!((r.budget_tokens, r.hyper.learning_rate, r.strategies.len()), (12000, 0.005, 4));
+    }
+
+    #[test]
+    fn a_keep_set_goes_into_the_request_unless_it_is_also_a_task() {
+        let ds = [dataset("a", 96), dataset("ae", 37), dataset("k", 50)];
+        let f = FormFields::default();
+        let tasks = [("a".to_string(), "ae".to_string())];
+        let r = f.request(&tasks, &["k".into()], &ds).unwrap();
+        assert_eq!(r.keep, vec!["k".to_string()]);
+        let e = f.request(&tasks, &["a".into()], &ds).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("keep sets: `a` is also a task"), "{e:?}");
+        // The held-out dataset of a task is the task's too.
+        let e = f.request(&tasks, &["ae".into()], &ds).unwrap_err();
+        assert!(e[0].starts_with("keep sets: `ae` is also a task"), "{e:?}");
     }
 
     #[test]
@@ -298,9 +333,8 @@ mod tests {
         assert_eq!(measured_tokens_per_s(&h, "other"), None);
     }
 
-    #[test]
-    fn held_out_sizes_follow_the_split_the_file_and_the_limit() {
-        let d = |id: &str, rows: usize| Dataset {
+    fn dataset(id: &str, rows: usize) -> Dataset {
+        Dataset {
             id: id.into(),
             name: id.into(),
             filename: String::new(),
@@ -311,7 +345,12 @@ mod tests {
             labels: vec![],
             warnings: vec![],
             created_at: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn held_out_sizes_follow_the_split_the_file_and_the_limit() {
+        let d = dataset;
         let ds = [d("a", 96), d("b", 500), d("ae", 37)];
         let chosen =
             [("a".to_string(), String::new()), ("b".to_string(), String::new()), ("a".to_string(), "ae".to_string())];

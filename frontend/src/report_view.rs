@@ -114,6 +114,20 @@ pub fn answer(report: &Report) -> String {
         )),
         _ => text.push_str(", but not told apart from any other run on these held-out examples"),
     }
+    let hurt: Vec<&str> = report
+        .keep
+        .iter()
+        .flat_map(|k| k.worse())
+        .filter(|c| &c.run == best)
+        .filter_map(|c| c.task.as_deref())
+        .collect();
+    if !hurt.is_empty() {
+        text.push_str(&format!(
+            " Mind: it makes the keep set{} {} worse than the base model",
+            if hurt.len() == 1 { "" } else { "s" },
+            hurt.join(", ")
+        ));
+    }
     text.push('.');
     text
 }
@@ -152,6 +166,25 @@ pub struct CompactRow {
     /// What it keeps of the base model (% of the retention probe answered as the base
     /// model does), when measured.
     pub kept: Option<CompactCell>,
+    /// Its score on each keep set (see [`keep_names`]), marked against the base model's:
+    /// `▼` significantly worse, `▲` better, `≈` tied.
+    pub keep: Vec<CompactCell>,
+}
+
+/// The keep sets' names, the compact table's last columns (none without keep sets).
+pub fn keep_names(report: &Report) -> Vec<String> {
+    report.keep.as_ref().map(|k| k.sets.iter().map(|s| s.0.clone()).collect()).unwrap_or_default()
+}
+
+/// The mark of a verdict: `▼` worse, `▲` better, `≈` tied, nothing when the data cannot
+/// tell.
+fn mark(v: Option<Verdict>) -> &'static str {
+    match v {
+        Some(Verdict::Worse) => "▼",
+        Some(Verdict::Better) => "▲",
+        Some(Verdict::Tied) => "≈",
+        _ => "",
+    }
 }
 
 /// The strategy × task table read at a glance: every run's headline metric per task and
@@ -161,12 +194,7 @@ pub fn compact_rows(report: &Report) -> (Vec<String>, Vec<CompactRow>) {
     let best = &report.recommendation.best;
     let cell = |run: &str, task: Option<&str>, v: Estimate| {
         let vs = (run != best.as_str()).then(|| against_best(report, run, task)).flatten();
-        let mark = match vs.map(|x| x.1) {
-            Some(Verdict::Worse) => "▼",
-            Some(Verdict::Better) => "▲",
-            Some(Verdict::Tied) => "≈",
-            _ => "",
-        };
+        let mark = mark(vs.map(|x| x.1));
         let mut title = format::with_interval(v.value, v.lo, v.hi);
         if let Some((d, _, p)) = vs {
             title.push_str(&format!("; against the best: {} points, p (Holm) {p:.3}", points(&d)));
@@ -190,7 +218,23 @@ pub fn compact_rows(report: &Report) -> (Vec<String>, Vec<CompactRow>) {
                     k.kl
                 ),
             });
-            CompactRow { run: r.name.clone(), best: &r.name == best, cells, kept }
+            let keep = r
+                .keep
+                .iter()
+                .map(|sc| {
+                    let vs = report.keep.as_ref().and_then(|k| k.of(&r.name, &sc.task));
+                    let mut title = format!("keep set {}: {}", sc.task, format::with_interval(sc.value.value, sc.value.lo, sc.value.hi));
+                    if let Some(c) = vs {
+                        title.push_str(&format!(
+                            "; against the base model: {} points, p (Holm) {:.3}",
+                            points(&c.difference),
+                            c.p_adjusted
+                        ));
+                    }
+                    CompactCell { text: format!("{:.1}", 100.0 * sc.value.value), mark: mark(vs.map(|c| c.verdict)), title }
+                })
+                .collect();
+            CompactRow { run: r.name.clone(), best: &r.name == best, cells, kept, keep }
         })
         .collect();
     (tasks, rows)
@@ -544,6 +588,47 @@ mod tests {
         assert!(bars.iter().all(|b| b.left >= 0.0 && b.left + b.width <= 100.0 && b.left <= b.at));
         assert!(bars[0].at < bars[1].at && bars[1].at < bars[2].at && bars[2].at < zero && zero < 100.0);
         assert!(bars[2].title.starts_with("-2.5 [-7.5, 2.5] points"), "{}", bars[2].title);
+        assert!(keep_names(&r).is_empty() && rows.iter().all(|row| row.keep.is_empty()));
+    }
+
+    #[test]
+    fn keep_sets_are_columns_marked_against_the_base_model() {
+        use multitune_api::report::KeepSets;
+        let with_keep = |mut r: RunResult, v: f64| {
+            r.keep = vec![TaskScore { task: "support".into(), ..score(v) }];
+            r
+        };
+        let r: Report = Report {
+            tasks: tasks(&[("a", "classification")]),
+            runs: vec![
+                with_keep(run("base model", "base", &[0.2]), 0.8),
+                with_keep(run("x", "combined", &[0.9]), 0.5),
+                with_keep(run("y", "separate", &[0.6]), 0.79),
+            ],
+            recommendation: Recommendation { best: "x".into(), ..Default::default() },
+            keep: Some(KeepSets {
+                sets: vec![("support".into(), "classification".into(), 40)],
+                comparisons: vec![
+                    comparison("x", "base model", Some("support"), -0.3, 0.001, Verdict::Worse),
+                    comparison("y", "base model", Some("support"), -0.01, 0.9, Verdict::Tied),
+                ],
+                text: String::new(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(keep_names(&r), ["support"]);
+        let (_, rows) = compact_rows(&r);
+        let keep = |i: usize| (rows[i].keep[0].text.as_str(), rows[i].keep[0].mark);
+        assert_eq!([keep(0), keep(1), keep(2)], [("80.0", ""), ("50.0", "▼"), ("79.0", "≈")]);
+        assert_eq!(
+            rows[1].keep[0].title,
+            "keep set support: 50.0% [40.0, 60.0]; against the base model: -30.0 [-35.0, -25.0] points, p (Holm) 0.001"
+        );
+        assert!(
+            answer(&r).ends_with(" Mind: it makes the keep set support worse than the base model."),
+            "{}",
+            answer(&r)
+        );
     }
 
     #[test]

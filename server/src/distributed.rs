@@ -151,7 +151,7 @@ impl Coordinator {
                 Ok(key)
             };
             let eval = t.eval.as_deref().map(|p| put(p, "eval")).transpose()?;
-            tasks.push(TaskKeys { name: t.name, data: put(&t.data, "train")?, eval });
+            tasks.push(TaskKeys { name: t.name, data: put(&t.data, "train")?, eval, keep: t.keep });
         }
         let payload = serde_json::to_string(&JobPayload {
             spec,
@@ -249,10 +249,10 @@ impl Coordinator {
                 }
             }
         }
-        let tasks = jobs::load_tasks(&self.state, &self.db, &spec)?;
+        let data = jobs::load_tasks(&self.state, &self.db, &spec)?;
         let model = self.state.model(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let control = Control { cancel: None, state_dir: Some(&state_dir) };
-        let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |_| {})?;
+        let report = strategy::compare(&Base::of(&model), &data.tasks, &data.keep, &cfg, &out, control, &mut |_| {})?;
         jobs::record_report_runs(&self.db, id, &dir, &report)?;
         std::fs::remove_dir_all(&state_dir).ok();
         Ok(())

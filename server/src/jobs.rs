@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, TaskData};
+use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control};
 use multitune_api::{Event, ExperimentCreate, Status};
 use multitune_cluster::experiment::{self, event_of, finished_event, TaskFiles};
 use rusqlite::{params, OptionalExtension};
@@ -29,7 +29,7 @@ pub fn compare_config(spec: &ExperimentCreate) -> ApiResult<CompareConfig> {
         .map_err(|problems| ApiError::invalid("the experiment's settings are not valid", problems))
 }
 
-/// An experiment's task files in the data folder, in task order.
+/// An experiment's task files in the data folder, in task order, then its keep sets'.
 pub fn task_files(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskFiles>> {
     let file_of = |id: &str| -> anyhow::Result<(String, std::path::PathBuf)> {
         let (name, file): (String, String) = db
@@ -44,13 +44,17 @@ pub fn task_files(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow:
         .map(|t| {
             let (name, data) = file_of(&t.dataset)?;
             let eval = t.eval_dataset.as_deref().map(file_of).transpose()?.map(|(_, p)| p);
-            Ok(TaskFiles { name, data, eval })
+            Ok(TaskFiles { name, data, eval, keep: false })
         })
+        .chain(spec.keep.iter().map(|id| {
+            let (name, data) = file_of(id)?;
+            Ok(TaskFiles { name, data, eval: None, keep: true })
+        }))
         .collect()
 }
 
-/// Loads an experiment's tasks from its datasets.
-pub fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<Vec<TaskData>> {
+/// Loads an experiment's tasks and keep sets from its datasets.
+pub fn load_tasks(state: &AppState, db: &Db, spec: &ExperimentCreate) -> anyhow::Result<experiment::Loaded> {
     experiment::load_tasks(spec, &task_files(state, db, spec)?, state.cfg.max_upload_bytes)
 }
 
@@ -190,14 +194,14 @@ pub fn stored(db: &Db, id: &str) -> anyhow::Result<Stored> {
 
 fn execute(state: &AppState, db: &Db, id: &str, cancel: &AtomicBool) -> anyhow::Result<()> {
     let Stored { spec, config: cfg } = stored(db, id)?;
-    let tasks = load_tasks(state, db, &spec)?;
+    let data = load_tasks(state, db, &spec)?;
     let model = state.model(&spec.model).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let dir = state.data.experiment(id);
     let (out, state_dir) = (dir.join("out"), dir.join("state"));
     std::fs::create_dir_all(&out)?;
     let control = Control { cancel: Some(cancel), state_dir: Some(&state_dir) };
     let mut db_error = None;
-    let report = strategy::compare(&Base::of(&model), &tasks, &cfg, &out, control, &mut |e| {
+    let report = strategy::compare(&Base::of(&model), &data.tasks, &data.keep, &cfg, &out, control, &mut |e| {
         let ev = match e {
             // A run that finished before an interruption said so then (unless the
             // server stopped between its record and its event): once is enough.

@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::eval::metrics::Estimate;
-use crate::strategy::report::Forgetting;
+use crate::strategy::report::{Comparison, Forgetting};
 use crate::strategy::Report;
 use crate::{persist, Error, Result};
 
@@ -445,16 +445,16 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let scores: Vec<(String, Vec<Estimate>)> =
         report.runs.iter().map(|r| (r.name.clone(), r.scores.iter().map(|s| s.value).collect())).collect();
     save("scores", both!(|a| metric_bars(a, &tasks, &scores))?)?;
+    // Comparisons as forest rows, coloured by their run.
+    let forest_rows = |cs: &mut dyn Iterator<Item = &Comparison>| -> Vec<ForestRow> {
+        cs.map(|c| {
+            let run = report.runs.iter().position(|r| r.name == c.run).unwrap_or(0);
+            (c.run.clone(), c.difference, c.p_adjusted < 0.05, run)
+        })
+        .collect()
+    };
     let rows = |against: &str| -> Vec<ForestRow> {
-        report
-            .comparisons
-            .iter()
-            .filter(|c| c.task.is_none() && c.against == against)
-            .map(|c| {
-                let run = report.runs.iter().position(|r| r.name == c.run).unwrap_or(0);
-                (c.run.clone(), c.difference, c.p_adjusted < 0.05, run)
-            })
-            .collect()
+        forest_rows(&mut report.comparisons.iter().filter(|c| c.task.is_none() && c.against == against))
     };
     let best = report.recommendation.best.clone();
     let base = report.runs.iter().find(|r| r.is_base()).map(|r| r.name.clone()).unwrap_or_default();
@@ -480,6 +480,20 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     if !kept.is_empty() {
         let title = "Kept of the base model: probe prompts answered as the base model does (%)";
         save("retention", both!(|a| bars(a, title, "% of the probe's prompts", &kept))?)?;
+    }
+    if let Some(k) = &report.keep {
+        let panels: Vec<(String, Vec<ForestRow>)> = k
+            .sets
+            .iter()
+            .map(|(set, _, _)| {
+                let rows = forest_rows(&mut k.comparisons.iter().filter(|c| c.task.as_deref() == Some(set)));
+                (format!("keep set {set}: change from the base model"), rows)
+            })
+            .collect();
+        let panels: Vec<(&str, Vec<ForestRow>)> = panels.iter().map(|(t, r)| (t.as_str(), r.clone())).collect();
+        if panels.iter().any(|p| !p.1.is_empty()) {
+            save("keep", both!(|a| forest(a, &panels))?)?;
+        }
     }
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;

@@ -24,25 +24,28 @@ use crate::train::TrainConfig;
 use crate::{Error, Result};
 
 /// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
-/// adapters (under `out/adapters`) into `out`. With data fractions, every strategy then
+/// adapters (under `out/adapters`) into `out`. The `keep` sets (loaded with
+/// [`TaskData::keep_set`]) are scored with the base model and every run's final model,
+/// never trained on. With data fractions, every strategy then
 /// trains again at each smaller size (its runs, adapters and records under
 /// `out/sizes/<percent>`), and the report gains the data-size curves.
 pub fn compare(
     base: &Base,
     tasks: &[TaskData],
+    keep: &[TaskData],
     cfg: &CompareConfig,
     out: &Path,
     control: Control,
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<Report> {
-    start(tasks, cfg, control)?;
+    start(tasks, keep, cfg, control)?;
     let mut curves = Curves::new(out);
     let on_event = &mut |e: &CompareEvent| {
         curves.observe(e);
         on_event(e)
     };
     let probe = answer_probe(base, cfg)?;
-    let setup = Setup { base, tasks, cfg, out, control, probe: probe.as_ref() };
+    let setup = Setup { base, tasks, cfg, out, control, probe: probe.as_ref(), keep };
     let mut runs = vec![score_base(setup, on_event)?];
     let mut searches = vec![None; cfg.strategies.len()];
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
@@ -51,8 +54,9 @@ pub fn compare(
     let mut smaller = Vec::new();
     for size in Size::smaller(cfg) {
         let (sub, scfg, sout) = size.setup(tasks, cfg, out);
-        // A smaller size's runs are its curve's points: scores only, no retention.
-        let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, probe: None, ..setup };
+        // A smaller size's runs are its curve's points: scores only, no retention or
+        // keep sets.
+        let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, probe: None, keep: &[], ..setup };
         let (per_seed, _) = run_seeds(at, size, None, &mut searches, on_event)?;
         smaller.push(report::SizeRows {
             fraction: size.fraction,
@@ -65,15 +69,15 @@ pub fn compare(
     } else {
         None
     };
-    let report = report::build(tasks, cfg, runs, similarity, smaller);
+    let report = report::build(tasks, keep, cfg, runs, similarity, smaller);
     report::write(&report, out)?;
     crate::strategy::charts::write_charts(&report, &out.join("charts"))?;
     Ok(report)
 }
 
 /// What every part of a comparison runs on: the base model, the tasks, the settings, the
-/// output folder, how it is stopped and resumed, and the base model's answers to the
-/// retention probe (when its runs are measured against them).
+/// output folder, how it is stopped and resumed, the base model's answers to the
+/// retention probe (when its runs are measured against them) and the keep sets.
 #[derive(Clone, Copy)]
 struct Setup<'a> {
     base: &'a Base<'a>,
@@ -82,6 +86,7 @@ struct Setup<'a> {
     out: &'a Path,
     control: Control<'a>,
     probe: Option<&'a Probe>,
+    keep: &'a [TaskData],
 }
 
 /// The base model's greedy answers to the retention probe, when `cfg` measures retention
@@ -193,9 +198,21 @@ fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
 }
 
 /// Checks what every comparison (or part of one) needs and makes the state folder.
-fn start(tasks: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()> {
+fn start(tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()> {
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
+    }
+    for (i, k) in keep.iter().enumerate() {
+        if tasks.iter().any(|t| t.name == k.name) || keep[..i].iter().any(|o| o.name == k.name) {
+            return Err(Error::Invalid(format!(
+                "keep set `{}`: named like a task or another keep set; a keep set is scored, never trained, and \
+                 needs a name of its own",
+                k.name
+            )));
+        }
+        if k.eval.is_empty() {
+            return Err(Error::Invalid(format!("keep set `{}`: has no examples", k.name)));
+        }
     }
     if cfg.budget_tokens == 0 {
         return Err(Error::Invalid("the token budget must be positive".into()));
@@ -215,9 +232,10 @@ fn start(tasks: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()
 /// The base model's row ([`base_run`] in its own context). The held-out examples are the
 /// same at every data size: it is scored once.
 fn score_base(setup: Setup, on_event: &mut dyn FnMut(&CompareEvent)) -> Result<RunResult> {
-    let Setup { base, tasks, cfg, out, control, probe } = setup;
+    let Setup { base, tasks, cfg, out, control, probe, keep } = setup;
     let (suffix, key, shared) = (String::new(), "base".into(), &RefCell::default());
-    let mut ctx = Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, probe, on_event };
+    let mut ctx =
+        Ctx { base, tasks, cfg, out, suffix, control, key, score_stages: true, shared, probe, keep, on_event };
     base_run(&mut ctx)
 }
 
@@ -233,7 +251,7 @@ fn run_seeds(
     searches: &mut [Option<LrSearch>],
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<(Vec<Vec<RunResult>>, Vec<LoraAdapter>)> {
-    let Setup { base, tasks, cfg, out, control, probe } = setup;
+    let Setup { base, tasks, cfg, out, control, probe, keep } = setup;
     let seeds = seeds_of(cfg);
     let mut per_seed = Vec::with_capacity(seeds.len());
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
@@ -253,6 +271,7 @@ fn run_seeds(
             score_stages: size.index == 0,
             shared: &RefCell::default(),
             probe,
+            keep,
             on_event: &mut *on_event,
         };
         let (seed_runs, adapters) = run_strategies(&mut ctx, k, size, searches, only)?;
@@ -290,8 +309,10 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
         ..Default::default()
     };
     let mut r = report::run_result("base model", "base", &scores, cost);
-    // The reference: the base model keeps all of itself.
+    // The reference: the base model keeps all of itself, and is what the keep sets'
+    // scores are compared with.
     r.retention = ctx.probe.map(|p| Retention { kl: 0.0, same_answer: 1.0, prompts: p.examples.len() });
+    r.keep = ctx.keep_scores("base model", ctx.base.model, &[None])?;
     if let Some(p) = &record {
         write_rows(p, std::slice::from_ref(&r), ctx.out)?;
     }
@@ -381,6 +402,7 @@ pub fn part_records(cfg: &CompareConfig, part: Part) -> Vec<String> {
 pub fn compare_part(
     base: &Base,
     tasks: &[TaskData],
+    keep: &[TaskData],
     cfg: &CompareConfig,
     out: &Path,
     control: Control,
@@ -395,13 +417,13 @@ pub fn compare_part(
             return Err(Error::Invalid(format!("strategy {i} is not one of the {}", cfg.strategies.len())));
         }
     }
-    start(tasks, cfg, control)?;
+    start(tasks, keep, cfg, control)?;
     let mut curves = Curves::new(out);
     let on_event = &mut |e: &CompareEvent| {
         curves.observe(e);
         on_event(e)
     };
-    let setup = Setup { base, tasks, cfg, out, control, probe: None };
+    let setup = Setup { base, tasks, cfg, out, control, probe: None, keep };
     match part {
         Part::Base => {
             let probe = answer_probe(base, cfg)?;
@@ -413,7 +435,7 @@ pub fn compare_part(
             run_seeds(Setup { probe: probe.as_ref(), ..setup }, Size::full(cfg), Some(si), &mut searches, on_event)?;
             for size in Size::smaller(cfg) {
                 let (sub, scfg, sout) = size.setup(tasks, cfg, out);
-                let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, ..setup };
+                let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, keep: &[], ..setup };
                 run_seeds(at, size, Some(si), &mut searches, on_event)?;
             }
             Ok(())
@@ -571,6 +593,7 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
             // The trials train on the validation split: nothing to share with the runs.
             shared: &RefCell::default(),
             probe: None,
+            keep: &[],
             on_event: &mut forward,
         };
         let (rows, _) = run_spec(&mut sub, &trial_spec, name)?;

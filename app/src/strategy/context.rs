@@ -18,7 +18,7 @@ use crate::eval::{self, TaskEval};
 use crate::model::lora::LoraAdapter;
 use crate::model::{Llama, LoadedModel, TextTokenizer};
 use crate::strategy::mixing::{self, Mixing};
-use crate::strategy::report::Retention;
+use crate::strategy::report::{self, Retention, RunResult, TaskScore};
 use crate::strategy::spec::CompareConfig;
 use crate::strategy::task::TaskData;
 use crate::train::{self, StepStats, TrainConfig, TrainEvent, TrainSummary};
@@ -136,8 +136,14 @@ pub(super) struct Ctx<'a> {
     /// against them (`None`: not measured, as in a learning-rate trial or a smaller data
     /// size).
     pub(super) probe: Option<&'a Probe>,
+    /// The keep sets every run's final model is scored on (none in a learning-rate trial
+    /// or at a smaller data size).
+    pub(super) keep: &'a [TaskData],
     pub(super) on_event: &'a mut dyn FnMut(&CompareEvent),
 }
+
+/// The stage of the [`CompareEvent::Evaluated`] events that report keep-set scores.
+pub const KEEP_STAGE: &str = "keep set";
 
 /// One training that several runs share, done once: a fresh adapter (seeded with the
 /// run's seed) trained on one task's own examples from the base model. The first stage of
@@ -180,6 +186,7 @@ impl Ctx<'_> {
             score_stages: self.score_stages,
             shared: self.shared,
             probe: self.probe,
+            keep: self.keep,
             on_event: &mut *self.on_event,
         }
     }
@@ -339,6 +346,61 @@ impl Ctx<'_> {
         self.check_cancel()?;
         let k = probe.measure(self.base.model, tuned, adapter)?;
         Ok(Some(Retention { kl: k.kl, same_answer: k.same_answer, prompts: k.prompts }))
+    }
+
+    /// What run `r`'s final model keeps of the base model, measured with `tuned` and each
+    /// of `adapters` in turn (`[None]`: the model alone) and averaged over them — a routed
+    /// run's per-task adapters, one of which any other request meets: its retention (when
+    /// measured) and its keep-set scores.
+    pub(super) fn keep(&mut self, r: &mut RunResult, tuned: &Llama, adapters: &[Option<&LoraAdapter>]) -> Result<()> {
+        let kept: Vec<Retention> = adapters
+            .iter()
+            .map(|a| self.retention(tuned, *a))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !kept.is_empty() && kept.len() == adapters.len() {
+            r.retention = Retention::mean(&kept);
+        }
+        r.keep = self.keep_scores(&r.name, tuned, adapters)?;
+        Ok(())
+    }
+
+    /// Every keep set scored with `tuned` and each of `adapters`, averaged over them
+    /// example by example (see [`Ctx::keep`]); empty without keep sets.
+    pub(super) fn keep_scores(
+        &mut self,
+        run: &str,
+        tuned: &Llama,
+        adapters: &[Option<&LoraAdapter>],
+    ) -> Result<Vec<TaskScore>> {
+        let mut out = Vec::with_capacity(self.keep.len());
+        for t in self.keep {
+            let mut each = Vec::with_capacity(adapters.len());
+            for a in adapters {
+                self.check_cancel()?;
+                let e = eval::evaluate_task(
+                    tuned,
+                    self.base.tokenizer,
+                    *a,
+                    &t.spec(),
+                    &t.eval,
+                    &self.cfg.eval,
+                    &mut |_, _| {},
+                )?;
+                each.push(report::task_score(&e));
+            }
+            let score = report::fold_scores(&each.iter().collect::<Vec<_>>());
+            (self.on_event)(&CompareEvent::Evaluated {
+                run: run.into(),
+                stage: KEEP_STAGE.into(),
+                task: t.name.clone(),
+                value: score.value.value,
+            });
+            out.push(score);
+        }
+        Ok(out)
     }
 
     /// Each task's loss at every step of a mixed run's training (`None` at a step without

@@ -29,7 +29,7 @@ pub mod spec;
 pub mod task;
 
 pub use compare::{compare, compare_part, part_records, Part};
-pub use context::{slug, Base, CompareEvent, Control};
+pub use context::{slug, Base, CompareEvent, Control, KEEP_STAGE};
 pub use mixing::Mixing;
 pub use report::{Report, RunCost, RunResult, TaskScore};
 pub use request::compare_config;

@@ -57,8 +57,9 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, head_rank: usize) -
     };
     let mut r = run_result(name, "multi_head", &scores, cost);
     r.task_losses = ctx.task_losses(&s);
-    // General ability goes through the shared adapter (the heads answer their tasks).
-    r.retention = ctx.retention(model, Some(&mh.adapter))?;
+    // General ability and the keep sets go through the shared adapter (the heads answer
+    // their tasks).
+    ctx.keep(&mut r, model, &[Some(&mh.adapter)])?;
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

@@ -122,6 +122,8 @@ pub fn size_problems(h: &Hyper, tasks: &[(&str, usize)]) -> Vec<String> {
     sizes::size_problems(&h.data_fractions, tasks).into_iter().map(|p| format!("{FRACTIONS}: {p}")).collect()
 }
 
+pub use multitune_api::{keep_problems, MAX_KEEP_SETS};
+
 #[cfg(test)]
 mod tests {
     use super::*;

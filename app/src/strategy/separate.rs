@@ -8,7 +8,7 @@ use crate::adapter::merge::{self, MergeMethod};
 use crate::eval;
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
-use crate::strategy::report::{run_result, Retention, RunCost, RunResult};
+use crate::strategy::report::{run_result, RunCost, RunResult};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -69,18 +69,9 @@ pub(super) fn run(
     let params: usize = adapters.iter().map(LoraAdapter::num_parameters).sum();
     let cost = RunCost { tokens, task_tokens, wall_s: train_s, trainable_params: params, adapter_bytes: bytes_all };
     let mut r = run_result(name, "separate", &routed, cost.clone());
-    // Routed, a general prompt has no task of its own: the mean over the per-task
-    // adapters says what any one of them keeps of the base model.
-    let kept: Vec<Retention> = adapters
-        .iter()
-        .map(|a| ctx.retention(model, Some(a)))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    if kept.len() == adapters.len() {
-        r.retention = Retention::mean(&kept);
-    }
+    // Routed, a general prompt (or a keep set's) has no task of its own: the mean over
+    // the per-task adapters says what any one of them keeps of the base model.
+    ctx.keep(&mut r, model, &adapters.iter().map(Some).collect::<Vec<_>>())?;
     r.losses = losses;
     r.stage_starts = stage_starts;
     r.adapter_dirs = dirs;
@@ -95,7 +86,7 @@ pub(super) fn run(
         let (dir, bytes) = ctx.export(&slug(&mname), &merged)?;
         let cost = RunCost { wall_s: train_s + merge_s, adapter_bytes: bytes, ..cost.clone() };
         let mut r = run_result(&mname, "separate+merge", &scores, cost);
-        r.retention = ctx.retention(model, Some(&merged))?;
+        ctx.keep(&mut r, model, &[Some(&merged)])?;
         r.exported_params = merged.num_parameters();
         r.adapter_dirs.push(dir.display().to_string());
         rows.push(r);

@@ -115,6 +115,13 @@ pub(super) fn run(
             merge::merge(&stage_adapters.iter().collect::<Vec<_>>(), MergeMethod::Concat, 0)?
         }
     };
+    // The final model on the keep sets: scoring, not training.
+    let te = Instant::now();
+    let keep = match variant {
+        SequentialVariant::Continue => ctx.keep_scores(name, model, &[Some(&final_adapter)])?,
+        SequentialVariant::MergeThenNew => ctx.keep_scores(name, &stage_model, &[None])?,
+    };
+    eval_s += te.elapsed().as_secs_f64();
     let wall_s = t0.elapsed().as_secs_f64() - eval_s + reused_s;
     let (dir, bytes) = ctx.export(&slug(name), &final_adapter)?;
     // One adapter trains at a time; the export concatenates every stage's.
@@ -122,6 +129,7 @@ pub(super) fn run(
     let cost = RunCost { tokens, task_tokens, wall_s, trainable_params, adapter_bytes: bytes };
     let mut r = run_result(name, "sequential", &last_scores, cost);
     r.exported_params = final_adapter.num_parameters();
+    r.keep = keep;
     r.losses = losses;
     r.stage_starts = stage_starts;
     // Without every stage scored (a learning-rate search's trial) there is no matrix.

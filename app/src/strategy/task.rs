@@ -60,6 +60,17 @@ impl TaskData {
         Ok(Self { name: name.into(), kind: d.kind, labels: d.labels, train, eval })
     }
 
+    /// Keep set `name` from a file: every example held out (at most `limit`), none to
+    /// train on — it is scored, never trained.
+    pub fn keep_set(name: &str, file: &Path, limit: Option<usize>, opts: &LoadOptions) -> Result<Self> {
+        let d = load(file, opts)?;
+        let mut eval = d.records;
+        if let Some(n) = limit {
+            eval.truncate(n);
+        }
+        Ok(Self { name: name.into(), kind: d.kind, labels: d.labels, train: vec![], eval })
+    }
+
     /// The task's name, kind and labels.
     pub fn spec(&self) -> TaskSpec {
         TaskSpec { name: self.name.clone(), kind: self.kind, labels: self.labels.clone() }

@@ -11,7 +11,7 @@ use multitune_api::ApiError;
 
 use super::route_id;
 use crate::report_view::{
-    answer, compact_rows, forest, lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings,
+    answer, compact_rows, forest, keep_names, lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings,
 };
 use crate::{api, format, ErrorView};
 
@@ -41,11 +41,13 @@ pub fn ComparePage() -> impl IntoView {
                 let sim = r.similarity.clone();
                 let (compact_tasks, compact) = compact_rows(&r);
                 let has_kept = compact.iter().any(|row| row.kept.is_some());
+                let keep_sets = keep_names(&r);
+                let keep_text = r.keep.as_ref().map(|k| k.text.clone());
                 let (zero, bars) = forest(&r);
                 view! {
                     <p class="answer" id="answer">{answer(&r)}</p>
                     <table class="compact" id="compact-table">
-                        <thead><tr><th>"run"</th>{compact_tasks.iter().map(|t| view! { <th>{t.clone()}</th> }).collect_view()}<th>"macro avg"</th>{has_kept.then(|| view! { <th title="% of the retention probe's prompts answered exactly as the base model does">"kept of base"</th> })}</tr></thead>
+                        <thead><tr><th>"run"</th>{compact_tasks.iter().map(|t| view! { <th>{t.clone()}</th> }).collect_view()}<th>"macro avg"</th>{has_kept.then(|| view! { <th title="% of the retention probe's prompts answered exactly as the base model does">"kept of base"</th> })}{keep_sets.iter().map(|k| view! { <th class="keep" title="A keep set: must not get worse; scored, never trained on">{format!("keep: {k}")}</th> }).collect_view()}</tr></thead>
                         <tbody>{compact.into_iter().map(|row| view! {
                             <tr class=if row.best { "best" } else { "" }>
                                 <td>{row.run.clone()}</td>
@@ -56,10 +58,14 @@ pub fn ComparePage() -> impl IntoView {
                                     Some(k) => view! { <td class="kept" title=k.title>{k.text}</td> }.into_any(),
                                     None => view! { <td>"—"</td> }.into_any(),
                                 })}
+                                {row.keep.into_iter().map(|c| view! {
+                                    <td class="keep" title=c.title>{c.text}<span class=match c.mark { "▼" => "mark worse", "▲" => "mark better", _ => "mark" }>{c.mark}</span></td>
+                                }).collect_view()}
                             </tr>
                         }).collect_view()}</tbody>
                     </table>
-                    <p class="hint">"Headline metric, %. Against the best run (bold), paired on the same held-out examples: ▼ significantly below it, ▲ above it, ≈ tied (within ±5 points), no mark: the data cannot tell. Kept of base: % of the retention probe's prompts still answered exactly as the base model does. Hover a cell for its interval and the comparison."</p>
+                    <p class="hint">"Headline metric, %. Against the best run (bold), paired on the same held-out examples: ▼ significantly below it, ▲ above it, ≈ tied (within ±5 points), no mark: the data cannot tell. Kept of base: % of the retention probe's prompts still answered exactly as the base model does. Keep columns: the keep sets' headline metric, marked against the base model (▼ significantly worse). Hover a cell for its interval and the comparison."</p>
+                    {keep_text.map(|t| view! { <p class="keep-text" id="keep-text">{t}</p> })}
                     {(!bars.is_empty()).then(|| view! {
                         <h2>"Every run against the best (macro average, paired difference in points)"</h2>
                         <div class="forest" id="forest">

@@ -53,6 +53,8 @@ pub fn NewExperimentPage() -> impl IntoView {
     let model = RwSignal::new(start.model);
     // Chosen tasks: dataset id → held-out dataset id ("" = split off the training set).
     let chosen = RwSignal::new(Vec::<(String, String)>::new());
+    // Keep sets: dataset ids scored with every run, never trained on.
+    let keep = RwSignal::new(Vec::<String>::new());
     let all = StrategyChoice::all();
     let picked = RwSignal::new(start.picked);
     let budget = RwSignal::new(start.budget);
@@ -119,12 +121,12 @@ pub fn NewExperimentPage() -> impl IntoView {
             data_fractions: data_fractions.get(),
             retention: retention.get(),
         };
-        let spec = match fields.request(&chosen.get()) {
+        let spec = match fields.request(&chosen.get(), &keep.get(), &datasets.get()) {
             Ok(spec) => spec,
             Err(details) => {
                 error.set(Some(ApiError {
                     code: "invalid".into(),
-                    message: "Some settings are not numbers".into(),
+                    message: "Some settings are not valid".into(),
                     details,
                 }));
                 return;
@@ -146,7 +148,7 @@ pub fn NewExperimentPage() -> impl IntoView {
             <label for="exp-name">"Name"</label>
             <input id="exp-name" required prop:value=move || name.get() on:input=move |ev| name.set(event_target_value(&ev)) />
             <fieldset>
-                <legend>"Tasks (one dataset each)"</legend>
+                <legend>"Tasks (one dataset each) and keep sets (datasets that must not get worse: scored, never trained on)"</legend>
                 {move || {
                     let ds = datasets.get();
                     if ds.is_empty() {
@@ -157,6 +159,7 @@ pub fn NewExperimentPage() -> impl IntoView {
                         let id = d.id.clone();
                         let id2 = d.id.clone();
                         let id3 = d.id.clone();
+                        let (id4, id5) = (d.id.clone(), d.id.clone());
                         let options = options.clone();
                         view! {
                             <div class="task">
@@ -180,6 +183,19 @@ pub fn NewExperimentPage() -> impl IntoView {
                                         <option value=o.id.clone()>{o.name.clone()}</option>
                                     }).collect_view()}
                                 </select>
+                                <input type="checkbox" id=format!("keep-{}", d.id)
+                                    prop:checked=move || keep.get().contains(&id4)
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        keep.update(|k| {
+                                            k.retain(|x| *x != id5);
+                                            if on { k.push(id5.clone()); }
+                                        });
+                                    } />
+                                <label for=format!("keep-{}", d.id) class="small"
+                                    title="A keep set: scored with the base model and every run, never trained on; the report says which runs make it worse">
+                                    " keep (must not get worse)"
+                                </label>
                             </div>
                         }
                     }).collect_view().into_any()

@@ -241,6 +241,7 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
             }
         }
     }
+    errors.extend(check_keep(s, spec, &mut used)?);
     if let Err(e) = s.model_source(&spec.model) {
         errors.push(format!("model: {}", e.message));
     }
@@ -250,6 +251,49 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     let sized: Vec<(&str, usize)> = sized.iter().map(|(n, k)| (n.as_str(), *k)).collect();
     errors.extend(multitune::strategy::request::size_problems(h, &sized));
     Ok((errors, used))
+}
+
+/// What is wrong with the keep sets: ids that are not datasets, and what
+/// `strategy::request::keep_problems` refuses (a keep set that is also a task, named like
+/// one, listed twice, too many). The keep sets found join `used`.
+fn check_keep(s: &AppState, spec: &ExperimentCreate, used: &mut Vec<String>) -> ApiResult<Vec<String>> {
+    let mut errors = Vec::new();
+    let name_of = |id: &str| -> ApiResult<Option<String>> {
+        if check_id("dataset", id).is_err() {
+            return Ok(None);
+        }
+        Ok(s.db.with(|c| c.query_row("SELECT name FROM datasets WHERE id = ?1", [id], |r| r.get(0)).optional())?)
+    };
+    let mut tasks = Vec::new();
+    for t in &spec.tasks {
+        for id in std::iter::once(&t.dataset).chain(t.eval_dataset.as_ref()) {
+            // A held-out dataset counts as its task's: its name is not reported.
+            let name = if id == &t.dataset { name_of(id)?.unwrap_or_default() } else { String::new() };
+            tasks.push((id.clone(), name));
+        }
+    }
+    // The keep sets found: (index in the request, id, name).
+    let mut keep = Vec::new();
+    for (i, id) in spec.keep.iter().enumerate() {
+        match name_of(id)? {
+            Some(name) => {
+                used.push(id.clone());
+                keep.push((i, id.as_str(), name));
+            }
+            None if check_id("dataset", id).is_err() => {
+                errors.push(format!("keep[{i}]: `{}` is not a dataset id", files::truncate(id, 40)))
+            }
+            None => errors.push(format!("keep[{i}]: no dataset with id `{id}`")),
+        }
+    }
+    let found: Vec<(&str, &str)> = keep.iter().map(|(_, id, name)| (*id, name.as_str())).collect();
+    for (at, problem) in multitune::strategy::request::keep_problems(&tasks, &found) {
+        errors.push(match at {
+            Some(k) => format!("keep[{}]: {problem}", keep[k].0),
+            None => format!("keep: {problem}"),
+        });
+    }
+    Ok(errors)
 }
 
 /// `POST /api/experiments/{id}/cancel`: a queued experiment is cancelled at once, a

@@ -39,6 +39,7 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     s.push_str(&retention_markdown(report));
+    s.push_str(&keep_markdown(report));
     s.push_str(&curves_markdown(report));
     if !report.comparisons.is_empty() {
         s.push_str(
@@ -162,6 +163,36 @@ fn retention_markdown(report: &Report) -> String {
          | run | same answers | KL |\n|---|---|---|\n{}\n",
         rows.join("\n")
     )
+}
+
+/// The keep sets' section (empty without them): which runs make one worse, then every
+/// run's score on each with its change from the base model.
+fn keep_markdown(report: &Report) -> String {
+    let Some(k) = &report.keep else { return String::new() };
+    let mut s = format!(
+        "\n## Keep sets (must not get worse)\n\nScored with the base model and every run's final model on all their \
+         examples, never trained on (a separate run's routed row: the mean over its per-task adapters). {}\n\n| run |",
+        k.text
+    );
+    for (name, kind, n) in &k.sets {
+        let _ = write!(s, " {name} ({kind}, {n}) |");
+    }
+    s.push_str("\n|---|");
+    for _ in &k.sets {
+        s.push_str("---|");
+    }
+    for r in &report.runs {
+        let _ = write!(s, "\n| {} |", r.name);
+        for (sc, (set, _, _)) in r.keep.iter().zip(&k.sets) {
+            let change = k
+                .of(&r.name, set)
+                .map(|c| format!("; {} vs base, {}", points(&c.difference), format!("{:?}", c.verdict).to_lowercase()))
+                .unwrap_or_default();
+            let _ = write!(s, " {}% [{}, {}]{change} |", pct(sc.value.value), pct(sc.value.lo), pct(sc.value.hi));
+        }
+    }
+    s.push('\n');
+    s
 }
 
 /// The data-size curves section of `report.md` (empty without them): where the winner

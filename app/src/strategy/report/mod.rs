@@ -7,6 +7,7 @@
 //! (`recommend`) and its Markdown (`markdown`).
 
 mod curves;
+mod keep;
 mod markdown;
 mod recommend;
 mod stats;
@@ -16,12 +17,12 @@ use std::path::Path;
 pub use curves::SizeRows;
 pub use markdown::markdown;
 pub use multitune_api::report::{
-    std_dev, Comparison, DataSize, DataSizes, Forgetting, LrSearch, Recommendation, Retention, RunResult, Similarity,
-    TaskScore, Verdict, TIE_MARGIN,
+    std_dev, Comparison, DataSize, DataSizes, Forgetting, KeepSets, LrSearch, Recommendation, Retention, RunResult,
+    Similarity, TaskScore, Verdict, TIE_MARGIN,
 };
 pub use multitune_api::Power;
 pub use recommend::lr_text;
-pub use stats::{aggregate, power, similarity};
+pub use stats::{aggregate, fold_scores, power, similarity};
 
 use super::{CompareConfig, TaskData};
 use crate::eval::TaskEval;
@@ -49,21 +50,7 @@ pub struct RunCost {
 /// A report row from evaluations and what the run cost.
 pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost) -> RunResult {
     let RunCost { tokens, task_tokens, wall_s, trainable_params, adapter_bytes } = cost;
-    let scores = evals
-        .iter()
-        .map(|e| {
-            let (m, v) = e.headline();
-            TaskScore {
-                task: e.task.clone(),
-                metric: m.into(),
-                value: v,
-                metrics: e.metrics.clone(),
-                loss: e.loss,
-                seed_values: vec![],
-                per_example: e.predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect(),
-            }
-        })
-        .collect();
+    let scores = evals.iter().map(task_score).collect();
     RunResult {
         name: name.into(),
         strategy: strategy.into(),
@@ -81,18 +68,34 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         task_losses: vec![],
         forgetting: None,
         retention: None,
+        keep: vec![],
         adapter_dirs: vec![],
         learning_rate: 0.0,
         lr_search: None,
     }
 }
 
+/// A task's evaluation as a report row's score.
+pub fn task_score(e: &TaskEval) -> TaskScore {
+    let (m, v) = e.headline();
+    TaskScore {
+        task: e.task.clone(),
+        metric: m.into(),
+        value: v,
+        metrics: e.metrics.clone(),
+        loss: e.loss,
+        seed_values: vec![],
+        per_example: e.predictions.iter().map(|p| f64::from(u8::from(p.correct))).collect(),
+    }
+}
+
 /// Assembles the report: every trained run against the best one and against the base
 /// model (macro average and per task), every pair of runs on the macro average, what the
-/// held-out sets can detect, the recommendation, and the data-size curves of the
-/// `smaller` sizes' runs (if any).
+/// held-out sets can detect, the recommendation, the data-size curves of the `smaller`
+/// sizes' runs (if any), and every run against the base model on the `keep` sets.
 pub fn build(
     tasks: &[TaskData],
+    keep: &[TaskData],
     config: &CompareConfig,
     runs: Vec<RunResult>,
     similarity: Option<Similarity>,
@@ -108,14 +111,29 @@ pub fn build(
     let pairwise = stats::pairwise(&all, reps, seed);
     let n_eval: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
     let power = (!n_eval.is_empty()).then(|| power(&n_eval));
-    let recommendation = recommend::recommend(tasks, &standing, &comparisons, power.as_ref());
+    let mut recommendation = recommend::recommend(tasks, &standing, &comparisons, power.as_ref());
+    let keep = keep::keep_sets(keep, &runs, reps, seed);
+    if let Some(c) = keep.as_ref().and_then(|k| keep::caution(k, &recommendation.best, &runs)) {
+        recommendation.text.push_str(&format!("\n\n{c}"));
+    }
     let examples = tasks.iter().map(|t| t.train.len()).collect();
     let data_sizes = curves::data_sizes(&runs, examples, smaller, reps, seed);
     let tasks = tasks
         .iter()
         .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
         .collect();
-    Report { tasks, config: config.clone(), runs, similarity, recommendation, comparisons, power, pairwise, data_sizes }
+    Report {
+        tasks,
+        config: config.clone(),
+        runs,
+        similarity,
+        recommendation,
+        comparisons,
+        power,
+        pairwise,
+        data_sizes,
+        keep,
+    }
 }
 
 /// Writes `report.json` and `report.md` into `dir`.

@@ -44,21 +44,13 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
                 return r;
             }
             for (i, sc) in r.scores.iter_mut().enumerate() {
-                let of = |f: &dyn Fn(&TaskScore) -> Estimate| all.iter().map(|x| f(&x.scores[i])).collect::<Vec<_>>();
+                *sc = fold_scores(&all.iter().map(|x| &x.scores[i]).collect::<Vec<_>>());
                 sc.seed_values = all.iter().map(|x| x.scores[i].value.value).collect();
-                if all.iter().all(|x| x.scores[i].per_example.len() == sc.per_example.len()) {
-                    sc.per_example = (0..sc.per_example.len())
-                        .map(|k| mean(&all.iter().map(|x| x.scores[i].per_example[k]).collect::<Vec<_>>()))
-                        .collect();
-                }
-                sc.value = mean_estimate(&of(&|s| s.value));
-                sc.loss = mean_estimate(&of(&|s| s.loss));
-                for (m, (name, est)) in sc.metrics.iter_mut().enumerate() {
-                    let es: Vec<Estimate> = all
-                        .iter()
-                        .filter_map(|x| x.scores[i].metrics.get(m).filter(|p| p.0 == *name).map(|p| p.1))
-                        .collect();
-                    *est = mean_estimate(&es);
+            }
+            if all.iter().all(|x| x.keep.len() == r.keep.len()) {
+                for (i, sc) in r.keep.iter_mut().enumerate() {
+                    *sc = fold_scores(&all.iter().map(|x| &x.keep[i]).collect::<Vec<_>>());
+                    sc.seed_values = all.iter().map(|x| x.keep[i].value.value).collect();
                 }
             }
             r.wall_s = mean(&all.iter().map(|x| x.wall_s).collect::<Vec<_>>());
@@ -92,6 +84,30 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
             r
         })
         .collect()
+}
+
+/// Several scores of one task on the same examples (several seeds' runs, a routed run's
+/// adapters) as one: every estimate the mean, each example's value the mean (the share
+/// that got it right), the first one's `seed_values`.
+pub fn fold_scores(all: &[&TaskScore]) -> TaskScore {
+    let mut sc = all[0].clone();
+    if all.len() < 2 {
+        return sc;
+    }
+    let of = |f: &dyn Fn(&TaskScore) -> Estimate| all.iter().map(|x| f(x)).collect::<Vec<_>>();
+    if all.iter().all(|x| x.per_example.len() == sc.per_example.len()) {
+        sc.per_example = (0..sc.per_example.len())
+            .map(|k| mean(&all.iter().map(|x| x.per_example[k]).collect::<Vec<_>>()))
+            .collect();
+    }
+    sc.value = mean_estimate(&of(&|s| s.value));
+    sc.loss = mean_estimate(&of(&|s| s.loss));
+    for (m, (name, est)) in sc.metrics.iter_mut().enumerate() {
+        let es: Vec<Estimate> =
+            all.iter().filter_map(|x| x.metrics.get(m).filter(|p| p.0 == *name).map(|p| p.1)).collect();
+        *est = mean_estimate(&es);
+    }
+    sc
 }
 
 /// The paired comparisons of `runs` against `best` and against `base`: one family of
