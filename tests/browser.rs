@@ -198,8 +198,8 @@ async fn dashboard_end_to_end_in_chromium() {
     assert!(!shown.contains("token"), "the token left the address bar: {shown}");
     assert!(shown.ends_with("/datasets"), "{shown}");
 
-    // Datasets: upload two tasks through the file input.
-    for t in ["sentiment", "arithmetic"] {
+    // Datasets: upload two tasks and a keep set through the file input.
+    for t in ["sentiment", "arithmetic", "topic"] {
         let input = b.wait("input#file").await;
         b.send_keys(&input, demo.join(format!("{t}.jsonl")).to_str().unwrap()).await;
         b.wait_text("table.datasets", t).await;
@@ -220,9 +220,16 @@ async fn dashboard_end_to_end_in_chromium() {
     // New experiment on the tiny model.
     b.goto(&s.url("/new")).await;
     b.wait("input[id^='task-']").await;
-    for el in b.find_all("input[id^='task-']").await {
-        b.click(&el).await;
+    for t in ["sentiment", "arithmetic", "topic"] {
+        b.click(&b.wait(&format!("input[id^='task-'][data-name='{t}']")).await).await;
     }
+    // `topic` as a keep set too: refused by the form at once, naming the field; then it
+    // is a keep set only (scored with every run, never trained on).
+    let keep = b.wait("input[id^='keep-'][data-name='topic']").await;
+    b.click(&keep).await;
+    b.click(&b.wait("button[type='submit']").await).await;
+    b.wait_text(".error", "keep sets: `topic` is also a task").await;
+    b.click(&b.wait("input[id^='task-'][data-name='topic']").await).await;
     let tiny = b.wait("#model option[value='tiny']").await;
     b.click(&tiny).await;
     let budget = b.wait("#budget").await;
@@ -306,6 +313,12 @@ async fn dashboard_end_to_end_in_chromium() {
     b.wait_text("#pair-matrix", "base model").await;
     b.wait_text("ul.standings", "sentiment").await;
     b.wait("img[src*='scores.svg']").await;
+    // The keep set: a column marked against the base model, the sentence, the chart.
+    b.wait_text("#compact-table th.keep", "keep: topic").await;
+    let keep_cell = b.wait("#compact-table td.keep[title]").await;
+    assert!(b.attr(&keep_cell, "title").await.starts_with("keep set topic: "));
+    b.wait_text("#keep-text", "base model").await;
+    b.wait("img[src*='keep.svg']").await;
     // The data-size curves: where the winner changes, a column per size, the chart.
     b.wait_text("#data-sizes", "50% · ~").await;
     b.wait_text("#data-sizes", "100% · ~").await;

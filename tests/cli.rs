@@ -150,6 +150,21 @@ fn bad_input_gets_a_clear_error() {
         text(&r)
     );
     assert!(!out.exists(), "nothing written");
+    // A keep set that is a task's file is refused before anything is read or written.
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        small.to_str().unwrap(),
+        "--keep",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(text(&r).contains(&format!("--keep {}: `small` is also a task", small.display())), "{}", text(&r));
+    assert!(!out.exists(), "nothing written");
     let r = run(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
     let r = run(&["generate", "--model", "tiny", "--adapter", dir.path().to_str().unwrap(), "--prompt", "x"]);

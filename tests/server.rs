@@ -60,6 +60,18 @@ async fn upload_train_follow_and_download_over_http() {
     ] {
         assert!(details.contains(&want), "{want} not in {details:?}");
     }
+    // A keep set that is also a task, or no dataset: refused, each naming the field.
+    let mut bad = spec.clone();
+    bad["keep"] = json!([ids[0], "no-such-dataset"]);
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(
+        details.contains(&"keep[0]: `sentiment` is also a task; a keep set is scored, never trained on: take it out of one of the two"),
+        "{details:?}"
+    );
+    assert!(details.iter().any(|d| d.starts_with("keep[1]: ") && d.contains("no-such-dataset")), "{details:?}");
     let listed: Vec<Experiment> = c.get(s.url("/api/experiments")).send().await.unwrap().json().await.unwrap();
     assert!(listed.is_empty(), "nothing was queued");
     let r = c.post(s.url("/api/experiments")).json(&spec).send().await.unwrap();

@@ -399,6 +399,8 @@ pub fn part_records(cfg: &CompareConfig, part: Part) -> Vec<String> {
 
 /// Runs one part of a comparison (see [`Part`]) with `control.state_dir` as its record
 /// folder: training and scoring as [`compare`] would, the same events, no report.
+// `compare`'s arguments and the part: grouping them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn compare_part(
     base: &Base,
     tasks: &[TaskData],

@@ -163,7 +163,7 @@ pub fn NewExperimentPage() -> impl IntoView {
                         let options = options.clone();
                         view! {
                             <div class="task">
-                                <input type="checkbox" id=format!("task-{}", d.id)
+                                <input type="checkbox" id=format!("task-{}", d.id) data-name=d.name.clone()
                                     prop:checked=move || chosen.get().iter().any(|c| c.0 == id)
                                     on:change=move |ev| {
                                         let on = event_target_checked(&ev);
@@ -183,7 +183,7 @@ pub fn NewExperimentPage() -> impl IntoView {
                                         <option value=o.id.clone()>{o.name.clone()}</option>
                                     }).collect_view()}
                                 </select>
-                                <input type="checkbox" id=format!("keep-{}", d.id)
+                                <input type="checkbox" id=format!("keep-{}", d.id) data-name=d.name.clone()
                                     prop:checked=move || keep.get().contains(&id4)
                                     on:change=move |ev| {
                                         let on = event_target_checked(&ev);

@@ -40,8 +40,7 @@ pub(super) fn text(comparisons: &[Comparison]) -> String {
         |c: &Comparison| format!("{} on `{}` ({})", c.run, c.task.as_deref().unwrap_or(""), points(&c.difference));
     let of = |v: Verdict| comparisons.iter().filter(move |c| c.verdict == v);
     let worse: Vec<String> = of(Verdict::Worse).map(said).collect();
-    let unsure: Vec<String> =
-        of(Verdict::Undecided).filter(|c| c.difference.lo < -TIE_MARGIN).map(|c| said(c)).collect();
+    let unsure: Vec<String> = of(Verdict::Undecided).filter(|c| c.difference.lo < -TIE_MARGIN).map(said).collect();
     let better: Vec<String> = of(Verdict::Better).map(said).collect();
     let mut text = if worse.is_empty() {
         format!(
