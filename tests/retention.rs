@@ -35,6 +35,13 @@ fn retention_matches_a_direct_computation() {
     let probe = Probe::answer(&model, &tok, None, &some).unwrap();
     assert!(!probe.examples.is_empty());
     assert!(probe.examples.iter().all(|e| e.ids.len() - e.prompt_len <= ANSWER_TOKENS + 1));
+    // The answers are kept in the cache folder: asked again, the same probe.
+    if let Some(dir) = multitune::kernels::blas::cache_dir() {
+        let kept = std::fs::read_dir(dir.join("retention")).map(|d| d.count()).unwrap_or(0);
+        assert!(kept > 0, "no cached answers in {}", dir.display());
+    }
+    let again = Probe::answer(&model, &tok, None, &some).unwrap();
+    assert_eq!((&again.examples, &again.stopped), (&probe.examples, &probe.stopped));
     // The base model keeps all of itself.
     let own = probe.measure(&model, &model, None).unwrap();
     assert_eq!((own.kl, own.same_answer, own.prompts), (0.0, 1.0, probe.examples.len()));

@@ -62,19 +62,37 @@ pub struct Probe {
     pub stop: Vec<u32>,
     /// Padding.
     pub pad: u32,
-    /// The base model's final hidden states at every answer position, per batch of
-    /// [`BATCH`] prompts: its next-token distributions are the LM head of these, so
-    /// measuring a tuned model runs the base model's layers no more.
+    /// The examples scored together, as ranges of `examples`: every measurement runs the
+    /// same batches as the base model's pass below, so the base model against itself is
+    /// exact.
+    chunks: Vec<std::ops::Range<usize>>,
+    /// The base model's final hidden states at every answer position, per chunk: its
+    /// next-token distributions are the LM head of these, so measuring a tuned model runs
+    /// the base model's layers no more.
     base_hidden: Vec<Tensor>,
 }
 
 impl Probe {
-    /// Answers `prompts` with `base` (greedy, at most [`ANSWER_TOKENS`] tokens each).
+    /// Answers `prompts` with `base` (greedy, at most [`ANSWER_TOKENS`] tokens each). The
+    /// answers are kept in the cache folder, keyed by the model (a fingerprint of its
+    /// outputs), the prompts and the system prompt: a later comparison on the same model
+    /// only checks them, in the one pass over the base model it needs anyway.
     pub fn answer(base: &Llama, tok: &TextTokenizer, system: Option<&str>, prompts: &[String]) -> Result<Self> {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, system, p)).collect::<Result<_>>()?;
-        let cfg = GenerateConfig { max_new_tokens: ANSWER_TOKENS, ..Default::default() };
-        // The answers come without their stop token: one shorter than the limit stopped.
-        let answers = generate_batch(base, None, &ids, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
+        let cached = cache_file(base, &ids)?;
+        let answers = match cached.as_deref().and_then(read_answers).filter(|a| a.len() == ids.len()) {
+            Some(a) => a,
+            None => {
+                let cfg = GenerateConfig { max_new_tokens: ANSWER_TOKENS, ..Default::default() };
+                // The answers come without their stop token: one shorter than the limit stopped.
+                let a = generate_batch(base, None, &ids, &tok.eos_ids, tok.pad_id, &cfg, &mut |_, _| {})?;
+                if let Some(path) = &cached {
+                    // Best effort: without a cache the next comparison answers again.
+                    let _ = write_answers(path, &a);
+                }
+                a
+            }
+        };
         let mut examples = Vec::with_capacity(ids.len());
         let mut stopped = Vec::with_capacity(ids.len());
         for (p, a) in ids.into_iter().zip(answers) {
@@ -94,50 +112,54 @@ impl Probe {
             stopped.push(ended && !tok.eos_ids.is_empty());
             examples.push(Example { prompt_len: p.len(), ids: all, ..Default::default() });
         }
-        let mut probe = Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, base_hidden: vec![] };
-        probe.agree_with(base)?;
-        probe.base_hidden = probe
-            .examples
-            .chunks(BATCH)
-            .map(|chunk| {
-                let batch = make_batch(&chunk.iter().collect::<Vec<_>>(), probe.pad, base.device())?;
-                let (hidden, at) = base.batch_hidden(&batch, &Forward::eval(None))?;
-                Ok(hidden.index_select(&at, 0)?)
-            })
-            .collect::<Result<_>>()?;
+        let mut probe =
+            Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, chunks: vec![], base_hidden: vec![] };
+        probe.settle(base)?;
         if probe.examples.is_empty() {
             return Err(Error::Invalid("the base model answered no probe prompt".into()));
         }
         Ok(probe)
     }
 
-    /// Cuts each answer where the base model's own teacher-forced choice departs from it
-    /// (decoding with a cache and scoring a whole sequence round differently, so a near
-    /// tie can fall either way): the base model then keeps every answer, by construction.
-    fn agree_with(&mut self, base: &Llama) -> Result<()> {
-        let mut keep = Vec::with_capacity(self.examples.len());
-        for (chunk, stopped) in self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)) {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let batch = make_batch(&refs, self.pad, base.device())?;
-            let picked: Vec<u32> = log_probs(base, &batch, &Forward::eval(None))?.argmax(D::Minus1)?.to_vec1()?;
-            let targets: Vec<u32> = batch.targets.to_vec1()?;
-            let mut at = 0;
-            for ((e, &k), &ended) in chunk.iter().zip(&batch.per_example).zip(stopped) {
+    /// One pass of the base model over the answers, in batches of [`BATCH`]: each answer
+    /// is cut where the base model's own teacher-forced choice departs from it (decoding
+    /// with a cache and scoring a whole sequence round differently, so a near tie can
+    /// fall either way; cached answers from another build, likewise), so the base model
+    /// keeps every answer by construction; and its hidden states at the answer positions
+    /// are kept. A batch with a cut answer runs again as cut (rare), so that every
+    /// measurement's batches are exactly those the hidden states come from.
+    fn settle(&mut self, base: &Llama) -> Result<()> {
+        let (mut examples, mut stopped) = (Vec::with_capacity(self.examples.len()), Vec::new());
+        let (mut chunks, mut hidden) = (Vec::new(), Vec::new());
+        for (chunk, ends) in self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)) {
+            let (h, targets, per_example) = answer_states(base, chunk, self.pad, &Forward::eval(None))?;
+            let picked: Vec<u32> = base.logits(&h)?.to_dtype(DType::F32)?.argmax(D::Minus1)?.to_vec1()?;
+            let start = examples.len();
+            let (mut at, mut cut) = (0, false);
+            for ((e, &k), &ended) in chunk.iter().zip(&per_example).zip(ends) {
                 let same =
                     (at..at + k).take_while(|&i| self.agrees(&picked, &targets, i, ended && i + 1 == at + k)).count();
-                keep.push(if same == k {
-                    (e.clone(), ended)
-                } else {
-                    // The first `same` answer tokens, not ended.
-                    (Example { ids: e.ids[..e.prompt_len + same].to_vec(), ..e.clone() }, false)
-                });
                 at += k;
+                if same == k {
+                    examples.push(e.clone());
+                    stopped.push(ended);
+                    continue;
+                }
+                cut = true;
+                if same > 0 {
+                    // The first `same` answer tokens, not ended.
+                    examples.push(Example { ids: e.ids[..e.prompt_len + same].to_vec(), ..e.clone() });
+                    stopped.push(false);
+                }
             }
+            if examples.len() == start {
+                continue;
+            }
+            let h = if cut { answer_states(base, &examples[start..], self.pad, &Forward::eval(None))?.0 } else { h };
+            chunks.push(start..examples.len());
+            hidden.push(h);
         }
-        let (examples, stopped): (Vec<Example>, Vec<bool>) =
-            keep.into_iter().filter(|(e, _)| e.ids.len() > e.prompt_len).unzip();
-        self.examples = examples;
-        self.stopped = stopped;
+        (self.examples, self.stopped, self.chunks, self.base_hidden) = (examples, stopped, chunks, hidden);
         Ok(())
     }
 
@@ -156,18 +178,13 @@ impl Probe {
     /// keeps, against `base`, along the base answers.
     pub fn measure(&self, base: &Llama, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Kept> {
         let (mut kl_sum, mut positions, mut same) = (0.0f64, 0usize, 0usize);
-        let chunks = self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)).zip(&self.base_hidden);
-        for ((chunk, stopped), base_hidden) in chunks {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let batch = make_batch(&refs, self.pad, base.device())?;
-            let lb = candle_nn::ops::log_softmax(&base.logits(base_hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
-            let lt = log_probs(tuned, &batch, &Forward::eval(adapter))?;
-            // KL(base ‖ tuned) at every answer position.
-            let kl: Vec<f32> = (lb.exp()? * (&lb - &lt)?)?.sum(D::Minus1)?.to_vec1()?;
-            let picked: Vec<u32> = lt.argmax(D::Minus1)?.to_vec1()?;
-            let targets: Vec<u32> = batch.targets.to_vec1()?;
+        for (range, base_hidden) in self.chunks.iter().zip(&self.base_hidden) {
+            let (chunk, stopped) = (&self.examples[range.clone()], &self.stopped[range.clone()]);
+            let (hidden, targets, per_example) = answer_states(tuned, chunk, self.pad, &Forward::eval(adapter))?;
+            let ((zb, vocab), (zt, _)) = (logits(base, base_hidden)?, logits(tuned, &hidden)?);
+            let (kl, picked) = kl_and_argmax(&zb, &zt, vocab)?;
             let mut at = 0;
-            for (&k, &ended) in batch.per_example.iter().zip(stopped) {
+            for (&k, &ended) in per_example.iter().zip(stopped) {
                 let span = at..at + k;
                 let kls = &kl[span.clone()];
                 let example_kl = kls.iter().map(|&x| f64::from(x.max(0.0))).sum::<f64>();
@@ -186,11 +203,89 @@ impl Probe {
     }
 }
 
-/// Next-token log-probabilities at every loss position of `batch`, `(positions, vocab)`.
-fn log_probs(model: &Llama, batch: &crate::model::Batch, fwd: &Forward) -> Result<Tensor> {
-    let (hidden, at) = model.batch_hidden(batch, fwd)?;
-    let logits = model.logits(&hidden.index_select(&at, 0)?)?.to_dtype(DType::F32)?;
-    Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+/// `model`'s final hidden states at every answer position of `examples` (one batch),
+/// `(positions, hidden)`, with the answer token each position predicts and each
+/// example's number of positions.
+fn answer_states(
+    model: &Llama,
+    examples: &[Example],
+    pad: u32,
+    fwd: &Forward,
+) -> Result<(Tensor, Vec<u32>, Vec<usize>)> {
+    let batch = make_batch(&examples.iter().collect::<Vec<_>>(), pad, model.device())?;
+    let (hidden, at) = model.batch_hidden(&batch, fwd)?;
+    Ok((hidden.index_select(&at, 0)?, batch.targets.to_vec1()?, batch.per_example))
+}
+
+/// The logits of final hidden states, row after row, and the row width (the vocabulary).
+fn logits(model: &Llama, hidden: &Tensor) -> Result<(Vec<f32>, usize)> {
+    let z = model.logits(hidden)?.to_dtype(DType::F32)?;
+    let vocab = z.dim(D::Minus1)?;
+    Ok((z.flatten_all()?.to_vec1()?, vocab))
+}
+
+/// Per row of `vocab` logits: KL(base ‖ tuned) of their softmaxes, and the tuned row's
+/// most likely token — in one pass over both rows, no log-probabilities stored. With
+/// `e = exp(b − max b)`: KL = Σ e·(b − t) / Σ e + logsumexp(t) − logsumexp(b).
+fn kl_and_argmax(base: &[f32], tuned: &[f32], vocab: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    use rayon::prelude::*;
+    if vocab == 0 || base.len() != tuned.len() || base.len() % vocab != 0 {
+        return Err(Error::Invalid(format!(
+            "retention: logits of {} and {} values, vocabulary {vocab}",
+            base.len(),
+            tuned.len()
+        )));
+    }
+    let rows: Vec<(f32, u32)> = base
+        .par_chunks(vocab)
+        .zip(tuned.par_chunks(vocab))
+        .map(|(b, t)| {
+            let mb = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (mut mt, mut arg) = (f32::NEG_INFINITY, 0u32);
+            for (i, &y) in t.iter().enumerate() {
+                if y > mt {
+                    (mt, arg) = (y, i as u32);
+                }
+            }
+            let (mut sb, mut st, mut cross) = (0f64, 0f64, 0f64);
+            for (&x, &y) in b.iter().zip(t) {
+                let e = f64::from((x - mb).exp());
+                sb += e;
+                st += f64::from((y - mt).exp());
+                cross += e * f64::from(x - y);
+            }
+            let kl = cross / sb + (f64::from(mt) + st.ln()) - (f64::from(mb) + sb.ln());
+            (kl as f32, arg)
+        })
+        .collect();
+    Ok(rows.into_iter().unzip())
+}
+
+/// Where the base model's answers to these probe prompts are kept: a file in the cache
+/// folder named by a hash of the prompts, the answer length and the model's fingerprint
+/// (the bits of its final hidden states on a fixed input: another model, or the same one
+/// computing differently, misses). `None` without a cache folder.
+fn cache_file(base: &Llama, prompts: &[Vec<u32>]) -> Result<Option<std::path::PathBuf>> {
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = crate::kernels::blas::cache_dir() else { return Ok(None) };
+    let probe: Vec<u32> = (0..16u32).map(|i| (i * 7919 + 11) % base.cfg.vocab_size as u32).collect();
+    let batch = make_batch(&[&Example { ids: probe, prompt_len: 1, ..Default::default() }], 0, base.device())?;
+    let (h, _) = base.batch_hidden(&batch, &Forward::eval(None))?;
+    let bits: Vec<u32> = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (bits, prompts, ANSWER_TOKENS).hash(&mut hasher);
+    Ok(Some(dir.join("retention").join(format!("answers-{:016x}.json", hasher.finish()))))
+}
+
+fn read_answers(path: &std::path::Path) -> Option<Vec<Vec<u32>>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_answers(path: &std::path::Path, answers: &[Vec<u32>]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::persist::write_atomic(path, &serde_json::to_vec(answers)?)
 }
 
 /// How much of the base model a tuned model keeps.
@@ -204,4 +299,18 @@ pub struct Kept {
     pub same_answer: f64,
     /// Prompts measured.
     pub prompts: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_and_argmax_by_hand() {
+        // Base (½, ½); tuned (¾, ¼): KL = ½ ln(½/¾) + ½ ln(½/¼) = 0.1438410…
+        let (kl, arg) = kl_and_argmax(&[0.0, 0.0, 5.0, -1.0], &[3f32.ln(), 0.0, 5.0, -1.0], 2).unwrap();
+        assert!((f64::from(kl[0]) - 0.143_841_036).abs() < 1e-6, "{kl:?}");
+        assert_eq!((kl[1], arg), (0.0, vec![0, 0]), "a row against itself: 0");
+        assert!(kl_and_argmax(&[0.0; 3], &[0.0; 3], 2).is_err());
+    }
 }

@@ -162,6 +162,9 @@ struct SharedStage {
     events: Vec<TrainEvent>,
     /// Every task scored with the adapter on the base model, once a run did.
     scores: Option<Vec<TaskEval>>,
+    /// What the base model with the adapter keeps of the base model (the retention
+    /// probe), once a run measured it.
+    retention: Option<Retention>,
 }
 
 /// A stage's adapter and summary, and whether it was reused (its seconds were spent
@@ -225,7 +228,13 @@ impl Ctx<'_> {
             events.push(e.clone());
             on(&CompareEvent::Train { run: run.into(), stage: stage.clone(), event: e.clone() })
         })?;
-        let kept = SharedStage { adapter: adapter.deep_clone()?, summary: summary.clone(), events, scores: None };
+        let kept = SharedStage {
+            adapter: adapter.deep_clone()?,
+            summary: summary.clone(),
+            events,
+            scores: None,
+            retention: None,
+        };
         self.shared.borrow_mut().done.insert(key, kept);
         Ok(StageOutcome { adapter, summary, reused: false })
     }
@@ -263,6 +272,24 @@ impl Ctx<'_> {
             d.scores = Some(scores.clone());
         }
         Ok(Some(scores))
+    }
+
+    /// What the shared stage's adapter on the base model keeps of the base model
+    /// ([`Ctx::retention`]), measured once per comparison; `None` when retention is not
+    /// measured or that stage was not trained through [`Ctx::first_stage`].
+    pub(super) fn first_stage_retention(&self, task: usize, tc: &TrainConfig) -> Result<Option<Retention>> {
+        let key = self.shared_key(task, tc)?;
+        let done = self.shared.borrow();
+        let Some(d) = done.done.get(&key) else { return Ok(None) };
+        if d.retention.is_some() {
+            return Ok(d.retention);
+        }
+        let kept = self.retention(self.base.model, Some(&d.adapter))?;
+        drop(done);
+        if let Some(d) = self.shared.borrow_mut().done.get_mut(&key) {
+            d.retention = kept;
+        }
+        Ok(kept)
     }
 
     pub(super) fn encode(&self, recs: &[Record]) -> Result<Vec<Example>> {

@@ -8,13 +8,19 @@ use crate::adapter::merge::{self, MergeMethod};
 use crate::eval;
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
-use crate::strategy::report::{run_result, RunCost, RunResult};
+use crate::strategy::report::{run_result, Retention, RunCost, RunResult};
+use crate::strategy::CompareConfig;
 use crate::train::TrainConfig;
 use crate::Result;
 
 /// The folder (under `adapters/`) of the separate run's adapter for `task`.
 pub fn adapter_dir_name(task: &str) -> String {
     format!("separate-{}", slug(task))
+}
+
+/// The training of one task's adapter: the run's settings on a share of the budget.
+fn stage_config(cfg: &CompareConfig, stage_budget: usize) -> TrainConfig {
+    TrainConfig { token_budget: Some(stage_budget), ..cfg.train.clone() }
 }
 
 /// Trains one adapter per task and scores them routed and merged: the routed row first,
@@ -33,7 +39,7 @@ pub(super) fn run(
     let mut bytes_all = 0;
     let mut train_s = 0.0;
     for (ti, t) in tasks.iter().enumerate() {
-        let tc = TrainConfig { token_budget: Some(stage_budget), ..cfg.train.clone() };
+        let tc = stage_config(cfg, stage_budget);
         // The first stage of a sequential run on this task is the same training: done once.
         let ts = Instant::now();
         let first = ctx.first_stage(name, ti, &tc)?;
@@ -70,8 +76,18 @@ pub(super) fn run(
     let cost = RunCost { tokens, task_tokens, wall_s: train_s, trainable_params: params, adapter_bytes: bytes_all };
     let mut r = run_result(name, "separate", &routed, cost.clone());
     // Routed, a general prompt (or a keep set's) has no task of its own: the mean over
-    // the per-task adapters says what any one of them keeps of the base model.
-    ctx.keep(&mut r, model, &adapters.iter().map(Some).collect::<Vec<_>>())?;
+    // the per-task adapters says what any one of them keeps of the base model. Each is
+    // a shared first stage: its retention is measured once for every run that has it.
+    let kept: Vec<Retention> = (0..tasks.len())
+        .map(|ti| ctx.first_stage_retention(ti, &stage_config(cfg, stage_budget)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if kept.len() == tasks.len() {
+        r.retention = Retention::mean(&kept);
+    }
+    r.keep = ctx.keep_scores(name, model, &adapters.iter().map(Some).collect::<Vec<_>>())?;
     r.losses = losses;
     r.stage_starts = stage_starts;
     r.adapter_dirs = dirs;

@@ -97,8 +97,10 @@ pub(super) fn run(
                 ctx.eval_all(name, &tasks[ti].name, &stage_model, active, false)?
             }
         };
-        // What the model after this stage keeps of the base model.
+        // What the model after this stage keeps of the base model (after the first: the
+        // shared stage's, measured once).
         let kept = match variant {
+            _ if k == 0 => ctx.first_stage_retention(ti, &tc)?,
             SequentialVariant::Continue => ctx.retention(model, Some(&adapter))?,
             SequentialVariant::MergeThenNew => ctx.retention(&stage_model, None)?,
         };
