@@ -92,6 +92,17 @@ fn train_generate_eval_on_the_tiny_model() {
         "{}",
         text(&e)
     );
+    // What the adapter keeps of the base model, and the probe as measured (what
+    // bench/check_retention.py recomputes with transformers and PEFT).
+    let probe = tempfile::NamedTempFile::new().unwrap();
+    let r = run(&["retention", "--model", "tiny", "--adapter", o, "--json", probe.path().to_str().unwrap()]);
+    assert!(r.status.success() && text(&r).contains("probe prompts answered as the base model does"), "{}", text(&r));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(probe.path()).unwrap()).unwrap();
+    let n = v["examples"].as_array().unwrap().len();
+    assert!(n > 0 && v["prompts"] == n && v["kl"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(
+        v["examples"][0]["ids"].as_array().unwrap().len() > v["examples"][0]["prompt_len"].as_u64().unwrap() as usize
+    );
     let ej = run(&["eval", "--model", "tiny", "--data", d, "--json", "--bootstrap", "50"]);
     let v: serde_json::Value = serde_json::from_slice(&ej.stdout).unwrap();
     assert_eq!(v[0]["examples"], 16);

@@ -91,6 +91,23 @@ pub enum Cmd {
     /// Take jobs from a distributed queue (PostgreSQL) and run them on this machine's
     /// device, until stopped.
     Worker(worker::WorkerArgs),
+    /// What an adapter keeps of the base model, on the retention probe (120 varied
+    /// prompts answered once by the base model, greedy): the share of prompts still
+    /// answered exactly as the base model does, and the mean per-token KL divergence from
+    /// the base model along its answers.
+    Retention {
+        /// The base model.
+        #[command(flatten)]
+        model: args::ModelArg,
+        /// The adapter folder (PEFT layout).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Also write the probe as measured (every prompt and base answer as token ids)
+        /// and the figures, as JSON: what `bench/check_retention.py` recomputes with
+        /// transformers and PEFT.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Write the base model with an adapter merged in, as a Hugging Face folder.
     ExportMerged {
         /// The base model, the adapter and the output folder.
@@ -220,6 +237,34 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::DemoData { out } => {
             for p in multitune::data::demo::write_demo(out)? {
                 println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::Retention { model, adapter, json } => {
+            use multitune::eval::retention::{probe_prompts, Probe};
+            let m = load(&model.model, cli, &device)?;
+            let ad = load_adapter(adapter, &m, &device)?;
+            let probe = Probe::answer(&m.model, &m.tokenizer, None, &probe_prompts()?)?;
+            let k = probe.measure(&m.model, &m.model, Some(&ad))?;
+            let same = (k.same_answer * k.prompts as f64).round();
+            println!(
+                "{}: {same} of {} probe prompts answered as the base model does ({:.1}%); KL from the base model {:.4} nats per answer token",
+                adapter.display(),
+                k.prompts,
+                100.0 * k.same_answer,
+                k.kl
+            );
+            if let Some(path) = json {
+                let examples: Vec<serde_json::Value> = probe
+                    .examples
+                    .iter()
+                    .zip(&probe.stopped)
+                    .map(|(e, s)| serde_json::json!({"ids": e.ids, "prompt_len": e.prompt_len, "stopped": s}))
+                    .collect();
+                let v = serde_json::json!({
+                    "examples": examples, "stop": probe.stop, "kl": k.kl, "same_answer": k.same_answer, "prompts": k.prompts
+                });
+                std::fs::write(path, serde_json::to_vec(&v)?).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -177,7 +177,7 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &st
 pub fn learning_curves<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     examples: &[f64],
-    runs: &[(String, Vec<Estimate>)],
+    runs: &[(String, Vec<Option<Estimate>>)],
 ) -> Drawn {
     let lo = examples.iter().copied().fold(f64::INFINITY, f64::min).max(1.0);
     let hi = examples.iter().copied().fold(0.0, f64::max).max(lo * 1.5);
@@ -198,12 +198,14 @@ pub fn learning_curves<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
     for (i, (name, points)) in runs.iter().enumerate() {
         let c = color(i);
-        let upper = examples.iter().zip(points).map(|(&x, e)| (x, 100.0 * e.hi));
-        let lower = examples.iter().zip(points).rev().map(|(&x, e)| (x, 100.0 * e.lo));
+        // The sizes it ran at (a merge other than the best runs at the full data only).
+        let at: Vec<(f64, Estimate)> = examples.iter().zip(points).filter_map(|(&x, e)| Some((x, (*e)?))).collect();
+        let upper = at.iter().map(|(x, e)| (*x, 100.0 * e.hi));
+        let lower = at.iter().rev().map(|(x, e)| (*x, 100.0 * e.lo));
         chart
             .draw_series(std::iter::once(Polygon::new(upper.chain(lower).collect::<Vec<_>>(), c.mix(0.15).filled())))
             .map_err(|e| e.to_string())?;
-        let line: Vec<(f64, f64)> = examples.iter().zip(points).map(|(&x, e)| (x, 100.0 * e.value)).collect();
+        let line: Vec<(f64, f64)> = at.iter().map(|(x, e)| (*x, 100.0 * e.value)).collect();
         chart
             .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -466,11 +468,11 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     }
     if let Some(d) = &report.data_sizes {
         let examples: Vec<f64> = d.sizes.iter().map(|s| s.mean_examples()).collect();
-        let curves: Vec<(String, Vec<Estimate>)> = trained
+        let curves: Vec<(String, Vec<Option<Estimate>>)> = trained
             .iter()
             .map(|r| {
                 let at = |k: usize| report.runs_at(k).into_iter().find(|x| x.name == r.name).map(|x| x.macro_average());
-                (r.name.clone(), (0..d.sizes.len()).map(|k| at(k).unwrap_or_default()).collect())
+                (r.name.clone(), (0..d.sizes.len()).map(at).collect())
             })
             .collect();
         save("curves", both!(|a| learning_curves(a, &examples, &curves))?)?;

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::adapter::merge::MergeMethod;
 use crate::adapter::peft;
 use crate::eval::retention::{self, Probe};
 use crate::eval::EvalOptions;
@@ -51,9 +52,10 @@ pub fn compare(
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
     let seeds = seeds_of(cfg);
     runs.extend(report::aggregate(per_seed, &seeds));
+    let best_merge = sizes::best_merge(cfg, &runs);
     let mut smaller = Vec::new();
     for size in Size::smaller(cfg) {
-        let (sub, scfg, sout) = size.setup(tasks, cfg, out);
+        let (sub, scfg, sout) = size.setup(tasks, cfg, out, best_merge);
         // A smaller size's runs are its curve's points: scores only, no retention or
         // keep sets.
         let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, probe: None, keep: &[], ..setup };
@@ -140,11 +142,18 @@ impl Size {
         }
     }
 
-    /// Its tasks (the training sets cut to its share), settings (the budget scaled) and
-    /// output folder.
-    fn setup(&self, tasks: &[TaskData], cfg: &CompareConfig, out: &Path) -> (Vec<TaskData>, CompareConfig, PathBuf) {
+    /// Its tasks (the training sets cut to its share), settings (the budget scaled, a
+    /// separate run's merges cut to the full data's best, [`sizes::scaled`]) and output
+    /// folder.
+    fn setup(
+        &self,
+        tasks: &[TaskData],
+        cfg: &CompareConfig,
+        out: &Path,
+        best_merge: Option<MergeMethod>,
+    ) -> (Vec<TaskData>, CompareConfig, PathBuf) {
         let dir = out.join("sizes").join(slug(&sizes::percent(self.fraction)));
-        (sizes::subset(tasks, self.fraction, cfg.eval.seed), sizes::scaled(cfg, self.fraction), dir)
+        (sizes::subset(tasks, self.fraction, cfg.eval.seed), sizes::scaled(cfg, self.fraction, best_merge), dir)
     }
 }
 
@@ -434,9 +443,11 @@ pub fn compare_part(
         Part::Strategy(si) => {
             let mut searches = vec![None; cfg.strategies.len()];
             let probe = answer_probe(base, cfg)?;
-            run_seeds(Setup { probe: probe.as_ref(), ..setup }, Size::full(cfg), Some(si), &mut searches, on_event)?;
+            let full = Setup { probe: probe.as_ref(), ..setup };
+            let (per_seed, _) = run_seeds(full, Size::full(cfg), Some(si), &mut searches, on_event)?;
+            let best_merge = sizes::best_merge(cfg, &report::aggregate(per_seed, &seeds_of(cfg)));
             for size in Size::smaller(cfg) {
-                let (sub, scfg, sout) = size.setup(tasks, cfg, out);
+                let (sub, scfg, sout) = size.setup(tasks, cfg, out, best_merge);
                 let at = Setup { tasks: &sub, cfg: &scfg, out: &sout, keep: &[], ..setup };
                 run_seeds(at, size, Some(si), &mut searches, on_event)?;
             }

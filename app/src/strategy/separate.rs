@@ -9,7 +9,7 @@ use crate::eval;
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
 use crate::strategy::report::{run_result, Retention, RunCost, RunResult};
-use crate::strategy::CompareConfig;
+use crate::strategy::{CompareConfig, StrategySpec};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -94,7 +94,7 @@ pub(super) fn run(
     let mut rows = vec![r];
     let refs: Vec<&LoraAdapter> = adapters.iter().collect();
     for m in merges {
-        let mname = format!("separate + merge ({}){}", m.name(), ctx.suffix);
+        let mname = format!("{}{}", StrategySpec::merge_run_name(*m), ctx.suffix);
         let tm = Instant::now();
         let merged = merge::merge(&refs, *m, merge_rank)?;
         let merge_s = tm.elapsed().as_secs_f64();

@@ -2,8 +2,10 @@
 //! strategies also train on (the data-size curves), their checks, and the nested,
 //! seeded subsets themselves. The held-out examples never change with the size.
 
+use crate::adapter::merge::MergeMethod;
 use crate::rng::{self, streams};
-use crate::strategy::spec::CompareConfig;
+use crate::strategy::report::RunResult;
+use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
 
 /// The fewest training examples of a task a data size may leave.
@@ -76,10 +78,42 @@ pub fn subset(tasks: &[TaskData], fraction: f64, seed: u64) -> Vec<TaskData> {
 }
 
 /// The comparison at data size `fraction`: the budget scaled with it (the same epochs as
-/// the full data), nothing else changed.
-pub fn scaled(cfg: &CompareConfig, fraction: f64) -> CompareConfig {
+/// the full data), and a separate run's merges cut to `best_merge` — the merge with the
+/// best macro average on the full data (none: no merge) —, since merges train nothing and
+/// scoring every one at every size would cost more than its training.
+pub fn scaled(cfg: &CompareConfig, fraction: f64, best_merge: Option<MergeMethod>) -> CompareConfig {
     let budget_tokens = ((cfg.budget_tokens as f64 * fraction).round() as usize).max(1);
-    CompareConfig { budget_tokens, ..cfg.clone() }
+    let strategies = cfg
+        .strategies
+        .iter()
+        .map(|s| match s {
+            StrategySpec::Separate { merges, merge_rank } => StrategySpec::Separate {
+                merges: merges.iter().copied().filter(|m| Some(*m) == best_merge).collect(),
+                merge_rank: *merge_rank,
+            },
+            other => other.clone(),
+        })
+        .collect();
+    CompareConfig { budget_tokens, strategies, ..cfg.clone() }
+}
+
+/// The merge of the separate strategy with the best macro average among `full` (the
+/// full data's rows); the first of equals. `None` without merges.
+pub fn best_merge(cfg: &CompareConfig, full: &[RunResult]) -> Option<MergeMethod> {
+    let merges = cfg.strategies.iter().find_map(|s| match s {
+        StrategySpec::Separate { merges, .. } => Some(merges),
+        _ => None,
+    })?;
+    let mut best: Option<(MergeMethod, f64)> = None;
+    for &m in merges {
+        let name = StrategySpec::merge_run_name(m);
+        let Some(r) = full.iter().find(|r| r.name == name) else { continue };
+        let v = r.macro_average().value;
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((m, v));
+        }
+    }
+    best.map(|(m, _)| m)
 }
 
 /// How a data size's runs are named: ` [25% data]`.
@@ -116,6 +150,39 @@ mod tests {
         assert!(p[0].starts_with("0 is not a share"), "{p:?}");
         assert!(p[1].starts_with("1.5 is not a share"), "{p:?}");
         assert!(p.contains(&"0.5 is listed twice".to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn smaller_sizes_score_the_full_datas_best_merge_only() {
+        use crate::eval::metrics::Estimate;
+        use crate::strategy::report::TaskScore;
+        let [linear, _, ties, dare, _] = MergeMethod::defaults()[..] else { unreachable!("five merges") };
+        let separate = StrategySpec::Separate { merges: vec![linear, ties, dare], merge_rank: 8 };
+        let combined = StrategySpec::Combined { mixing: crate::strategy::Mixing::Proportional, task_tag: false };
+        let cfg = CompareConfig {
+            strategies: vec![combined.clone(), separate],
+            budget_tokens: 1000,
+            train: Default::default(),
+            eval: Default::default(),
+            seeds: vec![],
+            lr_search: None,
+            retention: false,
+            data_fractions: vec![0.5],
+        };
+        let row = |m: MergeMethod, v: f64| RunResult {
+            name: StrategySpec::merge_run_name(m),
+            scores: vec![TaskScore { value: Estimate { value: v, lo: v, hi: v }, ..Default::default() }],
+            ..Default::default()
+        };
+        let full = [row(linear, 0.5), row(ties, 0.7), row(dare, 0.7)];
+        assert_eq!(best_merge(&cfg, &full), Some(ties), "the best, the first of equals");
+        let half = scaled(&cfg, 0.5, Some(ties));
+        assert_eq!(half.budget_tokens, 500);
+        assert_eq!(half.strategies[0], combined);
+        assert_eq!(half.strategies[1], StrategySpec::Separate { merges: vec![ties], merge_rank: 8 });
+        let none = scaled(&cfg, 0.5, None);
+        assert_eq!(none.strategies[1], StrategySpec::Separate { merges: vec![], merge_rank: 8 });
+        assert_eq!(best_merge(&CompareConfig { strategies: vec![combined], ..cfg }, &full), None);
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl StrategySpec {
             StrategySpec::MultiHead { .. } => "multi-head".into(),
         }
     }
+
+    /// The name of a separate run's row for merge `m`.
+    pub fn merge_run_name(m: MergeMethod) -> String {
+        format!("separate + merge ({})", m.name())
+    }
 }
 
 /// A comparison: strategies, the shared budget and hyper-parameters.
