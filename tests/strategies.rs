@@ -688,7 +688,8 @@ fn data_size_curves_train_every_strategy_at_every_size() {
     assert!(!curves.text.is_empty());
     let md = std::fs::read_to_string(whole.path().join("report.md")).unwrap();
     assert!(md.contains("## Data-size curves") && md.contains(&curves.text), "{md}");
-    assert!(whole.path().join("charts/curves.svg").exists());
+    let curves_svg = std::fs::read_to_string(whole.path().join("charts/curves.svg")).unwrap();
+    assert!(curves_svg.contains(" examples per task</title>"), "every point's value on hover");
 
     // Interrupted inside the 50% size: resumed, every finished run (of every size) comes
     // from its record, and the curves are the uninterrupted ones.
@@ -824,7 +825,11 @@ fn keep_sets_are_scored_for_every_run_and_never_trained_on() {
     assert!(!k.text.is_empty());
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("## Keep sets (must not get worse)") && md.contains(&k.text), "{md}");
-    assert!(out.path().join("charts/keep.svg").exists());
+    // The charts carry their values for hovering (a `<title>` per point).
+    let svg = |name: &str| std::fs::read_to_string(out.path().join("charts").join(name)).unwrap();
+    assert!(svg("scores.svg").contains("<title>base model · sentiment: "), "per-bar values on hover");
+    let keep_svg = svg("keep.svg");
+    assert!(keep_svg.contains("<title>combined (proportional): ") && keep_svg.contains(" points ["), "{keep_svg}");
     let json: multitune_api::report::Report =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(json.keep.as_ref(), Some(k));

@@ -33,6 +33,43 @@ fn err(e: impl std::fmt::Display) -> Error {
 
 type Drawn = std::result::Result<(), String>;
 
+/// A point of the backend, in pixels.
+type BackendCoord = (i32, i32);
+
+thread_local! {
+    /// The values to show on hover, collected while a chart is drawn into SVG (`None`
+    /// otherwise): where (pixels) and what.
+    static HOVERS: std::cell::RefCell<Option<Vec<(BackendCoord, String)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Shows `text` when the pointer is over pixel `at` of the SVG being drawn (a tooltip:
+/// the chart opened in a browser shows each value on hover); nothing in a PNG.
+fn hover(at: BackendCoord, text: String) {
+    HOVERS.with(|h| {
+        if let Some(v) = h.borrow_mut().as_mut() {
+            v.push((at, text));
+        }
+    });
+}
+
+/// `svg` with a transparent target and a `<title>` at every hover point, on top of the
+/// chart (just before the closing tag).
+fn with_hovers(svg: String, hovers: Vec<(BackendCoord, String)>) -> String {
+    let Some(end) = svg.rfind("</svg>") else { return svg };
+    let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let targets: String = hovers
+        .iter()
+        .map(|((x, y), t)| {
+            format!(
+                r#"<circle cx="{x}" cy="{y}" r="7" fill="transparent" pointer-events="all"><title>{}</title></circle>"#,
+                escape(t)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("{}<g class=\"hover\">\n{targets}\n</g>\n{}", &svg[..end], &svg[end..])
+}
+
 /// Draws one chart into SVG text and PNG bytes.
 fn render(
     draw: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Drawn,
@@ -40,12 +77,16 @@ fn render(
 ) -> Result<(String, Vec<u8>)> {
     register_font();
     let mut svg = String::new();
-    {
+    HOVERS.with(|h| *h.borrow_mut() = Some(Vec::new()));
+    let drawn = (|| {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         draw(&root).map_err(err)?;
-        root.present().map_err(err)?;
-    }
+        root.present().map_err(err)
+    })();
+    let hovers = HOVERS.with(|h| h.borrow_mut().take()).unwrap_or_default();
+    drawn?;
+    let svg = with_hovers(svg, hovers);
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
@@ -68,6 +109,11 @@ macro_rules! both {
     ($f:expr) => {
         render(&|a| $f(a), &|a| $f(a))
     };
+}
+
+/// A fraction as a percentage with one decimal.
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
 }
 
 /// Distinct colours for up to 16 runs (a comparison of every strategy has 11 rows and
@@ -206,6 +252,10 @@ pub fn learning_curves<DB: DrawingBackend>(
             .draw_series(std::iter::once(Polygon::new(upper.chain(lower).collect::<Vec<_>>(), c.mix(0.15).filled())))
             .map_err(|e| e.to_string())?;
         let line: Vec<(f64, f64)> = at.iter().map(|(x, e)| (*x, 100.0 * e.value)).collect();
+        for (x, e) in &at {
+            let text = format!("{name}: {}% [{}, {}] at ~{x:.0} examples per task", pct(e.value), pct(e.lo), pct(e.hi));
+            hover(chart.backend_coord(&(*x, 100.0 * e.value)), text);
+        }
         chart
             .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -252,8 +302,13 @@ pub fn metric_bars<DB: DrawingBackend>(
         .draw()
         .map_err(|e| e.to_string())?;
     let width = 0.8 / k;
-    for (ri, (_, scores)) in runs.iter().enumerate() {
+    for (ri, (name, scores)) in runs.iter().enumerate() {
         let c = color(ri);
+        for (ti, e) in scores.iter().enumerate() {
+            let xm = ti as f64 + 0.1 + ri as f64 * width + width * 0.45;
+            let text = format!("{name} · {}: {}% [{}, {}]", tasks[ti], pct(e.value), pct(e.lo), pct(e.hi));
+            hover(chart.backend_coord(&(xm, 100.0 * e.value)), text);
+        }
         let bars = scores.iter().enumerate().map(|(ti, e)| {
             let x0 = ti as f64 + 0.1 + ri as f64 * width;
             Rectangle::new([(x0, 0.0), (x0 + width * 0.9, 100.0 * e.value)], c.filled())
@@ -307,9 +362,18 @@ pub fn forest<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[(&str
         chart
             .draw_series(std::iter::once(PathElement::new(vec![(0.0, 0.0), (0.0, n as f64)], BLACK.stroke_width(1))))
             .map_err(|e| e.to_string())?;
-        for (i, (_, d, significant, run)) in rows.iter().enumerate() {
+        for (i, (name, d, significant, run)) in rows.iter().enumerate() {
             let y = (n - 1 - i) as f64 + 0.5;
             let c = color(*run);
+            let p = |x: f64| 100.0 * x + 0.0;
+            let text = format!(
+                "{name}: {:+.1} points [{:.1}, {:.1}]{}",
+                p(d.value),
+                p(d.lo),
+                p(d.hi),
+                if *significant { ", significant" } else { "" }
+            );
+            hover(chart.backend_coord(&(100.0 * d.value, y)), text);
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(100.0 * d.lo, y), (100.0 * d.hi, y)],
@@ -408,6 +472,9 @@ pub fn bars<DB: DrawingBackend>(
             Rectangle::new([(0.0, y + 0.15), (*w, y + 0.85)], color(i).filled())
         }))
         .map_err(|e| e.to_string())?;
+    for (i, (name, w)) in runs.iter().enumerate() {
+        hover(chart.backend_coord(&(*w, (n - 1 - i) as f64 + 0.5)), format!("{name}: {w:.1} {unit}"));
+    }
     Ok(())
 }
 

@@ -143,6 +143,7 @@ pub fn ComparePage() -> impl IntoView {
                         })
                     }
                     <h2>"Charts"</h2>
+                    <p class="hint">"Open a chart (its link) to read every value on hover."</p>
                     <div class="charts">
                         {charts.get().into_iter().filter(|c| c.ends_with(".svg")).map(|c| {
                             let src = api::url(&format!("/api/experiments/{id}/charts/{c}"));
