@@ -229,7 +229,7 @@ fn logits(model: &Llama, hidden: &Tensor) -> Result<(Vec<f32>, usize)> {
 /// `e = exp(b − max b)`: KL = Σ e·(b − t) / Σ e + logsumexp(t) − logsumexp(b).
 fn kl_and_argmax(base: &[f32], tuned: &[f32], vocab: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     use rayon::prelude::*;
-    if vocab == 0 || base.len() != tuned.len() || base.len() % vocab != 0 {
+    if vocab == 0 || base.len() != tuned.len() || !base.len().is_multiple_of(vocab) {
         return Err(Error::Invalid(format!(
             "retention: logits of {} and {} values, vocabulary {vocab}",
             base.len(),
