@@ -143,17 +143,11 @@ fn bad_input_gets_a_clear_error() {
     let lines: Vec<String> = (0..20).map(|i| format!("{{\"prompt\":\"q{i}\",\"completion\":\"a{i}\"}}")).collect();
     std::fs::write(&small, lines.join("\n")).unwrap();
     let out = dir.path().join("sizes");
-    let r = run(&[
-        "compare",
-        "--model",
-        "tiny",
-        "--tasks",
-        small.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--data-fractions",
-        "0.1,0.5",
-    ]);
+    let (small_task, out_dir) = (small.to_str().unwrap(), out.to_str().unwrap());
+    let compare_small = |more: &[&str]| {
+        run(&[&["compare", "--model", "tiny", "--tasks", small_task, "--out", out_dir][..], more].concat())
+    };
+    let r = compare_small(&["--data-fractions", "0.1,0.5"]);
     assert!(!r.status.success());
     assert!(
         text(&r).contains("--data-fractions: 0.1 leaves task `small` 2 training examples of its 16"),
@@ -162,17 +156,7 @@ fn bad_input_gets_a_clear_error() {
     );
     assert!(!out.exists(), "nothing written");
     // A keep set that is a task's file is refused before anything is read or written.
-    let r = run(&[
-        "compare",
-        "--model",
-        "tiny",
-        "--tasks",
-        small.to_str().unwrap(),
-        "--keep",
-        small.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let r = compare_small(&["--keep", small_task]);
     assert!(!r.status.success());
     assert!(text(&r).contains(&format!("--keep {}: `small` is also a task", small.display())), "{}", text(&r));
     assert!(!out.exists(), "nothing written");

@@ -68,7 +68,20 @@ fn run_tiny(
     out: &std::path::Path,
     on_event: &mut dyn FnMut(&multitune::strategy::CompareEvent),
 ) -> multitune::Result<multitune::strategy::Report> {
-    compare(&Base { model, tokenizer: tok, name: "tiny" }, tasks, &[], cfg, out, Default::default(), on_event)
+    run_tiny_with(model, tok, tasks, cfg, out, Default::default(), on_event)
+}
+
+/// [`run_tiny`] stopped and resumed by `control`.
+fn run_tiny_with(
+    model: &multitune::model::Llama,
+    tok: &multitune::model::TextTokenizer,
+    tasks: &[TaskData],
+    cfg: &CompareConfig,
+    out: &std::path::Path,
+    control: multitune::strategy::Control,
+    on_event: &mut dyn FnMut(&multitune::strategy::CompareEvent),
+) -> multitune::Result<multitune::strategy::Report> {
+    compare(&Base { model, tokenizer: tok, name: "tiny" }, tasks, &[], cfg, out, control, on_event)
 }
 
 /// Every strategy and variant on the tiny model and the demo suite: the report has
@@ -469,44 +482,28 @@ fn cancelled_comparison_resumes_to_the_same_result() {
     let cancel = AtomicBool::new(false);
     let control = Control { cancel: Some(&cancel), state_dir: Some(&state) };
     let mut steps_in_second = 0;
-    let err = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &[],
-        &cfg,
-        out.path(),
-        control,
-        &mut |e| {
-            if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
-                if run.starts_with("sequential") {
-                    steps_in_second += 1;
-                    if steps_in_second == 5 {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
+    let err = run_tiny_with(&model, &tok, &tasks, &cfg, out.path(), control, &mut |e| {
+        if let CompareEvent::Train { run, event: TrainEvent::Step(_), .. } = e {
+            if run.starts_with("sequential") {
+                steps_in_second += 1;
+                if steps_in_second == 5 {
+                    cancel.store(true, Ordering::Relaxed);
                 }
             }
-        },
-    )
+        }
+    })
     .unwrap_err();
     assert!(matches!(err, multitune::Error::Cancelled), "{err}");
     assert!(!out.path().join("report.json").exists(), "no report from a cancelled comparison");
     cancel.store(false, Ordering::Relaxed);
     let (mut starts, mut runs) = (Vec::new(), Vec::new());
-    let got = compare(
-        &Base { model: &model, tokenizer: &tok, name: "tiny" },
-        &tasks,
-        &[],
-        &cfg,
-        out.path(),
-        control,
-        &mut |e| match e {
-            CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } => starts.push(*start_step),
-            CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
-            CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {run} {index}/{of}")),
-            CompareEvent::RunFinished { run, .. } => runs.push(format!("finished {run}")),
-            _ => {}
-        },
-    )
+    let got = run_tiny_with(&model, &tok, &tasks, &cfg, out.path(), control, &mut |e| match e {
+        CompareEvent::Train { event: TrainEvent::Started { start_step, .. }, .. } => starts.push(*start_step),
+        CompareEvent::RunStarted { run, .. } => runs.push(format!("started {run}")),
+        CompareEvent::RunRestored { run, index, of, .. } => runs.push(format!("restored {run} {index}/{of}")),
+        CompareEvent::RunFinished { run, .. } => runs.push(format!("finished {run}")),
+        _ => {}
+    })
     .unwrap();
     // The finished run is restored from its record, announced neither started nor finished.
     assert_eq!(
