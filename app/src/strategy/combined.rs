@@ -31,7 +31,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, task_tag: bool) -> 
     };
     let mut r = run_result(name, "combined", &scores, cost);
     r.task_losses = ctx.task_losses(&s);
-    ctx.keep(&mut r, model, &[Some(&adapter)])?;
+    ctx.keep(&mut r, model, Some(&adapter))?;
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

@@ -211,14 +211,13 @@ fn start(tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Co
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
     }
-    for (i, k) in keep.iter().enumerate() {
-        if tasks.iter().any(|t| t.name == k.name) || keep[..i].iter().any(|o| o.name == k.name) {
-            return Err(Error::Invalid(format!(
-                "keep set `{}`: named like a task or another keep set; a keep set is scored, never trained, and \
-                 needs a name of its own",
-                k.name
-            )));
-        }
+    // Every door's check of keep sets, on names (the engine has no dataset ids).
+    let named = |ts: &[TaskData]| ts.iter().map(|t| (t.name.clone(), t.name.clone())).collect::<Vec<_>>();
+    if let Some((at, problem)) = multitune_api::keep_problems(&named(tasks), &named(keep)).into_iter().next() {
+        let which = at.map_or_else(|| "keep sets".to_string(), |i| format!("keep set `{}`", keep[i].name));
+        return Err(Error::Invalid(format!("{which}: {problem}")));
+    }
+    for k in keep {
         if k.eval.is_empty() {
             return Err(Error::Invalid(format!("keep set `{}`: has no examples", k.name)));
         }

@@ -375,27 +375,17 @@ impl Ctx<'_> {
         Ok(Some(Retention { kl: k.kl, same_answer: k.same_answer, prompts: k.prompts }))
     }
 
-    /// What run `r`'s final model keeps of the base model, measured with `tuned` and each
-    /// of `adapters` in turn (`[None]`: the model alone) and averaged over them — a routed
-    /// run's per-task adapters, one of which any other request meets: its retention (when
-    /// measured) and its keep-set scores.
-    pub(super) fn keep(&mut self, r: &mut RunResult, tuned: &Llama, adapters: &[Option<&LoraAdapter>]) -> Result<()> {
-        let kept: Vec<Retention> = adapters
-            .iter()
-            .map(|a| self.retention(tuned, *a))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        if !kept.is_empty() && kept.len() == adapters.len() {
-            r.retention = Retention::mean(&kept);
-        }
-        r.keep = self.keep_scores(&r.name, tuned, adapters)?;
+    /// What run `r`'s final model (`tuned`, with `adapter` applied if given) keeps of the
+    /// base model: its retention (when measured) and its keep-set scores.
+    pub(super) fn keep(&mut self, r: &mut RunResult, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<()> {
+        r.retention = self.retention(tuned, adapter)?;
+        r.keep = self.keep_scores(&r.name, tuned, &[adapter])?;
         Ok(())
     }
 
-    /// Every keep set scored with `tuned` and each of `adapters`, averaged over them
-    /// example by example (see [`Ctx::keep`]); empty without keep sets.
+    /// Every keep set scored with `tuned` and each of `adapters` in turn, averaged over
+    /// them example by example (a routed run's per-task adapters, one of which a keep-set
+    /// request meets); empty without keep sets.
     pub(super) fn keep_scores(
         &mut self,
         run: &str,

@@ -59,7 +59,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, head_rank: usize) -
     r.task_losses = ctx.task_losses(&s);
     // General ability and the keep sets go through the shared adapter (the heads answer
     // their tasks).
-    ctx.keep(&mut r, model, &[Some(&mh.adapter)])?;
+    ctx.keep(&mut r, model, Some(&mh.adapter))?;
     r.losses = s.losses;
     r.adapter_dirs.push(dir.display().to_string());
     Ok(r)

@@ -102,7 +102,7 @@ pub(super) fn run(
         let (dir, bytes) = ctx.export(&slug(&mname), &merged)?;
         let cost = RunCost { wall_s: train_s + merge_s, adapter_bytes: bytes, ..cost.clone() };
         let mut r = run_result(&mname, "separate+merge", &scores, cost);
-        ctx.keep(&mut r, model, &[Some(&merged)])?;
+        ctx.keep(&mut r, model, Some(&merged))?;
         r.exported_params = merged.num_parameters();
         r.adapter_dirs.push(dir.display().to_string());
         rows.push(r);

@@ -210,6 +210,9 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     // eval dataset), for the data fractions' check.
     let mut sized: Vec<(String, usize)> = Vec::new();
     let mut used = Vec::new();
+    // Every dataset a task reads, with the task's name (none for a held-out dataset), for
+    // the keep sets' check.
+    let mut sources: Vec<(String, String)> = Vec::new();
     for (i, t) in spec.tasks.iter().enumerate() {
         for (field, id) in [("dataset", Some(&t.dataset)), ("eval_dataset", t.eval_dataset.as_ref())] {
             let Some(id) = id else { continue };
@@ -225,6 +228,7 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
                 None => errors.push(format!("tasks[{i}].{field}: no dataset with id `{id}`")),
                 Some((name, rows)) => {
                     used.push(id.clone());
+                    sources.push((id.clone(), if field == "dataset" { name.clone() } else { String::new() }));
                     if field == "dataset" {
                         let rows = rows.max(0) as usize;
                         let held_out =
@@ -241,7 +245,7 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
             }
         }
     }
-    errors.extend(check_keep(s, spec, &mut used)?);
+    errors.extend(check_keep(s, spec, &sources, &mut used)?);
     if let Err(e) = s.model_source(&spec.model) {
         errors.push(format!("model: {}", e.message));
     }
@@ -255,8 +259,14 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
 
 /// What is wrong with the keep sets: ids that are not datasets, and what
 /// `strategy::request::keep_problems` refuses (a keep set that is also a task, named like
-/// one, listed twice, too many). The keep sets found join `used`.
-fn check_keep(s: &AppState, spec: &ExperimentCreate, used: &mut Vec<String>) -> ApiResult<Vec<String>> {
+/// one, listed twice, too many) beside the tasks' datasets (`sources`: id and task name).
+/// The keep sets found join `used`.
+fn check_keep(
+    s: &AppState,
+    spec: &ExperimentCreate,
+    sources: &[(String, String)],
+    used: &mut Vec<String>,
+) -> ApiResult<Vec<String>> {
     let mut errors = Vec::new();
     let name_of = |id: &str| -> ApiResult<Option<String>> {
         if check_id("dataset", id).is_err() {
@@ -264,14 +274,6 @@ fn check_keep(s: &AppState, spec: &ExperimentCreate, used: &mut Vec<String>) -> 
         }
         Ok(s.db.with(|c| c.query_row("SELECT name FROM datasets WHERE id = ?1", [id], |r| r.get(0)).optional())?)
     };
-    let mut tasks = Vec::new();
-    for t in &spec.tasks {
-        for id in std::iter::once(&t.dataset).chain(t.eval_dataset.as_ref()) {
-            // A held-out dataset counts as its task's: its name is not reported.
-            let name = if id == &t.dataset { name_of(id)?.unwrap_or_default() } else { String::new() };
-            tasks.push((id.clone(), name));
-        }
-    }
     // The keep sets found: (index in the request, id, name).
     let mut keep = Vec::new();
     for (i, id) in spec.keep.iter().enumerate() {
@@ -287,7 +289,7 @@ fn check_keep(s: &AppState, spec: &ExperimentCreate, used: &mut Vec<String>) -> 
         }
     }
     let found: Vec<(&str, &str)> = keep.iter().map(|(_, id, name)| (*id, name.as_str())).collect();
-    for (at, problem) in multitune::strategy::request::keep_problems(&tasks, &found) {
+    for (at, problem) in multitune::strategy::request::keep_problems(sources, &found) {
         errors.push(match at {
             Some(k) => format!("keep[{}]: {problem}", keep[k].0),
             None => format!("keep: {problem}"),
