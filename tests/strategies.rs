@@ -46,6 +46,7 @@ fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfi
         lr_search: None,
         retention: false,
         data_fractions: vec![],
+        tune_merges: false,
     }
 }
 
@@ -587,7 +588,7 @@ fn the_learning_rate_search_picks_a_rate_per_strategy() {
     let left: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".lr-search"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".search"))
         .collect();
     assert!(left.is_empty(), "scratch folders left: {left:?}");
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
@@ -837,4 +838,79 @@ fn keep_sets_are_scored_for_every_run_and_never_trained_on() {
         compare(&base, &tasks, &clash, &cfg, tempfile::tempdir().unwrap().path(), Default::default(), &mut |_| {})
             .unwrap_err();
     assert!(err.to_string().contains("keep set `sentiment`"), "{err}");
+}
+
+/// `mixing: search` and `tune_merges`: the combined run picks its mixing by successive
+/// halving on the validation split (its trials' steps apart from the run's, their cost in
+/// the run's), and every tunable merge gets a tuned row of its own beside its defaults,
+/// chosen by the best validation score, compared with its defaults on the held-out
+/// examples; concatenation has nothing to tune.
+#[test]
+fn mixing_search_and_tuned_merges() {
+    use multitune::adapter::MergeMethod;
+    use multitune::strategy::{CompareEvent, Mixing};
+    use multitune::train::TrainEvent;
+    let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    let ties = MergeMethod::Ties { density: 0.2, lambda: 1.0 };
+    let cfg = CompareConfig {
+        tune_merges: true,
+        ..quick_compare(
+            vec![
+                StrategySpec::Combined { mixing: Mixing::Search, task_tag: false },
+                StrategySpec::Separate { merges: vec![MergeMethod::Linear, ties, MergeMethod::Concat], merge_rank: 8 },
+            ],
+            2_000,
+            quick_train(5e-3),
+        )
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut stages = Vec::new();
+    let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |e| {
+        if let CompareEvent::Train { stage, event: TrainEvent::Started { .. }, .. } = e {
+            stages.push(stage.clone());
+        }
+    })
+    .unwrap();
+    let trials: Vec<&String> = stages.iter().filter(|s| s.starts_with("mixing search ")).collect();
+    assert_eq!(trials.len(), 3 + 2, "three mixings, then the better two: {stages:?}");
+    assert!(trials.contains(&&"mixing search temperature:2 · all".to_string()), "{trials:?}");
+    let combined = report.runs.iter().find(|r| r.strategy == "combined").unwrap();
+    assert_eq!(combined.name, "combined (mixing searched)");
+    let m = combined.mixing_search.as_ref().expect("the mixing search is recorded");
+    assert_eq!(m.candidates, multitune_api::MixingChoice::SEARCHED.to_vec());
+    assert!(m.candidates.contains(&m.chosen));
+    assert_eq!((m.trials.len(), m.validation.clone()), (5, vec![50, 50]));
+    assert!(m.trials[3..].iter().any(|t| t.mixing == m.chosen), "the winner is one of the last rung's");
+    assert!(combined.wall_s > m.wall_s(), "the search is in the run's cost");
+
+    // Tuned merges: linear and TIES, not concatenation.
+    let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"separate + merge (linear, tuned)") && names.contains(&"separate + merge (ties, tuned)"));
+    assert!(!names.iter().any(|n| n.contains("concat, tuned")), "{names:?}");
+    for (method, count, defaults) in [("linear", 4, "weights 0.5/0.5"), ("ties", 6, "density 0.2, λ 1")] {
+        let r = report.runs.iter().find(|r| r.name == format!("separate + merge ({method}, tuned)")).unwrap();
+        let t = r.merge_tuning.as_ref().unwrap();
+        assert_eq!((t.method.as_str(), t.candidates.len(), t.default_params.as_str()), (method, count, defaults));
+        assert_eq!((t.candidates[0].params.as_str(), t.validation.clone()), (defaults, vec![16, 16]));
+        let best = t.candidates.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
+        let chosen = t.candidates.iter().find(|c| c.params == t.chosen_params).unwrap();
+        assert_eq!(chosen.score, best, "{method}: the best validation score is chosen");
+        let default_row = report.runs.iter().find(|d| d.name == t.default_run).unwrap();
+        let vs = t.vs_default.as_ref().expect("compared with its defaults");
+        assert_eq!((vs.run.as_str(), vs.against.as_str()), (r.name.as_str(), t.default_run.as_str()));
+        if t.chosen_params == t.default_params {
+            assert_eq!(r.scores, default_row.scores, "{method}: the defaults won, the same merge");
+        }
+        assert!(r.wall_s > default_row.wall_s, "{method}: the search is in its cost");
+        assert!(std::path::Path::new(&r.adapter_dirs[0]).join("adapter_config.json").exists());
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Mixing search") && md.contains("## Merges tuned on validation"), "{md}");
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".search"))
+        .collect();
+    assert!(left.is_empty(), "scratch folders left: {left:?}");
 }

@@ -251,19 +251,40 @@ pub enum MixingChoice {
         /// Temperature (1 = proportional, large = uniform).
         t: f64,
     },
+    /// Picked among [`MixingChoice::SEARCHED`] by successive halving on a validation
+    /// split of the training data (as the learning-rate search is), before the run trains;
+    /// the search's training counts in the run's cost.
+    Search,
 }
 
 impl MixingChoice {
-    /// Parses the command line's `proportional`, `uniform` or `temperature:T` (T > 0).
+    /// What a `Search` picks among: proportional, temperature 2, uniform (ties go to the
+    /// earlier).
+    pub const SEARCHED: [MixingChoice; 3] =
+        [MixingChoice::Proportional, MixingChoice::Temperature { t: 2.0 }, MixingChoice::Uniform];
+
+    /// Parses the command line's `proportional`, `uniform`, `temperature:T` (T > 0) or
+    /// `search`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "proportional" => Some(MixingChoice::Proportional),
             "uniform" => Some(MixingChoice::Uniform),
+            "search" => Some(MixingChoice::Search),
             _ => s
                 .strip_prefix("temperature:")
                 .and_then(|t| t.parse().ok())
                 .filter(|t: &f64| *t > 0.0)
                 .map(|t| MixingChoice::Temperature { t }),
+        }
+    }
+
+    /// Its command-line name (`temperature:2`), as [`MixingChoice::parse`] reads it.
+    pub fn name(&self) -> String {
+        match self {
+            MixingChoice::Proportional => "proportional".into(),
+            MixingChoice::Uniform => "uniform".into(),
+            MixingChoice::Temperature { t } => format!("temperature:{t}"),
+            MixingChoice::Search => "search".into(),
         }
     }
 }
@@ -432,6 +453,10 @@ pub struct Hyper {
     pub tune_lr: bool,
     /// The rates searched (empty: [`defaults::LR_GRID`]).
     pub lr_grid: Vec<f64>,
+    /// Tune every merge of the separate strategy on a validation split of the training
+    /// data (linear and task arithmetic: the per-task weights; TIES: density and scale;
+    /// DARE: drop rate and scale); each tuned merge is reported beside its defaults.
+    pub tune_merges: bool,
     /// Measure what every run keeps of the base model on the retention probe (KL from
     /// the base model along its answers, the share of unchanged answers): an extra scoring
     /// pass per run and per sequential stage.
@@ -457,6 +482,7 @@ impl Default for Hyper {
             checkpoint_every: defaults::CHECKPOINT_EVERY,
             tune_lr: false,
             lr_grid: vec![],
+            tune_merges: false,
             retention: false,
             data_fractions: vec![],
         }
@@ -905,6 +931,10 @@ mod tests {
         assert_eq!(MixingChoice::parse("temperature:2"), Some(MixingChoice::Temperature { t: 2.0 }));
         assert_eq!(MixingChoice::parse("temperature:-1"), None);
         assert_eq!(MixingChoice::parse("uniform"), Some(MixingChoice::Uniform));
+        assert_eq!(MixingChoice::parse("search"), Some(MixingChoice::Search));
+        for m in MixingChoice::SEARCHED.into_iter().chain([MixingChoice::Search]) {
+            assert_eq!(MixingChoice::parse(&m.name()), Some(m));
+        }
         for m in MergeChoice::ALL {
             assert_eq!(MergeChoice::parse(m.name()), Some(m));
             assert_eq!(serde_json::to_value(m).unwrap(), m.name());

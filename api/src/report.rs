@@ -163,6 +163,14 @@ pub struct RunResult {
     /// `wall_s` and `tokens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_search: Option<LrSearch>,
+    /// How a combined or multi-head run's task mixing was chosen (`mixing: search`);
+    /// its cost is in `wall_s` (its training tokens: [`MixingSearch::tokens`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixing_search: Option<MixingSearch>,
+    /// How a merge's parameters were tuned (`tune_merges`: a tuned merge's row); its
+    /// cost is in `wall_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_tuning: Option<MergeTuning>,
 }
 
 impl RunResult {
@@ -425,6 +433,87 @@ impl LrSearch {
     pub fn wall_s(&self) -> f64 {
         self.trials.iter().map(|t| t.wall_s).sum()
     }
+}
+
+/// One trial of a mixing search: a mixing trained on a rung's budget and scored on the
+/// validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MixingTrial {
+    /// The mixing tried.
+    pub mixing: crate::MixingChoice,
+    /// Rung of the successive halving (0 first).
+    pub rung: usize,
+    /// Tokens the rung allowed.
+    pub budget_tokens: usize,
+    /// Training tokens it used.
+    pub tokens: usize,
+    /// Macro average of the headline metric on the validation split (0–1).
+    pub score: f64,
+    /// Mean validation loss over the tasks (breaks ties).
+    pub loss: f64,
+    /// Wall seconds, training and scoring.
+    pub wall_s: f64,
+}
+
+/// A run's mixing search: what it tried, what it chose and what that cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MixingSearch {
+    /// The mixings searched.
+    pub candidates: Vec<crate::MixingChoice>,
+    /// The mixing chosen (the run trained with it).
+    pub chosen: crate::MixingChoice,
+    /// Validation examples per task.
+    pub validation: Vec<usize>,
+    /// Every trial, in order.
+    pub trials: Vec<MixingTrial>,
+}
+
+impl MixingSearch {
+    /// Training tokens of every trial.
+    pub fn tokens(&self) -> usize {
+        self.trials.iter().map(|t| t.tokens).sum()
+    }
+
+    /// Wall seconds of every trial.
+    pub fn wall_s(&self) -> f64 {
+        self.trials.iter().map(|t| t.wall_s).sum()
+    }
+}
+
+/// One set of merge parameters tried on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeCandidate {
+    /// The parameters in words (`density 0.2, λ 1`).
+    pub params: String,
+    /// Macro average of the headline metric on the validation split (0–1).
+    pub score: f64,
+    /// Mean validation loss over the tasks (breaks ties).
+    pub loss: f64,
+}
+
+/// How a tuned merge's parameters were chosen, and what they did on the held-out
+/// examples against the same merge at its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeTuning {
+    /// The merge method (`ties`).
+    pub method: String,
+    /// Its default parameters in words.
+    pub default_params: String,
+    /// The parameters chosen, in words.
+    pub chosen_params: String,
+    /// Validation examples per task (carved from the training data, which the per-task
+    /// adapters trained on; the held-out examples are never used).
+    pub validation: Vec<usize>,
+    /// Every candidate, the defaults first.
+    pub candidates: Vec<MergeCandidate>,
+    /// Wall seconds of the search (merging and scoring every candidate).
+    pub wall_s: f64,
+    /// The row of the same merge at its defaults.
+    pub default_run: String,
+    /// Tuned − defaults on the held-out examples, paired (filled when the report is
+    /// assembled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_default: Option<Comparison>,
 }
 
 #[cfg(test)]

@@ -47,8 +47,10 @@ pub struct CompareArgs {
     /// Training tokens every strategy gets.
     #[arg(long, default_value_t = defaults::BUDGET_TOKENS)]
     pub budget_tokens: usize,
-    /// Task sampling of the combined and multi-head runs: proportional, uniform or
-    /// temperature:T.
+    /// Task sampling of the combined and multi-head runs: proportional, uniform,
+    /// temperature:T, or search (pick among proportional, temperature:2 and uniform by
+    /// successive halving on a validation split of the training data; its training
+    /// counts in the run's cost).
     #[arg(long, default_value = "proportional")]
     pub mixing: String,
     /// Tag prompts with their task in the combined run.
@@ -97,6 +99,12 @@ pub struct CompareArgs {
     /// The rates --tune-lr tries, comma-separated [default: 3e-4,1e-3,3e-3].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Vec<f64>,
+    /// Tune the separate strategy's merges on a validation split of the training data
+    /// (linear and task arithmetic: per-task weights; TIES: density and scale; DARE: drop
+    /// rate and scale), scoring candidates with the cheap passes; each tuned merge is
+    /// reported beside the same merge at its defaults, paired on the held-out examples.
+    #[arg(long)]
+    pub tune_merges: bool,
     /// Measure what every run keeps of the base model on the retention probe (120 varied
     /// prompts: KL from the base model along its answers, the share of unchanged answers;
     /// an extra scoring pass per run and per sequential stage).
@@ -125,6 +133,7 @@ impl CompareArgs {
             bootstrap: self.bootstrap,
             tune_lr: self.tune_lr,
             lr_grid: self.lr_grid.clone(),
+            tune_merges: self.tune_merges,
             data_fractions: self.data_fractions.clone(),
             retention: self.retention,
             ..Hyper::default()
@@ -134,7 +143,7 @@ impl CompareArgs {
     /// The strategies these flags ask for, each with the option flags that apply to it.
     pub fn strategies(&self) -> anyhow::Result<Vec<StrategyChoice>> {
         let mixing = MixingChoice::parse(&self.mixing)
-            .with_context(|| format!("unknown mixing `{}` (proportional, uniform, temperature:T)", self.mixing))?;
+            .with_context(|| format!("unknown mixing `{}` (proportional, uniform, temperature:T, search)", self.mixing))?;
         let merges = match &self.merges {
             None => MergeChoice::ALL.to_vec(),
             Some(list) => list
@@ -176,11 +185,11 @@ impl CompareArgs {
             .map_err(|problems| flag_problems(&problems))
     }
 
-    /// What is wrong with the data fractions for these tasks (a size leaving a task too
-    /// few training examples).
+    /// What is wrong with the data fractions and searches for these tasks (a size leaving
+    /// a task too few training examples, a search without enough to validate on).
     fn check_sizes(&self, tasks: &[TaskData]) -> anyhow::Result<()> {
         let sized: Vec<(&str, usize)> = tasks.iter().map(|t| (t.name.as_str(), t.train.len())).collect();
-        let problems = strategy::request::size_problems(&self.hyper(), &sized);
+        let problems = strategy::request::size_problems(&self.hyper(), &self.strategies()?, &sized);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -96,6 +96,7 @@ impl EvalArgs {
             length_normalise: self.length_normalise,
             bootstrap: self.bootstrap,
             seed: 0,
+            follow_only: false,
         };
         let total: usize = sets.iter().map(|(_, d)| d.records.len()).sum();
         let pb = bar(total as u64, "{spinner} scoring {bar:30} {pos}/{len}  ETA {eta}");

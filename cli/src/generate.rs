@@ -74,6 +74,7 @@ impl GenerateArgs {
             temperature: self.temperature,
             top_p: self.top_p,
             seed: self.seed,
+            ..Default::default()
         };
         let mut out = std::io::stdout();
         generate_text(&model, &m.tokenizer, adapter.as_ref(), self.system.as_deref(), &self.prompt, &cfg, &mut |s| {

@@ -3,7 +3,7 @@
 //! the request they make, the held-out sizes, the measured throughput behind the time
 //! estimate.
 
-use multitune_api::{defaults, Dataset, Experiment, ExperimentCreate, Hyper, StrategyChoice, TaskRef};
+use multitune_api::{defaults, Dataset, Experiment, ExperimentCreate, Hyper, MixingChoice, StrategyChoice, TaskRef};
 
 /// The form's fields as typed (numbers are edited as text and parsed on submit, so
 /// typing "0.0" is not rewritten). [`Default`] is the untouched form: the contract's
@@ -32,6 +32,11 @@ pub struct FormFields {
     pub seeds: String,
     /// Tune each strategy's learning rate.
     pub tune_lr: bool,
+    /// Task mixing of the combined and multi-head runs ([`MixingChoice::name`]:
+    /// `proportional`, `temperature:2`, `uniform`, `search`).
+    pub mixing: String,
+    /// Tune the separate strategy's merges on validation.
+    pub tune_merges: bool,
     /// Data-size curves: shares of the training data (blank: the full data only).
     pub data_fractions: String,
     /// Measure what every run keeps of the base model.
@@ -53,6 +58,8 @@ impl Default for FormFields {
             eval_limit: h.eval_limit.map(|l| l.to_string()).unwrap_or_default(),
             seeds: list(&h.seeds),
             tune_lr: h.tune_lr,
+            mixing: MixingChoice::default().name(),
+            tune_merges: h.tune_merges,
             data_fractions: list(&h.data_fractions),
             retention: h.retention,
         }
@@ -76,6 +83,7 @@ impl FormFields {
     ) -> Result<ExperimentCreate, Vec<String>> {
         let hyper = self.hyper();
         let budget = self.budget.trim().parse::<usize>();
+        let mixing = MixingChoice::parse(self.mixing.trim());
         let name = |id: &str| datasets.iter().find(|d| d.id == id).map_or_else(|| id.to_string(), |d| d.name.clone());
         let sources: Vec<(String, String)> = tasks
             .iter()
@@ -87,12 +95,18 @@ impl FormFields {
             .into_iter()
             .map(|(_, p)| format!("keep sets: {p}"))
             .collect();
-        let (hyper, budget_tokens) = match (hyper, budget) {
-            (Ok(h), Ok(b)) if keep_errors.is_empty() => (h, b),
-            (h, b) => {
+        let (hyper, budget_tokens, mixing) = match (hyper, budget, mixing) {
+            (Ok(h), Ok(b), Some(m)) if keep_errors.is_empty() => (h, b, m),
+            (h, b, m) => {
                 let mut errors = h.err().unwrap_or_default();
                 if b.is_err() {
                     errors.insert(0, format!("training tokens: `{}` is not a whole number", self.budget.trim()));
+                }
+                if m.is_none() {
+                    errors.push(format!(
+                        "task mixing: `{}` is not proportional, uniform, temperature:T or search",
+                        self.mixing.trim()
+                    ));
                 }
                 errors.extend(keep_errors);
                 return Err(errors);
@@ -109,7 +123,11 @@ impl FormFields {
                 .into_iter()
                 .zip(&self.picked)
                 .filter(|(_, p)| **p)
-                .map(|(s, _)| s)
+                .map(|(s, _)| match s {
+                    StrategyChoice::Combined { task_tag, .. } => StrategyChoice::Combined { mixing, task_tag },
+                    StrategyChoice::MultiHead { head_rank, .. } => StrategyChoice::MultiHead { mixing, head_rank },
+                    other => other,
+                })
                 .collect(),
             budget_tokens,
             hyper,
@@ -146,6 +164,7 @@ impl FormFields {
             eval_limit,
             seeds,
             tune_lr: self.tune_lr,
+            tune_merges: self.tune_merges,
             retention: self.retention,
             data_fractions,
             ..Hyper::default()
@@ -308,6 +327,14 @@ mod tests {
         some.lr = "0.005".into();
         let r = some.request(&[], &[], &[]).unwrap();
         assert_eq!((r.budget_tokens, r.hyper.learning_rate, r.strategies.len()), (12000, 0.005, 4));
+        // The mixing applies to the combined and multi-head runs; merges tuned on request.
+        let searched = FormFields { mixing: "search".into(), tune_merges: true, ..FormFields::default() };
+        let r = searched.request(&[], &[], &[]).unwrap();
+        assert!(r.hyper.tune_merges);
+        assert_eq!(r.strategies[0], StrategyChoice::Combined { mixing: MixingChoice::Search, task_tag: false });
+        assert_eq!(r.strategies[4], StrategyChoice::MultiHead { mixing: MixingChoice::Search, head_rank: None });
+        let e = FormFields { mixing: "random".into(), ..FormFields::default() }.request(&[], &[], &[]).unwrap_err();
+        assert_eq!(e, vec!["task mixing: `random` is not proportional, uniform, temperature:T or search"]);
     }
 
     #[test]

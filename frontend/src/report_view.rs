@@ -3,7 +3,7 @@
 //! task's standing, the learning-rate search cell. The report is the contract's type
 //! ([`multitune_api::report::Report`]), as the engine wrote it.
 
-use multitune_api::report::{std_dev, Estimate, LrSearch, Report, Verdict};
+use multitune_api::report::{std_dev, Estimate, LrSearch, Report, RunResult, Verdict};
 
 use crate::format;
 
@@ -429,6 +429,40 @@ pub fn lr_search_text(search: Option<&LrSearch>) -> String {
     format!("{} ({})", tried.join(", "), format::duration(search.wall_s()))
 }
 
+/// Every search behind a run's settings in a cell: its learning-rate search
+/// ([`lr_search_text`]), its mixing search (each mixing's validation score and the one
+/// chosen) and a tuned merge's parameters against its defaults (held-out, paired); empty
+/// without any.
+pub fn search_text(run: &RunResult) -> String {
+    let mut parts = Vec::new();
+    if run.lr_search.is_some() {
+        parts.push(format!("lr: {}", lr_search_text(run.lr_search.as_ref())));
+    }
+    if let Some(m) = &run.mixing_search {
+        let tried: Vec<String> =
+            m.trials.iter().map(|t| format!("{} {:.0}%", t.mixing.name(), 100.0 * t.score)).collect();
+        parts.push(format!(
+            "mixing: {} → {} ({})",
+            tried.join(", "),
+            m.chosen.name(),
+            format::duration(m.wall_s())
+        ));
+    }
+    if let Some(t) = &run.merge_tuning {
+        let vs = t
+            .vs_default
+            .as_ref()
+            .map_or_else(String::new, |c| format!("; held-out vs defaults {} points", points(&c.difference)));
+        parts.push(format!(
+            "merge: {} (defaults {}){vs} ({})",
+            t.chosen_params,
+            t.default_params,
+            format::duration(t.wall_s)
+        ));
+    }
+    parts.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use multitune_api::report::{Comparison, Recommendation, RunResult, TaskScore, Trial};
@@ -488,6 +522,48 @@ mod tests {
         };
         assert_eq!(lr_search_text(Some(&s)), "3e-4 50%, 1e-3 60% (22 s)");
         assert_eq!(lr_search_text(None), "");
+        assert_eq!(search_text(&RunResult::default()), "");
+        let run = RunResult {
+            mixing_search: Some(multitune_api::report::MixingSearch {
+                candidates: multitune_api::MixingChoice::SEARCHED.to_vec(),
+                chosen: multitune_api::MixingChoice::Uniform,
+                validation: vec![10],
+                trials: vec![multitune_api::report::MixingTrial {
+                    mixing: multitune_api::MixingChoice::Uniform,
+                    rung: 0,
+                    budget_tokens: 100,
+                    tokens: 100,
+                    score: 0.5,
+                    loss: 1.0,
+                    wall_s: 61.0,
+                }],
+            }),
+            merge_tuning: Some(multitune_api::report::MergeTuning {
+                method: "ties".into(),
+                default_params: "density 0.2, λ 1".into(),
+                chosen_params: "density 0.4, λ 1.5".into(),
+                validation: vec![16],
+                candidates: vec![],
+                wall_s: 12.0,
+                default_run: "separate + merge (ties)".into(),
+                vs_default: Some(Comparison {
+                    run: "t".into(),
+                    against: "d".into(),
+                    task: None,
+                    difference: est(0.04, 0.05),
+                    discordant: (3, 1),
+                    p_value: 0.6,
+                    p_adjusted: 0.6,
+                    verdict: Verdict::Undecided,
+                }),
+            }),
+            ..RunResult::default()
+        };
+        assert_eq!(
+            search_text(&run),
+            "mixing: uniform 50% → uniform (1 min 1 s); merge: density 0.4, λ 1.5 (defaults density 0.2, λ 1); \
+             held-out vs defaults +4.0 [-1.0, 9.0] points (12 s)"
+        );
     }
 
     #[test]

@@ -24,11 +24,16 @@ pub struct GenerateConfig {
     pub top_p: f64,
     /// Sampling seed.
     pub seed: u64,
+    /// With references ([`generate_and_score`]): an answer ends where it leaves its
+    /// reference (with the token it left by) instead of decoding on — a search's quick
+    /// score: the answers that are their reference, and every reference's loss, in one
+    /// pass, no decoding step.
+    pub follow_only: bool,
 }
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, follow_only: false }
     }
 }
 
@@ -208,6 +213,10 @@ fn decode(
     // there the references are teacher-forced on a copy of the prompts' cache instead.
     let walk = model.cfg.sliding_window.is_none();
     let (active, next, scores) = match job.references {
+        Some(refs) if walk && cfg.follow_only => {
+            let (_, _, scores) = along_references(&mut d, &mut cache, &first, refs, pad)?;
+            return Ok((d.out, scores));
+        }
         Some(refs) if walk => along_references(&mut d, &mut cache, &first, refs, pad)?,
         refs => {
             let scores = match refs {

@@ -63,6 +63,12 @@ pub struct EvalOptions {
     pub bootstrap: usize,
     /// Bootstrap seed.
     pub seed: u64,
+    /// A search's quick score: a generation task's answers end where they leave their
+    /// reference ([`GenerateConfig::follow_only`]) — one teacher-forced pass, no decoding;
+    /// exact match is then a lower bound (an answer that leaves its reference's tokens
+    /// is not counted right), the loss is exact. Classification is unchanged (label
+    /// ranking is one pass already).
+    pub follow_only: bool,
 }
 
 impl Default for EvalOptions {
@@ -75,6 +81,7 @@ impl Default for EvalOptions {
             length_normalise: false,
             bootstrap: multitune_api::defaults::BOOTSTRAP,
             seed: 0,
+            follow_only: false,
         }
     }
 }
@@ -441,7 +448,7 @@ fn score_task(what: &Scoring, opts: &EvalOptions, on_progress: &mut dyn FnMut(us
         }
         TaskKind::Generation => {
             let max_new = examples.iter().map(Example::completion_len).max().unwrap_or(1) + 16;
-            let cfg = GenerateConfig { max_new_tokens: max_new, ..Default::default() };
+            let cfg = GenerateConfig { max_new_tokens: max_new, follow_only: opts.follow_only, ..Default::default() };
             // Batches of similar prompt length pad little; answers return in task order.
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by_key(|&i| examples[i].prompt_len);

@@ -317,6 +317,24 @@ impl LoraAdapter {
         Ok(Self { config: self.config.clone(), layers })
     }
 
+    /// A copy whose update is `factor` times this one's (every B scaled), as new,
+    /// independent variables.
+    pub fn scaled(&self, factor: f64) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|(t, p)| {
+                        let b = (p.b.as_tensor() * factor)?;
+                        Ok((*t, LoraPair { a: Var::from_tensor(&p.a.as_tensor().copy()?)?, b: Var::from_tensor(&b)? }))
+                    })
+                    .collect::<Result<BTreeMap<_, _>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config: self.config.clone(), layers })
+    }
+
     /// A copy with every factor converted to `dtype` (new, independent variables).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         self.map_factors(|t| t.to_dtype(dtype))

@@ -14,8 +14,10 @@ use crate::eval::EvalOptions;
 use crate::memory::RssSampler;
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
-use crate::strategy::lr_search::{self, LrSearch};
-use crate::strategy::report::{self, Report, Retention, RunCost, RunResult};
+use crate::strategy::lr_search::{self, LrSearch, Outcome};
+use crate::strategy::mixing::Mixing;
+use crate::strategy::report::{self, MixingSearch, MixingTrial, Report, Retention, RunCost, RunResult};
+use multitune_api::MixingChoice;
 use crate::strategy::sizes;
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
@@ -48,7 +50,7 @@ pub fn compare(
     let probe = answer_probe(base, cfg)?;
     let setup = Setup { base, tasks, cfg, out, control, probe: probe.as_ref(), keep };
     let mut runs = vec![score_base(setup, on_event)?];
-    let mut searches = vec![None; cfg.strategies.len()];
+    let mut searches = vec![Searches::default(); cfg.strategies.len()];
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
     let seeds = seeds_of(cfg);
     runs.extend(report::aggregate(per_seed, &seeds));
@@ -177,8 +179,9 @@ impl Curves {
 
     fn observe(&mut self, e: &CompareEvent) {
         match e {
-            // The learning-rate search's trials train on the validation split: not the run's curve.
-            CompareEvent::Train { stage, .. } if stage.starts_with(LR_TRIAL_PREFIX) => {}
+            // A search's trials train on the validation split: not the run's curve.
+            CompareEvent::Train { stage, .. }
+                if stage.starts_with(LR_TRIAL_PREFIX) || stage.starts_with(MIXING_TRIAL_PREFIX) => {}
             CompareEvent::Train { run, stage, event } => {
                 if let Some(log) = self.log(run) {
                     let _ = log.train(stage, event);
@@ -196,6 +199,9 @@ impl Curves {
 
 /// How the stage of a learning-rate trial's training events begins.
 const LR_TRIAL_PREFIX: &str = "lr search ";
+
+/// How the stage of a mixing trial's training events begins.
+const MIXING_TRIAL_PREFIX: &str = "mixing search ";
 
 /// The seeds a comparison runs: its list, or its one training seed.
 fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
@@ -231,6 +237,17 @@ fn start(tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Co
     if let Some(p) = problems.iter().flatten().next() {
         return Err(Error::Invalid(format!("data fractions: {p}")));
     }
+    let searched = cfg.lr_search.is_some()
+        || cfg.tune_merges
+        || cfg.strategies.iter().any(|s| s.mixing() == Some(Mixing::Search));
+    if let Some(t) = tasks.iter().find(|t| searched && t.train.len() < lr_search::MIN_TRAIN_EXAMPLES) {
+        return Err(Error::Invalid(format!(
+            "task `{}` has {} training examples; a search holds some out for validation and needs at least {}",
+            t.name,
+            t.train.len(),
+            lr_search::MIN_TRAIN_EXAMPLES
+        )));
+    }
     if let Some(d) = control.state_dir {
         std::fs::create_dir_all(d)?;
     }
@@ -256,7 +273,7 @@ fn run_seeds(
     setup: Setup,
     size: Size,
     only: Option<usize>,
-    searches: &mut [Option<LrSearch>],
+    searches: &mut [Searches],
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<(Vec<Vec<RunResult>>, Vec<LoraAdapter>)> {
     let Setup { base, tasks, cfg, out, control, probe, keep } = setup;
@@ -440,7 +457,7 @@ pub fn compare_part(
             score_base(Setup { probe: probe.as_ref(), ..setup }, on_event).map(drop)
         }
         Part::Strategy(si) => {
-            let mut searches = vec![None; cfg.strategies.len()];
+            let mut searches = vec![Searches::default(); cfg.strategies.len()];
             let probe = answer_probe(base, cfg)?;
             let full = Setup { probe: probe.as_ref(), ..setup };
             let (per_seed, _) = run_seeds(full, Size::full(cfg), Some(si), &mut searches, on_event)?;
@@ -465,6 +482,14 @@ fn write_record<T: serde::Serialize + ?Sized>(path: &Path, record: &T) -> Result
     crate::persist::write_atomic(path, serde_json::to_string(record)?.as_bytes())
 }
 
+/// A strategy's searches, once done: they run for the first seed at the full data, and
+/// every other seed and size reuses them.
+#[derive(Debug, Clone, Default)]
+struct Searches {
+    lr: Option<LrSearch>,
+    mixing: Option<MixingSearch>,
+}
+
 /// Runs every strategy once for seed number `k` at data size `size` (events number the
 /// runs of every size and seed). Returns the rows (a separate run adds one per merge) and the per-task adapters of the
 /// separate strategy, which the similarity matrix compares. With a learning-rate search,
@@ -473,7 +498,7 @@ fn run_strategies(
     ctx: &mut Ctx,
     k: usize,
     size: Size,
-    searches: &mut [Option<LrSearch>],
+    searches: &mut [Searches],
     only: Option<usize>,
 ) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
     let model = ctx.base.model;
@@ -499,9 +524,7 @@ fn run_strategies(
                     .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
                     .collect::<Result<_>>()?;
             }
-            if let Some(s) = done[0].lr_search.clone() {
-                searches[si] = Some(s);
-            }
+            searches[si] = Searches { lr: done[0].lr_search.clone(), mixing: done[0].mixing_search.clone() };
             let wall_s = done[0].wall_s;
             runs.extend(done);
             (ctx.on_event)(&CompareEvent::RunRestored { run: name.clone(), index: first + si, of, wall_s });
@@ -509,12 +532,21 @@ fn run_strategies(
         }
         (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
         let rss = RssSampler::start();
+        // A searched mixing first (at the run's rate), then the rate with that mixing.
+        if spec.mixing() == Some(Mixing::Search) && searches[si].mixing.is_none() {
+            searches[si].mixing = Some(search_mixing(ctx, spec, &name, si)?);
+        }
+        let mixing = searches[si].mixing.clone();
+        let spec = &match &mixing {
+            Some(m) => spec.with_mixing(m.chosen.into()),
+            None => spec.clone(),
+        };
         if let Some(grid) = ctx.cfg.lr_search.clone() {
-            if searches[si].is_none() {
-                searches[si] = Some(search_lr(ctx, spec, &name, &grid, si)?);
+            if searches[si].lr.is_none() {
+                searches[si].lr = Some(search_lr(ctx, spec, &name, &grid, si)?);
             }
         }
-        let search = searches[si].clone();
+        let search = searches[si].lr.clone();
         let lr = search.as_ref().map_or(ctx.cfg.train.learning_rate, |s| s.chosen);
         let cfg =
             CompareConfig { train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() }, ..ctx.cfg.clone() };
@@ -527,6 +559,12 @@ fn run_strategies(
             r.peak_rss_mib = peak;
             r.learning_rate = lr;
             r.lr_search = search.clone();
+            // The mixing search is the run's own cost (the learning-rate search, which
+            // every strategy has, is reported apart); it ran once, for the full data.
+            if let (Some(m), 0) = (&mixing, size.index) {
+                r.wall_s += m.wall_s();
+                r.mixing_search = Some(m.clone());
+            }
         }
         if let Some(p) = &record {
             write_rows(p, &rows, ctx.out)?;
@@ -554,11 +592,9 @@ fn run_spec(ctx: &mut Ctx, spec: &StrategySpec, name: &str) -> Result<(Vec<RunRe
 }
 
 /// Picks strategy `spec`'s learning rate from `grid` ([`lr_search`]): every trial runs
-/// the strategy itself on the tasks' validation split (scoring only its final model: no
-/// forgetting matrix; a separate run routed only), in a scratch folder removed
-/// afterwards. Its training steps are reported under the stage `lr search <rate> · …`;
-/// its scores are not reported as the run's. Recorded in the state folder, so a resumed
-/// comparison does not search again.
+/// the strategy itself on the tasks' validation split ([`trial`]). Its training steps are
+/// reported under the stage `lr search <rate> · …`; its scores are not reported as the
+/// run's. Recorded in the state folder, so a resumed comparison does not search again.
 fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: usize) -> Result<LrSearch> {
     let record = ctx.control.state_dir.map(|d| d.join(format!("lr-search-r{si}.json")));
     if let Some(s) = record.as_deref().and_then(read_record) {
@@ -566,69 +602,119 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
     }
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
     let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
-    // A separate run's trials are scored routed: the rate shapes the per-task adapters,
-    // which every merge is built from (and scoring five merges per trial would make the
-    // search cost scale with the merges).
-    let trial_spec = match spec {
-        StrategySpec::Separate { merge_rank, .. } => StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank },
-        other => other.clone(),
-    };
     let search = lr_search::search(grid, ctx.cfg.budget_tokens, validation, &mut |lr, rung, budget| {
-        let t0 = Instant::now();
-        let scratch = tempfile::Builder::new().prefix(".lr-search-").tempdir_in(ctx.out)?;
-        let cfg = CompareConfig {
-            budget_tokens: budget,
-            train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() },
-            eval: EvalOptions { bootstrap: 0, ..ctx.cfg.eval.clone() },
-            seeds: vec![],
-            lr_search: None,
-            strategies: vec![trial_spec.clone()],
-            retention: false,
-            data_fractions: vec![],
-        };
-        let prefix = format!("{LR_TRIAL_PREFIX}{lr:e} · ");
-        let on = &mut *ctx.on_event;
-        let mut forward = |e: &CompareEvent| {
-            if let CompareEvent::Train { run, stage, event } = e {
-                on(&CompareEvent::Train { run: run.clone(), stage: format!("{prefix}{stage}"), event: event.clone() });
-            }
-        };
-        let mut sub = Ctx {
-            base: ctx.base,
-            tasks: &val_tasks,
-            cfg: &cfg,
-            out: scratch.path(),
-            suffix: String::new(),
-            control: Control { cancel: ctx.control.cancel, state_dir: None },
-            key: format!("{}-lr{rung}", ctx.key),
-            score_stages: false,
-            // The trials train on the validation split: nothing to share with the runs.
-            shared: &RefCell::default(),
-            probe: None,
-            keep: &[],
-            on_event: &mut forward,
-        };
-        let (rows, _) = run_spec(&mut sub, &trial_spec, name)?;
-        let n = rows.len().max(1) as f64;
-        let score = rows.iter().map(|r| r.macro_average().value).sum::<f64>() / n;
-        let loss = rows
-            .iter()
-            .map(|r| r.scores.iter().map(|s| s.loss.value).sum::<f64>() / r.scores.len().max(1) as f64)
-            .sum::<f64>()
-            / n;
-        let tokens = rows.first().map_or(0, |r| r.tokens);
-        Ok(lr_search::Trial {
-            learning_rate: lr,
-            rung,
-            budget_tokens: budget,
-            tokens,
-            score,
-            loss,
-            wall_s: t0.elapsed().as_secs_f64(),
-        })
+        let at = Trial { lr, budget, key: format!("{}-lr{rung}", ctx.key), stage: format!("{LR_TRIAL_PREFIX}{lr:e} · ") };
+        trial(ctx, spec, name, &val_tasks, at)
     })?;
     if let Some(p) = &record {
         write_record(p, &search)?;
     }
     Ok(search)
+}
+
+/// Picks the task mixing of strategy `spec` (a combined or multi-head run asking for
+/// `mixing: search`) among [`Mixing::searched`] by successive halving on the tasks'
+/// validation split, at the run's learning rate (before any learning-rate search, which
+/// then runs with the mixing chosen). Its steps are reported under `mixing search <mixing>
+/// · …`. Recorded in the state folder.
+fn search_mixing(ctx: &mut Ctx, spec: &StrategySpec, name: &str, si: usize) -> Result<MixingSearch> {
+    let record = ctx.control.state_dir.map(|d| d.join(format!("mixing-search-r{si}.json")));
+    if let Some(s) = record.as_deref().and_then(read_record) {
+        return Ok(s);
+    }
+    let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
+    let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
+    let lr = ctx.cfg.train.learning_rate;
+    let candidates = Mixing::searched();
+    let (chosen, tried) = lr_search::halving(&candidates, ctx.cfg.budget_tokens, &mut |m, rung, budget| {
+        let stage = format!("{MIXING_TRIAL_PREFIX}{} · ", MixingChoice::from(m).name());
+        let at = Trial { lr, budget, key: format!("{}-mix{rung}", ctx.key), stage };
+        trial(ctx, &spec.with_mixing(m), name, &val_tasks, at)
+    })?;
+    let search = MixingSearch {
+        candidates: candidates.into_iter().map(MixingChoice::from).collect(),
+        chosen: chosen.into(),
+        validation,
+        trials: tried
+            .into_iter()
+            .map(|(m, rung, budget_tokens, o)| MixingTrial {
+                mixing: m.into(),
+                rung,
+                budget_tokens,
+                tokens: o.tokens,
+                score: o.score,
+                loss: o.loss,
+                wall_s: o.wall_s,
+            })
+            .collect(),
+    };
+    if let Some(p) = &record {
+        write_record(p, &search)?;
+    }
+    Ok(search)
+}
+
+/// One trial of a search: its learning rate and token budget, its checkpoints' key, and
+/// the prefix of its training events' stage.
+struct Trial {
+    lr: f64,
+    budget: usize,
+    key: String,
+    stage: String,
+}
+
+/// Trains and scores strategy `spec` on `val_tasks` (the tasks' validation split) as one
+/// trial of a search, in a scratch folder removed afterwards: the validation macro
+/// average of its final model (no forgetting matrix; a separate run routed only — the
+/// rate shapes the per-task adapters every merge is built from, and scoring five merges
+/// per trial would make the search cost scale with the merges) and its mean loss.
+fn trial(ctx: &mut Ctx, spec: &StrategySpec, name: &str, val_tasks: &[TaskData], at: Trial) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let spec = match spec {
+        StrategySpec::Separate { merge_rank, .. } => StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank },
+        other => other.clone(),
+    };
+    let scratch = tempfile::Builder::new().prefix(".search-").tempdir_in(ctx.out)?;
+    let cfg = CompareConfig {
+        budget_tokens: at.budget,
+        train: TrainConfig { learning_rate: at.lr, ..ctx.cfg.train.clone() },
+        eval: EvalOptions { bootstrap: 0, ..ctx.cfg.eval.clone() },
+        seeds: vec![],
+        lr_search: None,
+        strategies: vec![spec.clone()],
+        retention: false,
+        data_fractions: vec![],
+        tune_merges: false,
+    };
+    let on = &mut *ctx.on_event;
+    let mut forward = |e: &CompareEvent| {
+        if let CompareEvent::Train { run, stage, event } = e {
+            on(&CompareEvent::Train { run: run.clone(), stage: format!("{}{stage}", at.stage), event: event.clone() });
+        }
+    };
+    let mut sub = Ctx {
+        base: ctx.base,
+        tasks: val_tasks,
+        cfg: &cfg,
+        out: scratch.path(),
+        suffix: String::new(),
+        control: Control { cancel: ctx.control.cancel, state_dir: None },
+        key: at.key,
+        score_stages: false,
+        // The trials train on the validation split: nothing to share with the runs.
+        shared: &RefCell::default(),
+        probe: None,
+        keep: &[],
+        on_event: &mut forward,
+    };
+    let (rows, _) = run_spec(&mut sub, &spec, name)?;
+    let n = rows.len().max(1) as f64;
+    let score = rows.iter().map(|r| r.macro_average().value).sum::<f64>() / n;
+    let loss = rows
+        .iter()
+        .map(|r| r.scores.iter().map(|s| s.loss.value).sum::<f64>() / r.scores.len().max(1) as f64)
+        .sum::<f64>()
+        / n;
+    let tokens = rows.first().map_or(0, |r| r.tokens);
+    Ok(Outcome { score, loss, tokens, wall_s: t0.elapsed().as_secs_f64() })
 }

@@ -61,8 +61,8 @@ pub fn validation_tasks(tasks: &[TaskData], seed: u64) -> Result<Vec<TaskData>> 
         .map(|t| {
             if t.train.len() < MIN_TRAIN_EXAMPLES {
                 return Err(Error::Invalid(format!(
-                    "task `{}` has {} training examples: the learning-rate search needs at least {MIN_TRAIN_EXAMPLES} \
-                     to hold some out for validation",
+                    "task `{}` has {} training examples: a search on a validation split needs at least \
+                     {MIN_TRAIN_EXAMPLES} to hold some out",
                     t.name,
                     t.train.len()
                 )));
@@ -95,33 +95,75 @@ pub fn schedule(n: usize, budget: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// Successive halving over `grid`: `trial(lr, rung, budget)` trains and scores one
-/// candidate and returns its [`Trial`].
+/// What one trial of a search gave: its validation score (macro average, 0–1) and loss,
+/// the tokens it trained and its wall time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// Macro average of the headline metric on the validation split.
+    pub score: f64,
+    /// Mean validation loss over the tasks.
+    pub loss: f64,
+    /// Training tokens used.
+    pub tokens: usize,
+    /// Wall seconds, training and scoring.
+    pub wall_s: f64,
+}
+
+/// One trial of [`halving`]: the candidate, its rung, the tokens the rung allowed, and
+/// what it gave.
+pub type Tried<C> = (C, usize, usize, Outcome);
+
+/// Successive halving over `candidates` on the [`schedule`] of `budget`:
+/// `trial(candidate, rung, tokens)` trains and scores one. Best first: the higher
+/// score, then the lower loss, then the earlier candidate. Returns the winner and every
+/// trial in order. The learning-rate and the mixing searches both run on it.
+pub fn halving<C: Copy>(
+    candidates: &[C],
+    budget: usize,
+    trial: &mut dyn FnMut(C, usize, usize) -> Result<Outcome>,
+) -> Result<(C, Vec<Tried<C>>)> {
+    let first = *candidates.first().ok_or_else(|| Error::Invalid("a search over no candidates".into()))?;
+    // Positions in `candidates`, so that ties go to the earlier one.
+    let mut alive: Vec<usize> = (0..candidates.len()).collect();
+    let mut trials = Vec::new();
+    for (rung, (_, tokens)) in schedule(candidates.len(), budget).into_iter().enumerate() {
+        let mut scored: Vec<(usize, Outcome)> =
+            alive.iter().map(|&i| Ok((i, trial(candidates[i], rung, tokens)?))).collect::<Result<Vec<_>>>()?;
+        trials.extend(scored.iter().map(|&(i, o)| (candidates[i], rung, tokens, o)));
+        scored.sort_by(|(i, a), (j, b)| b.score.total_cmp(&a.score).then(a.loss.total_cmp(&b.loss)).then(i.cmp(j)));
+        alive = scored.iter().take(alive.len().div_ceil(2)).map(|&(i, _)| i).collect();
+    }
+    Ok((alive.first().map_or(first, |&i| candidates[i]), trials))
+}
+
+/// Successive halving over `grid` (ties go to the smaller rate): `trial(lr, rung,
+/// budget)` trains and scores one candidate.
 pub fn search(
     grid: &[f64],
     budget: usize,
     validation: Vec<usize>,
-    trial: &mut dyn FnMut(f64, usize, usize) -> Result<Trial>,
+    trial: &mut dyn FnMut(f64, usize, usize) -> Result<Outcome>,
 ) -> Result<LrSearch> {
     let problems = grid_problems(grid);
     if !problems.is_empty() {
         return Err(Error::Invalid(problems.join("; ")));
     }
-    let mut alive: Vec<f64> = grid.to_vec();
-    let mut trials = Vec::new();
-    for (rung, (_, tokens)) in schedule(grid.len(), budget).into_iter().enumerate() {
-        let mut scored: Vec<Trial> = alive.iter().map(|&lr| trial(lr, rung, tokens)).collect::<Result<Vec<_>>>()?;
-        trials.extend(scored.iter().cloned());
-        // Best first: higher score, then lower loss, then the smaller rate.
-        scored.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.loss.total_cmp(&b.loss))
-                .then(a.learning_rate.total_cmp(&b.learning_rate))
-        });
-        alive = scored.iter().take(alive.len().div_ceil(2)).map(|t| t.learning_rate).collect();
-    }
-    Ok(LrSearch { grid: grid.to_vec(), chosen: alive[0], validation, trials })
+    let mut sorted = grid.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (chosen, tried) = halving(&sorted, budget, trial)?;
+    let trials = tried
+        .into_iter()
+        .map(|(lr, rung, budget_tokens, o)| Trial {
+            learning_rate: lr,
+            rung,
+            budget_tokens,
+            tokens: o.tokens,
+            score: o.score,
+            loss: o.loss,
+            wall_s: o.wall_s,
+        })
+        .collect();
+    Ok(LrSearch { grid: grid.to_vec(), chosen, validation, trials })
 }
 
 #[cfg(test)]
@@ -145,7 +187,7 @@ mod tests {
         let s = search(&DEFAULT_GRID, 16_000, vec![5], &mut |lr, rung, budget| {
             calls.push((lr, rung, budget));
             let score = 0.9 - (lr.log10() + 3.0).abs() * 0.2 + rung as f64 * 0.01;
-            Ok(Trial { learning_rate: lr, rung, budget_tokens: budget, tokens: budget, score, loss: 1.0, wall_s: 1.5 })
+            Ok(Outcome { tokens: budget, score, loss: 1.0, wall_s: 1.5 })
         })
         .unwrap();
         assert_eq!(s.chosen, 1e-3);
@@ -154,11 +196,21 @@ mod tests {
         assert!(calls[3..].iter().all(|c| c.1 == 1 && c.2 == 4000));
         assert_eq!((s.tokens(), s.wall_s()), (3 * 2000 + 2 * 4000, 7.5));
         // A tie on the score goes to the lower loss, then to the smaller rate.
-        let s = search(&[1e-3, 3e-4], 800, vec![5], &mut |lr, rung, budget| {
-            Ok(Trial { learning_rate: lr, rung, budget_tokens: budget, tokens: 0, score: 0.5, loss: 2.0, wall_s: 0.0 })
+        let s = search(&[1e-3, 3e-4], 800, vec![5], &mut |_, _, _| {
+            Ok(Outcome { tokens: 0, score: 0.5, loss: 2.0, wall_s: 0.0 })
         })
         .unwrap();
         assert_eq!(s.chosen, 3e-4);
+        assert_eq!(s.grid, vec![1e-3, 3e-4], "the grid as given");
+        // Any candidates: a tie goes to the earlier; nothing to search is refused.
+        let (won, tried) = halving(&["b", "a", "c"], 800, &mut |c, _, _| {
+            Ok(Outcome { tokens: 0, score: if c == "c" { 0.1 } else { 0.5 }, loss: 2.0, wall_s: 0.0 })
+        })
+        .unwrap();
+        assert_eq!((won, tried.len()), ("b", 5));
+        assert!(tried[3..].iter().all(|t| t.0 != "c"), "the worst leaves after the first rung");
+        let e = halving::<u8>(&[], 800, &mut |_, _, _| unreachable!()).unwrap_err().to_string();
+        assert!(e.contains("no candidates"), "{e}");
     }
 
     #[test]

@@ -18,13 +18,24 @@ pub enum Mixing {
     },
     /// Every task equally often.
     Uniform,
+    /// One of [`Mixing::SEARCHED`], picked on a validation split before the run trains
+    /// (`compare.rs`, [`crate::strategy::lr_search::halving`]); a run always trains with
+    /// the mixing the search chose.
+    Search,
 }
 
 impl Mixing {
-    /// Sampling probabilities for tasks of sizes `sizes`.
+    /// What a search picks among, the default first (ties go to it): the contract's
+    /// [`multitune_api::MixingChoice::SEARCHED`].
+    pub fn searched() -> Vec<Mixing> {
+        multitune_api::MixingChoice::SEARCHED.into_iter().map(Mixing::from).collect()
+    }
+
+    /// Sampling probabilities for tasks of sizes `sizes` (a `Search` not yet resolved
+    /// samples proportionally, as its first candidate does).
     pub fn probabilities(&self, sizes: &[usize]) -> Vec<f64> {
         let w: Vec<f64> = match *self {
-            Mixing::Proportional => sizes.iter().map(|&n| n as f64).collect(),
+            Mixing::Proportional | Mixing::Search => sizes.iter().map(|&n| n as f64).collect(),
             Mixing::Temperature { t } => sizes.iter().map(|&n| (n as f64).powf(1.0 / t.max(1e-6))).collect(),
             Mixing::Uniform => sizes.iter().map(|&n| if n > 0 { 1.0 } else { 0.0 }).collect(),
         };

@@ -8,7 +8,8 @@
 //! [`request`] turns what users ask for (the `multitune_api` contract, for the CLI and
 //! the server alike) into [`StrategySpec`]s and a [`CompareConfig`], [`compare()`] runs
 //! them, one module per strategy ([`lr_search`] first picks each one's learning rate
-//! when asked; [`heads`] is the multi-head strategy's model: its per-task heads, their
+//! when asked — and, on the same successive halving, a mixture's task mixing —;
+//! [`merge_search`] tunes the separate strategy's merges when asked; [`heads`] is the multi-head strategy's model: its per-task heads, their
 //! training objective, inference and files; [`sizes`] cuts the training sets for the
 //! data-size curves), and [`report`] and [`charts`] present the result.
 
@@ -18,6 +19,7 @@ pub mod compare;
 mod context;
 pub mod heads;
 pub mod lr_search;
+pub mod merge_search;
 pub mod mixing;
 mod multi_head;
 pub mod report;

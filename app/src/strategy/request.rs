@@ -10,6 +10,7 @@ use crate::adapter::merge::MergeMethod;
 use crate::eval::EvalOptions;
 use crate::model::lora::LoraConfig;
 use crate::strategy::lr_search;
+use crate::strategy::merge_search;
 use crate::strategy::mixing::Mixing;
 use crate::strategy::sizes;
 use crate::strategy::spec::{strategy_problems, CompareConfig, StrategySpec};
@@ -21,6 +22,18 @@ impl From<MixingChoice> for Mixing {
             MixingChoice::Proportional => Mixing::Proportional,
             MixingChoice::Uniform => Mixing::Uniform,
             MixingChoice::Temperature { t } => Mixing::Temperature { t },
+            MixingChoice::Search => Mixing::Search,
+        }
+    }
+}
+
+impl From<Mixing> for MixingChoice {
+    fn from(m: Mixing) -> Self {
+        match m {
+            Mixing::Proportional => MixingChoice::Proportional,
+            Mixing::Uniform => MixingChoice::Uniform,
+            Mixing::Temperature { t } => MixingChoice::Temperature { t },
+            Mixing::Search => MixingChoice::Search,
         }
     }
 }
@@ -97,6 +110,17 @@ pub fn compare_config(
         problems.push("hyper: lr_grid is only used with tune_lr".into());
     }
     problems.extend(strategy_problems(&specs, n_tasks));
+    let tunable = specs.iter().any(|s| match s {
+        StrategySpec::Separate { merges, .. } => merges.iter().any(|m| merge_search::tunable(*m)),
+        _ => false,
+    });
+    if h.tune_merges && !tunable {
+        problems.push(
+            "hyper.tune_merges: no merge to tune (a search over no candidates): add the separate strategy with a merge \
+             other than concat"
+                .into(),
+        );
+    }
     problems.extend(sizes::fraction_problems(&h.data_fractions).into_iter().map(|p| format!("{FRACTIONS}: {p}")));
     if !problems.is_empty() {
         return Err(problems);
@@ -110,16 +134,44 @@ pub fn compare_config(
         lr_search: h.tune_lr.then_some(grid),
         retention: h.retention,
         data_fractions: h.data_fractions.clone(),
+        tune_merges: h.tune_merges,
     })
 }
 
 /// How problems with the data fractions name their field.
 pub const FRACTIONS: &str = "hyper.data_fractions";
 
-/// What is wrong with `h`'s data fractions for tasks of these training sizes
-/// (`(name, examples)`): a size leaving a task too few examples, each naming the field.
-pub fn size_problems(h: &Hyper, tasks: &[(&str, usize)]) -> Vec<String> {
-    sizes::size_problems(&h.data_fractions, tasks).into_iter().map(|p| format!("{FRACTIONS}: {p}")).collect()
+/// What is wrong with `h` and `strategies` for tasks of these training sizes (`(name,
+/// examples)`), each naming its field: a data size leaving a task too few examples, and
+/// a search on a validation split (`tune_lr`, `tune_merges`, a mixing `search`) over a
+/// task too small to hold some examples out.
+pub fn size_problems(h: &Hyper, strategies: &[StrategyChoice], tasks: &[(&str, usize)]) -> Vec<String> {
+    let mut out: Vec<String> =
+        sizes::size_problems(&h.data_fractions, tasks).into_iter().map(|p| format!("{FRACTIONS}: {p}")).collect();
+    let mixing = strategies.iter().position(|s| {
+        matches!(
+            s,
+            StrategyChoice::Combined { mixing: MixingChoice::Search, .. }
+                | StrategyChoice::MultiHead { mixing: MixingChoice::Search, .. }
+        )
+    });
+    let field = if h.tune_lr {
+        Some("hyper.tune_lr".to_string())
+    } else if h.tune_merges {
+        Some("hyper.tune_merges".to_string())
+    } else {
+        mixing.map(|i| format!("strategies[{i}].mixing"))
+    };
+    if let Some(field) = field {
+        out.extend(tasks.iter().filter(|(_, n)| *n < lr_search::MIN_TRAIN_EXAMPLES).map(|(name, n)| {
+            format!(
+                "{field}: task `{name}` has {n} training examples; a search holds some out for validation and needs \
+                 at least {}",
+                lr_search::MIN_TRAIN_EXAMPLES
+            )
+        }));
+    }
+    out
 }
 
 pub use multitune_api::{keep_problems, MAX_KEEP_SETS};
@@ -166,10 +218,34 @@ mod tests {
         assert!(p.iter().any(|s| s.starts_with("hyper.data_fractions: 1.2 is not a share")), "{p:?}");
         let h = Hyper { data_fractions: vec![0.1, 1.0], ..Hyper::default() };
         assert_eq!(compare_config(&StrategyChoice::all()[..1], 100, &h, 2).unwrap().data_fractions, vec![0.1, 1.0]);
-        let p = size_problems(&h, &[("a", 100), ("b", 20)]);
+        let p = size_problems(&h, &[], &[("a", 100), ("b", 20)]);
         assert_eq!(
             p,
             vec!["hyper.data_fractions: 0.1 leaves task `b` 2 training examples of its 20 (at least 4 are needed)"]
+        );
+    }
+
+    #[test]
+    fn searches_over_nothing_or_too_little_are_refused() {
+        let combined = StrategyChoice::named("combined").unwrap();
+        let tune = Hyper { tune_merges: true, ..Hyper::default() };
+        let p = compare_config(std::slice::from_ref(&combined), 100, &tune, 2).unwrap_err();
+        assert!(p[0].starts_with("hyper.tune_merges: no merge to tune"), "{p:?}");
+        let concat = StrategyChoice::Separate { merges: vec![MergeChoice::Concat] };
+        assert!(compare_config(&[concat], 100, &tune, 2).is_err(), "concatenation has nothing to tune");
+        let c = compare_config(&StrategyChoice::all(), 100, &tune, 2).unwrap();
+        assert!(c.tune_merges);
+        // A search holds examples out: a task with fewer than 10 is refused, naming the field.
+        let searched = StrategyChoice::Combined { mixing: MixingChoice::Search, task_tag: false };
+        let tiny = [("a", 100), ("b", 6)];
+        let want = "strategies[1].mixing: task `b` has 6 training examples; a search holds some out for validation \
+                    and needs at least 10";
+        assert_eq!(size_problems(&Hyper::default(), &[combined.clone(), searched], &tiny), vec![want]);
+        assert!(size_problems(&tune, &[], &tiny)[0].starts_with("hyper.tune_merges: task `b`"));
+        assert!(size_problems(&Hyper::default(), &[combined], &tiny).is_empty());
+        assert_eq!(
+            strategy_spec(&StrategyChoice::Combined { mixing: MixingChoice::Search, task_tag: false }, 8).mixing(),
+            Some(Mixing::Search)
         );
     }
 

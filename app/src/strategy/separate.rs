@@ -1,15 +1,17 @@
 //! Separate: one adapter per task from the same base, each on an equal share of the
 //! budget, scored *routed* (each task with its own adapter: the specialist bound) and
-//! *merged* into one adapter by every requested method.
+//! *merged* into one adapter by every requested method — at its defaults and, with
+//! `tune_merges`, also with its parameters tuned on validation ([`merge_search`]).
 
 use std::time::Instant;
 
 use crate::adapter::merge::{self, MergeMethod};
-use crate::eval;
+use crate::eval::{self, EvalOptions};
 use crate::model::lora::LoraAdapter;
 use crate::strategy::context::{slug, Ctx};
-use crate::strategy::report::{run_result, Retention, RunCost, RunResult};
-use crate::strategy::{CompareConfig, StrategySpec};
+use crate::strategy::merge_search;
+use crate::strategy::report::{run_result, MergeCandidate, MergeTuning, Retention, RunCost, RunResult};
+use crate::strategy::{CompareConfig, StrategySpec, TaskData};
 use crate::train::TrainConfig;
 use crate::Result;
 
@@ -107,5 +109,62 @@ pub(super) fn run(
         r.adapter_dirs.push(dir.display().to_string());
         rows.push(r);
     }
+    if cfg.tune_merges {
+        let val = merge_search::validation(tasks, cfg.train.seed)?;
+        for &m in merges.iter().filter(|m| merge_search::tunable(**m)) {
+            rows.push(tuned_merge(ctx, &refs, m, merge_rank, &val, &cost)?);
+        }
+    }
     Ok((rows, adapters))
+}
+
+/// The row of merge `m` with its parameters tuned on the validation split `val`
+/// ([`merge_search`]): scored on the held-out examples like every merge, its search in
+/// its cost and its record (`merge_tuning`; the paired comparison with the same merge at
+/// its defaults is added when the report is assembled).
+fn tuned_merge(
+    ctx: &mut Ctx,
+    adapters: &[&LoraAdapter],
+    m: MergeMethod,
+    merge_rank: usize,
+    val: &[TaskData],
+    cost: &RunCost,
+) -> Result<RunResult> {
+    let model = ctx.base.model;
+    let name = format!("{}{}", StrategySpec::tuned_merge_run_name(m), ctx.suffix);
+    let t0 = Instant::now();
+    let opts = EvalOptions { bootstrap: 0, follow_only: true, ..ctx.cfg.eval.clone() };
+    let tuned = merge_search::tune(adapters, m, merge_rank, ctx.cfg.train.seed, &mut |ad| {
+        ctx.check_cancel()?;
+        let (mut score, mut loss) = (0.0, 0.0);
+        for t in val {
+            let e = eval::evaluate_task(model, ctx.base.tokenizer, Some(ad), &t.spec(), &t.eval, &opts, &mut |_, _| {})?;
+            score += e.headline().1.value;
+            loss += e.loss.value;
+        }
+        Ok((score / val.len() as f64, loss / val.len() as f64))
+    })?;
+    let search_s = t0.elapsed().as_secs_f64();
+    let scores = ctx.eval_all(&name, "merged", model, Some(&tuned.adapter), false)?;
+    let (dir, bytes) = ctx.export(&slug(&name), &tuned.adapter)?;
+    let cost = RunCost { wall_s: cost.wall_s + search_s, adapter_bytes: bytes, ..cost.clone() };
+    let mut r = run_result(&name, "separate+merge", &scores, cost);
+    ctx.keep(&mut r, model, Some(&tuned.adapter))?;
+    r.exported_params = tuned.adapter.num_parameters();
+    r.adapter_dirs.push(dir.display().to_string());
+    r.merge_tuning = Some(MergeTuning {
+        method: m.name().into(),
+        default_params: tuned.tried[0].candidate.describe(m),
+        chosen_params: tuned.tried[tuned.chosen].candidate.describe(m),
+        validation: val.iter().map(|t| t.eval.len()).collect(),
+        candidates: tuned
+            .tried
+            .iter()
+            .map(|c| MergeCandidate { params: c.candidate.describe(m), score: c.score, loss: c.loss })
+            .collect(),
+        wall_s: search_s,
+        default_run: StrategySpec::merge_run_name(m),
+        vs_default: None,
+    });
+    Ok(r)
 }

@@ -94,7 +94,8 @@ pub fn scaled(cfg: &CompareConfig, fraction: f64, best_merge: Option<MergeMethod
             other => other.clone(),
         })
         .collect();
-    CompareConfig { budget_tokens, strategies, ..cfg.clone() }
+    // A curve's point is the merge at the full data's settings: no merge search again.
+    CompareConfig { budget_tokens, strategies, tune_merges: false, ..cfg.clone() }
 }
 
 /// The merge of the separate strategy with the best macro average among `full` (the
@@ -168,6 +169,7 @@ mod tests {
             lr_search: None,
             retention: false,
             data_fractions: vec![0.5],
+            tune_merges: false,
         };
         let row = |m: MergeMethod, v: f64| RunResult {
             name: StrategySpec::merge_run_name(m),

@@ -57,6 +57,7 @@ impl StrategySpec {
                     Mixing::Proportional => "proportional".to_string(),
                     Mixing::Uniform => "uniform".to_string(),
                     Mixing::Temperature { t } => format!("T={t}"),
+                    Mixing::Search => "mixing searched".to_string(),
                 };
                 format!("combined ({m}{})", if *task_tag { ", tagged" } else { "" })
             }
@@ -76,9 +77,31 @@ impl StrategySpec {
         }
     }
 
+    /// Its task mixing, for the strategies that train on a mixture.
+    pub fn mixing(&self) -> Option<Mixing> {
+        match self {
+            StrategySpec::Combined { mixing, .. } | StrategySpec::MultiHead { mixing, .. } => Some(*mixing),
+            _ => None,
+        }
+    }
+
+    /// The same strategy with its task mixing set to `m` (where it has one).
+    pub fn with_mixing(&self, m: Mixing) -> StrategySpec {
+        let mut s = self.clone();
+        if let StrategySpec::Combined { mixing, .. } | StrategySpec::MultiHead { mixing, .. } = &mut s {
+            *mixing = m;
+        }
+        s
+    }
+
     /// The name of a separate run's row for merge `m`.
     pub fn merge_run_name(m: MergeMethod) -> String {
         format!("separate + merge ({})", m.name())
+    }
+
+    /// The name of a separate run's row for merge `m` tuned on validation.
+    pub fn tuned_merge_run_name(m: MergeMethod) -> String {
+        format!("separate + merge ({}, tuned)", m.name())
     }
 }
 
@@ -109,6 +132,11 @@ pub struct CompareConfig {
     /// full data only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_fractions: Vec<f64>,
+    /// Tune every merge of the separate strategy on a validation split of the training
+    /// data ([`crate::strategy::merge_search`]): each tuned merge is a row of its own,
+    /// beside the same merge at its defaults.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tune_merges: bool,
 }
 
 impl StrategySpec {

@@ -11,7 +11,7 @@ use multitune_api::ApiError;
 
 use super::route_id;
 use crate::report_view::{
-    answer, compact_rows, forest, keep_names, lr_search_text, pair_matrix, plain, score_rows, size_rows, task_standings,
+    answer, compact_rows, forest, keep_names, pair_matrix, plain, score_rows, search_text, size_rows, task_standings,
 };
 use crate::{api, format, ErrorView};
 
@@ -167,12 +167,12 @@ pub fn ComparePage() -> impl IntoView {
                     })}
                     <h2>"Cost"</h2>
                     <table class="cost">
-                        <thead><tr><th>"run"</th><th>"learning rate"</th><th>"lr search"</th><th>"tokens"</th><th>"wall"</th><th>"trainable"</th><th>"exported"</th><th>"adapter"</th><th>"peak memory"</th></tr></thead>
+                        <thead><tr><th>"run"</th><th>"learning rate"</th><th>"searches"</th><th>"tokens"</th><th>"wall"</th><th>"trainable"</th><th>"exported"</th><th>"adapter"</th><th>"peak memory"</th></tr></thead>
                         <tbody>{r.runs.iter().filter(|x| !x.is_base()).map(|x| view! {
                             <tr>
                                 <td>{x.name.clone()}</td>
                                 <td>{format::learning_rate(x.learning_rate)}</td>
-                                <td>{lr_search_text(x.lr_search.as_ref())}</td>
+                                <td>{search_text(x)}</td>
                                 <td>{x.tokens}</td>
                                 <td>{format::duration(x.wall_s)}</td>
                                 <td>{format::count(x.trainable_params as u64)}</td>

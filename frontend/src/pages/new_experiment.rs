@@ -65,6 +65,8 @@ pub fn NewExperimentPage() -> impl IntoView {
     let eval_limit = RwSignal::new(start.eval_limit);
     let seeds = RwSignal::new(start.seeds);
     let tune_lr = RwSignal::new(start.tune_lr);
+    let mixing = RwSignal::new(start.mixing);
+    let tune_merges = RwSignal::new(start.tune_merges);
     let data_fractions = RwSignal::new(start.data_fractions);
     let retention = RwSignal::new(start.retention);
     let error = RwSignal::new(None::<ApiError>);
@@ -118,6 +120,8 @@ pub fn NewExperimentPage() -> impl IntoView {
             eval_limit: eval_limit.get(),
             seeds: seeds.get(),
             tune_lr: tune_lr.get(),
+            mixing: mixing.get(),
+            tune_merges: tune_merges.get(),
             data_fractions: data_fractions.get(),
             retention: retention.get(),
         };
@@ -217,6 +221,22 @@ pub fn NewExperimentPage() -> impl IntoView {
                         <label for=format!("strategy-{i}")><strong>{strategy_label(s)}</strong>" — "{s.explanation()}</label>
                     </div>
                 }).collect_view()}
+                <label for="mixing">"Task mixing of the combined and multi-head runs"</label>
+                <select id="mixing" on:change=move |ev| mixing.set(event_target_value(&ev))>
+                    {[
+                        ("proportional", "proportional to each task's size"),
+                        ("temperature:2", "temperature 2 (between proportional and uniform)"),
+                        ("uniform", "uniform (every task equally)"),
+                        ("search", "search: pick one of the three on a validation split (its training counts in the run's cost)"),
+                    ].into_iter().map(|(v, text)| {
+                        view! { <option value=v selected=move || mixing.get() == v>{text}</option> }
+                    }).collect_view()}
+                </select>
+                <div class="tune-lr">
+                    <input type="checkbox" id="tune-merges" prop:checked=move || tune_merges.get()
+                        on:change=move |ev| tune_merges.set(event_target_checked(&ev)) />
+                    <label for="tune-merges">"Tune the merges on a validation split (linear and task arithmetic: per-task weights; TIES: density and scale; DARE: drop rate and scale); each tuned merge is reported beside its defaults"</label>
+                </div>
             </fieldset>
             <fieldset>
                 <legend>"Budget and hyper-parameters"</legend>

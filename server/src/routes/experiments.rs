@@ -253,7 +253,7 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
         errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details });
     }
     let sized: Vec<(&str, usize)> = sized.iter().map(|(n, k)| (n.as_str(), *k)).collect();
-    errors.extend(multitune::strategy::request::size_problems(h, &sized));
+    errors.extend(multitune::strategy::request::size_problems(h, &spec.strategies, &sized));
     Ok((errors, used))
 }
 

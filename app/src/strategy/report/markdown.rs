@@ -94,6 +94,8 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     s.push_str(&lr_search_markdown(report));
+    s.push_str(&mixing_search_markdown(report));
+    s.push_str(&merge_tuning_markdown(report));
     s.push_str(&task_loss_markdown(report));
     for r in &report.runs {
         if let Some(f) = &r.forgetting {
@@ -271,6 +273,76 @@ fn task_loss_markdown(report: &Report) -> String {
         "\n## Loss per task inside mixed runs\n\nEach step's training loss split by task, from the same forward pass: \
          the steps with examples of the task, and its mean loss over the first and the last tenth of the run's steps \
          (chart: `task-loss`).\n\n| run | task | steps trained | first tenth | last tenth |\n|---|---|---|---|---|\n{rows}"
+    )
+}
+
+/// The mixing search section of `report.md` (empty without one): per run, the mixing
+/// chosen and every trial.
+fn mixing_search_markdown(report: &Report) -> String {
+    let mut rows = String::new();
+    for r in &report.runs {
+        let Some(search) = &r.mixing_search else { continue };
+        let trials: Vec<String> = search
+            .trials
+            .iter()
+            .map(|t| format!("{}: {}% / {:.3} ({} tokens)", t.mixing.name(), pct(t.score), t.loss, t.budget_tokens))
+            .collect();
+        let _ = writeln!(
+            rows,
+            "| {} | {} | {} | {} | {:.0} |",
+            r.name,
+            search.chosen.name(),
+            trials.join("; "),
+            search.tokens(),
+            search.wall_s()
+        );
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "\n## Mixing search\n\nThe task mixing of each run that asked for a search, chosen among proportional, \
+         temperature 2 and uniform by successive halving on a validation split carved from the training data (each \
+         trial: validation macro average / loss, training tokens). The search is part of the run's cost: its wall \
+         time is in the cost table.\n\n| run | chosen | trials | search tokens | search s |\n|---|---|---|---|---|\n{rows}"
+    )
+}
+
+/// The tuned merges section of `report.md` (empty without `tune_merges`): per merge, the
+/// parameters at the defaults and chosen, and the tuned merge against its defaults on
+/// the held-out examples, paired.
+fn merge_tuning_markdown(report: &Report) -> String {
+    let mut rows = String::new();
+    let mut validation = None;
+    for r in &report.runs {
+        let Some(t) = &r.merge_tuning else { continue };
+        validation.get_or_insert(t.validation.clone());
+        let vs = t.vs_default.as_ref().map_or_else(
+            || "-".to_string(),
+            |c| format!("{} (p = {:.3}, {:?})", points(&c.difference), c.p_adjusted, c.verdict),
+        );
+        let tried: Vec<String> =
+            t.candidates.iter().map(|c| format!("{}: {}% / {:.3}", c.params, pct(c.score), c.loss)).collect();
+        let _ = writeln!(
+            rows,
+            "| {} | {} | {} | {vs} | {} | {:.0} |",
+            t.method,
+            t.default_params,
+            t.chosen_params,
+            tried.join("; "),
+            t.wall_s
+        );
+    }
+    let Some(validation) = validation else { return rows };
+    format!(
+        "\n## Merges tuned on validation\n\nEach merge's parameters searched on a validation split carved from the \
+         training data ({} examples per task; the per-task adapters trained on them, the held-out examples were never \
+         used), each candidate scored in one quick pass (label ranking; generated answers walked along their \
+         references, exact match a lower bound). The tuned merge is a row of its own; against the same merge at its \
+         defaults on the held-out examples, paired (macro average, points, Holm-adjusted over the tuned merges). \
+         Candidates: validation macro average / loss.\n\n| merge | defaults | chosen | held-out: tuned − defaults | \
+         candidates | search s |\n|---|---|---|---|---|---|\n{rows}",
+        validation.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
     )
 }
 

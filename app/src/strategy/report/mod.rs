@@ -17,8 +17,8 @@ use std::path::Path;
 pub use curves::SizeRows;
 pub use markdown::markdown;
 pub use multitune_api::report::{
-    std_dev, Comparison, DataSize, DataSizes, Forgetting, KeepSets, LrSearch, Recommendation, Retention, RunResult,
-    Similarity, TaskScore, Verdict, TIE_MARGIN,
+    std_dev, Comparison, DataSize, DataSizes, Forgetting, KeepSets, LrSearch, MergeCandidate, MergeTuning,
+    MixingSearch, MixingTrial, Recommendation, Retention, RunResult, Similarity, TaskScore, Verdict, TIE_MARGIN,
 };
 pub use multitune_api::Power;
 pub use recommend::lr_text;
@@ -72,6 +72,8 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         adapter_dirs: vec![],
         learning_rate: 0.0,
         lr_search: None,
+        mixing_search: None,
+        merge_tuning: None,
     }
 }
 
@@ -97,12 +99,13 @@ pub fn build(
     tasks: &[TaskData],
     keep: &[TaskData],
     config: &CompareConfig,
-    runs: Vec<RunResult>,
+    mut runs: Vec<RunResult>,
     similarity: Option<Similarity>,
     smaller: Vec<SizeRows>,
 ) -> Report {
-    let standing = Standing::of(&runs);
     let (reps, seed) = (config.eval.bootstrap.max(200), config.eval.seed);
+    tuned_against_defaults(&mut runs, reps, seed);
+    let standing = Standing::of(&runs);
     let comparisons = standing
         .best()
         .map(|b| stats::compare_runs(&standing.trained, b, standing.base, reps, seed))
@@ -133,6 +136,24 @@ pub fn build(
         pairwise,
         data_sizes,
         keep,
+    }
+}
+
+/// Every tuned merge against the same merge at its defaults, paired on the held-out
+/// examples (macro average; one Holm family), into its `merge_tuning.vs_default`.
+fn tuned_against_defaults(runs: &mut [RunResult], reps: usize, seed: u64) {
+    let pairs: Vec<(&RunResult, &RunResult)> = runs
+        .iter()
+        .filter_map(|r| {
+            let t = r.merge_tuning.as_ref()?;
+            Some((r, runs.iter().find(|d| d.name == t.default_run)?))
+        })
+        .collect();
+    let found = stats::compare_pairs(pairs, reps, seed, false);
+    for c in found {
+        if let Some(t) = runs.iter_mut().find(|r| r.name == c.run).and_then(|r| r.merge_tuning.as_mut()) {
+            t.vs_default = Some(c);
+        }
     }
 }
 
