@@ -851,7 +851,9 @@ fn mixing_search_and_tuned_merges() {
     use multitune::strategy::{CompareEvent, Mixing};
     use multitune::train::TrainEvent;
     let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
-    let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    let mut tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    // Tasks of unequal size: the three mixings sample differently.
+    tasks[1].train.truncate(150);
     let ties = MergeMethod::Ties { density: 0.2, lambda: 1.0 };
     let cfg = CompareConfig {
         tune_merges: true,
@@ -880,7 +882,7 @@ fn mixing_search_and_tuned_merges() {
     let m = combined.mixing_search.as_ref().expect("the mixing search is recorded");
     assert_eq!(m.candidates, multitune_api::MixingChoice::SEARCHED.to_vec());
     assert!(m.candidates.contains(&m.chosen));
-    assert_eq!((m.trials.len(), m.validation.clone()), (5, vec![50, 50]));
+    assert_eq!((m.trials.len(), m.validation.clone()), (5, vec![50, 30]));
     assert!(m.trials[3..].iter().any(|t| t.mixing == m.chosen), "the winner is one of the last rung's");
     assert!(combined.wall_s > m.wall_s(), "the search is in the run's cost");
 
@@ -907,6 +909,18 @@ fn mixing_search_and_tuned_merges() {
     }
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("## Mixing search") && md.contains("## Merges tuned on validation"), "{md}");
+    // Tasks of equal size: every mixing samples alike, nothing to search.
+    let equal: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    let cfg = quick_compare(
+        vec![StrategySpec::Combined { mixing: Mixing::Search, task_tag: false }],
+        1_000,
+        quick_train(5e-3),
+    );
+    let out2 = tempfile::tempdir().unwrap();
+    let report = run_tiny(&model, &tok, &equal, &cfg, out2.path(), &mut |_| {}).unwrap();
+    let m = report.runs[1].mixing_search.as_ref().unwrap();
+    assert_eq!((m.candidates.len(), m.trials.len()), (1, 0));
+    assert_eq!(m.chosen, multitune_api::MixingChoice::Proportional);
     let left: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -237,6 +237,45 @@ pub mod defaults {
     pub const LR_GRID: [f64; 3] = [3e-4, 1e-3, 3e-3];
 }
 
+/// How an adapter is parameterised and initialised, by PEFT's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterMethod {
+    /// LoRA: `W + (α/r)·B·A`, A Kaiming-uniform, B zero.
+    #[default]
+    Lora,
+    /// rsLoRA: the update scaled by `α/√r` instead of `α/r` (PEFT's `use_rslora`).
+    Rslora,
+    /// DoRA: a learned magnitude per output row times the direction `W + (α/r)·B·A`
+    /// normalised per row (PEFT's `use_dora`).
+    Dora,
+    /// PiSSA: A and B start from the top r singular vectors of W, which keeps the rest
+    /// (PEFT's `init_lora_weights: "pissa"`); exported as a plain LoRA on the original
+    /// base, as PEFT converts it.
+    Pissa,
+}
+
+impl AdapterMethod {
+    /// Every method, in the order the command line lists them.
+    pub const ALL: [AdapterMethod; 4] =
+        [AdapterMethod::Lora, AdapterMethod::Rslora, AdapterMethod::Dora, AdapterMethod::Pissa];
+
+    /// Its name on the wire and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterMethod::Lora => "lora",
+            AdapterMethod::Rslora => "rslora",
+            AdapterMethod::Dora => "dora",
+            AdapterMethod::Pissa => "pissa",
+        }
+    }
+
+    /// The method called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name.trim())
+    }
+}
+
 /// Task sampling of mixture-trained strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -432,6 +471,10 @@ pub struct Hyper {
     pub learning_rate: f64,
     /// LoRA rank (alpha is twice the rank).
     pub rank: usize,
+    /// The adapter method every run trains with.
+    pub method: AdapterMethod,
+    /// LoRA+: B's learning rate is this many times A's (`None`: the same rate).
+    pub lora_plus: Option<f64>,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Longest example, tokens.
@@ -472,6 +515,8 @@ impl Default for Hyper {
         Self {
             learning_rate: defaults::LEARNING_RATE,
             rank: defaults::RANK,
+            method: AdapterMethod::Lora,
+            lora_plus: None,
             batch_size: defaults::BATCH_SIZE,
             max_tokens: defaults::MAX_TOKENS,
             seed: defaults::SEED,

@@ -458,7 +458,8 @@ pub struct MixingTrial {
 /// A run's mixing search: what it tried, what it chose and what that cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MixingSearch {
-    /// The mixings searched.
+    /// The mixings searched: those that sample differently at the tasks' sizes (one,
+    /// with no trial, when they all sample alike, as for tasks of equal size).
     pub candidates: Vec<crate::MixingChoice>,
     /// The mixing chosen (the run trained with it).
     pub chosen: crate::MixingChoice,

@@ -439,8 +439,11 @@ pub fn search_text(run: &RunResult) -> String {
         parts.push(format!("lr: {}", lr_search_text(run.lr_search.as_ref())));
     }
     if let Some(m) = &run.mixing_search {
-        let tried: Vec<String> =
+        let mut tried: Vec<String> =
             m.trials.iter().map(|t| format!("{} {:.0}%", t.mixing.name(), 100.0 * t.score)).collect();
+        if tried.is_empty() {
+            tried.push("every mixing samples alike here".into());
+        }
         parts.push(format!(
             "mixing: {} → {} ({})",
             tried.join(", "),

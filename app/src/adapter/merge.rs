@@ -167,24 +167,29 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
         })
         .collect();
     // 2. Elect a sign per entry by total mass; 3. disjoint mean over agreeing tasks.
+    // Chunk by chunk, task by task over contiguous slices (the same sums, in task order).
     let mut out = vec![0f32; n];
     const CHUNK: usize = 1 << 14;
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = c * CHUNK + j;
-            let mass: f32 = trimmed.iter().map(|t| t[i]).sum();
-            if mass == 0.0 {
-                continue;
+        let at = c * CHUNK;
+        let parts: Vec<&[f32]> = trimmed.iter().map(|t| &t[at..at + o.len()]).collect();
+        let mut mass = vec![0f32; o.len()];
+        for p in &parts {
+            for (m, &x) in mass.iter_mut().zip(*p) {
+                *m += x;
             }
-            let sign = mass.signum();
-            let (mut sum, mut count) = (0f32, 0usize);
-            for x in trimmed.iter().map(|t| t[i]).filter(|&x| x != 0.0 && x.signum() == sign) {
-                sum += x;
-                count += 1;
+        }
+        let mut count = vec![0u32; o.len()];
+        for p in &parts {
+            for ((s, k), (&x, &m)) in o.iter_mut().zip(count.iter_mut()).zip(p.iter().zip(&mass)) {
+                if x != 0.0 && m != 0.0 && x.signum() == m.signum() {
+                    *s += x;
+                    *k += 1;
+                }
             }
-            if count > 0 {
-                *o = sum / count as f32 * lambda as f32;
-            }
+        }
+        for (s, &k) in o.iter_mut().zip(&count) {
+            *s = if k > 0 { *s / k as f32 * lambda as f32 } else { 0.0 };
         }
     });
     Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
@@ -406,3 +411,4 @@ mod tests {
         }
     }
 }
+

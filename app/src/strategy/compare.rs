@@ -613,7 +613,8 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
 }
 
 /// Picks the task mixing of strategy `spec` (a combined or multi-head run asking for
-/// `mixing: search`) among [`Mixing::searched`] by successive halving on the tasks'
+/// `mixing: search`) among [`Mixing::searched`] (those that sample differently at these
+/// tasks' sizes: with one left, nothing is trained) by successive halving on the tasks'
 /// validation split, at the run's learning rate (before any learning-rate search, which
 /// then runs with the mixing chosen). Its steps are reported under `mixing search <mixing>
 /// · …`. Recorded in the state folder.
@@ -625,7 +626,17 @@ fn search_mixing(ctx: &mut Ctx, spec: &StrategySpec, name: &str, si: usize) -> R
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
     let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
     let lr = ctx.cfg.train.learning_rate;
-    let candidates = Mixing::searched();
+    // Mixings that sample alike at these tasks' sizes (all of them, for tasks of equal
+    // size) are one candidate: the first of them.
+    let sizes: Vec<usize> = ctx.tasks.iter().map(|t| t.train.len()).collect();
+    let mut candidates: Vec<Mixing> = Vec::new();
+    for m in Mixing::searched() {
+        let p = m.probabilities(&sizes);
+        let same = |c: &Mixing| c.probabilities(&sizes).iter().zip(&p).all(|(a, b)| (a - b).abs() < 1e-9);
+        if !candidates.iter().any(same) {
+            candidates.push(m);
+        }
+    }
     let (chosen, tried) = lr_search::halving(&candidates, ctx.cfg.budget_tokens, &mut |m, rung, budget| {
         let stage = format!("{MIXING_TRIAL_PREFIX}{} · ", MixingChoice::from(m).name());
         let at = Trial { lr, budget, key: format!("{}-mix{rung}", ctx.key), stage };

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::adapter::merge::{self, MergeMethod};
 use crate::eval::{self, EvalOptions};
 use crate::model::lora::LoraAdapter;
-use crate::strategy::context::{slug, Ctx};
+use crate::strategy::context::{slug, CompareEvent, Ctx};
 use crate::strategy::merge_search;
 use crate::strategy::report::{run_result, MergeCandidate, MergeTuning, Retention, RunCost, RunResult};
 use crate::strategy::{CompareConfig, StrategySpec, TaskData};
@@ -112,16 +112,19 @@ pub(super) fn run(
     if cfg.tune_merges {
         let val = merge_search::validation(tasks, cfg.train.seed)?;
         for &m in merges.iter().filter(|m| merge_search::tunable(**m)) {
-            rows.push(tuned_merge(ctx, &refs, m, merge_rank, &val, &cost)?);
+            let defaults = rows.iter().find(|r| r.name == format!("{}{}", StrategySpec::merge_run_name(m), ctx.suffix));
+            let defaults = defaults.cloned();
+            rows.push(tuned_merge(ctx, &refs, m, merge_rank, &val, &cost, defaults.as_ref())?);
         }
     }
     Ok((rows, adapters))
 }
 
 /// The row of merge `m` with its parameters tuned on the validation split `val`
-/// ([`merge_search`]): scored on the held-out examples like every merge, its search in
-/// its cost and its record (`merge_tuning`; the paired comparison with the same merge at
-/// its defaults is added when the report is assembled).
+/// ([`merge_search`]): scored on the held-out examples like every merge (where the
+/// defaults won, it is the same merge: the defaults' row `defaults` is not scored again),
+/// its search in its cost and its record (`merge_tuning`; the paired comparison with the
+/// same merge at its defaults is added when the report is assembled).
 fn tuned_merge(
     ctx: &mut Ctx,
     adapters: &[&LoraAdapter],
@@ -129,6 +132,7 @@ fn tuned_merge(
     merge_rank: usize,
     val: &[TaskData],
     cost: &RunCost,
+    defaults: Option<&RunResult>,
 ) -> Result<RunResult> {
     let model = ctx.base.model;
     let name = format!("{}{}", StrategySpec::tuned_merge_run_name(m), ctx.suffix);
@@ -145,11 +149,29 @@ fn tuned_merge(
         Ok((score / val.len() as f64, loss / val.len() as f64))
     })?;
     let search_s = t0.elapsed().as_secs_f64();
-    let scores = ctx.eval_all(&name, "merged", model, Some(&tuned.adapter), false)?;
     let (dir, bytes) = ctx.export(&slug(&name), &tuned.adapter)?;
     let cost = RunCost { wall_s: cost.wall_s + search_s, adapter_bytes: bytes, ..cost.clone() };
-    let mut r = run_result(&name, "separate+merge", &scores, cost);
-    ctx.keep(&mut r, model, Some(&tuned.adapter))?;
+    let mut r = match defaults.filter(|_| tuned.chosen == 0) {
+        Some(d) => {
+            let mut r = RunResult { name: name.clone(), adapter_dirs: vec![], ..d.clone() };
+            (r.wall_s, r.adapter_bytes) = (cost.wall_s, cost.adapter_bytes);
+            for s in &r.scores {
+                (ctx.on_event)(&CompareEvent::Evaluated {
+                    run: name.clone(),
+                    stage: "merged".into(),
+                    task: s.task.clone(),
+                    value: s.value.value,
+                });
+            }
+            r
+        }
+        None => {
+            let scores = ctx.eval_all(&name, "merged", model, Some(&tuned.adapter), false)?;
+            let mut r = run_result(&name, "separate+merge", &scores, cost);
+            ctx.keep(&mut r, model, Some(&tuned.adapter))?;
+            r
+        }
+    };
     r.exported_params = tuned.adapter.num_parameters();
     r.adapter_dirs.push(dir.display().to_string());
     r.merge_tuning = Some(MergeTuning {

@@ -282,11 +282,14 @@ fn mixing_search_markdown(report: &Report) -> String {
     let mut rows = String::new();
     for r in &report.runs {
         let Some(search) = &r.mixing_search else { continue };
-        let trials: Vec<String> = search
+        let mut trials: Vec<String> = search
             .trials
             .iter()
             .map(|t| format!("{}: {}% / {:.3} ({} tokens)", t.mixing.name(), pct(t.score), t.loss, t.budget_tokens))
             .collect();
+        if trials.is_empty() {
+            trials.push("none: every mixing samples alike at these task sizes".into());
+        }
         let _ = writeln!(
             rows,
             "| {} | {} | {} | {} | {:.0} |",
