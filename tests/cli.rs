@@ -160,6 +160,46 @@ fn bad_input_gets_a_clear_error() {
     assert!(!r.status.success());
     assert!(text(&r).contains(&format!("--keep {}: `small` is also a task", small.display())), "{}", text(&r));
     assert!(!out.exists(), "nothing written");
+    // Searches over nothing, and adapter methods: refused at once, naming the flag.
+    let r = compare_small(&["--strategies", "combined", "--tune-merges"]);
+    assert!(text(&r).contains("--tune-merges: no merge to tune"), "{}", text(&r));
+    let r = compare_small(&["--method", "qlora"]);
+    assert!(text(&r).contains("--method `qlora`: use lora, rslora, dora, pissa"), "{}", text(&r));
+    let r = compare_small(&["--lora-plus", "0"]);
+    assert!(text(&r).contains("lora_plus: the B factors' learning-rate ratio must be positive, not 0"), "{}", text(&r));
+    let r = compare_small(&["--method", "dora", "--strategies", "separate"]);
+    assert!(text(&r).contains("merging DoRA adapters is not defined"), "{}", text(&r));
+    let r = compare_small(&["--method", "pissa", "--rank", "1000", "--strategies", "combined"]);
+    assert!(text(&r).contains("--rank: rank 1000 is larger than PiSSA allows"), "{}", text(&r));
+    let tiny_task = dir.path().join("tiny.jsonl");
+    std::fs::write(&tiny_task, lines[..8].join("\n")).unwrap();
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        tiny_task.to_str().unwrap(),
+        "--out",
+        out_dir,
+        "--mixing",
+        "search",
+    ]);
+    assert!(text(&r).contains("--mixing: task `tiny` has 6 training examples"), "{}", text(&r));
+    assert!(!out.exists(), "nothing written");
+    let r = run(&[
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        small_task,
+        "--out",
+        o.to_str().unwrap(),
+        "--method",
+        "pissa",
+        "--rank",
+        "500",
+    ]);
+    assert!(text(&r).contains("rank 500 is larger than PiSSA allows"), "{}", text(&r));
     let r = run(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!r.status.success() && text(&r).contains("`no-such-model`"), "{}", text(&r));
     let r = run(&["generate", "--model", "tiny", "--adapter", dir.path().to_str().unwrap(), "--prompt", "x"]);

@@ -85,7 +85,7 @@ fn gguf_exports_read_back_with_the_merged_models_logits() {
     assert!(worst8 < 1.5, "q8_0: {worst8}");
 
     // The LoRA GGUF: A as is, B with q/k rows in llama.cpp's order, alpha / r = the scale.
-    let mut f = std::fs::File::open(&f16.adapter).unwrap();
+    let mut f = std::fs::File::open(f16.adapter.as_ref().unwrap()).unwrap();
     let lora = gguf_file::Content::read(&mut f).unwrap();
     let md = |k: &str| lora.metadata.get(k).unwrap_or_else(|| panic!("{k} missing"));
     assert_eq!(md("general.type").to_string().unwrap(), "adapter");

@@ -172,7 +172,13 @@ fn malformed_adapters_are_refused_with_the_reason() {
         std::fs::write(&cfg_path, v.to_string()).unwrap();
         load_adapter(dir.path(), &model.cfg, &Device::Cpu).unwrap_err().to_string()
     };
-    assert!(edit(&|v| v["use_dora"] = true.into()).contains("`use_dora`"));
+    // DoRA without its magnitudes; a PiSSA start instead of its conversion.
+    let e = edit(&|v| v["use_dora"] = true.into());
+    assert!(
+        e.contains("missing tensor `base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector`"),
+        "{e}"
+    );
+    assert!(edit(&|v| v["init_lora_weights"] = "pissa".into()).contains("`init_lora_weights` is a PiSSA start"));
     assert!(edit(&|v| v["r"] = 4.into()).contains("has shape [8, 128], the model needs [4, 128]"));
     assert!(edit(&|v| v["target_modules"] = serde_json::json!(["q_proj", "lm_head"])).contains("`lm_head`"));
     assert!(edit(&|v| v["peft_type"] = "IA3".into()).contains("`peft_type`"));
@@ -180,4 +186,44 @@ fn malformed_adapters_are_refused_with_the_reason() {
     std::fs::write(dir.path().join(WEIGHTS_FILE), b"not safetensors").unwrap();
     let e = load_adapter(dir.path(), &model.cfg, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("not a safetensors file"), "{e}");
+}
+
+/// A DoRA adapter saves with `use_dora` and every layer's `lora_magnitude_vector` and
+/// loads back to the same logits; a PiSSA adapter saves as the plain LoRA of rank 2r on
+/// the original base (PEFT's conversion), which loads back to the same logits.
+#[test]
+fn dora_and_pissa_adapters_round_trip_in_peft_layout() {
+    use multitune_api::AdapterMethod;
+    let (model, _) = tiny_model(0, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[3u32, 77, 120, 9, 200, 45]], &Device::Cpu).unwrap();
+    let mask = vec![vec![1u8; 6]];
+    for method in [AdapterMethod::Dora, AdapterMethod::Pissa] {
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }.with_method(method);
+        let ad = LoraAdapter::for_model(&model, cfg, 1).unwrap();
+        randomize(&ad, 2);
+        let before = model.forward(&ids, &mask, &Forward::eval(Some(&ad))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_adapter(dir.path(), &ad, &model.cfg, "tiny").unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+        let (tensors, _) = read_safetensors(&dir.path().join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+        let magnitude = "base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector";
+        match method {
+            AdapterMethod::Dora => {
+                assert_eq!(config["use_dora"], true);
+                assert_eq!(tensors[magnitude].dims(), [model.cfg.intermediate_size]);
+            }
+            _ => {
+                assert_eq!(
+                    (config["use_dora"].clone(), config["r"].clone(), config["lora_alpha"].clone()),
+                    (false.into(), 8.into(), 16.0.into())
+                );
+                assert!(!tensors.contains_key(magnitude));
+            }
+        }
+        let back = load_adapter(dir.path(), &model.cfg, &Device::Cpu).unwrap();
+        let after = model.forward(&ids, &mask, &Forward::eval(Some(&back))).unwrap();
+        let d = max_abs_diff(&before, &after).unwrap();
+        assert!(d < 1e-4, "{method:?}: logits differ by {d} after the round trip");
+    }
 }

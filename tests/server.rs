@@ -60,6 +60,37 @@ async fn upload_train_follow_and_download_over_http() {
     ] {
         assert!(details.contains(&want), "{want} not in {details:?}");
     }
+    // Searches over nothing, DoRA with merges, a LoRA+ ratio of 0: refused, each naming
+    // its field; an unknown method is not a request at all.
+    let mut bad = spec.clone();
+    bad["strategies"] = json!([{"strategy": "combined"}, {"strategy": "separate", "merges": ["concat"]}]);
+    bad["hyper"]["tune_merges"] = json!(true);
+    bad["hyper"]["lora_plus"] = json!(0.0);
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(details.iter().any(|d| d.starts_with("hyper.tune_merges: no merge to tune")), "{details:?}");
+    assert!(
+        details.iter().any(|d| d.contains("lora_plus: the B factors' learning-rate ratio must be positive")),
+        "{details:?}"
+    );
+    let mut bad = spec.clone();
+    bad["hyper"]["method"] = json!("dora");
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(
+        details.iter().any(|d| d.starts_with("strategies[3]: merging DoRA adapters is not defined")),
+        "{details:?}"
+    );
+    assert!(details.iter().any(|d| d.starts_with("strategies[2]: merge-then-new")), "{details:?}");
+    bad["hyper"]["method"] = json!("qlora");
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert!(r.status().is_client_error());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("qlora"), "{body}");
     // A keep set that is also a task, or no dataset: refused, each naming the field.
     let mut bad = spec.clone();
     bad["keep"] = json!([ids[0], "no-such-dataset"]);

@@ -928,3 +928,49 @@ fn mixing_search_and_tuned_merges() {
         .collect();
     assert!(left.is_empty(), "scratch folders left: {left:?}");
 }
+
+/// Every strategy trains with DoRA (separate routed only, sequential continue: the
+/// strategies DoRA allows) and with PiSSA (all of them, merges and merge-then-new
+/// included); the exported adapters load back, and what they say about themselves
+/// matches the method (DoRA's magnitudes; PiSSA as the rank-2r LoRA it converts to).
+#[test]
+fn strategies_train_with_dora_and_pissa() {
+    use multitune::adapter::MergeMethod;
+    use multitune::strategy::Mixing;
+    use multitune_api::AdapterMethod;
+    let (model, tok) = tiny_model(5, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(4).into_iter().take(2).collect();
+    let mut lora = quick_train(5e-3);
+    lora.lora_plus = Some(4.0);
+    for method in [AdapterMethod::Dora, AdapterMethod::Pissa] {
+        let merges =
+            if method == AdapterMethod::Dora { vec![] } else { vec![MergeMethod::Linear, MergeMethod::Concat] };
+        let mut strategies = vec![
+            StrategySpec::Combined { mixing: Mixing::Proportional, task_tag: false },
+            StrategySpec::Sequential { variant: SequentialVariant::Continue, order: vec![], replay: 0.0 },
+            StrategySpec::Separate { merges, merge_rank: 8 },
+            StrategySpec::MultiHead { mixing: Mixing::Proportional, head_rank: 4 },
+        ];
+        if method == AdapterMethod::Pissa {
+            strategies.push(StrategySpec::Sequential {
+                variant: SequentialVariant::MergeThenNew,
+                order: vec![],
+                replay: 0.0,
+            });
+        }
+        let train = TrainConfig { lora: lora.lora.clone().with_method(method), ..lora.clone() };
+        let cfg = quick_compare(strategies, 1_200, train);
+        let out = tempfile::tempdir().unwrap();
+        let report = run_tiny(&model, &tok, &tasks, &cfg, out.path(), &mut |_| {}).unwrap();
+        for r in report.runs.iter().filter(|r| !r.is_base()) {
+            assert!(r.scores.iter().all(|s| s.value.value.is_finite()), "{method:?} {}", r.name);
+            for d in &r.adapter_dirs {
+                let back = multitune::adapter::peft::load_adapter(std::path::Path::new(d), &model.cfg, &Device::Cpu)
+                    .unwrap_or_else(|e| panic!("{method:?} {}: {e}", r.name));
+                assert_eq!(back.config.use_dora, method == AdapterMethod::Dora, "{}", r.name);
+                assert!(!back.config.pissa);
+            }
+        }
+        assert_eq!(report.similarity.is_some(), method == AdapterMethod::Pissa, "DoRA changes are not compared");
+    }
+}

@@ -64,6 +64,9 @@ pub struct LoraSpec {
     pub targets: Vec<String>,
     /// rsLoRA scaling.
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`).
+    #[serde(default)]
+    pub use_dora: bool,
 }
 
 impl From<&LoraConfig> for LoraSpec {
@@ -74,6 +77,7 @@ impl From<&LoraConfig> for LoraSpec {
             dropout: f64::from(c.dropout),
             targets: c.targets.iter().map(|t| t.module_name().to_string()).collect(),
             use_rslora: c.use_rslora,
+            use_dora: c.use_dora,
         }
     }
 }
@@ -417,8 +421,10 @@ pub fn measure(model: &Llama, workload: &Workload, mode: Mode) -> Result<Measure
             })
             .collect::<Result<_>>()?,
         use_rslora: workload.lora.use_rslora,
+        use_dora: workload.lora.use_dora,
+        pissa: false,
     };
-    let adapter = LoraAdapter::new(&model.cfg, lora, 0, dev)?;
+    let adapter = LoraAdapter::for_model(model, lora, 0)?;
     let trainable = adapter.num_parameters();
     let targets = adapter.config.targets.clone();
     let warm = workload.warmup.min(workload.batches.len());

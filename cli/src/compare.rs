@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use super::{args, bar, load, task_name, Cli};
-use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
+use multitune_api::{defaults, AdapterMethod, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
 
 use multitune::data::{Limits, LoadOptions};
 use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, HeldOut, TaskData};
@@ -60,7 +60,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 0.0)]
     pub replay: f64,
     /// Separate: merge methods to score, comma-separated (linear, task_arithmetic, ties,
-    /// dare, concat) [default: all of them].
+    /// dare, concat), or none (routed only) [default: all of them].
     #[arg(long)]
     pub merges: Option<String>,
     /// Multi-head: rank of the LM-head deltas of generation tasks (default: --rank).
@@ -78,6 +78,13 @@ pub struct CompareArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = defaults::RANK)]
     pub rank: usize,
+    /// Adapter method: lora, rslora (scale α/√r), dora (a magnitude per output row) or
+    /// pissa (A and B from the top singular vectors of each weight).
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    /// LoRA+: train every B factor at this multiple of the learning rate (e.g. 16).
+    #[arg(long)]
+    pub lora_plus: Option<f64>,
     /// Longest example, in tokens.
     #[arg(long, default_value_t = defaults::MAX_TOKENS)]
     pub max_tokens: usize,
@@ -120,10 +127,16 @@ pub struct CompareArgs {
 
 impl CompareArgs {
     /// The hyper-parameters these flags give.
-    pub fn hyper(&self) -> Hyper {
-        Hyper {
+    pub fn hyper(&self) -> anyhow::Result<Hyper> {
+        let method = AdapterMethod::parse(&self.method).with_context(|| {
+            let known: Vec<&str> = AdapterMethod::ALL.iter().map(|m| m.name()).collect();
+            format!("--method `{}`: use {}", self.method, known.join(", "))
+        })?;
+        Ok(Hyper {
             learning_rate: self.lr,
             rank: self.rank,
+            method,
+            lora_plus: self.lora_plus,
             batch_size: self.batch_size,
             max_tokens: self.max_tokens,
             seed: self.seed,
@@ -137,15 +150,17 @@ impl CompareArgs {
             data_fractions: self.data_fractions.clone(),
             retention: self.retention,
             ..Hyper::default()
-        }
+        })
     }
 
     /// The strategies these flags ask for, each with the option flags that apply to it.
     pub fn strategies(&self) -> anyhow::Result<Vec<StrategyChoice>> {
-        let mixing = MixingChoice::parse(&self.mixing)
-            .with_context(|| format!("unknown mixing `{}` (proportional, uniform, temperature:T, search)", self.mixing))?;
+        let mixing = MixingChoice::parse(&self.mixing).with_context(|| {
+            format!("unknown mixing `{}` (proportional, uniform, temperature:T, search)", self.mixing)
+        })?;
         let merges = match &self.merges {
             None => MergeChoice::ALL.to_vec(),
+            Some(none) if none.trim() == "none" => vec![],
             Some(list) => list
                 .split(',')
                 .map(str::trim)
@@ -181,7 +196,7 @@ impl CompareArgs {
 
     /// The comparison these flags describe for `n_tasks` tasks, checked whole.
     pub fn config(&self, n_tasks: usize) -> anyhow::Result<CompareConfig> {
-        strategy::compare_config(&self.strategies()?, self.budget_tokens, &self.hyper(), n_tasks)
+        strategy::compare_config(&self.strategies()?, self.budget_tokens, &self.hyper()?, n_tasks)
             .map_err(|problems| flag_problems(&problems))
     }
 
@@ -189,7 +204,7 @@ impl CompareArgs {
     /// a task too few training examples, a search without enough to validate on).
     fn check_sizes(&self, tasks: &[TaskData]) -> anyhow::Result<()> {
         let sized: Vec<(&str, usize)> = tasks.iter().map(|t| (t.name.as_str(), t.train.len())).collect();
-        let problems = strategy::request::size_problems(&self.hyper(), &self.strategies()?, &sized);
+        let problems = strategy::request::size_problems(&self.hyper()?, &self.strategies()?, &sized);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -269,6 +284,10 @@ impl CompareArgs {
         let sizes: Vec<usize> = tasks.iter().map(|t| t.eval.len()).collect();
         eprintln!("{}", strategy::report::power(&sizes).text);
         let m = load(&self.model.model, cli, device)?;
+        // What the model's shape allows (a PiSSA rank), before anything is written.
+        if let Some(p) = cfg.train.lora.problem_for(&m.model.cfg) {
+            anyhow::bail!("--rank: {p}");
+        }
         std::fs::create_dir_all(&self.out)?;
         let bars = indicatif::MultiProgress::new();
         let mut current: Option<ProgressBar> = None;
@@ -319,6 +338,14 @@ impl CompareArgs {
 /// The contract's problems as one error naming the flags (`--data-fractions`, not the
 /// API's `hyper.data_fractions`).
 fn flag_problems(problems: &[String]) -> anyhow::Error {
-    let text = problems.join("; ").replace(strategy::request::FRACTIONS, "--data-fractions");
+    let mut text = problems.join("; ").replace(strategy::request::FRACTIONS, "--data-fractions");
+    for (field, flag) in [("hyper.tune_merges", "--tune-merges"), ("hyper.tune_lr", "--tune-lr")] {
+        text = text.replace(field, flag);
+    }
+    // `strategies[i].mixing` is the one --mixing flag here.
+    while let Some(at) = text.find("strategies[") {
+        let Some(end) = text[at..].find("].mixing") else { break };
+        text.replace_range(at..at + end + "].mixing".len(), "--mixing");
+    }
     anyhow::anyhow!("{text}")
 }

@@ -294,7 +294,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             pb.enable_steady_tick(std::time::Duration::from_millis(200));
             let e = multitune::model::gguf_write::export(&m.model, &m.tokenizer, &ad, &base, out, &opts)?;
             pb.finish_and_clear();
-            for p in [&e.model, &e.adapter, &e.modelfiles[0], &e.modelfiles[1]] {
+            for p in std::iter::once(&e.model).chain(&e.adapter).chain(&e.modelfiles) {
                 let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
                 println!("{}  ({:.1} MB)", p.display(), size as f64 / 1e6);
             }

@@ -74,6 +74,13 @@ pub struct TrainArgs {
     /// LoRA targets: `all` or a list such as q,k,v,o.
     #[arg(long)]
     targets: Option<String>,
+    /// Adapter method: lora, rslora (scale α/√r), dora (a magnitude per output row) or
+    /// pissa (A and B from the top singular vectors of each weight).
+    #[arg(long)]
+    method: Option<String>,
+    /// LoRA+: train every B factor at this multiple of the learning rate (e.g. 16).
+    #[arg(long)]
+    lora_plus: Option<f64>,
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -141,6 +148,16 @@ impl TrainArgs {
         if let Some(t) = &self.targets {
             cfg.lora.targets = lora::parse_targets(t)?
         }
+        if let Some(m) = &self.method {
+            let method = multitune_api::AdapterMethod::parse(m).with_context(|| {
+                let known: Vec<&str> = multitune_api::AdapterMethod::ALL.iter().map(|m| m.name()).collect();
+                format!("--method `{m}`: use {}", known.join(", "))
+            })?;
+            cfg.lora = cfg.lora.with_method(method);
+        }
+        if self.lora_plus.is_some() {
+            cfg.lora_plus = self.lora_plus;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -202,7 +219,7 @@ impl TrainArgs {
                 self.out.display()
             );
         }
-        let mut adapter = LoraAdapter::new(&m.model.cfg, cfg.lora.clone(), cfg.seed, device)?;
+        let mut adapter = LoraAdapter::for_model(&m.model, cfg.lora.clone(), cfg.seed)?;
         let run_info = serde_json::json!({ "model": self.model.model, "base_model": m.base_name, "data": self.data, "system": self.system, "train": cfg });
         persist::write_atomic(
             &self.out.join("train_config.json"),

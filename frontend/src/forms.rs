@@ -3,7 +3,9 @@
 //! the request they make, the held-out sizes, the measured throughput behind the time
 //! estimate.
 
-use multitune_api::{defaults, Dataset, Experiment, ExperimentCreate, Hyper, MixingChoice, StrategyChoice, TaskRef};
+use multitune_api::{
+    defaults, AdapterMethod, Dataset, Experiment, ExperimentCreate, Hyper, MixingChoice, StrategyChoice, TaskRef,
+};
 
 /// The form's fields as typed (numbers are edited as text and parsed on submit, so
 /// typing "0.0" is not rewritten). [`Default`] is the untouched form: the contract's
@@ -22,6 +24,10 @@ pub struct FormFields {
     pub lr: String,
     /// LoRA rank.
     pub rank: String,
+    /// Adapter method ([`AdapterMethod::name`]).
+    pub method: String,
+    /// LoRA+ ratio of B's learning rate to A's (blank: off).
+    pub lora_plus: String,
     /// Examples per micro-batch.
     pub batch: String,
     /// Longest example, tokens.
@@ -53,6 +59,8 @@ impl Default for FormFields {
             budget: defaults::BUDGET_TOKENS.to_string(),
             lr: h.learning_rate.to_string(),
             rank: h.rank.to_string(),
+            method: h.method.name().into(),
+            lora_plus: h.lora_plus.map(|r| r.to_string()).unwrap_or_default(),
             batch: h.batch_size.to_string(),
             max_tokens: h.max_tokens.to_string(),
             eval_limit: h.eval_limit.map(|l| l.to_string()).unwrap_or_default(),
@@ -154,11 +162,18 @@ impl FormFields {
         } else {
             num("held-out examples", &self.eval_limit).map(|v| v as usize)
         };
+        let lora_plus = if self.lora_plus.trim().is_empty() { None } else { num("LoRA+ ratio", &self.lora_plus) };
+        let method = AdapterMethod::parse(&self.method);
+        if method.is_none() {
+            errors.push(format!("adapter method: `{}` is not lora, rslora, dora or pissa", self.method.trim()));
+        }
         let seeds = parse_list(&self.seeds, "seeds", "a whole number", &mut errors);
         let data_fractions = parse_list(&self.data_fractions, "data sizes", "a number", &mut errors);
         let h = Hyper {
             learning_rate,
             rank,
+            method: method.unwrap_or_default(),
+            lora_plus,
             batch_size,
             max_tokens,
             eval_limit,
@@ -310,6 +325,21 @@ mod tests {
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].starts_with("learning rate") && e[1].starts_with("held-out") && e[2].starts_with("seeds"));
         assert_eq!(e[3], "data sizes: `half` is not a number");
+    }
+
+    #[test]
+    fn the_adapter_method_and_lora_plus_parse_or_are_named() {
+        let f = FormFields { method: "dora".into(), lora_plus: "16".into(), ..FormFields::default() };
+        let h = f.hyper().unwrap();
+        assert_eq!((h.method, h.lora_plus), (AdapterMethod::Dora, Some(16.0)));
+        assert_eq!(FormFields::default().hyper().unwrap().lora_plus, None);
+        let e = FormFields { method: "qlora".into(), lora_plus: "fast".into(), ..FormFields::default() }
+            .hyper()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            vec!["LoRA+ ratio: `fast` is not a number", "adapter method: `qlora` is not lora, rslora, dora or pissa"]
+        );
     }
 
     #[test]

@@ -444,12 +444,7 @@ pub fn search_text(run: &RunResult) -> String {
         if tried.is_empty() {
             tried.push("every mixing samples alike here".into());
         }
-        parts.push(format!(
-            "mixing: {} → {} ({})",
-            tried.join(", "),
-            m.chosen.name(),
-            format::duration(m.wall_s())
-        ));
+        parts.push(format!("mixing: {} → {} ({})", tried.join(", "), m.chosen.name(), format::duration(m.wall_s())));
     }
     if let Some(t) = &run.merge_tuning {
         let vs = t

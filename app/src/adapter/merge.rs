@@ -97,6 +97,20 @@ impl MergeMethod {
     }
 }
 
+/// Why DoRA adapters are not merged.
+pub const DORA_MERGE: &str = "merging DoRA adapters is not defined: each rescales the rows of the base weight by its \
+     own magnitudes, which no sum of low-rank updates expresses; score them routed (no merges), or train with \
+     lora, rslora or pissa";
+
+/// The adapters as plain LoRA adapters: PiSSA ones converted ([`LoraAdapter::to_plain`]),
+/// DoRA ones refused ([`DORA_MERGE`]).
+fn plain(adapters: &[&LoraAdapter]) -> Result<Vec<LoraAdapter>> {
+    if adapters.iter().any(|a| a.config.use_dora) {
+        return Err(Error::Invalid(DORA_MERGE.into()));
+    }
+    adapters.iter().map(|a| a.to_plain()).collect()
+}
+
 fn targets_of(adapters: &[&LoraAdapter]) -> Result<Vec<Target>> {
     let first = adapters.first().ok_or_else(|| Error::Invalid("nothing to merge".into()))?;
     for a in adapters {
@@ -110,9 +124,12 @@ fn targets_of(adapters: &[&LoraAdapter]) -> Result<Vec<Target>> {
 /// Concatenates factors: `A = [A_1; …; A_T]`, `B = [w_1 s_1 B_1, …, w_T s_T B_T]`, scale 1,
 /// so the result's delta is exactly `Σ w_t ΔW_t`.
 pub fn concat_weighted(adapters: &[&LoraAdapter], weights: &[f64]) -> Result<LoraAdapter> {
+    let owned = plain(adapters)?;
+    let adapters: Vec<&LoraAdapter> = owned.iter().collect();
+    let adapters = adapters.as_slice();
     let targets = targets_of(adapters)?;
     let rank: usize = adapters.iter().map(|a| a.config.rank).sum();
-    let config = LoraConfig { rank, alpha: rank as f64, dropout: 0.0, targets: targets.clone(), use_rslora: false };
+    let config = LoraConfig { rank, alpha: rank as f64, targets: targets.clone(), ..LoraConfig::default() };
     let mut layers = Vec::with_capacity(adapters[0].layers.len());
     for li in 0..adapters[0].layers.len() {
         let mut m = BTreeMap::new();
@@ -126,7 +143,7 @@ pub fn concat_weighted(adapters: &[&LoraAdapter], weights: &[f64]) -> Result<Lor
             }
             let a = Tensor::cat(&a_parts, 0)?;
             let b = Tensor::cat(&b_parts, 1)?;
-            m.insert(t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
+            m.insert(t, LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?));
         }
         layers.push(m);
     }
@@ -231,6 +248,9 @@ pub fn dare(deltas: &[Tensor], drop: f64, lambda: f64, seed: u64, stream: u64) -
 /// for four tasks on the default model).
 pub fn merge(adapters: &[&LoraAdapter], method: MergeMethod, rank: usize) -> Result<LoraAdapter> {
     method.validate()?;
+    let owned = plain(adapters)?;
+    let adapters: Vec<&LoraAdapter> = owned.iter().collect();
+    let adapters = adapters.as_slice();
     let t = adapters.len() as f64;
     match method {
         MergeMethod::Linear => concat_weighted(adapters, &vec![1.0 / t; adapters.len()]),
@@ -238,8 +258,7 @@ pub fn merge(adapters: &[&LoraAdapter], method: MergeMethod, rank: usize) -> Res
         MergeMethod::Concat => concat_weighted(adapters, &vec![1.0; adapters.len()]),
         MergeMethod::Ties { .. } | MergeMethod::Dare { .. } => {
             let targets = targets_of(adapters)?;
-            let config =
-                LoraConfig { rank, alpha: rank as f64, dropout: 0.0, targets: targets.clone(), use_rslora: false };
+            let config = LoraConfig { rank, alpha: rank as f64, targets: targets.clone(), ..LoraConfig::default() };
             let mut layers = Vec::with_capacity(adapters[0].layers.len());
             for li in 0..adapters[0].layers.len() {
                 let mut pairs = BTreeMap::new();
@@ -313,7 +332,7 @@ pub fn low_rank(d: &Tensor, rank: usize, seed: u64, stream: u64) -> Result<LoraP
         (qt, a)
     };
     let to = |x: Tensor| -> Result<Var> { Ok(Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(d.device())?)?) };
-    Ok(LoraPair { a: to(a)?, b: to(b)? })
+    Ok(LoraPair::plain(to(a)?, to(b)?))
 }
 
 #[cfg(test)]
@@ -411,4 +430,3 @@ mod tests {
         }
     }
 }
-

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::gguf::permute_qk_rows;
-use crate::model::lora::{LoraAdapter, LoraConfig, Target};
+use crate::model::lora::{LoraAdapter, LoraConfig, Target, MAGNITUDE};
 use crate::persist;
 use crate::{Error, Result};
 
@@ -20,17 +20,24 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const CONFIG_FILE: &str = "adapter_config.json";
 
 /// q/k LoRA-B rows follow the base's rope layout; PEFT expects Hugging Face order.
+/// (A DoRA magnitude, one value per row, follows the rows too.)
 fn to_hf_rows(name: &str, t: candle_core::Tensor, cfg: &ModelConfig, to_hf: bool) -> Result<candle_core::Tensor> {
-    if cfg.rope_layout != RopeLayout::Interleaved || !name.ends_with("lora_B.weight") {
+    let magnitude = name.ends_with(MAGNITUDE);
+    if cfg.rope_layout != RopeLayout::Interleaved || !(name.ends_with("lora_B.weight") || magnitude) {
         return Ok(t);
     }
-    if name.contains(".q_proj.") {
-        permute_qk_rows(&t, cfg.num_attention_heads, to_hf)
+    let heads = if name.contains(".q_proj.") {
+        cfg.num_attention_heads
     } else if name.contains(".k_proj.") {
-        permute_qk_rows(&t, cfg.num_key_value_heads, to_hf)
+        cfg.num_key_value_heads
     } else {
-        Ok(t)
+        return Ok(t);
+    };
+    if magnitude {
+        let n = t.dim(0)?;
+        return Ok(permute_qk_rows(&t.reshape((n, 1))?, heads, to_hf)?.reshape(n)?);
     }
+    permute_qk_rows(&t, heads, to_hf)
 }
 
 /// The `adapter_config.json` PEFT writes for this adapter.
@@ -59,14 +66,17 @@ pub fn adapter_config_json(cfg: &LoraConfig, base_name: &str) -> serde_json::Val
         "revision": null,
         "target_modules": targets,
         "task_type": "CAUSAL_LM",
-        "use_dora": false,
+        "use_dora": cfg.use_dora,
         "use_rslora": cfg.use_rslora
     })
 }
 
-/// Saves `adapter` into `dir` in PEFT layout.
+/// Saves `adapter` into `dir` in PEFT layout (a PiSSA adapter as the plain LoRA on the
+/// original base it converts to, as PEFT's `path_initial_model_for_weight_conversion`
+/// saves it; a DoRA adapter with `use_dora` and its magnitudes).
 pub fn save_adapter(dir: &Path, adapter: &LoraAdapter, model: &ModelConfig, base_name: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let adapter = &adapter.to_plain()?;
     let tensors = adapter
         .named_tensors()
         .into_iter()
@@ -91,10 +101,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     if v.get("peft_type").and_then(|x| x.as_str()) != Some("LORA") {
         return Err(bad("peft_type", "must be \"LORA\""));
     }
-    for key in ["use_dora"] {
-        if v.get(key).and_then(|x| x.as_bool()) == Some(true) {
-            return Err(bad(key, "is not supported"));
-        }
+    if v.get("init_lora_weights").and_then(|x| x.as_str()).is_some_and(|s| s.starts_with("pissa")) {
+        return Err(bad(
+            "init_lora_weights",
+            "is a PiSSA start: load the adapter PEFT converted to a LoRA on the original base",
+        ));
     }
     for key in ["rank_pattern", "alpha_pattern"] {
         if v.get(key).and_then(|x| x.as_object()).is_some_and(|o| !o.is_empty()) {
@@ -130,6 +141,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
         dropout: v.get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0) as f32,
         targets,
         use_rslora: v.get("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false),
+        use_dora: v.get("use_dora").and_then(|x| x.as_bool()).unwrap_or(false),
+        pissa: false,
     };
     cfg.validate()?;
     Ok(cfg)

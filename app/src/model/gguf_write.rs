@@ -126,6 +126,11 @@ pub fn write_model(model: &Llama, base: &Path, out: &Path, ty: GgufType, name: &
 /// such that llama.cpp's scale `alpha / r` is the adapter's own (rsLoRA's `alpha / √r`
 /// included).
 pub fn write_lora(adapter: &LoraAdapter, cfg: &ModelConfig, base: &Path, out: &Path, name: &str) -> Result<()> {
+    if adapter.config.use_dora {
+        return Err(Error::Invalid("a llama.cpp LoRA GGUF has no DoRA magnitudes: use the merged model's GGUF".into()));
+    }
+    // A PiSSA adapter as the plain LoRA on the original base it converts to.
+    let adapter = &adapter.to_plain()?;
     let arch = base_metadata(base)?
         .into_iter()
         .find(|(k, _)| k == "general.architecture")
@@ -220,10 +225,12 @@ const LLAMA3: &str = "{{- if .System }}<|start_header_id|>system<|end_header_id|
 pub struct GgufExport {
     /// The merged model.
     pub model: PathBuf,
-    /// The LoRA adapter for the base GGUF.
-    pub adapter: PathBuf,
-    /// `Modelfile` (the merged model) and `Modelfile.adapter` (base + adapter).
-    pub modelfiles: [PathBuf; 2],
+    /// The LoRA adapter for the base GGUF (none for DoRA, which llama.cpp's LoRA cannot
+    /// express).
+    pub adapter: Option<PathBuf>,
+    /// `Modelfile` (the merged model) and, with an adapter, `Modelfile.adapter` (base +
+    /// adapter).
+    pub modelfiles: Vec<PathBuf>,
 }
 
 /// How to export: the weight type, the model's name (`general.name`), the system
@@ -256,16 +263,21 @@ pub fn export(
     let model_path = dir.join(&file);
     write_model(&merged, base, &model_path, ty, name)?;
     drop(merged);
+    let mut modelfiles = vec![dir.join("Modelfile")];
+    crate::persist::write_atomic(&modelfiles[0], modelfile(tokenizer, &format!("./{file}"), None, system)?.as_bytes())?;
+    // A DoRA adapter has no llama.cpp LoRA form: the merged model only.
+    if adapter.config.use_dora {
+        return Ok(GgufExport { model: model_path, adapter: None, modelfiles });
+    }
     let adapter_path = dir.join("adapter.gguf");
     write_lora(adapter, &model.cfg, base, &adapter_path, name)?;
     let base_file = base.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "base.gguf".into());
-    let modelfiles = [dir.join("Modelfile"), dir.join("Modelfile.adapter")];
-    crate::persist::write_atomic(&modelfiles[0], modelfile(tokenizer, &format!("./{file}"), None, system)?.as_bytes())?;
+    modelfiles.push(dir.join("Modelfile.adapter"));
     crate::persist::write_atomic(
         &modelfiles[1],
         modelfile(tokenizer, &format!("./{base_file}"), Some("./adapter.gguf"), system)?.as_bytes(),
     )?;
-    Ok(GgufExport { model: model_path, adapter: adapter_path, modelfiles })
+    Ok(GgufExport { model: model_path, adapter: Some(adapter_path), modelfiles })
 }
 
 /// Checks that `model`'s matrices fit `ty`'s blocks (q8_0 rows are blocks of 32).

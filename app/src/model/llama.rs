@@ -54,49 +54,86 @@ pub struct Forward<'a> {
     /// `Some((seed, step))` in training: dropout masks are drawn from this stream.
     pub dropout: Option<(u64, u64)>,
     calls: Cell<u64>,
+    /// DoRA's per-row factors in evaluation, computed once per layer for the life of
+    /// this pass (the adapter does not change while it evaluates; a decode's steps share
+    /// them).
+    dora: std::cell::RefCell<std::collections::HashMap<(usize, Target), Tensor>>,
 }
 
 impl<'a> Forward<'a> {
     /// Evaluation with an optional adapter.
     pub fn eval(adapter: Option<&'a LoraAdapter>) -> Self {
-        Self { adapter, dropout: None, calls: Cell::new(0) }
+        Self { adapter, ..Default::default() }
     }
 
     /// Training with `adapter`, dropout seeded by `seed` and `step`.
     pub fn train(adapter: &'a LoraAdapter, seed: u64, step: u64) -> Self {
-        Self { adapter: Some(adapter), dropout: Some((seed, step)), calls: Cell::new(0) }
+        Self { adapter: Some(adapter), dropout: Some((seed, step)), ..Default::default() }
     }
 
+    /// `lin` of block `layer` applied to `x`, with the adapter's layer if it has one: LoRA
+    /// `W x + s·B·A x` (a PiSSA adapter through its factors with the start subtracted,
+    /// [`LoraPair::factors`]), and DoRA's per-row factor on top, as PEFT computes it —
+    /// `g ⊙ (W x + s·B·A x)` plus the bias, and with dropout on the adapter's input
+    /// `W x + b + (g − 1) ⊙ W x' + g ⊙ s·B·A x'` (`x'` dropped out).
     fn project(&self, products: Products, layer: usize, target: Target, lin: &Linear, x: &Tensor) -> Result<Tensor> {
-        let pair = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p)));
-        let dropout_active = self.dropout.is_some() && pair.is_some_and(|(ad, _)| ad.config.dropout > 0.0);
-        if self.dropout.is_none() {
-            // Evaluation records no graph: the factors are `Var`s, and a result that
-            // tracks them would keep every input it came from alive (a KV cache would
-            // hold the whole decode's activations).
-            let lora = pair.map(|(ad, p)| (p.a.as_tensor().detach(), p.b.as_tensor().detach(), ad.scale()));
-            let lora = lora.as_ref().map(|(a, b, s)| (a, b, *s));
-            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None, products);
-        }
-        let lora = pair.map(|(ad, p)| (p.a.as_tensor(), p.b.as_tensor(), ad.scale()));
-        let Some((ad, _)) = pair.filter(|_| dropout_active) else {
-            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, None, products);
+        let Some((ad, p)) = self.adapter.and_then(|ad| ad.get(layer, target).map(|p| (ad, p))) else {
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), None, None, products);
         };
-        let p = ad.config.dropout;
-        let xin = match self.dropout {
+        // Evaluation records no graph: the factors are `Var`s, and a result that tracks
+        // them would keep every input it came from alive (a KV cache would hold the whole
+        // decode's activations).
+        let eval = self.dropout.is_none();
+        let (a, b) = p.factors(eval)?;
+        let lora = Some((&a, &b, ad.scale()));
+        let g = match (&p.magnitude, eval) {
+            (None, _) => None,
+            (Some(_), true) => {
+                let mut cache = self.dora.borrow_mut();
+                let g = match cache.get(&(layer, target)) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let Some(g) = p.dora_scale(&lin.weight, ad.scale(), true)? else {
+                            return Err(crate::Error::Invalid("a DoRA layer without its magnitude".into()));
+                        };
+                        cache.insert((layer, target), g.clone());
+                        g
+                    }
+                };
+                Some(g)
+            }
+            (Some(_), false) => p.dora_scale(&lin.weight, ad.scale(), false)?,
+        };
+        let xin = match self.dropout.filter(|_| ad.config.dropout > 0.0) {
             Some((seed, step)) => {
                 let call = self.calls.get();
                 self.calls.set(call + 1);
                 let mut r = rng::stream(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15), streams::DROPOUT, call);
-                let keep = 1.0 / (1.0 - p);
+                let keep = 1.0 / (1.0 - ad.config.dropout);
                 let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rand::Rng::random::<f32>(&mut r) < p { 0.0 } else { keep })
+                    .map(|_| if rand::Rng::random::<f32>(&mut r) < ad.config.dropout { 0.0 } else { keep })
                     .collect();
-                (x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?
+                Some((x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?)
             }
-            None => x.clone(),
+            None => None,
         };
-        ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, Some(&xin), products)
+        let Some(g) = g else {
+            return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, xin.as_ref(), products);
+        };
+        let g = g.to_dtype(x.dtype())?;
+        let y = match &xin {
+            None => ops::linear(x, &lin.weight, None, lora, None, products)?.broadcast_mul(&g)?,
+            Some(xd) => {
+                let base = ops::linear(x, &lin.weight, None, None, None, products)?;
+                let dropped = ops::linear(xd, &lin.weight, None, lora, None, products)?;
+                let plain = ops::linear(xd, &lin.weight, None, None, None, products)?;
+                ((base + dropped.broadcast_mul(&g)?)? - plain)?
+            }
+        };
+        Ok(match &lin.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        })
     }
 }
 
@@ -485,13 +522,18 @@ impl Llama {
         self.logits(&h)
     }
 
-    /// A copy of this model with `sign · scale · B A` added to every adapted weight
-    /// (`sign = 1` merges, `-1` unmerges).
+    /// A copy of this model with `sign` times the adapter's change added to every
+    /// adapted weight (`sign = 1` merges, `-1` unmerges): `scale · B A` for LoRA (and
+    /// PiSSA's `scale · (B A − B₀ A₀)`); DoRA's rescaled rows, merge only.
     pub fn with_adapter_merged(&self, adapter: &LoraAdapter, sign: f64) -> Result<Self> {
+        if adapter.config.use_dora && sign != 1.0 {
+            return Err(crate::Error::Invalid("a DoRA adapter is merged, never unmerged".into()));
+        }
         let mut m = self.clone();
         for (li, block) in m.blocks.iter_mut().enumerate() {
             for t in Target::ALL {
-                if let Some(delta) = adapter.delta(li, t)? {
+                // A DoRA adapter's change depends on the weight it rescales.
+                if let Some(delta) = adapter.delta_on(li, t, &block.linears[t as usize].weight)? {
                     let w = &mut block.linears[t as usize].weight;
                     let merged = (w.to_dtype(DType::F32)? + (delta * sign)?)?.to_dtype(w.dtype())?;
                     // A plain weight again: without `detach` it remembers the operation

@@ -140,13 +140,28 @@ pub struct LoraConfig {
     pub targets: Vec<Target>,
     /// Rank-stabilised scaling `alpha / √r`.
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`): each adapted layer also learns a magnitude per output
+    /// row, `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A) x`, the norm per row and treated as a
+    /// constant in the gradient (as PEFT does, after the paper's section 4.3).
+    pub use_dora: bool,
+    /// PiSSA (PEFT's `init_lora_weights: "pissa"`): A and B start from the top `rank`
+    /// singular vectors of W, which keeps the residual `W − s·B₀·A₀`.
+    pub pissa: bool,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
         // The contract's rank, alpha twice the rank (as a comparison sets it).
         let rank = multitune_api::defaults::RANK;
-        Self { rank, alpha: 2.0 * rank as f64, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false }
+        Self {
+            rank,
+            alpha: 2.0 * rank as f64,
+            dropout: 0.0,
+            targets: Target::ALL.to_vec(),
+            use_rslora: false,
+            use_dora: false,
+            pissa: false,
+        }
     }
 }
 
@@ -174,7 +189,48 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err(Error::Invalid("no LoRA targets".into()));
         }
+        if self.use_dora && self.pissa {
+            return Err(Error::Invalid("DoRA with a PiSSA start is not supported: pick one".into()));
+        }
         Ok(())
+    }
+
+    /// What is wrong with this configuration for a model of shape `model`: a PiSSA rank
+    /// above what a layer's singular vectors allow (`min(in, out)`).
+    pub fn problem_for(&self, model: &ModelConfig) -> Option<String> {
+        if !self.pissa {
+            return None;
+        }
+        let (t, most) = self.targets.iter().map(|t| (t, t.shape(model).0.min(t.shape(model).1))).min_by_key(|x| x.1)?;
+        (self.rank > most).then(|| {
+            format!(
+                "rank {} is larger than PiSSA allows: `{}` has {most} singular vectors (its smaller side)",
+                self.rank,
+                t.module_name()
+            )
+        })
+    }
+
+    /// The method in the contract's words.
+    pub fn method(&self) -> multitune_api::AdapterMethod {
+        use multitune_api::AdapterMethod;
+        match (self.use_dora, self.pissa, self.use_rslora) {
+            (true, _, _) => AdapterMethod::Dora,
+            (_, true, _) => AdapterMethod::Pissa,
+            (_, _, true) => AdapterMethod::Rslora,
+            _ => AdapterMethod::Lora,
+        }
+    }
+
+    /// This configuration with `method`'s settings (rank, alpha and targets kept).
+    pub fn with_method(self, method: multitune_api::AdapterMethod) -> Self {
+        use multitune_api::AdapterMethod;
+        Self {
+            use_rslora: method == AdapterMethod::Rslora,
+            use_dora: method == AdapterMethod::Dora,
+            pissa: method == AdapterMethod::Pissa,
+            ..self
+        }
     }
 }
 
@@ -185,6 +241,49 @@ pub struct LoraPair {
     pub a: Var,
     /// Up-projection.
     pub b: Var,
+    /// DoRA: the magnitude of each output row, `(out,)`.
+    pub magnitude: Option<Var>,
+    /// PiSSA: the factors it started from, `(A₀, B₀)`, frozen. The base model keeps
+    /// `W − s·B₀·A₀`: applied as `W x + s·(B·A − B₀·A₀) x`, so one base model still
+    /// serves every adapter.
+    pub start: Option<(Tensor, Tensor)>,
+}
+
+impl LoraPair {
+    /// A plain pair (no magnitude, no PiSSA start).
+    pub fn plain(a: Var, b: Var) -> Self {
+        Self { a, b, magnitude: None, start: None }
+    }
+
+    /// The low-rank factors the layer applies, as tensors: `(A, B)`, or for a PiSSA pair
+    /// `([A; A₀], [B, −B₀])`, whose product is `B·A − B₀·A₀` (PEFT's conversion of a
+    /// PiSSA adapter to a LoRA on the original base, at twice the rank). Detached when
+    /// `detach` (evaluation records no graph).
+    pub fn factors(&self, detach: bool) -> Result<(Tensor, Tensor)> {
+        let (a, b) = if detach {
+            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
+        } else {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        };
+        Ok(match &self.start {
+            None => (a, b),
+            Some((a0, b0)) => (Tensor::cat(&[&a, a0], 0)?, Tensor::cat(&[&b, &b0.neg()?], 1)?),
+        })
+    }
+
+    /// DoRA's per-row factor `m / ‖W + s·B·A‖` for the layer's weight `w` `(out, in)`,
+    /// shaped `(1, out)`; the norm never carries a gradient, the magnitude does unless
+    /// `detach`. `None` without a magnitude.
+    pub fn dora_scale(&self, w: &Tensor, scale: f64, detach: bool) -> Result<Option<Tensor>> {
+        let Some(m) = &self.magnitude else { return Ok(None) };
+        let (a, b) = self.factors(true)?;
+        // In f32, or f64 for an f64 model (half-precision weights are widened).
+        let dt = if w.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let adapted = (w.to_dtype(dt)? + (b.to_dtype(dt)?.matmul(&a.to_dtype(dt)?)? * scale)?)?;
+        let norm = adapted.sqr()?.sum(1)?.sqrt()?.detach();
+        let m = if detach { m.as_tensor().detach() } else { m.as_tensor().clone() };
+        Ok(Some((m.to_dtype(dt)? / norm)?.unsqueeze(0)?))
+    }
 }
 
 /// One adapter for a whole model: a [`LoraPair`] per adapted layer.
@@ -197,8 +296,48 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// A fresh adapter initialised as PEFT does (A Kaiming-uniform, B zero), seeded.
+    /// A fresh adapter initialised as PEFT does (A Kaiming-uniform, B zero), seeded. DoRA
+    /// and PiSSA start from the base model's weights: [`LoraAdapter::for_model`].
     pub fn new(model: &ModelConfig, config: LoraConfig, seed: u64, device: &Device) -> Result<Self> {
+        if config.use_dora || config.pissa {
+            return Err(Error::Invalid("a DoRA or PiSSA adapter starts from the base model's weights".into()));
+        }
+        Self::kaiming(model, config, seed, device)
+    }
+
+    /// A fresh adapter for `model`, as PEFT initialises it for the configured method:
+    /// A Kaiming-uniform and B zero, then for DoRA each magnitude `‖W‖` per row (the
+    /// adapter starts as the base model), for PiSSA A and B from the top singular vectors
+    /// of W (`B·A = W_r / s`, with `W_r` the best rank-r approximation; the base keeps
+    /// the rest) — one truncated SVD per layer, at start.
+    pub fn for_model(model: &crate::model::Llama, config: LoraConfig, seed: u64) -> Result<Self> {
+        if let Some(p) = config.problem_for(&model.cfg) {
+            return Err(Error::Invalid(p));
+        }
+        let (dora, pissa, scale) = (config.use_dora, config.pissa, config.scale());
+        let mut ad = Self::kaiming(&model.cfg, config, seed, model.device())?;
+        if !dora && !pissa {
+            return Ok(ad);
+        }
+        for (li, m) in ad.layers.iter_mut().enumerate() {
+            for (t, p) in m.iter_mut() {
+                let w = model.blocks[li].linear(*t).weight.to_dtype(DType::F32)?;
+                if dora {
+                    p.magnitude = Some(Var::from_tensor(&w.sqr()?.sum(1)?.sqrt()?)?);
+                }
+                if pissa {
+                    let (a0, b0) = pissa_factors(&w, ad.config.rank, scale)?;
+                    p.a = Var::from_tensor(&a0)?;
+                    p.b = Var::from_tensor(&b0)?;
+                    p.start = Some((a0, b0));
+                }
+            }
+        }
+        Ok(ad)
+    }
+
+    /// [`LoraAdapter::new`] whatever the method (the factors only).
+    fn kaiming(model: &ModelConfig, config: LoraConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
         let mut rng = rng::stream(seed, streams::LORA_INIT, 0);
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
@@ -213,7 +352,7 @@ impl LoraAdapter {
                     device,
                 )?;
                 let b = Tensor::zeros((fan_out, config.rank), DType::F32, device)?;
-                m.insert(t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
+                m.insert(t, LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?));
             }
             layers.push(m);
         }
@@ -230,9 +369,31 @@ impl LoraAdapter {
         self.config.scale()
     }
 
-    /// Every trainable variable, in a fixed order (block, target, A then B).
+    /// Every trainable variable, in a fixed order (block, target, A then B, then a DoRA
+    /// magnitude).
     pub fn vars(&self) -> Vec<Var> {
-        self.layers.iter().flat_map(|m| m.values().flat_map(|p| [p.a.clone(), p.b.clone()])).collect()
+        self.layers
+            .iter()
+            .flat_map(|m| m.values().flat_map(|p| [Some(p.a.clone()), Some(p.b.clone()), p.magnitude.clone()]))
+            .flatten()
+            .collect()
+    }
+
+    /// Whether each of [`LoraAdapter::vars`] is a B factor (LoRA+ trains those at a
+    /// multiple of the learning rate).
+    pub fn is_b(&self) -> Vec<bool> {
+        self.layers
+            .iter()
+            .flat_map(|m| {
+                m.values().flat_map(|p| {
+                    let mut v = vec![false, true];
+                    if p.magnitude.is_some() {
+                        v.push(false);
+                    }
+                    v
+                })
+            })
+            .collect()
     }
 
     /// Trainable parameter count.
@@ -240,15 +401,39 @@ impl LoraAdapter {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    /// The dense update `scale · B A` of one layer, `(out, in)`.
+    /// The dense update `scale · B A` of one layer, `(out, in)` (a PiSSA adapter's:
+    /// `scale · (B·A − B₀·A₀)`, its change to the original weight). A DoRA adapter's
+    /// update depends on the weight it rescales: [`LoraAdapter::delta_on`].
     pub fn delta(&self, layer: usize, target: Target) -> Result<Option<Tensor>> {
+        if self.config.use_dora {
+            return Err(Error::Invalid("a DoRA adapter's update depends on the base weight".into()));
+        }
         match self.get(layer, target) {
             None => Ok(None),
-            Some(p) => Ok(Some((p.b.as_tensor().matmul(p.a.as_tensor())? * self.scale())?)),
+            Some(p) => {
+                let (a, b) = p.factors(false)?;
+                Ok(Some((b.matmul(&a)? * self.scale())?))
+            }
         }
     }
 
-    /// Tensors by PEFT name: `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`.
+    /// The change this adapter makes to the weight `w` `(out, in)` of one layer: for DoRA
+    /// `m / ‖W + s·B·A‖ ⊙ (W + s·B·A) − W` (row by row), for the others
+    /// [`LoraAdapter::delta`].
+    pub fn delta_on(&self, layer: usize, target: Target, w: &Tensor) -> Result<Option<Tensor>> {
+        let Some(p) = self.get(layer, target) else { return Ok(None) };
+        let Some(g) = p.dora_scale(w, self.scale(), true)? else { return self.delta(layer, target) };
+        let (a, b) = p.factors(true)?;
+        let dt = g.dtype();
+        let w = w.to_dtype(dt)?;
+        let adapted = (&w + (b.to_dtype(dt)?.matmul(&a.to_dtype(dt)?)? * self.scale())?)?;
+        Ok(Some((adapted.broadcast_mul(&g.t()?)? - w)?))
+    }
+
+    /// Tensors by PEFT name, in the order of [`LoraAdapter::vars`]:
+    /// `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, `…lora_B.weight`
+    /// and, for DoRA, `…lora_magnitude_vector` (a PiSSA adapter's trained factors: its
+    /// PEFT export is [`LoraAdapter::to_plain`]'s).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, m) in self.layers.iter().enumerate() {
@@ -256,13 +441,43 @@ impl LoraAdapter {
                 let base = format!("base_model.model.model.layers.{i}.{}", t.block_path());
                 out.push((format!("{base}.lora_A.weight"), p.a.as_tensor().clone()));
                 out.push((format!("{base}.lora_B.weight"), p.b.as_tensor().clone()));
+                if let Some(mag) = &p.magnitude {
+                    out.push((format!("{base}.{MAGNITUDE}"), mag.as_tensor().clone()));
+                }
             }
         }
         out
     }
 
+    /// A PiSSA adapter as a plain LoRA on the original base model (PEFT's conversion):
+    /// `A' = [A; A₀]`, `B' = [B, −B₀]`, rank `2r` and alpha doubled (√2 × alpha with
+    /// rsLoRA) so the scale is unchanged; every other adapter as it is.
+    pub fn to_plain(&self) -> Result<Self> {
+        if !self.config.pissa {
+            return Ok(self.clone());
+        }
+        let rank = 2 * self.config.rank;
+        let alpha = if self.config.use_rslora { self.config.alpha * 2f64.sqrt() } else { 2.0 * self.config.alpha };
+        let config = LoraConfig { rank, alpha, pissa: false, ..self.config.clone() };
+        let layers = self
+            .layers
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|(t, p)| {
+                        let (a, b) = p.factors(true)?;
+                        Ok((*t, LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?)))
+                    })
+                    .collect::<Result<BTreeMap<_, _>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, layers })
+    }
+
     /// Rebuilds an adapter from PEFT-named tensors, checking every expected tensor is
-    /// present with the right shape and no unexpected one is left over.
+    /// present with the right shape and no unexpected one is left over (a PiSSA
+    /// configuration is refused: a PiSSA adapter is saved as the plain LoRA it converts
+    /// to).
     pub fn from_named_tensors(
         model: &ModelConfig,
         config: LoraConfig,
@@ -270,6 +485,9 @@ impl LoraAdapter {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        if config.pissa {
+            return Err(Error::Adapter("a PiSSA adapter is read as the plain LoRA it was saved as".into()));
+        }
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
         for i in 0..model.num_hidden_layers {
             let mut m = BTreeMap::new();
@@ -290,7 +508,19 @@ impl LoraAdapter {
                 };
                 let a = take("lora_A.weight", (config.rank, fan_in))?;
                 let b = take("lora_B.weight", (fan_out, config.rank))?;
-                m.insert(t, LoraPair { a, b });
+                let mut pair = LoraPair::plain(a, b);
+                if config.use_dora {
+                    let name = format!("{base}.{MAGNITUDE}");
+                    let x = tensors.remove(&name).ok_or_else(|| Error::Adapter(format!("missing tensor `{name}`")))?;
+                    if x.dims() != [fan_out] {
+                        return Err(Error::Adapter(format!(
+                            "tensor `{name}` has shape {:?}, the model needs [{fan_out}]",
+                            x.dims()
+                        )));
+                    }
+                    pair.magnitude = Some(Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(device)?)?);
+                }
+                m.insert(t, pair);
             }
             layers.push(m);
         }
@@ -309,7 +539,10 @@ impl LoraAdapter {
                 m.iter()
                     .map(|(t, p)| {
                         let (a, b) = (f(p.a.as_tensor())?, f(p.b.as_tensor())?);
-                        Ok((*t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? }))
+                        let magnitude =
+                            p.magnitude.as_ref().map(|m| Var::from_tensor(&f(m.as_tensor())?)).transpose()?;
+                        let start = p.start.as_ref().map(|(a0, b0)| Ok::<_, Error>((f(a0)?, f(b0)?))).transpose()?;
+                        Ok((*t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, magnitude, start }))
                     })
                     .collect::<Result<BTreeMap<_, _>>>()
             })
@@ -317,9 +550,12 @@ impl LoraAdapter {
         Ok(Self { config: self.config.clone(), layers })
     }
 
-    /// A copy whose update is `factor` times this one's (every B scaled), as new,
-    /// independent variables.
+    /// A copy of a plain LoRA adapter whose update is `factor` times this one's (every B
+    /// scaled), as new, independent variables.
     pub fn scaled(&self, factor: f64) -> Result<Self> {
+        if self.config.use_dora || self.config.pissa {
+            return Err(Error::Invalid("only a plain LoRA adapter scales by its B factors".into()));
+        }
         let layers = self
             .layers
             .iter()
@@ -327,7 +563,8 @@ impl LoraAdapter {
                 m.iter()
                     .map(|(t, p)| {
                         let b = (p.b.as_tensor() * factor)?;
-                        Ok((*t, LoraPair { a: Var::from_tensor(&p.a.as_tensor().copy()?)?, b: Var::from_tensor(&b)? }))
+                        let a = Var::from_tensor(&p.a.as_tensor().copy()?)?;
+                        Ok((*t, LoraPair::plain(a, Var::from_tensor(&b)?)))
                     })
                     .collect::<Result<BTreeMap<_, _>>>()
             })
@@ -344,6 +581,157 @@ impl LoraAdapter {
     pub fn deep_clone(&self) -> Result<Self> {
         self.map_factors(Tensor::copy)
     }
+}
+
+/// The PEFT name of a DoRA magnitude after a layer's path.
+pub const MAGNITUDE: &str = "lora_magnitude_vector";
+
+/// PiSSA's starting factors for the weight `w` `(out, in)` at rank `r` and scale `s`, as
+/// PEFT computes them from the SVD `W = U S Vᵀ`: `A = √(S_r/s) V_rᵀ` `(r, in)`,
+/// `B = U_r √(S_r/s)` `(out, r)`, so `s·B·A` is W's best rank-r approximation. The top
+/// singular vectors come from [`top_singular`].
+pub fn pissa_factors(w: &Tensor, r: usize, s: f64) -> Result<(Tensor, Tensor)> {
+    let (out, inp) = w.dims2()?;
+    let r = r.min(out).min(inp);
+    let data: Vec<f64> = w.to_dtype(DType::F64)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let (u, sv, vt) = top_singular(&data, out, inp, r)?;
+    let root: Vec<f64> = sv.iter().map(|x| (x / s).max(0.0).sqrt()).collect();
+    let a: Vec<f32> = (0..r * inp).map(|i| (root[i / inp] * vt[i]) as f32).collect();
+    let b: Vec<f32> = (0..out * r).map(|i| (u[i] * root[i % r]) as f32).collect();
+    let dev = w.device();
+    Ok((Tensor::from_vec(a, (r, inp), dev)?, Tensor::from_vec(b, (out, r), dev)?))
+}
+
+/// The top `r` singular triplets of `w` (`m × n`, row-major, f64): `(U m×r, S r, Vᵀ
+/// r×n)`, singular values descending. From the eigenvectors of the smaller Gram matrix
+/// (`WᵀW` or `WWᵀ`) by subspace iteration with a Rayleigh–Ritz step each time (`r + 8`
+/// vectors, seeded), until the top `r` eigenvalues settle to 1e-13 relative (at most 200
+/// steps): converging as the square of the singular-value ratio.
+pub fn top_singular(w: &[f64], m: usize, n: usize, r: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let run = || -> candle_core::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let dev = Device::Cpu;
+        let wt = Tensor::from_slice(w, (m, n), &dev)?;
+        // The tall side's Gram: x is W (n ≤ m) or Wᵀ, `small` its width.
+        let x = if n <= m { wt.clone() } else { wt.t()?.contiguous()? };
+        let small = n.min(m);
+        let g = x.t()?.matmul(&x)?;
+        let k = (r + 8).min(small);
+        let mut rng = rng::stream(0, 31, (m * 7919 + n) as u64);
+        let mut q: Vec<f64> = (0..small * k).map(|_| rand::Rng::random::<f64>(&mut rng) - 0.5).collect();
+        orthonormal_columns(&mut q, small, k);
+        let mut qt = Tensor::from_vec(q, (small, k), &dev)?;
+        let mut values = vec![0f64; k];
+        let mut last = vec![f64::NAN; r];
+        for _ in 0..200 {
+            let mut z: Vec<f64> = g.matmul(&qt)?.flatten_all()?.to_vec1()?;
+            orthonormal_columns(&mut z, small, k);
+            let q = Tensor::from_vec(z, (small, k), &dev)?;
+            let t: Vec<f64> = q.t()?.matmul(&g.matmul(&q)?)?.flatten_all()?.to_vec1()?;
+            let (vals, vecs) = jacobi_eigen(&t, k);
+            qt = q.matmul(&Tensor::from_vec(vecs, (k, k), &dev)?)?;
+            values = vals;
+            let top = values[0].abs().max(1e-300);
+            let settled = (0..r).all(|i| (values[i] - last[i]).abs() <= 1e-13 * top);
+            last.copy_from_slice(&values[..r]);
+            if settled {
+                break;
+            }
+        }
+        let sv: Vec<f64> = values[..r].iter().map(|&l| l.max(0.0).sqrt()).collect();
+        let basis = qt.narrow(1, 0, r)?.contiguous()?;
+        // The other side's vectors: x·basis / σ.
+        let other: Vec<f64> = x.matmul(&basis)?.flatten_all()?.to_vec1()?;
+        let other: Vec<f64> =
+            other.iter().enumerate().map(|(i, v)| if sv[i % r] > 0.0 { v / sv[i % r] } else { 0.0 }).collect();
+        let basis: Vec<f64> = basis.flatten_all()?.to_vec1()?;
+        // basis is V (n×r) when n ≤ m, else U (m×r); `other` the rest.
+        let (u, v) = if n <= m { (other, basis) } else { (basis, other) };
+        let mut vt = vec![0f64; r * n];
+        for j in 0..n {
+            for c in 0..r {
+                vt[c * n + j] = v[j * r + c];
+            }
+        }
+        Ok((u, sv, vt))
+    };
+    Ok(run()?)
+}
+
+/// Orthonormalises the columns of `m` (`rows × cols`, row-major) in place: modified
+/// Gram–Schmidt, twice.
+fn orthonormal_columns(m: &mut [f64], rows: usize, cols: usize) {
+    for _ in 0..2 {
+        for j in 0..cols {
+            for k in 0..j {
+                let dot: f64 = (0..rows).map(|i| m[i * cols + j] * m[i * cols + k]).sum();
+                for i in 0..rows {
+                    m[i * cols + j] -= dot * m[i * cols + k];
+                }
+            }
+            let norm: f64 = (0..rows).map(|i| m[i * cols + j].powi(2)).sum::<f64>().sqrt();
+            for i in 0..rows {
+                m[i * cols + j] = if norm > 1e-300 { m[i * cols + j] / norm } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Eigenvalues (descending) and eigenvectors (columns of a row-major `n × n`) of the
+/// symmetric `a` by cyclic Jacobi rotations.
+pub fn jacobi_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = a.to_vec();
+    let mut v = vec![0f64; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    for _ in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
+        let diag: f64 = (0..n).map(|i| a[i * n + i].powi(2)).sum();
+        if off <= 1e-30 * diag.max(1e-300) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| a[y * n + y].total_cmp(&a[x * n + x]));
+    let vals = order.iter().map(|&i| a[i * n + i]).collect();
+    let mut vecs = vec![0f64; n * n];
+    for (c, &i) in order.iter().enumerate() {
+        for k in 0..n {
+            vecs[k * n + c] = v[k * n + i];
+        }
+    }
+    (vals, vecs)
 }
 
 /// Test helper: every factor of `adapter` drawn from N(0, std²) (seeded), so that B is

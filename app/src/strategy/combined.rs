@@ -16,7 +16,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, task_tag: bool) -> 
     let t0 = Instant::now();
     let (draws, mix) = ctx.mixture(mixing, task_tag)?;
     let tc = TrainConfig { token_budget: Some(cfg.budget_tokens), ..cfg.train.clone() };
-    let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+    let mut adapter = LoraAdapter::for_model(model, cfg.train.lora.clone(), cfg.train.seed)?;
     let s = ctx.train(name, "all", model, &mut adapter, &mix, &tc)?;
     let task_tokens = ctx.tokens_per_task(&draws, &s.tokens_per_example);
     let wall_s = t0.elapsed().as_secs_f64();

@@ -17,7 +17,6 @@ use crate::strategy::context::{slug, Base, CompareEvent, Control, Ctx};
 use crate::strategy::lr_search::{self, LrSearch, Outcome};
 use crate::strategy::mixing::Mixing;
 use crate::strategy::report::{self, MixingSearch, MixingTrial, Report, Retention, RunCost, RunResult};
-use multitune_api::MixingChoice;
 use crate::strategy::sizes;
 use crate::strategy::spec::{CompareConfig, StrategySpec};
 use crate::strategy::task::TaskData;
@@ -25,6 +24,7 @@ use crate::strategy::{combined, multi_head, separate, sequential};
 use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
+use multitune_api::MixingChoice;
 
 /// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
 /// adapters (under `out/adapters`) into `out`. The `keep` sets (loaded with
@@ -41,7 +41,7 @@ pub fn compare(
     control: Control,
     on_event: &mut dyn FnMut(&CompareEvent),
 ) -> Result<Report> {
-    start(tasks, keep, cfg, control)?;
+    start(base, tasks, keep, cfg, control)?;
     let mut curves = Curves::new(out);
     let on_event = &mut |e: &CompareEvent| {
         curves.observe(e);
@@ -68,7 +68,9 @@ pub fn compare(
             runs: report::aggregate(per_seed, &seeds),
         });
     }
-    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 {
+    // DoRA adapters' changes depend on the base weights (no low-rank delta to compare).
+    let comparable = !separate_adapters.iter().any(|a| a.config.use_dora);
+    let similarity = if separate_adapters.len() == tasks.len() && tasks.len() > 1 && comparable {
         Some(report::similarity(&tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), &separate_adapters)?)
     } else {
         None
@@ -213,9 +215,12 @@ fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
 }
 
 /// Checks what every comparison (or part of one) needs and makes the state folder.
-fn start(tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()> {
+fn start(base: &Base, tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Control) -> Result<()> {
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
+    }
+    if let Some(p) = cfg.train.lora.problem_for(&base.model.cfg) {
+        return Err(Error::Invalid(format!("hyper.rank: {p}")));
     }
     // Every door's check of keep sets, on names (the engine has no dataset ids).
     let named = |ts: &[TaskData]| ts.iter().map(|t| (t.name.clone(), t.name.clone())).collect::<Vec<_>>();
@@ -237,9 +242,8 @@ fn start(tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig, control: Co
     if let Some(p) = problems.iter().flatten().next() {
         return Err(Error::Invalid(format!("data fractions: {p}")));
     }
-    let searched = cfg.lr_search.is_some()
-        || cfg.tune_merges
-        || cfg.strategies.iter().any(|s| s.mixing() == Some(Mixing::Search));
+    let searched =
+        cfg.lr_search.is_some() || cfg.tune_merges || cfg.strategies.iter().any(|s| s.mixing() == Some(Mixing::Search));
     if let Some(t) = tasks.iter().find(|t| searched && t.train.len() < lr_search::MIN_TRAIN_EXAMPLES) {
         return Err(Error::Invalid(format!(
             "task `{}` has {} training examples; a search holds some out for validation and needs at least {}",
@@ -444,7 +448,7 @@ pub fn compare_part(
             return Err(Error::Invalid(format!("strategy {i} is not one of the {}", cfg.strategies.len())));
         }
     }
-    start(tasks, keep, cfg, control)?;
+    start(base, tasks, keep, cfg, control)?;
     let mut curves = Curves::new(out);
     let on_event = &mut |e: &CompareEvent| {
         curves.observe(e);
@@ -603,7 +607,8 @@ fn search_lr(ctx: &mut Ctx, spec: &StrategySpec, name: &str, grid: &[f64], si: u
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
     let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
     let search = lr_search::search(grid, ctx.cfg.budget_tokens, validation, &mut |lr, rung, budget| {
-        let at = Trial { lr, budget, key: format!("{}-lr{rung}", ctx.key), stage: format!("{LR_TRIAL_PREFIX}{lr:e} · ") };
+        let at =
+            Trial { lr, budget, key: format!("{}-lr{rung}", ctx.key), stage: format!("{LR_TRIAL_PREFIX}{lr:e} · ") };
         trial(ctx, spec, name, &val_tasks, at)
     })?;
     if let Some(p) = &record {

@@ -218,7 +218,7 @@ impl Ctx<'_> {
             });
         }
         let model = self.base.model;
-        let adapter = LoraAdapter::new(&model.cfg, tc.lora.clone(), tc.seed, model.device())?;
+        let adapter = LoraAdapter::for_model(model, tc.lora.clone(), tc.seed)?;
         let ex = self.encode(&self.tasks[task].train)?;
         let mut events = Vec::new();
         let plan = self.checkpoint(&stage);

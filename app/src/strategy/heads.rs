@@ -335,6 +335,12 @@ impl Objective for MultiHead {
         v
     }
 
+    fn is_b(&self) -> Vec<bool> {
+        let mut v = self.adapter.is_b();
+        v.extend(self.heads.iter().flat_map(|_| [false, false]));
+        v
+    }
+
     fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = self.adapter.named_tensors();
         for (i, h) in self.heads.iter().enumerate() {

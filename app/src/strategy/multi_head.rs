@@ -28,7 +28,7 @@ pub(super) fn run(ctx: &mut Ctx, name: &str, mixing: Mixing, head_rank: usize) -
         })
         .collect::<Result<_>>()?;
     let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec()).collect();
-    let adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+    let adapter = LoraAdapter::for_model(model, cfg.train.lora.clone(), cfg.train.seed)?;
     let mut mh = MultiHead::new(model, adapter, &specs, &label_tokens, head_rank, cfg.train.seed)?;
     let labels: Vec<Vec<String>> =
         tasks.iter().map(|t| if t.kind == TaskKind::Classification { t.labels.clone() } else { vec![] }).collect();

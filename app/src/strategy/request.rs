@@ -4,7 +4,7 @@
 //! server, the distributed workers and the CLI all call [`compare_config`], so the same
 //! request gives the same runs whichever door it came through.
 
-use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice};
+use multitune_api::{defaults, AdapterMethod, Hyper, MergeChoice, MixingChoice, StrategyChoice};
 
 use crate::adapter::merge::MergeMethod;
 use crate::eval::EvalOptions;
@@ -73,7 +73,8 @@ pub fn strategy_specs(choices: &[StrategyChoice], rank: usize) -> Vec<StrategySp
 /// The training configuration every run of a comparison starts from.
 pub fn train_config(h: &Hyper) -> TrainConfig {
     TrainConfig {
-        lora: LoraConfig { rank: h.rank, alpha: 2.0 * h.rank as f64, ..Default::default() },
+        lora: LoraConfig { rank: h.rank, alpha: 2.0 * h.rank as f64, ..Default::default() }.with_method(h.method),
+        lora_plus: h.lora_plus,
         learning_rate: h.learning_rate,
         batch_size: h.batch_size,
         max_seq_len: h.max_tokens,
@@ -110,6 +111,11 @@ pub fn compare_config(
         problems.push("hyper: lr_grid is only used with tune_lr".into());
     }
     problems.extend(strategy_problems(&specs, n_tasks));
+    if h.method == AdapterMethod::Dora {
+        problems.extend(
+            specs.iter().enumerate().filter_map(|(i, s)| dora_problem(s).map(|p| format!("strategies[{i}]: {p}"))),
+        );
+    }
     let tunable = specs.iter().any(|s| match s {
         StrategySpec::Separate { merges, .. } => merges.iter().any(|m| merge_search::tunable(*m)),
         _ => false,
@@ -136,6 +142,23 @@ pub fn compare_config(
         data_fractions: h.data_fractions.clone(),
         tune_merges: h.tune_merges,
     })
+}
+
+/// What DoRA cannot do in strategy `s`: merge adapters (a separate run's merges), or
+/// export merged stages (merge-then-new).
+fn dora_problem(s: &StrategySpec) -> Option<String> {
+    match s {
+        StrategySpec::Separate { merges, .. } if !merges.is_empty() => {
+            Some(format!("{}; set its merges to none (--merges none)", crate::adapter::merge::DORA_MERGE))
+        }
+        StrategySpec::Sequential { variant: multitune_api::SequentialVariant::MergeThenNew, .. } => Some(
+            "merge-then-new merges every stage into the base model, and merged DoRA stages are no adapter to export \
+             (each rescales the rows the stages before it left): use sequential (continue), or train with lora, \
+             rslora or pissa"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// How problems with the data fractions name their field.

@@ -142,7 +142,8 @@ fn tuned_merge(
         ctx.check_cancel()?;
         let (mut score, mut loss) = (0.0, 0.0);
         for t in val {
-            let e = eval::evaluate_task(model, ctx.base.tokenizer, Some(ad), &t.spec(), &t.eval, &opts, &mut |_, _| {})?;
+            let e =
+                eval::evaluate_task(model, ctx.base.tokenizer, Some(ad), &t.spec(), &t.eval, &opts, &mut |_, _| {})?;
             score += e.headline().1.value;
             loss += e.loss.value;
         }

@@ -45,7 +45,7 @@ pub(super) fn run(
     }
     let stage_budget = cfg.budget_tokens / order.len();
     let mut stage_model = model.clone();
-    let mut adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), cfg.train.seed, model.device())?;
+    let mut adapter = LoraAdapter::for_model(model, cfg.train.lora.clone(), cfg.train.seed)?;
     let mut stage_adapters: Vec<LoraAdapter> = Vec::new();
     let (mut tokens, mut task_tokens, mut losses) = (0usize, vec![0usize; tasks.len()], Vec::new());
     let mut stage_starts = Vec::new();
@@ -68,7 +68,8 @@ pub(super) fn run(
             first.summary
         } else {
             if variant == SequentialVariant::MergeThenNew {
-                adapter = LoraAdapter::new(&model.cfg, cfg.train.lora.clone(), tc.seed, model.device())?;
+                // DoRA and PiSSA start from the weights this stage trains on.
+                adapter = LoraAdapter::for_model(&stage_model, cfg.train.lora.clone(), tc.seed)?;
             }
             let ex = ctx.encode(&stage_records(tasks, cfg.train.seed, &order, k, replay))?;
             ctx.train(name, &tasks[ti].name, &stage_model, &mut adapter, &ex, &tc)?

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     /// Stop once this many real (non-padding) tokens have been trained on; overrides
     /// `max_steps` and `epochs`. The schedule is sized from the mean example length.
     pub token_budget: Option<usize>,
+    /// LoRA+ (Hayou et al.; PEFT's `create_loraplus_optimizer`): every B factor trains
+    /// at this multiple of the learning rate (`None`: the same rate as A).
+    pub lora_plus: Option<f64>,
     /// Batch examples of similar length together (see [`crate::train::batch_indices`]). Off by
     /// default: where length goes with the label (a label's tokens are part of the
     /// length), grouped batches are nearly single-label and learning suffers (seen on a
@@ -64,6 +67,7 @@ impl Default for TrainConfig {
             seed: defaults::SEED,
             checkpoint_every: defaults::CHECKPOINT_EVERY,
             token_budget: None,
+            lora_plus: None,
             group_by_length: false,
         }
     }
@@ -88,6 +92,9 @@ impl TrainConfig {
         }
         if self.max_steps == Some(0) {
             return bad("max steps must be at least 1".into());
+        }
+        if let Some(r) = self.lora_plus.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return bad(format!("lora_plus: the B factors' learning-rate ratio must be positive, not {r}"));
         }
         if self.max_seq_len < 8 {
             return bad(format!("max sequence length {} is too short (at least 8)", self.max_seq_len));

@@ -80,6 +80,10 @@ fn token_losses(model: &Llama, batch: &Batch, fwd: &Forward) -> Result<Tensor> {
 pub trait Objective {
     /// Every trainable variable, in a fixed order.
     fn vars(&self) -> Vec<Var>;
+    /// Whether each of [`Objective::vars`] is a LoRA B factor (LoRA+ trains those faster).
+    fn is_b(&self) -> Vec<bool> {
+        vec![false; self.vars().len()]
+    }
     /// The variables' tensors by checkpoint name, in the order of [`Objective::vars`].
     fn named_tensors(&self) -> Vec<(String, Tensor)>;
     /// How many loss terms a batch holds (its weight when micro-batches accumulate).
@@ -95,6 +99,10 @@ pub trait Objective {
 impl Objective for LoraAdapter {
     fn vars(&self) -> Vec<Var> {
         LoraAdapter::vars(self)
+    }
+
+    fn is_b(&self) -> Vec<bool> {
+        LoraAdapter::is_b(self)
     }
 
     fn named_tensors(&self) -> Vec<(String, Tensor)> {

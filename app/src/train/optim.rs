@@ -52,7 +52,12 @@ impl AdamW {
 
     /// One update of `vars` with `grads` at learning rate `lr`.
     pub fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
-        if vars.len() != self.m.len() || grads.len() != vars.len() {
+        self.step_scaled(vars, grads, lr, &vec![1.0; vars.len()])
+    }
+
+    /// One update with variable `i` at learning rate `lr · scales[i]` (LoRA+).
+    pub fn step_scaled(&mut self, vars: &[Var], grads: &[Tensor], lr: f64, scales: &[f64]) -> Result<()> {
+        if vars.len() != self.m.len() || grads.len() != vars.len() || scales.len() != vars.len() {
             return Err(Error::Invalid("optimizer called with a different set of variables".into()));
         }
         self.t += 1;
@@ -60,6 +65,7 @@ impl AdamW {
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
+            let lr = lr * scales[i];
             let m = ((&self.m[i] * beta1)? + (g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let m_hat = (&m / bc1)?;

@@ -54,6 +54,9 @@ pub fn train_objective(
     let device = model.device().clone();
     let vars: Vec<Var> = objective.vars();
     let mut opt = AdamW::new(&vars, cfg.adamw)?;
+    // LoRA+: the B factors at a multiple of the rate.
+    let lr_scales: Vec<f64> =
+        objective.is_b().iter().map(|&b| if b { cfg.lora_plus.unwrap_or(1.0) } else { 1.0 }).collect();
     let mean_tokens = examples.iter().map(|e| e.ids.len() - 1).sum::<usize>() as f64 / examples.len() as f64;
     let total = cfg.total_steps(examples.len(), mean_tokens);
     let warmup = cfg.warmup_steps(total);
@@ -111,7 +114,7 @@ pub fn train_objective(
         let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
         let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         let lr = optim::lr_at(step.min(total - 1), total, warmup, cfg.learning_rate);
-        opt.step(&vars, &grads, lr)?;
+        opt.step_scaled(&vars, &grads, lr, &lr_scales)?;
         let (step_tokens, step_loss_tokens) = counts;
         progress.losses.push(step_loss);
         let group_losses = if grouped { group_means(groups) } else { vec![] };

@@ -60,6 +60,8 @@ pub fn NewExperimentPage() -> impl IntoView {
     let budget = RwSignal::new(start.budget);
     let lr = RwSignal::new(start.lr);
     let rank = RwSignal::new(start.rank);
+    let method = RwSignal::new(start.method);
+    let lora_plus = RwSignal::new(start.lora_plus);
     let batch = RwSignal::new(start.batch);
     let max_tokens = RwSignal::new(start.max_tokens);
     let eval_limit = RwSignal::new(start.eval_limit);
@@ -115,6 +117,8 @@ pub fn NewExperimentPage() -> impl IntoView {
             budget: budget.get(),
             lr: lr.get(),
             rank: rank.get(),
+            method: method.get(),
+            lora_plus: lora_plus.get(),
             batch: batch.get(),
             max_tokens: max_tokens.get(),
             eval_limit: eval_limit.get(),
@@ -252,6 +256,19 @@ pub fn NewExperimentPage() -> impl IntoView {
                     )}</label>
                 </div>
                 <label for="rank">"LoRA rank"</label><Field id="rank" value=rank />
+                <label for="method">"Adapter method"</label>
+                <select id="method" on:change=move |ev| method.set(event_target_value(&ev))>
+                    {[
+                        ("lora", "LoRA"),
+                        ("rslora", "rsLoRA (scale α/√r)"),
+                        ("dora", "DoRA (a magnitude per output row; no merges, no merge-then-new)"),
+                        ("pissa", "PiSSA (start from each weight's top singular vectors)"),
+                    ].into_iter().map(|(v, text)| {
+                        view! { <option value=v selected=move || method.get() == v>{text}</option> }
+                    }).collect_view()}
+                </select>
+                <label for="lora-plus">"LoRA+: B's learning rate as a multiple of A's (e.g. 16; blank: the same)"</label>
+                <Field id="lora-plus" value=lora_plus />
                 <label for="batch">"Batch size"</label><Field id="batch" value=batch />
                 <label for="max-tokens">"Longest example (tokens)"</label><Field id="max-tokens" value=max_tokens />
                 <label for="eval-limit">"Held-out examples per task (blank: all)"</label><Field id="eval-limit" value=eval_limit />

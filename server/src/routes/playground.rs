@@ -66,13 +66,12 @@ pub async fn playground_create(
                 Err(e) => return fail(&e),
             }
         }
-        let cfg =
-            GenerateConfig {
-                max_new_tokens: req.max_new_tokens,
-                temperature: req.temperature,
-                top_p: 0.95,
-                ..Default::default()
-            };
+        let cfg = GenerateConfig {
+            max_new_tokens: req.max_new_tokens,
+            temperature: req.temperature,
+            top_p: 0.95,
+            ..Default::default()
+        };
         let mut open = true;
         let r = generate_text(&gen_model, &model.tokenizer, adapter.as_ref(), None, &req.prompt, &cfg, &mut |piece| {
             if open {
