@@ -86,7 +86,7 @@ pub fn tunable(method: MergeMethod) -> bool {
 }
 
 /// The candidates for `method` over `tasks` tasks, its own parameters first; seeded.
-/// Linear: the equal weights, then [`WEIGHT_DRAWS`] log-normal weightings normalised to
+/// Linear: the equal weights, then three seeded log-normal weightings normalised to
 /// sum 1. Task arithmetic: λ for every task, then as many draws around it. TIES and
 /// DARE: every density (drop rate) with every scale of the grids above.
 pub fn candidates(method: MergeMethod, tasks: usize, seed: u64) -> Vec<Candidate> {

@@ -18,7 +18,7 @@ pub enum Mixing {
     },
     /// Every task equally often.
     Uniform,
-    /// One of [`Mixing::SEARCHED`], picked on a validation split before the run trains
+    /// One of [`Mixing::searched`], picked on a validation split before the run trains
     /// (`compare.rs`, [`crate::strategy::lr_search::halving`]); a run always trains with
     /// the mixing the search chose.
     Search,
