@@ -9,7 +9,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::model::lora::{LoraAdapter, LoraConfig, LoraPair, Target};
+use crate::model::lora::{orthonormal_columns, LoraAdapter, LoraConfig, LoraPair, Target};
 use crate::rng;
 use crate::{Error, Result};
 
@@ -283,25 +283,6 @@ pub fn merge(adapters: &[&LoraAdapter], method: MergeMethod, rank: usize) -> Res
     }
 }
 
-/// Orthonormalises the columns of `m` (`rows x cols`, row-major) in place (Gram–Schmidt,
-/// twice for stability).
-fn orthonormalise(m: &mut [f64], rows: usize, cols: usize) {
-    for _ in 0..2 {
-        for j in 0..cols {
-            for k in 0..j {
-                let dot: f64 = (0..rows).map(|i| m[i * cols + j] * m[i * cols + k]).sum();
-                for i in 0..rows {
-                    m[i * cols + j] -= dot * m[i * cols + k];
-                }
-            }
-            let norm: f64 = (0..rows).map(|i| m[i * cols + j].powi(2)).sum::<f64>().sqrt();
-            for i in 0..rows {
-                m[i * cols + j] = if norm > 1e-12 { m[i * cols + j] / norm } else { 0.0 };
-            }
-        }
-    }
-}
-
 /// Rank-`rank` factors of one dense delta `d` `(rows, cols)` by subspace iteration: `Q`
 /// spans the top left-singular subspace of `d`, then `B = Q`, `A = Qᵀ d` (scale 1), padded
 /// with zeros to `rank` where the matrix is smaller. `stream` seeds the start.
@@ -313,12 +294,12 @@ pub fn low_rank(d: &Tensor, rank: usize, seed: u64, stream: u64) -> Result<LoraP
     let mut g = rng::stream(seed, 30, stream);
     let omega: Vec<f64> = (0..cols * r).map(|_| g.random::<f64>() - 0.5).collect();
     let mut q: Vec<f64> = d64.matmul(&Tensor::from_vec(omega, (cols, r), &dev)?)?.flatten_all()?.to_vec1()?;
-    orthonormalise(&mut q, rows, r);
+    orthonormal_columns(&mut q, rows, r);
     for _ in 0..4 {
         let qt = Tensor::from_vec(q.clone(), (rows, r), &dev)?;
         let z = d64.matmul(&d64.t()?.matmul(&qt)?)?;
         q = z.flatten_all()?.to_vec1()?;
-        orthonormalise(&mut q, rows, r);
+        orthonormal_columns(&mut q, rows, r);
     }
     let qt = Tensor::from_vec(q, (rows, r), &dev)?;
     let a = qt.t()?.matmul(&d64)?;

@@ -459,19 +459,10 @@ impl LoraAdapter {
         let rank = 2 * self.config.rank;
         let alpha = if self.config.use_rslora { self.config.alpha * 2f64.sqrt() } else { 2.0 * self.config.alpha };
         let config = LoraConfig { rank, alpha, pissa: false, ..self.config.clone() };
-        let layers = self
-            .layers
-            .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|(t, p)| {
-                        let (a, b) = p.factors(true)?;
-                        Ok((*t, LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?)))
-                    })
-                    .collect::<Result<BTreeMap<_, _>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, layers })
+        self.map_pairs(config, |p| {
+            let (a, b) = p.factors(true)?;
+            Ok(LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?))
+        })
     }
 
     /// Rebuilds an adapter from PEFT-named tensors, checking every expected tensor is
@@ -530,24 +521,24 @@ impl LoraAdapter {
         Ok(Self { config, layers })
     }
 
-    /// A copy whose every factor is `f` of this one's, as new, independent variables.
-    fn map_factors(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
+    /// A copy under `config` whose every pair is `f` of this one's.
+    fn map_pairs(&self, config: LoraConfig, f: impl Fn(&LoraPair) -> Result<LoraPair>) -> Result<Self> {
         let layers = self
             .layers
             .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|(t, p)| {
-                        let (a, b) = (f(p.a.as_tensor())?, f(p.b.as_tensor())?);
-                        let magnitude =
-                            p.magnitude.as_ref().map(|m| Var::from_tensor(&f(m.as_tensor())?)).transpose()?;
-                        let start = p.start.as_ref().map(|(a0, b0)| Ok::<_, Error>((f(a0)?, f(b0)?))).transpose()?;
-                        Ok((*t, LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, magnitude, start }))
-                    })
-                    .collect::<Result<BTreeMap<_, _>>>()
-            })
+            .map(|m| m.iter().map(|(t, p)| Ok((*t, f(p)?))).collect::<Result<BTreeMap<_, _>>>())
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: self.config.clone(), layers })
+        Ok(Self { config, layers })
+    }
+
+    /// A copy whose every factor is `f` of this one's, as new, independent variables.
+    fn map_factors(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
+        self.map_pairs(self.config.clone(), |p| {
+            let (a, b) = (f(p.a.as_tensor())?, f(p.b.as_tensor())?);
+            let magnitude = p.magnitude.as_ref().map(|m| Var::from_tensor(&f(m.as_tensor())?)).transpose()?;
+            let start = p.start.as_ref().map(|(a0, b0)| Ok::<_, Error>((f(a0)?, f(b0)?))).transpose()?;
+            Ok(LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, magnitude, start })
+        })
     }
 
     /// A copy of a plain LoRA adapter whose update is `factor` times this one's (every B
@@ -556,20 +547,10 @@ impl LoraAdapter {
         if self.config.use_dora || self.config.pissa {
             return Err(Error::Invalid("only a plain LoRA adapter scales by its B factors".into()));
         }
-        let layers = self
-            .layers
-            .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|(t, p)| {
-                        let b = (p.b.as_tensor() * factor)?;
-                        let a = Var::from_tensor(&p.a.as_tensor().copy()?)?;
-                        Ok((*t, LoraPair::plain(a, Var::from_tensor(&b)?)))
-                    })
-                    .collect::<Result<BTreeMap<_, _>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: self.config.clone(), layers })
+        self.map_pairs(self.config.clone(), |p| {
+            let b = (p.b.as_tensor() * factor)?;
+            Ok(LoraPair::plain(Var::from_tensor(&p.a.as_tensor().copy()?)?, Var::from_tensor(&b)?))
+        })
     }
 
     /// A copy with every factor converted to `dtype` (new, independent variables).
@@ -658,8 +639,9 @@ pub fn top_singular(w: &[f64], m: usize, n: usize, r: usize) -> Result<(Vec<f64>
 }
 
 /// Orthonormalises the columns of `m` (`rows × cols`, row-major) in place: modified
-/// Gram–Schmidt, twice.
-fn orthonormal_columns(m: &mut [f64], rows: usize, cols: usize) {
+/// Gram–Schmidt, twice; a column left with a norm of 1e-12 or less (no direction of its
+/// own) becomes zero.
+pub(crate) fn orthonormal_columns(m: &mut [f64], rows: usize, cols: usize) {
     for _ in 0..2 {
         for j in 0..cols {
             for k in 0..j {
@@ -670,7 +652,7 @@ fn orthonormal_columns(m: &mut [f64], rows: usize, cols: usize) {
             }
             let norm: f64 = (0..rows).map(|i| m[i * cols + j].powi(2)).sum::<f64>().sqrt();
             for i in 0..rows {
-                m[i * cols + j] = if norm > 1e-300 { m[i * cols + j] / norm } else { 0.0 };
+                m[i * cols + j] = if norm > 1e-12 { m[i * cols + j] / norm } else { 0.0 };
             }
         }
     }
