@@ -98,6 +98,7 @@ def load_model(workload):
         lora_dropout=lora["dropout"],
         target_modules=lora["targets"],
         use_rslora=lora.get("use_rslora", False),
+        use_dora=lora.get("use_dora", False),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, cfg)

@@ -276,6 +276,15 @@ fn bench_prints_figures_for_the_tiny_model() {
     }
     // 2 timed steps of 4 rows of 16 tokens.
     assert_eq!(rows[0]["units"].as_u64(), Some(2 * 4 * 16));
+    // DoRA workloads: named so, measured with the magnitudes.
+    let r = run(&[
+        "bench", "--models", "tiny", "--shapes", "4x16", "--demo", "", "--modes", "train", "--steps", "1", "--method",
+        "dora",
+    ]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).lines().any(|l| l.starts_with("tiny") && l.contains("4x16 dora")), "{}", text(&r));
+    let r = run(&["bench", "--models", "tiny", "--method", "pissa"]);
+    assert!(text(&r).contains("--method `pissa`: use lora, rslora or dora"), "{}", text(&r));
 }
 
 #[test]

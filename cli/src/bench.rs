@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Modes to measure, comma-separated: train, eval, rank, generate.
     #[arg(long, default_value = "train,eval,rank,generate")]
     modes: String,
+    /// The adapter method of every workload (lora, rslora or dora; PEFT's for the
+    /// reference): `dora` measures DoRA against PEFT's DoRA. Workload names get the
+    /// method after them unless it is lora.
+    #[arg(long, default_value = "lora")]
+    method: String,
     /// Also write every figure to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -280,6 +285,16 @@ impl BenchArgs {
                 for g in generation_workloads(m, &Path::new(&self.demo).join("eval"))? {
                     workloads.push((g, vec![Mode::Generate]));
                 }
+            }
+        }
+        let method = multitune_api::AdapterMethod::parse(&self.method)
+            .filter(|m| *m != multitune_api::AdapterMethod::Pissa)
+            .with_context(|| format!("--method `{}`: use lora, rslora or dora", self.method))?;
+        if method != multitune_api::AdapterMethod::Lora {
+            for (w, _) in &mut workloads {
+                w.lora.use_rslora = method == multitune_api::AdapterMethod::Rslora;
+                w.lora.use_dora = method == multitune_api::AdapterMethod::Dora;
+                w.name = format!("{} {}", w.name, method.name());
             }
         }
         Ok(workloads)

@@ -247,12 +247,27 @@ pub struct LoraPair {
     /// `W − s·B₀·A₀`: applied as `W x + s·(B·A − B₀·A₀) x`, so one base model still
     /// serves every adapter.
     pub start: Option<(Tensor, Tensor)>,
+    /// DoRA: the squared row norms of the last base weight it was applied to, by that
+    /// weight's id (frozen weights: computed once, not at every step).
+    weight_norms: std::sync::Arc<std::sync::Mutex<Option<(candle_core::TensorId, Tensor)>>>,
 }
 
 impl LoraPair {
     /// A plain pair (no magnitude, no PiSSA start).
     pub fn plain(a: Var, b: Var) -> Self {
-        Self { a, b, magnitude: None, start: None }
+        Self { a, b, magnitude: None, start: None, weight_norms: Default::default() }
+    }
+
+    /// `‖W_o‖²` of every row of `w`, in `dt` (kept for the next call with the same weight).
+    fn squared_rows(&self, w: &Tensor, dt: DType) -> Result<Tensor> {
+        let mut kept = self.weight_norms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((id, n)) = kept.as_ref().filter(|(id, n)| *id == w.id() && n.dtype() == dt) {
+            let _ = id;
+            return Ok(n.clone());
+        }
+        let n = w.to_dtype(dt)?.sqr()?.sum(1)?.detach();
+        *kept = Some((w.id(), n.clone()));
+        Ok(n)
     }
 
     /// The low-rank factors the layer applies, as tensors: `(A, B)`, or for a PiSSA pair
@@ -279,8 +294,15 @@ impl LoraPair {
         let (a, b) = self.factors(true)?;
         // In f32, or f64 for an f64 model (half-precision weights are widened).
         let dt = if w.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        let adapted = (w.to_dtype(dt)? + (b.to_dtype(dt)?.matmul(&a.to_dtype(dt)?)? * scale)?)?;
-        let norm = adapted.sqr()?.sum(1)?.sqrt()?.detach();
+        let rows = self.squared_rows(w, dt)?;
+        let (w, a, b) = (w.to_dtype(dt)?, a.to_dtype(dt)?, b.to_dtype(dt)?);
+        // ‖W_o + s·(BA)_o‖² = ‖W_o‖² + 2s·B_o·(W Aᵀ)_o + s²·B_o (A Aᵀ) B_oᵀ: ‖W_o‖² kept (the
+        // weight is frozen), one product of W with rank r, never the dense (out, in) sum.
+        let wa = w.matmul(&a.t()?)?;
+        let cross = (&b * wa)?.sum(1)?;
+        let quad = (b.matmul(&a.matmul(&a.t()?)?)? * &b)?.sum(1)?;
+        let squared = ((rows + (cross * (2.0 * scale))?)? + (quad * (scale * scale))?)?;
+        let norm = squared.relu()?.sqrt()?.detach();
         let m = if detach { m.as_tensor().detach() } else { m.as_tensor().clone() };
         Ok(Some((m.to_dtype(dt)? / norm)?.unsqueeze(0)?))
     }
@@ -537,7 +559,7 @@ impl LoraAdapter {
             let (a, b) = (f(p.a.as_tensor())?, f(p.b.as_tensor())?);
             let magnitude = p.magnitude.as_ref().map(|m| Var::from_tensor(&f(m.as_tensor())?)).transpose()?;
             let start = p.start.as_ref().map(|(a0, b0)| Ok::<_, Error>((f(a0)?, f(b0)?))).transpose()?;
-            Ok(LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, magnitude, start })
+            Ok(LoraPair { magnitude, start, ..LoraPair::plain(Var::from_tensor(&a)?, Var::from_tensor(&b)?) })
         })
     }
 
