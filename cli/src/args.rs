@@ -91,3 +91,12 @@ impl DataArgs {
         Ok(LoadOptions { format, kind, limits })
     }
 }
+
+/// The adapter method named on the command line (`--method`), or an error listing the
+/// methods.
+pub fn adapter_method(name: &str) -> anyhow::Result<multitune_api::AdapterMethod> {
+    multitune_api::AdapterMethod::parse(name).with_context(|| {
+        let known: Vec<&str> = multitune_api::AdapterMethod::ALL.iter().map(|m| m.name()).collect();
+        format!("--method `{name}`: use {}", known.join(", "))
+    })
+}

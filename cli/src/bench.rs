@@ -287,9 +287,11 @@ impl BenchArgs {
                 }
             }
         }
-        let method = multitune_api::AdapterMethod::parse(&self.method)
-            .filter(|m| *m != multitune_api::AdapterMethod::Pissa)
-            .with_context(|| format!("--method `{}`: use lora, rslora or dora", self.method))?;
+        // PiSSA changes only the start, not a step's work: nothing of its own to measure.
+        let method = crate::args::adapter_method(&self.method)?;
+        if method == multitune_api::AdapterMethod::Pissa {
+            bail!("--method `pissa`: use lora, rslora or dora (PiSSA only changes where the factors start)");
+        }
         if method != multitune_api::AdapterMethod::Lora {
             for (w, _) in &mut workloads {
                 w.lora.use_rslora = method == multitune_api::AdapterMethod::Rslora;

@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use super::{args, bar, load, task_name, Cli};
-use multitune_api::{defaults, AdapterMethod, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
+use multitune_api::{defaults, Hyper, MergeChoice, MixingChoice, StrategyChoice, STRATEGY_NAMES};
 
 use multitune::data::{Limits, LoadOptions};
 use multitune::strategy::{self, Base, CompareConfig, CompareEvent, Control, HeldOut, TaskData};
@@ -128,10 +128,7 @@ pub struct CompareArgs {
 impl CompareArgs {
     /// The hyper-parameters these flags give.
     pub fn hyper(&self) -> anyhow::Result<Hyper> {
-        let method = AdapterMethod::parse(&self.method).with_context(|| {
-            let known: Vec<&str> = AdapterMethod::ALL.iter().map(|m| m.name()).collect();
-            format!("--method `{}`: use {}", self.method, known.join(", "))
-        })?;
+        let method = crate::args::adapter_method(&self.method)?;
         Ok(Hyper {
             learning_rate: self.lr,
             rank: self.rank,

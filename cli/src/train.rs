@@ -149,11 +149,7 @@ impl TrainArgs {
             cfg.lora.targets = lora::parse_targets(t)?
         }
         if let Some(m) = &self.method {
-            let method = multitune_api::AdapterMethod::parse(m).with_context(|| {
-                let known: Vec<&str> = multitune_api::AdapterMethod::ALL.iter().map(|m| m.name()).collect();
-                format!("--method `{m}`: use {}", known.join(", "))
-            })?;
-            cfg.lora = cfg.lora.with_method(method);
+            cfg.lora = cfg.lora.with_method(crate::args::adapter_method(m)?);
         }
         if self.lora_plus.is_some() {
             cfg.lora_plus = self.lora_plus;

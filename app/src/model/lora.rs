@@ -261,8 +261,7 @@ impl LoraPair {
     /// `‖W_o‖²` of every row of `w`, in `dt` (kept for the next call with the same weight).
     fn squared_rows(&self, w: &Tensor, dt: DType) -> Result<Tensor> {
         let mut kept = self.weight_norms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((id, n)) = kept.as_ref().filter(|(id, n)| *id == w.id() && n.dtype() == dt) {
-            let _ = id;
+        if let Some((_, n)) = kept.as_ref().filter(|(id, n)| *id == w.id() && n.dtype() == dt) {
             return Ok(n.clone());
         }
         let n = w.to_dtype(dt)?.sqr()?.sum(1)?.detach();
@@ -394,27 +393,26 @@ impl LoraAdapter {
     /// Every trainable variable, in a fixed order (block, target, A then B, then a DoRA
     /// magnitude).
     pub fn vars(&self) -> Vec<Var> {
-        self.layers
-            .iter()
-            .flat_map(|m| m.values().flat_map(|p| [Some(p.a.clone()), Some(p.b.clone()), p.magnitude.clone()]))
-            .flatten()
-            .collect()
+        self.vars_marked().into_iter().map(|(v, _)| v).collect()
     }
 
     /// Whether each of [`LoraAdapter::vars`] is a B factor (LoRA+ trains those at a
     /// multiple of the learning rate).
     pub fn is_b(&self) -> Vec<bool> {
+        self.vars_marked().into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// Every trainable variable in [`LoraAdapter::vars`]' order, each marked whether it
+    /// is a B factor.
+    fn vars_marked(&self) -> Vec<(Var, bool)> {
         self.layers
             .iter()
             .flat_map(|m| {
                 m.values().flat_map(|p| {
-                    let mut v = vec![false, true];
-                    if p.magnitude.is_some() {
-                        v.push(false);
-                    }
-                    v
+                    [Some((p.a.clone(), false)), Some((p.b.clone(), true)), p.magnitude.clone().map(|v| (v, false))]
                 })
             })
+            .flatten()
             .collect()
     }
 
@@ -704,8 +702,8 @@ pub fn jacobi_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
                     continue;
                 }
                 let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                // (θ = 0: signum is 1, so t = 1, the quarter turn.)
                 let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
                 for k in 0..n {

@@ -244,13 +244,8 @@ fn start(base: &Base, tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig
     }
     let searched =
         cfg.lr_search.is_some() || cfg.tune_merges || cfg.strategies.iter().any(|s| s.mixing() == Some(Mixing::Search));
-    if let Some(t) = tasks.iter().find(|t| searched && t.train.len() < lr_search::MIN_TRAIN_EXAMPLES) {
-        return Err(Error::Invalid(format!(
-            "task `{}` has {} training examples; a search holds some out for validation and needs at least {}",
-            t.name,
-            t.train.len(),
-            lr_search::MIN_TRAIN_EXAMPLES
-        )));
+    if let Some(p) = lr_search::too_small(&sized).into_iter().next().filter(|_| searched) {
+        return Err(Error::Invalid(p));
     }
     if let Some(d) = control.state_dir {
         std::fs::create_dir_all(d)?;
@@ -631,17 +626,8 @@ fn search_mixing(ctx: &mut Ctx, spec: &StrategySpec, name: &str, si: usize) -> R
     let val_tasks = lr_search::validation_tasks(ctx.tasks, ctx.cfg.train.seed)?;
     let validation: Vec<usize> = val_tasks.iter().map(|t| t.eval.len()).collect();
     let lr = ctx.cfg.train.learning_rate;
-    // Mixings that sample alike at these tasks' sizes (all of them, for tasks of equal
-    // size) are one candidate: the first of them.
     let sizes: Vec<usize> = ctx.tasks.iter().map(|t| t.train.len()).collect();
-    let mut candidates: Vec<Mixing> = Vec::new();
-    for m in Mixing::searched() {
-        let p = m.probabilities(&sizes);
-        let same = |c: &Mixing| c.probabilities(&sizes).iter().zip(&p).all(|(a, b)| (a - b).abs() < 1e-9);
-        if !candidates.iter().any(same) {
-            candidates.push(m);
-        }
-    }
+    let candidates = Mixing::searched_for(&sizes);
     let (chosen, tried) = lr_search::halving(&candidates, ctx.cfg.budget_tokens, &mut |m, rung, budget| {
         let stage = format!("{MIXING_TRIAL_PREFIX}{} · ", MixingChoice::from(m).name());
         let at = Trial { lr, budget, key: format!("{}-mix{rung}", ctx.key), stage };

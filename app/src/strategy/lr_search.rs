@@ -53,6 +53,22 @@ pub fn grid_problems(grid: &[f64]) -> Vec<String> {
     out
 }
 
+/// The tasks (`(name, training examples)`) too small for a search's validation split,
+/// each said in words (the one check of every door: the contract's conversion names its
+/// field, the engine refuses before it trains).
+pub fn too_small(tasks: &[(&str, usize)]) -> Vec<String> {
+    tasks
+        .iter()
+        .filter(|(_, n)| *n < MIN_TRAIN_EXAMPLES)
+        .map(|(name, n)| {
+            format!(
+                "task `{name}` has {n} training examples; a search holds some out for validation and needs at \
+                 least {MIN_TRAIN_EXAMPLES}"
+            )
+        })
+        .collect()
+}
+
 /// Every task with its training examples split: `train` keeps the rest, `eval` holds the
 /// validation examples (a seeded [`VALIDATION_SHARE`], at most [`MAX_VALIDATION`]).
 pub fn validation_tasks(tasks: &[TaskData], seed: u64) -> Result<Vec<TaskData>> {
@@ -122,7 +138,9 @@ pub fn halving<C: Copy>(
     budget: usize,
     trial: &mut dyn FnMut(C, usize, usize) -> Result<Outcome>,
 ) -> Result<(C, Vec<Tried<C>>)> {
-    let first = *candidates.first().ok_or_else(|| Error::Invalid("a search over no candidates".into()))?;
+    if candidates.is_empty() {
+        return Err(Error::Invalid("a search over no candidates".into()));
+    }
     // Positions in `candidates`, so that ties go to the earlier one.
     let mut alive: Vec<usize> = (0..candidates.len()).collect();
     let mut trials = Vec::new();
@@ -133,7 +151,8 @@ pub fn halving<C: Copy>(
         scored.sort_by(|(i, a), (j, b)| b.score.total_cmp(&a.score).then(a.loss.total_cmp(&b.loss)).then(i.cmp(j)));
         alive = scored.iter().take(alive.len().div_ceil(2)).map(|&(i, _)| i).collect();
     }
-    Ok((alive.first().map_or(first, |&i| candidates[i]), trials))
+    // Every rung keeps at least one: `alive` is never empty.
+    Ok((candidates[alive[0]], trials))
 }
 
 /// Successive halving over `grid` (ties go to the smaller rate): `trial(lr, rung,

@@ -31,6 +31,20 @@ impl Mixing {
         multitune_api::MixingChoice::SEARCHED.into_iter().map(Mixing::from).collect()
     }
 
+    /// [`Mixing::searched`] for tasks of sizes `sizes`, those that sample alike (all of
+    /// them, for tasks of equal size) as one candidate: the first of them.
+    pub fn searched_for(sizes: &[usize]) -> Vec<Mixing> {
+        let mut out: Vec<Mixing> = Vec::new();
+        for m in Self::searched() {
+            let p = m.probabilities(sizes);
+            let same = |c: &Mixing| c.probabilities(sizes).iter().zip(&p).all(|(a, b)| (a - b).abs() < 1e-9);
+            if !out.iter().any(same) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
     /// Sampling probabilities for tasks of sizes `sizes` (a `Search` not yet resolved
     /// samples proportionally, as its first candidate does).
     pub fn probabilities(&self, sizes: &[usize]) -> Vec<f64> {
@@ -83,6 +97,12 @@ mod tests {
         // T = 2: sqrt(100) = 10, sqrt(400) = 20 -> 1/3, 2/3.
         let p = Mixing::Temperature { t: 2.0 }.probabilities(&sizes);
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mixings_that_sample_alike_are_searched_once() {
+        assert_eq!(Mixing::searched_for(&[300, 300, 300]), vec![Mixing::Proportional]);
+        assert_eq!(Mixing::searched_for(&[100, 400]).len(), 3);
     }
 
     #[test]

@@ -186,13 +186,7 @@ pub fn size_problems(h: &Hyper, strategies: &[StrategyChoice], tasks: &[(&str, u
         mixing.map(|i| format!("strategies[{i}].mixing"))
     };
     if let Some(field) = field {
-        out.extend(tasks.iter().filter(|(_, n)| *n < lr_search::MIN_TRAIN_EXAMPLES).map(|(name, n)| {
-            format!(
-                "{field}: task `{name}` has {n} training examples; a search holds some out for validation and needs \
-                 at least {}",
-                lr_search::MIN_TRAIN_EXAMPLES
-            )
-        }));
+        out.extend(lr_search::too_small(tasks).into_iter().map(|p| format!("{field}: {p}")));
     }
     out
 }
