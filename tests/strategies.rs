@@ -47,6 +47,7 @@ fn quick_compare(strategies: Vec<StrategySpec>, budget: usize, train: TrainConfi
         retention: false,
         data_fractions: vec![],
         tune_merges: false,
+        methods: vec![],
     }
 }
 
@@ -857,6 +858,7 @@ fn mixing_search_and_tuned_merges() {
     let ties = MergeMethod::Ties { density: 0.2, lambda: 1.0 };
     let cfg = CompareConfig {
         tune_merges: true,
+        methods: vec![],
         ..quick_compare(
             vec![
                 StrategySpec::Combined { mixing: Mixing::Search, task_tag: false },
@@ -973,4 +975,83 @@ fn strategies_train_with_dora_and_pissa() {
         }
         assert_eq!(report.similarity.is_some(), method == AdapterMethod::Pissa, "DoRA changes are not compared");
     }
+}
+
+/// A comparison of adapter methods: every strategy once per method under one budget,
+/// each run named and recorded with its method; DoRA runs the separate strategy without
+/// merges and skips merge-then-new; the report compares each row's methods paired and
+/// says which to use where; each (strategy, method) is its own part and record, and a
+/// comparison started again restores every run.
+#[test]
+fn methods_are_compared_per_strategy() {
+    use multitune::adapter::MergeMethod;
+    use multitune::strategy::{part_records, CompareEvent, Control, Mixing, Part};
+    use multitune_api::AdapterMethod::{Dora, Lora};
+    let (model, tok) = tiny_model(6, &Device::Cpu).unwrap();
+    let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
+    let cfg = CompareConfig {
+        methods: vec![Lora, Dora],
+        ..quick_compare(
+            vec![
+                StrategySpec::Combined { mixing: Mixing::Proportional, task_tag: false },
+                StrategySpec::Separate { merges: vec![MergeMethod::Linear], merge_rank: 8 },
+                StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, order: vec![], replay: 0.0 },
+            ],
+            1_000,
+            quick_train(5e-3),
+        )
+    };
+    assert_eq!(Part::all(&cfg).len(), 1 + 5, "the base model, then 3 strategies × 2 methods less merge-then-new DoRA");
+    assert_eq!(part_records(&cfg, Part::Strategy(3)), ["done-s0-r3.json"]);
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let control = Control { cancel: None, state_dir: Some(&state) };
+    let report = run_tiny_with(&model, &tok, &tasks, &cfg, out.path(), control, &mut |_| {}).unwrap();
+    let names: Vec<&str> = report.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "base model",
+            "combined (proportional) [lora]",
+            "combined (proportional) [dora]",
+            "separate (routed) [lora]",
+            "separate + merge (linear) [lora]",
+            "separate (routed) [dora]",
+            "sequential (merge-then-new) [lora]",
+        ]
+    );
+    for r in report.runs.iter().skip(1) {
+        assert_eq!(r.plain_name().len() + r.method.unwrap().tag().len(), r.name.len(), "{}", r.name);
+        assert!(r.tokens <= 1_010, "{}: every method under the same budget: {}", r.name, r.tokens);
+        let config = std::fs::read_to_string(std::path::Path::new(&r.adapter_dirs[0]).join("adapter_config.json"))
+            .unwrap_or_default();
+        if r.method == Some(Dora) {
+            assert!(config.contains("\"use_dora\": true"), "{}: exported as DoRA: {config}", r.name);
+        }
+    }
+    let (lora, dora) = (&report.runs[1], &report.runs[2]);
+    assert_ne!(lora.scores[0].loss.value, dora.scores[0].loss.value, "the two methods trained differently");
+    let m = report.methods.as_ref().expect("a comparison of methods is reported");
+    assert_eq!(m.methods, [Lora, Dora]);
+    let rows: Vec<&str> = m.rows.iter().map(|r| r.run.as_str()).collect();
+    assert_eq!(rows, ["combined (proportional)", "separate (routed)"], "rows that ran with one method are left out");
+    let c = m.against_first("combined (proportional) [dora]").expect("paired against LoRA");
+    assert_eq!(c.against, "combined (proportional) [lora]");
+    assert_eq!(m.comparisons.iter().filter(|c| c.task.is_none()).count(), 2);
+    assert_eq!(m.comparisons.len(), 2 + 2 * tasks.len(), "the macro averages, then each task");
+    assert!(m.text.starts_with("Use "), "{}", m.text);
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Adapter methods") && md.contains("| combined (proportional) |"), "{md}");
+    assert!(out.path().join("charts/methods.svg").exists());
+
+    // Started again: every (strategy, method) run is restored from its own record.
+    let mut restored = Vec::new();
+    let again = run_tiny_with(&model, &tok, &tasks, &cfg, out.path(), control, &mut |e| match e {
+        CompareEvent::RunRestored { run, .. } => restored.push(run.clone()),
+        CompareEvent::RunStarted { run, .. } => panic!("{run} trained again"),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(restored.len(), 5);
+    assert_eq!(again.methods, report.methods);
 }

@@ -274,6 +274,19 @@ impl AdapterMethod {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.name() == name.trim())
     }
+
+    /// Appended to a run's name in a comparison of methods (` [dora]`).
+    pub fn tag(self) -> String {
+        format!(" [{}]", self.name())
+    }
+}
+
+impl std::str::FromStr for AdapterMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("unknown adapter method `{}`", s.trim()))
+    }
 }
 
 /// Task sampling of mixture-trained strategies.
@@ -475,6 +488,10 @@ pub struct Hyper {
     pub method: AdapterMethod,
     /// LoRA+: B's learning rate is this many times A's (`None`: the same rate).
     pub lora_plus: Option<f64>,
+    /// Compare adapter methods: every strategy trains once with each (at least two, each
+    /// once; `method` is then unused), under the same budget, and the report compares
+    /// them per strategy. Empty: every run trains with `method`.
+    pub methods: Vec<AdapterMethod>,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Longest example, tokens.
@@ -517,6 +534,7 @@ impl Default for Hyper {
             rank: defaults::RANK,
             method: AdapterMethod::Lora,
             lora_plus: None,
+            methods: vec![],
             batch_size: defaults::BATCH_SIZE,
             max_tokens: defaults::MAX_TOKENS,
             seed: defaults::SEED,

@@ -3,6 +3,7 @@
 //! similarity, the paired comparisons and the recommendation. The engine computes it
 //! (`multitune::strategy::report`); these are its types.
 
+use crate::AdapterMethod;
 use serde::{Deserialize, Serialize};
 
 /// A metric's value with its 95% interval.
@@ -171,6 +172,10 @@ pub struct RunResult {
     /// cost is in `wall_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_tuning: Option<MergeTuning>,
+    /// The adapter method it trained with, in a comparison of methods (`methods`; its
+    /// name then ends in the method's [`AdapterMethod::tag`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<AdapterMethod>,
 }
 
 impl RunResult {
@@ -191,6 +196,12 @@ impl RunResult {
         let n = self.scores.len().max(1) as f64;
         let s = |f: fn(&Estimate) -> f64| self.scores.iter().map(|x| f(&x.value)).sum::<f64>() / n;
         Estimate { value: s(|e| e.value), lo: s(|e| e.lo), hi: s(|e| e.hi) }
+    }
+
+    /// Its name without its adapter method's tag (in a comparison of methods, the rows
+    /// of one strategy trained with each method share it).
+    pub fn plain_name(&self) -> &str {
+        self.method.and_then(|m| self.name.strip_suffix(&m.tag())).unwrap_or(&self.name)
     }
 
     /// Whether this row is the base model's (scored, not trained).
@@ -316,6 +327,50 @@ pub struct Report<C = serde_json::Value> {
     /// The keep sets, when the comparison had any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<KeepSets>,
+    /// The adapter methods compared, when the comparison trained with several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Methods>,
+}
+
+/// A comparison of adapter methods: every strategy trained with each method under the
+/// same budget, each method's row against the same row trained with the first method.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Methods {
+    /// The methods, in the order asked for; the first is what the others are compared
+    /// with.
+    pub methods: Vec<AdapterMethod>,
+    /// Each row that ran with more than one method (a strategy, a merge), with its
+    /// choice.
+    pub rows: Vec<MethodRow>,
+    /// Each row with every later method against the same row with the first, paired on
+    /// the held-out examples: the macro averages first, then each task (each family
+    /// Holm-adjusted).
+    pub comparisons: Vec<Comparison>,
+    /// Which method to use where, in words.
+    pub text: String,
+}
+
+/// One row of the report (a strategy, a merge) as trained with each method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodRow {
+    /// Its name without the method's tag (`combined (proportional)`).
+    pub run: String,
+    /// Each method it ran with, and that run's row name.
+    pub runs: Vec<(AdapterMethod, String)>,
+    /// The method to use for it: the one furthest ahead of the first method among those
+    /// significantly ahead; with none ahead, the cheapest (training seconds) of those not
+    /// significantly behind.
+    pub choice: AdapterMethod,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl Methods {
+    /// The comparison of `run` (a row name) against the same row with the first method,
+    /// on the macro average.
+    pub fn against_first(&self, run: &str) -> Option<&Comparison> {
+        self.comparisons.iter().find(|c| c.task.is_none() && c.run == run)
+    }
 }
 
 /// Keep sets: datasets marked "must not get worse", scored with every run's final model

@@ -156,6 +156,7 @@ fn gpu_comparison_runs_every_strategy() {
         retention: false,
         data_fractions: vec![],
         tune_merges: false,
+        methods: vec![],
     };
     let first_loss = |device: &Device, dtype: DType| {
         let model = random_model(tiny_config(), 0, device).unwrap().to_dtype(dtype).unwrap();

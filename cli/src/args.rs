@@ -94,9 +94,9 @@ impl DataArgs {
 
 /// The adapter method named on the command line (`--method`), or an error listing the
 /// methods.
-pub fn adapter_method(name: &str) -> anyhow::Result<multitune_api::AdapterMethod> {
+pub fn adapter_method(flag: &str, name: &str) -> anyhow::Result<multitune_api::AdapterMethod> {
     multitune_api::AdapterMethod::parse(name).with_context(|| {
         let known: Vec<&str> = multitune_api::AdapterMethod::ALL.iter().map(|m| m.name()).collect();
-        format!("--method `{name}`: use {}", known.join(", "))
+        format!("{flag} `{name}`: use {}", known.join(", "))
     })
 }

@@ -288,7 +288,7 @@ impl BenchArgs {
             }
         }
         // PiSSA changes only the start, not a step's work: nothing of its own to measure.
-        let method = crate::args::adapter_method(&self.method)?;
+        let method = crate::args::adapter_method("--method", &self.method)?;
         if method == multitune_api::AdapterMethod::Pissa {
             bail!("--method `pissa`: use lora, rslora or dora (PiSSA only changes where the factors start)");
         }

@@ -82,6 +82,12 @@ pub struct CompareArgs {
     /// pissa (A and B from the top singular vectors of each weight).
     #[arg(long, default_value = "lora")]
     pub method: String,
+    /// Compare adapter methods: run every strategy with each of these (comma-separated,
+    /// e.g. lora,dora) under the same budget; the report compares them paired, per
+    /// strategy, and says which to use where. DoRA runs the separate strategy without
+    /// merges and skips sequential-merge.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
     /// LoRA+: train every B factor at this multiple of the learning rate (e.g. 16).
     #[arg(long)]
     pub lora_plus: Option<f64>,
@@ -128,8 +134,14 @@ pub struct CompareArgs {
 impl CompareArgs {
     /// The hyper-parameters these flags give.
     pub fn hyper(&self) -> anyhow::Result<Hyper> {
-        let method = crate::args::adapter_method(&self.method)?;
+        let method = crate::args::adapter_method("--method", &self.method)?;
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| crate::args::adapter_method("--methods", m))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Hyper {
+            methods,
             learning_rate: self.lr,
             rank: self.rank,
             method,
@@ -336,7 +348,13 @@ impl CompareArgs {
 /// API's `hyper.data_fractions`).
 fn flag_problems(problems: &[String]) -> anyhow::Error {
     let mut text = problems.join("; ").replace(strategy::request::FRACTIONS, "--data-fractions");
-    for (field, flag) in [("hyper.tune_merges", "--tune-merges"), ("hyper.tune_lr", "--tune-lr")] {
+    let fields = [
+        ("hyper.tune_merges", "--tune-merges"),
+        ("hyper.tune_lr", "--tune-lr"),
+        ("hyper.methods", "--methods"),
+        ("hyper.method", "--method"),
+    ];
+    for (field, flag) in fields {
         text = text.replace(field, flag);
     }
     // `strategies[i].mixing` is the one --mixing flag here.

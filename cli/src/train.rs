@@ -149,7 +149,7 @@ impl TrainArgs {
             cfg.lora.targets = lora::parse_targets(t)?
         }
         if let Some(m) = &self.method {
-            cfg.lora = cfg.lora.with_method(crate::args::adapter_method(m)?);
+            cfg.lora = cfg.lora.with_method(crate::args::adapter_method("--method", m)?);
         }
         if self.lora_plus.is_some() {
             cfg.lora_plus = self.lora_plus;

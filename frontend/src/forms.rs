@@ -26,6 +26,8 @@ pub struct FormFields {
     pub rank: String,
     /// Adapter method ([`AdapterMethod::name`]).
     pub method: String,
+    /// Adapter methods to compare, comma-separated (blank: only `method`).
+    pub methods: String,
     /// LoRA+ ratio of B's learning rate to A's (blank: off).
     pub lora_plus: String,
     /// Examples per micro-batch.
@@ -60,6 +62,7 @@ impl Default for FormFields {
             lr: h.learning_rate.to_string(),
             rank: h.rank.to_string(),
             method: h.method.name().into(),
+            methods: h.methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
             lora_plus: h.lora_plus.map(|r| r.to_string()).unwrap_or_default(),
             batch: h.batch_size.to_string(),
             max_tokens: h.max_tokens.to_string(),
@@ -167,12 +170,14 @@ impl FormFields {
         if method.is_none() {
             errors.push(format!("adapter method: `{}` is not lora, rslora, dora or pissa", self.method.trim()));
         }
+        let methods = parse_list(&self.methods, "compare methods", "lora, rslora, dora or pissa", &mut errors);
         let seeds = parse_list(&self.seeds, "seeds", "a whole number", &mut errors);
         let data_fractions = parse_list(&self.data_fractions, "data sizes", "a number", &mut errors);
         let h = Hyper {
             learning_rate,
             rank,
             method: method.unwrap_or_default(),
+            methods,
             lora_plus,
             batch_size,
             max_tokens,
@@ -189,6 +194,12 @@ impl FormFields {
         } else {
             Err(errors)
         }
+    }
+
+    /// How many times every strategy trains for the adapter methods: once per method
+    /// compared (once without a comparison of methods).
+    pub fn method_factor(&self) -> f64 {
+        self.methods.split(',').filter(|s| !s.trim().is_empty()).count().max(1) as f64
     }
 
     /// How many comparisons' worth of training the data sizes add up to: 1 for the full
@@ -340,6 +351,16 @@ mod tests {
             e,
             vec!["LoRA+ ratio: `fast` is not a number", "adapter method: `qlora` is not lora, rslora, dora or pissa"]
         );
+    }
+
+    #[test]
+    fn compared_methods_parse_or_are_named() {
+        let f = FormFields { methods: "lora, dora".into(), ..FormFields::default() };
+        assert_eq!(f.hyper().unwrap().methods, vec![AdapterMethod::Lora, AdapterMethod::Dora]);
+        assert_eq!(f.method_factor(), 2.0, "every strategy trains once per method");
+        assert_eq!(FormFields::default().method_factor(), 1.0);
+        let e = FormFields { methods: "lora,qlora".into(), ..FormFields::default() }.hyper().unwrap_err();
+        assert_eq!(e, vec!["compare methods: `qlora` is not lora, rslora, dora or pissa"]);
     }
 
     #[test]

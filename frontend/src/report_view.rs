@@ -317,6 +317,49 @@ pub fn size_rows(report: &Report) -> (Vec<String>, Vec<SizeRow>) {
     (headers, rows)
 }
 
+/// A row of the adapter methods' table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodTableRow {
+    /// The row's name without a method (`combined (proportional)`).
+    pub run: String,
+    /// Each method's cell: its macro average, after the first method with the paired
+    /// difference from the first, and the CSS class of that comparison's verdict
+    /// (`None` where the row did not run with the method).
+    pub cells: Vec<Option<(String, &'static str)>>,
+    /// The method to use for it.
+    pub choice: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The adapter methods compared, as a table with one column per method (empty without a
+/// comparison of methods).
+pub fn method_rows(report: &Report) -> (Vec<String>, Vec<MethodTableRow>) {
+    let Some(m) = &report.methods else { return (vec![], vec![]) };
+    let headers = m.methods.iter().map(|x| x.name().to_string()).collect();
+    let rows = m
+        .rows
+        .iter()
+        .map(|row| {
+            let cells = m
+                .methods
+                .iter()
+                .map(|method| {
+                    let (_, name) = row.runs.iter().find(|(x, _)| x == method)?;
+                    let r = report.runs.iter().find(|r| &r.name == name)?;
+                    let v = format::percent(r.macro_average().value);
+                    Some(match m.against_first(name) {
+                        Some(c) => (format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted), class(c.verdict)),
+                        None => (v, ""),
+                    })
+                })
+                .collect();
+            MethodTableRow { run: row.run.clone(), cells, choice: row.choice.name().into(), reason: row.reason.clone() }
+        })
+        .collect();
+    (headers, rows)
+}
+
 /// One cell of the pairwise matrix: the text and the CSS class of its verdict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairCell {
@@ -735,6 +778,39 @@ mod tests {
         assert_eq!(rows[0].1[1], Some(("80.0% [70.0, 90.0]".to_string(), true)));
         assert_eq!(rows[1].1[0].as_ref().map(|c| c.1), Some(true));
         assert_eq!(size_rows(&Report::default()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn compared_methods_become_a_table_with_each_rows_choice() {
+        use multitune_api::report::{MethodRow, Methods};
+        use multitune_api::AdapterMethod::{Dora, Lora};
+        let tagged = |name: &str, m: multitune_api::AdapterMethod, v: f64| RunResult {
+            method: Some(m),
+            ..run(&format!("{name}{}", m.tag()), "combined", &[v])
+        };
+        let r: Report = Report {
+            tasks: tasks(&[("a", "c")]),
+            runs: vec![tagged("combined", Lora, 0.5), tagged("combined", Dora, 0.7), tagged("multi-head", Lora, 0.4)],
+            methods: Some(Methods {
+                methods: vec![Lora, Dora],
+                rows: vec![MethodRow {
+                    run: "combined".into(),
+                    runs: vec![(Lora, "combined [lora]".into()), (Dora, "combined [dora]".into())],
+                    choice: Dora,
+                    reason: "dora beats lora".into(),
+                }],
+                comparisons: vec![comparison("combined [dora]", "combined [lora]", None, 0.2, 0.01, Verdict::Better)],
+                text: "Use dora for combined.".into(),
+            }),
+            ..Default::default()
+        };
+        let (headers, rows) = method_rows(&r);
+        assert_eq!(headers, ["lora", "dora"]);
+        assert_eq!(rows.len(), 1, "multi-head ran with one method: not a row");
+        assert_eq!(rows[0].cells[0], Some(("50.0%".to_string(), "")));
+        assert_eq!(rows[0].cells[1], Some(("70.0% (+20.0 [15.0, 25.0], p 0.010)".to_string(), "better")));
+        assert_eq!((rows[0].choice.as_str(), rows[0].reason.as_str()), ("dora", "dora beats lora"));
+        assert_eq!(method_rows(&Report::default()), (vec![], vec![]));
     }
 
     #[test]

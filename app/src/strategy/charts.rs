@@ -564,6 +564,14 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             save("keep", both!(|a| forest(a, &panels))?)?;
         }
     }
+    if let Some(m) = &report.methods {
+        let rows = forest_rows(&mut m.comparisons.iter().filter(|c| c.task.is_none()));
+        if !rows.is_empty() {
+            let first = m.methods.first().map_or("", |x| x.name());
+            let title = format!("each method against {first}, the same row (macro average)");
+            save("methods", both!(|a| forest(a, &[(title.as_str(), rows.clone())]))?)?;
+        }
+    }
     let costs: Vec<(String, f64)> = trained.iter().map(|r| (r.name.clone(), r.wall_s)).collect();
     save("cost", both!(|a| cost_bars(a, &costs))?)?;
     for r in &trained {

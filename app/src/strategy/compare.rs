@@ -24,7 +24,7 @@ use crate::strategy::{combined, multi_head, separate, sequential};
 use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
-use multitune_api::MixingChoice;
+use multitune_api::{AdapterMethod, MixingChoice, SequentialVariant};
 
 /// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
 /// adapters (under `out/adapters`) into `out`. The `keep` sets (loaded with
@@ -50,7 +50,7 @@ pub fn compare(
     let probe = answer_probe(base, cfg)?;
     let setup = Setup { base, tasks, cfg, out, control, probe: probe.as_ref(), keep };
     let mut runs = vec![score_base(setup, on_event)?];
-    let mut searches = vec![Searches::default(); cfg.strategies.len()];
+    let mut searches = vec![Searches::default(); slots(cfg).len()];
     let (per_seed, separate_adapters) = run_seeds(setup, Size::full(cfg), None, &mut searches, on_event)?;
     let seeds = seeds_of(cfg);
     runs.extend(report::aggregate(per_seed, &seeds));
@@ -205,6 +205,41 @@ const LR_TRIAL_PREFIX: &str = "lr search ";
 /// How the stage of a mixing trial's training events begins.
 const MIXING_TRIAL_PREFIX: &str = "mixing search ";
 
+/// One run of a comparison at each seed and size: a strategy of its configuration,
+/// trained with an adapter method in a comparison of methods.
+#[derive(Debug, Clone)]
+struct Slot {
+    spec: StrategySpec,
+    method: Option<AdapterMethod>,
+}
+
+/// What a comparison runs, in order: each strategy, and in a comparison of methods each
+/// strategy with each method in turn. There DoRA, whose adapters are not merged
+/// ([`crate::adapter::merge::DORA_MERGE`]), runs the separate strategy without its merges
+/// and skips merge-then-new (which merges every stage), rather than refusing the whole
+/// comparison.
+fn slots(cfg: &CompareConfig) -> Vec<Slot> {
+    if cfg.methods.is_empty() {
+        return cfg.strategies.iter().map(|s| Slot { spec: s.clone(), method: None }).collect();
+    }
+    let mut out = Vec::new();
+    for spec in &cfg.strategies {
+        for &m in &cfg.methods {
+            let spec = match (spec, m) {
+                (StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, .. }, AdapterMethod::Dora) => {
+                    continue
+                }
+                (StrategySpec::Separate { merge_rank, .. }, AdapterMethod::Dora) => {
+                    StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank }
+                }
+                _ => spec.clone(),
+            };
+            out.push(Slot { spec, method: Some(m) });
+        }
+    }
+    out
+}
+
 /// The seeds a comparison runs: its list, or its one training seed.
 fn seeds_of(cfg: &CompareConfig) -> Vec<u64> {
     if cfg.seeds.is_empty() {
@@ -219,8 +254,10 @@ fn start(base: &Base, tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
     }
-    if let Some(p) = cfg.train.lora.problem_for(&base.model.cfg) {
-        return Err(Error::Invalid(format!("hyper.rank: {p}")));
+    for lora in std::iter::once(cfg.train.lora.clone()).chain(cfg.methods.iter().map(|&m| cfg.train.lora.clone().with_method(m))) {
+        if let Some(p) = lora.problem_for(&base.model.cfg) {
+            return Err(Error::Invalid(format!("hyper.rank: {p}")));
+        }
     }
     // Every door's check of keep sets, on names (the engine has no dataset ids).
     let named = |ts: &[TaskData]| ts.iter().map(|t| (t.name.clone(), t.name.clone())).collect::<Vec<_>>();
@@ -380,15 +417,17 @@ fn read_rows(path: &Path, out: &Path) -> Option<Vec<RunResult>> {
 pub enum Part {
     /// The base model's scores.
     Base,
-    /// Strategy number `i` of the configuration, for every seed (a learning-rate search
-    /// and the seeds after the first depend on the first, so they stay together).
+    /// Strategy number `i` of the configuration (in a comparison of methods: run number
+    /// `i` of the strategies times the methods, strategy by strategy), for every seed and
+    /// data size (a learning-rate search and the seeds after the first depend on the
+    /// first, so they stay together).
     Strategy(usize),
 }
 
 impl Part {
     /// Every part of `cfg`: the base model, then each strategy.
     pub fn all(cfg: &CompareConfig) -> Vec<Part> {
-        std::iter::once(Part::Base).chain((0..cfg.strategies.len()).map(Part::Strategy)).collect()
+        std::iter::once(Part::Base).chain((0..slots(cfg).len()).map(Part::Strategy)).collect()
     }
 
     /// A stable name (`base`, `strategy-2`), as queues store it.
@@ -439,8 +478,9 @@ pub fn compare_part(
         return Err(Error::Invalid("a comparison part needs a state folder for its record".into()));
     }
     if let Part::Strategy(i) = part {
-        if i >= cfg.strategies.len() {
-            return Err(Error::Invalid(format!("strategy {i} is not one of the {}", cfg.strategies.len())));
+        let n = slots(cfg).len();
+        if i >= n {
+            return Err(Error::Invalid(format!("strategy {i} is not one of the {n}")));
         }
     }
     start(base, tasks, keep, cfg, control)?;
@@ -456,7 +496,7 @@ pub fn compare_part(
             score_base(Setup { probe: probe.as_ref(), ..setup }, on_event).map(drop)
         }
         Part::Strategy(si) => {
-            let mut searches = vec![Searches::default(); cfg.strategies.len()];
+            let mut searches = vec![Searches::default(); slots(cfg).len()];
             let probe = answer_probe(base, cfg)?;
             let full = Setup { probe: probe.as_ref(), ..setup };
             let (per_seed, _) = run_seeds(full, Size::full(cfg), Some(si), &mut searches, on_event)?;
@@ -489,10 +529,11 @@ struct Searches {
     mixing: Option<MixingSearch>,
 }
 
-/// Runs every strategy once for seed number `k` at data size `size` (events number the
-/// runs of every size and seed). Returns the rows (a separate run adds one per merge) and the per-task adapters of the
-/// separate strategy, which the similarity matrix compares. With a learning-rate search,
-/// `searches[i]` is strategy i's (searched for the first seed, reused for the others).
+/// Runs every strategy (each [`Slot`]) once for seed number `k` at data size `size`
+/// (events number the runs of every size and seed). Returns the rows (a separate run adds
+/// one per merge) and the per-task adapters of the separate strategy (the first method's
+/// that is not DoRA), which the similarity matrix compares. `searches[j]` is slot j's
+/// (searched for the first seed, reused for the others).
 fn run_strategies(
     ctx: &mut Ctx,
     k: usize,
@@ -500,79 +541,112 @@ fn run_strategies(
     searches: &mut [Searches],
     only: Option<usize>,
 ) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
-    let model = ctx.base.model;
-    let (n, seeds) = (ctx.cfg.strategies.len(), seeds_of(ctx.cfg).len());
+    let slots = slots(ctx.cfg);
+    let (n, seeds) = (slots.len(), seeds_of(ctx.cfg).len());
     let first = (size.index * seeds + k) * n;
     let of = n * seeds * size.count;
     let mut runs: Vec<RunResult> = Vec::new();
     let mut separate_adapters: Vec<LoraAdapter> = Vec::new();
-    for (si, spec) in ctx.cfg.strategies.iter().enumerate() {
-        if only.is_some_and(|o| o != si) {
+    for (j, slot) in slots.iter().enumerate() {
+        if only.is_some_and(|o| o != j) {
             continue;
         }
-        let name = format!("{}{}", spec.name(), ctx.suffix);
-        ctx.key = format!("{}s{k}-r{si}", size.key());
-        let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
-        if let Some(done) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
-            // Finished before an interruption: take its results, and reload the per-task
-            // adapters that the similarity matrix needs.
-            if matches!(spec, StrategySpec::Separate { .. }) {
-                separate_adapters = done[0]
-                    .adapter_dirs
-                    .iter()
-                    .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
-                    .collect::<Result<_>>()?;
-            }
-            searches[si] = Searches { lr: done[0].lr_search.clone(), mixing: done[0].mixing_search.clone() };
-            let wall_s = done[0].wall_s;
-            runs.extend(done);
-            (ctx.on_event)(&CompareEvent::RunRestored { run: name.clone(), index: first + si, of, wall_s });
-            continue;
-        }
-        (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index: first + si, of });
-        let rss = RssSampler::start();
-        // A searched mixing first (at the run's rate), then the rate with that mixing.
-        if spec.mixing() == Some(Mixing::Search) && searches[si].mixing.is_none() {
-            searches[si].mixing = Some(search_mixing(ctx, spec, &name, si)?);
-        }
-        let mixing = searches[si].mixing.clone();
-        let spec = &match &mixing {
-            Some(m) => spec.with_mixing(m.chosen.into()),
-            None => spec.clone(),
+        let key = format!("{}s{k}-r{j}", size.key());
+        let (index, tag) = (first + j, slot.method.map(AdapterMethod::tag).unwrap_or_default());
+        let cfg = CompareConfig {
+            train: TrainConfig {
+                lora: match slot.method {
+                    Some(m) => ctx.cfg.train.lora.clone().with_method(m),
+                    None => ctx.cfg.train.lora.clone(),
+                },
+                ..ctx.cfg.train.clone()
+            },
+            ..ctx.cfg.clone()
         };
-        if let Some(grid) = ctx.cfg.lr_search.clone() {
-            if searches[si].lr.is_none() {
-                searches[si].lr = Some(search_lr(ctx, spec, &name, &grid, si)?);
-            }
-        }
-        let search = searches[si].lr.clone();
-        let lr = search.as_ref().map_or(ctx.cfg.train.learning_rate, |s| s.chosen);
-        let cfg =
-            CompareConfig { train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() }, ..ctx.cfg.clone() };
-        let (mut rows, adapters) = run_spec(&mut ctx.with_cfg(&cfg), spec, &name)?;
-        if matches!(spec, StrategySpec::Separate { .. }) {
+        let suffix = format!("{tag}{}", ctx.suffix);
+        let mut sctx = ctx.with_cfg(&cfg);
+        (sctx.key, sctx.suffix) = (key, suffix);
+        let (rows, adapters) = run_slot(&mut sctx, (j, slot), size, &mut searches[j], (index, of))?;
+        if matches!(slot.spec, StrategySpec::Separate { .. })
+            && (separate_adapters.is_empty() || separate_adapters.iter().any(|a| a.config.use_dora))
+        {
             separate_adapters = adapters;
         }
-        let peak = rss.stop();
-        for r in &mut rows {
-            r.peak_rss_mib = peak;
-            r.learning_rate = lr;
-            r.lr_search = search.clone();
-            // The mixing search is the run's own cost (the learning-rate search, which
-            // every strategy has, is reported apart); it ran once, for the full data.
-            if let (Some(m), 0) = (&mixing, size.index) {
-                r.wall_s += m.wall_s();
-                r.mixing_search = Some(m.clone());
-            }
-        }
-        if let Some(p) = &record {
-            write_rows(p, &rows, ctx.out)?;
-        }
-        let wall_s = rows[0].wall_s;
         runs.extend(rows);
-        (ctx.on_event)(&CompareEvent::RunFinished { run: name.clone(), wall_s });
     }
     Ok((runs, separate_adapters))
+}
+
+/// Runs slot number `si` (`ctx` carries its key, its run names' suffix and its adapter
+/// method), run number `index` of `of`, or restores it from its record: its rows and, for the
+/// separate strategy, the per-task adapters.
+fn run_slot(
+    ctx: &mut Ctx,
+    (si, slot): (usize, &Slot),
+    size: Size,
+    searches: &mut Searches,
+    (index, of): (usize, usize),
+) -> Result<(Vec<RunResult>, Vec<LoraAdapter>)> {
+    let model = ctx.base.model;
+    let spec = &slot.spec;
+    let name = format!("{}{}", spec.name(), ctx.suffix);
+    let record = ctx.control.state_dir.map(|d| d.join(format!("done-{}.json", ctx.key)));
+    if let Some(done) = record.as_deref().and_then(|p| read_rows(p, ctx.out)) {
+        // Finished before an interruption: take its results, and reload the per-task
+        // adapters that the similarity matrix needs.
+        let adapters = if matches!(spec, StrategySpec::Separate { .. }) {
+            done[0]
+                .adapter_dirs
+                .iter()
+                .map(|d| peft::load_adapter(Path::new(d), &model.cfg, model.device()))
+                .collect::<Result<_>>()?
+        } else {
+            vec![]
+        };
+        *searches = Searches { lr: done[0].lr_search.clone(), mixing: done[0].mixing_search.clone() };
+        let wall_s = done[0].wall_s;
+        (ctx.on_event)(&CompareEvent::RunRestored { run: name, index, of, wall_s });
+        return Ok((done, adapters));
+    }
+    (ctx.on_event)(&CompareEvent::RunStarted { run: name.clone(), index, of });
+    let rss = RssSampler::start();
+    // A searched mixing first (at the run's rate), then the rate with that mixing.
+    if spec.mixing() == Some(Mixing::Search) && searches.mixing.is_none() {
+        searches.mixing = Some(search_mixing(ctx, spec, &name, si)?);
+    }
+    let mixing = searches.mixing.clone();
+    let spec = &match &mixing {
+        Some(m) => spec.with_mixing(m.chosen.into()),
+        None => spec.clone(),
+    };
+    if let Some(grid) = ctx.cfg.lr_search.clone() {
+        if searches.lr.is_none() {
+            searches.lr = Some(search_lr(ctx, spec, &name, &grid, si)?);
+        }
+    }
+    let search = searches.lr.clone();
+    let lr = search.as_ref().map_or(ctx.cfg.train.learning_rate, |s| s.chosen);
+    let cfg = CompareConfig { train: TrainConfig { learning_rate: lr, ..ctx.cfg.train.clone() }, ..ctx.cfg.clone() };
+    let (mut rows, adapters) = run_spec(&mut ctx.with_cfg(&cfg), spec, &name)?;
+    let peak = rss.stop();
+    for r in &mut rows {
+        r.peak_rss_mib = peak;
+        r.learning_rate = lr;
+        r.lr_search = search.clone();
+        r.method = slot.method;
+        // The mixing search is the run's own cost (the learning-rate search, which
+        // every strategy has, is reported apart); it ran once, for the full data.
+        if let (Some(m), 0) = (&mixing, size.index) {
+            r.wall_s += m.wall_s();
+            r.mixing_search = Some(m.clone());
+        }
+    }
+    if let Some(p) = &record {
+        write_rows(p, &rows, ctx.out)?;
+    }
+    let wall_s = rows[0].wall_s;
+    (ctx.on_event)(&CompareEvent::RunFinished { run: name, wall_s });
+    Ok((rows, adapters))
 }
 
 /// Trains and scores strategy `spec` as run `name`: its rows and, for the separate
@@ -687,6 +761,7 @@ fn trial(ctx: &mut Ctx, spec: &StrategySpec, name: &str, val_tasks: &[TaskData],
         retention: false,
         data_fractions: vec![],
         tune_merges: false,
+        methods: vec![],
     };
     let on = &mut *ctx.on_event;
     let mut forward = |e: &CompareEvent| {

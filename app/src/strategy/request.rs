@@ -111,11 +111,12 @@ pub fn compare_config(
         problems.push("hyper: lr_grid is only used with tune_lr".into());
     }
     problems.extend(strategy_problems(&specs, n_tasks));
-    if h.method == AdapterMethod::Dora {
+    if h.method == AdapterMethod::Dora && h.methods.is_empty() {
         problems.extend(
             specs.iter().enumerate().filter_map(|(i, s)| dora_problem(s).map(|p| format!("strategies[{i}]: {p}"))),
         );
     }
+    problems.extend(method_problems(h, &specs).into_iter().map(|p| format!("{METHODS}: {p}")));
     let tunable = specs.iter().any(|s| match s {
         StrategySpec::Separate { merges, .. } => merges.iter().any(|m| merge_search::tunable(*m)),
         _ => false,
@@ -141,7 +142,51 @@ pub fn compare_config(
         retention: h.retention,
         data_fractions: h.data_fractions.clone(),
         tune_merges: h.tune_merges,
+        methods: h.methods.clone(),
     })
+}
+
+/// How problems with the compared adapter methods name their field.
+pub const METHODS: &str = "hyper.methods";
+
+/// What is wrong with `h.methods` for `specs`: one method (nothing to compare), one
+/// listed twice, `method` set beside them, DoRA with only merge-then-new to run (a
+/// comparison of methods runs DoRA without merges and skips merge-then-new, which
+/// merges every stage).
+fn method_problems(h: &Hyper, specs: &[StrategySpec]) -> Vec<String> {
+    let mut out = Vec::new();
+    if h.methods.is_empty() {
+        return out;
+    }
+    if h.methods.len() == 1 {
+        out.push(format!(
+            "{} alone compares nothing: list at least two methods, or set hyper.method to train every run with one",
+            h.methods[0].name()
+        ));
+    }
+    for (i, m) in h.methods.iter().enumerate() {
+        // Once per method, at its last listing.
+        if h.methods[..i].contains(m) && !h.methods[i + 1..].contains(m) {
+            out.push(format!("{} is listed twice", m.name()));
+        }
+    }
+    if h.method != AdapterMethod::default() {
+        out.push(format!(
+            "every run trains with each of these, so hyper.method ({}) is unused: leave it out",
+            h.method.name()
+        ));
+    }
+    let runs_with_dora = specs.iter().any(|s| {
+        !matches!(s, StrategySpec::Sequential { variant: multitune_api::SequentialVariant::MergeThenNew, .. })
+    });
+    if h.methods.contains(&AdapterMethod::Dora) && !runs_with_dora {
+        out.push(
+            "dora runs none of these strategies (merge-then-new merges every stage, and merged DoRA stages are no \
+             adapter): add another strategy or leave dora out"
+                .into(),
+        );
+    }
+    out
 }
 
 /// What DoRA cannot do in strategy `s`: merge adapters (a separate run's merges), or
@@ -264,6 +309,29 @@ mod tests {
             strategy_spec(&StrategyChoice::Combined { mixing: MixingChoice::Search, task_tag: false }, 8).mixing(),
             Some(Mixing::Search)
         );
+    }
+
+    #[test]
+    fn compared_methods_are_checked_whole() {
+        use AdapterMethod::{Dora, Lora, Pissa};
+        let all = StrategyChoice::all();
+        let h = Hyper { methods: vec![Lora, Dora], ..Hyper::default() };
+        assert_eq!(compare_config(&all, 100, &h, 2).unwrap().methods, vec![Lora, Dora]);
+        let p = |methods: Vec<AdapterMethod>, method: AdapterMethod, strategies: &[StrategyChoice]| {
+            compare_config(strategies, 100, &Hyper { methods, method, ..Hyper::default() }, 2).unwrap_err()
+        };
+        assert_eq!(
+            p(vec![Dora], Lora, &all),
+            ["hyper.methods: dora alone compares nothing: list at least two methods, or set hyper.method to train every \
+              run with one"]
+        );
+        assert_eq!(p(vec![Lora, Dora, Lora, Lora], Lora, &all), ["hyper.methods: lora is listed twice"]);
+        assert_eq!(
+            p(vec![Lora, Pissa], Dora, &all),
+            ["hyper.methods: every run trains with each of these, so hyper.method (dora) is unused: leave it out"]
+        );
+        let merge_then_new = StrategyChoice::named("sequential-merge").unwrap();
+        assert!(p(vec![Lora, Dora], Lora, &[merge_then_new])[0].starts_with("hyper.methods: dora runs none of these"));
     }
 
     #[test]

@@ -108,10 +108,12 @@ pub fn best_merge(cfg: &CompareConfig, full: &[RunResult]) -> Option<MergeMethod
     let mut best: Option<(MergeMethod, f64)> = None;
     for &m in merges {
         let name = StrategySpec::merge_run_name(m);
-        let Some(r) = full.iter().find(|r| r.name == name) else { continue };
-        let v = r.macro_average().value;
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((m, v));
+        // In a comparison of methods, the merge's rows with every method.
+        for r in full.iter().filter(|r| r.plain_name() == name) {
+            let v = r.macro_average().value;
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((m, v));
+            }
         }
     }
     best.map(|(m, _)| m)
@@ -170,6 +172,7 @@ mod tests {
             retention: false,
             data_fractions: vec![0.5],
             tune_merges: false,
+            methods: vec![],
         };
         let row = |m: MergeMethod, v: f64| RunResult {
             name: StrategySpec::merge_run_name(m),

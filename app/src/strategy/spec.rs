@@ -137,6 +137,11 @@ pub struct CompareConfig {
     /// beside the same merge at its defaults.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tune_merges: bool,
+    /// A comparison of adapter methods: every strategy trains once with each (its LoRA
+    /// settings otherwise `train.lora`'s), each run named with the method's tag. Empty:
+    /// every run trains with `train.lora`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<multitune_api::AdapterMethod>,
 }
 
 impl StrategySpec {

@@ -1,6 +1,7 @@
 //! Compare: the report, one screen first — the answer in one sentence, a compact
 //! strategy × task table marked against the best run, the forest plot of every run's
-//! paired difference to it (values on hover) — then the data-size curves, the details
+//! paired difference to it (values on hover) — then the data-size curves, the adapter
+//! methods compared (which method where), the details
 //! folded (the recommendation in full, per-task scores with intervals, every pair of
 //! runs, per-task standings), the charts at full width (drawn by the server's plotters
 //! report code), task similarity, cost, and exports.
@@ -11,7 +12,8 @@ use multitune_api::ApiError;
 
 use super::route_id;
 use crate::report_view::{
-    answer, compact_rows, forest, keep_names, pair_matrix, plain, score_rows, search_text, size_rows, task_standings,
+    answer, compact_rows, forest, keep_names, method_rows, pair_matrix, plain, score_rows, search_text, size_rows,
+    task_standings,
 };
 use crate::{api, format, ErrorView};
 
@@ -138,6 +140,24 @@ pub fn ComparePage() -> impl IntoView {
                                         Some((text, lead)) => view! { <td class=if lead { "best" } else { "" }>{text}</td> }.into_any(),
                                         None => view! { <td>"—"</td> }.into_any(),
                                     }).collect_view()}</tr>
+                                }).collect_view()}</tbody>
+                            </table>
+                        })
+                    }
+                    {
+                        let (methods, method_table) = method_rows(&r);
+                        let text = r.methods.as_ref().map(|m| m.text.clone()).unwrap_or_default();
+                        (!methods.is_empty()).then(|| view! {
+                            <h2>"Which adapter method where"</h2>
+                            <p id="methods-text">{text}</p>
+                            <p class="hint">{format!("Macro average of each row trained with each method under the same budget; after {}, the paired difference from it in points [95% interval] and its Holm-adjusted p. Green: significantly better than {0}; red: worse; grey: tied; plain: the data cannot tell. The chart is under Charts (methods).", methods[0])}</p>
+                            <table class="compare" id="methods-table">
+                                <thead><tr><th>"run"</th>{methods.iter().map(|h| view! { <th>{h.clone()}</th> }).collect_view()}<th>"use"</th></tr></thead>
+                                <tbody>{method_table.into_iter().map(|row| view! {
+                                    <tr><td>{row.run}</td>{row.cells.into_iter().map(|c| match c {
+                                        Some((text, class)) => view! { <td class=class>{text}</td> }.into_any(),
+                                        None => view! { <td>"—"</td> }.into_any(),
+                                    }).collect_view()}<td title=row.reason><strong>{row.choice}</strong></td></tr>
                                 }).collect_view()}</tbody>
                             </table>
                         })

@@ -61,6 +61,7 @@ pub fn NewExperimentPage() -> impl IntoView {
     let lr = RwSignal::new(start.lr);
     let rank = RwSignal::new(start.rank);
     let method = RwSignal::new(start.method);
+    let methods = RwSignal::new(start.methods);
     let lora_plus = RwSignal::new(start.lora_plus);
     let batch = RwSignal::new(start.batch);
     let max_tokens = RwSignal::new(start.max_tokens);
@@ -86,10 +87,11 @@ pub fn NewExperimentPage() -> impl IntoView {
         // The learning-rate search trains 3 rates on 1/8 of the budget, then the better
         // 2 on 1/4 (the engine's schedule for the default grid): 7/8 of a budget more.
         let search = if tune_lr.get() { 1.875 } else { 1.0 };
-        let sizes = FormFields { data_fractions: data_fractions.get(), ..FormFields::default() }.size_factor();
+        let shape = FormFields { data_fractions: data_fractions.get(), methods: methods.get(), ..FormFields::default() };
+        let (sizes, per_method) = (shape.size_factor(), shape.method_factor());
         format!(
             "About {} of training at ~{:.0} tokens/s (plus evaluation{}).",
-            format::duration(format::estimate_seconds(b, trainings(), tps) * search * sizes),
+            format::duration(format::estimate_seconds(b, trainings(), tps) * search * sizes * per_method),
             tps,
             if tune_lr.get() { "; with the learning-rate search" } else { "" }
         )
@@ -118,6 +120,7 @@ pub fn NewExperimentPage() -> impl IntoView {
             lr: lr.get(),
             rank: rank.get(),
             method: method.get(),
+            methods: methods.get(),
             lora_plus: lora_plus.get(),
             batch: batch.get(),
             max_tokens: max_tokens.get(),
@@ -267,6 +270,8 @@ pub fn NewExperimentPage() -> impl IntoView {
                         view! { <option value=v selected=move || method.get() == v>{text}</option> }
                     }).collect_view()}
                 </select>
+                <label for="methods">"Compare adapter methods: train every strategy with each (e.g. lora,dora; blank: only the method above). The report compares them per strategy; DoRA skips the merges and merge-then-new"</label>
+                <input id="methods" prop:value=move || methods.get() on:input=move |ev| methods.set(event_target_value(&ev)) />
                 <label for="lora-plus">"LoRA+: B's learning rate as a multiple of A's (e.g. 16; blank: the same)"</label>
                 <Field id="lora-plus" value=lora_plus />
                 <label for="batch">"Batch size"</label><Field id="batch" value=batch />

@@ -41,6 +41,7 @@ pub fn markdown(report: &Report) -> String {
     s.push_str(&retention_markdown(report));
     s.push_str(&keep_markdown(report));
     s.push_str(&curves_markdown(report));
+    s.push_str(&methods_markdown(report));
     if !report.comparisons.is_empty() {
         s.push_str(
             "\n## Paired comparisons\n\nEach run against the best and against the base model on the same held-out \
@@ -139,6 +140,39 @@ pub fn markdown(report: &Report) -> String {
                 .collect();
             let _ = writeln!(s, "| {t} | {} |", cells.join(" | "));
         }
+    }
+    s
+}
+
+/// The adapter methods compared (empty without a comparison of methods): each row's
+/// macro average with each method, every later method's difference from the first
+/// (paired, Holm-adjusted p), the method to use and why.
+fn methods_markdown(report: &Report) -> String {
+    let Some(m) = &report.methods else { return String::new() };
+    let names: Vec<&str> = m.methods.iter().map(|x| x.name()).collect();
+    let mut s = format!(
+        "\n## Adapter methods\n\n{}\n\nMacro average (%) of each row with each method, the same budget; after the \
+         first method, the paired difference from the first (points, 95% interval, Holm-adjusted p).\n\n| run | {} | \
+         use |\n|---|{}---|\n",
+        m.text,
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for row in &m.rows {
+        let cells: Vec<String> = m
+            .methods
+            .iter()
+            .map(|method| {
+                let Some((_, name)) = row.runs.iter().find(|(x, _)| x == method) else { return "-".into() };
+                let Some(r) = report.runs.iter().find(|r| &r.name == name) else { return "-".into() };
+                let v = pct(r.macro_average().value);
+                match m.against_first(name) {
+                    Some(c) => format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted),
+                    None => v,
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} | {} |", row.run, cells.join(" | "), row.choice.name());
     }
     s
 }

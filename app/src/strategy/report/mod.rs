@@ -9,6 +9,7 @@
 mod curves;
 mod keep;
 mod markdown;
+mod methods;
 mod recommend;
 mod stats;
 
@@ -74,6 +75,7 @@ pub fn run_result(name: &str, strategy: &str, evals: &[TaskEval], cost: RunCost)
         lr_search: None,
         mixing_search: None,
         merge_tuning: None,
+        method: None,
     }
 }
 
@@ -121,6 +123,7 @@ pub fn build(
     }
     let examples = tasks.iter().map(|t| t.train.len()).collect();
     let data_sizes = curves::data_sizes(&runs, examples, smaller, reps, seed);
+    let methods = methods::methods(&config.methods, &runs, reps, seed);
     let tasks = tasks
         .iter()
         .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
@@ -136,6 +139,7 @@ pub fn build(
         pairwise,
         data_sizes,
         keep,
+        methods,
     }
 }
 

@@ -191,7 +191,7 @@ pub(super) fn points(d: &Estimate) -> String {
     format!("{:+.1} points [{:.1}, {:.1}]", p(d.value), p(d.lo), p(d.hi))
 }
 
-fn p_text(p: f64) -> String {
+pub(super) fn p_text(p: f64) -> String {
     if p < 0.001 {
         "p < 0.001".into()
     } else {
