@@ -248,6 +248,17 @@ async fn dashboard_end_to_end_in_chromium() {
     b.click(&tune).await;
     b.wait_text(".estimate", "with the learning-rate search").await;
     b.click(&tune).await;
+    // Adapter methods compared: a name the form does not know is named at once; one
+    // method alone is refused by the server, naming the field; then left blank.
+    let methods = b.wait("#methods").await;
+    b.send_keys(&methods, "lora,qlora").await;
+    b.click(&b.wait("button[type='submit']").await).await;
+    b.wait_text(".error", "compare methods: `qlora` is not lora, rslora, dora or pissa").await;
+    b.clear(&methods).await;
+    b.send_keys(&methods, "dora").await;
+    b.click(&b.wait("button[type='submit']").await).await;
+    b.wait_text(".error", "hyper.methods: dora alone compares nothing").await;
+    b.clear(&methods).await;
     // What the chosen held-out sets can tell apart, before anything is trained.
     b.wait_text("#power", "will look like ties").await;
     // Data-size curves: a share listed twice is refused by the server, the field named;

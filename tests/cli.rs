@@ -171,6 +171,14 @@ fn bad_input_gets_a_clear_error() {
     assert!(text(&r).contains("merging DoRA adapters is not defined"), "{}", text(&r));
     let r = compare_small(&["--method", "pissa", "--rank", "1000", "--strategies", "combined"]);
     assert!(text(&r).contains("--rank: rank 1000 is larger than PiSSA allows"), "{}", text(&r));
+    let r = compare_small(&["--methods", "lora,pissa", "--rank", "1000", "--strategies", "combined"]);
+    assert!(text(&r).contains("--rank: rank 1000 is larger than PiSSA allows"), "{}", text(&r));
+    let r = compare_small(&["--methods", "lora,qlora"]);
+    assert!(text(&r).contains("--methods `qlora`: use lora, rslora, dora, pissa"), "{}", text(&r));
+    let r = compare_small(&["--methods", "dora"]);
+    assert!(text(&r).contains("--methods: dora alone compares nothing"), "{}", text(&r));
+    let r = compare_small(&["--methods", "lora,dora", "--method", "pissa"]);
+    assert!(text(&r).contains("so --method (pissa) is unused"), "{}", text(&r));
     let tiny_task = dir.path().join("tiny.jsonl");
     std::fs::write(&tiny_task, lines[..8].join("\n")).unwrap();
     let r = run(&[
@@ -348,6 +356,32 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
         std::fs::read(redraw.join("scores.svg")).unwrap(),
         std::fs::read(out.join("charts/scores.svg")).unwrap()
     );
+    // Adapter methods compared: each strategy once per method, the report says which where.
+    let methods = dir.path().join("methods");
+    let r = run(&[
+        "compare",
+        "--model",
+        "tiny",
+        "--tasks",
+        &t1,
+        &t2,
+        "--strategies",
+        "combined",
+        "--methods",
+        "lora,rslora",
+        "--budget-tokens",
+        "800",
+        "--eval-limit",
+        "4",
+        "--bootstrap",
+        "20",
+        "--out",
+        methods.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r));
+    let t = text(&r);
+    assert!(t.contains("## Adapter methods") && t.contains("| combined (proportional) | "), "{t}");
+    assert!(methods.join("adapters/combined-proportional-rslora/adapter_config.json").exists(), "{t}");
     let r = run(&[
         "compare",
         "--model",

@@ -445,7 +445,8 @@ fn a_run_is_reported_finished_only_by_the_attempt_that_finishes_its_job() {
     drop(w);
 }
 
-/// `--local-worker`: the server is its own worker, through the same queue.
+/// `--local-worker`: the server is its own worker, through the same queue; a comparison
+/// of adapter methods is one part per (strategy, method), assembled into one report.
 #[test]
 fn a_server_with_a_local_worker_runs_the_queue_itself() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -454,15 +455,23 @@ fn a_server_with_a_local_worker_runs_the_queue_itself() {
     let artifacts = format!("file://{}", dir.path().join("artifacts").display());
     let s = Server::start(&dir.path().join("data"), &["--queue", &url, "--artifacts", &artifacts, "--local-worker"]);
     let c = reqwest::Client::new();
-    let e = submit_on_sentiment(&rt, &c, &s, "local", json!([{"strategy": "combined"}]), json!({}));
+    let methods = json!({"methods": ["lora", "rslora"]});
+    let e = submit_on_sentiment(&rt, &c, &s, "local", json!([{"strategy": "combined"}]), methods);
     let done = rt.block_on(wait_for(&c, &s, &e.id, |x| x.status.is_final()));
     assert_eq!(done.status, Status::Done, "{:?}", done.error);
-    let run = done.runs.iter().find(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).unwrap();
-    let w = run.worker.as_ref().expect("the run names its worker");
+    let runs: Vec<_> = done.runs.iter().filter(|r| r.index < multitune_api::REPORT_ONLY_RUN_INDEX).collect();
+    assert_eq!(runs.len(), 2, "one run per method: {runs:?}");
+    let w = runs[0].worker.as_ref().expect("the run names its worker");
     assert!(w.name.ends_with("-server") && w.attempt == 1, "{w:?}");
+    let report: multitune_api::report::Report = rt.block_on(async {
+        c.get(s.url(&format!("/api/experiments/{}/report", e.id))).send().await.unwrap().json().await.unwrap()
+    });
+    let m = report.methods.expect("the methods compared");
+    assert_eq!(m.rows.len(), 1);
+    assert!(m.against_first("combined (proportional) [rslora]").is_some(), "{m:?}");
     // The worker's TensorBoard files came back with its result.
     let tb = dir.path().join("data/experiments").join(&e.id).join("out/tensorboard");
-    for run in ["base", "combined-proportional"] {
+    for run in ["base", "combined-proportional-lora", "combined-proportional-rslora"] {
         let files: Vec<_> = std::fs::read_dir(tb.join(run)).unwrap().map(|f| f.unwrap().path()).collect();
         assert!(!multitune::train::tensorboard::read(&files[0]).unwrap().is_empty(), "{run}");
     }

@@ -86,6 +86,21 @@ async fn upload_train_follow_and_download_over_http() {
         "{details:?}"
     );
     assert!(details.iter().any(|d| d.starts_with("strategies[2]: merge-then-new")), "{details:?}");
+    // Methods compared: at least two, each once, with `method` left out.
+    bad["hyper"]["methods"] = json!(["lora", "dora", "lora"]);
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "hyper.methods: lora is listed twice",
+            "hyper.methods: every run trains with each of these, so hyper.method (dora) is unused: leave it out"
+        ],
+        "DoRA in a comparison of methods skips what it cannot merge: not refused"
+    );
+    bad["hyper"]["methods"] = json!([]);
     bad["hyper"]["method"] = json!("qlora");
     let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
     assert!(r.status().is_client_error());

@@ -294,7 +294,7 @@ impl CompareArgs {
         eprintln!("{}", strategy::report::power(&sizes).text);
         let m = load(&self.model.model, cli, device)?;
         // What the model's shape allows (a PiSSA rank), before anything is written.
-        if let Some(p) = cfg.train.lora.problem_for(&m.model.cfg) {
+        if let Some(p) = cfg.adapter_problem(&m.model.cfg) {
             anyhow::bail!("--rank: {p}");
         }
         std::fs::create_dir_all(&self.out)?;

@@ -349,7 +349,9 @@ pub fn method_rows(report: &Report) -> (Vec<String>, Vec<MethodTableRow>) {
                     let r = report.runs.iter().find(|r| &r.name == name)?;
                     let v = format::percent(r.macro_average().value);
                     Some(match m.against_first(name) {
-                        Some(c) => (format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted), class(c.verdict)),
+                        Some(c) => {
+                            (format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted), class(c.verdict))
+                        }
                         None => (v, ""),
                     })
                 })

@@ -254,10 +254,8 @@ fn start(base: &Base, tasks: &[TaskData], keep: &[TaskData], cfg: &CompareConfig
     if tasks.is_empty() {
         return Err(Error::Invalid("no tasks to compare".into()));
     }
-    for lora in std::iter::once(cfg.train.lora.clone()).chain(cfg.methods.iter().map(|&m| cfg.train.lora.clone().with_method(m))) {
-        if let Some(p) = lora.problem_for(&base.model.cfg) {
-            return Err(Error::Invalid(format!("hyper.rank: {p}")));
-        }
+    if let Some(p) = cfg.adapter_problem(&base.model.cfg) {
+        return Err(Error::Invalid(format!("hyper.rank: {p}")));
     }
     // Every door's check of keep sets, on names (the engine has no dataset ids).
     let named = |ts: &[TaskData]| ts.iter().map(|t| (t.name.clone(), t.name.clone())).collect::<Vec<_>>();

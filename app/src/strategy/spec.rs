@@ -144,6 +144,17 @@ pub struct CompareConfig {
     pub methods: Vec<multitune_api::AdapterMethod>,
 }
 
+impl CompareConfig {
+    /// What is wrong with its adapters for a model of shape `model` (a PiSSA rank too
+    /// large), with its method or any method it compares.
+    pub fn adapter_problem(&self, model: &crate::model::ModelConfig) -> Option<String> {
+        let lora = &self.train.lora;
+        std::iter::once(lora.clone())
+            .chain(self.methods.iter().map(|&m| lora.clone().with_method(m)))
+            .find_map(|l| l.problem_for(model))
+    }
+}
+
 impl StrategySpec {
     /// What is wrong with this strategy's options for a comparison of `n_tasks` tasks.
     pub fn problems(&self, n_tasks: usize) -> Vec<String> {

@@ -87,7 +87,8 @@ pub fn NewExperimentPage() -> impl IntoView {
         // The learning-rate search trains 3 rates on 1/8 of the budget, then the better
         // 2 on 1/4 (the engine's schedule for the default grid): 7/8 of a budget more.
         let search = if tune_lr.get() { 1.875 } else { 1.0 };
-        let shape = FormFields { data_fractions: data_fractions.get(), methods: methods.get(), ..FormFields::default() };
+        let shape =
+            FormFields { data_fractions: data_fractions.get(), methods: methods.get(), ..FormFields::default() };
         let (sizes, per_method) = (shape.size_factor(), shape.method_factor());
         format!(
             "About {} of training at ~{:.0} tokens/s (plus evaluation{}).",

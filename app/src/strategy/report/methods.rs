@@ -88,7 +88,12 @@ fn choose(name: &str, rows: &[&RunResult], comparisons: &[Comparison]) -> Method
             (method(fastest), reason)
         }
     };
-    MethodRow { run: name.to_string(), runs: rows.iter().map(|r| (method(r), r.name.clone())).collect(), choice, reason }
+    MethodRow {
+        run: name.to_string(),
+        runs: rows.iter().map(|r| (method(r), r.name.clone())).collect(),
+        choice,
+        reason,
+    }
 }
 
 /// Which method to use where, in words: the rows by their choice, then each reason.
