@@ -1029,6 +1029,10 @@ fn methods_are_compared_per_strategy() {
             assert!(config.contains("\"use_dora\": true"), "{}: exported as DoRA: {config}", r.name);
         }
     }
+    // Each method's per-task adapters in a folder of their own.
+    let routed = |i: usize| report.runs[i].adapter_dirs.clone();
+    assert!(routed(3)[0].ends_with("adapters/lora/separate-sentiment"), "{:?}", routed(3));
+    assert!(routed(5)[0].ends_with("adapters/dora/separate-sentiment"), "{:?}", routed(5));
     let (lora, dora) = (&report.runs[1], &report.runs[2]);
     assert_ne!(lora.scores[0].loss.value, dora.scores[0].loss.value, "the two methods trained differently");
     let m = report.methods.as_ref().expect("a comparison of methods is reported");

@@ -15,7 +15,8 @@ use crate::strategy::{CompareConfig, StrategySpec, TaskData};
 use crate::train::TrainConfig;
 use crate::Result;
 
-/// The folder (under `adapters/`) of the separate run's adapter for `task`.
+/// The folder (under `adapters/`, in a comparison of methods under `adapters/<method>/`)
+/// of the separate run's adapter for `task`.
 pub fn adapter_dir_name(task: &str) -> String {
     format!("separate-{}", slug(task))
 }
@@ -69,7 +70,12 @@ pub(super) fn run(
         };
         ctx.scored(name, &t.name, &e);
         routed.push(e);
-        let (dir, bytes) = ctx.export(&adapter_dir_name(&t.name), &adapter)?;
+        // In a comparison of methods each method's per-task adapters have their own folder.
+        let dir_name = match ctx.cfg.methods.is_empty() {
+            true => adapter_dir_name(&t.name),
+            false => format!("{}/{}", cfg.train.lora.method().name(), adapter_dir_name(&t.name)),
+        };
+        let (dir, bytes) = ctx.export(&dir_name, &adapter)?;
         bytes_all += bytes;
         dirs.push(dir.display().to_string());
         adapters.push(adapter);
