@@ -100,6 +100,17 @@ async fn upload_train_follow_and_download_over_http() {
         ],
         "DoRA in a comparison of methods skips what it cannot merge: not refused"
     );
+    // A PiSSA rank the model's layers cannot hold: refused at once (the model's shape
+    // read when PiSSA is asked for).
+    bad["hyper"]["methods"] = json!(["lora", "pissa"]);
+    bad["hyper"]["method"] = json!("lora");
+    bad["hyper"]["rank"] = json!(200);
+    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(details.iter().any(|d| d.starts_with("hyper.rank: rank 200 is larger than PiSSA allows")), "{details:?}");
+    bad["hyper"]["rank"] = json!(8);
     bad["hyper"]["methods"] = json!([]);
     bad["hyper"]["method"] = json!("qlora");
     let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();

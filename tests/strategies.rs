@@ -1044,6 +1044,7 @@ fn methods_are_compared_per_strategy() {
     assert_eq!(m.comparisons.iter().filter(|c| c.task.is_none()).count(), 2);
     assert_eq!(m.comparisons.len(), 2 + 2 * tasks.len(), "the macro averages, then each task");
     assert!(m.text.starts_with("Use "), "{}", m.text);
+    assert!(report.recommendation.text.ends_with(&format!("Adapter methods: {}", m.text)));
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("## Adapter methods") && md.contains("| combined (proportional) |"), "{md}");
     assert!(out.path().join("charts/methods.svg").exists());

@@ -249,8 +249,16 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     if let Err(e) = s.model_source(&spec.model) {
         errors.push(format!("model: {}", e.message));
     }
-    if let Err(e) = jobs::compare_config(spec) {
-        errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details });
+    match jobs::compare_config(spec) {
+        Err(e) => errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details }),
+        // What the model's shape allows (a PiSSA rank): only PiSSA asks, and then the
+        // model is loaded (once; the jobs use the same copy).
+        Ok(c) if c.train.lora.pissa || c.methods.contains(&multitune_api::AdapterMethod::Pissa) => {
+            if let Some(p) = s.model(&spec.model).ok().and_then(|m| c.adapter_problem(&m.model.cfg)) {
+                errors.push(format!("hyper.rank: {p}"));
+            }
+        }
+        Ok(_) => {}
     }
     let sized: Vec<(&str, usize)> = sized.iter().map(|(n, k)| (n.as_str(), *k)).collect();
     errors.extend(multitune::strategy::request::size_problems(h, &spec.strategies, &sized));

@@ -124,6 +124,9 @@ pub fn build(
     let examples = tasks.iter().map(|t| t.train.len()).collect();
     let data_sizes = curves::data_sizes(&runs, examples, smaller, reps, seed);
     let methods = methods::methods(&config.methods, &runs, reps, seed);
+    if let Some(m) = methods.as_ref().filter(|m| !m.text.is_empty()) {
+        recommendation.text.push_str(&format!("\n\nAdapter methods: {}", m.text));
+    }
     let tasks = tasks
         .iter()
         .map(|t| (t.name.clone(), format!("{:?}", t.kind).to_lowercase(), t.train.len(), t.eval.len()))
