@@ -897,8 +897,13 @@ fn mixing_search_and_tuned_merges() {
         let t = r.merge_tuning.as_ref().unwrap();
         assert_eq!((t.method.as_str(), t.candidates.len(), t.default_params.as_str()), (method, count, defaults));
         assert_eq!((t.candidates[0].params.as_str(), t.validation.clone()), (defaults, vec![16, 16]));
-        let best = t.candidates.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
+        // One halving step: the better half (and the defaults) scored on the whole split,
+        // the best of those chosen.
+        let whole: Vec<_> = t.candidates.iter().filter(|c| !c.first_half_only).collect();
+        assert!(whole.len() <= count / 2 + 1 && !t.candidates[0].first_half_only, "{method}: {whole:?}");
+        let best = whole.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
         let chosen = t.candidates.iter().find(|c| c.params == t.chosen_params).unwrap();
+        assert!(!chosen.first_half_only, "{method}");
         assert_eq!(chosen.score, best, "{method}: the best validation score is chosen");
         let default_row = report.runs.iter().find(|d| d.name == t.default_run).unwrap();
         let vs = t.vs_default.as_ref().expect("compared with its defaults");
@@ -991,6 +996,7 @@ fn methods_are_compared_per_strategy() {
     let tasks: Vec<TaskData> = demo_tasks(6).into_iter().take(2).collect();
     let cfg = CompareConfig {
         methods: vec![Lora, Dora],
+        tune_merges: true,
         ..quick_compare(
             vec![
                 StrategySpec::Combined { mixing: Mixing::Proportional, task_tag: false },
@@ -1016,6 +1022,7 @@ fn methods_are_compared_per_strategy() {
             "combined (proportional) [dora]",
             "separate (routed) [lora]",
             "separate + merge (linear) [lora]",
+            "separate + merge (linear, tuned) [lora]",
             "separate (routed) [dora]",
             "sequential (merge-then-new) [lora]",
         ]
@@ -1032,7 +1039,11 @@ fn methods_are_compared_per_strategy() {
     // Each method's per-task adapters in a folder of their own.
     let routed = |i: usize| report.runs[i].adapter_dirs.clone();
     assert!(routed(3)[0].ends_with("adapters/lora/separate-sentiment"), "{:?}", routed(3));
-    assert!(routed(5)[0].ends_with("adapters/dora/separate-sentiment"), "{:?}", routed(5));
+    assert!(routed(6)[0].ends_with("adapters/dora/separate-sentiment"), "{:?}", routed(6));
+    // The tuned merge is compared with its defaults, the same method's.
+    let tuning = report.runs[5].merge_tuning.as_ref().unwrap();
+    assert_eq!(tuning.default_run, "separate + merge (linear) [lora]");
+    assert_eq!(tuning.vs_default.as_ref().unwrap().against, tuning.default_run);
     let (lora, dora) = (&report.runs[1], &report.runs[2]);
     assert_ne!(lora.scores[0].loss.value, dora.scores[0].loss.value, "the two methods trained differently");
     let m = report.methods.as_ref().expect("a comparison of methods is reported");

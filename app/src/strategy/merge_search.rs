@@ -4,8 +4,11 @@
 //! per-task weights, TIES its density and scale, DARE its drop rate and scale.
 //! Concatenation, the exact sum, has nothing to tune.
 //!
-//! Merges train nothing, so a candidate costs its merge and one quick scoring pass over
-//! the split: label ranking for classification, and for generation each answer walked
+//! Merges train nothing, so a candidate costs its merge and quick scoring passes over
+//! the split, in one halving step: every candidate on the split's first half, the better
+//! half of them (and the defaults) on the rest too, the best on the whole split chosen
+//! — three quarters of scoring every candidate on all of it. The passes: label ranking
+//! for classification, and for generation each answer walked
 //! along its reference in one teacher-forced pass, no decoding
 //! ([`crate::eval::EvalOptions::follow_only`]: exact match is then a lower bound, the
 //! loss exact). A TIES or DARE merge's scale multiplies its merged update (and the
@@ -161,6 +164,21 @@ pub struct Scored {
     pub score: f64,
     /// Mean validation loss.
     pub loss: f64,
+    /// Whether it was scored on the whole split (it survived the first half's cut), not
+    /// on its first half only.
+    pub whole: bool,
+}
+
+/// One task's validation result on some of its examples: the headline metric's mean,
+/// the mean loss, and how many examples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskResult {
+    /// Headline metric, mean over the examples (0–1).
+    pub score: f64,
+    /// Mean loss.
+    pub loss: f64,
+    /// Examples scored.
+    pub examples: usize,
 }
 
 /// What a search found: the merged adapter with the chosen parameters, which candidate
@@ -174,22 +192,60 @@ pub struct Tuned {
     pub tried: Vec<Scored>,
 }
 
+/// The validation split `val` in two halves (each task's first half of its examples,
+/// then the rest): the search scores every candidate on the first, and the better half
+/// of them (and the defaults) on the second too.
+pub fn halves(val: &[TaskData]) -> [Vec<TaskData>; 2] {
+    let cut = |t: &TaskData, first: bool| {
+        let k = t.eval.len().div_ceil(2);
+        let eval = if first { t.eval[..k].to_vec() } else { t.eval[k..].to_vec() };
+        TaskData { eval, ..t.clone() }
+    };
+    [val.iter().map(|t| cut(t, true)).collect(), val.iter().map(|t| cut(t, false)).collect()]
+}
+
+/// The macro average and mean loss over tasks of per-task results on several parts of
+/// each task's examples (weighted by examples within a task).
+fn combine(parts: &[&[TaskResult]]) -> (f64, f64) {
+    let tasks = parts.first().map_or(0, |p| p.len());
+    let (mut score, mut loss) = (0.0, 0.0);
+    for t in 0..tasks {
+        let n: usize = parts.iter().map(|p| p[t].examples).sum();
+        let w = |f: fn(&TaskResult) -> f64| {
+            parts.iter().map(|p| f(&p[t]) * p[t].examples as f64).sum::<f64>() / n.max(1) as f64
+        };
+        score += w(|r| r.score);
+        loss += w(|r| r.loss);
+    }
+    (score / tasks.max(1) as f64, loss / tasks.max(1) as f64)
+}
+
 /// Searches `method`'s parameters for merging `adapters` (TIES and DARE refit at rank
-/// `rank`): every candidate is merged and scored by `score` (validation macro average
-/// and loss); best first by score, then loss, then the earlier candidate.
+/// `rank`) by one halving step over the validation split: every candidate is merged and
+/// scored by `score` on the split's first half (`score(adapter, 0)`: each task's
+/// result); the better half of them by score, then loss, then order — and the defaults,
+/// the first candidate, always — are scored on the second half (`score(adapter, 1)`)
+/// too, and the best of those on the whole split is chosen (by score, then loss, then
+/// the earlier candidate). `defaults`, the merge at its default parameters when already
+/// built, is not merged again.
 pub fn tune(
     adapters: &[&LoraAdapter],
     method: MergeMethod,
     rank: usize,
     seed: u64,
-    score: &mut dyn FnMut(&LoraAdapter) -> Result<(f64, f64)>,
+    defaults: Option<&LoraAdapter>,
+    score: &mut dyn FnMut(&LoraAdapter, usize) -> Result<Vec<TaskResult>>,
 ) -> Result<Tuned> {
     let all = candidates(method, adapters.len(), seed);
     if all.is_empty() {
         return Err(crate::Error::Invalid(format!("merge `{}` has no parameters to tune", method.name())));
     }
-    // Each scale-1 TIES/DARE merge is built once, by its parameters' bits.
+    // Each scale-1 TIES/DARE merge is built once, by its parameters' bits; the defaults'
+    // is their merge at its own scale, brought back to 1.
     let mut refits: BTreeMap<String, LoraAdapter> = BTreeMap::new();
+    if let (Some(d), Candidate::Scaled { method, scale }) = (defaults, &all[0]) {
+        refits.insert(format!("{method:?}"), d.scaled(1.0 / scale)?);
+    }
     let mut build = |c: &Candidate| -> Result<LoraAdapter> {
         match c {
             Candidate::Weighted(w) => merge::concat_weighted(adapters, w),
@@ -202,27 +258,113 @@ pub fn tune(
             }
         }
     };
-    let mut tried = Vec::with_capacity(all.len());
+    // The first half: every candidate.
+    let mut first: Vec<(Vec<TaskResult>, f64, f64)> = Vec::with_capacity(all.len());
+    for c in &all {
+        let r = score(&build(c)?, 0)?;
+        let (s, l) = combine(&[&r]);
+        first.push((r, s, l));
+    }
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by(|&a, &b| first[b].1.total_cmp(&first[a].1).then(first[a].2.total_cmp(&first[b].2)).then(a.cmp(&b)));
+    let mut alive: Vec<usize> = order[..all.len().div_ceil(2)].to_vec();
+    if !alive.contains(&0) {
+        alive.push(0);
+    }
+    alive.sort_unstable();
+    // The second half: the survivors, in order; the best on the whole split wins.
+    let mut whole: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     let mut best: Option<(usize, LoraAdapter)> = None;
-    for (i, c) in all.into_iter().enumerate() {
-        let adapter = build(&c)?;
-        let (s, loss) = score(&adapter)?;
+    for &i in &alive {
+        let adapter = build(&all[i])?;
+        let r = score(&adapter, 1)?;
+        let (s, l) = combine(&[&first[i].0, &r]);
         let better = best.as_ref().is_none_or(|(b, _)| {
-            let b: &Scored = &tried[*b];
-            s > b.score || (s == b.score && loss < b.loss)
+            let (bs, bl) = whole[b];
+            s > bs || (s == bs && l < bl)
         });
-        tried.push(Scored { candidate: c, score: s, loss });
+        whole.insert(i, (s, l));
         if better {
             best = Some((i, adapter));
         }
     }
-    let (chosen, adapter) = best.expect("at least one candidate");
+    let tried = all
+        .into_iter()
+        .enumerate()
+        .map(|(i, candidate)| {
+            let (score, loss) = whole.get(&i).copied().unwrap_or((first[i].1, first[i].2));
+            Scored { candidate, score, loss, whole: whole.contains_key(&i) }
+        })
+        .collect();
+    let (chosen, adapter) = best.expect("the defaults are always scored whole");
     Ok(Tuned { adapter, chosen, tried })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per-task results of one example each, scoring `v` at loss `l`.
+    fn results(v: &[(f64, f64)]) -> Vec<TaskResult> {
+        v.iter().map(|&(score, loss)| TaskResult { score, loss, examples: 1 }).collect()
+    }
+
+    #[test]
+    fn one_halving_step_scores_the_better_half_and_the_defaults_whole() {
+        use crate::model::lora::LoraConfig;
+        let cfg = crate::model::tiny_config();
+        let ad: Vec<LoraAdapter> = (0..2)
+            .map(|s| LoraAdapter::new(&cfg, LoraConfig::default(), s, &candle_core::Device::Cpu).unwrap())
+            .collect();
+        let refs: Vec<&LoraAdapter> = ad.iter().collect();
+        // Linear over two tasks: four candidates, the equal weights first. The first
+        // half's macro averages 0.5, 0.7, 0.6, 0.2: the better half is 1 and 2, and the
+        // defaults (0) go on too. On the second half 0.9, 0.5, 0.8: on the whole split
+        // 0 and 2 tie at 0.7 and the defaults, the earlier, win the tie.
+        let first = [0.5, 0.7, 0.6, 0.2];
+        let second = [0.9, 0.5, 0.8];
+        let mut calls = Vec::new();
+        let mut score = |_: &LoraAdapter, half: usize| {
+            calls.push(half);
+            let v = if half == 0 { first[calls.len() - 1] } else { second[calls.len() - 5] };
+            Ok(results(&[(v, 1.0), (v, 1.0)]))
+        };
+        let t = tune(&refs, MergeMethod::Linear, 4, 1, None, &mut score).unwrap();
+        assert_eq!(calls, [0, 0, 0, 0, 1, 1, 1], "3 of the 4 candidates on the second half");
+        assert_eq!(t.chosen, 0);
+        let got: Vec<(f64, bool)> = t.tried.iter().map(|c| ((c.score * 100.0).round() / 100.0, c.whole)).collect();
+        assert_eq!(got, [(0.7, true), (0.6, true), (0.7, true), (0.2, false)]);
+        // A lower loss on the whole split breaks the tie the other way.
+        let mut calls = 0;
+        let mut score = |_: &LoraAdapter, half: usize| {
+            calls += 1;
+            let (v, l) =
+                if half == 0 { (first[calls - 1], 1.0) } else { (second[calls - 5], [1.0, 1.0, 0.5][calls - 5]) };
+            Ok(results(&[(v, l)]))
+        };
+        assert_eq!(tune(&refs, MergeMethod::Linear, 4, 1, None, &mut score).unwrap().chosen, 2);
+    }
+
+    #[test]
+    fn halves_split_each_task_and_recombine_by_examples() {
+        let t = |n: usize| TaskData {
+            name: "t".into(),
+            kind: crate::data::TaskKind::Generation,
+            labels: vec![],
+            train: vec![],
+            eval: (0..n).map(|i| crate::data::Record::new(i.to_string(), "")).collect(),
+        };
+        let [a, b] = halves(&[t(16), t(5)]);
+        assert_eq!((a[0].eval.len(), b[0].eval.len(), a[1].eval.len(), b[1].eval.len()), (8, 8, 3, 2));
+        assert_eq!(b[1].eval[0].prompt, "3");
+        // Task 1: 3 examples at 1.0 and 2 at 0.0 make 0.6; task 0: 0.5. Macro 0.55.
+        let first =
+            [TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 1.0, loss: 1.0, examples: 3 }];
+        let second =
+            [TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 0.0, loss: 2.0, examples: 2 }];
+        let (s, l) = combine(&[&first, &second]);
+        assert!((s - 0.55).abs() < 1e-12 && (l - (2.0 + 1.4) / 2.0).abs() < 1e-12, "{s} {l}");
+    }
 
     #[test]
     fn candidates_start_with_the_defaults_and_are_seeded() {

@@ -21,6 +21,11 @@ pub fn adapter_dir_name(task: &str) -> String {
     format!("separate-{}", slug(task))
 }
 
+/// The method a run of a comparison of methods trains with (`None` outside one).
+fn method_of(ctx: &Ctx) -> Option<multitune_api::AdapterMethod> {
+    (!ctx.cfg.methods.is_empty()).then(|| ctx.cfg.train.lora.method())
+}
+
 /// The training of one task's adapter: the run's settings on a share of the budget.
 fn stage_config(cfg: &CompareConfig, stage_budget: usize) -> TrainConfig {
     TrainConfig { token_budget: Some(stage_budget), ..cfg.train.clone() }
@@ -71,9 +76,9 @@ pub(super) fn run(
         ctx.scored(name, &t.name, &e);
         routed.push(e);
         // In a comparison of methods each method's per-task adapters have their own folder.
-        let dir_name = match ctx.cfg.methods.is_empty() {
-            true => adapter_dir_name(&t.name),
-            false => format!("{}/{}", cfg.train.lora.method().name(), adapter_dir_name(&t.name)),
+        let dir_name = match method_of(ctx) {
+            None => adapter_dir_name(&t.name),
+            Some(m) => format!("{}/{}", m.name(), adapter_dir_name(&t.name)),
         };
         let (dir, bytes) = ctx.export(&dir_name, &adapter)?;
         bytes_all += bytes;
@@ -101,6 +106,8 @@ pub(super) fn run(
     r.adapter_dirs = dirs;
     let mut rows = vec![r];
     let refs: Vec<&LoraAdapter> = adapters.iter().collect();
+    // Each merge at its defaults, kept for its tuning (which starts from it).
+    let mut built: Vec<(MergeMethod, LoraAdapter)> = Vec::new();
     for m in merges {
         let mname = format!("{}{}", StrategySpec::merge_run_name(*m), ctx.suffix);
         let tm = Instant::now();
@@ -114,16 +121,28 @@ pub(super) fn run(
         r.exported_params = merged.num_parameters();
         r.adapter_dirs.push(dir.display().to_string());
         rows.push(r);
+        if cfg.tune_merges {
+            built.push((*m, merged));
+        }
     }
     if cfg.tune_merges {
         let val = merge_search::validation(tasks, cfg.train.seed)?;
         for &m in merges.iter().filter(|m| merge_search::tunable(**m)) {
             let defaults = rows.iter().find(|r| r.name == format!("{}{}", StrategySpec::merge_run_name(m), ctx.suffix));
             let defaults = defaults.cloned();
-            rows.push(tuned_merge(ctx, &refs, m, merge_rank, &val, &cost, defaults.as_ref())?);
+            let merged = built.iter().find(|(b, _)| *b == m).map(|(_, a)| a);
+            let at = Defaults { row: defaults.as_ref(), adapter: merged };
+            rows.push(tuned_merge(ctx, &refs, m, merge_rank, &val, &cost, at)?);
         }
     }
     Ok((rows, adapters))
+}
+
+/// A merge at its default parameters, as the separate run scored it: its row and its
+/// adapter (either missing where the merge was not among the run's).
+struct Defaults<'a> {
+    row: Option<&'a RunResult>,
+    adapter: Option<&'a LoraAdapter>,
 }
 
 /// The row of merge `m` with its parameters tuned on the validation split `val`
@@ -138,23 +157,33 @@ fn tuned_merge(
     merge_rank: usize,
     val: &[TaskData],
     cost: &RunCost,
-    defaults: Option<&RunResult>,
+    defaults: Defaults,
 ) -> Result<RunResult> {
     let model = ctx.base.model;
     let name = format!("{}{}", StrategySpec::tuned_merge_run_name(m), ctx.suffix);
     let t0 = Instant::now();
     let opts = EvalOptions { bootstrap: 0, follow_only: true, ..ctx.cfg.eval.clone() };
-    let tuned = merge_search::tune(adapters, m, merge_rank, ctx.cfg.train.seed, &mut |ad| {
+    let halves = merge_search::halves(val);
+    let seed = ctx.cfg.train.seed;
+    let tuned = merge_search::tune(adapters, m, merge_rank, seed, defaults.adapter, &mut |ad, half| {
         ctx.check_cancel()?;
-        let (mut score, mut loss) = (0.0, 0.0);
-        for t in val {
-            let e =
-                eval::evaluate_task(model, ctx.base.tokenizer, Some(ad), &t.spec(), &t.eval, &opts, &mut |_, _| {})?;
-            score += e.headline().1.value;
-            loss += e.loss.value;
-        }
-        Ok((score / val.len() as f64, loss / val.len() as f64))
+        halves[half]
+            .iter()
+            .map(|t| {
+                let e = eval::evaluate_task(
+                    model,
+                    ctx.base.tokenizer,
+                    Some(ad),
+                    &t.spec(),
+                    &t.eval,
+                    &opts,
+                    &mut |_, _| {},
+                )?;
+                Ok(merge_search::TaskResult { score: e.headline().1.value, loss: e.loss.value, examples: t.eval.len() })
+            })
+            .collect()
     })?;
+    let defaults = defaults.row;
     let search_s = t0.elapsed().as_secs_f64();
     let (dir, bytes) = ctx.export(&slug(&name), &tuned.adapter)?;
     let cost = RunCost { wall_s: cost.wall_s + search_s, adapter_bytes: bytes, ..cost.clone() };
@@ -189,10 +218,19 @@ fn tuned_merge(
         candidates: tuned
             .tried
             .iter()
-            .map(|c| MergeCandidate { params: c.candidate.describe(m), score: c.score, loss: c.loss })
+            .map(|c| MergeCandidate {
+                params: c.candidate.describe(m),
+                score: c.score,
+                loss: c.loss,
+                first_half_only: !c.whole,
+            })
             .collect(),
         wall_s: search_s,
-        default_run: StrategySpec::merge_run_name(m),
+        default_run: format!(
+            "{}{}",
+            StrategySpec::merge_run_name(m),
+            method_of(ctx).map(multitune_api::AdapterMethod::tag).unwrap_or_default()
+        ),
         vs_default: None,
     });
     Ok(r)

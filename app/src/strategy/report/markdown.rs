@@ -359,7 +359,13 @@ fn merge_tuning_markdown(report: &Report) -> String {
             |c| format!("{} (p = {:.3}, {:?})", points(&c.difference), c.p_adjusted, c.verdict),
         );
         let tried: Vec<String> =
-            t.candidates.iter().map(|c| format!("{}: {}% / {:.3}", c.params, pct(c.score), c.loss)).collect();
+            t.candidates
+                .iter()
+                .map(|c| {
+                    let half = if c.first_half_only { " (first half)" } else { "" };
+                    format!("{}: {}% / {:.3}{half}", c.params, pct(c.score), c.loss)
+                })
+                .collect();
         let _ = writeln!(
             rows,
             "| {} | {} | {} | {vs} | {} | {:.0} |",
@@ -374,10 +380,11 @@ fn merge_tuning_markdown(report: &Report) -> String {
     format!(
         "\n## Merges tuned on validation\n\nEach merge's parameters searched on a validation split carved from the \
          training data ({} examples per task; the per-task adapters trained on them, the held-out examples were never \
-         used), each candidate scored in one quick pass (label ranking; generated answers walked along their \
-         references, exact match a lower bound). The tuned merge is a row of its own; against the same merge at its \
-         defaults on the held-out examples, paired (macro average, points, Holm-adjusted over the tuned merges). \
-         Candidates: validation macro average / loss.\n\n| merge | defaults | chosen | held-out: tuned − defaults | \
+         used), in quick passes (label ranking; generated answers walked along their references, exact match a lower \
+         bound) and one halving step: every candidate on the first half of the split, the better half of them and \
+         the defaults on all of it, the best of those chosen. The tuned merge is a row of its own; against the same \
+         merge at its defaults on the held-out examples, paired (macro average, points, Holm-adjusted over the tuned \
+         merges). Candidates: validation macro average / loss (on the first half only where marked).\n\n| merge | defaults | chosen | held-out: tuned − defaults | \
          candidates | search s |\n|---|---|---|---|---|---|\n{rows}",
         validation.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
     )
