@@ -358,14 +358,14 @@ fn merge_tuning_markdown(report: &Report) -> String {
             || "-".to_string(),
             |c| format!("{} (p = {:.3}, {:?})", points(&c.difference), c.p_adjusted, c.verdict),
         );
-        let tried: Vec<String> =
-            t.candidates
-                .iter()
-                .map(|c| {
-                    let half = if c.first_half_only { " (first half)" } else { "" };
-                    format!("{}: {}% / {:.3}{half}", c.params, pct(c.score), c.loss)
-                })
-                .collect();
+        let tried: Vec<String> = t
+            .candidates
+            .iter()
+            .map(|c| {
+                let half = if c.first_half_only { " (first half)" } else { "" };
+                format!("{}: {}% / {:.3}{half}", c.params, pct(c.score), c.loss)
+            })
+            .collect();
         let _ = writeln!(
             rows,
             "| {} | {} | {} | {vs} | {} | {:.0} |",
