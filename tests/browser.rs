@@ -246,7 +246,7 @@ async fn dashboard_end_to_end_in_chromium() {
     // would double the run).
     let tune = b.wait("#tune-lr").await;
     b.click(&tune).await;
-    b.wait_text(".estimate", "with the learning-rate search").await;
+    b.wait_text(".estimate", "with the searches").await;
     b.click(&tune).await;
     // Adapter methods compared: a name the form does not know is named at once; one
     // method alone is refused by the server, naming the field; then left blank.

@@ -21,6 +21,15 @@ async fn train_starts(c: &reqwest::Client, s: &Server, id: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Posts `spec` as a new experiment, which must be refused as a bad request: the
+/// problems it names.
+async fn refused(c: &reqwest::Client, s: &Server, spec: &serde_json::Value) -> Vec<String> {
+    let r = c.post(s.url("/api/experiments")).json(spec).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str().map(String::from)).collect()
+}
+
 /// The whole journey over real HTTP: upload the demo tasks, run every strategy on the
 /// tiny model, follow the events (dropping the connection half-way and resuming with
 /// `Last-Event-ID`: no gap, no repeat), fetch the report, download an adapter and load
@@ -49,10 +58,8 @@ async fn upload_train_follow_and_download_over_http() {
     // before anything is queued, each problem naming the field.
     let mut bad = spec.clone();
     bad["hyper"]["data_fractions"] = json!([0.01, 0.5, 0.5, 0]);
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     for want in [
         "hyper.data_fractions: 0 is not a share of the training data (each must be in (0, 1])",
         "hyper.data_fractions: 0.5 is listed twice",
@@ -66,10 +73,8 @@ async fn upload_train_follow_and_download_over_http() {
     bad["strategies"] = json!([{"strategy": "combined"}, {"strategy": "separate", "merges": ["concat"]}]);
     bad["hyper"]["tune_merges"] = json!(true);
     bad["hyper"]["lora_plus"] = json!(0.0);
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     assert!(details.iter().any(|d| d.starts_with("hyper.tune_merges: no merge to tune")), "{details:?}");
     assert!(
         details.iter().any(|d| d.contains("lora_plus: the B factors' learning-rate ratio must be positive")),
@@ -77,10 +82,8 @@ async fn upload_train_follow_and_download_over_http() {
     );
     let mut bad = spec.clone();
     bad["hyper"]["method"] = json!("dora");
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     assert!(
         details.iter().any(|d| d.starts_with("strategies[3]: merging DoRA adapters is not defined")),
         "{details:?}"
@@ -88,10 +91,8 @@ async fn upload_train_follow_and_download_over_http() {
     assert!(details.iter().any(|d| d.starts_with("strategies[2]: merge-then-new")), "{details:?}");
     // Methods compared: at least two, each once, with `method` left out.
     bad["hyper"]["methods"] = json!(["lora", "dora", "lora"]);
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     assert_eq!(
         details,
         [
@@ -105,10 +106,8 @@ async fn upload_train_follow_and_download_over_http() {
     bad["hyper"]["methods"] = json!(["lora", "pissa"]);
     bad["hyper"]["method"] = json!("lora");
     bad["hyper"]["rank"] = json!(200);
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     assert!(details.iter().any(|d| d.starts_with("hyper.rank: rank 200 is larger than PiSSA allows")), "{details:?}");
     bad["hyper"]["rank"] = json!(8);
     bad["hyper"]["methods"] = json!([]);
@@ -120,10 +119,8 @@ async fn upload_train_follow_and_download_over_http() {
     // A keep set that is also a task, or no dataset: refused, each naming the field.
     let mut bad = spec.clone();
     bad["keep"] = json!([ids[0], "no-such-dataset"]);
-    let r = c.post(s.url("/api/experiments")).json(&bad).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let details: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let details = refused(&c, &s, &bad).await;
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
     assert!(
         details.contains(&"keep[0]: `sentiment` is also a task; a keep set is scored, never trained on: take it out of one of the two"),
         "{details:?}"

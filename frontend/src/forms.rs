@@ -202,6 +202,24 @@ impl FormFields {
         self.methods.split(',').filter(|s| !s.trim().is_empty()).count().max(1) as f64
     }
 
+    /// How many token budgets of training these settings come to: every strategy ticked
+    /// trains once per method compared, seed and data size (a smaller size on its share
+    /// of the budget); its searches run once per method, at the full data: the
+    /// learning-rate search and a task-mixing search (combined and multi-head) each 7/8
+    /// of a budget more (three candidates on 1/8, the better two on 1/4).
+    pub fn budgets(&self) -> f64 {
+        let seeds = self.seeds.split(',').filter(|s| !s.trim().is_empty()).count().max(1) as f64;
+        let searched_mixing = self.mixing.trim() == "search";
+        let per_strategy = |s: &StrategyChoice| {
+            let mixed = matches!(s, StrategyChoice::Combined { .. } | StrategyChoice::MultiHead { .. });
+            let searches = 0.875 * (f64::from(u8::from(self.tune_lr)) + f64::from(u8::from(mixed && searched_mixing)));
+            seeds * self.size_factor() + searches
+        };
+        let picked: f64 =
+            StrategyChoice::all().iter().zip(&self.picked).filter(|(_, p)| **p).map(|(s, _)| per_strategy(s)).sum();
+        picked * self.method_factor()
+    }
+
     /// How many comparisons' worth of training the data sizes add up to: 1 for the full
     /// data, plus each smaller share (the budget scales with it).
     pub fn size_factor(&self) -> f64 {
@@ -351,6 +369,23 @@ mod tests {
             e,
             vec!["LoRA+ ratio: `fast` is not a number", "adapter method: `qlora` is not lora, rslora, dora or pissa"]
         );
+    }
+
+    #[test]
+    fn the_estimate_counts_methods_seeds_sizes_and_searches() {
+        let f = FormFields::default();
+        assert_eq!(f.budgets(), 5.0, "every strategy once");
+        let f = FormFields { methods: "lora,dora".into(), seeds: "1,2".into(), ..FormFields::default() };
+        assert_eq!(f.budgets(), 20.0, "5 strategies × 2 methods × 2 seeds");
+        // Searches run once per strategy and method: the rate for all five, the mixing
+        // for combined and multi-head; a half-size curve adds half a budget per seed.
+        let f = FormFields {
+            tune_lr: true,
+            mixing: "search".into(),
+            data_fractions: "0.5".into(),
+            ..FormFields::default()
+        };
+        assert_eq!(f.budgets(), 5.0 * 1.5 + 5.0 * 0.875 + 2.0 * 0.875);
     }
 
     #[test]

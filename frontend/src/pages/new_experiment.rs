@@ -75,26 +75,25 @@ pub fn NewExperimentPage() -> impl IntoView {
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
     let all_for_view = all.clone();
-    let trainings = move || {
-        let n = picked.get().iter().filter(|p| **p).count();
-        let k = seeds.get().split(',').filter(|s| !s.trim().is_empty()).count().max(1);
-        n * k
-    };
     let estimate = move || {
         let b: usize = budget.get().trim().parse().unwrap_or(0);
         let m = model.get();
         let tps = measured_tokens_per_s(&history.get(), &m).unwrap_or_else(|| format::default_tokens_per_s(&m));
-        // The learning-rate search trains 3 rates on 1/8 of the budget, then the better
-        // 2 on 1/4 (the engine's schedule for the default grid): 7/8 of a budget more.
-        let search = if tune_lr.get() { 1.875 } else { 1.0 };
-        let shape =
-            FormFields { data_fractions: data_fractions.get(), methods: methods.get(), ..FormFields::default() };
-        let (sizes, per_method) = (shape.size_factor(), shape.method_factor());
+        let shape = FormFields {
+            picked: picked.get(),
+            seeds: seeds.get(),
+            tune_lr: tune_lr.get(),
+            mixing: mixing.get(),
+            data_fractions: data_fractions.get(),
+            methods: methods.get(),
+            ..FormFields::default()
+        };
         format!(
-            "About {} of training at ~{:.0} tokens/s (plus evaluation{}).",
-            format::duration(format::estimate_seconds(b, trainings(), tps) * search * sizes * per_method),
+            "About {} of training at ~{:.0} tokens/s (plus evaluation{}{}).",
+            format::duration(format::estimate_seconds(b, 1, tps) * shape.budgets()),
             tps,
-            if tune_lr.get() { "; with the learning-rate search" } else { "" }
+            if tune_lr.get() || mixing.get() == "search" { ", with the searches" } else { "" },
+            if tune_merges.get() { " and the merge search" } else { "" }
         )
     };
     // What the chosen held-out sets can tell apart (the engine's statement, from the server).
