@@ -371,6 +371,53 @@ async fn dashboard_end_to_end_in_chromium() {
     }
     b.screenshot("playground").await;
 
+    // A comparison of adapter methods (asked through the API: one strategy, two methods,
+    // a small budget): its Compare page says which method where, in a table per row.
+    let c = reqwest::Client::new();
+    let datasets: Vec<multitune_api::Dataset> =
+        c.get(s.url("/api/datasets")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let sentiment = datasets.iter().find(|d| d.name == "sentiment").expect("the sentiment task");
+    let spec = json!({
+        "name": "methods", "model": "tiny", "tasks": [{"dataset": sentiment.id}],
+        "strategies": [{"strategy": "combined"}], "budget_tokens": 1200,
+        "hyper": {"learning_rate": 0.005, "batch_size": 4, "max_tokens": 192, "eval_limit": 4, "bootstrap": 20,
+                  "methods": ["lora", "rslora"]}
+    });
+    let r = c.post(s.url("/api/experiments")).bearer_auth(&token).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e: multitune_api::Experiment = r.json().await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let now: multitune_api::Experiment = c
+            .get(s.url(&format!("/api/experiments/{}", e.id)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if now.status.is_final() {
+            assert_eq!(now.status, multitune_api::Status::Done, "{:?}", now.error);
+            break;
+        }
+        assert!(t0.elapsed() < HANG, "the methods comparison did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.goto(&s.url(&format!("/experiments/{}/compare", e.id))).await;
+    b.wait_text("#methods-table", "combined (proportional)").await;
+    let heads = b.find_all("#methods-table th").await;
+    assert_eq!(heads.len(), 4, "run, lora, rslora, use");
+    b.wait_text("#methods-text", "Use ").await;
+    b.wait_text("#compact-table", "combined (proportional) [rslora]").await;
+    let show = json!({
+        "script": "const t = document.getElementById('methods-text'); window.scrollTo(0, t.getBoundingClientRect().top + window.scrollY - 90)",
+        "args": []
+    });
+    b.cmd("POST", "/execute/sync", Some(show)).await;
+    b.screenshot("compare-methods").await;
+    b.wait("img[src*='methods.svg']").await;
+
     // A page of another origin (another loopback port) tries to read the datasets and to
     // upload one: the read fails in the browser, the upload is refused by the server.
     let port: u16 = s.addr.port();
