@@ -250,6 +250,7 @@ async fn dashboard_end_to_end_in_chromium() {
     b.click(&tune).await;
     // Adapter methods compared: a name the form does not know is named at once; one
     // method alone is refused by the server, naming the field; then left blank.
+    b.wait_text("#method-hint", "learning-rate search").await;
     let methods = b.wait("#methods").await;
     b.send_keys(&methods, "lora,qlora").await;
     b.click(&b.wait("button[type='submit']").await).await;

@@ -79,7 +79,8 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = defaults::RANK)]
     pub rank: usize,
     /// Adapter method: lora, rslora (scale α/√r), dora (a magnitude per output row) or
-    /// pissa (A and B from the top singular vectors of each weight).
+    /// pissa (A and B from the top singular vectors of each weight). PiSSA and --lora-plus
+    /// usually want another rate than plain LoRA: --tune-lr gives each its own.
     #[arg(long, default_value = "lora")]
     pub method: String,
     /// Compare adapter methods: run every strategy with each of these (comma-separated,

@@ -270,6 +270,7 @@ pub fn NewExperimentPage() -> impl IntoView {
                         view! { <option value=v selected=move || method.get() == v>{text}</option> }
                     }).collect_view()}
                 </select>
+                <p class="hint" id="method-hint">"PiSSA moves the weights' principal directions and LoRA+ speeds up B: both usually want another learning rate than plain LoRA — tick the learning-rate search above to give each its own."</p>
                 <label for="methods">"Compare adapter methods: train every strategy with each (e.g. lora,dora; blank: only the method above). The report compares them per strategy; DoRA skips the merges and merge-then-new"</label>
                 <input id="methods" prop:value=move || methods.get() on:input=move |ev| methods.set(event_target_value(&ev)) />
                 <label for="lora-plus">"LoRA+: B's learning rate as a multiple of A's (e.g. 16; blank: the same)"</label>
