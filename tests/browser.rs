@@ -148,6 +148,11 @@ impl Drop for Browser {
 }
 
 /// Test artifacts: `target/screenshots/` (or `$MULTITUNE_SCREENSHOTS`).
+/// `GET path` from the server as the dashboard's user (with its access token), as JSON.
+async fn api_get<T: serde::de::DeserializeOwned>(s: &Server, token: &str, path: &str) -> T {
+    reqwest::Client::new().get(s.url(path)).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
 fn screenshots_dir() -> PathBuf {
     std::env::var_os("MULTITUNE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| {
         let exe = std::env::current_exe().unwrap();
@@ -375,8 +380,7 @@ async fn dashboard_end_to_end_in_chromium() {
     // A comparison of adapter methods (asked through the API: one strategy, two methods,
     // a small budget): its Compare page says which method where, in a table per row.
     let c = reqwest::Client::new();
-    let datasets: Vec<multitune_api::Dataset> =
-        c.get(s.url("/api/datasets")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let datasets: Vec<multitune_api::Dataset> = api_get(&s, &token, "/api/datasets").await;
     let sentiment = datasets.iter().find(|d| d.name == "sentiment").expect("the sentiment task");
     let spec = json!({
         "name": "methods", "model": "tiny", "tasks": [{"dataset": sentiment.id}],
@@ -389,15 +393,7 @@ async fn dashboard_end_to_end_in_chromium() {
     let e: multitune_api::Experiment = r.json().await.unwrap();
     let t0 = Instant::now();
     loop {
-        let now: multitune_api::Experiment = c
-            .get(s.url(&format!("/api/experiments/{}", e.id)))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let now: multitune_api::Experiment = api_get(&s, &token, &format!("/api/experiments/{}", e.id)).await;
         if now.status.is_final() {
             assert_eq!(now.status, multitune_api::Status::Done, "{:?}", now.error);
             break;
@@ -463,15 +459,7 @@ async fn dashboard_end_to_end_in_chromium() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(title.starts_with("get:blocked"), "a cross-origin page read the API: {title}");
-    let list: Vec<multitune_api::Dataset> = reqwest::Client::new()
-        .get(s.url("/api/datasets"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<multitune_api::Dataset> = api_get(&s, &token, "/api/datasets").await;
     assert!(list.iter().all(|d| d.name != "evil"), "the cross-site upload was stored: {title}");
     assert!(!list.is_empty());
     b.cmd("DELETE", "", None).await;

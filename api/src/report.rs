@@ -371,6 +371,24 @@ impl Methods {
     pub fn against_first(&self, run: &str) -> Option<&Comparison> {
         self.comparisons.iter().find(|c| c.task.is_none() && c.run == run)
     }
+
+    /// `row`'s run (among `runs`, the report's) with each method in turn — `None` where
+    /// it did not run with it — and, after the first method, its comparison against the
+    /// first: a methods table's cells.
+    pub fn cells<'a>(
+        &'a self,
+        row: &MethodRow,
+        runs: &'a [RunResult],
+    ) -> Vec<Option<(&'a RunResult, Option<&'a Comparison>)>> {
+        self.methods
+            .iter()
+            .map(|method| {
+                let (_, name) = row.runs.iter().find(|(x, _)| x == method)?;
+                let r = runs.iter().find(|r| &r.name == name)?;
+                Some((r, self.against_first(name)))
+            })
+            .collect()
+    }
 }
 
 /// Keep sets: datasets marked "must not get worse", scored with every run's final model

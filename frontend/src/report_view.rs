@@ -342,13 +342,12 @@ pub fn method_rows(report: &Report) -> (Vec<String>, Vec<MethodTableRow>) {
         .iter()
         .map(|row| {
             let cells = m
-                .methods
-                .iter()
-                .map(|method| {
-                    let (_, name) = row.runs.iter().find(|(x, _)| x == method)?;
-                    let r = report.runs.iter().find(|r| &r.name == name)?;
+                .cells(row, &report.runs)
+                .into_iter()
+                .map(|cell| {
+                    let (r, vs) = cell?;
                     let v = format::percent(r.macro_average().value);
-                    Some(match m.against_first(name) {
+                    Some(match vs {
                         Some(c) => {
                             (format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted), class(c.verdict))
                         }

@@ -24,7 +24,7 @@ use crate::strategy::{combined, multi_head, separate, sequential};
 use crate::train::tensorboard::{RunLog, TENSORBOARD_DIR};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
-use multitune_api::{AdapterMethod, MixingChoice, SequentialVariant};
+use multitune_api::{AdapterMethod, MixingChoice};
 
 /// Runs every strategy of `cfg` on `tasks` and writes the report, its charts and the
 /// adapters (under `out/adapters`) into `out`. The `keep` sets (loaded with
@@ -214,30 +214,16 @@ struct Slot {
 }
 
 /// What a comparison runs, in order: each strategy, and in a comparison of methods each
-/// strategy with each method in turn. There DoRA, whose adapters are not merged
-/// ([`crate::adapter::merge::DORA_MERGE`]), runs the separate strategy without its merges
-/// and skips merge-then-new (which merges every stage), rather than refusing the whole
-/// comparison.
+/// strategy with each method in turn, as [`StrategySpec::for_method`] says (DoRA without
+/// merges, and no DoRA merge-then-new, rather than refusing the whole comparison).
 fn slots(cfg: &CompareConfig) -> Vec<Slot> {
     if cfg.methods.is_empty() {
         return cfg.strategies.iter().map(|s| Slot { spec: s.clone(), method: None }).collect();
     }
-    let mut out = Vec::new();
-    for spec in &cfg.strategies {
-        for &m in &cfg.methods {
-            let spec = match (spec, m) {
-                (StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, .. }, AdapterMethod::Dora) => {
-                    continue
-                }
-                (StrategySpec::Separate { merge_rank, .. }, AdapterMethod::Dora) => {
-                    StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank }
-                }
-                _ => spec.clone(),
-            };
-            out.push(Slot { spec, method: Some(m) });
-        }
-    }
-    out
+    cfg.strategies
+        .iter()
+        .flat_map(|s| cfg.methods.iter().filter_map(|&m| Some(Slot { spec: s.for_method(m)?, method: Some(m) })))
+        .collect()
 }
 
 /// The seeds a comparison runs: its list, or its one training seed.

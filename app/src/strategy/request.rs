@@ -176,9 +176,7 @@ fn method_problems(h: &Hyper, specs: &[StrategySpec]) -> Vec<String> {
             h.method.name()
         ));
     }
-    let runs_with_dora = specs.iter().any(|s| {
-        !matches!(s, StrategySpec::Sequential { variant: multitune_api::SequentialVariant::MergeThenNew, .. })
-    });
+    let runs_with_dora = specs.iter().any(|s| s.for_method(AdapterMethod::Dora).is_some());
     if h.methods.contains(&AdapterMethod::Dora) && !runs_with_dora {
         out.push(
             "dora runs none of these strategies (merge-then-new merges every stage, and merged DoRA stages are no \

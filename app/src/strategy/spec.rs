@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use multitune_api::SequentialVariant;
 
+use multitune_api::AdapterMethod;
+
 use crate::adapter::merge::MergeMethod;
 use crate::eval::EvalOptions;
 use crate::strategy::mixing::Mixing;
@@ -94,6 +96,20 @@ impl StrategySpec {
         s
     }
 
+    /// This strategy as a comparison of methods trains it with `m`: DoRA, whose adapters
+    /// are not merged ([`crate::adapter::merge::DORA_MERGE`]), runs the separate strategy
+    /// without its merges and not merge-then-new at all (`None`: it merges every stage);
+    /// every other method runs it as it is.
+    pub fn for_method(&self, m: AdapterMethod) -> Option<StrategySpec> {
+        match (self, m) {
+            (StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, .. }, AdapterMethod::Dora) => None,
+            (StrategySpec::Separate { merge_rank, .. }, AdapterMethod::Dora) => {
+                Some(StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank })
+            }
+            _ => Some(self.clone()),
+        }
+    }
+
     /// The name of a separate run's row for merge `m`.
     pub fn merge_run_name(m: MergeMethod) -> String {
         format!("separate + merge ({})", m.name())
@@ -141,17 +157,27 @@ pub struct CompareConfig {
     /// settings otherwise `train.lora`'s), each run named with the method's tag. Empty:
     /// every run trains with `train.lora`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<multitune_api::AdapterMethod>,
+    pub methods: Vec<AdapterMethod>,
 }
 
 impl CompareConfig {
+    /// The adapter configurations its runs train with: `train.lora`, and with each
+    /// method it compares.
+    fn adapter_configs(&self) -> impl Iterator<Item = crate::model::lora::LoraConfig> + '_ {
+        let lora = &self.train.lora;
+        std::iter::once(lora.clone()).chain(self.methods.iter().map(|&m| lora.clone().with_method(m)))
+    }
+
+    /// Whether [`CompareConfig::adapter_problem`] needs the model's shape to say anything
+    /// (only PiSSA's rank depends on it): a door without the model loaded can skip it.
+    pub fn adapters_depend_on_shape(&self) -> bool {
+        self.adapter_configs().any(|l| l.pissa)
+    }
+
     /// What is wrong with its adapters for a model of shape `model` (a PiSSA rank too
     /// large), with its method or any method it compares.
     pub fn adapter_problem(&self, model: &crate::model::ModelConfig) -> Option<String> {
-        let lora = &self.train.lora;
-        std::iter::once(lora.clone())
-            .chain(self.methods.iter().map(|&m| lora.clone().with_method(m)))
-            .find_map(|l| l.problem_for(model))
+        self.adapter_configs().find_map(|l| l.problem_for(model))
     }
 }
 

@@ -251,9 +251,9 @@ fn check_experiment(s: &AppState, spec: &ExperimentCreate) -> ApiResult<(Vec<Str
     }
     match jobs::compare_config(spec) {
         Err(e) => errors.extend(if e.details.is_empty() { vec![e.message] } else { e.details }),
-        // What the model's shape allows (a PiSSA rank): only PiSSA asks, and then the
-        // model is loaded (once; the jobs use the same copy).
-        Ok(c) if c.train.lora.pissa || c.methods.contains(&multitune_api::AdapterMethod::Pissa) => {
+        // What the model's shape allows (a PiSSA rank): the model is loaded only when that
+        // can matter (once; the jobs use the same copy).
+        Ok(c) if c.adapters_depend_on_shape() => {
             if let Some(p) = s.model(&spec.model).ok().and_then(|m| c.adapter_problem(&m.model.cfg)) {
                 errors.push(format!("hyper.rank: {p}"));
             }

@@ -160,15 +160,13 @@ fn methods_markdown(report: &Report) -> String {
     );
     for row in &m.rows {
         let cells: Vec<String> = m
-            .methods
-            .iter()
-            .map(|method| {
-                let Some((_, name)) = row.runs.iter().find(|(x, _)| x == method) else { return "-".into() };
-                let Some(r) = report.runs.iter().find(|r| &r.name == name) else { return "-".into() };
-                let v = pct(r.macro_average().value);
-                match m.against_first(name) {
-                    Some(c) => format!("{v} ({}, p {:.3})", points(&c.difference), c.p_adjusted),
-                    None => v,
+            .cells(row, &report.runs)
+            .into_iter()
+            .map(|cell| match cell {
+                None => "-".into(),
+                Some((r, None)) => pct(r.macro_average().value),
+                Some((r, Some(c))) => {
+                    format!("{} ({}, p {:.3})", pct(r.macro_average().value), points(&c.difference), c.p_adjusted)
                 }
             })
             .collect();
