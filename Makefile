@@ -5,7 +5,7 @@ MODELS ?= models
 BIN_DEBUG := target/debug/multitune
 BIN_RELEASE := target/release/multitune
 
-.PHONY: run build-all cli-demo test test-build test-run test-stress test-deps browser-deps cluster-deps model build build-release ui ui-tools demo-data demo bench bench-sizes bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
+.PHONY: run build-all cli-demo test test-build test-run test-stress test-deps browser-deps cluster-deps model build build-release ui ui-tools demo-data demo bench bench-sizes bench-merges bench-setup cuda-toolkit build-cuda test-cuda gpu-bundle fmt lint clean
 
 ## run: set up, build, and start Multitune on http://127.0.0.1:3000 with the default
 ## model and the demo tasks (imported on first start). DATA keeps datasets and runs.
@@ -216,6 +216,13 @@ bench: build-release
 bench-sizes: build-release
 	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
 	scripts/bench-sizes.sh $(BIN_RELEASE) $(MODELS) $(BENCH_ARGS)
+
+## bench-merges: what --tune-merges adds: the demo comparison (every strategy), then the
+## same with --tune-merges, timed one after the other; prints both, the share it adds (the
+## target: at most 20%) and each merge's search. BENCH_ARGS adds compare flags.
+bench-merges: build-release
+	$(BIN_RELEASE) --models-dir $(MODELS) fetch-model
+	scripts/bench-merges.sh $(BIN_RELEASE) $(MODELS) $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

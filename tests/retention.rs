@@ -42,9 +42,12 @@ fn retention_matches_a_direct_computation() {
     }
     let again = Probe::answer(&model, &tok, None, &some).unwrap();
     assert_eq!((&again.examples, &again.stopped), (&probe.examples, &probe.stopped));
-    // The base model keeps all of itself.
+    // The base model keeps all of itself: every answer, and a KL of 0 up to rounding (the
+    // base model's side of it is kept as a constant and a vector per position, the tuned
+    // side computed from the hidden states: the same sum, in another order).
     let own = probe.measure(&model, &model, None).unwrap();
-    assert_eq!((own.kl, own.same_answer, own.prompts), (0.0, 1.0, probe.examples.len()));
+    assert_eq!((own.same_answer, own.prompts), (1.0, probe.examples.len()));
+    assert!((0.0..1e-6).contains(&own.kl), "the base model against itself: KL {}", own.kl);
 
     // A briefly trained adapter moves the model a little.
     let recs: Vec<Record> = (0..8).map(|i| Record::new(format!("word {i}"), format!("w{i}"))).collect();

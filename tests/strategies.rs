@@ -897,13 +897,22 @@ fn mixing_search_and_tuned_merges() {
         let t = r.merge_tuning.as_ref().unwrap();
         assert_eq!((t.method.as_str(), t.candidates.len(), t.default_params.as_str()), (method, count, defaults));
         assert_eq!((t.candidates[0].params.as_str(), t.validation.clone()), (defaults, vec![16, 16]));
-        // One halving step: the better half (and the defaults) scored on the whole split,
-        // the best of those chosen.
-        let whole: Vec<_> = t.candidates.iter().filter(|c| !c.first_half_only).collect();
-        assert!(whole.len() <= count / 2 + 1 && !t.candidates[0].first_half_only, "{method}: {whole:?}");
+        // Successive halving: every candidate on a quarter of the split (4 + 4 examples),
+        // the better half on the next quarter, the better half of those (and the
+        // defaults, at every cut) on the whole split; the best of those chosen.
+        let scored_on = |n: usize| t.candidates.iter().filter(|c| c.examples == n).count();
+        assert!(t.candidates.iter().all(|c| [8, 16, 32].contains(&c.examples)), "{method}: {:?}", t.candidates);
+        let half = count.div_ceil(2);
+        assert!(
+            scored_on(8) >= count - half - 1 && scored_on(32) <= (half + 1).div_ceil(2) + 1,
+            "{method}: {:?}",
+            t.candidates
+        );
+        assert_eq!(t.candidates[0].examples, 32, "{method}: the defaults always go on");
+        let whole: Vec<_> = t.candidates.iter().filter(|c| c.examples == 32).collect();
         let best = whole.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
         let chosen = t.candidates.iter().find(|c| c.params == t.chosen_params).unwrap();
-        assert!(!chosen.first_half_only, "{method}");
+        assert_eq!(chosen.examples, 32, "{method}");
         assert_eq!(chosen.score, best, "{method}: the best validation score is chosen");
         let default_row = report.runs.iter().find(|d| d.name == t.default_run).unwrap();
         let vs = t.vs_default.as_ref().expect("compared with its defaults");

@@ -563,10 +563,12 @@ pub struct MergeCandidate {
     pub score: f64,
     /// Mean validation loss over the tasks (breaks ties).
     pub loss: f64,
-    /// Scored on the first half of the validation split only (the search's halving step
-    /// left it out of the second): its figures are that half's.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub first_half_only: bool,
+    /// Validation examples it was scored on, over all tasks: the whole split's where it
+    /// reached the search's last rung, fewer where successive halving left it out
+    /// earlier (its figures are then those examples'). 0 in reports from before this
+    /// was recorded.
+    #[serde(default)]
+    pub examples: usize,
 }
 
 /// How a tuned merge's parameters were chosen, and what they did on the held-out

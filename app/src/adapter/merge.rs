@@ -166,10 +166,7 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
             // Magnitudes as the bits of |x|: for finite non-negative floats the integer
             // order is the numeric order, and integers select faster.
             let mag = |x: &f32| x.to_bits() & 0x7fff_ffff;
-            let mut mags: Vec<u32> = v.iter().map(mag).collect();
-            let cut = n - k;
-            mags.select_nth_unstable(cut);
-            let threshold = mags[cut];
+            let threshold = kth_largest(v.iter().map(mag), k);
             // Ties at the threshold are broken by position, so exactly k survive.
             let above = v.iter().filter(|x| mag(x) > threshold).count();
             let mut room = k - above;
@@ -214,6 +211,31 @@ pub fn ties(deltas: &[Tensor], density: f64, lambda: f64) -> Result<Tensor> {
         }
     });
     Ok(Tensor::from_vec(out, shape, deltas[0].device())?)
+}
+
+/// The `k`-th largest of `values` (`1 ≤ k ≤` their count), 31-bit integers, by radix
+/// selection: a histogram of the top 16 bits finds the bucket that holds it, and only
+/// that bucket's values are then ordered — two passes over the data instead of a
+/// general selection's shuffling of all of it.
+fn kth_largest(values: impl Iterator<Item = u32> + Clone, k: usize) -> u32 {
+    const LOW: u32 = 15;
+    let mut hist = vec![0usize; 1 << 16];
+    for m in values.clone() {
+        hist[(m >> LOW) as usize] += 1;
+    }
+    // The bucket where the count from the top first reaches k.
+    let (mut above, mut bucket) = (0usize, 0usize);
+    for b in (0..hist.len()).rev() {
+        if above + hist[b] >= k {
+            bucket = b;
+            break;
+        }
+        above += hist[b];
+    }
+    let mut inside: Vec<u32> = values.filter(|m| (m >> LOW) as usize == bucket).collect();
+    // The (k - above)-th largest inside the bucket.
+    let at = inside.len() - (k - above);
+    *inside.select_nth_unstable(at).1
 }
 
 /// DARE on one set of task deltas: seeded drop-and-rescale per task, then `λ Σ`.
@@ -346,6 +368,23 @@ mod tests {
         let b = t(&[-4., 2., 1., 0.5], 2, 2);
         let m = ties(&[a, b], 1.0, 2.0).unwrap();
         assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-8., 4., 3., 1.]);
+    }
+
+    #[test]
+    fn radix_selection_finds_the_kth_largest() {
+        let mut r = rng::stream(7, 1, 0);
+        for &n in &[1usize, 2, 17, 5000] {
+            // Wide values, and values crowded into one bucket with repeats.
+            for spread in [0x7fff_ffffu32, 40] {
+                let v: Vec<u32> =
+                    (0..n).map(|_| r.random::<u32>() % spread + (spread < 100) as u32 * 0x3000_0000).collect();
+                let mut sorted = v.clone();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                for k in [1, n.div_ceil(3), n] {
+                    assert_eq!(kth_largest(v.iter().copied(), k), sorted[k - 1], "n {n} spread {spread} k {k}");
+                }
+            }
+        }
     }
 
     #[test]

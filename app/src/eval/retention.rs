@@ -66,10 +66,10 @@ pub struct Probe {
     /// same batches as the base model's pass below, so the base model against itself is
     /// exact.
     chunks: Vec<std::ops::Range<usize>>,
-    /// The base model's final hidden states at every answer position, per chunk: its
-    /// next-token distributions are the LM head of these, so measuring a tuned model runs
-    /// the base model's layers no more.
-    base_hidden: Vec<Tensor>,
+    /// What the KL needs of the base model's next-token distributions at every answer
+    /// position, per chunk ([`BaseSide`]): measuring a tuned model runs neither the base
+    /// model's layers nor its LM head again.
+    base: Vec<BaseSide>,
 }
 
 impl Probe {
@@ -113,7 +113,7 @@ impl Probe {
             examples.push(Example { prompt_len: p.len(), ids: all, ..Default::default() });
         }
         let mut probe =
-            Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, chunks: vec![], base_hidden: vec![] };
+            Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, chunks: vec![], base: vec![] };
         probe.settle(base)?;
         if probe.examples.is_empty() {
             return Err(Error::Invalid("the base model answered no probe prompt".into()));
@@ -130,10 +130,11 @@ impl Probe {
     /// measurement's batches are exactly those the hidden states come from.
     fn settle(&mut self, base: &Llama) -> Result<()> {
         let (mut examples, mut stopped) = (Vec::with_capacity(self.examples.len()), Vec::new());
-        let (mut chunks, mut hidden) = (Vec::new(), Vec::new());
+        let (mut chunks, mut sides) = (Vec::new(), Vec::new());
         for (chunk, ends) in self.examples.chunks(BATCH).zip(self.stopped.chunks(BATCH)) {
             let (h, targets, per_example) = answer_states(base, chunk, self.pad, &Forward::eval(None))?;
-            let picked: Vec<u32> = base.logits(&h)?.to_dtype(DType::F32)?.argmax(D::Minus1)?.to_vec1()?;
+            let (z, vocab) = logits(base, &h)?;
+            let picked: Vec<u32> = z.chunks(vocab).map(|row| argmax(row).0).collect();
             let start = examples.len();
             let (mut at, mut cut) = (0, false);
             for ((e, &k), &ended) in chunk.iter().zip(&per_example).zip(ends) {
@@ -155,11 +156,16 @@ impl Probe {
             if examples.len() == start {
                 continue;
             }
-            let h = if cut { answer_states(base, &examples[start..], self.pad, &Forward::eval(None))?.0 } else { h };
+            let z = if cut {
+                let h = answer_states(base, &examples[start..], self.pad, &Forward::eval(None))?.0;
+                logits(base, &h)?.0
+            } else {
+                z
+            };
             chunks.push(start..examples.len());
-            hidden.push(h);
+            sides.push(BaseSide::of(base, &z, vocab)?);
         }
-        (self.examples, self.stopped, self.chunks, self.base_hidden) = (examples, stopped, chunks, hidden);
+        (self.examples, self.stopped, self.chunks, self.base) = (examples, stopped, chunks, sides);
         Ok(())
     }
 
@@ -175,19 +181,25 @@ impl Probe {
     }
 
     /// How much of the base model `tuned` (a model, with `adapter` applied if given)
-    /// keeps, against `base`, along the base answers.
+    /// keeps, against `base`, along the base answers. `tuned` shares the base model's LM
+    /// head (adapters never change it).
     pub fn measure(&self, base: &Llama, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Kept> {
+        if tuned.lm_head_weight().id() != base.lm_head_weight().id() {
+            return Err(Error::Invalid("retention: the tuned model's LM head is not the base model's".into()));
+        }
         let (mut kl_sum, mut positions, mut same) = (0.0f64, 0usize, 0usize);
-        for (range, base_hidden) in self.chunks.iter().zip(&self.base_hidden) {
+        for (range, side) in self.chunks.iter().zip(&self.base) {
             let (chunk, stopped) = (&self.examples[range.clone()], &self.stopped[range.clone()]);
             let (hidden, targets, per_example) = answer_states(tuned, chunk, self.pad, &Forward::eval(adapter))?;
-            let ((zb, vocab), (zt, _)) = (logits(base, base_hidden)?, logits(tuned, &hidden)?);
-            let (kl, picked) = kl_and_argmax(&zb, &zt, vocab)?;
+            let (zt, vocab) = logits(tuned, &hidden)?;
+            let h: Vec<f32> = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let (kl, picked) = kl_and_argmax(side, &h, &zt, vocab)?;
             let mut at = 0;
             for (&k, &ended) in per_example.iter().zip(stopped) {
                 let span = at..at + k;
                 let kls = &kl[span.clone()];
-                let example_kl = kls.iter().map(|&x| f64::from(x.max(0.0))).sum::<f64>();
+                // Not clamped one by one: rounding (±1e-6 or so) then averages out.
+                let example_kl = kls.iter().map(|&x| f64::from(x)).sum::<f64>();
                 kl_sum += example_kl;
                 positions += k;
                 let keeps = span.clone().all(|i| self.agrees(&picked, &targets, i, ended && i + 1 == at + k));
@@ -196,7 +208,7 @@ impl Probe {
             }
         }
         Ok(Kept {
-            kl: kl_sum / positions.max(1) as f64,
+            kl: (kl_sum / positions.max(1) as f64).max(0.0),
             same_answer: same as f64 / self.examples.len() as f64,
             prompts: self.examples.len(),
         })
@@ -224,41 +236,94 @@ fn logits(model: &Llama, hidden: &Tensor) -> Result<(Vec<f32>, usize)> {
     Ok((z.flatten_all()?.to_vec1()?, vocab))
 }
 
-/// Per row of `vocab` logits: KL(base ‖ tuned) of their softmaxes, and the tuned row's
-/// most likely token — in one pass over both rows, no log-probabilities stored. With
-/// `e = exp(b − max b)`: KL = Σ e·(b − t) / Σ e + logsumexp(t) − logsumexp(b).
-fn kl_and_argmax(base: &[f32], tuned: &[f32], vocab: usize) -> Result<(Vec<f32>, Vec<u32>)> {
-    use rayon::prelude::*;
-    if vocab == 0 || base.len() != tuned.len() || !base.len().is_multiple_of(vocab) {
-        return Err(Error::Invalid(format!(
-            "retention: logits of {} and {} values, vocabulary {vocab}",
-            base.len(),
-            tuned.len()
-        )));
+/// The most likely entry of a row of logits and its value.
+fn argmax(row: &[f32]) -> (u32, f32) {
+    let (mut best, mut arg) = (f32::NEG_INFINITY, 0u32);
+    for (i, &y) in row.iter().enumerate() {
+        if y > best {
+            (best, arg) = (y, i as u32);
+        }
     }
-    let rows: Vec<(f32, u32)> = base
-        .par_chunks(vocab)
-        .zip(tuned.par_chunks(vocab))
-        .map(|(b, t)| {
-            let mb = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let (mut mt, mut arg) = (f32::NEG_INFINITY, 0u32);
-            for (i, &y) in t.iter().enumerate() {
-                if y > mt {
-                    (mt, arg) = (y, i as u32);
-                }
+    (arg, best)
+}
+
+/// What the KL from the base model needs of its next-token distribution `p` at each
+/// answer position, kept once per comparison. With the LM head `W` (frozen, shared by
+/// every tuned model) and a tuned model's final hidden state `h`, its logits are `W h`,
+/// so `KL(p ‖ softmax(W h)) = Σ p·z_b − logsumexp(z_b) − (Wᵀp)·h + logsumexp(W h)`:
+/// `c = Σ p·z_b − logsumexp(z_b)` (minus the entropy) and `u = Wᵀ p` (a hidden-sized
+/// vector) stand for the base model's whole row of logits.
+#[derive(Debug, Clone)]
+struct BaseSide {
+    /// `c` per position.
+    c: Vec<f64>,
+    /// `u` per position, `(positions, hidden)` row-major.
+    u: Vec<f32>,
+}
+
+impl BaseSide {
+    /// From the base model's logits `z` (rows of `vocab`).
+    fn of(base: &Llama, z: &[f32], vocab: usize) -> Result<Self> {
+        let (p, c) = probs_and_c(z, vocab);
+        let rows = c.len();
+        let w = base.lm_head_weight().to_dtype(DType::F32)?;
+        let p = Tensor::from_vec(p, (rows, vocab), w.device())?;
+        let u = p.matmul(&w)?.flatten_all()?.to_vec1()?;
+        Ok(Self { c, u })
+    }
+}
+
+/// Per row of `vocab` logits: the softmax `p` (f32) and `c = Σ p·z − logsumexp(z)`.
+fn probs_and_c(z: &[f32], vocab: usize) -> (Vec<f32>, Vec<f64>) {
+    use rayon::prelude::*;
+    let mut p = vec![0f32; z.len()];
+    let c = p
+        .par_chunks_mut(vocab)
+        .zip(z.par_chunks(vocab))
+        .map(|(p, z)| {
+            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (mut s, mut sz) = (0f64, 0f64);
+            for (q, &x) in p.iter_mut().zip(z) {
+                let e = f64::from((x - m).exp());
+                *q = e as f32;
+                s += e;
+                sz += e * f64::from(x);
             }
-            let (mut sb, mut st, mut cross) = (0f64, 0f64, 0f64);
-            for (&x, &y) in b.iter().zip(t) {
-                let e = f64::from((x - mb).exp());
-                sb += e;
-                st += f64::from((y - mt).exp());
-                cross += e * f64::from(x - y);
-            }
-            let kl = cross / sb + (f64::from(mt) + st.ln()) - (f64::from(mb) + sb.ln());
-            (kl as f32, arg)
+            let inv = (1.0 / s) as f32;
+            p.iter_mut().for_each(|q| *q *= inv);
+            sz / s - (f64::from(m) + s.ln())
         })
         .collect();
-    Ok(rows.into_iter().unzip())
+    (p, c)
+}
+
+/// Per position: KL(base ‖ tuned) from the base side `base` ([`BaseSide`]), the tuned
+/// model's final hidden states `h` (rows of the hidden size) and its logits `z` (rows of
+/// `vocab`), as `c − u·h + logsumexp(z)`; and the tuned row's most likely token — one
+/// pass over the tuned logits, the base model's never formed.
+fn kl_and_argmax(base: &BaseSide, h: &[f32], z: &[f32], vocab: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    use rayon::prelude::*;
+    let rows = base.c.len();
+    if vocab == 0 || rows == 0 || z.len() != rows * vocab || h.len() != base.u.len() || !h.len().is_multiple_of(rows) {
+        return Err(Error::Invalid(format!(
+            "retention: {rows} base positions against {} logits of a vocabulary of {vocab} and {} hidden values",
+            z.len(),
+            h.len()
+        )));
+    }
+    let hidden = h.len() / rows;
+    let out: Vec<(f32, u32)> = z
+        .par_chunks(vocab)
+        .zip(h.par_chunks(hidden).zip(base.u.par_chunks(hidden)))
+        .zip(&base.c)
+        .map(|((z, (h, u)), &c)| {
+            let (arg, m) = argmax(z);
+            let s: f64 = z.iter().map(|&x| f64::from((x - m).exp())).sum();
+            let uh: f64 = u.iter().zip(h).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            ((c - uh + f64::from(m) + s.ln()) as f32, arg)
+        })
+        .collect();
+    Ok(out.into_iter().unzip())
 }
 
 /// Where the base model's answers to these probe prompts are kept: a file in the cache
@@ -307,10 +372,19 @@ mod tests {
 
     #[test]
     fn kl_and_argmax_by_hand() {
-        // Base (½, ½); tuned (¾, ¼): KL = ½ ln(½/¾) + ½ ln(½/¼) = 0.1438410…
-        let (kl, arg) = kl_and_argmax(&[0.0, 0.0, 5.0, -1.0], &[3f32.ln(), 0.0, 5.0, -1.0], 2).unwrap();
+        // An LM head W = I (vocabulary 2, hidden 2). Base logits (0, 0): p = (½, ½),
+        // c = 0 − ln 2, u = Wᵀp = (½, ½). Tuned hidden (ln 3, 0): logits (ln 3, 0),
+        // softmax (¾, ¼). KL = ½ ln(½/¾) + ½ ln(½/¼) = 0.1438410…; the second row, the
+        // base (5, −1) against itself: 0.
+        let z_base = [0.0, 0.0, 5.0, -1.0];
+        let (p, c) = probs_and_c(&z_base, 2);
+        assert_eq!(p[..2], [0.5, 0.5]);
+        assert!((c[0] + 2f64.ln()).abs() < 1e-12);
+        let side = BaseSide { c, u: p };
+        let z_tuned = [3f32.ln(), 0.0, 5.0, -1.0];
+        let (kl, arg) = kl_and_argmax(&side, &z_tuned, &z_tuned, 2).unwrap();
         assert!((f64::from(kl[0]) - 0.143_841_036).abs() < 1e-6, "{kl:?}");
-        assert_eq!((kl[1], arg), (0.0, vec![0, 0]), "a row against itself: 0");
-        assert!(kl_and_argmax(&[0.0; 3], &[0.0; 3], 2).is_err());
+        assert!(kl[1].abs() < 1e-6 && arg == vec![0, 0], "a row against itself: 0 ({kl:?})");
+        assert!(kl_and_argmax(&side, &[0.0; 3], &[0.0; 3], 2).is_err());
     }
 }

@@ -5,9 +5,10 @@
 //! Concatenation, the exact sum, has nothing to tune.
 //!
 //! Merges train nothing, so a candidate costs its merge and quick scoring passes over
-//! the split, in one halving step: every candidate on the split's first half, the better
-//! half of them (and the defaults) on the rest too, the best on the whole split chosen
-//! — three quarters of scoring every candidate on all of it. The passes: label ranking
+//! the split, by successive halving: every candidate on each task's first quarter of
+//! the split, the better half of them on the second quarter, the better half of those on
+//! the second half, the best on the whole split chosen (the defaults go on at every cut)
+//! — about half the scoring of every candidate on all of it. The passes: label ranking
 //! for classification, and for generation each answer walked
 //! along its reference in one teacher-forced pass, no decoding
 //! ([`crate::eval::EvalOptions::follow_only`]: exact match is then a lower bound, the
@@ -160,13 +161,13 @@ pub fn validation(tasks: &[TaskData], seed: u64) -> Result<Vec<TaskData>> {
 pub struct Scored {
     /// The parameters.
     pub candidate: Candidate,
-    /// Validation macro average (0–1).
+    /// Validation macro average (0–1), on the examples it was scored on.
     pub score: f64,
-    /// Mean validation loss.
+    /// Mean validation loss, on the same examples.
     pub loss: f64,
-    /// Whether it was scored on the whole split (it survived the first half's cut), not
-    /// on its first half only.
-    pub whole: bool,
+    /// Validation examples it was scored on, over all tasks (the whole split's count
+    /// where it reached the last rung).
+    pub examples: usize,
 }
 
 /// One task's validation result on some of its examples: the headline metric's mean,
@@ -192,21 +193,23 @@ pub struct Tuned {
     pub tried: Vec<Scored>,
 }
 
-/// The validation split `val` in two halves (each task's first half of its examples,
-/// then the rest): the search scores every candidate on the first, and the better half
-/// of them (and the defaults) on the second too.
-pub fn halves(val: &[TaskData]) -> [Vec<TaskData>; 2] {
-    let cut = |t: &TaskData, first: bool| {
-        let k = t.eval.len().div_ceil(2);
-        let eval = if first { t.eval[..k].to_vec() } else { t.eval[k..].to_vec() };
-        TaskData { eval, ..t.clone() }
+/// The rungs of the search: the validation split `val` in three parts (each task's
+/// first quarter of its examples, its second quarter, then its second half). Every
+/// candidate is scored on the first, the better half of them on the second too, and
+/// the better half of those on the third (the defaults always go on).
+pub fn rungs(val: &[TaskData]) -> [Vec<TaskData>; 3] {
+    let cut = |t: &TaskData, part: usize| {
+        let n = t.eval.len();
+        let (q, h) = (n.div_ceil(4), n.div_ceil(2));
+        let range = [0..q, q..h, h..n][part].clone();
+        TaskData { eval: t.eval[range].to_vec(), ..t.clone() }
     };
-    [val.iter().map(|t| cut(t, true)).collect(), val.iter().map(|t| cut(t, false)).collect()]
+    [0, 1, 2].map(|part| val.iter().map(|t| cut(t, part)).collect())
 }
 
 /// The macro average and mean loss over tasks of per-task results on several parts of
 /// each task's examples (weighted by examples within a task).
-fn combine(parts: &[&[TaskResult]]) -> (f64, f64) {
+fn combine(parts: &[Vec<TaskResult>]) -> (f64, f64) {
     let tasks = parts.first().map_or(0, |p| p.len());
     let (mut score, mut loss) = (0.0, 0.0);
     for t in 0..tasks {
@@ -221,13 +224,15 @@ fn combine(parts: &[&[TaskResult]]) -> (f64, f64) {
 }
 
 /// Searches `method`'s parameters for merging `adapters` (TIES and DARE refit at rank
-/// `rank`) by one halving step over the validation split: every candidate is merged and
-/// scored by `score` on the split's first half (`score(adapter, 0)`: each task's
-/// result); the better half of them by score, then loss, then order — and the defaults,
-/// the first candidate, always — are scored on the second half (`score(adapter, 1)`)
-/// too, and the best of those on the whole split is chosen (by score, then loss, then
-/// the earlier candidate). `defaults`, the merge at its default parameters when already
-/// built, is not merged again.
+/// `rank`) by successive halving over the validation split's [`rungs`]: every
+/// candidate is merged and scored by `score` on the first rung (`score(adapter, 0)`:
+/// each task's result); the better half of them by score, then loss, then order, on
+/// what they were scored on so far — and the defaults, the first candidate, always —
+/// go on to the next rung, twice; of those that reach the last rung, the best on the
+/// whole split is chosen (by score, then loss, then the earlier candidate). About half
+/// the scoring of every candidate on all of it, and the final choice still made on
+/// every validation example. `defaults`, the merge at its default parameters when
+/// already built, is not merged again.
 pub fn tune(
     adapters: &[&LoraAdapter],
     method: MergeMethod,
@@ -258,45 +263,48 @@ pub fn tune(
             }
         }
     };
-    // The first half: every candidate.
-    let mut first: Vec<(Vec<TaskResult>, f64, f64)> = Vec::with_capacity(all.len());
-    for c in &all {
-        let r = score(&build(c)?, 0)?;
-        let (s, l) = combine(&[&r]);
-        first.push((r, s, l));
-    }
-    let mut order: Vec<usize> = (0..all.len()).collect();
-    order.sort_by(|&a, &b| first[b].1.total_cmp(&first[a].1).then(first[a].2.total_cmp(&first[b].2)).then(a.cmp(&b)));
-    let mut alive: Vec<usize> = order[..all.len().div_ceil(2)].to_vec();
-    if !alive.contains(&0) {
-        alive.push(0);
-    }
-    alive.sort_unstable();
-    // The second half: the survivors, in order; the best on the whole split wins.
-    let mut whole: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
-    let mut best: Option<(usize, LoraAdapter)> = None;
-    for &i in &alive {
-        let adapter = build(&all[i])?;
-        let r = score(&adapter, 1)?;
-        let (s, l) = combine(&[&first[i].0, &r]);
-        let better = best.as_ref().is_none_or(|(b, _)| {
-            let (bs, bl) = whole[b];
-            s > bs || (s == bs && l < bl)
-        });
-        whole.insert(i, (s, l));
-        if better {
-            best = Some((i, adapter));
+    let better = |a: (f64, f64), b: (f64, f64)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    // Each candidate's per-task results, one entry per rung it was scored on.
+    let mut results: Vec<Vec<Vec<TaskResult>>> = vec![vec![]; all.len()];
+    let mut alive: Vec<usize> = (0..all.len()).collect();
+    let mut best: Option<(usize, (f64, f64), LoraAdapter)> = None;
+    for rung in 0..3 {
+        let last = rung == 2;
+        for &i in &alive {
+            let adapter = build(&all[i])?;
+            results[i].push(score(&adapter, rung)?);
+            let whole = combine(&results[i]);
+            if last && best.as_ref().is_none_or(|(_, b, _)| better(whole, *b)) {
+                best = Some((i, whole, adapter));
+            }
         }
+        if last {
+            break;
+        }
+        // The better half (by score, then loss, then order), and the defaults.
+        let mut order = alive.clone();
+        order.sort_by(|&a, &b| {
+            let (sa, la) = combine(&results[a]);
+            let (sb, lb) = combine(&results[b]);
+            sb.total_cmp(&sa).then(la.total_cmp(&lb)).then(a.cmp(&b))
+        });
+        order.truncate(alive.len().div_ceil(2));
+        if !order.contains(&0) {
+            order.push(0);
+        }
+        order.sort_unstable();
+        alive = order;
     }
     let tried = all
         .into_iter()
-        .enumerate()
-        .map(|(i, candidate)| {
-            let (score, loss) = whole.get(&i).copied().unwrap_or((first[i].1, first[i].2));
-            Scored { candidate, score, loss, whole: whole.contains_key(&i) }
+        .zip(&results)
+        .map(|(candidate, r)| {
+            let (score, loss) = combine(r);
+            let examples = r.iter().flatten().map(|t| t.examples).sum();
+            Scored { candidate, score, loss, examples }
         })
         .collect();
-    let (chosen, adapter) = best.expect("the defaults are always scored whole");
+    let (chosen, _, adapter) = best.expect("the defaults always reach the last rung");
     Ok(Tuned { adapter, chosen, tried })
 }
 
@@ -310,43 +318,56 @@ mod tests {
     }
 
     #[test]
-    fn one_halving_step_scores_the_better_half_and_the_defaults_whole() {
+    fn successive_halving_takes_the_better_half_twice_and_the_defaults_always() {
         use crate::model::lora::LoraConfig;
         let cfg = crate::model::tiny_config();
         let ad: Vec<LoraAdapter> = (0..2)
             .map(|s| LoraAdapter::new(&cfg, LoraConfig::default(), s, &candle_core::Device::Cpu).unwrap())
             .collect();
         let refs: Vec<&LoraAdapter> = ad.iter().collect();
-        // Linear over two tasks: four candidates, the equal weights first. The first
-        // half's macro averages 0.5, 0.7, 0.6, 0.2: the better half is 1 and 2, and the
-        // defaults (0) go on too. On the second half 0.9, 0.5, 0.8: on the whole split
-        // 0 and 2 tie at 0.7 and the defaults, the earlier, win the tie.
-        let first = [0.5, 0.7, 0.6, 0.2];
-        let second = [0.9, 0.5, 0.8];
-        let mut calls = Vec::new();
-        let mut score = |_: &LoraAdapter, half: usize| {
-            calls.push(half);
-            let v = if half == 0 { first[calls.len() - 1] } else { second[calls.len() - 5] };
+        // TIES over two tasks: six candidates, the defaults (density 0.2, λ 1) first.
+        // Each rung scores one example per task; candidate i's rung-r score is
+        // `scores[r][i]`. Rung 0: .125 .875 .75 .625 .25 .375 → the better half 1 2 3,
+        // and the defaults 0. Rung 1, the means so far: 0 .5, 1 .875, 2 .5, 3 .625 → the
+        // better half 1 and 3, and 0. Rung 2, on the whole split: 0 and 1 2/3, 3 .625:
+        // 0 and 1 tie and the defaults, the earlier, win.
+        let scores = [
+            [0.125, 0.875, 0.75, 0.625, 0.25, 0.375],
+            [0.875, 0.875, 0.25, 0.625, 0.0, 0.0],
+            [1.0, 0.25, 0.0, 0.625, 0.0, 0.0],
+        ];
+        let mut calls: Vec<usize> = Vec::new();
+        let mut k = 0;
+        let order = [[0, 1, 2, 3, 4, 5].as_slice(), &[0, 1, 2, 3], &[0, 1, 3]];
+        let mut score = |_: &LoraAdapter, rung: usize| {
+            calls.push(rung);
+            let before: usize = order[..rung].iter().map(|o| o.len()).sum();
+            let i = order[rung][k - before];
+            k += 1;
+            let v = scores[rung][i];
             Ok(results(&[(v, 1.0), (v, 1.0)]))
         };
-        let t = tune(&refs, MergeMethod::Linear, 4, 1, None, &mut score).unwrap();
-        assert_eq!(calls, [0, 0, 0, 0, 1, 1, 1], "3 of the 4 candidates on the second half");
+        let t = tune(&refs, MergeMethod::Ties { density: 0.2, lambda: 1.0 }, 4, 1, None, &mut score).unwrap();
+        assert_eq!(calls, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2], "6, then 4 (3 and the defaults), then 3");
         assert_eq!(t.chosen, 0);
-        let got: Vec<(f64, bool)> = t.tried.iter().map(|c| ((c.score * 100.0).round() / 100.0, c.whole)).collect();
-        assert_eq!(got, [(0.7, true), (0.6, true), (0.7, true), (0.2, false)]);
+        let got: Vec<(f64, usize)> =
+            t.tried.iter().map(|c| ((c.score * 1000.0).round() / 1000.0, c.examples)).collect();
+        assert_eq!(got, [(0.667, 6), (0.667, 6), (0.5, 4), (0.625, 6), (0.25, 2), (0.375, 2)]);
         // A lower loss on the whole split breaks the tie the other way.
-        let mut calls = 0;
-        let mut score = |_: &LoraAdapter, half: usize| {
-            calls += 1;
-            let (v, l) =
-                if half == 0 { (first[calls - 1], 1.0) } else { (second[calls - 5], [1.0, 1.0, 0.5][calls - 5]) };
-            Ok(results(&[(v, l)]))
+        let mut k = 0;
+        let mut score = |_: &LoraAdapter, rung: usize| {
+            let before: usize = order[..rung].iter().map(|o| o.len()).sum();
+            let i = order[rung][k - before];
+            k += 1;
+            let loss = if i == 1 { 0.5 } else { 1.0 };
+            Ok(results(&[(scores[rung][i], loss)]))
         };
-        assert_eq!(tune(&refs, MergeMethod::Linear, 4, 1, None, &mut score).unwrap().chosen, 2);
+        let t = tune(&refs, MergeMethod::Ties { density: 0.2, lambda: 1.0 }, 4, 1, None, &mut score).unwrap();
+        assert_eq!(t.chosen, 1);
     }
 
     #[test]
-    fn halves_split_each_task_and_recombine_by_examples() {
+    fn rungs_split_each_task_and_recombine_by_examples() {
         let t = |n: usize| TaskData {
             name: "t".into(),
             kind: crate::data::TaskKind::Generation,
@@ -354,15 +375,17 @@ mod tests {
             train: vec![],
             eval: (0..n).map(|i| crate::data::Record::new(i.to_string(), "")).collect(),
         };
-        let [a, b] = halves(&[t(16), t(5)]);
-        assert_eq!((a[0].eval.len(), b[0].eval.len(), a[1].eval.len(), b[1].eval.len()), (8, 8, 3, 2));
-        assert_eq!(b[1].eval[0].prompt, "3");
+        let [a, b, c] = rungs(&[t(16), t(5)]);
+        let len = |p: &[TaskData], i: usize| p[i].eval.len();
+        assert_eq!((len(&a, 0), len(&b, 0), len(&c, 0)), (4, 4, 8));
+        assert_eq!((len(&a, 1), len(&b, 1), len(&c, 1)), (2, 1, 2));
+        assert_eq!((b[1].eval[0].prompt.as_str(), c[1].eval[0].prompt.as_str()), ("2", "3"));
         // Task 1: 3 examples at 1.0 and 2 at 0.0 make 0.6; task 0: 0.5. Macro 0.55.
         let first =
-            [TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 1.0, loss: 1.0, examples: 3 }];
+            vec![TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 1.0, loss: 1.0, examples: 3 }];
         let second =
-            [TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 0.0, loss: 2.0, examples: 2 }];
-        let (s, l) = combine(&[&first, &second]);
+            vec![TaskResult { score: 0.5, loss: 2.0, examples: 8 }, TaskResult { score: 0.0, loss: 2.0, examples: 2 }];
+        let (s, l) = combine(&[first, second]);
         assert!((s - 0.55).abs() < 1e-12 && (l - (2.0 + 1.4) / 2.0).abs() < 1e-12, "{s} {l}");
     }
 

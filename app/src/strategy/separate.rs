@@ -163,11 +163,11 @@ fn tuned_merge(
     let name = format!("{}{}", StrategySpec::tuned_merge_run_name(m), ctx.suffix);
     let t0 = Instant::now();
     let opts = EvalOptions { bootstrap: 0, follow_only: true, ..ctx.cfg.eval.clone() };
-    let halves = merge_search::halves(val);
+    let rungs = merge_search::rungs(val);
     let seed = ctx.cfg.train.seed;
-    let tuned = merge_search::tune(adapters, m, merge_rank, seed, defaults.adapter, &mut |ad, half| {
+    let tuned = merge_search::tune(adapters, m, merge_rank, seed, defaults.adapter, &mut |ad, rung| {
         ctx.check_cancel()?;
-        halves[half]
+        rungs[rung]
             .iter()
             .map(|t| {
                 let e = eval::evaluate_task(
@@ -222,7 +222,7 @@ fn tuned_merge(
                 params: c.candidate.describe(m),
                 score: c.score,
                 loss: c.loss,
-                first_half_only: !c.whole,
+                examples: c.examples,
             })
             .collect(),
         wall_s: search_s,

@@ -360,8 +360,13 @@ fn merge_tuning_markdown(report: &Report) -> String {
             .candidates
             .iter()
             .map(|c| {
-                let half = if c.first_half_only { " (first half)" } else { "" };
-                format!("{}: {}% / {:.3}{half}", c.params, pct(c.score), c.loss)
+                let whole: usize = t.validation.iter().sum();
+                let part = if c.examples > 0 && c.examples < whole {
+                    format!(" (on {} of {whole})", c.examples)
+                } else {
+                    String::new()
+                };
+                format!("{}: {}% / {:.3}{part}", c.params, pct(c.score), c.loss)
             })
             .collect();
         let _ = writeln!(
@@ -379,10 +384,11 @@ fn merge_tuning_markdown(report: &Report) -> String {
         "\n## Merges tuned on validation\n\nEach merge's parameters searched on a validation split carved from the \
          training data ({} examples per task; the per-task adapters trained on them, the held-out examples were never \
          used), in quick passes (label ranking; generated answers walked along their references, exact match a lower \
-         bound) and one halving step: every candidate on the first half of the split, the better half of them and \
-         the defaults on all of it, the best of those chosen. The tuned merge is a row of its own; against the same \
+         bound) and successive halving: every candidate on the first quarter of each task's split, the better half \
+         of them on the second quarter, the better half of those on the rest (the defaults always go on), the best on \
+         the whole split chosen. The tuned merge is a row of its own; against the same \
          merge at its defaults on the held-out examples, paired (macro average, points, Holm-adjusted over the tuned \
-         merges). Candidates: validation macro average / loss (on the first half only where marked).\n\n| merge | defaults | chosen | held-out: tuned − defaults | \
+         merges). Candidates: validation macro average / loss (on fewer examples where marked: left out earlier).\n\n| merge | defaults | chosen | held-out: tuned − defaults | \
          candidates | search s |\n|---|---|---|---|---|---|\n{rows}",
         validation.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
     )

@@ -1,0 +1,40 @@
+#!/bin/sh
+# What --tune-merges adds to a comparison, measured in one run: the demo comparison
+# (every strategy), then the same with --tune-merges, one after the other on this
+# machine; prints both wall times, the share the tuning adds (the target: at most 20%)
+# and each merge's search as its report records it.
+# Usage: scripts/bench-merges.sh BIN MODELS_DIR [compare flags...]
+#   BUDGET (16000), OUT (target/bench-merges)
+set -eu
+bin=$1 models=$2
+shift 2
+budget=${BUDGET:-16000}
+out=${OUT:-target/bench-merges}
+rm -rf "$out"
+mkdir -p "$out"
+run() {
+    name=$1
+    shift
+    start=$(date +%s.%N)
+    "$bin" --models-dir "$models" compare --model default --tasks assets/demo/*.jsonl --strategies all \
+        --budget-tokens "$budget" --out "$out/$name" "$@" >"$out/$name.log" 2>&1 || {
+        tail -20 "$out/$name.log"
+        exit 1
+    }
+    end=$(date +%s.%N)
+    awk "BEGIN { print $end - $start }"
+}
+date -u +"%Y-%m-%d %H:%M UTC, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+plain=$(run plain "$@")
+printf 'one comparison (all strategies, %s tokens%s): %.0f s\n' "$budget" "${*:+, $*}" "$plain"
+tuned=$(run tuned --tune-merges "$@")
+printf 'with --tune-merges: %.0f s\n' "$tuned"
+printf 'the tuning adds %.0f s: %.1f%% (target: at most 20%%)\n' \
+    "$(awk "BEGIN { print $tuned - $plain }")" "$(awk "BEGIN { print 100 * ($tuned - $plain) / $plain }")"
+python3 - "$out/tuned/report.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["runs"]:
+    t = r.get("merge_tuning")
+    if t:
+        print(f"  {t['method']}: search {t['wall_s']:.0f} s, {t['default_params']} -> {t['chosen_params']}")
+PY
