@@ -223,6 +223,27 @@ pub fn linear(
     Ok((y + (low * scale)?)?)
 }
 
+/// DoRA's layer `g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b` with a frozen `W` and the per-output
+/// factor `g` `(1, out)`: one fused op on the CPU in f32 (gradients for `x`, `A`, `B` and
+/// `g`), composed elsewhere.
+pub fn dora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: LoraTerm,
+    g: &Tensor,
+    products: Products,
+) -> Result<Tensor> {
+    if crate::kernels::eligible(x) && weight.dtype() == DType::F32 {
+        return crate::kernels::dora_linear(x, weight, bias, lora, &g.to_dtype(DType::F32)?, products);
+    }
+    let y = linear(x, weight, None, Some(lora), None, products)?.broadcast_mul(&g.to_dtype(x.dtype())?)?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 /// The SwiGLU gate `silu(g) · u`.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if crate::kernels::eligible(gate) {

@@ -42,7 +42,7 @@ mod token_nll;
 pub use attention::attention;
 pub use common::eligible;
 pub use heads::heads;
-pub use linear::linear;
+pub use linear::{dora_linear, linear};
 pub use lm_head_nll::lm_head_nll;
 pub use packed_attention::packed_attention;
 pub use rms_norm::rms_norm;

@@ -93,7 +93,7 @@ impl<'a> Forward<'a> {
                 let g = match cache.get(&(layer, target)) {
                     Some(g) => g.clone(),
                     None => {
-                        let Some(g) = p.dora_scale(&lin.weight, ad.scale(), true)? else {
+                        let Some(g) = p.dora_scale(&lin.weight, ad.scale(), true, products)? else {
                             return Err(crate::Error::Invalid("a DoRA layer without its magnitude".into()));
                         };
                         cache.insert((layer, target), g.clone());
@@ -102,7 +102,7 @@ impl<'a> Forward<'a> {
                 };
                 Some(g)
             }
-            (Some(_), false) => p.dora_scale(&lin.weight, ad.scale(), false)?,
+            (Some(_), false) => p.dora_scale(&lin.weight, ad.scale(), false, products)?,
         };
         let xin = match self.dropout.filter(|_| ad.config.dropout > 0.0) {
             Some((seed, step)) => {
@@ -122,7 +122,7 @@ impl<'a> Forward<'a> {
         };
         let g = g.to_dtype(x.dtype())?;
         let y = match &xin {
-            None => ops::linear(x, &lin.weight, None, lora, None, products)?.broadcast_mul(&g)?,
+            None => return ops::dora_linear(x, &lin.weight, lin.bias.as_ref(), (&a, &b, ad.scale()), &g, products),
             Some(xd) => {
                 let base = ops::linear(x, &lin.weight, None, None, None, products)?;
                 let dropped = ops::linear(xd, &lin.weight, None, lora, None, products)?;

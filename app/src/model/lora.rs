@@ -12,6 +12,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::blas::Products;
 use crate::model::config::ModelConfig;
 use crate::rng::{self, streams};
 use crate::{Error, Result};
@@ -287,8 +288,8 @@ impl LoraPair {
 
     /// DoRA's per-row factor `m / ‖W + s·B·A‖` for the layer's weight `w` `(out, in)`,
     /// shaped `(1, out)`; the norm never carries a gradient, the magnitude does unless
-    /// `detach`. `None` without a magnitude.
-    pub fn dora_scale(&self, w: &Tensor, scale: f64, detach: bool) -> Result<Option<Tensor>> {
+    /// `detach`. `None` without a magnitude. `products`: the engine of `W Aᵀ`.
+    pub fn dora_scale(&self, w: &Tensor, scale: f64, detach: bool, products: Products) -> Result<Option<Tensor>> {
         let Some(m) = &self.magnitude else { return Ok(None) };
         let (a, b) = self.factors(true)?;
         // In f32, or f64 for an f64 model (half-precision weights are widened).
@@ -297,7 +298,8 @@ impl LoraPair {
         let (w, a, b) = (w.to_dtype(dt)?, a.to_dtype(dt)?, b.to_dtype(dt)?);
         // ‖W_o + s·(BA)_o‖² = ‖W_o‖² + 2s·B_o·(W Aᵀ)_o + s²·B_o (A Aᵀ) B_oᵀ: ‖W_o‖² kept (the
         // weight is frozen), one product of W with rank r, never the dense (out, in) sum.
-        let wa = w.matmul(&a.t()?)?;
+        // W Aᵀ as (A Wᵀ)ᵀ: a product of r rows, on the engine chosen for few rows.
+        let wa = crate::ops::frozen_matmul(&a, &w, products)?.t()?.contiguous()?;
         let cross = (&b * wa)?.sum(1)?;
         let quad = (b.matmul(&a.matmul(&a.t()?)?)? * &b)?.sum(1)?;
         let squared = ((rows + (cross * (2.0 * scale))?)? + (quad * (scale * scale))?)?;
@@ -442,7 +444,8 @@ impl LoraAdapter {
     /// [`LoraAdapter::delta`].
     pub fn delta_on(&self, layer: usize, target: Target, w: &Tensor) -> Result<Option<Tensor>> {
         let Some(p) = self.get(layer, target) else { return Ok(None) };
-        let Some(g) = p.dora_scale(w, self.scale(), true)? else { return self.delta(layer, target) };
+        let products = Products::gemm(candle_core::utils::get_num_threads());
+        let Some(g) = p.dora_scale(w, self.scale(), true, products)? else { return self.delta(layer, target) };
         let (a, b) = p.factors(true)?;
         let dt = g.dtype();
         let w = w.to_dtype(dt)?;
