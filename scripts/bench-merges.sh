@@ -12,18 +12,7 @@ budget=${BUDGET:-16000}
 out=${OUT:-target/bench-merges}
 rm -rf "$out"
 mkdir -p "$out"
-run() {
-    name=$1
-    shift
-    start=$(date +%s.%N)
-    "$bin" --models-dir "$models" compare --model default --tasks assets/demo/*.jsonl --strategies all \
-        --budget-tokens "$budget" --out "$out/$name" "$@" >"$out/$name.log" 2>&1 || {
-        tail -20 "$out/$name.log"
-        exit 1
-    }
-    end=$(date +%s.%N)
-    awk "BEGIN { print $end - $start }"
-}
+. "$(dirname "$0")/bench-compare.sh"
 date -u +"%Y-%m-%d %H:%M UTC, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 plain=$(run plain "$@")
 printf 'one comparison (all strategies, %s tokens%s): %.0f s\n' "$budget" "${*:+, $*}" "$plain"

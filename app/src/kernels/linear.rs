@@ -110,10 +110,8 @@ impl CustomOp3 for LoraLinear {
                 l1.dims()
             );
         }
-        let mut y = base_forward(self.products, x, (n, fin), &self.weight, self.bias.as_deref())?;
-        let mut h = vec![0f32; n * r];
-        mm(self.products, (n, r, fin), &mut h, false, Mat::new(x, (fin, 1)), Mat::new(a, (1, fin)), 1.0);
-        mm(self.products, (n, fout, r), &mut y, true, Mat::new(&h, (r, 1)), Mat::new(b, (1, r)), self.scale);
+        let dims = (n, fin, r, fout);
+        let y = lora_forward(self.products, &self.weight, (x, a, b), self.bias.as_deref(), dims, self.scale)?;
         Ok((CpuStorage::F32(y), Shape::from((n, fout))))
     }
 
@@ -166,15 +164,16 @@ fn lora_backward(
     Ok((gx, ga, gb))
 }
 
-/// `y = x Wᵀ + s·(x Aᵀ) Bᵀ` (no bias) into a fresh `(n, out)` buffer.
+/// `y = x Wᵀ (+ bias) + s·(x Aᵀ) Bᵀ` into a fresh `(n, out)` buffer.
 fn lora_forward(
     products: Products,
     weight: &Tensor,
     (x, a, b): (&[f32], &[f32], &[f32]),
+    bias: Option<&[f32]>,
     (n, fin, r, fout): (usize, usize, usize, usize),
     s: f32,
 ) -> CResult<Vec<f32>> {
-    let mut y = base_forward(products, x, (n, fin), weight, None)?;
+    let mut y = base_forward(products, x, (n, fin), weight, bias)?;
     let mut h = vec![0f32; n * r];
     mm(products, (n, r, fin), &mut h, false, Mat::new(x, (fin, 1)), Mat::new(a, (1, fin)), 1.0);
     mm(products, (n, fout, r), &mut y, true, Mat::new(&h, (r, 1)), Mat::new(b, (1, r)), s);
@@ -220,7 +219,7 @@ impl CustomOp3 for DoraLinear {
             );
         }
         let (b, g) = split_bg(bg, r);
-        let mut y = lora_forward(self.products, &self.weight, (x, a, &b), (n, fin, r, fout), self.scale)?;
+        let mut y = lora_forward(self.products, &self.weight, (x, a, &b), None, (n, fin, r, fout), self.scale)?;
         for row in y.chunks_mut(fout) {
             for (v, &f) in row.iter_mut().zip(&g) {
                 *v *= f;
@@ -260,6 +259,7 @@ impl CustomOp3 for DoraLinear {
                                     self.products,
                                     &self.weight,
                                     (xv, av, &b),
+                                    None,
                                     (n, fin, r, fout),
                                     self.scale,
                                 )?)
