@@ -274,13 +274,14 @@ impl CustomOp3 for DoraLinear {
                             for (i, (d, y)) in dy.chunks(fout).zip(y.chunks(fout)).enumerate() {
                                 let plain = recomputed.as_ref().map(|p| &p[i * fout..(i + 1) * fout]);
                                 let out = &mut scaled[i * fout..(i + 1) * fout];
-                                for o in 0..fout {
+                                let rows = dg.iter_mut().zip(out.iter_mut()).zip(d.iter().zip(y));
+                                for (o, ((acc, dst), (&dv, &yv))) in rows.enumerate() {
                                     let unscaled = match plain {
                                         Some(p) if g[o] == 0.0 => p[o],
-                                        _ => (y[o] - bias[o]) * inv[o],
+                                        _ => (yv - bias[o]) * inv[o],
                                     };
-                                    dg[o] += f64::from(d[o]) * f64::from(unscaled);
-                                    out[o] = d[o] * g[o];
+                                    *acc += f64::from(dv) * f64::from(unscaled);
+                                    *dst = dv * g[o];
                                 }
                             }
                             let (gx, ga, gb) = lora_backward(
