@@ -26,7 +26,7 @@ pub const PROBE: &str = include_str!("../../../assets/retention/probe.jsonl");
 pub const ANSWER_TOKENS: usize = 32;
 
 /// Prompts scored per forward pass.
-const BATCH: usize = 8;
+const BATCH: usize = 16;
 
 /// One prompt of the probe.
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@
 //!
 //! - [`linear`]: `x Wᵀ + b + s·(x Aᵀ) Bᵀ` with a frozen `W` and trainable LoRA factors —
 //!   backward computes `∂x`, `∂A`, `∂B`, never `∂W`; `x Aᵀ` is recomputed, not stored;
+//! - [`dora_norms`]: DoRA's row norms `‖W + s·B·A‖` in one pass over `W` (no gradient);
 //! - [`rms_norm`]: one pass forward, one pass backward, the weight frozen;
 //! - [`heads`]: `(B·T, H·d)` → `(B, H, T, d)` with rotary embedding applied in the same
 //!   pass (replaces reshape + transpose + copy + seven elementwise ops);
@@ -27,6 +28,7 @@
 mod attention;
 pub mod blas;
 mod common;
+mod dora_norms;
 mod heads;
 mod linear;
 mod lm_head_nll;
@@ -41,6 +43,7 @@ mod token_nll;
 
 pub use attention::attention;
 pub use common::eligible;
+pub use dora_norms::dora_norms;
 pub use heads::heads;
 pub use linear::{dora_linear, linear};
 pub use lm_head_nll::lm_head_nll;

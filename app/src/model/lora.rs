@@ -294,16 +294,22 @@ impl LoraPair {
         let (a, b) = self.factors(true)?;
         // In f32, or f64 for an f64 model (half-precision weights are widened).
         let dt = if w.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        let rows = self.squared_rows(w, dt)?;
-        let (w, a, b) = (w.to_dtype(dt)?, a.to_dtype(dt)?, b.to_dtype(dt)?);
-        // ‖W_o + s·(BA)_o‖² = ‖W_o‖² + 2s·B_o·(W Aᵀ)_o + s²·B_o (A Aᵀ) B_oᵀ: ‖W_o‖² kept (the
-        // weight is frozen), one product of W with rank r, never the dense (out, in) sum.
-        // W Aᵀ as (A Wᵀ)ᵀ: a product of r rows, on the engine chosen for few rows.
-        let wa = crate::ops::frozen_matmul(&a, &w, products)?.t()?.contiguous()?;
-        let cross = (&b * wa)?.sum(1)?;
-        let quad = (b.matmul(&a.matmul(&a.t()?)?)? * &b)?.sum(1)?;
-        let squared = ((rows + (cross * (2.0 * scale))?)? + (quad * (scale * scale))?)?;
-        let norm = squared.relu()?.sqrt()?.detach();
+        let (wd, a, b) = (w.to_dtype(dt)?, a.to_dtype(dt)?, b.to_dtype(dt)?);
+        let norm = if crate::kernels::eligible(&wd) {
+            // One pass over W's rows, each summed with s·B_o·A in registers.
+            crate::kernels::dora_norms(&wd, &a, &b, scale)?
+        } else {
+            // ‖W_o + s·(BA)_o‖² = ‖W_o‖² + 2s·B_o·(W Aᵀ)_o + s²·B_o (A Aᵀ) B_oᵀ: ‖W_o‖² kept
+            // (the weight is frozen), one product of W with rank r, never the dense
+            // (out, in) sum. W Aᵀ as (A Wᵀ)ᵀ: a product of r rows, on the engine chosen
+            // for few rows.
+            let rows = self.squared_rows(w, dt)?;
+            let wa = crate::ops::frozen_matmul(&a, &wd, products)?.t()?.contiguous()?;
+            let cross = (&b * wa)?.sum(1)?;
+            let quad = (b.matmul(&a.matmul(&a.t()?)?)? * &b)?.sum(1)?;
+            ((rows + (cross * (2.0 * scale))?)? + (quad * (scale * scale))?)?.relu()?.sqrt()?
+        }
+        .detach();
         let m = if detach { m.as_tensor().detach() } else { m.as_tensor().clone() };
         Ok(Some((m.to_dtype(dt)? / norm)?.unsqueeze(0)?))
     }

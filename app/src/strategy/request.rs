@@ -113,7 +113,10 @@ pub fn compare_config(
     problems.extend(strategy_problems(&specs, n_tasks));
     if h.method == AdapterMethod::Dora && h.methods.is_empty() {
         problems.extend(
-            specs.iter().enumerate().filter_map(|(i, s)| dora_problem(s).map(|p| format!("strategies[{i}]: {p}"))),
+            specs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.dora_conflict().map(|c| format!("strategies[{i}]: {}", c.problem()))),
         );
     }
     problems.extend(method_problems(h, &specs).into_iter().map(|p| format!("{METHODS}: {p}")));
@@ -185,23 +188,6 @@ fn method_problems(h: &Hyper, specs: &[StrategySpec]) -> Vec<String> {
         );
     }
     out
-}
-
-/// What DoRA cannot do in strategy `s`: merge adapters (a separate run's merges), or
-/// export merged stages (merge-then-new).
-fn dora_problem(s: &StrategySpec) -> Option<String> {
-    match s {
-        StrategySpec::Separate { merges, .. } if !merges.is_empty() => {
-            Some(format!("{}; set its merges to none (--merges none)", crate::adapter::merge::DORA_MERGE))
-        }
-        StrategySpec::Sequential { variant: multitune_api::SequentialVariant::MergeThenNew, .. } => Some(
-            "merge-then-new merges every stage into the base model, and merged DoRA stages are no adapter to export \
-             (each rescales the rows the stages before it left): use sequential (continue), or train with lora, \
-             rslora or pissa"
-                .into(),
-        ),
-        _ => None,
-    }
 }
 
 /// How problems with the data fractions name their field.

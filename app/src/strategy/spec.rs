@@ -96,16 +96,30 @@ impl StrategySpec {
         s
     }
 
-    /// This strategy as a comparison of methods trains it with `m`: DoRA, whose adapters
-    /// are not merged ([`crate::adapter::merge::DORA_MERGE`]), runs the separate strategy
-    /// without its merges and not merge-then-new at all (`None`: it merges every stage);
-    /// every other method runs it as it is.
-    pub fn for_method(&self, m: AdapterMethod) -> Option<StrategySpec> {
-        match (self, m) {
-            (StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, .. }, AdapterMethod::Dora) => None,
-            (StrategySpec::Separate { merge_rank, .. }, AdapterMethod::Dora) => {
-                Some(StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank })
+    /// What this strategy does that DoRA cannot ([`DoraConflict`]); `None` when a DoRA
+    /// adapter trains it as it is.
+    pub fn dora_conflict(&self) -> Option<DoraConflict> {
+        match self {
+            StrategySpec::Separate { merges, .. } if !merges.is_empty() => Some(DoraConflict::Merges),
+            StrategySpec::Sequential { variant: SequentialVariant::MergeThenNew, .. } => {
+                Some(DoraConflict::MergeThenNew)
             }
+            _ => None,
+        }
+    }
+
+    /// This strategy as a comparison of methods trains it with `m`: DoRA runs the
+    /// separate strategy without its merges and not merge-then-new at all (`None`), as
+    /// [`StrategySpec::dora_conflict`] says; every other method runs it as it is.
+    pub fn for_method(&self, m: AdapterMethod) -> Option<StrategySpec> {
+        match (m, self.dora_conflict()) {
+            (AdapterMethod::Dora, Some(DoraConflict::MergeThenNew)) => None,
+            (AdapterMethod::Dora, Some(DoraConflict::Merges)) => match self {
+                StrategySpec::Separate { merge_rank, .. } => {
+                    Some(StrategySpec::Separate { merges: vec![], merge_rank: *merge_rank })
+                }
+                _ => Some(self.clone()),
+            },
             _ => Some(self.clone()),
         }
     }
@@ -118,6 +132,32 @@ impl StrategySpec {
     /// The name of a separate run's row for merge `m` tuned on validation.
     pub fn tuned_merge_run_name(m: MergeMethod) -> String {
         format!("separate + merge ({}, tuned)", m.name())
+    }
+}
+
+/// What a strategy does that a DoRA adapter cannot: merging DoRA adapters is not defined
+/// ([`crate::adapter::merge::DORA_MERGE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoraConflict {
+    /// The separate strategy's merges of its per-task adapters.
+    Merges,
+    /// Sequential merge-then-new, which merges every stage into the base model.
+    MergeThenNew,
+}
+
+impl DoraConflict {
+    /// Why, and what to do instead: the refusal of a DoRA comparison that asks for it.
+    pub fn problem(self) -> String {
+        match self {
+            DoraConflict::Merges => {
+                format!("{}; set its merges to none (--merges none)", crate::adapter::merge::DORA_MERGE)
+            }
+            DoraConflict::MergeThenNew => "merge-then-new merges every stage into the base model, and merged DoRA \
+                                           stages are no adapter to export (each rescales the rows the stages \
+                                           before it left): use sequential (continue), or train with lora, rslora \
+                                           or pissa"
+                .into(),
+        }
     }
 }
 
@@ -236,4 +276,30 @@ pub fn strategy_problems(specs: &[StrategySpec], n_tasks: usize) -> Vec<String> 
         errors.push("strategies: the same strategy is listed twice".into());
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dora_runs_what_it_can_and_says_why_not_the_rest() {
+        let merged = StrategySpec::Separate { merges: MergeMethod::defaults(), merge_rank: 8 };
+        let plain = StrategySpec::Separate { merges: vec![], merge_rank: 8 };
+        let seq = |variant| StrategySpec::Sequential { variant, order: vec![], replay: 0.0 };
+        let mtn = seq(SequentialVariant::MergeThenNew);
+        assert_eq!(merged.dora_conflict(), Some(DoraConflict::Merges));
+        assert_eq!(mtn.dora_conflict(), Some(DoraConflict::MergeThenNew));
+        assert_eq!(plain.dora_conflict(), None);
+        assert_eq!(seq(SequentialVariant::Continue).dora_conflict(), None);
+        // In a comparison of methods DoRA drops the merges and skips merge-then-new...
+        assert_eq!(merged.for_method(AdapterMethod::Dora), Some(plain.clone()));
+        assert_eq!(mtn.for_method(AdapterMethod::Dora), None);
+        // ...every other method runs the strategy as it is.
+        assert_eq!(merged.for_method(AdapterMethod::Lora), Some(merged.clone()));
+        assert_eq!(mtn.for_method(AdapterMethod::Pissa), Some(mtn.clone()));
+        // Asked for alone, it is refused, saying what to do instead.
+        assert!(DoraConflict::Merges.problem().contains("--merges none"));
+        assert!(DoraConflict::MergeThenNew.problem().contains("use sequential (continue)"));
+    }
 }
