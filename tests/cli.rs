@@ -369,6 +369,7 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
         "combined",
         "--methods",
         "lora,rslora",
+        "--retention",
         "--budget-tokens",
         "800",
         "--eval-limit",
@@ -382,6 +383,10 @@ fn compare_writes_a_report_and_charts_redraw_from_it() {
     let t = text(&r);
     assert!(t.contains("## Adapter methods") && t.contains("| combined (proportional) | "), "{t}");
     assert!(methods.join("adapters/combined-proportional-rslora/adapter_config.json").exists(), "{t}");
+    // With --retention, what it cost: in report.md and at the end, as a share of the run.
+    assert!(t.contains("## What each run keeps of the base model") && t.contains("Measuring took"), "{t}");
+    let cost = t.lines().find(|l| l.starts_with("retention probe: ")).unwrap_or_else(|| panic!("{t}"));
+    assert!(cost.contains(" s of the comparison's ") && cost.ends_with("%)"), "{cost}");
     let r = run(&[
         "compare",
         "--model",

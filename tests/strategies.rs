@@ -177,6 +177,20 @@ fn every_strategy_runs_end_to_end_under_one_budget() {
         }
     }
     assert!(out.path().join("charts/retention.svg").exists());
+    // What measuring cost: the base model's answers, and every measurement once — the
+    // first stage both sequential runs share (task 0's adapter, also the separate run's)
+    // is counted where it was first measured; every later stage was measured anew.
+    let base_k = report.runs[0].retention.unwrap();
+    assert!(base_k.seconds > 0.0, "the base model's answers took time: {base_k:?}");
+    let stages =
+        |name: &str| report.runs.iter().find(|r| r.name == name).unwrap().forgetting.clone().unwrap().retention;
+    let (cont, mtn_k) = (stages("sequential (continue)"), stages("sequential (merge-then-new)"));
+    assert!(cont[0].seconds == 0.0 || mtn_k[0].seconds == 0.0, "a shared stage counted twice: {cont:?} {mtn_k:?}");
+    assert!(cont[1..].iter().chain(&mtn_k[1..]).all(|k| k.seconds > 0.0), "{cont:?} {mtn_k:?}");
+    let combined = report.runs.iter().find(|r| r.name == "combined (proportional)").unwrap();
+    assert!(combined.retention.is_some_and(|k| k.seconds > 0.0));
+    let total = report.retention_seconds().unwrap();
+    assert!(total >= base_k.seconds + combined.retention.unwrap().seconds, "{total}");
     let mtn = report.runs.iter().find(|r| r.name == "sequential (merge-then-new)").unwrap();
     assert_eq!(mtn.exported_params, 4 * mtn.trainable_params, "the export concatenates four stage adapters");
     let mh = report.runs.iter().find(|r| r.name == "multi-head").unwrap();

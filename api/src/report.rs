@@ -73,6 +73,11 @@ pub struct Retention {
     pub same_answer: f64,
     /// Probe prompts measured.
     pub prompts: usize,
+    /// Seconds the measurement took (for the base model: answering the probe and its one
+    /// pass). 0 where it was taken once for several runs and counted under the first (a
+    /// training stage they share); a mean's is the sum of its parts'.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl Retention {
@@ -84,6 +89,7 @@ impl Retention {
             kl: all.iter().map(|k| k.kl).sum::<f64>() / n,
             same_answer: all.iter().map(|k| k.same_answer).sum::<f64>() / n,
             prompts: first.prompts,
+            seconds: all.iter().map(|k| k.seconds).sum(),
         })
     }
 }
@@ -461,6 +467,22 @@ impl<C> Report<C> {
             _ => self.runs.iter().filter(|r| !r.is_base()).collect(),
         }
     }
+
+    /// What the retention probe cost the comparison, in seconds (`None` when it was not
+    /// measured): every run's measurement, or a sequential run's after each of its stages
+    /// (its last is the run's), each shared measurement once.
+    pub fn retention_seconds(&self) -> Option<f64> {
+        let mut measured = false;
+        let mut seconds = 0.0;
+        for r in &self.runs {
+            let stages = r.forgetting.as_ref().map(|f| f.retention.as_slice()).filter(|k| !k.is_empty());
+            for k in stages.map_or_else(|| r.retention.into_iter().collect(), |k| k.to_vec()) {
+                measured = true;
+                seconds += k.seconds;
+            }
+        }
+        measured.then_some(seconds)
+    }
 }
 
 /// One trial of the search: a candidate rate trained on a rung's budget and scored on the
@@ -612,5 +634,30 @@ mod tests {
         );
         assert!((f.backward_transfer + 0.4).abs() < 1e-12);
         assert!((f.average_forgetting - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn retention_seconds_count_each_measurement_once() {
+        let k = |seconds| Retention { kl: 0.1, same_answer: 0.5, prompts: 10, seconds };
+        let run = |retention, stages: Vec<Retention>| RunResult {
+            retention,
+            forgetting: (!stages.is_empty()).then(|| Forgetting {
+                retention: stages,
+                ..Forgetting::new(vec!["a".into()], vec!["a".into()], vec![vec![0.5]], &[0])
+            }),
+            ..Default::default()
+        };
+        let mut report: Report = Report::default();
+        assert_eq!(report.retention_seconds(), None, "not measured");
+        report.runs = vec![
+            run(Some(k(3.0)), vec![]),
+            // A routed run's mean over two adapters: the sum of both.
+            run(Retention::mean(&[k(2.0), k(2.5)]), vec![]),
+            // A sequential run: its stages (the first shared, counted where first taken),
+            // the last of which is the run's own.
+            run(Some(k(1.5)), vec![k(0.0), k(1.0), k(1.5)]),
+            run(None, vec![]),
+        ];
+        assert_eq!(report.retention_seconds(), Some(3.0 + 4.5 + 2.5));
     }
 }

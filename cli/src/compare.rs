@@ -301,6 +301,7 @@ impl CompareArgs {
         std::fs::create_dir_all(&self.out)?;
         let bars = indicatif::MultiProgress::new();
         let mut current: Option<ProgressBar> = None;
+        let (started, mut restored) = (std::time::Instant::now(), false);
         let report =
             strategy::compare(&Base::of(&m), &tasks, &keep, &cfg, &self.out, Control::default(), &mut |ev| match ev {
                 CompareEvent::RunStarted { run, index, of } => {
@@ -325,6 +326,7 @@ impl CompareArgs {
                     }
                 }
                 CompareEvent::RunRestored { run, index, of, wall_s } => {
+                    restored = true;
                     let pb = bars.add(bar(0, "{prefix:36} {msg}"));
                     pb.set_prefix(format!("[{}/{of}] {run}", index + 1));
                     pb.finish_with_message(format!("done before the interruption ({wall_s:.0}s)"));
@@ -340,6 +342,19 @@ impl CompareArgs {
                 _ => {}
             })?;
         println!("{}", strategy::report::markdown(&report));
+        if let Some(s) = report.retention_seconds() {
+            // What --retention cost this comparison (a resumed one's earlier runs ran
+            // before this process started: their measurements count, not their time).
+            let total = started.elapsed().as_secs_f64();
+            if restored {
+                println!("retention probe: {s:.0} s in all");
+            } else {
+                println!(
+                    "retention probe: {s:.0} s of the comparison's {total:.0} s ({:.0}%)",
+                    100.0 * s / total.max(1e-9)
+                );
+            }
+        }
         println!("report: {}", self.out.join("report.md").display());
         Ok(())
     }

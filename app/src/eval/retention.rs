@@ -60,6 +60,9 @@ pub struct Probe {
     pub stopped: Vec<bool>,
     /// The tokens that end an answer.
     pub stop: Vec<u32>,
+    /// Seconds [`Probe::answer`] took: the base model's answers (or checking the cached
+    /// ones) and its pass along them.
+    pub answer_s: f64,
     /// Padding.
     pub pad: u32,
     /// The examples scored together, as ranges of `examples`: every measurement runs the
@@ -78,6 +81,7 @@ impl Probe {
     /// outputs), the prompts and the system prompt: a later comparison on the same model
     /// only checks them, in the one pass over the base model it needs anyway.
     pub fn answer(base: &Llama, tok: &TextTokenizer, system: Option<&str>, prompts: &[String]) -> Result<Self> {
+        let t0 = std::time::Instant::now();
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, system, p)).collect::<Result<_>>()?;
         let cached = cache_file(base, &ids)?;
         let answers = match cached.as_deref().and_then(read_answers).filter(|a| a.len() == ids.len()) {
@@ -112,9 +116,17 @@ impl Probe {
             stopped.push(ended && !tok.eos_ids.is_empty());
             examples.push(Example { prompt_len: p.len(), ids: all, ..Default::default() });
         }
-        let mut probe =
-            Self { examples, stopped, stop: tok.eos_ids.clone(), pad: tok.pad_id, chunks: vec![], base: vec![] };
+        let mut probe = Self {
+            examples,
+            stopped,
+            stop: tok.eos_ids.clone(),
+            pad: tok.pad_id,
+            answer_s: 0.0,
+            chunks: vec![],
+            base: vec![],
+        };
         probe.settle(base)?;
+        probe.answer_s = t0.elapsed().as_secs_f64();
         if probe.examples.is_empty() {
             return Err(Error::Invalid("the base model answered no probe prompt".into()));
         }

@@ -356,7 +356,8 @@ fn base_run(ctx: &mut Ctx) -> Result<RunResult> {
     let mut r = report::run_result("base model", "base", &scores, cost);
     // The reference: the base model keeps all of itself, and is what the keep sets'
     // scores are compared with.
-    r.retention = ctx.probe.map(|p| Retention { kl: 0.0, same_answer: 1.0, prompts: p.examples.len() });
+    r.retention =
+        ctx.probe.map(|p| Retention { kl: 0.0, same_answer: 1.0, prompts: p.examples.len(), seconds: p.answer_s });
     r.keep = ctx.keep_scores("base model", ctx.base.model, &[None])?;
     if let Some(p) = &record {
         write_rows(p, std::slice::from_ref(&r), ctx.out)?;

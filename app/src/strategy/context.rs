@@ -281,8 +281,9 @@ impl Ctx<'_> {
         let key = self.shared_key(task, tc)?;
         let done = self.shared.borrow();
         let Some(d) = done.done.get(&key) else { return Ok(None) };
-        if d.retention.is_some() {
-            return Ok(d.retention);
+        if let Some(k) = d.retention {
+            // Its seconds were spent before, by the run that measured it first.
+            return Ok(Some(Retention { seconds: 0.0, ..k }));
         }
         let kept = self.retention(self.base.model, Some(&d.adapter))?;
         drop(done);
@@ -371,8 +372,14 @@ impl Ctx<'_> {
     pub(super) fn retention(&self, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Option<Retention>> {
         let Some(probe) = self.probe else { return Ok(None) };
         self.check_cancel()?;
+        let t0 = std::time::Instant::now();
         let k = probe.measure(self.base.model, tuned, adapter)?;
-        Ok(Some(Retention { kl: k.kl, same_answer: k.same_answer, prompts: k.prompts }))
+        Ok(Some(Retention {
+            kl: k.kl,
+            same_answer: k.same_answer,
+            prompts: k.prompts,
+            seconds: t0.elapsed().as_secs_f64(),
+        }))
     }
 
     /// What run `r`'s final model (`tuned`, with `adapter` applied if given) keeps of the

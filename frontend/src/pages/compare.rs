@@ -202,6 +202,9 @@ pub fn ComparePage() -> impl IntoView {
                             </tr>
                         }).collect_view()}</tbody>
                     </table>
+                    {r.retention_seconds().map(|s| view! {
+                        <p class="hint">{format!("The retention probe took {} in all: the base model's answers and every run's measurement (once per sequential stage).", format::duration(s))}</p>
+                    })}
                     <h2>"Export"</h2>
                     <ul>
                         <li><a href=api::url(&format!("/api/experiments/{id}/report.md")) download="report.md">"report.md"</a></li>

@@ -193,8 +193,10 @@ fn retention_markdown(report: &Report) -> String {
          Multitune — facts, arithmetic, rewriting, advice, small talk — answered once by the base model, greedy): the \
          share of prompts whose greedy answer is still exactly the base model's, and the mean per-token KL divergence \
          (nats) from the base model's next-token distributions along its answers. A separate run's routed row is the \
-         mean over its per-task adapters; a multi-head run is measured through its shared adapter.\n\n\
+         mean over its per-task adapters; a multi-head run is measured through its shared adapter. Measuring \
+         took {:.0} s in all (the base model's answers and every measurement).\n\n\
          | run | same answers | KL |\n|---|---|---|\n{}\n",
+        report.retention_seconds().unwrap_or(0.0),
         rows.join("\n")
     )
 }

@@ -71,7 +71,16 @@ pub fn aggregate(per_seed: Vec<Vec<RunResult>>, seeds: &[u64]) -> Vec<RunResult>
                             .collect()
                     })
                     .collect();
-                let retention = f.retention.clone();
+                // After each stage, the mean over the seeds (as the matrix).
+                let retention = (0..f.retention.len())
+                    .filter_map(|k| {
+                        let at: Vec<Retention> = all
+                            .iter()
+                            .filter_map(|x| x.forgetting.as_ref().and_then(|g| g.retention.get(k).copied()))
+                            .collect();
+                        Retention::mean(&at)
+                    })
+                    .collect();
                 r.forgetting = Some(Forgetting {
                     retention,
                     ..Forgetting::new(f.stages.clone(), f.tasks.clone(), matrix, &order)
