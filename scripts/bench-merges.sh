@@ -6,16 +6,10 @@
 # Usage: scripts/bench-merges.sh BIN MODELS_DIR [compare flags...]
 #   BUDGET (16000), OUT (target/bench-merges)
 set -eu
-bin=$1 models=$2
+bin=$1 models=$2 bench=bench-merges
 shift 2
-budget=${BUDGET:-16000}
-out=${OUT:-target/bench-merges}
-rm -rf "$out"
-mkdir -p "$out"
 . "$(dirname "$0")/bench-compare.sh"
-date -u +"%Y-%m-%d %H:%M UTC, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
-plain=$(run plain "$@")
-printf 'one comparison (all strategies, %s tokens%s): %.0f s\n' "$budget" "${*:+, $*}" "$plain"
+baseline "$@"
 tuned=$(run tuned --tune-merges "$@")
 printf 'with --tune-merges: %.0f s\n' "$tuned"
 printf 'the tuning adds %.0f s: %.1f%% (target: at most 20%%)\n' \

@@ -6,17 +6,11 @@
 # Usage: scripts/bench-sizes.sh BIN MODELS_DIR [compare flags...]
 #   FRACTIONS (default 0.25,0.5,1), BUDGET (16000), OUT (target/bench-sizes)
 set -eu
-bin=$1 models=$2
+bin=$1 models=$2 bench=bench-sizes
 shift 2
 fractions=${FRACTIONS:-0.25,0.5,1}
-budget=${BUDGET:-16000}
-out=${OUT:-target/bench-sizes}
-rm -rf "$out"
-mkdir -p "$out"
 . "$(dirname "$0")/bench-compare.sh"
-date -u +"%Y-%m-%d %H:%M UTC, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
-one=$(run one "$@")
-printf 'one comparison (all strategies, %s tokens%s): %.0f s\n' "$budget" "${*:+, $*}" "$one"
+baseline "$@"
 sizes=$(run sizes --data-fractions "$fractions" "$@")
 printf 'with --data-fractions %s: %.0f s\n' "$fractions" "$sizes"
-printf 'ratio: %.2f (target: at most 2)\n' "$(awk "BEGIN { print $sizes / $one }")"
+printf 'ratio: %.2f (target: at most 2)\n' "$(awk "BEGIN { print $sizes / $plain }")"

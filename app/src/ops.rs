@@ -244,6 +244,18 @@ pub fn dora_linear(
     })
 }
 
+/// DoRA's row norms `‖W_o + s·(B A)_o‖` of a frozen weight `W` `(out, in)` and the
+/// factors `A` `(r, in)`, `B` `(out, r)`, shaped `(out,)`, without a gradient: one pass
+/// over `W` on the CPU in f32, elsewhere the adapted weight formed densely (PEFT's own
+/// definition).
+pub fn dora_norms(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    if crate::kernels::eligible(w) && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return crate::kernels::dora_norms(w, a, b, scale);
+    }
+    let (w, a, b) = (w.detach(), a.detach(), b.detach());
+    Ok((&w + (b.matmul(&a)? * scale)?)?.sqr()?.sum(1)?.sqrt()?)
+}
+
 /// The SwiGLU gate `silu(g) · u`.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if crate::kernels::eligible(gate) {

@@ -244,11 +244,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             use multitune::eval::retention::{probe_prompts, Probe};
             let m = load(&model.model, cli, &device)?;
             let ad = load_adapter(adapter, &m, &device)?;
-            let t0 = std::time::Instant::now();
             let probe = Probe::answer(&m.model, &m.tokenizer, None, &probe_prompts()?)?;
-            let t1 = std::time::Instant::now();
             let k = probe.measure(&m.model, &m.model, Some(&ad))?;
-            let (answered, measured) = ((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
+            let (answered, measured) = (probe.answer_s, k.seconds);
             let same = (k.same_answer * k.prompts as f64).round();
             println!(
                 "{}: {same} of {} probe prompts answered as the base model does ({:.1}%); KL from the base model {:.4} nats per answer token",

@@ -200,6 +200,7 @@ impl Probe {
             return Err(Error::Invalid("retention: the tuned model's LM head is not the base model's".into()));
         }
         let (mut kl_sum, mut positions, mut same) = (0.0f64, 0usize, 0usize);
+        let t0 = std::time::Instant::now();
         for (range, side) in self.chunks.iter().zip(&self.base) {
             let (chunk, stopped) = (&self.examples[range.clone()], &self.stopped[range.clone()]);
             let (hidden, targets, per_example) = answer_states(tuned, chunk, self.pad, &Forward::eval(adapter))?;
@@ -223,6 +224,7 @@ impl Probe {
             kl: (kl_sum / positions.max(1) as f64).max(0.0),
             same_answer: same as f64 / self.examples.len() as f64,
             prompts: self.examples.len(),
+            seconds: t0.elapsed().as_secs_f64(),
         })
     }
 }
@@ -376,6 +378,8 @@ pub struct Kept {
     pub same_answer: f64,
     /// Prompts measured.
     pub prompts: usize,
+    /// Seconds the measurement took.
+    pub seconds: f64,
 }
 
 #[cfg(test)]

@@ -183,8 +183,14 @@ mod tests {
             let keep = Tensor::new(&[[1f32], [0.], [1.], [1.], [1.], [1.], [1.]], &candle_core::Device::Cpu).unwrap();
             let b = randn(&[7, 3], 3).broadcast_mul(&keep).unwrap();
             let got: Vec<f32> = dora_norms(&w, &a, &b, 2.5).unwrap().to_vec1().unwrap();
-            let dense = (&w + (b.matmul(&a).unwrap() * 2.5).unwrap()).unwrap();
-            let want: Vec<f32> = dense.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1().unwrap();
+            // The composed path (other devices and dtypes: here f64) forms it densely.
+            let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+            let want: Vec<f32> = crate::ops::dora_norms(&f64s(&w), &f64s(&a), &f64s(&b), 2.5)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= 1e-5 * e.max(1.0), "width {fin}: {got:?} vs {want:?}");
             }

@@ -99,18 +99,7 @@ impl CustomOp3 for LoraLinear {
     ) -> CResult<(CpuStorage, Shape)> {
         let name = self.name();
         let (x, a, b) = (slice(s1, l1, name)?, slice(s2, l2, name)?, slice(s3, l3, name)?);
-        let (n, fin) = dims2(l1, name)?;
-        let (r, ain) = dims2(l2, name)?;
-        let (fout, br) = dims2(l3, name)?;
-        if ain != fin || br != r || fout != self.weight.dim(0)? {
-            candle_core::bail!(
-                "{name}: LoRA factors {:?} and {:?} do not fit input {:?}",
-                l2.dims(),
-                l3.dims(),
-                l1.dims()
-            );
-        }
-        let dims = (n, fin, r, fout);
+        let dims @ (n, _, _, fout) = factor_dims(name, (l1, l2, l3), 0, &self.weight)?;
         let y = lora_forward(self.products, &self.weight, (x, a, b), self.bias.as_deref(), dims, self.scale)?;
         Ok((CpuStorage::F32(y), Shape::from((n, fout))))
     }
@@ -138,6 +127,30 @@ impl CustomOp3 for LoraLinear {
         })?;
         Ok((Some(tensor(gx, (n, fin))?), Some(tensor(ga, (r, fin))?), Some(tensor(gb, (fout, r))?)))
     }
+}
+
+/// `(n, in, r, out)` of a LoRA-shaped op's operands: input `x` `(n, in)`, `A` `(r, in)`
+/// and a third `(out, r + extra)` (`B`, or DoRA's `[B | g]` with `extra` 1), checked
+/// against each other and the frozen `weight` `(out, in)`.
+fn factor_dims(
+    name: &str,
+    (lx, la, lb): (&Layout, &Layout, &Layout),
+    extra: usize,
+    weight: &Tensor,
+) -> CResult<(usize, usize, usize, usize)> {
+    let (n, fin) = dims2(lx, name)?;
+    let (r, ain) = dims2(la, name)?;
+    let (fout, cols) = dims2(lb, name)?;
+    if ain != fin || cols != r + extra || weight.dims() != [fout, fin] {
+        candle_core::bail!(
+            "{name}: factors {:?} and {:?} do not fit input {:?} and weight {:?}",
+            la.dims(),
+            lb.dims(),
+            lx.dims(),
+            weight.dims()
+        );
+    }
+    Ok((n, fin, r, fout))
 }
 
 /// The LoRA layer's gradients for the upstream gradient `g` `(n, out)`: `∂x = g W +
@@ -207,17 +220,7 @@ impl CustomOp3 for DoraLinear {
     ) -> CResult<(CpuStorage, Shape)> {
         let name = self.name();
         let (x, a, bg) = (slice(s1, l1, name)?, slice(s2, l2, name)?, slice(s3, l3, name)?);
-        let (n, fin) = dims2(l1, name)?;
-        let (r, ain) = dims2(l2, name)?;
-        let (fout, cols) = dims2(l3, name)?;
-        if ain != fin || cols != r + 1 || fout != self.weight.dim(0)? {
-            candle_core::bail!(
-                "{name}: factors {:?} and [B | g] {:?} do not fit input {:?}",
-                l2.dims(),
-                l3.dims(),
-                l1.dims()
-            );
-        }
+        let (n, fin, r, fout) = factor_dims(name, (l1, l2, l3), 1, &self.weight)?;
         let (b, g) = split_bg(bg, r);
         let mut y = lora_forward(self.products, &self.weight, (x, a, &b), None, (n, fin, r, fout), self.scale)?;
         for row in y.chunks_mut(fout) {

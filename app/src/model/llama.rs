@@ -93,7 +93,7 @@ impl<'a> Forward<'a> {
                 let g = match cache.get(&(layer, target)) {
                     Some(g) => g.clone(),
                     None => {
-                        let Some(g) = p.dora_scale(&lin.weight, ad.scale(), true, products)? else {
+                        let Some(g) = p.dora_scale(&lin.weight, ad.scale(), true)? else {
                             return Err(crate::Error::Invalid("a DoRA layer without its magnitude".into()));
                         };
                         cache.insert((layer, target), g.clone());
@@ -102,7 +102,7 @@ impl<'a> Forward<'a> {
                 };
                 Some(g)
             }
-            (Some(_), false) => p.dora_scale(&lin.weight, ad.scale(), false, products)?,
+            (Some(_), false) => p.dora_scale(&lin.weight, ad.scale(), false)?,
         };
         let xin = match self.dropout.filter(|_| ad.config.dropout > 0.0) {
             Some((seed, step)) => {
@@ -120,10 +120,10 @@ impl<'a> Forward<'a> {
         let Some(g) = g else {
             return ops::linear(x, &lin.weight, lin.bias.as_ref(), lora, xin.as_ref(), products);
         };
-        let g = g.to_dtype(x.dtype())?;
         let y = match &xin {
             None => return ops::dora_linear(x, &lin.weight, lin.bias.as_ref(), (&a, &b, ad.scale()), &g, products),
             Some(xd) => {
+                let g = g.to_dtype(x.dtype())?;
                 let base = ops::linear(x, &lin.weight, None, None, None, products)?;
                 let dropped = ops::linear(xd, &lin.weight, None, lora, None, products)?;
                 let plain = ops::linear(xd, &lin.weight, None, None, None, products)?;

@@ -12,7 +12,6 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::blas::Products;
 use crate::model::config::ModelConfig;
 use crate::rng::{self, streams};
 use crate::{Error, Result};
@@ -248,26 +247,12 @@ pub struct LoraPair {
     /// `W − s·B₀·A₀`: applied as `W x + s·(B·A − B₀·A₀) x`, so one base model still
     /// serves every adapter.
     pub start: Option<(Tensor, Tensor)>,
-    /// DoRA: the squared row norms of the last base weight it was applied to, by that
-    /// weight's id (frozen weights: computed once, not at every step).
-    weight_norms: std::sync::Arc<std::sync::Mutex<Option<(candle_core::TensorId, Tensor)>>>,
 }
 
 impl LoraPair {
     /// A plain pair (no magnitude, no PiSSA start).
     pub fn plain(a: Var, b: Var) -> Self {
-        Self { a, b, magnitude: None, start: None, weight_norms: Default::default() }
-    }
-
-    /// `‖W_o‖²` of every row of `w`, in `dt` (kept for the next call with the same weight).
-    fn squared_rows(&self, w: &Tensor, dt: DType) -> Result<Tensor> {
-        let mut kept = self.weight_norms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, n)) = kept.as_ref().filter(|(id, n)| *id == w.id() && n.dtype() == dt) {
-            return Ok(n.clone());
-        }
-        let n = w.to_dtype(dt)?.sqr()?.sum(1)?.detach();
-        *kept = Some((w.id(), n.clone()));
-        Ok(n)
+        Self { a, b, magnitude: None, start: None }
     }
 
     /// The low-rank factors the layer applies, as tensors: `(A, B)`, or for a PiSSA pair
@@ -288,28 +273,13 @@ impl LoraPair {
 
     /// DoRA's per-row factor `m / ‖W + s·B·A‖` for the layer's weight `w` `(out, in)`,
     /// shaped `(1, out)`; the norm never carries a gradient, the magnitude does unless
-    /// `detach`. `None` without a magnitude. `products`: the engine of `W Aᵀ`.
-    pub fn dora_scale(&self, w: &Tensor, scale: f64, detach: bool, products: Products) -> Result<Option<Tensor>> {
+    /// `detach`. `None` without a magnitude.
+    pub fn dora_scale(&self, w: &Tensor, scale: f64, detach: bool) -> Result<Option<Tensor>> {
         let Some(m) = &self.magnitude else { return Ok(None) };
         let (a, b) = self.factors(true)?;
         // In f32, or f64 for an f64 model (half-precision weights are widened).
         let dt = if w.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        let (wd, a, b) = (w.to_dtype(dt)?, a.to_dtype(dt)?, b.to_dtype(dt)?);
-        let norm = if crate::kernels::eligible(&wd) {
-            // One pass over W's rows, each summed with s·B_o·A in registers.
-            crate::kernels::dora_norms(&wd, &a, &b, scale)?
-        } else {
-            // ‖W_o + s·(BA)_o‖² = ‖W_o‖² + 2s·B_o·(W Aᵀ)_o + s²·B_o (A Aᵀ) B_oᵀ: ‖W_o‖² kept
-            // (the weight is frozen), one product of W with rank r, never the dense
-            // (out, in) sum. W Aᵀ as (A Wᵀ)ᵀ: a product of r rows, on the engine chosen
-            // for few rows.
-            let rows = self.squared_rows(w, dt)?;
-            let wa = crate::ops::frozen_matmul(&a, &wd, products)?.t()?.contiguous()?;
-            let cross = (&b * wa)?.sum(1)?;
-            let quad = (b.matmul(&a.matmul(&a.t()?)?)? * &b)?.sum(1)?;
-            ((rows + (cross * (2.0 * scale))?)? + (quad * (scale * scale))?)?.relu()?.sqrt()?
-        }
-        .detach();
+        let norm = crate::ops::dora_norms(&w.to_dtype(dt)?, &a.to_dtype(dt)?, &b.to_dtype(dt)?, scale)?;
         let m = if detach { m.as_tensor().detach() } else { m.as_tensor().clone() };
         Ok(Some((m.to_dtype(dt)? / norm)?.unsqueeze(0)?))
     }
@@ -450,8 +420,7 @@ impl LoraAdapter {
     /// [`LoraAdapter::delta`].
     pub fn delta_on(&self, layer: usize, target: Target, w: &Tensor) -> Result<Option<Tensor>> {
         let Some(p) = self.get(layer, target) else { return Ok(None) };
-        let products = Products::gemm(candle_core::utils::get_num_threads());
-        let Some(g) = p.dora_scale(w, self.scale(), true, products)? else { return self.delta(layer, target) };
+        let Some(g) = p.dora_scale(w, self.scale(), true)? else { return self.delta(layer, target) };
         let (a, b) = p.factors(true)?;
         let dt = g.dtype();
         let w = w.to_dtype(dt)?;

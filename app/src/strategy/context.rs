@@ -372,14 +372,8 @@ impl Ctx<'_> {
     pub(super) fn retention(&self, tuned: &Llama, adapter: Option<&LoraAdapter>) -> Result<Option<Retention>> {
         let Some(probe) = self.probe else { return Ok(None) };
         self.check_cancel()?;
-        let t0 = std::time::Instant::now();
         let k = probe.measure(self.base.model, tuned, adapter)?;
-        Ok(Some(Retention {
-            kl: k.kl,
-            same_answer: k.same_answer,
-            prompts: k.prompts,
-            seconds: t0.elapsed().as_secs_f64(),
-        }))
+        Ok(Some(Retention { kl: k.kl, same_answer: k.same_answer, prompts: k.prompts, seconds: k.seconds }))
     }
 
     /// What run `r`'s final model (`tuned`, with `adapter` applied if given) keeps of the
