@@ -51,6 +51,39 @@ fn tiny_model_overfits_a_small_dataset() {
     assert!(last < 0.25 * first, "loss fell only from {first} to {last}");
 }
 
+/// A step's throughput is the run's so far (its tokens over its elapsed time), so that a
+/// budget's short last step does not read as a slow run.
+#[test]
+fn a_steps_throughput_is_the_runs_so_far() {
+    let (model, tok) = tiny_model(0, &Device::Cpu).unwrap();
+    let ex = encode_all(&tok, &memorise_task(), None, 64).unwrap();
+    // Two epochs (four steps of four), then room for two of the shortest examples.
+    let tokens: Vec<usize> = ex.iter().map(|e| e.ids.len() - 1).collect();
+    let budget = 2 * tokens.iter().sum::<usize>() + 2 * tokens.iter().min().unwrap();
+    let cfg = TrainConfig { max_steps: None, token_budget: Some(budget), ..tiny_cfg(0) };
+    let mut ad = LoraAdapter::new(&model.cfg, cfg.lora.clone(), cfg.seed, &Device::Cpu).unwrap();
+    let mut steps = Vec::new();
+    train::train(&model, &mut ad, &ex, &cfg, None, None, &mut |e| {
+        if let TrainEvent::Step(s) = e {
+            steps.push(s.clone());
+        }
+    })
+    .unwrap();
+    let last = steps.last().unwrap();
+    assert!(last.tokens < steps[0].tokens, "the budget ends with a short step: {steps:?}");
+    let mut sum = 0;
+    for s in &steps {
+        sum += s.tokens;
+        let rate = sum as f64 / s.elapsed_s;
+        assert!(
+            (s.tokens_per_s - rate).abs() <= 1e-9 * rate,
+            "step {}: {} tokens/s, {rate} so far",
+            s.step,
+            s.tokens_per_s
+        );
+    }
+}
+
 #[test]
 fn resumed_run_ends_bitwise_equal_to_uninterrupted() {
     let (model, tok) = tiny_model(1, &Device::Cpu).unwrap();

@@ -810,7 +810,9 @@ pub enum Event {
         lr: f64,
         /// Tokens this step.
         tokens: usize,
-        /// Throughput.
+        /// Throughput of the stage so far (since it, or its resumption, started): its
+        /// tokens over `elapsed_s`. Not the step's own, which a stage's short last step
+        /// would make look slow.
         tokens_per_s: f64,
         /// Seconds since the stage started.
         elapsed_s: f64,

@@ -141,7 +141,15 @@ pub fn loss_svg(caption: &str, series: &[(String, Vec<(f64, f64)>)], marks: &[Ve
             .caption(caption, ("sans-serif", 16))
             .build_cartesian_2d(0.0..max_x * 1.02, 0.0..max_y * 1.05);
         let Ok(mut chart) = chart else { return svg_fallback() };
-        let _ = chart.configure_mesh().x_desc("step").y_desc("loss").label_style(("sans-serif", 12)).draw();
+        // Steps are whole numbers: at most one tick per step, each labelled as one.
+        let _ = chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .x_labels((max_x as usize + 1).clamp(2, 10))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 12))
+            .draw();
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let at = marks.get(i).map(Vec::as_slice).unwrap_or_default();
@@ -217,6 +225,8 @@ mod tests {
         assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
         assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2, "{svg}");
         assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"), "legend labels: {svg}");
+        // Whole steps on the x axis.
+        assert_eq!(svg.matches(">\n1\n</text>").count(), 1, "step labels: {svg}");
     }
 
     #[test]

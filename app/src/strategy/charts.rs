@@ -349,6 +349,10 @@ pub fn forest<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[(&str
             .disable_y_mesh()
             .y_labels(n * 2 + 1)
             .y_label_formatter(&|y| category(*y, &names, true))
+            // A panel is a fraction of the chart's width: few whole-point labels, not ten
+            // that run into each other.
+            .x_labels(7)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .x_desc("difference, points (paired 95% CI)")
             .label_style((FONT, 12))
             .draw()

@@ -20,7 +20,9 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Real (non-padding) tokens processed in the step.
     pub tokens: usize,
-    /// Throughput of this step, real tokens per second.
+    /// Throughput since the run (or its resumption) started: real tokens per second over
+    /// its steps so far. Not this step's own: a run's last step trains what is left of
+    /// its budget, often a few dozen tokens, at a fraction of the rate of the others.
     pub tokens_per_s: f64,
     /// Seconds since the run (or its resumption) started.
     pub elapsed_s: f64,

@@ -78,6 +78,8 @@ pub fn train_objective(
         examples: examples.len(),
     });
     let began = Instant::now();
+    // Tokens trained since `began` (progress.tokens counts from before a resumption too).
+    let mut tokens_since = 0usize;
     let mut perms = HashMap::new();
     let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let lengths = cfg.group_by_length.then_some(lengths.as_slice());
@@ -93,7 +95,6 @@ pub fn train_objective(
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
         }
-        let t0 = Instant::now();
         let step = progress.step;
         let room = cfg.token_budget.map(|b| b.saturating_sub(progress.tokens));
         let (parts, used, complete) = step_parts(examples, cfg, step, room, &mut perms, lengths);
@@ -124,7 +125,8 @@ pub fn train_objective(
         progress.tokens += step_tokens;
         progress.loss_tokens += step_loss_tokens;
         progress.step += 1;
-        let secs = t0.elapsed().as_secs_f64();
+        tokens_since += step_tokens;
+        let elapsed_s = began.elapsed().as_secs_f64();
         on_event(&TrainEvent::Step(StepStats {
             step: progress.step,
             total_steps: total.max(progress.step),
@@ -132,8 +134,8 @@ pub fn train_objective(
             lr,
             grad_norm,
             tokens: step_tokens,
-            tokens_per_s: step_tokens as f64 / secs.max(1e-9),
-            elapsed_s: began.elapsed().as_secs_f64(),
+            tokens_per_s: tokens_since as f64 / elapsed_s.max(1e-9),
+            elapsed_s,
             group_losses,
             task_losses: vec![],
         }));

@@ -132,7 +132,7 @@ pub fn ComparePage() -> impl IntoView {
                         (!sizes.is_empty()).then(|| view! {
                             <h2>"When the winner changes (data size)"</h2>
                             <p id="data-sizes-text">{text}</p>
-                            <p class="hint">"Macro average [95% interval] of every run trained on a share of each task's training data (nested subsets, the budget scaled with the share, the same held-out examples); the leader at each size in bold. The chart is under Charts (curves)."</p>
+                            <p class="hint">"Macro average [95% interval] of every run trained on a share of each task's training data (nested subsets, the budget scaled with the share, the same held-out examples); the leader at each size in bold; a dash where a merge did not run (of the merges, only the best on the full data runs at the smaller sizes). The chart is under Charts (curves)."</p>
                             <table class="compare" id="data-sizes">
                                 <thead><tr><th>"run"</th>{sizes.iter().map(|h| view! { <th>{h.clone()}</th> }).collect_view()}</tr></thead>
                                 <tbody>{size_table.into_iter().map(|(name, cells)| view! {
