@@ -109,6 +109,65 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// A colour per series: one hue per name with its bracketed parts taken off (a run at a
+/// smaller data size, `combined [50% data]`, or a later seed is a variant of `combined`),
+/// each later variant lighter; hues in order of first appearance.
+pub fn series_colors(names: &[&str]) -> Vec<RGBAColor> {
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    names
+        .iter()
+        .map(|n| {
+            let key = without_brackets(n);
+            let (hue, variant) = match keys.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    keys[i].1 += 1;
+                    (i, keys[i].1)
+                }
+                None => {
+                    keys.push((key, 0));
+                    (keys.len() - 1, 0)
+                }
+            };
+            PALETTE[hue % PALETTE.len()].mix((1.0 - 0.3 * variant as f64).max(0.25))
+        })
+        .collect()
+}
+
+/// `name` without its `[…]` parts, spaces collapsed.
+fn without_brackets(name: &str) -> String {
+    let mut depth = 0usize;
+    let kept: String = name
+        .chars()
+        .filter(|&c| match c {
+            '[' => {
+                depth += 1;
+                false
+            }
+            ']' => {
+                depth = depth.saturating_sub(1);
+                false
+            }
+            _ => depth == 0,
+        })
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The legend of a chart of `series`, drawn beside it by the page (a legend inside the
+/// plot covered its lines once a comparison had a dozen runs): each name with its
+/// colour as CSS.
+pub fn legend(series: &[(String, Vec<(f64, f64)>)]) -> Vec<(String, String)> {
+    let names: Vec<&str> = series.iter().map(|s| s.0.as_str()).collect();
+    series_colors(&names)
+        .into_iter()
+        .zip(&names)
+        .map(|(c, n)| {
+            let RGBAColor(r, g, b, a) = c;
+            (n.to_string(), format!("rgba({r}, {g}, {b}, {a:.2})"))
+        })
+        .collect()
+}
+
 /// Natively (tests), text is measured with the same bundled font as the server's report
 /// charts; in the browser plotters measures text with the page's own font.
 #[cfg(not(target_arch = "wasm32"))]
@@ -125,7 +184,7 @@ fn register_font() {
 fn register_font() {}
 
 /// The loss chart as SVG text, captioned `caption`; `marks[i]` are the x where run `i`'s
-/// stages begin (a faint vertical line in its colour).
+/// stages begin (a faint vertical line in its colour). Its legend is [`legend`].
 pub fn loss_svg(caption: &str, series: &[(String, Vec<(f64, f64)>)], marks: &[Vec<f64>], size: (u32, u32)) -> String {
     register_font();
     let mut svg = String::new();
@@ -150,25 +209,15 @@ pub fn loss_svg(caption: &str, series: &[(String, Vec<(f64, f64)>)], marks: &[Ve
             .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 12))
             .draw();
-        for (i, (name, pts)) in series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
+        let names: Vec<&str> = series.iter().map(|s| s.0.as_str()).collect();
+        for (i, ((_, pts), color)) in series.iter().zip(series_colors(&names)).enumerate() {
             let at = marks.get(i).map(Vec::as_slice).unwrap_or_default();
-            let _ =
-                chart
-                    .draw_series(at.iter().map(|&x| {
-                        PathElement::new(vec![(x, 0.0), (x, max_y * 1.05)], color.mix(0.45).stroke_width(1))
-                    }));
-            if let Ok(a) = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))) {
-                a.label(name.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-            }
+            let mark = RGBAColor(color.0, color.1, color.2, color.3 * 0.45);
+            let _ = chart.draw_series(
+                at.iter().map(|&x| PathElement::new(vec![(x, 0.0), (x, max_y * 1.05)], mark.stroke_width(1))),
+            );
+            let _ = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)));
         }
-        let _ = chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .label_font(("sans-serif", 12))
-            .draw();
         let _ = root.present();
     }
     svg
@@ -221,10 +270,17 @@ mod tests {
         let series = [("a".to_string(), vec![(1.0, 2.0), (2.0, 1.0)]), ("b".to_string(), vec![(1.0, 3.0)])];
         let svg = loss_svg("training loss", &series, &[], (600, 300));
         assert!(svg.starts_with("<svg"));
-        // Each run is a line (and a legend swatch) in its own colour.
-        assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
-        assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2, "{svg}");
-        assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"), "legend labels: {svg}");
+        // Each run is a line in its own colour; the legend, beside the chart, says which.
+        assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 1, "{svg}");
+        assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 1, "{svg}");
+        assert!(!svg.contains(">\na\n</text>"), "no legend inside the plot: {svg}");
+        assert_eq!(
+            legend(&series),
+            [
+                ("a".to_string(), "rgba(31, 119, 180, 1.00)".to_string()),
+                ("b".into(), "rgba(255, 127, 14, 1.00)".into())
+            ]
+        );
         // Whole steps on the x axis.
         assert_eq!(svg.matches(">\n1\n</text>").count(), 1, "step labels: {svg}");
     }
@@ -246,7 +302,26 @@ mod tests {
         );
         assert_eq!(c.series().len(), 2, "the runs' own curves are unchanged");
         let svg = loss_svg("loss per task", &c.task_series(), &[], (600, 300));
-        assert!(svg.contains("loss per task") && svg.contains("combined · a"), "{svg}");
+        assert!(svg.contains("loss per task"), "{svg}");
+        let names: Vec<String> = legend(&c.task_series()).into_iter().map(|l| l.0).collect();
+        assert_eq!(names, ["combined · a", "combined · b"]);
+    }
+
+    /// A strategy's runs at smaller data sizes (and a task's curve in them) share its hue,
+    /// lighter; other strategies get hues of their own.
+    #[test]
+    fn a_runs_smaller_sizes_share_its_colour_lighter() {
+        let names = ["combined", "multi-head", "combined [50% data]", "combined [25% data]", "multi-head [50% data]"];
+        let c = series_colors(&names);
+        let rgb = |i: usize| (c[i].0, c[i].1, c[i].2);
+        assert_eq!((rgb(0), rgb(2), rgb(3)), (rgb(0), rgb(0), rgb(0)));
+        assert_ne!(rgb(0), rgb(1));
+        assert_eq!(rgb(4), rgb(1));
+        assert_eq!((c[0].3, c[2].3, c[4].3), (1.0, 0.7, 0.7));
+        assert!((c[3].3 - 0.4).abs() < 1e-12);
+        let tasks = series_colors(&["combined · a", "combined · b", "combined [50% data] · a"]);
+        assert_eq!((tasks[2].0, tasks[2].1, tasks[2].2), (tasks[0].0, tasks[0].1, tasks[0].2));
+        assert_ne!((tasks[1].0, tasks[1].1, tasks[1].2), (tasks[0].0, tasks[0].1, tasks[0].2));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::route_id;
-use crate::chart::{loss_svg, Curves};
+use crate::chart::{legend, loss_svg, Curves};
 use crate::{api, format, ErrorView};
 
 /// Applies a live event to the experiment's runs (progress without a round trip).
@@ -210,12 +210,14 @@ pub fn ExperimentPage() -> impl IntoView {
                 if c.is_empty() { "<p class=\"empty\">No steps yet.</p>".to_string() } else { loss_svg("training loss", &c.series(), &c.stage_starts(), (900, 360)) }
             }>
         </div>
+        <Legend entries=Signal::derive(move || legend(&curves.get().series()))/>
         {move || (!curves.get().tasks.is_empty()).then(|| view! {
             <h2>"Loss per task inside mixed runs"</h2>
             <p class="hint">"Combined and multi-head runs train on a mixture: each step's loss split by task, from the same forward pass (a task without an example in a step has no point there)."</p>
             <div class="chart" id="task-loss-chart" data-points=move || curves.get().task_len().to_string()
                 inner_html=move || loss_svg("training loss per task", &curves.get().task_series(), &[], (900, 360))>
             </div>
+            <Legend entries=Signal::derive(move || legend(&curves.get().task_series()))/>
         })}
         <h2>"Scores so far"</h2>
         <table class="scores">
@@ -224,5 +226,15 @@ pub fn ExperimentPage() -> impl IntoView {
                 <tr><td>{r}</td><td>{s}</td><td>{t}</td><td>{format::percent(v)}</td></tr>
             }).collect_view()}</tbody>
         </table>
+    }
+}
+
+/// A chart's legend, beside it: each series' name after a swatch of its colour.
+#[component]
+fn Legend(entries: Signal<Vec<(String, String)>>) -> impl IntoView {
+    view! {
+        <ul class="legend">{move || entries.get().into_iter().map(|(name, color)| view! {
+            <li><span class="swatch" style=format!("background: {color}")></span>{name}</li>
+        }).collect_view()}</ul>
     }
 }
