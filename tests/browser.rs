@@ -301,6 +301,8 @@ async fn dashboard_end_to_end_in_chromium() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "points only grow: {seen:?}");
     b.screenshot("experiment-live").await;
     b.wait_text("#status", "done").await;
+    // Five strategies at two data sizes, every one trained.
+    b.wait_text("#runs-trained", "10 of 10 runs trained").await;
     let polylines = b.find_all("#loss-chart svg polyline").await;
     assert!(polylines.len() > 5, "the loss chart has lines");
     // The mixed runs' loss per task: a line per (run, task).
