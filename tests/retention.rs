@@ -48,6 +48,14 @@ fn retention_matches_a_direct_computation() {
     let own = probe.measure(&model, &model, None).unwrap();
     assert_eq!((own.same_answer, own.prompts), (1.0, probe.examples.len()));
     assert!((0.0..1e-6).contains(&own.kl), "the base model against itself: KL {}", own.kl);
+    // Answering the probe, billed to the next measurement (a distributed part's), once.
+    assert_eq!(probe.unbilled_s(), 0.0, "a comparison's base row holds the answering");
+    probe.bill_answering();
+    assert!(probe.unbilled_s() == probe.answer_s && probe.answer_s > 0.0);
+    let billed = probe.measure(&model, &model, None).unwrap();
+    assert!(billed.seconds >= probe.answer_s, "{} s with {} s of answering billed", billed.seconds, probe.answer_s);
+    assert_eq!(probe.unbilled_s(), 0.0, "billed once");
+    assert_eq!((billed.kl, billed.same_answer), (own.kl, own.same_answer));
 
     // A briefly trained adapter moves the model a little.
     let recs: Vec<Record> = (0..8).map(|i| Record::new(format!("word {i}"), format!("w{i}"))).collect();

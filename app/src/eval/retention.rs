@@ -50,7 +50,7 @@ pub fn probe_prompts() -> Result<Vec<String>> {
 
 /// The base model's answers to the probe: each prompt (chat-templated) followed by the
 /// base model's greedy answer, the answer as the loss positions.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Probe {
     /// Prompt then base answer (then the stop token the base model chose, where it
     /// stopped).
@@ -63,6 +63,9 @@ pub struct Probe {
     /// Seconds [`Probe::answer`] took: the base model's answers (or checking the cached
     /// ones) and its pass along them.
     pub answer_s: f64,
+    /// Seconds the next measurement adds to its own ([`Probe::bill_answering`]), as f64
+    /// bits.
+    unbilled: std::sync::atomic::AtomicU64,
     /// Padding.
     pub pad: u32,
     /// The examples scored together, as ranges of `examples`: every measurement runs the
@@ -122,6 +125,7 @@ impl Probe {
             stop: tok.eos_ids.clone(),
             pad: tok.pad_id,
             answer_s: 0.0,
+            unbilled: Default::default(),
             chunks: vec![],
             base: vec![],
         };
@@ -181,6 +185,18 @@ impl Probe {
         Ok(())
     }
 
+    /// Counts answering the probe ([`Probe::answer_s`]) in the next measurement's
+    /// seconds: where no base-model row holds that time, as in a distributed comparison's
+    /// strategy parts, each of which answers (or checks) the probe again.
+    pub fn bill_answering(&self) {
+        self.unbilled.store(self.answer_s.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds the next measurement will add to its own (0 once one has).
+    pub fn unbilled_s(&self) -> f64 {
+        f64::from_bits(self.unbilled.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Whether the model's most likely token at loss position `i` (`picked`) is the
     /// answer's (`targets`) — or, at the position after an answer that stopped, any stop
     /// token (which one the base model chose is not kept).
@@ -224,7 +240,8 @@ impl Probe {
             kl: (kl_sum / positions.max(1) as f64).max(0.0),
             same_answer: same as f64 / self.examples.len() as f64,
             prompts: self.examples.len(),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: t0.elapsed().as_secs_f64()
+                + f64::from_bits(self.unbilled.swap(0, std::sync::atomic::Ordering::Relaxed)),
         })
     }
 }

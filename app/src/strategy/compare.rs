@@ -483,6 +483,9 @@ pub fn compare_part(
         Part::Strategy(si) => {
             let mut searches = vec![Searches::default(); slots(cfg).len()];
             let probe = answer_probe(base, cfg)?;
+            // No base-model row here to hold this part's answering of the probe: the
+            // part's first measurement counts it.
+            probe.iter().for_each(Probe::bill_answering);
             let full = Setup { probe: probe.as_ref(), ..setup };
             let (per_seed, _) = run_seeds(full, Size::full(cfg), Some(si), &mut searches, on_event)?;
             let best_merge = sizes::best_merge(cfg, &report::aggregate(per_seed, &seeds_of(cfg)));
