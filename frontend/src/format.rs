@@ -1,4 +1,7 @@
-//! Formatting for people: durations, percentages, sizes, and the run-time estimate.
+//! Formatting for people: durations, percentages, sizes, the run-time estimate and how
+//! far an experiment is.
+
+use multitune_api::{Run, Status, REPORT_ONLY_RUN_INDEX};
 
 /// `95 s` → `1 min 35 s`; `3725` → `1 h 2 min`.
 pub fn duration(secs: f64) -> String {
@@ -73,9 +76,49 @@ pub fn estimate_seconds(budget_tokens: usize, trainings: usize, tokens_per_s: f6
     budget_tokens as f64 * trainings as f64 / tokens_per_s
 }
 
+/// How far an experiment is: `k of N runs trained` (N from its events: every strategy at
+/// every data size and seed; a merge trains nothing and is not counted).
+pub fn runs_trained(runs: &[Run], planned: usize) -> String {
+    let done = runs.iter().filter(|r| r.index < REPORT_ONLY_RUN_INDEX && r.status == Status::Done).count();
+    format!("{} of {planned} runs trained", done.min(planned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(index: usize, status: Status) -> Run {
+        Run {
+            id: 1,
+            experiment_id: "e".into(),
+            name: format!("r{index}"),
+            index,
+            status,
+            stage: None,
+            step: 0,
+            total_steps: 0,
+            loss: None,
+            tokens_per_s: None,
+            elapsed_s: 0.0,
+            eta_s: None,
+            has_adapter: false,
+            has_heads: false,
+            worker: None,
+        }
+    }
+
+    #[test]
+    fn runs_trained_counts_the_finished_runs_that_train() {
+        let runs = [
+            run(0, Status::Done),
+            run(1, Status::Done),
+            run(2, Status::Running),
+            // A merge, listed by the report only: it trains nothing.
+            run(REPORT_ONLY_RUN_INDEX, Status::Done),
+        ];
+        assert_eq!(runs_trained(&runs, 6), "2 of 6 runs trained");
+        assert_eq!(runs_trained(&runs[..0], 6), "0 of 6 runs trained");
+    }
 
     #[test]
     fn durations_read_naturally() {

@@ -2,7 +2,7 @@
 //! progress bar, ETA and throughput per run, the queue position, cancel and resume.
 
 use leptos::prelude::*;
-use multitune_api::{ApiError, Event, Experiment, Run, Status, REPORT_ONLY_RUN_INDEX};
+use multitune_api::{ApiError, Event, Experiment, Run, Status};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -174,7 +174,7 @@ pub fn ExperimentPage() -> impl IntoView {
                         <span class=format!("status {}", e.status.as_str()) id="status">{e.status.as_str()}</span>
                         {e.queue_position.map(|q| format!(" — {q} experiment(s) ahead in the queue"))}
                         {format!(" · model {} · {} tasks · {} tokens per strategy", e.spec.model, e.spec.tasks.len(), e.spec.budget_tokens)}
-                        {move || planned.get().map(|n| view! { " · " <span id="runs-trained">{runs_trained(&e_runs, n)}</span> })}
+                        {move || planned.get().map(|n| view! { " · " <span id="runs-trained">{format::runs_trained(&e_runs, n)}</span> })}
                     </p>
                     {e.error.clone().map(|m| view! { <p class="error">{m}</p> })}
                     <p class="actions">
@@ -243,50 +243,5 @@ fn Legend(entries: Signal<Vec<(String, String)>>) -> impl IntoView {
         <ul class="legend">{move || entries.get().into_iter().map(|(name, color)| view! {
             <li><span class="swatch" style=format!("background: {color}")></span>{name}</li>
         }).collect_view()}</ul>
-    }
-}
-
-/// How far the experiment is: `k of N runs trained` (N from its events: every strategy at
-/// every data size and seed; a merge trains nothing and is not counted).
-pub fn runs_trained(runs: &[Run], planned: usize) -> String {
-    let done = runs.iter().filter(|r| r.index < REPORT_ONLY_RUN_INDEX && r.status == Status::Done).count();
-    format!("{} of {planned} runs trained", done.min(planned))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(index: usize, status: Status) -> Run {
-        Run {
-            id: 1,
-            experiment_id: "e".into(),
-            name: format!("r{index}"),
-            index,
-            status,
-            stage: None,
-            step: 0,
-            total_steps: 0,
-            loss: None,
-            tokens_per_s: None,
-            elapsed_s: 0.0,
-            eta_s: None,
-            has_adapter: false,
-            has_heads: false,
-            worker: None,
-        }
-    }
-
-    #[test]
-    fn runs_trained_counts_the_finished_runs_that_train() {
-        let runs = [
-            run(0, Status::Done),
-            run(1, Status::Done),
-            run(2, Status::Running),
-            // A merge, listed by the report only: it trains nothing.
-            run(REPORT_ONLY_RUN_INDEX, Status::Done),
-        ];
-        assert_eq!(runs_trained(&runs, 6), "2 of 6 runs trained");
-        assert_eq!(runs_trained(&runs[..0], 6), "0 of 6 runs trained");
     }
 }
