@@ -140,15 +140,30 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-/// A legend of coloured swatches down `area` (beside a chart, so it never covers it).
+/// A legend of coloured swatches down `area` (beside a chart, so it never covers it), in
+/// a smaller font where a long name would not fit the quarter of the width it has.
 fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, names: &[String]) -> Drawn {
     let step = 22.min((SIZE.1 as i32 - 40) / names.len().max(1) as i32);
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let font = match longest {
+        0..=28 => 13,
+        29..=33 => 11,
+        _ => 10,
+    };
     for (i, name) in names.iter().enumerate() {
         let y = 50 + i as i32 * step;
         area.draw(&Rectangle::new([(4, y - 6), (18, y + 6)], color(i).filled())).map_err(|e| e.to_string())?;
-        area.draw(&Text::new(name.clone(), (24, y - 7), (FONT, 13))).map_err(|e| e.to_string())?;
+        area.draw(&Text::new(name.clone(), (24, y - 7), (FONT, font))).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A chart's area and, beside it, its legend's ([`legend`]): a legend inside the plot
+/// covered lines once a comparison had ten runs.
+fn with_side_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
+    area.split_horizontally(SIZE.0 * 3 / 4)
 }
 
 /// The name of the category whose cell is centred at `v` (cells are `[i, i+1)`), empty
@@ -179,7 +194,8 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &st
     let max_y =
         runs.iter().flat_map(|r| r.1.iter().map(|p| p.1)).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3)
             * 1.05;
-    let mut chart = ChartBuilder::on(area)
+    let (plot, side) = with_side_legend(area);
+    let mut chart = ChartBuilder::on(&plot)
         .caption(title, (FONT, 24))
         .margin(12)
         .x_label_area_size(40)
@@ -196,26 +212,16 @@ pub fn loss_curves<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &st
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (name, points, starts)) in runs.iter().enumerate() {
+    for (i, (_, points, starts)) in runs.iter().enumerate() {
         let c = color(i);
         // Between the last step of a stage and the first of the next.
         let marks = starts.iter().map(|&s| {
             PathElement::new(vec![(s as f64 + 0.5, 0.0), (s as f64 + 0.5, max_y)], c.mix(0.45).stroke_width(1))
         });
         chart.draw_series(marks).map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+        chart.draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2))).map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())
+    legend(&side, &runs.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
 }
 
 /// Learning curves: each run's macro average (its 95% interval as a band) against the
@@ -227,7 +233,8 @@ pub fn learning_curves<DB: DrawingBackend>(
 ) -> Drawn {
     let lo = examples.iter().copied().fold(f64::INFINITY, f64::min).max(1.0);
     let hi = examples.iter().copied().fold(0.0, f64::max).max(lo * 1.5);
-    let mut chart = ChartBuilder::on(area)
+    let (plot, side) = with_side_legend(area);
+    let mut chart = ChartBuilder::on(&plot)
         .caption("Score by data size", (FONT, 24))
         .margin(12)
         .x_label_area_size(40)
@@ -256,21 +263,10 @@ pub fn learning_curves<DB: DrawingBackend>(
             let text = format!("{name}: {}% [{}, {}] at ~{x:.0} examples per task", pct(e.value), pct(e.lo), pct(e.hi));
             hover(chart.backend_coord(&(*x, 100.0 * e.value)), text);
         }
-        chart
-            .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+        chart.draw_series(LineSeries::new(line.clone(), c.stroke_width(2))).map_err(|e| e.to_string())?;
         chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, c.filled()))).map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())
+    legend(&side, &runs.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
 }
 
 /// Grouped bars: for each task, one bar per run (each run its own colour) with its 95%
@@ -283,7 +279,7 @@ pub fn metric_bars<DB: DrawingBackend>(
     let n = tasks.len().max(1) as f64;
     let k = runs.len().max(1) as f64;
     let labels = tasks.to_vec();
-    let (plot, side) = area.split_horizontally(SIZE.0 * 3 / 4);
+    let (plot, side) = with_side_legend(area);
     let mut chart = ChartBuilder::on(&plot)
         .caption("Held-out score per task (headline metric, 95% CI)", (FONT, 24))
         .margin(12)
