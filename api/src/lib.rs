@@ -729,6 +729,29 @@ pub struct Run {
     pub worker: Option<WorkerRef>,
 }
 
+impl Run {
+    /// A run as its start event announces it (no row id yet): running, no progress.
+    pub fn started(experiment_id: &str, name: &str, index: usize) -> Self {
+        Run {
+            id: 0,
+            experiment_id: experiment_id.into(),
+            name: name.into(),
+            index,
+            status: Status::Running,
+            stage: None,
+            step: 0,
+            total_steps: 0,
+            loss: None,
+            tokens_per_s: None,
+            elapsed_s: 0.0,
+            eta_s: None,
+            has_adapter: false,
+            has_heads: false,
+            worker: None,
+        }
+    }
+}
+
 /// Which worker ran a run, and which attempt of its job that was (1 unless a worker
 /// stopped and another took the job over).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

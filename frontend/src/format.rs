@@ -88,23 +88,7 @@ mod tests {
     use super::*;
 
     fn run(index: usize, status: Status) -> Run {
-        Run {
-            id: 1,
-            experiment_id: "e".into(),
-            name: format!("r{index}"),
-            index,
-            status,
-            stage: None,
-            step: 0,
-            total_steps: 0,
-            loss: None,
-            tokens_per_s: None,
-            elapsed_s: 0.0,
-            eta_s: None,
-            has_adapter: false,
-            has_heads: false,
-            worker: None,
-        }
+        Run { status, ..Run::started("e", &format!("r{index}"), index) }
     }
 
     #[test]

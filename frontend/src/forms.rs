@@ -312,20 +312,10 @@ mod tests {
                 .iter()
                 .map(|&t| Run {
                     id: 1,
-                    experiment_id: "x".into(),
-                    name: "r".into(),
-                    index: 0,
                     status: Status::Done,
-                    stage: None,
-                    step: 0,
-                    total_steps: 0,
-                    loss: None,
                     tokens_per_s: Some(t),
-                    elapsed_s: 0.0,
-                    eta_s: None,
                     has_adapter: true,
-                    has_heads: false,
-                    worker: None,
+                    ..Run::started("x", "r", 0)
                 })
                 .collect(),
             has_report: true,

@@ -19,23 +19,7 @@ pub fn apply(e: &mut Experiment, ev: &Event) {
         }
         Event::RunStarted { run, index, .. } => {
             if !e.runs.iter().any(|r| &r.name == run) {
-                e.runs.push(Run {
-                    id: 0,
-                    experiment_id: e.id.clone(),
-                    name: run.clone(),
-                    index: *index,
-                    status: Status::Running,
-                    stage: None,
-                    step: 0,
-                    total_steps: 0,
-                    loss: None,
-                    tokens_per_s: None,
-                    elapsed_s: 0.0,
-                    eta_s: None,
-                    has_adapter: false,
-                    has_heads: false,
-                    worker: None,
-                });
+                e.runs.push(Run::started(&e.id, run, *index));
             }
         }
         Event::Step { run, stage, step, total_steps, loss, tokens_per_s, elapsed_s, .. } => {
