@@ -63,9 +63,9 @@ pub struct Probe {
     /// Seconds [`Probe::answer`] took: the base model's answers (or checking the cached
     /// ones) and its pass along them.
     pub answer_s: f64,
-    /// Seconds the next measurement adds to its own ([`Probe::bill_answering`]), as f64
-    /// bits.
-    unbilled: std::sync::atomic::AtomicU64,
+    /// Whether the next measurement adds [`Probe::answer_s`] to its own seconds
+    /// ([`Probe::bill_answering`]).
+    unbilled: std::sync::atomic::AtomicBool,
     /// Padding.
     pub pad: u32,
     /// The examples scored together, as ranges of `examples`: every measurement runs the
@@ -189,12 +189,16 @@ impl Probe {
     /// seconds: where no base-model row holds that time, as in a distributed comparison's
     /// strategy parts, each of which answers (or checks) the probe again.
     pub fn bill_answering(&self) {
-        self.unbilled.store(self.answer_s.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        self.unbilled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Seconds the next measurement will add to its own (0 once one has).
     pub fn unbilled_s(&self) -> f64 {
-        f64::from_bits(self.unbilled.load(std::sync::atomic::Ordering::Relaxed))
+        if self.unbilled.load(std::sync::atomic::Ordering::Relaxed) {
+            self.answer_s
+        } else {
+            0.0
+        }
     }
 
     /// Whether the model's most likely token at loss position `i` (`picked`) is the
@@ -241,7 +245,7 @@ impl Probe {
             same_answer: same as f64 / self.examples.len() as f64,
             prompts: self.examples.len(),
             seconds: t0.elapsed().as_secs_f64()
-                + f64::from_bits(self.unbilled.swap(0, std::sync::atomic::Ordering::Relaxed)),
+                + if self.unbilled.swap(false, std::sync::atomic::Ordering::Relaxed) { self.answer_s } else { 0.0 },
         })
     }
 }

@@ -58,7 +58,7 @@ fn norms_of(w: &[f32], a: &[f32], fin: usize, r: usize, coef: &[f32], out: &mut 
         // SAFETY: the CPU has both features (just detected).
         return unsafe { norms_fma(w, a, fin, r, coef, out) };
     }
-    norms_with::<false>(w, a, fin, r, coef, out)
+    norms_portable(w, a, fin, r, coef, out)
 }
 
 /// [`norms_of`] with AVX2 and FMA: [`TILE`] rows at a time, each block of eight columns of
@@ -114,22 +114,22 @@ unsafe fn norms_fma(w: &[f32], a: &[f32], fin: usize, r: usize, coef: &[f32], ou
     }
 }
 
-/// [`norms_of`], [`TILE`] rows at a time (then one at a time); `FMA`: fused
-/// multiply-adds (only where the CPU has them: elsewhere `mul_add` is a library call).
-#[inline(always)]
-fn norms_with<const FMA: bool>(w: &[f32], a: &[f32], fin: usize, r: usize, coef: &[f32], out: &mut [f32]) {
+/// [`norms_of`] without FMA (where the CPU lacks it `mul_add` is a library call),
+/// [`TILE`] rows at a time, then one at a time.
+fn norms_portable(w: &[f32], a: &[f32], fin: usize, r: usize, coef: &[f32], out: &mut [f32]) {
     let whole = out.len() / TILE * TILE;
     for at in (0..whole).step_by(TILE) {
-        let n = tile::<FMA, TILE>(&w[at * fin..], a, fin, r, &coef[at * r..]);
+        let n = tile::<false, TILE>(&w[at * fin..], a, fin, r, &coef[at * r..]);
         out[at..at + TILE].copy_from_slice(&n);
     }
     for at in whole..out.len() {
-        out[at] = tile::<FMA, 1>(&w[at * fin..], a, fin, r, &coef[at * r..])[0];
+        out[at] = tile::<false, 1>(&w[at * fin..], a, fin, r, &coef[at * r..])[0];
     }
 }
 
 /// The norms of `T` consecutive rows: each block of [`LANES`] columns of `A`'s rows is
-/// loaded once for all `T`, the sums and their squares stay in registers.
+/// loaded once for all `T`, the sums and their squares stay in registers; `FMA`: fused
+/// multiply-adds (the AVX2 path's last rows).
 #[inline(always)]
 fn tile<const FMA: bool, const T: usize>(w: &[f32], a: &[f32], fin: usize, r: usize, coef: &[f32]) -> [f32; T] {
     let madd = |c: f32, y: f32, x: f32| if FMA { c.mul_add(y, x) } else { c * y + x };
@@ -193,6 +193,14 @@ mod tests {
                 .unwrap();
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= 1e-5 * e.max(1.0), "width {fin}: {got:?} vs {want:?}");
+            }
+            // The path for CPUs without AVX2 and FMA gives the same norms.
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let coef: Vec<f32> = flat(&b).iter().map(|x| 2.5 * x).collect();
+            let mut portable = vec![0f32; 7];
+            norms_portable(&flat(&w), &flat(&a), fin, 3, &coef, &mut portable);
+            for (g, p) in got.iter().zip(&portable) {
+                assert!((g - p).abs() <= 1e-5 * p.max(1.0), "width {fin}: {got:?} vs portable {portable:?}");
             }
             let own: Vec<f32> = w.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1().unwrap();
             assert!((got[1] - own[1]).abs() <= 1e-5 * own[1], "a zero row of B leaves W's norm");
